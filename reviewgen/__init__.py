@@ -1,0 +1,3 @@
+"""reviewgen: distributed conditional review GAN on Ray."""
+
+__version__ = "0.1.0"
