@@ -1,0 +1,205 @@
+"""Checkpoint directories: plain data that loads without pickle.
+
+    config.json, generator.safetensors, discriminator.safetensors, [reference.safetensors],
+    tokenizer.json, [train_state.pt], [calibration.json], [ngrams.npy], meta.json
+
+meta.json is written last, so a directory without it is an interrupted write, not a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reviewgen.config import ConfigError, RunConfig
+from reviewgen.models import Discriminator, Generator, unwrap
+from reviewgen.tokenizer import ReviewTokenizer, TokenizerError
+
+FORMAT_VERSION = 1
+WEIGHT_FILES = ("generator.safetensors", "discriminator.safetensors")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete, or corrupt; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: RunConfig
+    categories: list[str]
+    tokenizer: ReviewTokenizer
+    generator: Generator
+    discriminator: Discriminator
+    meta: dict[str, Any]
+    calibration: dict[str, float] | None = None
+    reference_state: dict[str, torch.Tensor] | None = None
+    train_state: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.meta.get("version", "unknown")
+
+    @property
+    def ngram_path(self) -> Path | None:
+        p = self.path / "ngrams.npy"
+        return p if p.is_file() else None
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage: tied weights are saved once and re-tied on load
+    sd = unwrap(model).state_dict()
+    if "lm_head.weight" in sd:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def content_version(path: Path) -> str:
+    """A content hash over config and weights: the exported model's version id."""
+    h = hashlib.sha256()
+    for name in ("config.json", *WEIGHT_FILES, "calibration.json"):
+        f = path / name
+        if f.is_file():
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str], tokenizer: ReviewTokenizer,
+                    generator: torch.nn.Module, discriminator: torch.nn.Module,
+                    meta: dict[str, Any] | None = None, reference: torch.nn.Module | dict | None = None,
+                    train_state: dict[str, Any] | None = None, calibration: dict[str, float] | None = None,
+                    ngram_file: str | Path | None = None) -> Path:
+    """Write a checkpoint atomically (temp dir + rename). Returns the final path."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(
+        {"format": FORMAT_VERSION, "run": config.to_dict(), "categories": list(categories)}, indent=2))
+    save_file(_state(generator), str(tmp / "generator.safetensors"))
+    save_file(_state(discriminator), str(tmp / "discriminator.safetensors"))
+    if reference is not None:
+        ref = reference if isinstance(reference, dict) else _state(reference)
+        save_file({k: v for k, v in ref.items() if k != "lm_head.weight"}, str(tmp / "reference.safetensors"))
+    tokenizer.save(tmp / "tokenizer.json")
+    if train_state is not None:
+        torch.save(train_state, tmp / "train_state.pt")
+    if calibration is not None:
+        (tmp / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    if ngram_file is not None and Path(ngram_file).is_file():
+        shutil.copyfile(ngram_file, tmp / "ngrams.npy")
+    meta = dict(meta or {})
+    meta.update(format=FORMAT_VERSION, version=content_version(tmp), created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    # Move files in one by one rather than renaming the directory: a run directory keeps its
+    # sub-directories (mle/, state/) beside the model files. meta.json goes first out and last in,
+    # so a crash in between leaves no directory that looks complete.
+    final.mkdir(parents=True, exist_ok=True)
+    (final / "meta.json").unlink(missing_ok=True)
+    for name in ("reference.safetensors", "train_state.pt", "calibration.json", "ngrams.npy"):
+        if not (tmp / name).exists():
+            (final / name).unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == "meta.json"):
+        os.replace(f, final / f.name)
+    tmp.rmdir()
+    return final
+
+
+def _read_json(p: Path) -> dict:
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file missing: {p}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: corrupt JSON ({e})") from e
+
+
+def _load_weights(model: torch.nn.Module, p: Path, device) -> None:
+    from safetensors.torch import load_file
+
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file missing: {p}")
+    try:
+        sd = load_file(str(p), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{p}: corrupt weights ({e})") from e
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(f"{p}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, train_state: bool = False) -> Checkpoint:
+    """Load a checkpoint directory; raises CheckpointError naming the missing or corrupt file."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {p}")
+    meta = _read_json(p / "meta.json")
+    cfg_doc = _read_json(p / "config.json")
+    if cfg_doc.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{p / 'config.json'}: unsupported checkpoint format {cfg_doc.get('format')!r}")
+    try:
+        config = RunConfig.from_dict(cfg_doc["run"], source=str(p / "config.json"))
+    except (KeyError, ConfigError, TypeError) as e:
+        raise CheckpointError(f"{p / 'config.json'}: invalid config ({e})") from e
+    try:
+        tok = ReviewTokenizer.load(p / "tokenizer.json", config.tokenizer.prefix_len, config.tokenizer.max_review_len)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    gen = Generator(config.generator)
+    disc = Discriminator(config.discriminator, config.tokenizer.prefix_len, tok.pad_id)
+    _load_weights(gen, p / "generator.safetensors", device)
+    _load_weights(disc, p / "discriminator.safetensors", device)
+    gen.to(device).eval()
+    disc.to(device).eval()
+    calib = _read_json(p / "calibration.json") if (p / "calibration.json").is_file() else None
+    ref = None
+    if (p / "reference.safetensors").is_file():
+        try:
+            ref = load_file(str(p / "reference.safetensors"), device=str(device))
+        except Exception as e:
+            raise CheckpointError(f"{p / 'reference.safetensors'}: corrupt weights ({e})") from e
+    state = None
+    if train_state and (p / "train_state.pt").is_file():
+        try:
+            state = torch.load(p / "train_state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{p / 'train_state.pt'}: corrupt training state ({e})") from e
+    return Checkpoint(path=p, config=config, categories=list(cfg_doc.get("categories", [])), tokenizer=tok,
+                      generator=gen, discriminator=disc, meta=meta, calibration=calib,
+                      reference_state=ref, train_state=state)
+
+
+def export_model(src: str | Path, dst: str | Path) -> Path:
+    """Copy the serving files of a checkpoint (no optimizer state, no reference) to a model directory
+    named by nothing but its content: the generate and score jobs take this directory."""
+    src, dst = Path(src), Path(dst)
+    ck_meta = _read_json(src / "meta.json")
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("config.json", *WEIGHT_FILES, "tokenizer.json", "calibration.json", "ngrams.npy"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, tmp / name)
+    meta = {k: v for k, v in ck_meta.items() if k not in ("created_at",)}
+    meta["version"] = content_version(tmp)
+    meta["exported_from"] = str(src)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst

@@ -1,0 +1,420 @@
+"""Training: MLE pretraining, discriminator warm-up, adversarial training.
+
+`GANTrainer` owns the models, optimizers and phase state, and advances one step at a time from whatever
+batch iterator it is given; `train_local` drives it in one process. The Ray Train path
+(`reviewgen.distributed`) drives the same trainer inside each worker with DDP-wrapped models.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reviewgen.checkpoint import load_checkpoint, save_checkpoint
+from reviewgen.config import RunConfig
+from reviewgen.losses import Tokens, adversarial_step, disc_step, mle_step, val_nll
+from reviewgen.models import Discriminator, Generator, count_params, unwrap
+from reviewgen.sampling import SamplingParams, counter_uniforms, row_seed, sample
+from reviewgen.tokenizer import Condition, ReviewTokenizer
+
+PHASES = ("mle", "disc", "adv", "done")
+OTHER_CATEGORY = "<other>"
+
+
+# -- data -> tensors ---------------------------------------------------------------------------------
+
+def build_categories(train: pd.DataFrame, n: int) -> list[str]:
+    """The category vocabulary for D's category head: the n-1 most frequent, plus <other> at 0."""
+    counts = Counter(train["category"].fillna("").astype(str))
+    return [OTHER_CATEGORY] + [c for c, _ in counts.most_common(n - 1)]
+
+
+def conditions(df: pd.DataFrame) -> list[Condition]:
+    """Conditions (title, category, rating/sentiment, language) for each row of a review table."""
+    ratings = df["rating"].astype("Int64") if "rating" in df else pd.Series([pd.NA] * len(df))
+    out = []
+    for title, cat, r, s, lang in zip(df["product_title"], df["category"], ratings,
+                                      df.get("sentiment", pd.Series([None] * len(df))),
+                                      df.get("language", pd.Series(["en"] * len(df)))):
+        out.append(Condition(title=str(title or ""), category=str(cat or ""),
+                             rating=None if pd.isna(r) else int(r), sentiment=s if isinstance(s, str) else None,
+                             language=lang if isinstance(lang, str) else "en"))
+    return out
+
+
+def encode_frame(df: pd.DataFrame, tok: ReviewTokenizer, categories: list[str]) -> dict[str, np.ndarray]:
+    """Review table -> {"ids" [N, P+R], "rating" [N] (0..4 or -100), "category" [N] (-100 unknown)}.
+
+    Plain numpy so it can run inside a Ray Data `map_batches`."""
+    ids = tok.encode_examples(conditions(df), df["text"].astype(str).tolist()).numpy()
+    rating = df["rating"].astype("Int64").fillna(0).to_numpy(dtype=np.int64) - 1
+    rating[rating < 0] = -100
+    index = {c: i for i, c in enumerate(categories)}
+    category = np.array([index.get(str(c), 0) for c in df["category"].fillna("")], dtype=np.int64)
+    return {"ids": ids, "rating": rating, "category": category}
+
+
+class TensorBatches:
+    """Seeded, resumable shuffling batches over in-memory tensors.
+
+    With `world_size > 1`, each rank takes its contiguous slice of the same global batch, so N workers
+    with batch B/N see exactly the rows one worker with batch B sees."""
+
+    def __init__(self, data: dict[str, np.ndarray], batch_size: int, seed: int, device="cpu",
+                 rank: int = 0, world_size: int = 1):
+        self.data = {k: torch.as_tensor(v) for k, v in data.items()}
+        self.n = len(next(iter(self.data.values())))
+        if self.n == 0:
+            raise ValueError("no training rows")
+        self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
+        self.rank, self.world = rank, world_size
+        self.epoch, self.pos = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        global_bs = self.batch_size * self.world
+        if self.pos + global_bs > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._perm = self._permutation()
+        idx = self._perm[self.pos:self.pos + global_bs].repeat(math.ceil(global_bs / self.n))[:global_bs]
+        self.pos += global_bs
+        idx = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return {k: v[idx].to(self.device) for k, v in self.data.items()}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
+        self._perm = self._permutation()
+
+
+def fixed_batches(data: dict[str, np.ndarray], batch_size: int, limit: int, device="cpu") -> list[dict]:
+    """The first `limit` batches in order (validation)."""
+    n = len(data["ids"])
+    out = []
+    for s in range(0, min(n, batch_size * limit), batch_size):
+        out.append({k: torch.as_tensor(v[s:s + batch_size]).to(device) for k, v in data.items()})
+    return out
+
+
+# -- the trainer -------------------------------------------------------------------------------------
+
+@dataclass
+class StepResult:
+    phase: str
+    step: int
+    metrics: dict[str, Any]
+    phase_done: bool
+
+
+class GANTrainer:
+    """Models, optimizers and phase state of one training run (one worker's view under DDP)."""
+
+    def __init__(self, cfg: RunConfig, tok: ReviewTokenizer, categories: list[str], device="cpu", *,
+                 wrap: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg, self.tok, self.categories = cfg, tok, categories
+        self.device = torch.device(device)
+        self.rank, self.world = rank, world_size
+        torch.manual_seed(cfg.train.seed)
+        self.G = Generator(cfg.generator).to(self.device)
+        self.D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, tok.pad_id).to(self.device)
+        wrap = wrap or (lambda m, name: m)
+        self.g, self.d = wrap(self.G, "generator"), wrap(self.D, "discriminator")
+        t = cfg.train
+        self.opt_g = torch.optim.AdamW(self.G.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, betas=(0.9, 0.95))
+        self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=t.lr_d, weight_decay=t.d_weight_decay, betas=(0.5, 0.999))
+        self.ref: Generator | None = None
+        self.tk = Tokens(pad_id=tok.pad_id, eos_id=tok.eos_id, prefix_len=cfg.tokenizer.prefix_len)
+        self.phase, self.step, self.global_step = "mle", 0, 0
+        T = cfg.tokenizer.prefix_len + cfg.tokenizer.max_review_len
+        self.replay = torch.zeros((t.replay_size, T), dtype=torch.long)
+        self.replay_n = 0
+        self._skip_empty_phases()
+
+    # -- phases ----------------------------------------------------------------------------------
+    def phase_length(self, phase: str | None = None) -> int:
+        t = self.cfg.train
+        return {"mle": t.mle_steps, "disc": t.disc_warmup_steps, "adv": t.adv_steps, "done": 0}[phase or self.phase]
+
+    def _skip_empty_phases(self) -> None:
+        while self.phase != "done" and self.step >= self.phase_length():
+            self._enter(PHASES[PHASES.index(self.phase) + 1])
+
+    def _enter(self, phase: str) -> None:
+        self.phase, self.step = phase, 0
+        if phase in ("disc", "adv") and self.ref is None:
+            # the frozen MLE generator: KL anchor target and the baseline the GAN must beat
+            self.ref = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if phase == "adv":
+            for g in self.opt_g.param_groups:
+                g["lr"] = self.cfg.train.lr_g_adv
+
+    def _lr_g(self) -> float:
+        t = self.cfg.train
+        if self.phase != "mle":
+            return t.lr_g_adv
+        if self.step < t.warmup_steps:
+            return t.lr_g * (self.step + 1) / t.warmup_steps
+        frac = (self.step - t.warmup_steps) / max(1, t.mle_steps - t.warmup_steps)
+        return t.lr_g * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def sample_fakes(self, prefixes: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """Full rows (prefix + sampled review) for each prefix, `repeats` consecutive samples each.
+
+        The randomness is a function of (seed, phase, step, global row), so the samples do not depend
+        on how the global batch is split across workers."""
+        t = self.cfg.train
+        prefixes = prefixes.repeat_interleave(repeats, dim=0)
+        n = prefixes.shape[0]
+        first = self.rank * n
+        seeds = [row_seed(f"{self.phase}:{self.step}", first + i, t.seed) for i in range(n)]
+        params = SamplingParams(self.cfg.tokenizer.max_review_len, t.sample_temperature, t.sample_top_k, t.sample_top_p)
+        fake = sample(self.G, prefixes, params, eos_id=self.tk.eos_id, pad_id=self.tk.pad_id,
+                      uniforms=counter_uniforms(seeds, params.max_new_tokens))
+        return torch.cat([prefixes, fake], dim=1)
+
+    def _replay_mix(self, fake: torch.Tensor) -> torch.Tensor:
+        """Swap a fraction of fresh fakes for older ones, then store the fresh ones (D must not forget
+        the generator's earlier modes)."""
+        t = self.cfg.train
+        out = fake
+        k = int(fake.shape[0] * t.replay_frac)
+        if k and self.replay_n >= k:
+            g = torch.Generator().manual_seed(row_seed("replay", self.global_step, t.seed) & 0x7FFFFFFF)
+            pick = torch.randint(0, min(self.replay_n, t.replay_size), (k,), generator=g)
+            out = torch.cat([fake[:-k], self.replay[pick].to(fake.device)])
+        if t.replay_size:
+            for row in fake.cpu():
+                self.replay[self.replay_n % t.replay_size] = row
+                self.replay_n += 1
+        return out
+
+    # -- one step ----------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        """Advance the current phase by one step on `batch` (this worker's rows)."""
+        if self.phase == "done":
+            raise RuntimeError("training is finished")
+        t, P = self.cfg.train, self.tk.prefix_len
+        self.G.train()
+        self.D.train()
+        phase, t0 = self.phase, time.perf_counter()
+        if phase == "mle":
+            for g in self.opt_g.param_groups:
+                g["lr"] = self._lr_g()
+            m = mle_step(self.g, self.opt_g, batch, t, self.tk)
+        elif phase == "disc":
+            fake = self.sample_fakes(batch["ids"][:, :P])
+            m = disc_step(self.d, self.opt_d, batch, self._replay_mix(fake), t, self.tk)
+        else:
+            n_prompts = max(1, batch["ids"].shape[0] // t.group_size)
+            fake = self.sample_fakes(batch["ids"][:n_prompts, :P], repeats=t.group_size)
+            m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, t, self.tk)
+            for _ in range(t.d_steps_per_g_step):
+                d_fake = self._replay_mix(fake[: batch["ids"].shape[0]])
+                m.update(disc_step(self.d, self.opt_d, batch, d_fake, t, self.tk))
+        dt = time.perf_counter() - t0
+        m["tokens_per_s"] = m.get("tokens", 0) / dt if dt > 0 else 0.0
+        m["samples_per_s"] = batch["ids"].shape[0] / dt if dt > 0 else 0.0
+        m["step_time_s"] = dt
+        self.step += 1
+        self.global_step += 1
+        step = self.step
+        done = self.step >= self.phase_length()
+        if done:
+            self._enter(PHASES[PHASES.index(phase) + 1])
+            self._skip_empty_phases()
+        return StepResult(phase, step, m, done)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self, loader_state: dict | None = None) -> dict[str, Any]:
+        """Everything needed to resume, as tensors and primitives (loads with weights_only=True)."""
+        return {
+            "phase": self.phase, "step": self.step, "global_step": self.global_step,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(), "replay_n": self.replay_n,
+            "loader": loader_state or {},
+        }
+
+    def load_state_dict(self, s: dict[str, Any], generator_sd: dict, discriminator_sd: dict,
+                        reference_sd: dict | None) -> None:
+        self.G.load_state_dict(generator_sd, strict=False)
+        self.D.load_state_dict(discriminator_sd)
+        if reference_sd is not None:
+            self.ref = Generator(self.cfg.generator).to(self.device)
+            self.ref.load_state_dict(reference_sd, strict=False)
+            self.ref.eval().requires_grad_(False)
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.opt_d.load_state_dict(s["opt_d"])
+        self.phase, self.step, self.global_step = s["phase"], int(s["step"]), int(s["global_step"])
+        torch.set_rng_state(s["rng_cpu"])
+        if s.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["rng_cuda"])
+        rep = s["replay"]
+        self.replay[: len(rep)] = rep
+        self.replay_n = int(s["replay_n"])
+
+    def resume_from(self, path: str | Path) -> dict:
+        """Load a training checkpoint (with train_state.pt) into this trainer; returns its loader state."""
+        ck = load_checkpoint(path, self.device, train_state=True)
+        if ck.train_state is None:
+            from reviewgen.checkpoint import CheckpointError
+            raise CheckpointError(f"{path}: no train_state.pt, so it cannot be resumed (it is an exported model)")
+        self.load_state_dict(ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(),
+                             ck.reference_state)
+        return ck.train_state.get("loader", {})
+
+    def save(self, path: str | Path, meta: dict | None = None, loader_state: dict | None = None,
+             **extra) -> Path:
+        """Write a resumable training checkpoint."""
+        meta = dict(meta or {}, phase=self.phase, step=self.step, global_step=self.global_step)
+        return save_checkpoint(path, config=self.cfg, categories=self.categories, tokenizer=self.tok,
+                               generator=self.G, discriminator=self.D, reference=self.ref, meta=meta,
+                               train_state=self.state_dict(loader_state), **extra)
+
+    def describe(self) -> str:
+        return (f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params, "
+                f"device {self.device}")
+
+
+# -- single-process driver --------------------------------------------------------------------------
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when available (or asked for), else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit_tokenizer(train: pd.DataFrame, cfg: RunConfig, max_texts: int = 200_000) -> ReviewTokenizer:
+    """Train BPE on the training split's reviews, titles and categories."""
+    texts = train["text"].astype(str).tolist()[:max_texts]
+    extra = pd.concat([train["product_title"], train["category"]]).dropna().astype(str).unique().tolist()
+    return ReviewTokenizer.train(texts + extra, cfg.tokenizer.vocab_size, cfg.tokenizer.prefix_len,
+                                 cfg.tokenizer.max_review_len, cfg.tokenizer.min_frequency)
+
+
+def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int) -> str:
+    """One progress line: phase, step, losses, throughput, ETA."""
+    rate = elapsed / max(1, step)
+    eta = remaining_steps * rate
+    keys = ("g_loss", "pg_loss", "kl", "reward", "d_loss", "d_acc", "val_nll")
+    parts = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
+    return (f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} "
+            f"ETA {eta / 60:.1f} min")
+
+
+def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
+                device: str | None = None, log: Callable[[str], None] = print,
+                resume: bool = True) -> Path:
+    """Train in this process: prepare data, run the three phases, write OUT (the final model),
+    OUT/mle (the MLE baseline), OUT/state (resumable) and OUT/metrics.jsonl."""
+    from reviewgen.data import load_split
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
+    state_dir = out / "state"
+    if resume and (state_dir / "meta.json").is_file():
+        ck = load_checkpoint(state_dir, "cpu")
+        cfg, tok, categories = ck.config, ck.tokenizer, ck.categories
+        log(f"resuming from {state_dir} (phase {ck.meta.get('phase')}, step {ck.meta.get('step')})")
+    else:
+        ck = None
+        tok = fit_tokenizer(train_df, cfg)
+        categories = build_categories(train_df, cfg.discriminator.n_categories)
+        cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories))
+    torch.manual_seed(cfg.train.seed)
+    trainer = GANTrainer(cfg, tok, categories, dev)
+    train_data = encode_frame(train_df, tok, categories)
+    val_batches = fixed_batches(encode_frame(val_df, tok, categories), cfg.train.batch_size, cfg.train.val_batches, dev)
+    loader = TensorBatches(train_data, cfg.train.batch_size, cfg.train.seed, dev)
+    if ck is not None:
+        loader.load_state_dict(trainer.resume_from(state_dir))
+    log(f"training on {len(train_df)} reviews ({train_df['product_id'].nunique()} products); {trainer.describe()}")
+    data_hash = _data_hash(data_dir)
+    history_path = out / "metrics.jsonl"
+    t_start, deadline = time.time(), (time.time() + 60 * max_minutes) if max_minutes else None
+    t = cfg.train
+    total_steps = t.mle_steps + t.disc_warmup_steps + t.adv_steps
+    last_val = None
+    with open(history_path, "a") as hist:
+        while trainer.phase != "done":
+            res = trainer.train_step(next(loader))
+            m = dict(res.metrics)
+            if res.phase_done or res.step % t.eval_every == 0:
+                last_val = val_nll(trainer.G, val_batches, trainer.tk)
+                m["val_nll"] = last_val
+            hist.write(json.dumps({"phase": res.phase, "step": res.step, "global_step": trainer.global_step,
+                                   "time": time.time() - t_start, **m}) + "\n")
+            if res.step % t.log_every == 0 or res.phase_done:
+                log(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
+                                    time.time() - t_start, total_steps - trainer.global_step))
+                hist.flush()
+            if res.phase_done and res.phase == "mle":
+                trainer.save(out / "mle", meta={"data_hash": data_hash, "metrics": {"val_nll": last_val},
+                                                "role": "mle_baseline"})
+                log(f"MLE baseline saved to {out / 'mle'} (val NLL {last_val:.3f})")
+            if res.phase_done or res.step % t.checkpoint_every == 0:
+                trainer.save(state_dir, meta={"data_hash": data_hash}, loader_state=loader.state_dict())
+            if deadline and time.time() > deadline:
+                log(f"--max-minutes reached in phase {trainer.phase}; state saved, rerun to continue")
+                trainer.save(state_dir, meta={"data_hash": data_hash}, loader_state=loader.state_dict())
+                return state_dir
+    return finalize_model(trainer, out, train_df, val_df, data_hash, log=log)
+
+
+def finalize_model(trainer: GANTrainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame,
+                   data_hash: str, log: Callable[[str], None] = print) -> Path:
+    """Calibrate the scorer, build the memorisation index, and write the final model into OUT."""
+    from reviewgen.memorization import NGramIndex
+    from reviewgen.scoring import fit_calibration_for
+
+    calib = fit_calibration_for(trainer.G, trainer.D, trainer.tok, val_df, ref=trainer.ref,
+                                seed=trainer.cfg.train.seed, log=log)
+    idx = NGramIndex.build(trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()),
+                           n=trainer.cfg.train.ngram_n)
+    ngram_file = out / ".ngrams.tmp.npy"
+    idx.save(ngram_file)
+    final_val = val_nll(trainer.G, fixed_batches(
+        encode_frame(val_df, trainer.tok, trainer.categories), trainer.cfg.train.batch_size,
+        trainer.cfg.train.val_batches, trainer.device), trainer.tk)
+    save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
+                    generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
+                    meta={"data_hash": data_hash, "role": "final", "metrics": {"val_nll": final_val,
+                          "calibration": calib}, "global_step": trainer.global_step})
+    ngram_file.unlink(missing_ok=True)
+    log(f"final model written to {out} (val NLL {final_val:.3f}, {len(idx)} n-grams indexed)")
+    return out
+
+
+def _data_hash(data_dir: str | Path) -> str:
+    p = Path(data_dir) / "stats.json"
+    if p.is_file():
+        try:
+            return json.loads(p.read_text()).get("data_hash", "unknown")
+        except json.JSONDecodeError:
+            return "unknown"
+    return "unknown"

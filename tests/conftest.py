@@ -1,0 +1,56 @@
+"""Shared fixtures: one prepared sample split, one tiny trained model, and one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+
+# Token auth is for clusters; a test-local Ray runs without it (see shared RAY_NOTES).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> Path:
+    """The carried sample, prepared into train/val/test splits."""
+    from reviewgen.data import prepare, review_sources, sample_data_dir
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(review_sources(sample_data_dir()), out, seed=0, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from reviewgen.config import RunConfig
+
+    return lambda: RunConfig.from_yaml(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(prepared_data, tiny_config, tmp_path_factory) -> Path:
+    """A tiny model trained through all three phases (final model dir; mle/ and state/ inside)."""
+    from reviewgen.train import train_local
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    train_local(prepared_data, out, tiny_config(), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for the whole session. 4 logical CPUs on 2 cores: with only 2, actor
+    pools and 2-worker trainers deadlock waiting for a CPU for their read tasks (RAY_NOTES)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 1024 * 1024, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
