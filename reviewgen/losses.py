@@ -112,8 +112,8 @@ def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, c
         pred = out.seq_logits > 0
         acc = (pred == label.bool()).float().mean()
         real_acc = pred[:n_real].float().mean()
-    return loss, {"d_loss": float(loss), "d_seq_loss": float(seq), "d_tok_loss": float(tok),
-                  "d_aux_loss": float(aux), "d_acc": float(acc), "d_real_acc": float(real_acc)}
+    return loss, {"d_loss": loss.item(), "d_seq_loss": seq.item(), "d_tok_loss": tok.item(),
+                  "d_aux_loss": aux.item(), "d_acc": float(acc), "d_real_acc": float(real_acc)}
 
 
 def disc_step(D, opt, batch: dict, fake: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> dict:
@@ -186,6 +186,6 @@ def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, cfg: 
     loss.backward()
     gnorm = clip_and_step(G, opt, cfg.grad_clip)
     n_tok = mask.sum()
-    return {"g_loss": float(loss), "pg_loss": float(pg), "kl": float(kl), "g_mle": float(mle),
+    return {"g_loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(), "g_mle": mle.item(),
             "reward": float(rewards.sum() / n_tok.clamp_min(1)), "fake_len": float(mask.sum(1).float().mean()),
             "g_grad_norm": gnorm, "tokens": int(n_tok + real_mask.sum())}

@@ -1,0 +1,197 @@
+"""Training phases, checkpoints, resume, scoring and config errors on the carried sample (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from reviewgen.checkpoint import CheckpointError, export_model, load_checkpoint
+from reviewgen.config import ConfigError, RunConfig
+from reviewgen.data import load_split
+from reviewgen.losses import val_nll
+from reviewgen.sampling import SamplingParams, counter_uniforms, sample
+from reviewgen.scoring import Scorer, apply_calibration, fit_platt
+from reviewgen.train import (GANTrainer, TensorBatches, build_categories, encode_frame, fit_tokenizer,
+                             fixed_batches)
+
+
+@pytest.fixture(scope="module")
+def setup(prepared_data, tiny_config):
+    cfg = tiny_config()
+    train = load_split(prepared_data, "train")
+    tok = fit_tokenizer(train, cfg)
+    cats = build_categories(train, cfg.discriminator.n_categories)
+    cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(cats))
+    data = encode_frame(train.head(2000), tok, cats)
+    return cfg, tok, cats, data
+
+
+def new_trainer(setup, **train_overrides):
+    cfg, tok, cats, data = setup
+    cfg = RunConfig.from_dict(cfg.to_dict()).override({f"train.{k}": v for k, v in train_overrides.items()})
+    return GANTrainer(cfg, tok, cats), TensorBatches(data, cfg.train.batch_size, cfg.train.seed)
+
+
+def params_of(m):
+    return torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+
+
+def test_mle_loss_falls_on_real_sample(setup):
+    tr, batches = new_trainer(setup, mle_steps=60, lr_g=3e-3, warmup_steps=5)
+    val = fixed_batches(setup[3], 8, 4)
+    before = val_nll(tr.G, val, tr.tk)
+    losses = [tr.train_step(next(batches)).metrics["g_loss"] for _ in range(60)]
+    after = val_nll(tr.G, val, tr.tk)
+    assert after < before - 0.5, (before, after)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    assert tr.phase == "disc" and tr.ref is not None
+
+
+def test_phases_advance_and_adversarial_step_changes_both_models(setup):
+    tr, batches = new_trainer(setup, mle_steps=2, disc_warmup_steps=2, adv_steps=3)
+    for _ in range(4):
+        tr.train_step(next(batches))
+    assert tr.phase == "adv"
+    g0, d0, ref0 = params_of(tr.G), params_of(tr.D), params_of(tr.ref)
+    res = tr.train_step(next(batches))
+    assert res.phase == "adv" and {"pg_loss", "kl", "reward", "d_loss", "d_acc"} <= set(res.metrics)
+    assert not torch.equal(g0, params_of(tr.G))
+    assert not torch.equal(d0, params_of(tr.D))
+    assert torch.equal(ref0, params_of(tr.ref))  # the KL anchor stays frozen
+    tr.train_step(next(batches))
+    tr.train_step(next(batches))
+    assert tr.phase == "done"
+    with pytest.raises(RuntimeError):
+        tr.train_step(next(batches))
+
+
+def test_group_baseline_has_zero_mean_per_prompt():
+    from reviewgen.losses import group_advantages
+
+    rewards = torch.rand(6, 5)
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    adv = group_advantages(rewards, mask, group_size=3, gamma=0.9)
+    assert torch.allclose(adv.view(2, 3, 5).sum(1), torch.zeros(2, 5), atol=1e-6)
+
+
+def test_save_load_identical_outputs_and_resume(setup, tmp_path):
+    tr, batches = new_trainer(setup, mle_steps=3, disc_warmup_steps=2, adv_steps=4)
+    for _ in range(6):  # into the adversarial phase: optimizer states, reference, replay all populated
+        tr.train_step(next(batches))
+    tr.save(tmp_path / "ck", loader_state=batches.state_dict())
+    ck = load_checkpoint(tmp_path / "ck")
+    ids = next(batches)["ids"]
+    with torch.no_grad():
+        assert torch.equal(tr.G.eval()(ids), ck.generator(ids))
+        assert torch.equal(tr.D.eval()(ids).seq_logits, ck.discriminator(ids).seq_logits)
+
+    # resume: a fresh trainer continues at the same phase/step with the same optimizer state and RNG
+    tr2, batches2 = new_trainer(setup, mle_steps=3, disc_warmup_steps=2, adv_steps=4)
+    batches2.load_state_dict(tr2.resume_from(tmp_path / "ck"))
+    assert (tr2.phase, tr2.step, tr2.global_step) == (tr.phase, tr.step, tr.global_step)
+    s1, s2 = tr.opt_g.state_dict()["state"], tr2.opt_g.state_dict()["state"]
+    assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
+    batches.load_state_dict(batches2.state_dict())
+    torch.set_rng_state(tr2.state_dict()["rng_cpu"])
+    r1 = tr.train_step(next(batches))
+    r2 = tr2.train_step(next(batches2))
+    assert r1.metrics["g_loss"] == pytest.approx(r2.metrics["g_loss"], rel=1e-5)
+    assert torch.allclose(params_of(tr.G), params_of(tr2.G), atol=1e-6)
+
+
+def test_same_seed_same_training_on_cpu(setup):
+    runs = []
+    for _ in range(2):
+        tr, batches = new_trainer(setup, mle_steps=2, disc_warmup_steps=1, adv_steps=1)
+        for _ in range(4):
+            tr.train_step(next(batches))
+        runs.append((params_of(tr.G), params_of(tr.D)))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_same_seed_same_samples(tiny_model):
+    ck = load_checkpoint(tiny_model)
+    from reviewgen.tokenizer import Condition
+
+    pre = ck.tokenizer.encode_prefixes([Condition("Fire HD 8 Tablet", "Tablets", 5)] * 4)
+    u = counter_uniforms([11, 12, 13, 14], ck.tokenizer.max_review_len)
+    p = SamplingParams(ck.tokenizer.max_review_len, 1.0)
+    a = sample(ck.generator, pre, p, eos_id=ck.tokenizer.eos_id, pad_id=ck.tokenizer.pad_id, uniforms=u)
+    b = sample(ck.generator, pre, p, eos_id=ck.tokenizer.eos_id, pad_id=ck.tokenizer.pad_id, uniforms=u)
+    assert torch.equal(a, b)
+
+
+def test_tiny_model_layout_and_meta(tiny_model):
+    for name in ("config.json", "generator.safetensors", "discriminator.safetensors", "tokenizer.json",
+                 "calibration.json", "ngrams.npy", "meta.json", "metrics.jsonl"):
+        assert (tiny_model / name).is_file(), name
+    assert (tiny_model / "mle" / "meta.json").is_file() and (tiny_model / "state" / "train_state.pt").is_file()
+    meta = json.loads((tiny_model / "meta.json").read_text())
+    assert len(meta["version"]) == 16 and meta["role"] == "final"
+    phases = {json.loads(l)["phase"] for l in (tiny_model / "metrics.jsonl").read_text().splitlines()}
+    assert phases == {"mle", "disc", "adv"}
+
+
+def test_export_version_is_content_hash(tiny_model, tmp_path):
+    a = export_model(tiny_model, tmp_path / "a")
+    b = export_model(tiny_model, tmp_path / "b")
+    va, vb = (json.loads((d / "meta.json").read_text())["version"] for d in (a, b))
+    assert va == vb and not (a / "train_state.pt").exists()
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["run"]["train"]["seed"] = 99
+    (b / "config.json").write_text(json.dumps(cfg))
+    from reviewgen.checkpoint import content_version
+    assert content_version(b) != va
+
+
+@pytest.mark.parametrize("damage", ["missing_dir", "no_meta", "corrupt_weights", "corrupt_config", "bad_tokenizer"])
+def test_bad_checkpoints_give_named_errors(tiny_model, tmp_path, damage):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model, d, ignore=shutil.ignore_patterns("mle", "state"))
+    target = {"missing_dir": None, "no_meta": "meta.json", "corrupt_weights": "generator.safetensors",
+              "corrupt_config": "config.json", "bad_tokenizer": "tokenizer.json"}[damage]
+    if damage == "missing_dir":
+        d = tmp_path / "nope"
+    elif damage == "no_meta":
+        (d / target).unlink()
+    else:
+        (d / target).write_bytes(b"\x00garbage{")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(d)
+    assert (target or "nope") in str(e.value)
+
+
+def test_scorer_outputs_probabilities(tiny_model, prepared_data):
+    s = Scorer(tiny_model)
+    test = load_split(prepared_data, "test").head(8)
+    out = s.score_frame(test)
+    assert out["p_human"].between(0, 1).all() and out["rating_pred"].between(1, 5).all()
+    assert len(out) == 8 and s.version == json.loads((tiny_model / "meta.json").read_text())["version"]
+    res = s.score([{"text": "好评，质量不错"}, {"text": "Works great", "rating": 5, "product_title": "Echo"}])
+    assert res["p_human"].shape == (2,)
+
+
+def test_platt_calibration_fixes_a_shifted_scorer():
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(4000, generator=g) < 0.5).double()
+    logits = (y * 2 - 1) * 1.5 + torch.randn(4000, generator=g, dtype=torch.float64) + 3.0  # biased towards "real"
+    calib = fit_platt(logits.numpy(), y.numpy())
+    p_raw, p_cal = apply_calibration(logits.numpy(), None), apply_calibration(logits.numpy(), calib)
+    from reviewgen.metrics import ece
+    assert ece(y.numpy(), p_cal) < 0.03 < ece(y.numpy(), p_raw)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="n_head"):
+        RunConfig.from_dict({"generator": {"d_model": 30, "n_head": 4}}).validate()
+    with pytest.raises(ConfigError, match="mle_stepz"):
+        RunConfig.from_dict({"train": {"mle_stepz": 3}})
+    with pytest.raises(ConfigError, match="batch_size"):
+        RunConfig.from_dict({"train": {"batch_size": "many"}})
+    with pytest.raises(ConfigError, match="not found"):
+        RunConfig.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        RunConfig().override({"train.nope": 1})
