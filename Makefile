@@ -1,0 +1,56 @@
+# reviewgen: every target installs what it needs into .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned for local CPU installs (a wheel lies on local disk; an open range pulls a multi-GB CUDA
+# build). pyproject keeps the range open for clusters.
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test demo eval bench lint clean serve-config cluster-up cluster-down submit-train submit-nightly deploy-scorer
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev,eval,embed,bench]" "$(TORCH_PIN)"
+	touch $@
+
+## make test: the whole suite on CPU with tiny models and one local Ray per session
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+## make demo: prepare the carried sample, train (Ray Train), generate (Ray Data), score (Ray Serve), report
+demo: install
+	$(BIN)/reviewgen demo --out runs/demo
+
+## make eval: the evaluation report on the demo model (run `make demo` first)
+eval: install
+	test -f runs/demo/model/meta.json || $(BIN)/reviewgen demo --out runs/demo
+	$(BIN)/reviewgen evaluate --model runs/demo/model --data runs/demo/data --out runs/demo/eval
+
+## make bench: throughput/memory benchmarks, figures written to bench/results/
+bench: install
+	$(BIN)/python -m bench.run_all --out bench/results
+
+serve-config: install
+	$(BIN)/python scripts/build_serve_config.py
+
+# -- cluster (set RAY_ADDRESS for a real cluster; otherwise a local 2-node cluster on this machine) --------
+CATALOG ?= $(CURDIR)/data/sample/catalog_flipkart_sample_1050.parquet
+cluster-up: install
+	cluster/scripts/cluster_up.sh
+cluster-down:
+	cluster/scripts/cluster_down.sh
+submit-train: install
+	cluster/scripts/submit.sh train --data $(CURDIR)/runs/prepared --out $(CURDIR)/runs/cluster-train --num-workers 2 --storage-path $(CURDIR)/runs/ray-results --name reviewgen-train $(TRAIN_ARGS)
+submit-nightly: install
+	@test -n "$(DATE)" || { echo "usage: make submit-nightly DATE=YYYY-MM-DD" >&2; exit 2; }
+	cluster/scripts/submit.sh nightly $(DATE) --model $(CURDIR)/runs/cluster-train --catalog $(CATALOG) --out $(CURDIR)/runs/generated --reviews-per-product 3 $(GEN_ARGS)
+deploy-scorer: install
+	MODEL_DIR=$(or $(MODEL_DIR),$(CURDIR)/runs/cluster-train) cluster/scripts/deploy_scorer.sh
+
+clean:
+	rm -rf runs .pytest_cache
