@@ -1,0 +1,406 @@
+"""The scoring HTTP API (FastAPI), independent of Ray: config, request/response models, auth, limits.
+
+`reviewgen.serve` builds this app inside each Serve replica (late-bound ingress), so the request models
+carry the configured limits and show them in the OpenAPI schema. The app talks to its backend through a
+small protocol (`ScoreBackend`), which keeps it testable without Ray.
+
+Error shape (every 4xx/5xx this app produces):
+    {"error": {"status": 422, "code": "validation_error", "message": "...",
+               "fields": [{"field": "reviews[0].text", "message": "...", "type": "..."}]}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+TOKEN_ENV = "REVIEWGEN_API_TOKEN"
+TOKEN_FILE_ENV = "REVIEWGEN_API_TOKEN_FILE"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+KNOWN_ROUTES = frozenset({"/healthz", "/readyz", "/v1/score", "/v1/model", "/v1/stats", "/docs", "/openapi.json"})
+
+
+class ServeConfigError(ValueError):
+    """A bad serving configuration (names the field)."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything configurable about the scoring endpoint (batching, limits, scaling, resources)."""
+
+    # batching
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    max_ongoing_requests: int = 64
+    # request limits
+    max_reviews_per_request: int = 64
+    max_text_chars: int = 4000
+    max_field_chars: int = 512
+    max_body_bytes: int = 1_048_576
+    request_timeout_s: float = 30.0
+    # flags
+    copy_check: bool = True
+    copy_min_span: int | None = None
+    pii_check: bool = True
+    log_review_text: bool = False
+    # autoscaling (Serve autoscaling_config)
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 8
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 120.0
+    metrics_interval_s: float | None = None
+    look_back_period_s: float | None = None
+    # resources (Serve ray_actor_options)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    device: str | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ServeConfigError naming the first bad field."""
+        positive = ("max_batch_size", "max_ongoing_requests", "max_reviews_per_request", "max_text_chars",
+                    "max_field_chars", "max_body_bytes", "request_timeout_s", "max_replicas",
+                    "target_ongoing_requests")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ServeConfigError(f"serve config: {name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("batch_wait_timeout_s", "upscale_delay_s", "downscale_delay_s", "num_cpus", "num_gpus",
+                     "min_replicas"):
+            if getattr(self, name) < 0:
+                raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.min_replicas > self.max_replicas:
+            raise ServeConfigError(f"serve config: min_replicas ({self.min_replicas}) > max_replicas "
+                                   f"({self.max_replicas})")
+        if self.max_ongoing_requests < self.max_batch_size:
+            # A replica never sees more than max_ongoing_requests at once, so bigger batches can't form.
+            raise ServeConfigError(f"serve config: max_ongoing_requests ({self.max_ongoing_requests}) must be "
+                                   f">= max_batch_size ({self.max_batch_size})")
+        if not isinstance(self.env_vars, dict) or not all(isinstance(v, str) for v in self.env_vars.values()):
+            raise ServeConfigError("serve config: env_vars must map names to strings")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ServeConfig:
+        """Build from a plain dict; unknown keys are an error that names them."""
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ServeConfigError(f"serve config: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ServeConfig:
+        """Read a YAML mapping (optionally under a top-level `serve:` key)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ServeConfigError(f"{path}: expected a mapping of serve config fields")
+        try:
+            return cls.from_dict(data.get("serve", data))
+        except (ServeConfigError, TypeError) as e:
+            raise ServeConfigError(f"{path}: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML friendly)."""
+        return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """to_dict() without env var values (they may hold secrets)."""
+        d = self.to_dict()
+        d["env_vars"] = sorted(self.env_vars)
+        return d
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """Serve autoscaling_config."""
+        out: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                               "target_ongoing_requests": self.target_ongoing_requests,
+                               "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
+        for name in ("metrics_interval_s", "look_back_period_s"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def ray_actor_options(self) -> dict[str, Any]:
+        """Serve ray_actor_options (num_gpus and runtime_env only when used)."""
+        out: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            out["num_gpus"] = self.num_gpus
+        if self.env_vars:
+            out["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        return out
+
+
+def load_api_token(environ: dict[str, str] | None = None) -> str | None:
+    """The configured bearer token: $REVIEWGEN_API_TOKEN, else the file named by $REVIEWGEN_API_TOKEN_FILE.
+
+    A named token file that cannot be read is an error (never silently run without auth)."""
+    env = os.environ if environ is None else environ
+    token = (env.get(TOKEN_ENV) or "").strip()
+    if token:
+        return token
+    path = (env.get(TOKEN_FILE_ENV) or "").strip()
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise ServeConfigError(f"{TOKEN_FILE_ENV}={path}: cannot read token file ({e})") from e
+    if not token:
+        raise ServeConfigError(f"{TOKEN_FILE_ENV}={path}: token file is empty")
+    return token
+
+
+class ScoreBackend(Protocol):
+    """What the API needs from a replica."""
+
+    def ready(self) -> bool: ...
+    def model_info(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]: ...
+    async def score(self, reviews: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+    def record_request(self, route: str, status: int, seconds: float) -> None: ...
+
+
+def error_response(status: int, code: str, message: str, fields: list[dict[str, str]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error in the API's stable shape."""
+    body: dict[str, Any] = {"status": status, "code": code, "message": message}
+    if fields is not None:
+        body["fields"] = fields
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple | list) -> str:
+    """("body", "reviews", 0, "text") -> "reviews[0].text"; a body-level error -> "body"."""
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "body"
+
+
+def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
+    fields = []
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        name = "body" if err.get("type") == "json_invalid" else _field_name(loc)
+        fields.append({"field": name, "message": str(err.get("msg", "invalid")), "type": str(err.get("type", ""))})
+    return fields
+
+
+def make_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Request/response models carrying this config's limits (so /openapi.json documents them)."""
+    short = Annotated[str | None, Field(default=None, max_length=cfg.max_field_chars)]
+
+    class Review(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        text: str = Field(min_length=1, max_length=cfg.max_text_chars, description="review body")
+        product_title: short = None
+        category: short = None
+        rating: int | None = Field(default=None, ge=1, le=5, description="star rating 1..5")
+        language: Literal["en", "zh"] | None = None
+
+        @field_validator("text")
+        @classmethod
+        def _not_blank(cls, v: str) -> str:
+            if not v.strip():
+                raise ValueError("text must not be empty or whitespace only")
+            return v
+
+        @field_validator("text", "product_title", "category")
+        @classmethod
+        def _encodable(cls, v: str | None) -> str | None:
+            # JSON allows lone surrogates ("\ud800"); the tokenizer cannot encode them.
+            if v is not None:
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError("string contains invalid unicode (lone surrogate)") from e
+            return v
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        reviews: list[Review] = Field(min_length=1, max_length=cfg.max_reviews_per_request)
+
+    return Review, ScoreRequest
+
+
+class Flags(BaseModel):
+    copy_span: int | None = Field(None, description="longest span (tokens) seen in training; null if disabled")
+    copied: bool | None = Field(None, description="copy_span >= the copy threshold; null if disabled")
+    pii: dict[str, int] | None = Field(None, description="PII counts by kind; null if disabled")
+    has_pii: bool | None = None
+
+
+class ReviewScore(BaseModel):
+    p_human: float = Field(description="calibrated probability that a human wrote the review")
+    rating_pred: int = Field(description="predicted star rating 1..5")
+    flags: Flags
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    results: list[ReviewScore]
+
+
+def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> FastAPI:
+    """The FastAPI app for one replica; `token` turns on bearer auth for all but /healthz and /readyz."""
+    _, ScoreRequest = make_models(cfg)
+    app = FastAPI(title="reviewgen scorer", version="1",
+                  description="Scores product reviews: calibrated p_human, predicted rating, copy/PII flags.")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = _validation_fields(exc)
+        code = "invalid_json" if any(f["type"] == "json_invalid" for f in fields) else "validation_error"
+        msg = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        return error_response(422, code, msg, fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large"}.get(exc.status_code, "http_error")
+        # 400/413 come from reading/decoding the body (e.g. not UTF-8, too large): name the body as the field.
+        fields = ([{"field": "body", "message": str(exc.detail), "type": code}]
+                  if exc.status_code in (400, 413) else None)
+        return error_response(exc.status_code, code, str(exc.detail), fields, headers=getattr(exc, "headers", None))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if backend.ready():
+            return {"status": "ready", "model_version": backend.model_info()["model_version"]}
+        return error_response(503, "not_ready", "model not loaded yet")
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        return backend.model_info()
+
+    @app.get("/v1/stats")
+    async def stats() -> dict[str, Any]:
+        return backend.stats()
+
+    async def score(req):
+        reviews = [r.model_dump() for r in req.reviews]
+        try:
+            results = await asyncio.wait_for(backend.score(reviews), timeout=cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            return error_response(504, "timeout", f"scoring took longer than {cfg.request_timeout_s}s")
+        return {"model_version": backend.model_info()["model_version"], "results": results}
+
+    # The request model is built at run time, so set the annotation FastAPI reads (string annotations from
+    # `from __future__ import annotations` could not resolve a local class).
+    score.__annotations__ = {"req": ScoreRequest}
+    app.post("/v1/score", response_model=ScoreResponse,
+             responses={401: {"description": "missing/bad token"}, 413: {"description": "body too large"},
+                        422: {"description": "invalid request"}, 504: {"description": "timed out"}})(score)
+
+    app.add_middleware(GuardMiddleware, backend=backend, token=token, max_body_bytes=cfg.max_body_bytes)
+    return app
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware: bearer auth, body-size limit, per-request metrics (route + status)."""
+
+    def __init__(self, app, backend: ScoreBackend, token: str | None, max_body_bytes: int):
+        self.app, self.backend, self.token, self.max_body_bytes = app, backend, token, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = _relative_path(scope)
+        route = path if path in KNOWN_ROUTES else "other"
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            early = self._reject(scope, path)
+            if early is not None:
+                await early(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, self._limited(receive), send_wrapper)
+        finally:
+            self.backend.record_request(route, status["code"], time.perf_counter() - start)
+
+    def _reject(self, scope, path: str) -> JSONResponse | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.token is not None and path not in OPEN_PATHS:
+            auth = headers.get("authorization", "")
+            scheme, _, given = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                return error_response(401, "unauthorized", "missing or invalid bearer token",
+                                      headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                return error_response(400, "bad_request", f"invalid Content-Length {length!r}",
+                                      [{"field": "body", "message": "bad Content-Length", "type": "header"}])
+            if n > self.max_body_bytes:
+                return error_response(413, "payload_too_large",
+                                      f"body is {n} bytes; the limit is {self.max_body_bytes}",
+                                      [{"field": "body", "message": "too large", "type": "size"}])
+        return None
+
+    def _limited(self, receive):
+        """Count body bytes as they arrive (chunked bodies have no Content-Length)."""
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def wrapped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # FastAPI re-raises HTTPExceptions from body reading; our handler makes it JSON.
+                    raise StarletteHTTPException(413, f"body exceeds the limit of {limit} bytes")
+            return message
+
+        return wrapped
+
+
+def _relative_path(scope) -> str:
+    """Request path with the app's route prefix (root_path) removed."""
+    path = scope.get("path", "/")
+    root = scope.get("root_path", "") or ""
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
+
+
+def log_record(event: str, **fields: Any) -> str:
+    """One JSON log line (callers never pass review text unless log_review_text is on)."""
+    return json.dumps({"event": event, **fields}, ensure_ascii=False, default=str)
+
