@@ -1,0 +1,117 @@
+"""Catalog contract: column mappings (presets on the carried samples) and per-row validation (no Ray)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from reviewgen import catalog as cat
+from reviewgen.data import sample_data_dir
+
+
+def _one(row: dict, mapping=None, **kw) -> dict:
+    return cat.validate_records([row], cat.resolve_mapping(mapping), source_file="f.parquet", **kw)[0]
+
+
+def test_good_row_is_ok_and_cleaned():
+    r = _one({"product_id": 17, "title": "Nice\x00 lamp\x07\n  &amp; shade", "price": "Rs 1,299.50",
+              "category": "Home", "brand": None})
+    assert r["status"] == "ok" and r["reason"] is None
+    assert r["product_id"] == "17"
+    assert r["title"] == "Nice lamp & shade"
+    assert r["price"] == pytest.approx(1299.5)
+    assert r["language"] == "en" and r["attr_hash"] and r["raw"] is None
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"product_id": None, "title": "x"}, "missing_id"),
+    ({"product_id": float("nan"), "title": "x"}, "missing_id"),
+    ({"product_id": "  ", "title": "x"}, "missing_id"),
+    ({"product_id": "a", "title": None}, "missing_title"),
+    ({"product_id": "a", "title": "\x00\x01"}, "missing_title"),
+    ({"product_id": "a", "title": "x" * 100_000}, "title_too_long"),
+    ({"product_id": "a", "title": b"caf\xe9 latin-1"}, "invalid_utf8:title"),
+    ({"product_id": "a", "title": 12345}, "invalid_type:title"),
+    ({"product_id": ["a"], "title": "x"}, "invalid_type:product_id"),
+    ({"product_id": "a", "title": "x", "price": "cheap"}, "invalid_price"),
+    ({"product_id": "a", "title": "x", "price": -3.0}, "invalid_price"),
+    ({"product_id": "a"}, "missing_column:title"),
+])
+def test_bad_rows_rejected_with_reason(row, reason):
+    r = _one(row)
+    assert r["status"] == "rejected"
+    assert r["reason"] == reason
+    assert r["raw"] and len(r["raw"]) < 5000  # raw row kept for the rejects table, long values cut
+
+
+def test_valid_utf8_bytes_title_is_decoded():
+    assert _one({"product_id": "a", "title": "café".encode()})["title"] == "café"
+
+
+def test_language_and_rating_columns():
+    ok = _one({"product_id": "a", "title": "x", "lang": "ZH", "stars": 4.0},
+              language_column="lang", rating_column="stars")
+    assert (ok["status"], ok["language"], ok["target_rating"]) == ("ok", "zh", 4)
+    assert _one({"product_id": "a", "title": "x", "lang": "fr"}, language_column="lang")["reason"] == "unsupported_language"
+    assert _one({"product_id": "a", "title": "x", "stars": 9}, rating_column="stars")["reason"] == "invalid_rating"
+    assert _one({"product_id": "a", "title": "x", "stars": None}, rating_column="stars")["target_rating"] is None
+
+
+def test_duplicates_keep_first_occurrence():
+    recs = cat.validate_records([{"product_id": "a", "title": "first"}, {"product_id": "b", "title": None},
+                                 {"product_id": "a", "title": "second"}, {"product_id": "b", "title": "b ok"}],
+                                cat.resolve_mapping(None), source_file="f")
+    df = cat.mark_duplicates(pd.DataFrame(recs))
+    # a rejected first row does not block a later valid one: duplicates are judged among valid rows
+    assert df["reason"].fillna("").tolist() == ["", "missing_title", "duplicate_id", ""]
+    assert df.loc[0, "title"] == "first"
+
+
+def test_attr_hash_tracks_attributes():
+    a = _one({"product_id": "a", "title": "x", "price": 1.0})["attr_hash"]
+    assert a == _one({"product_id": "a", "title": "x", "price": 1.0})["attr_hash"]
+    assert a != _one({"product_id": "a", "title": "x", "price": 2.0})["attr_hash"]
+    assert a != _one({"product_id": "a", "title": "y", "price": 1.0})["attr_hash"]
+
+
+def test_mapping_errors_name_the_problem(tmp_path):
+    with pytest.raises(cat.CatalogError, match="unknown fields"):
+        cat.resolve_mapping({"columns": {"product_id": "a", "title": "b", "colour": "c"}})
+    with pytest.raises(cat.CatalogError, match="required field 'title'"):
+        cat.resolve_mapping({"columns": {"product_id": "a"}})
+    with pytest.raises(cat.CatalogError, match="unknown transform"):
+        cat.resolve_mapping({"product_id": "a", "title": {"column": "t", "transform": "nope"}})
+    with pytest.raises(cat.CatalogError, match="preset"):
+        cat.resolve_mapping("no_such_preset")
+    f = tmp_path / "m.yaml"
+    f.write_text("columns:\n  product_id: sku\n  title: name\n")
+    assert cat.resolve_mapping(str(f))["title"] == [{"column": "name", "transform": None}]
+
+
+def test_category_tree_first():
+    assert cat.category_tree_first('["Home Furnishing >> Curtains & Accessories >> Curtains"]') == "Home Furnishing"
+    assert cat.category_tree_first('["Watches >> Wrist Watches"') == "Watches"  # truncated JSON
+    assert cat.category_tree_first(None) is None
+
+
+def test_presets_map_the_carried_samples():
+    assert {"bigbasket", "flipkart"} <= set(cat.presets())
+    bb = pd.read_parquet(sample_data_dir() / "catalog_bigbasket_products.parquet").head(20)
+    recs = cat.validate_records(bb.to_dict("records"), cat.resolve_mapping("bigbasket"), source_file="bb")
+    assert [r["product_id"] for r in recs] == [str(int(i)) for i in bb["index"]]
+    assert [r["title"] for r in recs] == [cat.clean_text(t) for t in bb["product"]]
+    assert all(r["status"] == "ok" for r in recs)
+    assert recs[0]["price"] == pytest.approx(float(bb["sale_price"].iloc[0]))
+
+    fk = pd.read_parquet(sample_data_dir() / "catalog_flipkart_sample_1050.parquet").head(20)
+    recs = cat.validate_records(fk.to_dict("records"), cat.resolve_mapping("flipkart"), source_file="fk")
+    assert [r["product_id"] for r in recs] == fk["uniq_id"].tolist()
+    assert all(r["status"] == "ok" for r in recs)
+    first_levels = [t.split(">>")[0].strip(' ["') for t in fk["product_category_tree"]]
+    assert [r["category"] for r in recs] == first_levels
+    assert recs[0]["description"]
+
+
+def test_flipkart_falls_back_to_pid():
+    r = _one({"uniq_id": None, "pid": "PID1", "product_name": "x"}, "flipkart")
+    assert (r["status"], r["product_id"]) == ("ok", "PID1")

@@ -1,0 +1,204 @@
+"""Ray Data generation pipeline: accounting of bad rows, no-op rerun/--force, resume after an interrupted
+run, determinism, the shared catalog presets, and --since (real local Ray, tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reviewgen.data import sample_data_dir
+from reviewgen.generate import InjectedStop, main, review_id, run_generation
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+DATE = "2024-05-01"
+QUIET = dict(log=lambda *_: None)
+
+
+def _products(n: int, start: int = 0) -> pd.DataFrame:
+    cats = ["Electronics", "Clothing", "Kitchen"]
+    return pd.DataFrame({"product_id": [f"p{i:03d}" for i in range(start, start + n)],
+                         "title": [f"Wireless speaker model {i}" for i in range(start, start + n)],
+                         "category": [cats[i % 3] for i in range(start, start + n)],
+                         "price": [10.0 + i for i in range(start, start + n)]})
+
+
+def _reviews(part: Path) -> pd.DataFrame:
+    return pd.read_parquet(part / "reviews").sort_values("review_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("messy")
+    good = pd.DataFrame({
+        "product_id": ["g1", "g2", None, "g4", "g1", "g6", "g7", "g8"],
+        "title": ["Steel water bottle", "Cotton kurta", "No id here", None, "Duplicate of g1",
+                  "x" * 100_000, "Desk lamp\x00 with\x07 dimmer\x1b", "Rice cooker"],
+        "category": ["Kitchen"] * 8, "brand": ["B"] * 8, "price": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]})
+    good.to_parquet(d / "a_good.parquet")
+    # title as a binary column: one invalid UTF-8 (latin-1 bytes), one valid; price as strings
+    pq.write_table(pa.table({"product_id": ["b1", "b2", "b3"],
+                             "title": pa.array([b"caf\xe9 cr\xe8me", "Tea kettle".encode(), b"Masala chai"],
+                                               pa.binary()),
+                             "price": ["12.50", "cheap", "Rs 99"]}), d / "b_types.parquet")
+    pd.DataFrame({"product_id": ["n1", "n2"], "title": [123, 456]}).to_parquet(d / "c_numeric_title.parquet")
+    (d / "d_broken.parquet").write_bytes(b"PAR1 this is not a parquet file at all")
+    files = [str(d / f) for f in ("a_good.parquet", "b_types.parquet", "c_numeric_title.parquet", "d_broken.parquet")]
+    return {"dir": d, "files": files, "rows": 8 + 3 + 2 + 1}
+
+
+@pytest.fixture(scope="module")
+def messy_run(ray_local, tiny_model, messy, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("out_messy")
+    summary = run_generation(tiny_model, messy["files"], out, reviews_per_product=2, run_date=DATE, seed=1, **QUIET)
+    return {"out": out, "summary": summary, "part": out / f"run_date={DATE}"}
+
+
+def test_every_input_row_accounted_for(messy, messy_run):
+    c = messy_run["summary"]["counts"]
+    assert c["products_in"] == messy["rows"]
+    assert c["products_valid"] + c["products_rejected"] == c["products_in"]
+    assert c["catalog_rejects_by_reason"] == {
+        "missing_id": 1, "missing_title": 1, "duplicate_id": 1, "title_too_long": 1, "invalid_utf8:title": 1,
+        "invalid_price": 1, "invalid_type:title": 2, "unreadable_file": 1}
+    assert c["products_valid"] == 5  # g1, g2, g7 (control chars cleaned), g8, b3 ("Rs 99" parsed)
+    rej = pd.read_parquet(messy_run["part"] / "rejects" / "catalog.parquet")
+    broken = rej[rej["reason"] == "unreadable_file"]
+    assert broken["source_file"].str.endswith("d_broken.parquet").all() and broken["stage"].eq("read").all()
+    dup = rej[rej["reason"] == "duplicate_id"]
+    assert dup["product_id"].tolist() == ["g1"] and "Duplicate of g1" in dup["raw"].iloc[0]
+    assert rej[rej["stage"] == "catalog"]["raw"].notna().all()
+
+
+def test_good_rows_generate_reviews_with_contract(messy_run):
+    part = messy_run["part"]
+    prods = pd.read_parquet(part / "products")
+    assert sorted(prods["product_id"]) == ["b3", "g1", "g2", "g7", "g8"]
+    gen = pd.read_parquet(part / "reviews")
+    filt = pd.read_parquet(part / "rejects", filters=[("stage", "=", "filter")])
+    assert len(gen) + len(filt) == 5 * 2  # every generated review is accepted or rejected with a reason
+    assert messy_run["summary"]["counts"]["reviews_generated"] == 10
+    assert len(gen) > 0 and filt["reason"].notna().all()
+    for col in ("product_id", "review_id", "rating", "text", "score", "model_version", "run_id", "seed",
+                "generated_at", "language"):
+        assert gen[col].notna().all(), col
+    assert gen["review_id"].is_unique
+    assert gen["rating"].between(1, 5).all() and gen["score"].between(0, 1).all()
+    run_id = messy_run["summary"]["run_id"]
+    assert all(r == review_id(run_id, p, i) for r, p, i in zip(gen["review_id"], gen["product_id"], gen["review_index"]))
+    title = gen.loc[gen["product_id"] == "g7", "title"]
+    assert title.empty or title.iloc[0] == "Desk lamp with dimmer"
+    man = json.loads((part / "manifest.json").read_text())
+    assert (part / "_SUCCESS").exists() and man["run_id"] == run_id
+    assert {f["path"].rsplit("/", 1)[-1] for f in man["inputs"]} >= {"a_good.parquet", "d_broken.parquet"}
+    assert all(f["checksum"].startswith("sha256:") for f in man["inputs"])
+    assert man["summary"]["timings_s"]["generate_stage"] > 0
+
+
+def test_second_run_is_noop_and_force_rewrites(tiny_model, messy, messy_run):
+    part = messy_run["part"]
+    before = _reviews(part)
+    stamp = (part / "_SUCCESS").stat().st_mtime_ns
+    again = run_generation(tiny_model, messy["files"], messy_run["out"], reviews_per_product=2, run_date=DATE,
+                           seed=1, **QUIET)
+    assert again["noop"] is True and (part / "_SUCCESS").stat().st_mtime_ns == stamp
+    (part / "reviews" / "stray.parquet").write_bytes(b"junk left by someone")
+    forced = run_generation(tiny_model, messy["files"], messy_run["out"], reviews_per_product=2, run_date=DATE,
+                            seed=1, force=True, **QUIET)
+    assert forced["noop"] is False and forced["counts"]["shards_resumed"] == 0
+    assert not (part / "reviews" / "stray.parquet").exists()  # the partition was replaced, not appended to
+    after = _reviews(part)
+    pd.testing.assert_frame_equal(before.drop(columns="generated_at"), after.drop(columns="generated_at"))
+    with pytest.raises(Exception, match="--force"):  # same date, different settings: refuse to mix
+        run_generation(tiny_model, messy["files"], messy_run["out"], reviews_per_product=3, run_date=DATE,
+                       seed=1, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def clean_catalog(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("clean")
+    _products(30).to_parquet(d / "catalog.parquet")
+    return d / "catalog.parquet"
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_local, tiny_model, clean_catalog, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ref")
+    s = run_generation(tiny_model, [str(clean_catalog)], out, reviews_per_product=2, run_date=DATE, seed=7,
+                       products_per_shard=4, num_actors=2, **QUIET)
+    return {"summary": s, "part": out / f"run_date={DATE}"}
+
+
+def test_same_seed_same_reviews(tiny_model, clean_catalog, reference_run, tmp_path):
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, reviews_per_product=2, run_date=DATE, seed=7,
+                       products_per_shard=4, num_actors=1, **QUIET)
+    a, b = _reviews(reference_run["part"]), _reviews(tmp_path / f"run_date={DATE}")
+    assert s["run_id"] == reference_run["summary"]["run_id"]
+    # generated_at is wall-clock time; every other column must match exactly (1 vs 2 actors, other batching)
+    pd.testing.assert_frame_equal(a.drop(columns="generated_at"), b.drop(columns="generated_at"))
+    assert reference_run["summary"]["counts"]["shards"] == 8
+
+
+def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_model, clean_catalog, reference_run, tmp_path):
+    with pytest.raises(InjectedStop):
+        run_generation(tiny_model, [str(clean_catalog)], tmp_path, reviews_per_product=2, run_date=DATE, seed=7,
+                       products_per_shard=4, num_actors=1, _stop_after_shards=3, **QUIET)
+    part = tmp_path / f"run_date={DATE}"
+    finished = list((part / "reviews").glob("part-*.parquet"))
+    assert not (part / "_SUCCESS").exists() and 3 <= len(finished) < 8
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, reviews_per_product=2, run_date=DATE, seed=7,
+                       products_per_shard=4, **QUIET)
+    assert s["counts"]["shards_resumed"] == len(finished)
+    prods = pd.read_parquet(part / "products")
+    done_shards = {int(f.name[5:10]) for f in finished}
+    assert s["counts"]["reviews_generated_this_invocation"] == 2 * int((~prods["shard"].isin(done_shards)).sum())
+    got, ref = _reviews(part), _reviews(reference_run["part"])
+    assert got["review_id"].is_unique
+    assert set(got["review_id"]) == set(ref["review_id"])
+    pd.testing.assert_frame_equal(got.drop(columns="generated_at"), ref.drop(columns="generated_at"))
+    assert s["counts"]["reviews_generated"] == reference_run["summary"]["counts"]["reviews_generated"] == 60
+
+
+@pytest.mark.parametrize("preset, file, id_col", [
+    ("bigbasket", "catalog_bigbasket_products.parquet", "index"),
+    ("flipkart", "catalog_flipkart_sample_1050.parquet", "uniq_id"),
+])
+def test_shared_catalog_samples_through_presets(ray_local, tiny_model, tmp_path, preset, file, id_col):
+    raw = pd.read_parquet(sample_data_dir() / file).head(6)
+    raw.to_parquet(tmp_path / file)
+    s = run_generation(tiny_model, [str(tmp_path / file)], tmp_path / "out", reviews_per_product=1, run_date=DATE,
+                       mapping=preset, keep_columns=["brand"], **QUIET)
+    assert s["counts"]["products_in"] == 6 and s["counts"]["products_valid"] == 6
+    prods = pd.read_parquet(tmp_path / "out" / f"run_date={DATE}" / "products")
+    assert sorted(prods["product_id"]) == sorted(str(v) for v in raw[id_col])
+    gen = pd.read_parquet(tmp_path / "out" / f"run_date={DATE}" / "reviews")
+    assert "brand" in gen.columns and gen["category"].notna().all()
+    if preset == "flipkart":
+        assert not gen["category"].str.contains(">>").any()
+
+
+def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
+    day1 = _products(10)
+    day1.to_parquet(tmp_path / "day1.parquet")
+    s1 = run_generation(tiny_model, [str(tmp_path / "day1.parquet")], tmp_path / "out", reviews_per_product=1,
+                        run_date="2024-05-01", **QUIET)
+    assert s1["counts"]["products_to_generate"] == 10
+    day2 = pd.concat([day1.drop(index=[9]), _products(2, start=50)], ignore_index=True)
+    day2.loc[day2["product_id"] == "p001", "title"] = "Wireless speaker model 1, now waterproof"
+    day2.loc[day2["product_id"] == "p002", "price"] = 99.0
+    day2.to_parquet(tmp_path / "day2.parquet")
+    rc = main(["--model", str(tiny_model), "--catalog", str(tmp_path / "day2.parquet"), "--out", str(tmp_path / "out"),
+               "--reviews-per-product", "1", "--run-date", "2024-05-02", "--since", "2024-05-01"])
+    assert rc == 0
+    part2 = tmp_path / "out" / "run_date=2024-05-02"
+    man = json.loads((part2 / "manifest.json").read_text())["summary"]["counts"]
+    assert man["products_valid"] == 11 and man["products_unchanged"] == 7 and man["products_to_generate"] == 4
+    gen = pd.read_parquet(part2 / "reviews")
+    rej = pd.read_parquet(part2 / "rejects", filters=[("stage", "=", "filter")])
+    assert set(gen["product_id"]) | set(rej["product_id"]) == {"p001", "p002", "p050", "p051"}
+    # the products table carries every valid product, so a later --since chains from this run
+    assert len(pd.read_parquet(part2 / "products")) == 11
