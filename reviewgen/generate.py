@@ -271,6 +271,9 @@ class GeneratorActor:
         p = self.p
         if not text.strip():
             return "empty"
+        if p["reject_broken_text"] and "\ufffd" in text:
+            # byte-level BPE can stop mid-character; U+FFFD in a review is visible garbage
+            return "broken_text"
         if len(ids) < p["min_tokens"] or len(text) < p["min_chars"]:
             return "too_short"
         if (p["max_tokens"] and len(ids) > p["max_tokens"]) or (p["max_chars"] and len(text) > p["max_chars"]):
@@ -438,7 +441,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
                    default_language: str = "en", rating_column: str | None = None,
                    rating_distribution: Sequence[float] | None = None, min_tokens: int = 3, max_tokens: int | None = None,
                    min_chars: int = 1, max_chars: int | None = None, products_per_shard: int = 256,
-                   cpus_per_actor: float = 0.5, log: Callable[[str], None] = print,
+                   cpus_per_actor: float = 0.5, reject_broken_text: bool = True, log: Callable[[str], None] = print,
                    _stop_after_shards: int | None = None) -> dict[str, Any]:
     """Generate `reviews_per_product` reviews for every valid catalog product into OUT/run_date=DATE/.
 
@@ -480,7 +483,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
                 "default_language": default_language, "rating_column": rating_column,
                 "rating_distribution": dist, "min_tokens": min_tokens, "max_tokens": max_tokens,
                 "min_chars": min_chars, "max_chars": max_chars, "products_per_shard": products_per_shard,
-                "since_run": prev_run}
+                "reject_broken_text": reject_broken_text, "since_run": prev_run}
     inputs = [f for u in units for f in u.files] + [{"path": u.uri, "empty_directory": True}
                                                    for u in units if not u.files]
     run_id = _h(run_date, model_version, json.dumps(settings, sort_keys=True, default=str),
@@ -555,6 +558,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
                   "batch_size": batch_size, "min_score": min_score, "max_copy_span": max_copy_span,
                   "min_tokens": min_tokens, "max_tokens": max_tokens, "min_chars": min_chars,
                   "max_chars": max_chars, "keep_columns": keep_columns, "rating_distribution": dist,
+                  "reject_broken_text": reject_broken_text,
                   "threads": max(1, round(cpus_per_actor))}
         res = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_actor}
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
@@ -635,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the model's training distribution, else the sample en distribution)")
     a.add_argument("--min-tokens", type=int, default=3, help="reject reviews shorter than this many tokens")
     a.add_argument("--max-chars", type=int, default=None, help="reject reviews longer than this many characters")
+    a.add_argument("--keep-broken-text", action="store_true", help="accept reviews containing U+FFFD "
+                   "(a review cut mid-character); rejected as broken_text by default")
     a.add_argument("--products-per-shard", type=int, default=256, help="products per resumable output shard")
     return a
 
@@ -653,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        rating_column=args.rating_column,
                        rating_distribution=[float(x) for x in args.rating_dist.split(",")] if args.rating_dist else None,
                        min_tokens=args.min_tokens, max_chars=args.max_chars,
-                       products_per_shard=args.products_per_shard)
+                       products_per_shard=args.products_per_shard, reject_broken_text=not args.keep_broken_text)
     except (GenerationError, cat.CatalogError) as e:
         print(f"error: {e}")
         return 2

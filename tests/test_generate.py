@@ -16,7 +16,9 @@ from reviewgen.generate import InjectedStop, main, review_id, run_generation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 DATE = "2024-05-01"
-QUIET = dict(log=lambda *_: None)
+# The tiny test model emits partial UTF-8 bytes in almost every review, so tests that need accepted reviews
+# keep them (reject_broken_text=False); the --since test runs the default guard and checks it.
+QUIET = dict(log=lambda *_: None, reject_broken_text=False)
 
 
 def _products(n: int, start: int = 0) -> pd.DataFrame:
@@ -200,5 +202,8 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     gen = pd.read_parquet(part2 / "reviews")
     rej = pd.read_parquet(part2 / "rejects", filters=[("stage", "=", "filter")])
     assert set(gen["product_id"]) | set(rej["product_id"]) == {"p001", "p002", "p050", "p051"}
+    assert len(gen) + len(rej) == 4
+    assert rej["text"].str.contains("\ufffd").sum() == (rej["reason"] == "broken_text").sum()
+    assert not gen["text"].str.contains("\ufffd").any()  # the default guard is on through the CLI
     # the products table carries every valid product, so a later --since chains from this run
     assert len(pd.read_parquet(part2 / "products")) == 11
