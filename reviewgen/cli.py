@@ -182,38 +182,15 @@ def evaluate(
     return res
 
 
-@app.command()
-def generate(
-    model: Path = typer.Option(..., "--model", help="Exported model directory."),
-    catalog: List[str] = typer.Option(..., "--catalog", help="Catalog parquet file or directory (repeatable; local, "
-                                      "NFS, s3:// or gs://)."),
-    out: Path = typer.Option(..., "--out", help="Output root; writes OUT/run_date=YYYY-MM-DD/{reviews,rejects}/, "
-                             "manifest.json, _SUCCESS."),
-    reviews_per_product: int = typer.Option(3, "--reviews-per-product", help="Reviews generated per product (K)."),
-    run_date: Optional[str] = typer.Option(None, "--run-date", help="YYYY-MM-DD partition (default: today, UTC)."),
-    since: Optional[str] = typer.Option(None, "--since", help="Only products new or changed since this run date."),
-    force: bool = typer.Option(False, "--force", help="Regenerate even if this date already succeeded."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Column mapping preset: bigbasket or flipkart."),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", help="Column mapping YAML (catalog column -> contract)."),
-    keep_columns: Optional[str] = typer.Option(None, "--keep-columns", help="Comma-separated extra columns to pass through."),
-    seed: int = typer.Option(0, help="Generation seed: same inputs, model and seed give the same reviews."),
-    min_score: float = typer.Option(0.0, help="Reject reviews whose calibrated p_human is below this."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature."),
-    top_p: float = typer.Option(0.95, help="Nucleus sampling mass."),
-    num_actors: Optional[int] = typer.Option(None, help="Generator actors (default: one per GPU, or 1 on CPU)."),
-    batch_size: int = typer.Option(64, help="Products per model batch."),
-):
-    """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned parquet."""
-    from reviewgen.generate import run_generation
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def generate(ctx: typer.Context):
+    """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
+    parquet under OUT/run_date=YYYY-MM-DD/. Options: `reviewgen generate --help` (--model, --catalog, --out,
+    --reviews-per-product, --run-date, --since, --force, --preset/--mapping, --keep-columns, ...)."""
+    from reviewgen.generate import main as generate_main
 
-    try:
-        run_generation(str(model), list(catalog), str(out), reviews_per_product=reviews_per_product,
-                       run_date=run_date, since=since, force=force, mapping=str(mapping) if mapping else preset,
-                       keep_columns=tuple(c for c in (keep_columns or "").split(",") if c), seed=seed,
-                       min_score=min_score, temperature=temperature, top_p=top_p, num_actors=num_actors,
-                       batch_size=batch_size, log=_log)
-    except _USER_ERRORS as e:
-        _fail(e)
+    raise typer.Exit(generate_main(list(ctx.args)))
 
 
 @app.command()
@@ -222,14 +199,17 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address. Stays on loopback unless you say otherwise; "
                              "set REVIEWGEN_API_TOKEN before exposing it."),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Serve YAML (autoscaling, batching, limits)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Serve YAML (ServeConfig fields: batching, request "
+                                          "limits, autoscaling, CPU/GPU per replica)."),
+    detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C."),
 ):
     """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /docs."""
-    from reviewgen.serve import ServeConfig, run_server
+    from reviewgen.serve import run_server
+    from reviewgen.serve_api import ServeConfig
 
     try:
         cfg = ServeConfig.from_yaml(config) if config else None
-        run_server(str(model), host=host, port=port, config=cfg, log=_log)
+        run_server(str(model), host=host, port=port, config=cfg, blocking=not detach, log=_log)
     except _USER_ERRORS as e:
         _fail(e)
 

@@ -54,6 +54,11 @@ def pick_tokens(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) -
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_k <= 0 and params.top_p >= 1.0:
+        # plain sampling needs no sort: inverse CDF over the vocabulary order is just as exact
+        cdf = torch.cumsum(probs, dim=-1)
+        k = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1), right=True)
+        return k.clamp_max(cdf.shape[-1] - 1).squeeze(-1)
     sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     if params.top_k > 0:
         sorted_p[:, params.top_k:] = 0.0

@@ -149,7 +149,8 @@ class ReviewTokenizer:
             if self.eos_id in r:
                 r = r[: r.index(self.eos_id)]
             cut.append([t for t in r if t != self.pad_id])
-        return [s.strip() for s in self.tok.decode_batch(cut, skip_special_tokens=True)]
+        # a review cut at max length can end mid-character: drop that partial character, not the review
+        return [s.rstrip("\ufffd").strip() for s in self.tok.decode_batch(cut, skip_special_tokens=True)]
 
 
 def review_lengths(review_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:

@@ -227,7 +227,10 @@ class GANTrainer:
             m = disc_step(self.d, self.opt_d, batch, self._replay_mix(fake), t, self.tk)
         else:
             n_prompts = max(1, batch["ids"].shape[0] // t.group_size)
-            fake = self.sample_fakes(batch["ids"][:n_prompts, :P], repeats=t.group_size)
+            # every group_size-th row, not the first n: with equal per-worker slices, the union of the
+            # workers' prompts is then exactly the single-process choice (split-invariant)
+            prompts = batch["ids"][:: t.group_size][:n_prompts, :P]
+            fake = self.sample_fakes(prompts, repeats=t.group_size)
             m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, t, self.tk)
             for _ in range(t.d_steps_per_g_step):
                 d_fake = self._replay_mix(fake[: batch["ids"].shape[0]])
@@ -404,10 +407,18 @@ def finalize_model(trainer: GANTrainer, out: Path, train_df: pd.DataFrame, val_d
     save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
                     generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
                     meta={"data_hash": data_hash, "role": "final", "metrics": {"val_nll": final_val,
-                          "calibration": calib}, "global_step": trainer.global_step})
+                          "calibration": calib}, "global_step": trainer.global_step,
+                          "rating_distribution": rating_distribution(train_df)})
     ngram_file.unlink(missing_ok=True)
     log(f"final model written to {out} (val NLL {final_val:.3f}, {len(idx)} n-grams indexed)")
     return out
+
+
+def rating_distribution(df: pd.DataFrame) -> list[float]:
+    """Share of 1..5-star reviews in a review table (the nightly job draws target ratings from it)."""
+    counts = df["rating"].dropna().astype(int).value_counts()
+    total = float(counts.sum()) or 1.0
+    return [round(float(counts.get(k, 0)) / total, 6) for k in range(1, 6)]
 
 
 def _data_hash(data_dir: str | Path) -> str:
