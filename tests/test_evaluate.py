@@ -1,0 +1,116 @@
+"""`run_evaluation` on the tiny model writes a complete report; the evaluation protocol's pieces (row
+split, matched-diversity selection, target checks, calibration refit) behave as documented."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from reviewgen.checkpoint import content_version
+from reviewgen.data import load_split
+from reviewgen.evaluate import _matched, check_targets, run_evaluation, split_eval_rows
+
+PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
+        "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
+SECTIONS = ("## Compute budget", "## Targets", "## Quality and diversity", "## Test NLL", "## Condition match",
+            "## Scorer", "## Copying and PII", "## Example generations for unseen products", "## Plots")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model, prepared_data, tmp_path_factory):
+    # refit_calibration writes into the model dir: work on a copy so the shared fixture stays untouched
+    model = tmp_path_factory.mktemp("eval_model") / "model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path_factory.mktemp("eval_report")
+    result = run_evaluation(model, prepared_data, out, fast=True, temperatures=(0.8, 1.2), n_products=8,
+                            log=lambda *_: None)
+    return model, out, result
+
+
+def test_report_files_are_complete(evaluated) -> None:
+    _, out, result = evaluated
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"meta", "calibration", "nll", "human", "sweep", "matched", "scorer", "targets", "plots"} <= set(saved)
+    assert set(saved["sweep"]) == {"gan", "mle"} and set(saved["sweep"]["gan"]) == {"0.8", "1.2"}
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    for name in PNGS:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+        assert f"({name})" in report
+
+
+def test_metric_values_are_sane(evaluated) -> None:
+    _, _, r = evaluated
+    h = r["human"]
+    assert 0.0 <= h["self_bleu4"] <= 1.0 and 0.0 < h["distinct1"] <= 1.0
+    for name in ("gan", "mle"):
+        m = r["sweep"][name]["0.8"]
+        assert 0.0 <= m["bleu4"]["mean"] <= 1.0 and 0.0 <= m["copy_rate"]["mean"] <= 1.0
+        assert m["accepted_copy_rate"]["mean"] == 0.0  # the guard rejects every copy it finds
+        assert m["fed"]["mean"] is None or m["fed"]["mean"] >= 0.0  # None when embeddings are unavailable
+        assert r["nll"][name] > 0.0
+    settings = r["scorer"]["settings"]
+    unseen = [s for s in settings.values() if not s["in_calibration"] and s["top_p"] < 1.0]
+    assert len(unseen) == 1 and unseen[0]["temperature"] == 0.9
+    assert settings["gan@T=1.2"]["in_calibration"] and not settings["gan@T=0.8"]["in_calibration"]
+    for s in settings.values():
+        for kind in ("calibrated", "uncalibrated", "tfidf_lr"):
+            assert 0.0 <= s[kind]["auroc"] <= 1.0 and 0.0 <= s[kind]["ece"] <= 1.0
+    assert {t["status"] for t in r["targets"].values()} <= {"MET", "NOT MET", "N/A"}
+    assert r["meta"]["data"]["evaluated_by_language"].keys() == {"en", "zh"}
+
+
+def test_calibration_refit_updates_model_version(evaluated) -> None:
+    model, _, r = evaluated
+    calib = json.loads((model / "calibration.json").read_text())
+    meta = json.loads((model / "meta.json").read_text())
+    assert calib["source"].startswith("refit_calibration") and calib == r["calibration"]
+    assert len(calib["checkpoints"]) == 2 and calib["temperatures"] == [0.7, 1.0, 1.2]
+    assert meta["version"] == content_version(model)
+
+
+def test_split_eval_rows_keeps_products_disjoint(prepared_data) -> None:
+    test = load_split(prepared_data, "test")
+    ev, ref = split_eval_rows(test, n_products=20, samples_per_product=2)
+    assert not set(ev["product_id"]) & set(ref["product_id"])
+    assert ev.groupby("product_id").size().max() <= 2
+    assert set(ev["language"]) == set(test["language"])
+    assert 10 <= ev["product_id"].nunique() <= 22
+
+
+def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
+    def cell(v):
+        return {"mean": v, "sd": 0.0, "values": [v]}
+
+    def model(sb, bleu, fed, mauve):
+        return {f"{t}": {"self_bleu4": cell(s), "bleu4": cell(bleu), "fed": cell(fed), "mauve": cell(mauve),
+                         "distinct2": cell(0.5), "rating_acc": cell(0.7), "copy_rate": cell(0.02),
+                         "accepted_copy_rate": cell(0.0)} for t, s in sb.items()}
+    sweep = {"gan": model(gan_sb4, 0.20, 0.5, 0.8), "mle": model({"0.8": 0.35, "1.2": 0.29}, 0.15, 1.0, 0.6)}
+    gm = {"calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97}, "tfidf_lr": {"accuracy": 0.90}}
+    return {"sweep": sweep, "human": {"self_bleu4": human_sb4, "distinct2": 0.5, "rating_acc": 0.71},
+            "nll": {"gan": 3.0, "mle": 2.95}, "meta": {"copy_span": 8},
+            "scorer": {"settings": {"gan@T=1": {"model": "gan", "top_p": 1.0, **gm}}}}
+
+
+def test_targets_follow_matched_diversity() -> None:
+    r = _fake_result({"0.8": 0.40, "1.2": 0.31})
+    r["matched"] = _matched(r["sweep"], r["human"]["self_bleu4"], [0.8, 1.2])
+    assert r["matched"]["gan"]["temperature"] == 1.2 and r["matched"]["gan"]["within"]
+    t = check_targets(r)
+    assert all(v["status"] == "MET" for v in t.values()), t
+    # GAN too repetitive at every temperature: no matched point, so dominance cannot be claimed
+    r2 = _fake_result({"0.8": 0.45, "1.2": 0.36})
+    r2["matched"] = _matched(r2["sweep"], 0.30, [0.8, 1.2])
+    t2 = check_targets(r2)
+    assert t2["gan_dominates_mle"]["status"] == "NOT MET" and "no temperature within" in t2["gan_dominates_mle"]["detail"]
+    assert t2["no_collapse"]["status"] == "NOT MET"
+    # a weaker scorer than TF-IDF fails the scorer target
+    r3 = copy.deepcopy(r)
+    r3["scorer"]["settings"]["gan@T=1"]["tfidf_lr"]["accuracy"] = 0.96
+    assert check_targets(r3)["scorer"]["status"] == "NOT MET"
