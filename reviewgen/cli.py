@@ -67,7 +67,14 @@ def train(
                                        "storage path resumes from its latest checkpoint."),
     max_failures: int = typer.Option(1, "--max-failures", help="Worker-group restarts allowed after a failure."),
     keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Ray Train checkpoints kept (last K)."),
-    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Start from this training checkpoint dir."),
+    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Start from this training checkpoint dir "
+                                               "(e.g. OUT/mle). Ray Train mode."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="CPUs reserved per Ray Train worker."),
+    data_loader: str = typer.Option("ray_data", "--data-loader", help="ray_data: streamed Ray Dataset shards; "
+                                    "sharded_memory: in-memory slices of one global batch (exact 1-vs-N worker "
+                                    "equivalence; small data only)."),
+    stop_after_phase: Optional[str] = typer.Option(None, "--stop-after-phase", help="Ray Train mode: stop "
+                                                   "(resumably) after this phase ends: mle, disc or adv."),
     mle_steps: Optional[int] = typer.Option(None, help="Override train.mle_steps."),
     disc_steps: Optional[int] = typer.Option(None, help="Override train.disc_warmup_steps."),
     adv_steps: Optional[int] = typer.Option(None, help="Override train.adv_steps."),
@@ -79,18 +86,21 @@ def train(
     from reviewgen.checkpoint import CheckpointError
     from reviewgen.config import ConfigError, RunConfig
     from reviewgen.data import DataError
+    from reviewgen.distributed import TrainJobError
 
     try:
         cfg = RunConfig.from_yaml(config) if config else RunConfig()
         cfg.override({"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
                       "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
         cfg.validate()
-        if num_workers > 0 or use_gpu and num_workers > 0:
+        if num_workers > 0:
             from reviewgen.distributed import run_distributed_training
 
             final = run_distributed_training(data, out, cfg, num_workers=num_workers, use_gpu=use_gpu,
                                              storage_path=storage_path, name=name, max_failures=max_failures,
-                                             keep_checkpoints=keep_checkpoints, resume_from=resume_from, log=_log)
+                                             keep_checkpoints=keep_checkpoints, resume_from=resume_from,
+                                             cpus_per_worker=cpus_per_worker, data_loader=data_loader,
+                                             stop_after_phase=stop_after_phase, log=_log)
         else:
             if use_gpu:
                 device = device or "cuda"
@@ -99,7 +109,7 @@ def train(
             if resume_from:
                 _fail(ValueError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state"))
             final = train_local(data, out, cfg, max_minutes=max_minutes, device=device, log=_log)
-    except (ConfigError, DataError, CheckpointError, *_USER_ERRORS) as e:
+    except (ConfigError, DataError, CheckpointError, TrainJobError, *_USER_ERRORS) as e:
         _fail(e)
     _log(f"done: {final}")
 

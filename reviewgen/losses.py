@@ -122,6 +122,7 @@ def disc_step(D, opt, batch: dict, fake: torch.Tensor, cfg: TrainConfig, tk: Tok
         loss, m = disc_loss(D, batch["ids"], fake, batch["rating"], batch["category"], cfg, tk)
     loss.backward()
     m["d_grad_norm"] = clip_and_step(D, opt, cfg.grad_clip)
+    m.setdefault("tokens", int((batch["ids"] != tk.pad_id).sum() + (fake != tk.pad_id).sum()))
     return m
 
 

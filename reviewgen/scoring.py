@@ -74,7 +74,7 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> dict[
         return loss
 
     opt.step(closure)
-    return {"scale": float(params[0]), "bias": float(params[1])}
+    return {"scale": params[0].item(), "bias": params[1].item()}
 
 
 def apply_calibration(logits: np.ndarray, calib: dict[str, float] | None) -> np.ndarray:
