@@ -2,9 +2,10 @@
 scorer against baselines, copy/PII guards, and a report directory (metrics.json, report.md, PNGs).
 
 Protocol (chosen so every number is comparable across models, temperatures and the human reference):
-* Test products are split, per language, into *evaluated* products (up to `n_products`, at most half of
-  that language's test products) and *reference* products. Up to `samples_per_product` real reviews of
-  each evaluated product give the conditions to generate from and the human texts of the same count.
+* Test products are split, per language, into *evaluated* and *reference* products (at most half are
+  evaluated). About n_products * samples_per_product real reviews of evaluated products, shared between
+  languages by their share of test reviews, give the conditions to generate from and the human texts of
+  the same count (`split_eval_rows`).
 * BLEU references are real reviews of the reference products with the same (language, category,
   rating-or-sentiment); when that pool is empty, (language, rating-or-sentiment). The human texts are
   scored against the same pools, so the human point is never compared with itself.
@@ -118,22 +119,30 @@ def cond_label(rating: Any, sentiment: Any) -> str:
 
 def split_eval_rows(test: pd.DataFrame, n_products: int, samples_per_product: int,
                     seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(evaluated rows, reference rows): disjoint test products, per language, see module docstring."""
+    """(evaluated rows, reference rows) over disjoint test products, per language (module docstring).
+
+    The evaluated rows number about n_products * samples_per_product, shared between languages in
+    proportion to their test reviews. A language with few products (the English sample has 14 test
+    products carrying 853 reviews) takes more rows per product, round-robin, never more than half of its
+    products, so reference products remain for the BLEU pools."""
     rng = np.random.default_rng(seed)
-    langs = sorted(test["language"].unique())
-    n_all = test["product_id"].nunique()
-    ev_ids, ref_ids = [], []
-    for lang in langs:
-        pids = np.array(sorted(test.loc[test["language"] == lang, "product_id"].unique()))
+    target_all = n_products * samples_per_product
+    ev_parts, ref_parts = [], []
+    for lang in sorted(test["language"].unique()):
+        rows = test[test["language"] == lang]
+        pids = np.array(sorted(rows["product_id"].unique()))
         rng.shuffle(pids)
-        share = len(pids) / n_all
-        k = min(max(1, round(n_products * share)), len(pids) // 2) if len(pids) > 1 else 0
-        ev_ids += list(pids[:k])
-        ref_ids += list(pids[k:])
-    ev = test[test["product_id"].isin(set(ev_ids))]
-    ev = ev.sample(frac=1.0, random_state=seed).groupby("product_id", sort=True).head(samples_per_product)
-    ev = ev.sort_values(["language", "product_id"], kind="stable").reset_index(drop=True)
-    ref = test[test["product_id"].isin(set(ref_ids))].reset_index(drop=True)
+        target = max(1, round(target_all * len(rows) / len(test)))
+        # fewest products giving `target` rows at <= samples_per_product each; capped at half
+        per = rows.groupby("product_id").size().reindex(pids).clip(upper=samples_per_product).to_numpy()
+        k = min(len(pids) // 2, int(np.searchsorted(np.cumsum(per), target)) + 1)
+        ev_rows = rows[rows["product_id"].isin(set(pids[:k]))].sample(frac=1.0, random_state=seed)
+        rank = ev_rows.groupby("product_id").cumcount()
+        ev_parts.append(ev_rows.assign(_rank=rank.to_numpy()).sort_values("_rank", kind="stable")
+                        .head(target).drop(columns="_rank"))
+        ref_parts.append(rows[rows["product_id"].isin(set(pids[k:]))])
+    ev = pd.concat(ev_parts).sort_values(["language", "product_id"], kind="stable").reset_index(drop=True)
+    ref = pd.concat(ref_parts).reset_index(drop=True)
     if ev.empty or ref.empty:
         raise ValueError(f"test split too small to evaluate: {len(ev)} evaluated rows, {len(ref)} reference rows")
     return ev, ref

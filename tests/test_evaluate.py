@@ -78,9 +78,18 @@ def test_split_eval_rows_keeps_products_disjoint(prepared_data) -> None:
     test = load_split(prepared_data, "test")
     ev, ref = split_eval_rows(test, n_products=20, samples_per_product=2)
     assert not set(ev["product_id"]) & set(ref["product_id"])
-    assert ev.groupby("product_id").size().max() <= 2
-    assert set(ev["language"]) == set(test["language"])
-    assert 10 <= ev["product_id"].nunique() <= 22
+    assert abs(len(ev) - 40) <= 2 and set(ev["language"]) == set(test["language"])
+    for lang, rows in test.groupby("language"):  # languages share rows by their share of test reviews
+        assert abs((ev["language"] == lang).sum() - 40 * len(rows) / len(test)) <= 1.5
+        assert ev.loc[ev["language"] == lang, "product_id"].nunique() <= rows["product_id"].nunique() // 2
+    # rows spread round-robin: a product with fewer rows than the busiest product of its language has
+    # had all its test reviews taken
+    ev, _ = split_eval_rows(test, n_products=150, samples_per_product=2)
+    available = test.groupby("product_id").size()
+    for _, rows in ev.groupby("language"):
+        taken = rows.groupby("product_id").size()
+        short = taken[taken < taken.max() - 1]  # the last round may give some products one row more
+        assert (short == available[short.index]).all()
 
 
 def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
