@@ -107,6 +107,11 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     log("== 5/5 report")
     report = _write_report(out, stats, model_dir, summary, reviews, titles, payload, scored, len(real), times)
+    for lang, grp in reviews.groupby("language"):
+        for pid, rows in list(grp.groupby("product_id", sort=False))[:2]:
+            log(f"[{lang}] {titles.get(pid, pid)}")
+            for r in rows.itertuples():
+                log(f"    ★{'' if pd.isna(r.rating) else int(r.rating)} p_human={r.score:.2f}  {r.text}")
     log(f"demo finished in {times['total_s'] / 60:.1f} min; report: {report}")
     return report
 
