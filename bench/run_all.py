@@ -1,0 +1,235 @@
+"""Run every benchmark, each in its own subprocess, and write OUT/results.json and OUT/results.md.
+
+A subprocess per bench keeps peak RSS per bench and lets one failure leave the others standing. Every
+figure is recorded with the machine's load average (before and after) and the torch thread count: on a
+shared 2-core machine, torch with 2 threads slows down many-fold under CPU oversubscription, so a figure
+taken under load is not comparable with one taken on an idle machine.
+
+Run: python -m bench.run_all --out bench/results [--quick] [--only NAME ...] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCHES = ("sampling", "train", "generate", "serve")
+TIMEOUT_S = {"sampling": 1200, "train": 1800, "generate": 3600, "serve": 1800}
+
+
+def _child(name: str, quick: bool, threads: int | None, result_path: str) -> None:
+    """Subprocess body: set threads, run bench.bench_<name>.main, write its dict plus context to result_path."""
+    import importlib
+    import resource
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    mod = importlib.import_module(f"bench.bench_{name}")
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    # bench_sampling.main takes no arguments (its sizes are fixed)
+    res = mod.main() if name == "sampling" else mod.main(quick)
+    out = {"bench": name, "ok": True, "wall_s": round(time.perf_counter() - t, 1), "quick": quick,
+           "torch_threads": torch.get_num_threads(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+           "result": res}
+    Path(result_path).write_text(json.dumps(out, indent=2, default=str))
+
+
+def run_one(name: str, quick: bool, threads: int | None, log=print) -> dict[str, Any]:
+    """Run one bench in a fresh Python process; its result dict, or an error record with the output tail."""
+    env = dict(os.environ)
+    if threads:
+        # children of the bench (spawned processes, Ray workers) start with this many threads too
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster on loopback
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        res_path = Path(tmp) / "result.json"
+        code = (f"from bench.run_all import _child; _child({name!r}, {quick!r}, {threads!r}, {str(res_path)!r})")
+        log(f"[{name}] start (load average {os.getloadavg()[0]:.1f})")
+        t = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                               capture_output=True, text=True, timeout=TIMEOUT_S[name])
+            rc, tail = p.returncode, (p.stdout + p.stderr)[-4000:]
+        except subprocess.TimeoutExpired as e:
+            rc, tail = "timeout", str(e.stdout or "")[-2000:] + str(e.stderr or "")[-2000:]
+        wall = time.perf_counter() - t
+        if res_path.is_file():
+            out = json.loads(res_path.read_text())
+        else:
+            out = {"bench": name, "ok": False, "exit": rc, "wall_s": round(wall, 1), "output_tail": tail,
+                   "loadavg_after": os.getloadavg()}
+    log(f"[{name}] {'ok' if out['ok'] else 'FAILED (exit ' + str(out.get('exit')) + ')'} in {wall:.0f}s")
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, load average, library versions, date: the context every figure needs."""
+    import torch
+
+    try:
+        import ray
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = None
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "host": platform.node(),
+            "python": platform.python_version(), "torch": torch.__version__, "ray": ray_version,
+            "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "torch_default_threads": torch.get_num_threads(),
+            "loadavg": os.getloadavg(), "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _f(x: Any, nd: int = 1) -> str:
+    return f"{x:,.{nd}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+
+def _ctx(r: dict[str, Any]) -> str:
+    la = r.get("loadavg_before", ["?"])[0], r.get("loadavg_after", ["?"])[0]
+    return (f"_{'quick' if r.get('quick') else 'full'} run, {r.get('wall_s')} s, torch threads "
+            f"{r.get('torch_threads')}, load average {_f(la[0], 2)} -> {_f(la[1], 2)}, "
+            f"peak RSS {r.get('peak_rss_mb')} MB_")
+
+
+def render_md(doc: dict[str, Any]) -> str:
+    """Readable tables of every bench's figures (results.json has everything)."""
+    m = doc["machine"]
+    lines = ["# reviewgen benchmarks", "",
+             f"{m['date']} on {m['host']}: {m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch']}, "
+             f"ray {m['ray']}, CUDA {'yes: ' + str(m['gpu']) if m['cuda'] else 'no'}. Load average at start "
+             f"{', '.join(_f(x, 2) for x in m['loadavg'])}.", ""]
+    if doc["quick"]:
+        lines += ["**Quick mode: small sizes, for checking the benches work; not the reference figures.**", ""]
+    for name, r in doc["benches"].items():
+        lines.append(f"## {name}")
+        lines.append("")
+        if not r.get("ok"):
+            lines += [f"FAILED (exit {r.get('exit')}):", "", "```", r.get("output_tail", "")[-1500:], "```", ""]
+            continue
+        lines += [_ctx(r), ""]
+        lines += RENDER[name](r["result"]) + [""]
+    return "\n".join(lines)
+
+
+def _md_sampling(x: dict[str, Any]) -> list[str]:
+    out = [f"Model {x['size']}, batch {x['batch']}, prefix {x['prefix']}, {x['new_tokens']} new tokens.", "",
+           "| method | reviews/s | tokens/s | peak RSS MB | fraction of matmul peak |", "|---|---|---|---|---|"]
+    for k, v in x["methods"].items():
+        out.append(f"| {k} | {_f(v.get('reviews_per_s'))} | {_f(v.get('tokens_per_s'), 0)} | "
+                   f"{_f(v.get('peak_rss_mb'), 0)} | {_f(v.get('fraction_of_matmul_peak'), 3)} |"
+                   if "reviews_per_s" in v else f"| {k} | {v.get('error')} | | | |")
+    if "speedup_vs_hf" in x:
+        out += ["", f"KV cache vs HF generate: {x['speedup_vs_hf']:.2f}x; vs no cache: {x['speedup_vs_nocache']:.2f}x."]
+    return out
+
+
+def _md_train(x: dict[str, Any]) -> list[str]:
+    m, c = x["model"], x["cpu"]
+    out = [f"Model {m['config']}: generator {m['n_layer']} layers x {m['d_model']} wide, "
+           f"{m['generator_params'] / 1e6:.2f}M params; batch {m['batch_per_worker']} per worker x "
+           f"{m['seq_len']} positions; MLE phase, {x['timed_steps']} timed steps after {x['warmup_steps']} warm-up; "
+           f"thread budget {x['thread_budget']} split over the workers.", "",
+           "| workers | threads/worker | tokens/s per worker | total tokens/s | step s | worker peak RSS MB |",
+           "|---|---|---|---|---|---|"]
+    for k in ("1_worker", "2_workers"):
+        r = c[k]
+        out.append(f"| {r['workers']} | {r['threads_per_worker']} | {', '.join(_f(t, 0) for t in r['tokens_per_s_per_worker'])} | "
+                   f"{_f(r['tokens_per_s_total'], 0)} | {_f(r['step_time_s'], 3)} | "
+                   f"{', '.join(_f(t, 0) for t in r['worker_peak_rss_mb'])} |")
+    out += ["", f"Scaling efficiency (2-worker total / (2 x 1-worker)): **{c['scaling_efficiency']:.2f}**.", "",
+            f"GPU: {x['gpu'].get('status')}"]
+    if x["gpu"].get("status") == "measured":
+        g = x["gpu"]
+        out[-1] += f" on {g['device']}: {_f(g['tokens_per_s'], 0)} tokens/s, MFU {g['mfu']}."
+    return out
+
+
+def _md_generate(x: dict[str, Any]) -> list[str]:
+    p, i, i1, m = x["pipeline"], x["in_process"], x["in_process_1_thread"], x["model"]
+    pc = x["per_cpu_reviews_per_s"]
+    out = [f"{x['catalog_products']:,} products x {x['reviews_per_product']} reviews; model {m['n_layer']} layers x "
+           f"{m['d_model']} ({m['generator_params'] / 1e6:.2f}M params), batch {x['batch_size']}, "
+           f"max {m['max_review_len']} tokens.", "",
+           "| path | reviews/s | cores busy | reviews/s per core |", "|---|---|---|---|",
+           f"| pipeline ({p['num_actors']} actors x {p['threads_per_actor']} thread, generate stage) | "
+           f"{_f(p['reviews_per_s_generate_stage'])} | {pc['pipeline_cores_busy']} | {_f(pc['pipeline'])} |",
+           f"| pipeline end to end (read, validate, plan, generate, write) | {_f(p['reviews_per_s_end_to_end'])} | | |",
+           f"| in-process generate_texts ({i['threads']} threads) | {_f(i['reviews_per_s'])} | "
+           f"{pc['in_process_cores_busy']} | {_f(pc['in_process'])} |",
+           *([f"| in-process generate_texts (1 thread) | {_f(i1['reviews_per_s'])} | 1 | {_f(i1['reviews_per_s'])} |"]
+             if i1 is not i and i1 != i else []),
+           "", f"Overhead raw {x['overhead_raw']:.1%}; per actor-CPU **{x['overhead_per_actor_cpu']:.1%}** "
+           f"(goal <= {x['overhead_goal']:.0%}: {'met' if x['overhead_goal_met'] else 'NOT met'}). "
+           f"{x['overhead_note']}", "",
+           f"Actor time split (s): {p['actor_time_split_s']}. Peak RSS per actor (MB): {p['actor_peak_rss_mb']}.", ""]
+    pr = x["projection_1M_x3"]
+    out += [f"Projection for 1M products x 3 reviews ({pr['reviews']:,} reviews):",
+            f"- CPU ({pr['cpu_basis']}): " + ", ".join(f"{k}: {v} h" for k, v in pr["cpu_hours"].items()),
+            f"- GPU ({pr['gpu_basis']}): {pr['gpu_reviews_per_s_each']} reviews/s per GPU; " +
+            ", ".join(f"{k}: {v} h" for k, v in pr["gpu_hours"].items())]
+    return out
+
+
+def _md_serve(x: dict[str, Any]) -> list[str]:
+    i = x["in_process"]
+    out = [f"One replica (1 CPU, replica threads {x['replica_threads']}), one review per request, load from "
+           f"this machine over loopback.", "",
+           f"In-process Scorer.score: {_f(i['batch32_reviews_per_s'])} reviews/s on batches of 32; single review "
+           f"{i['single_review_latency_p50_ms']} ms.", "",
+           "| mode | concurrency | req/s | p50 ms | p99 ms | errors | sustained (p99 <= 100 ms) |",
+           "|---|---|---|---|---|---|---|"]
+    for mode in ("batched", "unbatched"):
+        for lv in x[mode]["levels"]:
+            out.append(f"| {mode} (max_batch_size {x[mode]['max_batch_size']}) | {lv['concurrency']} | "
+                       f"{_f(lv['throughput_rps'])} | {_f(lv.get('p50_ms'))} | {_f(lv.get('p99_ms'))} | "
+                       f"{lv['errors'] or 0} | {'yes' if lv['sustained'] else 'no'} |")
+    out += ["", f"Serve overhead per request (p50 at concurrency 1, unbatched, minus in-process single review): "
+            f"{x['serve_overhead_ms_per_request']} ms.",
+            f"Largest batch observed (batched mode): {x['batched']['max_batch_size_observed']}.",
+            f"Speedup at the best sustained level: {x['speedup_at_best_sustained']}; goal {x['goal']}: "
+            f"**{'met' if x['goal_met'] else 'NOT met'}**."]
+    return out
+
+
+RENDER = {"sampling": _md_sampling, "train": _md_train, "generate": _md_generate, "serve": _md_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run the selected benches, write results.json and results.md; exit 1 if any failed."""
+    ap = argparse.ArgumentParser(description="reviewgen benchmarks (figures to OUT/results.{json,md})")
+    ap.add_argument("--out", default="bench/results", help="output directory")
+    ap.add_argument("--only", action="append", choices=BENCHES, help="run only this bench (repeatable)")
+    ap.add_argument("--quick", action="store_true", help="small sizes: checks the benches work, minutes in all")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads in each bench process (default: torch's default)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine_info(), "quick": a.quick, "threads_option": a.threads, "benches": {}}
+    for name in a.only or BENCHES:
+        doc["benches"][name] = run_one(name, a.quick, a.threads)
+        # written after every bench, so a long run that is stopped keeps what it measured
+        (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
+        (out / "results.md").write_text(render_md(doc))
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0 if all(r.get("ok") for r in doc["benches"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
