@@ -29,7 +29,8 @@ demo: install
 ## make eval: the evaluation report on the demo model (run `make demo` first)
 eval: install
 	test -f runs/demo/model/meta.json || $(BIN)/reviewgen demo --out runs/demo
-	$(BIN)/reviewgen evaluate --model runs/demo/model --data runs/demo/data --out runs/demo/eval
+	$(BIN)/reviewgen evaluate --model runs/demo/model --data runs/demo/data --out runs/demo/eval \
+		--products 40 --seeds 0,1,2 --temperatures 0.7,0.9,1.1,1.3
 
 ## make bench: throughput/memory benchmarks, figures written to bench/results/
 bench: install

@@ -170,26 +170,48 @@ def score(
     _log(f"scored {len(out)} reviews -> {output} (mean p_human {out['p_human'].mean():.3f})")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+
+
 @app.command()
 def evaluate(
-    model: Path = typer.Option(..., "--model", help="Trained model directory (its mle/ is the MLE baseline)."),
-    data: Path = typer.Option(..., "--data", help="Prepared data directory; the test split's products are unseen."),
+    model: Path = typer.Option(..., "--model", help="Model directory to evaluate (GAN; needs ngrams.npy; the MLE "
+                               "baseline is expected at MODEL/mle)."),
+    data: Path = typer.Option(..., "--data", help="Prepared data directory; only the test split's unseen products "
+                              "are evaluated."),
     out: Path = typer.Option(..., "--out", help="Report directory: metrics.json, report.md, PNG plots."),
-    fast: bool = typer.Option(False, help="Fewer products, temperatures and seeds (smoke test)."),
-    seeds: int = typer.Option(3, help="Generation seeds (mean ± sd)."),
-    n_products: int = typer.Option(60, help="Unseen test products sampled."),
-    recalibrate: bool = typer.Option(True, help="Refit the scorer calibration on real vs several checkpoints/temperatures first."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="MLE-only checkpoint to compare against "
+                                            "[default: MODEL/mle]."),
+    temperatures: str = typer.Option("0.6,0.8,1.0,1.2,1.3", "--temperatures", help="Sampling temperatures of the sweep."),
+    products: int = typer.Option(150, "--products", help="About how many unseen test products to evaluate."),
+    samples_per_product: int = typer.Option(2, "--samples-per-product", help="Real reviews (conditions) per product."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Generation seeds; metrics are reported as mean ± sd."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass for the sweep."),
+    copy_span: int = typer.Option(8, "--copy-span", help="Minimum copied training span (tokens) counted as a copy."),
+    recalibrate: bool = typer.Option(True, "--recalibrate/--no-recalibrate", help="Refit the scorer calibration on "
+                                     "real val reviews vs several checkpoints and temperatures first (stored in the model)."),
+    embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="FED, MAUVE and title relevance from "
+                                    "the offline MiniLM package (reported null when off or not installed)."),
+    fast: bool = typer.Option(False, "--fast", help="Smoke-test settings: 1 seed, 2 temperatures, few products."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
 ):
-    """Evaluate GAN vs its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
+    """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
+    from reviewgen.checkpoint import CheckpointError
+    from reviewgen.data import DataError
     from reviewgen.evaluate import run_evaluation
 
     try:
-        res = run_evaluation(model, data, out, fast=fast, seeds=tuple(range(seeds)), n_products=n_products,
-                             recalibrate=recalibrate, log=_log)
-    except _USER_ERRORS as e:
+        run_evaluation(model, data, out, baseline_dir=baseline, temperatures=_floats(temperatures),
+                       n_products=products, samples_per_product=samples_per_product,
+                       seeds=tuple(int(s) for s in _floats(seeds)), top_p=top_p, copy_span=copy_span,
+                       recalibrate=recalibrate, embeddings=embeddings, fast=fast, device=device, log=_log)
+    except (CheckpointError, DataError, *_USER_ERRORS) as e:
         _fail(e)
     _log(f"report written to {out}")
-    return res
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -374,8 +374,7 @@ def frechet_distance(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) ->
 
     d = ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 sqrt(S_a S_b)). Both covariances get ``eps * I`` added so that
     small sample counts (n <= dim, singular covariance) stay well defined. ``sqrt(S_a S_b)`` uses
-    ``scipy.linalg.sqrtm`` (real part) when scipy is importable, else the equivalent symmetric
-    eigen-decomposition form tr sqrt(S_a^1/2 S_b S_a^1/2). Needs >= 2 rows per set.
+    the symmetric eigen-decomposition form tr sqrt(S_a^1/2 S_b S_a^1/2). Needs >= 2 rows per set.
     """
     a = np.asarray(emb_a, dtype=np.float64)
     b = np.asarray(emb_b, dtype=np.float64)
@@ -387,15 +386,9 @@ def frechet_distance(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) ->
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(a, rowvar=False)) + eps * eye
     cov_b = np.atleast_2d(np.cov(b, rowvar=False)) + eps * eye
-    try:
-        from scipy.linalg import sqrtm
-
-        covmean = sqrtm(cov_a @ cov_b)
-        tr_covmean = float(np.real(np.trace(covmean)))
-        if not np.isfinite(tr_covmean):
-            tr_covmean = _sqrtm_trace_eig(cov_a, cov_b)
-    except ImportError:
-        tr_covmean = _sqrtm_trace_eig(cov_a, cov_b)
+    # The symmetric eigen form is exact for PSD covariances and ~50x faster than scipy's general sqrtm
+    # on 384-dim embeddings (seconds vs tens of seconds per call here).
+    tr_covmean = _sqrtm_trace_eig(cov_a, cov_b)
     diff = mu_a - mu_b
     d = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_covmean)
     return max(d, 0.0)  # tiny negative values are round-off
