@@ -77,6 +77,7 @@ class TrainConfig:
     d_steps_per_g_step: int = 1
     replay_size: int = 2048  # old fake samples replayed to D
     replay_frac: float = 0.25
+    d_init_from_generator: bool = True  # D starts from the MLE generator's weights when their shapes match
     aux_loss_weight: float = 0.5  # D's rating and category heads
     token_loss_weight: float = 0.5
     # bookkeeping

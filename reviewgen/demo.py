@@ -40,10 +40,10 @@ def _score_over_http(url: str, reviews: list[dict], token: str | None = None) ->
 def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick: bool = False,
              port: int = 8123, log: Callable[[str], None] = print) -> Path:
     """Run the whole pipeline and write OUT/report.md; returns its path."""
-    import ray
 
     from reviewgen.config import RunConfig
     from reviewgen.data import load_split, prepare, review_sources, sample_data_dir
+    from reviewgen.runtime import ensure_ray
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -56,10 +56,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     times["prepare_s"] = time.time() - t0
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
-    if not ray.is_initialized():
-        # 4 logical CPUs on a 2-core box: actor pools and trainers otherwise starve their own read tasks
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", num_cpus=None if os.environ.get("RAY_ADDRESS") else max(4, os.cpu_count() or 1),
-                 include_dashboard=False, log_to_driver=True)
+    ensure_ray(log=log)
 
     log(f"== 2/5 train on Ray Train ({num_workers} worker(s)): MLE -> discriminator warm-up -> adversarial")
     t = time.time()
@@ -80,7 +77,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     catalog = _demo_catalog(data_dir, out)
     run_date = time.strftime("%Y-%m-%d", time.gmtime())
     summary = run_generation(str(model_dir), [str(catalog)], str(out / "generated"), reviews_per_product=3,
-                             run_date=run_date, force=True, log=log)
+                             run_date=run_date, force=True, language_column="language", log=log)
     times["generate_s"] = time.time() - t
     reviews = pd.read_parquet(out / "generated" / f"run_date={run_date}" / "reviews")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from reviewgen.config import RunConfig
+from reviewgen.runtime import ensure_ray
 
 DATA_LOADERS = ("ray_data", "sharded_memory")
 # schemes pyarrow.fs (and so Ray Train storage) understands without extra plugins
@@ -191,7 +191,6 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunC
     """The run's (config, tokenizer, categories): from --resume-from, from an earlier start of the same
     run name, or fitted now (and stored, so restarts and reruns tokenize identically)."""
     from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.tokenizer import ReviewTokenizer
     from reviewgen.train import build_categories, fit_tokenizer
 
     if job.resume_from is not None:
@@ -226,15 +225,8 @@ def _connect(job: TrainJobConfig, log) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if job.use_gpu and not ray.is_initialized() and not address and not torch.cuda.is_available():
         raise TrainJobError("--use-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False)")
-    if not ray.is_initialized():
-        if address:
-            log(f"connecting to Ray at {address}")
-            ray.init(address=address)
-        else:
-            # more logical CPUs than cores: with only the cores, the workers hold them all and Ray Data's
-            # read tasks never get scheduled (the 2-core deadlock in RAY_NOTES)
-            need = math.ceil(job.num_workers * job.cpus_per_worker) + 2
-            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1, need), include_dashboard=False)
+    # workers plus room for Ray Data's read tasks (the 2-core deadlock in RAY_NOTES)
+    ensure_ray(min_cpus=job.num_workers * job.cpus_per_worker + 2, log=log)
     res = ray.cluster_resources()
     if job.use_gpu and res.get("GPU", 0) < job.num_workers:
         raise TrainJobError(f"--use-gpu with {job.num_workers} workers, but the Ray cluster has "

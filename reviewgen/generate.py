@@ -36,7 +36,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import time
 import uuid
 from collections import Counter
@@ -51,6 +50,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from reviewgen import catalog as cat
+from reviewgen.runtime import ensure_ray
 
 # Rating distribution (1..5 stars) of the carried sample's English reviews (data/sample, 6,858 reviews),
 # used when the model directory does not carry its training corpus's distribution.
@@ -343,20 +343,6 @@ def review_schema(keep_columns: Sequence[str]) -> pa.Schema:
 
 # -- the run ------------------------------------------------------------------------------------------
 
-def _ensure_ray(log: Callable[[str], None]) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    addr = os.environ.get("RAY_ADDRESS")
-    if addr:
-        log(f"connecting to Ray at {addr}")
-        ray.init(address=addr)
-    else:
-        # >= 4 logical CPUs: on 2 cores an actor pool can take every CPU and starve its input tasks
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1))
-
-
 def _model_info(model_dir: str | Path) -> tuple[str, dict[str, Any], int | None]:
     p = Path(model_dir)
     try:
@@ -506,7 +492,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
         {"run_id": run_id, "run_date": run_date, "model_version": model_version, "settings": settings},
         indent=2, default=str).encode())
 
-    _ensure_ray(log)
+    ensure_ray(log=log)
     import ray
 
     timings: dict[str, float] = {}

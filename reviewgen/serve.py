@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ray import serve
 
+from reviewgen.runtime import ensure_ray
 from reviewgen.serve_api import (TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token,
                                  log_record, make_api)
 
@@ -226,7 +227,6 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
     Connects to the Ray cluster in $RAY_ADDRESS if set, else starts a local one. With blocking=True it
     serves until Ctrl-C and then shuts Serve down. A token in $REVIEWGEN_API_TOKEN(_FILE) is forwarded to
     the replicas (as the file path when one is used)."""
-    import ray
 
     cfg = config or ServeConfig()
     token = load_api_token()
@@ -240,8 +240,7 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
         log(f"WARNING: serving on {host} without auth; set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
             f"or bind to 127.0.0.1")
     app = build_app(model_dir, cfg)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    ensure_ray(log=log, log_to_driver=False)
     serve.start(http_options={"host": host, "port": int(port), "request_timeout_s": _proxy_timeout(cfg)})
     t0 = time.time()
     serve.run(app, name=app_name, route_prefix=route_prefix, blocking=False)

@@ -195,3 +195,22 @@ def test_config_errors_name_the_key(tmp_path):
         RunConfig.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="unknown config key"):
         RunConfig().override({"train.nope": 1})
+
+
+def test_discriminator_starts_from_generator_when_shapes_match(setup):
+    cfg, tok, cats, data = setup
+    same = RunConfig.from_dict(cfg.to_dict()).override({"discriminator.d_model": cfg.generator.d_model,
+                                                         "discriminator.n_layer": cfg.generator.n_layer,
+                                                         "discriminator.n_head": cfg.generator.n_head,
+                                                         "train.mle_steps": 2})
+    tr = GANTrainer(same, tok, cats)
+    batches = TensorBatches(data, same.train.batch_size, same.train.seed)
+    tr.train_step(next(batches))
+    assert not torch.equal(tr.D.tok_emb.weight, tr.G.tok_emb.weight)
+    tr.train_step(next(batches))  # MLE ends: D takes the pretrained LM's encoder weights
+    assert tr.phase == "disc" and torch.equal(tr.D.tok_emb.weight, tr.G.tok_emb.weight)
+    assert torch.equal(tr.D.blocks[0].attn.qkv.weight, tr.G.blocks[0].attn.qkv.weight)
+    # a different shape (the tiny config's D) keeps its own initialisation
+    other, b2 = new_trainer(setup, mle_steps=1)
+    other.train_step(next(b2))
+    assert other.phase == "disc" and other.D.tok_emb.weight.shape != other.G.tok_emb.weight.shape
