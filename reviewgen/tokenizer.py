@@ -44,9 +44,13 @@ class Condition:
     language: str = "en"
 
     def condition_token(self) -> str:
-        if self.rating is not None and 1 <= int(self.rating) <= 5:
-            return f"<rating_{int(self.rating)}>"
-        s = self.sentiment if self.sentiment in SENTIMENTS else "positive"
+        rating = int(self.rating) if self.rating is not None and 1 <= int(self.rating) <= 5 else None
+        # The Chinese corpus carries polarity only, so a Chinese target rating becomes its sentiment.
+        if rating is not None and self.language != "zh":
+            return f"<rating_{rating}>"
+        s = self.sentiment if self.sentiment in SENTIMENTS else None
+        if s is None:
+            s = "positive" if rating is None or rating >= 4 else "negative" if rating <= 2 else "neutral"
         return f"<sent_{s}>"
 
 

@@ -335,7 +335,8 @@ def fit_tokenizer(train: pd.DataFrame, cfg: RunConfig, max_texts: int = 200_000)
 
 def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int) -> str:
     """One progress line: phase, step, losses, throughput, ETA."""
-    rate = elapsed / max(1, step)
+    # the latest step's time: phases cost very differently per step, so a run-long average misleads
+    rate = m.get("step_time_s") or elapsed / max(1, step)
     eta = remaining_steps * rate
     keys = ("g_loss", "pg_loss", "kl", "reward", "d_loss", "d_acc", "val_nll")
     parts = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)

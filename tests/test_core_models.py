@@ -121,3 +121,11 @@ def test_sample_pads_after_eos(tok):
     for row in rows:
         if tok.eos_id in row:
             assert all(t == tok.pad_id for t in row[row.index(tok.eos_id) + 1:])
+
+
+def test_chinese_target_rating_becomes_sentiment():
+    assert Condition("x", rating=5, language="zh").condition_token() == "<sent_positive>"
+    assert Condition("x", rating=1, language="zh").condition_token() == "<sent_negative>"
+    assert Condition("x", rating=3, language="zh").condition_token() == "<sent_neutral>"
+    assert Condition("x", sentiment="negative", language="zh").condition_token() == "<sent_negative>"
+    assert Condition("x", rating=2, language="en").condition_token() == "<rating_2>"
