@@ -91,11 +91,13 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     serve.run(build_app(str(model_dir)), name="scorer", route_prefix="/")
     test = load_split(data_dir, "test")
     real = test.groupby("language").head(4)
-    titles = pd.read_parquet(catalog).set_index("product_id")["title"]
+    products = pd.read_parquet(catalog).set_index("product_id")
+    titles = products["title"]
     gen_rows = reviews.head(8)
     payload = ([{"text": r.text, "product_title": r.product_title, "category": r.category,
                  "rating": None if pd.isna(r.rating) else int(r.rating)} for r in real.itertuples()]
                + [{"text": r.text, "product_title": str(titles.get(r.product_id, "")),
+                   "category": str(products["category"].get(r.product_id, "")),
                    "rating": None if pd.isna(r.rating) else int(r.rating)} for r in gen_rows.itertuples()])
     scored = _score_over_http(f"http://127.0.0.1:{port}/v1/score", payload)
     serve.shutdown()
