@@ -45,8 +45,11 @@ cluster-up: install
 	cluster/scripts/cluster_up.sh
 cluster-down:
 	cluster/scripts/cluster_down.sh
-submit-train: install
-	cluster/scripts/submit.sh train --data $(CURDIR)/runs/prepared --out $(CURDIR)/runs/cluster-train --num-workers 2 --storage-path $(CURDIR)/runs/ray-results --name reviewgen-train $(TRAIN_ARGS)
+TRAIN_CONFIG ?= $(CURDIR)/configs/demo.yaml
+runs/prepared/stats.json: | install
+	$(BIN)/reviewgen prepare --out runs/prepared
+submit-train: install runs/prepared/stats.json
+	cluster/scripts/submit.sh train --data $(CURDIR)/runs/prepared --out $(CURDIR)/runs/cluster-train --config $(TRAIN_CONFIG) --num-workers 2 --storage-path $(CURDIR)/runs/ray-results --name reviewgen-train $(TRAIN_ARGS)
 submit-nightly: install
 	@test -n "$(DATE)" || { echo "usage: make submit-nightly DATE=YYYY-MM-DD" >&2; exit 2; }
 	cluster/scripts/submit.sh nightly $(DATE) --model $(CURDIR)/runs/cluster-train --catalog $(CATALOG) --out $(CURDIR)/runs/generated --reviews-per-product 3 $(GEN_ARGS)
