@@ -105,6 +105,16 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table) -> Non
     fs.move(tmp, path)
 
 
+def _remove_stale_temps(fs: pafs.FileSystem, part: str) -> None:
+    """Delete temp files that a killed earlier attempt left mid-write (every shard is done by now, so no
+    writer of this run still owns one): a finished partition holds only its real files."""
+    for sub in ("reviews", "rejects", "products"):
+        sel = pafs.FileSelector(_join(part, sub), allow_not_found=True)
+        for info in fs.get_file_info(sel):
+            if info.base_name.startswith(".tmp-"):
+                fs.delete_file(info.path)
+
+
 def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
     try:
         with fs.open_input_stream(path) as f:
@@ -588,6 +598,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
                           "config": model["config"].get("run")},
                 "settings": settings, "since": since_uri, "summary": summary,
                 "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    _remove_stale_temps(out_fs, part)
     _write_atomic(out_fs, _join(part, "manifest.json"), json.dumps(manifest, indent=2, default=str).encode())
     _write_atomic(out_fs, _join(part, "_SUCCESS"), b"")
     log(_table(summary))

@@ -164,6 +164,7 @@ def test_sigkilled_job_resumes_to_exactly_the_uninterrupted_reviews(ray_local, t
         assert len(want) > 0
         assert sorted(got["review_id"]) == sorted(want["review_id"])  # multiset: no gaps, no duplicates
         assert got["review_id"].is_unique
+        assert not list(part_b.rglob(".tmp-*"))  # a mid-write kill leaves no temp file in the finished output
         pd.testing.assert_frame_equal(got.drop(columns="generated_at"), want.drop(columns="generated_at"))
         print(f"caught with {len(finished)}/{n_shards} shards written ({n} products); resume generated "
               f"{c['reviews_generated_this_invocation']} of {c['reviews_generated']} reviews")
