@@ -262,17 +262,11 @@ class GeneratorActor:
         return pd.DataFrame([self._shard(int(s), json.loads(pl)) for s, pl in zip(batch["shard"], batch["payload"])])
 
     def _generate(self, conds, seeds) -> list[str]:
-        from reviewgen.sampling import SamplingParams, counter_uniforms, sample
+        from reviewgen.scoring import generate_texts
 
-        p, tok = self.p, self.tok
-        sp = SamplingParams(tok.max_review_len, p["temperature"], 0, p["top_p"])
-        texts: list[str] = []
-        for s in range(0, len(conds), p["batch_size"]):
-            pre = tok.encode_prefixes(conds[s:s + p["batch_size"]]).to(self.device)
-            ids = sample(self.ckpt.generator, pre, sp, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                         uniforms=counter_uniforms(seeds[s:s + p["batch_size"]], sp.max_new_tokens))
-            texts.extend(tok.decode_reviews(ids.cpu()))
-        return texts
+        p = self.p
+        return generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=p["temperature"],
+                              top_p=p["top_p"], batch_size=p["batch_size"], device=self.device)
 
     def _reason(self, text: str, lang: str, score: float, ids: list[int]) -> str | None:
         from reviewgen.scoring import detect_language
