@@ -411,6 +411,13 @@ def _batches(c: dict, cfg: RunConfig, rank: int, world: int, device, state: dict
     return cycle(), lambda: dict(pos)
 
 
+def _progress(msg: str, *_, **__) -> None:
+    """Progress from rank 0 through Ray Train's worker logger: plain prints reach the driver twice."""
+    import logging
+
+    logging.getLogger("ray.train").info(msg)
+
+
 def _maybe_fail(c: dict, fs, run: str, global_step: int, rank: int, world: int) -> None:
     """Test hook: the last rank exits hard once, at the configured global step (first attempt only)."""
     if c.get("fail_at_step") is None or global_step != int(c["fail_at_step"]) or rank != world - 1:
@@ -465,7 +472,7 @@ def _train_loop(c: dict) -> dict:
     history = _History(fs, f"{run}/metrics.jsonl", trainer.global_step) if rank == 0 else None
     val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
     if rank == 0:
-        print(f"[rank 0] {trainer.describe()}; world {world}; phase {trainer.phase} step {trainer.step} "
+        _progress(f"[rank 0] {trainer.describe()}; world {world}; phase {trainer.phase} step {trainer.step} "
               f"(global {trainer.global_step}); attempt {resumes}", flush=True)
     t = cfg.train
     total = t.mle_steps + t.disc_warmup_steps + t.adv_steps
@@ -507,7 +514,7 @@ def _train_loop(c: dict) -> dict:
             history.add({"phase": res.phase, "step": res.step, "global_step": trainer.global_step,
                          "time": elapsed0 + time.time() - t0, "resumes": resumes, "world_size": world, **m})
             if res.step % t.log_every == 0 or res.phase_done:
-                print(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
+                _progress(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
                                       time.time() - t0, total - trainer.global_step), flush=True)
         if res.phase_done or res.step % t.checkpoint_every == 0:
             report(res.phase_done and res.phase == "mle")
