@@ -605,8 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     """argparse parser for `python jobs/generate.py` (same options as `reviewgen generate`)."""
     a = argparse.ArgumentParser(prog="generate", description="Nightly catalog-wide review generation on Ray Data.")
     a.add_argument("--model", required=True, help="exported model directory (reviewgen export)")
-    a.add_argument("--catalog", required=True, action="append", help="catalog parquet file or directory "
-                   "(local, NFS, s3://, gs://); repeat for several")
+    a.add_argument("--catalog", required=True, action="extend", nargs="+", metavar="PATH",
+                   help="catalog parquet file(s) or directory(ies) (local, NFS, s3://, gs://); "
+                        "several after one flag, or the flag repeated")
     a.add_argument("--out", required=True, help="output root; the run writes OUT/run_date=YYYY-MM-DD/")
     a.add_argument("--reviews-per-product", type=int, default=3, help="reviews generated per product (K)")
     a.add_argument("--run-date", default=None, help="partition date YYYY-MM-DD (default: today, UTC)")

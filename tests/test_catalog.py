@@ -115,3 +115,11 @@ def test_presets_map_the_carried_samples():
 def test_flipkart_falls_back_to_pid():
     r = _one({"uniq_id": None, "pid": "PID1", "product_name": "x"}, "flipkart")
     assert (r["status"], r["product_id"]) == ("ok", "PID1")
+
+
+def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags():
+    from reviewgen.generate import build_parser
+
+    args = build_parser().parse_args(["--model", "m", "--catalog", "a.parquet", "b/", "--catalog", "s3://x/c",
+                                      "--out", "o"])
+    assert args.catalog == ["a.parquet", "b/", "s3://x/c"]
