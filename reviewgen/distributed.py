@@ -35,6 +35,7 @@ import numpy as np
 
 from reviewgen.config import RunConfig
 from reviewgen.runtime import ensure_ray
+from reviewgen.storage import exists, filesystem, read_text, write_text
 
 DATA_LOADERS = ("ray_data", "sharded_memory")
 # schemes pyarrow.fs (and so Ray Train storage) understands without extra plugins
@@ -114,38 +115,10 @@ class TrainJobConfig:
 
 # -- storage (local, NFS, or a pyarrow URI) -----------------------------------------------------------
 
-def storage_fs(root: str):
-    """(pyarrow FileSystem, path inside it) for a storage root."""
-    import pyarrow.fs as pafs
-
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), root
-
-
-def _exists(fs, path: str) -> bool:
-    import pyarrow.fs as pafs
-
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def _read_text(fs, path: str) -> str | None:
-    if not _exists(fs, path):
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
-
-
-def _write_text(fs, path: str, text: str) -> None:
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
-
-
 def _upload_dir(local: Path, fs, path: str) -> None:
     import pyarrow.fs as pafs
 
-    if _exists(fs, path):
+    if exists(fs, path):
         fs.delete_dir(path)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
@@ -180,13 +153,6 @@ def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
 
 # -- driver ---------------------------------------------------------------------------------------------
 
-def _data_hash(data_dir: Path) -> str:
-    try:
-        return json.loads((data_dir / "stats.json").read_text()).get("data_hash", "unknown")
-    except (OSError, json.JSONDecodeError):
-        return "unknown"
-
-
 def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunConfig, Any, list[str]]:
     """The run's (config, tokenizer, categories): from --resume-from, from an earlier start of the same
     run name, or fitted now (and stored, so restarts and reruns tokenize identically)."""
@@ -197,13 +163,13 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunC
         ck = load_checkpoint(job.resume_from, "cpu")
         log(f"starting from checkpoint {job.resume_from} (phase {ck.meta.get('phase')}, step {ck.meta.get('step')})")
         return ck.config, ck.tokenizer, ck.categories
-    fs, root = storage_fs(job.storage)
+    fs, root = filesystem(job.storage)
     setup = f"{root}/{job.run_name}/setup"
-    doc = _read_text(fs, f"{setup}/setup.json")
+    doc = read_text(fs, f"{setup}/setup.json")
     if doc is not None:
         d = json.loads(doc)
         run_cfg = RunConfig.from_dict(d["config"], source=f"{setup}/setup.json")
-        tok = _tokenizer(_read_text(fs, f"{setup}/tokenizer.json"), run_cfg.tokenizer.prefix_len,
+        tok = _tokenizer(read_text(fs, f"{setup}/tokenizer.json"), run_cfg.tokenizer.prefix_len,
                          run_cfg.tokenizer.max_review_len)
         log(f"run {job.run_name!r} exists in {job.storage}: continuing it with its stored config and tokenizer")
         return run_cfg, tok, list(d["categories"])
@@ -212,8 +178,8 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunC
     cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories))
     with tempfile.TemporaryDirectory() as tmp:
         tok.save(Path(tmp) / "tokenizer.json")
-        _write_text(fs, f"{setup}/tokenizer.json", (Path(tmp) / "tokenizer.json").read_text())
-    _write_text(fs, f"{setup}/setup.json", json.dumps({"config": cfg.to_dict(), "categories": categories}))
+        write_text(fs, f"{setup}/tokenizer.json", (Path(tmp) / "tokenizer.json").read_text())
+    write_text(fs, f"{setup}/setup.json", json.dumps({"config": cfg.to_dict(), "categories": categories}))
     return cfg, tok, categories
 
 
@@ -271,7 +237,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, log) -> Path:
     from ray.train.torch import TorchTrainer
 
     from reviewgen.data import load_split
-    from reviewgen.train import encode_frame
+    from reviewgen.train import data_hash_of, encode_frame
 
     out = Path(job.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +255,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, log) -> Path:
         "storage": job.storage, "name": job.run_name, "data_loader": job.data_loader,
         "resume_from": str(Path(job.resume_from).resolve()) if job.resume_from else None,
         "stop_after_phase": job.stop_after_phase, "fail_at_step": job.fail_at_step,
-        "data_hash": _data_hash(data_dir),
+        "data_hash": data_hash_of(data_dir),
     }
     datasets = None
     if job.data_loader == "sharded_memory":
@@ -322,14 +288,14 @@ def _run(job: TrainJobConfig, cfg: RunConfig, log) -> Path:
 def _export(job: TrainJobConfig, checkpoint, out: Path, train_df, val_df, log) -> Path:
     """Copy the MLE baseline and the step log into OUT; finalize the last checkpoint into OUT."""
     from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.train import GANTrainer, finalize_model
+    from reviewgen.train import GANTrainer, data_hash_of, finalize_model
 
-    fs, root = storage_fs(job.storage)
+    fs, root = filesystem(job.storage)
     run = f"{root}/{job.run_name}"
-    if _exists(fs, f"{run}/mle_baseline/meta.json"):
+    if exists(fs, f"{run}/mle_baseline/meta.json"):
         shutil.rmtree(out / "mle", ignore_errors=True)
         _download_dir(fs, f"{run}/mle_baseline", out / "mle")
-    metrics = _read_text(fs, f"{run}/metrics.jsonl")
+    metrics = read_text(fs, f"{run}/metrics.jsonl")
     if metrics is not None:
         (out / "metrics.jsonl").write_text(metrics)
     with tempfile.TemporaryDirectory() as tmp:
@@ -343,7 +309,7 @@ def _export(job: TrainJobConfig, checkpoint, out: Path, train_df, val_df, log) -
             return out / "state"
         trainer = GANTrainer(ck.config, ck.tokenizer, ck.categories, "cpu")
         trainer.resume_from(local)
-    return finalize_model(trainer, out, train_df, val_df, _data_hash(Path(job.data_dir)), log=log)
+    return finalize_model(trainer, out, train_df, val_df, data_hash_of(Path(job.data_dir)), log=log)
 
 
 # -- worker ---------------------------------------------------------------------------------------------
@@ -367,7 +333,7 @@ class _History:
 
     def __init__(self, fs, path: str, keep_through_step: int):
         self.fs, self.path = fs, path
-        old = _read_text(fs, path) or ""
+        old = read_text(fs, path) or ""
         self.lines = [ln for ln in old.splitlines()
                       if ln.strip() and json.loads(ln).get("global_step", 0) <= keep_through_step]
 
@@ -375,7 +341,7 @@ class _History:
         self.lines.append(json.dumps(rec))
 
     def flush(self) -> None:
-        _write_text(self.fs, self.path, "\n".join(self.lines) + ("\n" if self.lines else ""))
+        write_text(self.fs, self.path, "\n".join(self.lines) + ("\n" if self.lines else ""))
 
 
 def _batches(c: dict, cfg: RunConfig, rank: int, world: int, device, state: dict):
@@ -423,9 +389,9 @@ def _maybe_fail(c: dict, fs, run: str, global_step: int, rank: int, world: int) 
     if c.get("fail_at_step") is None or global_step != int(c["fail_at_step"]) or rank != world - 1:
         return
     marker = f"{run}/.fail_injected_at_{global_step}"
-    if _exists(fs, marker):
+    if exists(fs, marker):
         return
-    _write_text(fs, marker, "1")
+    write_text(fs, marker, "1")
     # Ray Train V2's controller collects reports on its health-check poll (2 s by default); a worker that
     # dies before the next poll also loses the checkpoint reported just before. Real failures come long
     # after the last report, so wait out two polls to test that case, not Ray's race.
@@ -467,7 +433,7 @@ def _train_loop(c: dict) -> dict:
     # our checkpoints nest the loader state; a train_local checkpoint (--resume-from) stores it bare
     lstate = saved.get("loader", {}) if "resumes" in saved else saved
     batches, loader_state = _batches(c, cfg, rank, world, device, lstate)
-    fs, root = storage_fs(c["storage"])
+    fs, root = filesystem(c["storage"])
     run = f"{root}/{c['name']}"
     history = _History(fs, f"{run}/metrics.jsonl", trainer.global_step) if rank == 0 else None
     val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
