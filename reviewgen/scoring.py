@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from reviewgen.metrics import ece
 from reviewgen.models import unwrap
 from reviewgen.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.tokenizer import Condition, ReviewTokenizer
@@ -131,20 +132,10 @@ def fit_calibration_for(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref
     labels = np.concatenate([np.ones(len(real_logit)), np.zeros(len(fake_logit))])
     calib = fit_platt(logits, labels)
     calib.update(n=int(len(labels)), temperatures=list(temperatures),
-                 ece_raw=_ece(labels, apply_calibration(logits, None)), ece=_ece(labels, apply_calibration(logits, calib)))
+                 ece_raw=ece(labels, apply_calibration(logits, None)), ece=ece(labels, apply_calibration(logits, calib)))
     log(f"scorer calibration: scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
         f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f} on {calib['n']} validation reviews")
     return calib
-
-
-def _ece(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> float:
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            total += sel.mean() * abs(y[sel].mean() - p[sel].mean())
-    return float(total)
 
 
 class Scorer:

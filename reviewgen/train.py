@@ -373,7 +373,7 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
     if ck is not None:
         loader.load_state_dict(trainer.resume_from(state_dir))
     log(f"training on {len(train_df)} reviews ({train_df['product_id'].nunique()} products); {trainer.describe()}")
-    data_hash = _data_hash(data_dir)
+    data_hash = data_hash_of(data_dir)
     history_path = out / "metrics.jsonl"
     t_start, deadline = time.time(), (time.time() + 60 * max_minutes) if max_minutes else None
     t = cfg.train
@@ -437,11 +437,9 @@ def rating_distribution(df: pd.DataFrame) -> list[float]:
     return [round(float(counts.get(k, 0)) / total, 6) for k in range(1, 6)]
 
 
-def _data_hash(data_dir: str | Path) -> str:
-    p = Path(data_dir) / "stats.json"
-    if p.is_file():
-        try:
-            return json.loads(p.read_text()).get("data_hash", "unknown")
-        except json.JSONDecodeError:
-            return "unknown"
-    return "unknown"
+def data_hash_of(data_dir: str | Path) -> str:
+    """The data hash that `reviewgen prepare` wrote into stats.json ("unknown" without one)."""
+    try:
+        return json.loads((Path(data_dir) / "stats.json").read_text()).get("data_hash", "unknown")
+    except (OSError, json.JSONDecodeError):
+        return "unknown"
