@@ -83,10 +83,11 @@ def _init_weights(module: nn.Module, n_layer: int) -> None:
             nn.init.zeros_(p)
 
 
-class Generator(nn.Module):
-    """Decoder-only causal LM conditioned by its prefix."""
+class _Trunk(nn.Module):
+    """Token + position embeddings, pre-norm blocks and a final norm: the part G and D share (same
+    parameter names, which is what lets D start from the pretrained G)."""
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig | DiscriminatorConfig):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -94,6 +95,17 @@ class Generator(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
+
+    def embed(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+        positions = torch.arange(pos, pos + idx.shape[1], device=idx.device)
+        return self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+
+
+class Generator(_Trunk):
+    """Decoder-only causal LM conditioned by its prefix."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         _init_weights(self, cfg.n_layer)
         self.lm_head.weight = self.tok_emb.weight  # tied: fewer parameters, better small-data LM
@@ -105,8 +117,7 @@ class Generator(nn.Module):
         T = idx.shape[1]
         if pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}")
-        positions = torch.arange(pos, pos + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        x = self.embed(idx, pos)
         for i, block in enumerate(self.blocks):
             x = block(x, causal=True, cache=cache, layer=i, pos=pos)
         return self.lm_head(self.ln_f(x[:, logits_from:]))
@@ -125,20 +136,14 @@ class DiscriminatorOutput:
     category_logits: torch.Tensor  # [B, n_categories]
 
 
-class Discriminator(nn.Module):
+class Discriminator(_Trunk):
     """Bidirectional encoder over prefix + review. Reads discrete tokens: it learns on the same text it
     will score later (no Gumbel-softmax relaxation)."""
 
     def __init__(self, cfg: DiscriminatorConfig, prefix_len: int, pad_id: int):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.prefix_len = prefix_len
         self.pad_id = pad_id
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
         self.token_head = nn.Linear(cfg.d_model, 1)
         # pooled = [mean of review tokens ; state at <sep>]: the <sep> state sees the product and the review
         self.seq_head = nn.Linear(2 * cfg.d_model, 1)
@@ -150,8 +155,7 @@ class Discriminator(nn.Module):
         B, T = idx.shape
         keep = idx != self.pad_id  # [B, T]
         attn_mask = keep[:, None, None, :]
-        positions = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        x = self.embed(idx)
         for block in self.blocks:
             x = block(x, causal=False, attn_mask=attn_mask)
         x = self.ln_f(x)
