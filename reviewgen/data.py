@@ -102,13 +102,17 @@ def detect_corpus(path: str | Path) -> str:
     raise DataError(f"{path}: not a known review corpus (columns: {sorted(cols)})")
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path}: cannot read parquet file ({type(e).__name__}: {e})") from e
+
+
 def _read(path: Path, corpus: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read parquet file ({type(e).__name__}: {e})") from e
+    df = _read_parquet(path)
     for col in _REQUIRED[corpus]:
         if col not in df.columns:
             raise DataError(f"{path}: missing required column '{col}' for corpus {corpus}")
@@ -458,10 +462,7 @@ def load_split(data_dir: str | Path, split: str) -> pd.DataFrame:
     path = d / f"{split}.parquet"
     if not path.is_file():
         raise DataError(f"{path}: split file not found (run `reviewgen prepare` first)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read parquet file ({type(e).__name__}: {e})") from e
+    df = _read_parquet(path)
     missing = [c for c in REVIEW_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}")
