@@ -1,8 +1,8 @@
 """Nightly generation throughput (issue 5): the Ray Data pipeline vs the in-process generator.
 
 A synthetic catalog (BigBasket sample titles repeated, unique ids; 10,000 products, 500 with --quick)
-goes through `reviewgen.generate.run_generation` on a local embedded Ray, and the same conditions go
-through `reviewgen.scoring.generate_texts` in this process (same model, batch size, max length,
+goes through `reviewgen.generate.pipeline.run_generation` on a local embedded Ray, and the same conditions go
+through `reviewgen.score.scorer.generate_texts` in this process (same model, batch size, max length,
 temperature, top-p). Pipeline overhead = 1 - pipeline reviews/s / in-process reviews/s.
 
 The pipeline runs several actors at once, so the raw ratio compares N actors with one process. The
@@ -46,7 +46,7 @@ ASSUMED_GPU = {"name": "H100 SXM", "peak_bf16": 989e12, "mfu": 0.30, "kernel_s":
 
 def prepared_data(log=print) -> Path:
     """The carried sample prepared into bench/.cache/data (made once, then reused)."""
-    from reviewgen.data import prepare, review_sources, sample_data_dir
+    from reviewgen.data.corpus import prepare, review_sources, sample_data_dir
 
     if not (DATA_DIR / "train.parquet").is_file():
         log(f"preparing the carried sample into {DATA_DIR}")
@@ -66,8 +66,8 @@ def bench_model(log=print) -> Path:
     stamp_file = CACHE / "model.stamp"
     if (MODEL_DIR / "meta.json").is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
         return MODEL_DIR
-    from reviewgen.config import RunConfig
-    from reviewgen.train import train_local
+    from reviewgen.core.config import RunConfig
+    from reviewgen.train.trainer import train_local
 
     data = prepared_data(log)
     cfg = RunConfig.from_yaml(demo).override(MODEL_OVERRIDES)
@@ -84,8 +84,8 @@ def bench_model(log=print) -> Path:
 
 def model_description(model_dir: Path) -> dict[str, Any]:
     """Sizes of the bench model's generator (layers, width, params) from its config.json."""
-    from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.models import count_params
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.core.models import count_params
 
     ck = load_checkpoint(model_dir, "cpu")
     g = ck.config.generator
@@ -99,7 +99,7 @@ def synthetic_catalog(n: int, path: Path) -> Path:
     """n products with unique ids, titles and categories cycled from the BigBasket sample catalog."""
     import pandas as pd
 
-    from reviewgen.data import sample_data_dir
+    from reviewgen.data.corpus import sample_data_dir
 
     src = pd.read_parquet(sample_data_dir() / "catalog_bigbasket_products.parquet", columns=["product", "category"])
     src = src.dropna().reset_index(drop=True)
@@ -154,9 +154,9 @@ def in_process_rate(model_dir: Path, catalog: Path, n_reviews: int, threads: int
     import pandas as pd
     import torch
 
-    from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.scoring import generate_texts
-    from reviewgen.tokenizer import Condition
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.score.scorer import generate_texts
+    from reviewgen.core.tokenizer import Condition
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -182,7 +182,7 @@ def pipeline_rate(model_dir: Path, catalog: Path, out: Path, cpus_per_actor: flo
     """Run the Ray Data pipeline once on a fresh output dir; its summary plus per-actor peak memory."""
     import ray
 
-    from reviewgen.generate import run_generation
+    from reviewgen.generate.pipeline import run_generation
 
     t = time.perf_counter()
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False,

@@ -50,9 +50,9 @@ def _run(method: str, q) -> None:
                                   max_new_tokens=NEW, min_new_tokens=NEW, top_k=0, top_p=1.0,
                                   eos_token_id=None, pad_token_id=0)
     else:
-        from reviewgen.config import GeneratorConfig
-        from reviewgen.models import Generator
-        from reviewgen.sampling import SamplingParams, sample
+        from reviewgen.core.config import GeneratorConfig
+        from reviewgen.core.models import Generator
+        from reviewgen.core.sampling import SamplingParams, sample
 
         m = Generator(GeneratorConfig(vocab_size=SIZE["vocab_size"], block_size=PREFIX + NEW, n_layer=SIZE["n_layer"],
                                       n_head=SIZE["n_head"], d_model=SIZE["d_model"], dropout=0.0)).eval()

@@ -1,11 +1,11 @@
 """Ray Serve scoring throughput and latency (issue 6): batched vs unbatched vs the in-process scorer.
 
-The scorer (`reviewgen.serve.run_server`, one replica, loopback only) is deployed twice in one run: with
+The scorer (`reviewgen.serve.app.run_server`, one replica, loopback only) is deployed twice in one run: with
 batching (max_batch_size 32) and without (max_batch_size 1). A bounded async load generator (httpx, in
 this process) holds a fixed number of requests in flight (1, 8, 32, 64), one review per request, for a
 fixed duration or a maximum request count per level, and records throughput and p50/p99 latency.
 
-The in-process baseline is `reviewgen.scoring.Scorer.score` on batches of 32 (raw reviews/s) and on one
+The in-process baseline is `reviewgen.score.scorer.Scorer.score` on batches of 32 (raw reviews/s) and on one
 review (single-review latency). Serve overhead per request = p50 latency at concurrency 1 (unbatched)
 minus the in-process single-review latency. Note: a replica also runs the copy (n-gram) and PII checks,
 which the bare Scorer does not, so that overhead includes them.
@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def sample_reviews(n: int = 256) -> list[dict[str, Any]]:
     """Real reviews from the prepared sample's validation split, as /v1/score review objects."""
-    from reviewgen.data import load_split
+    from reviewgen.data.corpus import load_split
 
     from bench.bench_generate import prepared_data
 
@@ -61,7 +61,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def in_process(model_dir: Path, reviews: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Scorer.score throughput on batches of 32 and single-review latency, in this process."""
-    from reviewgen.scoring import Scorer
+    from reviewgen.score.scorer import Scorer
 
     sc = Scorer(model_dir, device="cpu")
     batch = reviews[:32]
@@ -124,8 +124,8 @@ def serve_mode(model_dir: Path, reviews: list[dict[str, Any]], max_batch_size: i
     """Deploy one replica with this max_batch_size, run every concurrency level, tear down."""
     from ray import serve
 
-    from reviewgen.serve import run_server
-    from reviewgen.serve_api import ServeConfig
+    from reviewgen.serve.app import run_server
+    from reviewgen.serve.api import ServeConfig
 
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     cfg = ServeConfig(max_batch_size=max_batch_size, max_ongoing_requests=max(64, max_batch_size),

@@ -37,9 +37,9 @@ CONFIG = "demo.yaml"
 def _setup(config_name: str, mle_steps: int | None = None) -> dict[str, Any]:
     """Config, tokenizer (as JSON, so workers rebuild it like run_distributed_training does), categories
     and the encoded train split, fitted once in the driver on the carried sample."""
-    from reviewgen.config import RunConfig
-    from reviewgen.data import load_split
-    from reviewgen.train import build_categories, encode_frame, fit_tokenizer
+    from reviewgen.core.config import RunConfig
+    from reviewgen.data.corpus import load_split
+    from reviewgen.train.trainer import build_categories, encode_frame, fit_tokenizer
 
     from bench.bench_generate import BENCH_DIR, prepared_data
 
@@ -64,9 +64,9 @@ def _worker(c: dict) -> None:
 
     from tokenizers import Tokenizer
 
-    from reviewgen.config import RunConfig
-    from reviewgen.tokenizer import ReviewTokenizer
-    from reviewgen.train import GANTrainer, TensorBatches
+    from reviewgen.core.config import RunConfig
+    from reviewgen.core.tokenizer import ReviewTokenizer
+    from reviewgen.train.trainer import GANTrainer, TensorBatches
 
     torch.set_num_threads(c["threads"])
     ctx = ray.train.get_context()
@@ -128,8 +128,8 @@ def gpu_section(quick: bool) -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         return {"status": "not measured (no GPU lent)"}
-    from reviewgen.models import count_params
-    from reviewgen.train import GANTrainer, TensorBatches
+    from reviewgen.core.models import count_params
+    from reviewgen.train.trainer import GANTrainer, TensorBatches
 
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k.lower() in name.lower()), None)
@@ -159,7 +159,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     import ray
     import torch
 
-    from reviewgen.models import Generator, count_params
+    from reviewgen.core.models import Generator, count_params
 
     total_threads = torch.get_num_threads()
     warmup, steps = (3, 10) if quick else (10, 60)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reviewgen.serve import run_server
-from reviewgen.serve_api import ServeConfig
+from reviewgen.serve.app import run_server
+from reviewgen.serve.api import ServeConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ import sys
 
 import yaml
 
-from reviewgen.config import RunConfig
-from reviewgen.distributed import DATA_LOADERS, STOP_PHASES, run_distributed_training
+from reviewgen.core.config import RunConfig
+from reviewgen.train.distributed import DATA_LOADERS, STOP_PHASES, run_distributed_training
 
 
 def parser() -> argparse.ArgumentParser:

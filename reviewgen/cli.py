@@ -40,7 +40,7 @@ def prepare(
     max_text_chars: int = typer.Option(4000, help="Longer review texts are dropped (counted as 'text_too_long')."),
 ):
     """Load review corpora, clean them (HTML, boilerplate, PII), split by product, write parquet splits."""
-    from reviewgen.data import DataError, prepare as _prepare, review_sources, sample_data_dir
+    from reviewgen.data.corpus import DataError, prepare as _prepare, review_sources, sample_data_dir
 
     try:
         srcs = list(inputs) if inputs else review_sources(sample_data_dir())
@@ -83,10 +83,10 @@ def train(
     device: Optional[str] = typer.Option(None, help="In-process mode: cpu or cuda (default: cuda if available)."),
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
-    from reviewgen.checkpoint import CheckpointError
-    from reviewgen.config import ConfigError, RunConfig
-    from reviewgen.data import DataError
-    from reviewgen.distributed import TrainJobError
+    from reviewgen.core.checkpoint import CheckpointError
+    from reviewgen.core.config import ConfigError, RunConfig
+    from reviewgen.data.corpus import DataError
+    from reviewgen.train.distributed import TrainJobError
 
     try:
         cfg = RunConfig.from_yaml(config) if config else RunConfig()
@@ -94,7 +94,7 @@ def train(
                       "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
         cfg.validate()
         if num_workers > 0:
-            from reviewgen.distributed import run_distributed_training
+            from reviewgen.train.distributed import run_distributed_training
 
             final = run_distributed_training(data, out, cfg, num_workers=num_workers, use_gpu=use_gpu,
                                              storage_path=storage_path, name=name, max_failures=max_failures,
@@ -104,7 +104,7 @@ def train(
         else:
             if use_gpu:
                 device = device or "cuda"
-            from reviewgen.train import train_local
+            from reviewgen.train.trainer import train_local
 
             if resume_from:
                 _fail(ValueError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state"))
@@ -130,9 +130,9 @@ def sample(
     score: bool = typer.Option(True, help="Also print the calibrated p_human of each review."),
 ):
     """Write reviews for one product."""
-    from reviewgen.checkpoint import CheckpointError, load_checkpoint
-    from reviewgen.scoring import Scorer, generate_texts
-    from reviewgen.tokenizer import Condition
+    from reviewgen.core.checkpoint import CheckpointError, load_checkpoint
+    from reviewgen.score.scorer import Scorer, generate_texts
+    from reviewgen.core.tokenizer import Condition
 
     try:
         ck = load_checkpoint(model)
@@ -157,9 +157,9 @@ def score(
     text_column: str = typer.Option("text", help="Name of the review text column."),
 ):
     """Score reviews in a file: how likely each is human-written (calibrated)."""
-    from reviewgen.checkpoint import CheckpointError
-    from reviewgen.io import read_table, write_table
-    from reviewgen.scoring import Scorer
+    from reviewgen.core.checkpoint import CheckpointError
+    from reviewgen.data.io import read_table, write_table
+    from reviewgen.score.scorer import Scorer
 
     try:
         df = read_table(input)
@@ -200,9 +200,9 @@ def evaluate(
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
 ):
     """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
-    from reviewgen.checkpoint import CheckpointError
-    from reviewgen.data import DataError
-    from reviewgen.evaluate import run_evaluation
+    from reviewgen.core.checkpoint import CheckpointError
+    from reviewgen.data.corpus import DataError
+    from reviewgen.evaluate.report import run_evaluation
 
     try:
         run_evaluation(model, data, out, baseline_dir=baseline, temperatures=_floats(temperatures),
@@ -220,7 +220,7 @@ def generate(ctx: typer.Context):
     """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
     parquet under OUT/run_date=YYYY-MM-DD/. Options: `reviewgen generate --help` (--model, --catalog, --out,
     --reviews-per-product, --run-date, --since, --force, --preset/--mapping, --keep-columns, ...)."""
-    from reviewgen.generate import main as generate_main
+    from reviewgen.generate.pipeline import main as generate_main
 
     raise typer.Exit(generate_main(list(ctx.args)))
 
@@ -236,8 +236,8 @@ def serve(
     detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C."),
 ):
     """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /docs."""
-    from reviewgen.serve import run_server
-    from reviewgen.serve_api import ServeConfig
+    from reviewgen.serve.app import run_server
+    from reviewgen.serve.api import ServeConfig
 
     try:
         cfg = ServeConfig.from_yaml(config) if config else None
@@ -252,7 +252,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="Model directory to write (serving files + content-hash version)."),
 ):
     """Export a checkpoint to a model directory for the generate and serve jobs."""
-    from reviewgen.checkpoint import CheckpointError, export_model
+    from reviewgen.core.checkpoint import CheckpointError, export_model
 
     try:
         d = export_model(checkpoint, out)

@@ -14,7 +14,7 @@ import pandas as pd
 
 def _demo_catalog(data_dir: Path, out: Path, n_en: int = 12, n_zh: int = 4) -> Path:
     """A catalog of test-split products (never trained on), English and Chinese, in the catalog contract."""
-    from reviewgen.data import load_split
+    from reviewgen.data.corpus import load_split
 
     test = load_split(data_dir, "test")
     prods = test.drop_duplicates("product_id")
@@ -41,9 +41,9 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
              port: int = 8123, log: Callable[[str], None] = print) -> Path:
     """Run the whole pipeline and write OUT/report.md; returns its path."""
 
-    from reviewgen.config import RunConfig
-    from reviewgen.data import load_split, prepare, review_sources, sample_data_dir
-    from reviewgen.runtime import ensure_ray
+    from reviewgen.core.config import RunConfig
+    from reviewgen.data.corpus import load_split, prepare, review_sources, sample_data_dir
+    from reviewgen.infra.runtime import ensure_ray
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     if quick:
         cfg.override({"train.mle_steps": 40, "train.disc_warmup_steps": 10, "train.adv_steps": 10,
                       "train.eval_every": 20, "train.checkpoint_every": 20, "train.log_every": 10})
-    from reviewgen.distributed import run_distributed_training
+    from reviewgen.train.distributed import run_distributed_training
 
     model_dir = run_distributed_training(data_dir, out / "model", cfg, num_workers=num_workers,
                                          storage_path=str(out / "ray_results"), name="demo", log=log)
@@ -72,7 +72,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     log("== 3/5 generate on Ray Data for products the model never saw")
     t = time.time()
-    from reviewgen.generate import run_generation
+    from reviewgen.generate.pipeline import run_generation
 
     catalog = _demo_catalog(data_dir, out)
     run_date = time.strftime("%Y-%m-%d", time.gmtime())
@@ -85,7 +85,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     t = time.time()
     from ray import serve
 
-    from reviewgen.serve import build_app
+    from reviewgen.serve.app import build_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(model_dir)), name="scorer", route_prefix="/")

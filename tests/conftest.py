@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory) -> Path:
     """The carried sample, prepared into train/val/test splits."""
-    from reviewgen.data import prepare, review_sources, sample_data_dir
+    from reviewgen.data.corpus import prepare, review_sources, sample_data_dir
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(review_sources(sample_data_dir()), out, seed=0, log=lambda *_: None)
@@ -29,7 +29,7 @@ def prepared_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from reviewgen.config import RunConfig
+    from reviewgen.core.config import RunConfig
 
     return lambda: RunConfig.from_yaml(TINY_CONFIG)
 
@@ -37,7 +37,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model(prepared_data, tiny_config, tmp_path_factory) -> Path:
     """A tiny model trained through all three phases (final model dir; mle/ and state/ inside)."""
-    from reviewgen.train import train_local
+    from reviewgen.train.trainer import train_local
 
     out = tmp_path_factory.mktemp("tiny_model")
     train_local(prepared_data, out, tiny_config(), log=lambda *_: None)

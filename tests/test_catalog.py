@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from reviewgen import catalog as cat
-from reviewgen.data import sample_data_dir
+from reviewgen.generate import catalog as cat
+from reviewgen.data.corpus import sample_data_dir
 
 
 def _one(row: dict, mapping=None, **kw) -> dict:
@@ -118,7 +118,7 @@ def test_flipkart_falls_back_to_pid():
 
 
 def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags():
-    from reviewgen.generate import build_parser
+    from reviewgen.generate.pipeline import build_parser
 
     args = build_parser().parse_args(["--model", "m", "--catalog", "a.parquet", "b/", "--catalog", "s3://x/c",
                                       "--out", "o"])

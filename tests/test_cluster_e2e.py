@@ -233,7 +233,7 @@ def test_second_nightly_for_same_date_is_a_noop(cluster, nightly, trained_model,
 
 
 def test_scorer_deployed_on_cluster_answers_over_http(cluster, trained_model):
-    from reviewgen.scoring import Scorer
+    from reviewgen.score.scorer import Scorer
 
     p, cluster.timings["deploy_scorer"] = _run([str(SCRIPTS / "deploy_scorer.sh")], cluster.env, timeout=180,
                                                extra={"MODEL_DIR": str(trained_model)})

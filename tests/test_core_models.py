@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reviewgen.config import DiscriminatorConfig, GeneratorConfig
-from reviewgen.models import Discriminator, Generator
-from reviewgen.sampling import SamplingParams, counter_uniforms, row_seed, sample
-from reviewgen.tokenizer import Condition, ReviewTokenizer, review_mask
+from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
+from reviewgen.core.models import Discriminator, Generator
+from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
+from reviewgen.core.tokenizer import Condition, ReviewTokenizer, review_mask
 
 P, R = 16, 12
 

@@ -8,13 +8,13 @@ import shutil
 import pytest
 import torch
 
-from reviewgen.checkpoint import CheckpointError, export_model, load_checkpoint
-from reviewgen.config import ConfigError, RunConfig
-from reviewgen.data import load_split
-from reviewgen.losses import val_nll
-from reviewgen.sampling import SamplingParams, counter_uniforms, sample
-from reviewgen.scoring import Scorer, apply_calibration, fit_platt
-from reviewgen.train import (GANTrainer, TensorBatches, build_categories, encode_frame, fit_tokenizer,
+from reviewgen.core.checkpoint import CheckpointError, export_model, load_checkpoint
+from reviewgen.core.config import ConfigError, RunConfig
+from reviewgen.data.corpus import load_split
+from reviewgen.core.losses import val_nll
+from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
+from reviewgen.score.scorer import Scorer, apply_calibration, fit_platt
+from reviewgen.train.trainer import (GANTrainer, TensorBatches, build_categories, encode_frame, fit_tokenizer,
                              fixed_batches)
 
 
@@ -69,7 +69,7 @@ def test_phases_advance_and_adversarial_step_changes_both_models(setup):
 
 
 def test_group_baseline_has_zero_mean_per_prompt():
-    from reviewgen.losses import group_advantages
+    from reviewgen.core.losses import group_advantages
 
     rewards = torch.rand(6, 5)
     mask = torch.ones(6, 5, dtype=torch.bool)
@@ -114,7 +114,7 @@ def test_same_seed_same_training_on_cpu(setup):
 
 def test_same_seed_same_samples(tiny_model):
     ck = load_checkpoint(tiny_model)
-    from reviewgen.tokenizer import Condition
+    from reviewgen.core.tokenizer import Condition
 
     pre = ck.tokenizer.encode_prefixes([Condition("Fire HD 8 Tablet", "Tablets", 5)] * 4)
     u = counter_uniforms([11, 12, 13, 14], ck.tokenizer.max_review_len)
@@ -143,7 +143,7 @@ def test_export_version_is_content_hash(tiny_model, tmp_path):
     cfg = json.loads((b / "config.json").read_text())
     cfg["run"]["train"]["seed"] = 99
     (b / "config.json").write_text(json.dumps(cfg))
-    from reviewgen.checkpoint import content_version
+    from reviewgen.core.checkpoint import content_version
     assert content_version(b) != va
 
 
@@ -180,7 +180,7 @@ def test_platt_calibration_fixes_a_shifted_scorer():
     logits = (y * 2 - 1) * 1.5 + torch.randn(4000, generator=g, dtype=torch.float64) + 3.0  # biased towards "real"
     calib = fit_platt(logits.numpy(), y.numpy())
     p_raw, p_cal = apply_calibration(logits.numpy(), None), apply_calibration(logits.numpy(), calib)
-    from reviewgen.metrics import ece
+    from reviewgen.core.metrics import ece
     assert ece(y.numpy(), p_cal) < 0.03 < ece(y.numpy(), p_raw)
 
 

@@ -1,4 +1,4 @@
-"""Tests for reviewgen.data: loaders on the carried sample, malformed inputs, split, prepare."""
+"""Tests for reviewgen.data.corpus: loaders on the carried sample, malformed inputs, split, prepare."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reviewgen.data import (
+from reviewgen.data.corpus import (
     REVIEW_COLUMNS, DataError, detect_corpus, load_corpus, load_split, prepare,
     review_sources, sample_data_dir, split_by_product,
 )

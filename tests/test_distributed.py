@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reviewgen.distributed import TrainJobError, run_distributed_training
+from reviewgen.train.distributed import TrainJobError, run_distributed_training
 
 TOL = 1e-4
 
@@ -57,7 +57,7 @@ def _assert_same_losses(got: list[dict], ref: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def reference(prepared_data, tiny_config, tmp_path_factory) -> Path:
     """One process, global batch 8, all phases."""
-    from reviewgen.train import train_local
+    from reviewgen.train.trainer import train_local
 
     out = tmp_path_factory.mktemp("dist_reference")
     train_local(prepared_data, out, _cfg(tiny_config, 8), log=_quiet)
@@ -115,7 +115,7 @@ def test_lost_worker_resumes_from_latest_checkpoint(ray_local, prepared_data, ti
 def test_bad_jobs_fail_before_ray(kwargs, message, prepared_data, tiny_config, tmp_path, monkeypatch):
     import ray
 
-    import reviewgen.distributed as dist
+    import reviewgen.train.distributed as dist
 
     def touched(*a, **k):
         raise AssertionError("Ray was touched before the job was validated")

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from reviewgen.checkpoint import content_version
-from reviewgen.data import load_split
-from reviewgen.evaluate import _matched, check_targets, run_evaluation, split_eval_rows
+from reviewgen.core.checkpoint import content_version
+from reviewgen.data.corpus import load_split
+from reviewgen.evaluate.report import _matched, check_targets, run_evaluation, split_eval_rows
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
         "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")

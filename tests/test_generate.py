@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reviewgen.data import sample_data_dir
-from reviewgen.generate import InjectedStop, main, review_id, run_generation
+from reviewgen.data.corpus import sample_data_dir
+from reviewgen.generate.pipeline import InjectedStop, main, review_id, run_generation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 DATE = "2024-05-01"

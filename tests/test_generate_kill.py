@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reviewgen.data import sample_data_dir
-from reviewgen.generate import run_generation
+from reviewgen.data.corpus import sample_data_dir
+from reviewgen.generate.pipeline import run_generation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from reviewgen.checkpoint import load_checkpoint
-from reviewgen.data import load_split
-from reviewgen.guards import OutputGuard, guard_review
-from reviewgen.memorization import NGramIndex
+from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.data.corpus import load_split
+from reviewgen.score.guards import OutputGuard, guard_review
+from reviewgen.core.memorization import NGramIndex
 
 NOVEL = "zqx vortek plimbus ardent quarlow fenix dromble quaint wuzzle orb"
 

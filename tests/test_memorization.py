@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reviewgen.memorization import NGramIndex
+from reviewgen.core.memorization import NGramIndex
 
 N = 8
 

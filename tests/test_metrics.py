@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from reviewgen import metrics as M
+from reviewgen.core import metrics as M
 
 
 def toks(s: str) -> list[str]:

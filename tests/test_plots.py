@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reviewgen import metrics, plots
+from reviewgen.core import metrics
+from reviewgen.evaluate import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +21,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_import_does_not_load_matplotlib() -> None:
-    code = "import sys, reviewgen.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, reviewgen.evaluate.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reviewgen.serve_api import ServeConfig, ServeConfigError, load_api_token, make_api
+from reviewgen.serve.api import ServeConfig, ServeConfigError, load_api_token, make_api
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t0ken-for-tests"
@@ -34,7 +34,7 @@ def test_generated_serve_yaml_is_current_and_valid():
     """cluster/serve_config.yaml == build_serve_config() and Serve's deploy schema accepts it."""
     from ray.serve.schema import ServeDeploySchema
 
-    from reviewgen.serve import build_serve_config
+    from reviewgen.serve.app import build_serve_config
 
     on_disk = yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text())
     assert on_disk == build_serve_config(), "regenerate with: python scripts/build_serve_config.py"
@@ -75,7 +75,7 @@ def test_app_builder_args(tiny_model):
     """`serve run/deploy` args: model_dir required, other keys must be ServeConfig fields."""
     from ray.serve import Application
 
-    from reviewgen.serve import app_builder
+    from reviewgen.serve.app import app_builder
 
     assert isinstance(app_builder({"model_dir": str(tiny_model), "max_batch_size": 8}), Application)
     with pytest.raises(ServeConfigError, match="model_dir"):
@@ -144,7 +144,7 @@ def serve_base(ray_local):
 def _deploy(name: str, model_dir: Path, cfg: ServeConfig) -> None:
     from ray import serve
 
-    from reviewgen.serve import build_app
+    from reviewgen.serve.app import build_app
 
     serve.run(build_app(model_dir, cfg), name=name, route_prefix=f"/{name}", blocking=False)
 
@@ -188,8 +188,8 @@ def sample_reviews(prepared_data) -> list[dict]:
 
 
 def test_http_scores_equal_in_process_scorer(open_url, client, tiny_model, sample_reviews):
-    from reviewgen.memorization import NGramIndex
-    from reviewgen.scoring import Scorer
+    from reviewgen.core.memorization import NGramIndex
+    from reviewgen.score.scorer import Scorer
 
     r = client.post(f"{open_url}/v1/score", json={"reviews": sample_reviews})
     assert r.status_code == 200, r.text

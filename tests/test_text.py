@@ -1,8 +1,8 @@
-"""Tests for reviewgen.text: cleaning, promo stripping and PII masking (English and Chinese)."""
+"""Tests for reviewgen.core.text: cleaning, promo stripping and PII masking (English and Chinese)."""
 
 from hypothesis import given, settings, strategies as st
 
-from reviewgen.text import PII_KINDS, clean_text, find_pii, mask_pii, strip_promo
+from reviewgen.core.text import PII_KINDS, clean_text, find_pii, mask_pii, strip_promo
 
 
 def test_clean_text_unescapes_nested_entities_and_strips_controls():

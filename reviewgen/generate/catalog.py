@@ -18,7 +18,7 @@ Validation decisions (every rejected row gets exactly one reason):
   (a numeric title is almost always a mapping error, so it is rejected rather than stringified).
 - ``title_too_long``: a title over ``MAX_TITLE_CHARS`` after cleaning is *rejected*, not truncated: such a
   row is scraped junk and a review of its first words would be a review of the wrong thing.
-- Control characters, HTML entities, zero-width characters: *cleaned* (``reviewgen.text.clean_text``).
+- Control characters, HTML entities, zero-width characters: *cleaned* (``reviewgen.core.text.clean_text``).
 - Invalid UTF-8 (a binary column): ``invalid_utf8:<field>`` for id and title (we never guess an
   encoding for the key fields); optional text fields are decoded with replacement characters.
 - ``invalid_price``: a price that is not a finite number >= 0 (numeric strings like "1,299.00" or
@@ -42,8 +42,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from reviewgen.text import clean_text
-from reviewgen.tokenizer import LANGS
+from reviewgen.core.text import clean_text
+from reviewgen.core.tokenizer import LANGS
 
 FIELDS = ("product_id", "title", "category", "brand", "description", "price")
 REQUIRED = ("product_id", "title")
@@ -52,7 +52,7 @@ MAX_TITLE_CHARS = 1000
 MAX_ID_CHARS = 256
 MAX_OPTIONAL_CHARS = {"category": 200, "brand": 200, "description": 4000}
 MAX_RAW_FIELD_CHARS = 500
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "catalogs"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "catalogs"
 _PRICE_RE = re.compile(r"^[^\d\-+]*([-+]?\d[\d,]*(?:\.\d+)?)\s*[^\d]*$")
 
 

@@ -1,6 +1,6 @@
 """The scoring HTTP API (FastAPI), independent of Ray: config, request/response models, auth, limits.
 
-`reviewgen.serve` builds this app inside each Serve replica (late-bound ingress), so the request models
+`reviewgen.serve.app` builds this app inside each Serve replica (late-bound ingress), so the request models
 carry the configured limits and show them in the OpenAPI schema. The app talks to its backend through a
 small protocol (`ScoreBackend`), which keeps it testable without Ray.
 

@@ -4,7 +4,7 @@ Used by `reviewgen evaluate` (copy rate, accepted-output rate) and by the genera
 A review is rejected when it reproduces >= `min_span` consecutive tokens of a training review (checked
 against the model directory's hashed n-gram index, `ngrams.npy`) or, with `pii="reject"`, when it
 contains an e-mail, phone number, URL or @handle. With `pii="mask"` PII is replaced by placeholders
-(`reviewgen.text.mask_pii`) and the review is kept.
+(`reviewgen.core.text.mask_pii`) and the review is kept.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from reviewgen.memorization import NGramIndex
-from reviewgen.text import PII_KINDS, mask_pii
+from reviewgen.core.memorization import NGramIndex
+from reviewgen.core.text import PII_KINDS, mask_pii
 
 PII_POLICIES = ("reject", "mask")
 COPY_REASON = "copy"

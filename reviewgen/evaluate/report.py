@@ -25,9 +25,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from reviewgen import metrics as M
-from reviewgen.guards import OutputGuard
-from reviewgen.text import PII_KINDS
+from reviewgen.core import metrics as M
+from reviewgen.score.guards import OutputGuard
+from reviewgen.core.text import PII_KINDS
 
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
 CALIBRATION_TEMPERATURES = (0.7, 1.0, 1.2)
@@ -46,10 +46,10 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     (default: the model and its MLE baseline `model_dir/mle`) at several temperatures, with balanced
     classes. With `write`, stores calibration.json in `model_dir` and refreshes meta.json's content
     version. Returns {"scale", "bias", "n", "temperatures", "checkpoints", "ece_raw", "ece"}."""
-    from reviewgen.checkpoint import content_version, load_checkpoint
-    from reviewgen.data import load_split
-    from reviewgen.scoring import discriminator_outputs, fit_platt, generate_texts
-    from reviewgen.train import conditions, pick_device
+    from reviewgen.core.checkpoint import content_version, load_checkpoint
+    from reviewgen.data.corpus import load_split
+    from reviewgen.score.scorer import discriminator_outputs, fit_platt, generate_texts
+    from reviewgen.train.trainer import conditions, pick_device
 
     model_dir = Path(model_dir)
     dev = pick_device(device)
@@ -76,7 +76,7 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     logits = np.concatenate([lr, lf])
     y = np.r_[np.ones(len(lr)), np.zeros(len(lf))]
     calib: dict[str, Any] = fit_platt(logits, y)
-    from reviewgen.scoring import apply_calibration
+    from reviewgen.score.scorer import apply_calibration
 
     calib.update(n=int(y.size), temperatures=[float(t) for t in temperatures],
                  checkpoints=[str(c) for c in ckpts], source="refit_calibration (val split)",
@@ -267,12 +267,12 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     small calibration/baseline/classifier set. `embeddings=False` skips FED/MAUVE/title relevance (reported
     null). `nll_rows` caps the test reviews used for NLL (None: all); `classifier_rows` caps the train rows
     of the TF-IDF condition classifiers."""
-    from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.data import load_split
-    from reviewgen.losses import Tokens, val_nll
-    from reviewgen.memorization import NGramIndex
-    from reviewgen.scoring import generate_texts
-    from reviewgen.train import conditions, encode_frame, fixed_batches, pick_device
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.data.corpus import load_split
+    from reviewgen.core.losses import Tokens, val_nll
+    from reviewgen.core.memorization import NGramIndex
+    from reviewgen.score.scorer import generate_texts
+    from reviewgen.train.trainer import conditions, encode_frame, fixed_batches, pick_device
 
     t0 = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -440,8 +440,8 @@ def _tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: i
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from reviewgen.scoring import generate_texts
-    from reviewgen.train import conditions
+    from reviewgen.score.scorer import generate_texts
+    from reviewgen.train.trainer import conditions
 
     rows = train.sample(n=min(len(train), 2 * n), random_state=seed)
     real, fake_rows = rows.iloc[: len(rows) // 2], rows.iloc[len(rows) // 2:]
@@ -462,7 +462,7 @@ def _tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: i
 def _scorer_section(ck, calib, conds, human, keys, samples, temperatures, train, n_base, seed, dev,
                     log) -> tuple[dict[str, Any], dict[str, Any]]:
     """Scorer metrics per setting (calibrated D, uncalibrated D, TF-IDF+LR), and raw arrays for plots."""
-    from reviewgen.scoring import apply_calibration, discriminator_outputs, generate_texts
+    from reviewgen.score.scorer import apply_calibration, discriminator_outputs, generate_texts
 
     D, tok = ck["gan"].discriminator, ck["gan"].tokenizer
     baseline = _tfidf_real_vs_fake(ck, train, n_base, seed, dev, log)
@@ -504,7 +504,7 @@ def _scorer_section(ck, calib, conds, human, keys, samples, temperatures, train,
 def _meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p, copy_span,
           fast, emb, pool_note, device) -> dict[str, Any]:
     """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol."""
-    from reviewgen.models import count_params
+    from reviewgen.core.models import count_params
 
     history = _read_history(Path(model_dir) / "metrics.jsonl")
     cfg = ck["gan"].config
@@ -665,7 +665,7 @@ def _sweep_table(r: dict[str, Any], columns: Sequence[str]) -> str:
 
 def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samples: dict, clf: ConditionClassifiers,
            extra: dict[str, Any]) -> list[str]:
-    from reviewgen import plots as P
+    from reviewgen.evaluate import plots as P
 
     files = []
     hist = [dict(row, step=row.get("global_step", row.get("step"))) for row in _read_history(model_dir / "metrics.jsonl")]

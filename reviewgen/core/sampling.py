@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.models import Generator, unwrap
+from reviewgen.core.models import Generator, unwrap
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

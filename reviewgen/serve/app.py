@@ -2,7 +2,7 @@
 
 Run it with `reviewgen serve --model DIR`, `python jobs/serve.py --model DIR`, or
 `serve deploy cluster/serve_config.yaml` (import path `reviewgen.serve:app_builder`; the YAML is generated
-by `build_serve_config()` via scripts/build_serve_config.py). The HTTP API lives in `reviewgen.serve_api`.
+by `build_serve_config()` via scripts/build_serve_config.py). The HTTP API lives in `reviewgen.serve.api`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from ray import serve
 
-from reviewgen.runtime import ensure_ray
-from reviewgen.serve_api import (TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token,
+from reviewgen.infra.runtime import ensure_ray
+from reviewgen.serve.api import (TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token,
                                  log_record, make_api)
 
 DEPLOYMENT_NAME = "Scorer"
@@ -45,8 +45,8 @@ class ScorerDeployment:
         import ray
         from ray.serve import metrics
 
-        from reviewgen.memorization import NGramIndex
-        from reviewgen.scoring import Scorer
+        from reviewgen.core.memorization import NGramIndex
+        from reviewgen.score.scorer import Scorer
 
         self.cfg = ServeConfig.from_dict(config)
         self.model_dir = str(model_dir)
@@ -142,7 +142,7 @@ class ScorerDeployment:
         return out
 
     def _score_sync(self, reviews: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from reviewgen.text import find_pii
+        from reviewgen.core.text import find_pii
 
         res = self.scorer.score(reviews, batch_size=max(64, len(reviews)))
         spans: list[int | None] = [None] * len(reviews)

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from reviewgen.config import ConfigError, RunConfig
-from reviewgen.models import Discriminator, Generator, unwrap
-from reviewgen.tokenizer import ReviewTokenizer, TokenizerError
+from reviewgen.core.config import ConfigError, RunConfig
+from reviewgen.core.models import Discriminator, Generator, unwrap
+from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError
 
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("generator.safetensors", "discriminator.safetensors")

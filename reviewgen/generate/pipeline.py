@@ -49,9 +49,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from reviewgen import catalog as cat
-from reviewgen.runtime import ensure_ray
-from reviewgen.storage import exists, filesystem
+from reviewgen.generate import catalog as cat
+from reviewgen.infra.runtime import ensure_ray
+from reviewgen.infra.storage import exists, filesystem
 
 # Rating distribution (1..5 stars) of the carried sample's English reviews (data/sample, 6,858 reviews),
 # used when the model directory does not carry its training corpus's distribution.
@@ -221,7 +221,7 @@ def shard_of(product_id: str, n_shards: int) -> int:
 
 def draw_rating(product_id: str, index: int, seed: int, cdf: np.ndarray) -> int:
     """Target rating 1..5 from a distribution's CDF, a pure function of (product, index, seed)."""
-    from reviewgen.sampling import row_seed
+    from reviewgen.core.sampling import row_seed
 
     u = row_seed(f"rating\x1f{product_id}", index, seed) / 2.0 ** 64
     return int(np.searchsorted(cdf, u, side="right")) + 1
@@ -233,9 +233,9 @@ class GeneratorActor:
     def __init__(self, model_dir: str, out: str, params: dict[str, Any]):
         import torch
 
-        from reviewgen.checkpoint import load_checkpoint
-        from reviewgen.memorization import NGramIndex
-        from reviewgen.train import pick_device
+        from reviewgen.core.checkpoint import load_checkpoint
+        from reviewgen.core.memorization import NGramIndex
+        from reviewgen.train.trainer import pick_device
 
         torch.set_num_threads(max(1, int(params.get("threads", 1))))
         self.device = pick_device(None)
@@ -252,15 +252,15 @@ class GeneratorActor:
         return pd.DataFrame([self._shard(int(s), json.loads(pl)) for s, pl in zip(batch["shard"], batch["payload"])])
 
     def _generate(self, conds, seeds) -> list[str]:
-        from reviewgen.scoring import generate_texts
+        from reviewgen.score.scorer import generate_texts
 
         p = self.p
         return generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=p["temperature"],
                               top_p=p["top_p"], batch_size=p["batch_size"], device=self.device)
 
     def _reason(self, text: str, lang: str, score: float, ids: list[int]) -> str | None:
-        from reviewgen.scoring import detect_language
-        from reviewgen.text import find_pii
+        from reviewgen.score.scorer import detect_language
+        from reviewgen.core.text import find_pii
 
         p = self.p
         if not text.strip():
@@ -283,9 +283,9 @@ class GeneratorActor:
         return None
 
     def _shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
-        from reviewgen.sampling import row_seed
-        from reviewgen.scoring import apply_calibration, discriminator_outputs
-        from reviewgen.tokenizer import Condition
+        from reviewgen.core.sampling import row_seed
+        from reviewgen.score.scorer import apply_calibration, discriminator_outputs
+        from reviewgen.core.tokenizer import Condition
 
         p, k, seed, run_id = self.p, self.p["reviews_per_product"], self.p["seed"], self.p["run_id"]
         t0 = time.perf_counter()

@@ -33,9 +33,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from reviewgen.config import RunConfig
-from reviewgen.runtime import ensure_ray
-from reviewgen.storage import exists, filesystem, read_text, write_text
+from reviewgen.core.config import RunConfig
+from reviewgen.infra.runtime import ensure_ray
+from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 
 DATA_LOADERS = ("ray_data", "sharded_memory")
 # schemes pyarrow.fs (and so Ray Train storage) understands without extra plugins
@@ -138,7 +138,7 @@ def _tokenizer(tok_json: str, prefix_len: int, max_review_len: int):
     """Rebuild the driver's tokenizer from its JSON (cached: Ray Data calls this once per batch)."""
     from tokenizers import Tokenizer
 
-    from reviewgen.tokenizer import ReviewTokenizer
+    from reviewgen.core.tokenizer import ReviewTokenizer
 
     return ReviewTokenizer(Tokenizer.from_str(tok_json), prefix_len, max_review_len)
 
@@ -146,7 +146,7 @@ def _tokenizer(tok_json: str, prefix_len: int, max_review_len: int):
 def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
                  categories: list[str]) -> dict[str, np.ndarray]:
     """Ray Data `map_batches` function: a pandas batch of reviews -> ids/rating/category arrays."""
-    from reviewgen.train import encode_frame
+    from reviewgen.train.trainer import encode_frame
 
     return encode_frame(df, _tokenizer(tok_json, prefix_len, max_review_len), categories)
 
@@ -156,8 +156,8 @@ def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
 def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunConfig, Any, list[str]]:
     """The run's (config, tokenizer, categories): from --resume-from, from an earlier start of the same
     run name, or fitted now (and stored, so restarts and reruns tokenize identically)."""
-    from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.train import build_categories, fit_tokenizer
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.train.trainer import build_categories, fit_tokenizer
 
     if job.resume_from is not None:
         ck = load_checkpoint(job.resume_from, "cpu")
@@ -236,8 +236,8 @@ def _run(job: TrainJobConfig, cfg: RunConfig, log) -> Path:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from reviewgen.data import load_split
-    from reviewgen.train import data_hash_of, encode_frame
+    from reviewgen.data.corpus import load_split
+    from reviewgen.train.trainer import data_hash_of, encode_frame
 
     out = Path(job.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -287,8 +287,8 @@ def _run(job: TrainJobConfig, cfg: RunConfig, log) -> Path:
 
 def _export(job: TrainJobConfig, checkpoint, out: Path, train_df, val_df, log) -> Path:
     """Copy the MLE baseline and the step log into OUT; finalize the last checkpoint into OUT."""
-    from reviewgen.checkpoint import load_checkpoint
-    from reviewgen.train import GANTrainer, data_hash_of, finalize_model
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.train.trainer import GANTrainer, data_hash_of, finalize_model
 
     fs, root = filesystem(job.storage)
     run = f"{root}/{job.run_name}"
@@ -349,7 +349,7 @@ def _batches(c: dict, cfg: RunConfig, rank: int, world: int, device, state: dict
     import ray
     import ray.train
 
-    from reviewgen.train import TensorBatches
+    from reviewgen.train.trainer import TensorBatches
 
     b = cfg.train.batch_size
     if c["data_loader"] == "sharded_memory":
@@ -406,8 +406,8 @@ def _train_loop(c: dict) -> dict:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from reviewgen.losses import val_nll
-    from reviewgen.train import PHASES, GANTrainer, fixed_batches, format_progress
+    from reviewgen.core.losses import val_nll
+    from reviewgen.train.trainer import PHASES, GANTrainer, fixed_batches, format_progress
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reviewgen.metrics import ece
-from reviewgen.models import unwrap
-from reviewgen.sampling import SamplingParams, counter_uniforms, row_seed, sample
-from reviewgen.tokenizer import Condition, ReviewTokenizer
+from reviewgen.core.metrics import ece
+from reviewgen.core.models import unwrap
+from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
+from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 CALIBRATION_TEMPERATURES = (0.7, 1.0, 1.2)
@@ -110,7 +110,7 @@ def fit_calibration_for(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit the Platt calibration on real validation reviews vs samples from G (and ref) at several
     temperatures; returns {"scale", "bias", "n", "temperatures", "ece_raw", "ece"}."""
-    from reviewgen.train import conditions
+    from reviewgen.train.trainer import conditions
 
     device = next(unwrap(D).parameters()).device
     df = val_df.sample(n=min(len(val_df), max_rows), random_state=seed) if len(val_df) > max_rows else val_df
@@ -142,8 +142,8 @@ class Scorer:
     """Loads a model directory once; scores batches of reviews."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
-        from reviewgen.checkpoint import load_checkpoint
-        from reviewgen.train import pick_device
+        from reviewgen.core.checkpoint import load_checkpoint
+        from reviewgen.train.trainer import pick_device
 
         self.device = pick_device(device)
         self.ckpt = load_checkpoint(model_dir, self.device)

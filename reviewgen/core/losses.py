@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reviewgen.config import TrainConfig
-from reviewgen.models import unwrap
-from reviewgen.tokenizer import review_mask
+from reviewgen.core.config import TrainConfig
+from reviewgen.core.models import unwrap
+from reviewgen.core.tokenizer import review_mask
 
 
 @dataclass

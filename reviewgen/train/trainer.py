@@ -2,7 +2,7 @@
 
 `GANTrainer` owns the models, optimizers and phase state, and advances one step at a time from whatever
 batch iterator it is given; `train_local` drives it in one process. The Ray Train path
-(`reviewgen.distributed`) drives the same trainer inside each worker with DDP-wrapped models.
+(`reviewgen.train.distributed`) drives the same trainer inside each worker with DDP-wrapped models.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reviewgen.checkpoint import load_checkpoint, save_checkpoint
-from reviewgen.config import RunConfig
-from reviewgen.losses import Tokens, adversarial_step, disc_step, mle_step, val_nll
-from reviewgen.models import Discriminator, Generator, count_params
-from reviewgen.sampling import SamplingParams, counter_uniforms, row_seed, sample
-from reviewgen.tokenizer import Condition, ReviewTokenizer
+from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
+from reviewgen.core.config import RunConfig
+from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step, val_nll
+from reviewgen.core.models import Discriminator, Generator, count_params
+from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
+from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 
 PHASES = ("mle", "disc", "adv", "done")
 OTHER_CATEGORY = "<other>"
@@ -297,7 +297,7 @@ class GANTrainer:
         """Load a training checkpoint (with train_state.pt) into this trainer; returns its loader state."""
         ck = load_checkpoint(path, self.device, train_state=True)
         if ck.train_state is None:
-            from reviewgen.checkpoint import CheckpointError
+            from reviewgen.core.checkpoint import CheckpointError
             raise CheckpointError(f"{path}: no train_state.pt, so it cannot be resumed (it is an exported model)")
         self.load_state_dict(ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(),
                              ck.reference_state)
@@ -349,7 +349,7 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
                 resume: bool = True) -> Path:
     """Train in this process: prepare data, run the three phases, write OUT (the final model),
     OUT/mle (the MLE baseline), OUT/state (resumable) and OUT/metrics.jsonl."""
-    from reviewgen.data import load_split
+    from reviewgen.data.corpus import load_split
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,8 +408,8 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
 def finalize_model(trainer: GANTrainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame,
                    data_hash: str, log: Callable[[str], None] = print) -> Path:
     """Calibrate the scorer, build the memorisation index, and write the final model into OUT."""
-    from reviewgen.memorization import NGramIndex
-    from reviewgen.scoring import fit_calibration_for
+    from reviewgen.core.memorization import NGramIndex
+    from reviewgen.score.scorer import fit_calibration_for
 
     calib = fit_calibration_for(trainer.G, trainer.D, trainer.tok, val_df, ref=trainer.ref,
                                 seed=trainer.cfg.train.seed, log=log)

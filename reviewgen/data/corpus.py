@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 import pyarrow.parquet as pq
 
-from reviewgen.text import clean_text, mask_pii, strip_promo
+from reviewgen.core.text import clean_text, mask_pii, strip_promo
 
 REVIEW_COLUMNS: list[str] = [
     "product_id", "product_title", "category", "brand", "rating",
@@ -475,7 +475,7 @@ def load_split(data_dir: str | Path, split: str) -> pd.DataFrame:
 
 def sample_data_dir() -> Path:
     """The repository's carried sample ``data/sample`` (found relative to this package file)."""
-    d = Path(__file__).resolve().parent.parent / "data" / "sample"
+    d = Path(__file__).resolve().parents[2] / "data" / "sample"
     if not d.is_dir():
         raise DataError(
             f"{d}: sample data not found; it ships with the source checkout (use an editable install "

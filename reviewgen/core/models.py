@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reviewgen.config import DiscriminatorConfig, GeneratorConfig
+from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
 
 
 class SelfAttention(nn.Module):

@@ -122,7 +122,7 @@ def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path
 
 
 def plot_reliability(bins: Mapping[str, Any], path: str | Path) -> Path:
-    """Reliability diagram from :func:`reviewgen.metrics.reliability_bins` output (empty bins skipped)."""
+    """Reliability diagram from :func:`reviewgen.core.metrics.reliability_bins` output (empty bins skipped)."""
     centers = np.asarray(bins["centers"], dtype=float)
     acc = np.asarray(bins["accuracy"], dtype=float)
     conf = np.asarray(bins["confidence"], dtype=float)

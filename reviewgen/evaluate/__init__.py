@@ -1,0 +1,1 @@
+"""Evaluate stage: `reviewgen evaluate` report, metrics and plots."""

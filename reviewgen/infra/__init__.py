@@ -1,0 +1,1 @@
+"""Infrastructure: joining Ray, and local or object-store paths as pyarrow filesystems."""
