@@ -39,7 +39,7 @@ def _setup(config_name: str, mle_steps: int | None = None) -> dict[str, Any]:
     and the encoded train split, fitted once in the driver on the carried sample."""
     from reviewgen.core.config import RunConfig
     from reviewgen.data.corpus import load_split
-    from reviewgen.train.trainer import build_categories, encode_frame, fit_tokenizer
+    from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer
 
     from bench.bench_generate import BENCH_DIR, prepared_data
 

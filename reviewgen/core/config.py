@@ -14,7 +14,11 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -146,18 +150,7 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         """Load a YAML config file."""
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_yaml_mapping(path), source=str(path))
 
     def override(self, dotted: dict[str, Any]) -> "RunConfig":
         """Apply `{"train.mle_steps": 10}`-style overrides (from CLI flags)."""
@@ -175,23 +168,115 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _build_section(sec_cls, values: dict[str, Any], where: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in dataclasses.fields(sec_cls)}
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Coerce a YAML/flag value to the type of the field's default (int, float, bool, str)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from e
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from e
+    return value
+
+
+def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, source: str = "<dict>") -> T:
+    """Build dataclass `cls` (sections may be nested dataclasses) from a mapping.
+
+    Unknown keys are errors naming `source` and the key, so a typo never passes silently; scalar values
+    are coerced to the type of the field's default."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    defaults = cls()
     out = {}
     for k, v in values.items():
-        default = getattr(sec_cls(), k)
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            out[k] = v
+        default = getattr(defaults, k)
+        where = f"{source}.{k}"
+        out[k] = (config_from_dict(type(default), v, where) if dataclasses.is_dataclass(default)
+                  else _coerce(v, default, where))
+    try:
+        return cls(**out)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {e}") from e
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError naming the file when it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
+def config_from_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+    """Load dataclass `cls` from a YAML file (optionally from one top-level `section` of it)."""
+    data = read_yaml_mapping(path)
+    if section is not None:
+        data = data.get(section) or {}
+    return config_from_dict(cls, data, source=str(path) + (f":{section}" if section else ""))
+
+
+def with_overrides(cfg: T, dotted: Mapping[str, Any], source: str = "flag", _prefix: str = "") -> T:
+    """A copy of `cfg` with `{"train.mle_steps": 10}`-style overrides applied (None values are skipped).
+
+    Works on frozen dataclasses: nested sections are rebuilt with `dataclasses.replace`."""
+    for key, value in dotted.items():
+        if value is None:
             continue
+        head, _, rest = key.partition(".")
+        if not dataclasses.is_dataclass(cfg) or head not in {f.name for f in dataclasses.fields(cfg)}:
+            raise ConfigError(f"{source}: unknown config key {_prefix + key!r}")
+        current = getattr(cfg, head)
+        if rest:
+            new = with_overrides(current, {rest: value}, source, f"{_prefix}{head}.")
+        elif dataclasses.is_dataclass(current):
+            raise ConfigError(f"{source}: {key!r} is a section; set one of its keys, e.g. {key}.<name>")
+        else:
+            new = _coerce(value, current, f"{source} {key}")
+        cfg = dataclasses.replace(cfg, **{head: new})
+    return cfg
+
+
+def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
+    """`["train.mle_steps=100", ...]` (repeatable --set flags) to a dotted override mapping; values are YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.mle_steps=100")
         try:
-            out[k] = type(default)(v) if not (isinstance(default, int) and isinstance(v, float) and not v.is_integer()) else v
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where}.{k}: expected {type(default).__name__}, got {v!r}") from e
-        if isinstance(default, int) and isinstance(out[k], float):
-            raise ConfigError(f"{where}.{k}: expected an integer, got {v!r}")
-    return sec_cls(**out)
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+    return out
+
+
+def _build_section(sec_cls, values: dict[str, Any], where: str):
+    return config_from_dict(sec_cls, values, where)

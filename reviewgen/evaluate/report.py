@@ -49,7 +49,8 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     from reviewgen.core.checkpoint import content_version, load_checkpoint
     from reviewgen.data.corpus import load_split
     from reviewgen.score.scorer import discriminator_outputs, fit_platt, generate_texts
-    from reviewgen.train.trainer import conditions, pick_device
+    from reviewgen.core.encoding import conditions
+    from reviewgen.core.device import pick_device
 
     model_dir = Path(model_dir)
     dev = pick_device(device)
@@ -272,7 +273,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     from reviewgen.core.losses import Tokens, val_nll
     from reviewgen.core.memorization import NGramIndex
     from reviewgen.score.scorer import generate_texts
-    from reviewgen.train.trainer import conditions, encode_frame, fixed_batches, pick_device
+    from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
+    from reviewgen.core.device import pick_device
 
     t0 = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -441,7 +443,7 @@ def _tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: i
     from sklearn.pipeline import make_pipeline
 
     from reviewgen.score.scorer import generate_texts
-    from reviewgen.train.trainer import conditions
+    from reviewgen.core.encoding import conditions
 
     rows = train.sample(n=min(len(train), 2 * n), random_state=seed)
     real, fake_rows = rows.iloc[: len(rows) // 2], rows.iloc[len(rows) // 2:]

@@ -235,7 +235,7 @@ class GeneratorActor:
 
         from reviewgen.core.checkpoint import load_checkpoint
         from reviewgen.core.memorization import NGramIndex
-        from reviewgen.train.trainer import pick_device
+        from reviewgen.core.device import pick_device
 
         torch.set_num_threads(max(1, int(params.get("threads", 1))))
         self.device = pick_device(None)

@@ -110,7 +110,7 @@ def fit_calibration_for(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit the Platt calibration on real validation reviews vs samples from G (and ref) at several
     temperatures; returns {"scale", "bias", "n", "temperatures", "ece_raw", "ece"}."""
-    from reviewgen.train.trainer import conditions
+    from reviewgen.core.encoding import conditions
 
     device = next(unwrap(D).parameters()).device
     df = val_df.sample(n=min(len(val_df), max_rows), random_state=seed) if len(val_df) > max_rows else val_df
@@ -143,7 +143,7 @@ class Scorer:
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
         from reviewgen.core.checkpoint import load_checkpoint
-        from reviewgen.train.trainer import pick_device
+        from reviewgen.core.device import pick_device
 
         self.device = pick_device(device)
         self.ckpt = load_checkpoint(model_dir, self.device)

@@ -146,7 +146,7 @@ def _tokenizer(tok_json: str, prefix_len: int, max_review_len: int):
 def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
                  categories: list[str]) -> dict[str, np.ndarray]:
     """Ray Data `map_batches` function: a pandas batch of reviews -> ids/rating/category arrays."""
-    from reviewgen.train.trainer import encode_frame
+    from reviewgen.core.encoding import encode_frame
 
     return encode_frame(df, _tokenizer(tok_json, prefix_len, max_review_len), categories)
 
@@ -157,7 +157,7 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunC
     """The run's (config, tokenizer, categories): from --resume-from, from an earlier start of the same
     run name, or fitted now (and stored, so restarts and reruns tokenize identically)."""
     from reviewgen.core.checkpoint import load_checkpoint
-    from reviewgen.train.trainer import build_categories, fit_tokenizer
+    from reviewgen.core.encoding import build_categories, fit_tokenizer
 
     if job.resume_from is not None:
         ck = load_checkpoint(job.resume_from, "cpu")
@@ -237,7 +237,8 @@ def _run(job: TrainJobConfig, cfg: RunConfig, log) -> Path:
     from ray.train.torch import TorchTrainer
 
     from reviewgen.data.corpus import load_split
-    from reviewgen.train.trainer import data_hash_of, encode_frame
+    from reviewgen.core.encoding import encode_frame
+    from reviewgen.train.trainer import data_hash_of
 
     out = Path(job.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +408,8 @@ def _train_loop(c: dict) -> dict:
     from ray.train import Checkpoint
 
     from reviewgen.core.losses import val_nll
-    from reviewgen.train.trainer import PHASES, GANTrainer, fixed_batches, format_progress
+    from reviewgen.core.encoding import fixed_batches
+    from reviewgen.train.trainer import PHASES, GANTrainer, format_progress
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,47 +21,17 @@ import torch
 
 from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
+from reviewgen.core.device import pick_device
+from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step, val_nll
 from reviewgen.core.models import Discriminator, Generator, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
-from reviewgen.core.tokenizer import Condition, ReviewTokenizer
+from reviewgen.core.tokenizer import ReviewTokenizer
 
 PHASES = ("mle", "disc", "adv", "done")
-OTHER_CATEGORY = "<other>"
 
 
 # -- data -> tensors ---------------------------------------------------------------------------------
-
-def build_categories(train: pd.DataFrame, n: int) -> list[str]:
-    """The category vocabulary for D's category head: the n-1 most frequent, plus <other> at 0."""
-    counts = Counter(train["category"].fillna("").astype(str))
-    return [OTHER_CATEGORY] + [c for c, _ in counts.most_common(n - 1)]
-
-
-def conditions(df: pd.DataFrame) -> list[Condition]:
-    """Conditions (title, category, rating/sentiment, language) for each row of a review table."""
-    ratings = df["rating"].astype("Int64") if "rating" in df else pd.Series([pd.NA] * len(df))
-    out = []
-    for title, cat, r, s, lang in zip(df["product_title"], df["category"], ratings,
-                                      df.get("sentiment", pd.Series([None] * len(df))),
-                                      df.get("language", pd.Series(["en"] * len(df)))):
-        out.append(Condition(title=str(title or ""), category=str(cat or ""),
-                             rating=None if pd.isna(r) else int(r), sentiment=s if isinstance(s, str) else None,
-                             language=lang if isinstance(lang, str) else "en"))
-    return out
-
-
-def encode_frame(df: pd.DataFrame, tok: ReviewTokenizer, categories: list[str]) -> dict[str, np.ndarray]:
-    """Review table -> {"ids" [N, P+R], "rating" [N] (0..4 or -100), "category" [N] (-100 unknown)}.
-
-    Plain numpy so it can run inside a Ray Data `map_batches`."""
-    ids = tok.encode_examples(conditions(df), df["text"].astype(str).tolist()).numpy()
-    rating = df["rating"].astype("Int64").fillna(0).to_numpy(dtype=np.int64) - 1
-    rating[rating < 0] = -100
-    index = {c: i for i, c in enumerate(categories)}
-    category = np.array([index.get(str(c), 0) for c in df["category"].fillna("")], dtype=np.int64)
-    return {"ids": ids, "rating": rating, "category": category}
-
 
 class TensorBatches:
     """Seeded, resumable shuffling batches over in-memory tensors.
@@ -104,15 +73,6 @@ class TensorBatches:
     def load_state_dict(self, s: dict) -> None:
         self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
         self._perm = self._permutation()
-
-
-def fixed_batches(data: dict[str, np.ndarray], batch_size: int, limit: int, device="cpu") -> list[dict]:
-    """The first `limit` batches in order (validation)."""
-    n = len(data["ids"])
-    out = []
-    for s in range(0, min(n, batch_size * limit), batch_size):
-        out.append({k: torch.as_tensor(v[s:s + batch_size]).to(device) for k, v in data.items()})
-    return out
 
 
 # -- the trainer -------------------------------------------------------------------------------------
@@ -317,21 +277,6 @@ class GANTrainer:
 
 
 # -- single-process driver --------------------------------------------------------------------------
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when available (or asked for), else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def fit_tokenizer(train: pd.DataFrame, cfg: RunConfig, max_texts: int = 200_000) -> ReviewTokenizer:
-    """Train BPE on the training split's reviews, titles and categories."""
-    texts = train["text"].astype(str).tolist()[:max_texts]
-    extra = pd.concat([train["product_title"], train["category"]]).dropna().astype(str).unique().tolist()
-    return ReviewTokenizer.train(texts + extra, cfg.tokenizer.vocab_size, cfg.tokenizer.prefix_len,
-                                 cfg.tokenizer.max_review_len, cfg.tokenizer.min_frequency)
-
 
 def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int) -> str:
     """One progress line: phase, step, losses, throughput, ETA."""

@@ -1,0 +1,27 @@
+"""Shared pieces of the `reviewgen` commands: console output, error exit, option parsers."""
+
+from __future__ import annotations
+
+import typer
+
+
+def log(msg: str) -> None:
+    """Print one progress or result line to the console."""
+    typer.echo(msg, err=False)
+
+
+def fail(e: Exception) -> None:
+    """Print a user-facing error and exit with code 2."""
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+USER_ERRORS: tuple = (ValueError, FileNotFoundError)
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers from an option value."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from e

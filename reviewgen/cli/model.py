@@ -1,0 +1,76 @@
+"""`reviewgen sample|score|export`: use or export a trained model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from reviewgen.cli.common import log, fail, USER_ERRORS
+
+
+def sample(
+    model: Path = typer.Option(..., "--model", help="Model directory (from train or export)."),
+    title: str = typer.Option(..., "--title", help="Product title."),
+    category: str = typer.Option("", "--category", help="Product category text."),
+    rating: Optional[int] = typer.Option(None, "--rating", min=1, max=5, help="Target star rating 1-5."),
+    sentiment: Optional[str] = typer.Option(None, help="positive/negative/neutral, when there is no star rating (zh)."),
+    language: str = typer.Option("en", help="en or zh."),
+    n: int = typer.Option(3, "-n", help="Number of reviews."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 = greedy."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
+    top_k: int = typer.Option(0, "--top-k", help="Top-k cut (0 = off)."),
+    seed: int = typer.Option(0, "--seed", help="(title, index, seed) always gives the same review."),
+    score: bool = typer.Option(True, help="Also print the calibrated p_human of each review."),
+):
+    """Write reviews for one product."""
+    from reviewgen.core.checkpoint import CheckpointError, load_checkpoint
+    from reviewgen.score.scorer import Scorer, generate_texts
+    from reviewgen.core.tokenizer import Condition
+
+    try:
+        ck = load_checkpoint(model)
+    except CheckpointError as e:
+        fail(e)
+    cond = Condition(title=title, category=category, rating=rating, sentiment=sentiment, language=language)
+    texts = generate_texts(ck.generator, ck.tokenizer, [cond] * n, [f"{title}:{i}" for i in range(n)], seed=seed,
+                           temperature=temperature, top_p=top_p, top_k=top_k)
+    scores = Scorer(model).score([{"text": t, "product_title": title, "category": category, "rating": rating,
+                                   "language": language} for t in texts])["p_human"] if score else [None] * n
+    for i, (t, p) in enumerate(zip(texts, scores)):
+        log(f"[{i}]" + (f" p_human={p:.3f}" if p is not None else "") + f" {t}")
+def score(
+    model: Path = typer.Option(..., "--model", help="Model directory."),
+    input: Path = typer.Option(..., "--input", help="Parquet, CSV or JSONL with a text column and optional "
+                               "product_title/title, category, rating, language."),
+    output: Path = typer.Option(..., "--output", help="Output file (format from its extension): the input plus p_human "
+                                "and rating_pred."),
+    text_column: str = typer.Option("text", help="Name of the review text column."),
+):
+    """Score reviews in a file: how likely each is human-written (calibrated)."""
+    from reviewgen.core.checkpoint import CheckpointError
+    from reviewgen.data.io import read_table, write_table
+    from reviewgen.score.scorer import Scorer
+
+    try:
+        df = read_table(input)
+        out = Scorer(model).score_frame(df, text_column=text_column)
+        write_table(out, output)
+    except (CheckpointError, *USER_ERRORS) as e:
+        fail(e)
+    log(f"scored {len(out)} reviews -> {output} (mean p_human {out['p_human'].mean():.3f})")
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained model or checkpoint directory."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (serving files + content-hash version)."),
+):
+    """Export a checkpoint to a model directory for the generate and serve jobs."""
+    from reviewgen.core.checkpoint import CheckpointError, export_model
+
+    try:
+        d = export_model(checkpoint, out)
+    except (CheckpointError, *USER_ERRORS) as e:
+        fail(e)
+    import json
+
+    log(f"exported {d} (version {json.loads((d / 'meta.json').read_text())['version']})")

@@ -1,0 +1,30 @@
+"""`reviewgen serve`: the Ray Serve scoring endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from reviewgen.cli.common import log, fail, USER_ERRORS
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", help="Exported model directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address. Stays on loopback unless you say otherwise; "
+                             "set REVIEWGEN_API_TOKEN before exposing it."),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Serve YAML (ServeConfig fields: batching, request "
+                                          "limits, autoscaling, CPU/GPU per replica)."),
+    detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C."),
+):
+    """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /docs."""
+    from reviewgen.serve.app import run_server
+    from reviewgen.serve.api import ServeConfig
+
+    try:
+        cfg = ServeConfig.from_yaml(config) if config else None
+        run_server(str(model), host=host, port=port, config=cfg, blocking=not detach, log=log)
+    except USER_ERRORS as e:
+        fail(e)
