@@ -155,7 +155,7 @@ def in_process_rate(model_dir: Path, catalog: Path, n_reviews: int, threads: int
     import torch
 
     from reviewgen.core.checkpoint import load_checkpoint
-    from reviewgen.score.scorer import generate_texts
+    from reviewgen.core.sampling import generate_texts
     from reviewgen.core.tokenizer import Condition
 
     old = torch.get_num_threads()

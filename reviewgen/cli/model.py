@@ -26,7 +26,8 @@ def sample(
 ):
     """Write reviews for one product."""
     from reviewgen.core.checkpoint import CheckpointError, load_checkpoint
-    from reviewgen.score.scorer import Scorer, generate_texts
+    from reviewgen.score.scorer import Scorer
+    from reviewgen.core.sampling import generate_texts
     from reviewgen.core.tokenizer import Condition
 
     try:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from reviewgen.core.models import Generator, unwrap
+from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -129,3 +130,24 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def generate_texts(G, tok: ReviewTokenizer, conds: Sequence[Condition], keys: Sequence[str] | None = None, *,
+                   seed: int = 0, row_seeds: Sequence[int] | None = None, temperature: float, top_p: float = 1.0,
+                   top_k: int = 0, batch_size: int = 64, device="cpu",
+                   max_new_tokens: int | None = None) -> list[str]:
+    """Sample one review per condition. Each row's randomness is fixed by `row_seeds[i]`, or else by
+    `keys[i]` (e.g. product_id:index) with `seed`."""
+    if row_seeds is None:
+        if keys is None:
+            raise ValueError("generate_texts needs keys or row_seeds")
+        row_seeds = [row_seed(k, 0, seed) for k in keys]
+    G = unwrap(G)
+    params = SamplingParams(max_new_tokens or tok.max_review_len, temperature, top_k, top_p)
+    texts: list[str] = []
+    for s in range(0, len(conds), batch_size):
+        pre = tok.encode_prefixes(conds[s:s + batch_size]).to(device)
+        ids = sample(G, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                     uniforms=counter_uniforms(row_seeds[s:s + batch_size], params.max_new_tokens))
+        texts.extend(tok.decode_reviews(ids.cpu()))
+    return texts

@@ -131,3 +131,14 @@ def mask_pii(s: str) -> tuple[str, dict[str, int]]:
 def find_pii(s: str) -> dict[str, int]:
     """Count PII occurrences per kind (keys ``PII_KINDS``) without returning masked text."""
     return mask_pii(s)[1]
+
+
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def detect_language(text: str) -> str:
+    """'zh' when CJK characters make up at least 30% of the non-space characters, else 'en'."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return "en"
+    return "zh" if len(_CJK_CHAR.findall(text)) / len(chars) >= 0.3 else "en"

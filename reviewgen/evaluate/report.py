@@ -48,7 +48,9 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     version. Returns {"scale", "bias", "n", "temperatures", "checkpoints", "ece_raw", "ece"}."""
     from reviewgen.core.checkpoint import content_version, load_checkpoint
     from reviewgen.data.corpus import load_split
-    from reviewgen.score.scorer import discriminator_outputs, fit_platt, generate_texts
+    from reviewgen.score.signals import discriminator_outputs
+    from reviewgen.score.calibration import fit_platt
+    from reviewgen.core.sampling import generate_texts
     from reviewgen.core.encoding import conditions
     from reviewgen.core.device import pick_device
 
@@ -77,7 +79,7 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     logits = np.concatenate([lr, lf])
     y = np.r_[np.ones(len(lr)), np.zeros(len(lf))]
     calib: dict[str, Any] = fit_platt(logits, y)
-    from reviewgen.score.scorer import apply_calibration
+    from reviewgen.score.calibration import apply_calibration
 
     calib.update(n=int(y.size), temperatures=[float(t) for t in temperatures],
                  checkpoints=[str(c) for c in ckpts], source="refit_calibration (val split)",
@@ -272,7 +274,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     from reviewgen.data.corpus import load_split
     from reviewgen.core.losses import Tokens, val_nll
     from reviewgen.core.memorization import NGramIndex
-    from reviewgen.score.scorer import generate_texts
+    from reviewgen.core.sampling import generate_texts
     from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
     from reviewgen.core.device import pick_device
 
@@ -442,7 +444,7 @@ def _tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: i
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from reviewgen.score.scorer import generate_texts
+    from reviewgen.core.sampling import generate_texts
     from reviewgen.core.encoding import conditions
 
     rows = train.sample(n=min(len(train), 2 * n), random_state=seed)
@@ -464,7 +466,9 @@ def _tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: i
 def _scorer_section(ck, calib, conds, human, keys, samples, temperatures, train, n_base, seed, dev,
                     log) -> tuple[dict[str, Any], dict[str, Any]]:
     """Scorer metrics per setting (calibrated D, uncalibrated D, TF-IDF+LR), and raw arrays for plots."""
-    from reviewgen.score.scorer import apply_calibration, discriminator_outputs, generate_texts
+    from reviewgen.score.calibration import apply_calibration
+    from reviewgen.score.signals import discriminator_outputs
+    from reviewgen.core.sampling import generate_texts
 
     D, tok = ck["gan"].discriminator, ck["gan"].tokenizer
     baseline = _tfidf_real_vs_fake(ck, train, n_base, seed, dev, log)

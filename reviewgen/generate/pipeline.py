@@ -252,14 +252,14 @@ class GeneratorActor:
         return pd.DataFrame([self._shard(int(s), json.loads(pl)) for s, pl in zip(batch["shard"], batch["payload"])])
 
     def _generate(self, conds, seeds) -> list[str]:
-        from reviewgen.score.scorer import generate_texts
+        from reviewgen.core.sampling import generate_texts
 
         p = self.p
         return generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=p["temperature"],
                               top_p=p["top_p"], batch_size=p["batch_size"], device=self.device)
 
     def _reason(self, text: str, lang: str, score: float, ids: list[int]) -> str | None:
-        from reviewgen.score.scorer import detect_language
+        from reviewgen.core.text import detect_language
         from reviewgen.core.text import find_pii
 
         p = self.p
@@ -284,7 +284,8 @@ class GeneratorActor:
 
     def _shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
         from reviewgen.core.sampling import row_seed
-        from reviewgen.score.scorer import apply_calibration, discriminator_outputs
+        from reviewgen.score.calibration import apply_calibration
+        from reviewgen.score.signals import discriminator_outputs
         from reviewgen.core.tokenizer import Condition
 
         p, k, seed, run_id = self.p, self.p["reviews_per_product"], self.p["seed"], self.p["run_id"]

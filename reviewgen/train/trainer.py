@@ -354,9 +354,9 @@ def finalize_model(trainer: GANTrainer, out: Path, train_df: pd.DataFrame, val_d
                    data_hash: str, log: Callable[[str], None] = print) -> Path:
     """Calibrate the scorer, build the memorisation index, and write the final model into OUT."""
     from reviewgen.core.memorization import NGramIndex
-    from reviewgen.score.scorer import fit_calibration_for
+    from reviewgen.score.calibration import fit_calibration
 
-    calib = fit_calibration_for(trainer.G, trainer.D, trainer.tok, val_df, ref=trainer.ref,
+    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=trainer.ref,
                                 seed=trainer.cfg.train.seed, log=log)
     idx = NGramIndex.build(trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()),
                            n=trainer.cfg.train.ngram_n)

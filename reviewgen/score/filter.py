@@ -1,0 +1,149 @@
+"""The one output filter: a review gets the same verdict in the nightly job, the scoring endpoint and
+`reviewgen evaluate`.
+
+`ReviewFilter.check` takes texts (and, where known, each review's language, calibrated score and token
+ids) and returns one `Verdict` per text: every rule that fails, in a fixed order, plus the measurements
+behind them (longest copied span, PII counts, token count, detected language). The nightly job rejects a
+review with its first reason; the endpoint reports the verdict's flags and reasons without rejecting;
+evaluation counts the same verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from reviewgen.core.memorization import NGramIndex
+from reviewgen.core.text import PII_KINDS, detect_language, find_pii
+from reviewgen.core.tokenizer import ReviewTokenizer
+
+# Checked in this order; a rejected review's reason is the first that applies.
+REASONS = ("empty", "broken_text", "too_short", "too_long", "pii", "language_mismatch", "memorized", "low_score")
+# Cleaning replaces PII in training text with these, so a model can learn to write them.
+PII_PLACEHOLDERS = ("<email>", "<url>", "<phone>", "<handle>")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """The filter's rules. None disables a bound; the checks can be turned off one by one."""
+
+    min_score: float = 0.0  # reject below this calibrated p_human (0 = off)
+    max_copy_span: int | None = 8  # reject when this many consecutive training tokens are copied (None: index n)
+    min_tokens: int = 3
+    max_tokens: int | None = None
+    min_chars: int = 1
+    max_chars: int | None = None
+    reject_broken_text: bool = True  # U+FFFD: byte-level BPE stopped mid-character, visible garbage
+    check_pii: bool = True
+    check_copy: bool = True
+    check_language: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("min_tokens", "min_chars"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"filter: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_tokens", "max_chars", "max_copy_span"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"filter: {name} must be >= 1 or unset, got {v}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"filter: min_score must be within [0, 1], got {self.min_score}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The filter's finding for one review. `reasons` is empty when the review passes."""
+
+    reasons: tuple[str, ...]
+    n_tokens: int
+    language: str  # detected from the text
+    copy_span: int | None  # longest span copied from training reviews; None when not checked
+    copy_threshold: int | None
+    pii: dict[str, int] | None  # occurrences per kind; None when not checked
+
+    @property
+    def accepted(self) -> bool:
+        """True when no rule failed."""
+        return not self.reasons
+
+    @property
+    def reason(self) -> str | None:
+        """The first failed rule (the nightly job's reject reason), or None."""
+        return self.reasons[0] if self.reasons else None
+
+    @property
+    def copied(self) -> bool | None:
+        """True when the copy rule failed; None when it was not checked."""
+        return None if self.copy_span is None else self.copy_span >= self.copy_threshold
+
+    @property
+    def has_pii(self) -> bool | None:
+        """True when any PII kind was found; None when not checked."""
+        return None if self.pii is None else any(self.pii.values())
+
+    def flags(self) -> dict[str, Any]:
+        """The scoring endpoint's `flags` object."""
+        return {"copy_span": self.copy_span, "copied": self.copied, "pii": self.pii, "has_pii": self.has_pii}
+
+
+class ReviewFilter:
+    """Applies `FilterConfig` with one model's tokenizer and training n-gram index (None: no copy check)."""
+
+    def __init__(self, config: FilterConfig, tokenizer: ReviewTokenizer, ngrams: NGramIndex | None = None):
+        self.config, self.tok = config, tokenizer
+        self.ngrams = ngrams if config.check_copy else None
+        span = config.max_copy_span
+        if self.ngrams is not None:
+            if span is not None and span < self.ngrams.n:
+                raise ValueError(f"filter: max_copy_span {span} is below the model's n-gram size {self.ngrams.n}")
+            span = span or self.ngrams.n
+        self.copy_threshold = span
+
+    @classmethod
+    def for_model(cls, config: FilterConfig, tokenizer: ReviewTokenizer, ngram_path: str | Path | None
+                  ) -> "ReviewFilter":
+        """A filter for a model directory's tokenizer and `ngrams.npy` (None or absent: no copy check)."""
+        index = NGramIndex.load(ngram_path) if (config.check_copy and ngram_path is not None) else None
+        return cls(config, tokenizer, index)
+
+    def check(self, texts: Sequence[str | None], *, languages: Sequence[str | None] | None = None,
+              scores: Sequence[float | None] | None = None,
+              token_ids: Sequence[Sequence[int]] | None = None) -> list[Verdict]:
+        """One verdict per text. `languages`: each review's expected language (None: not checked);
+        `scores`: calibrated p_human (None: not checked); `token_ids`: the review tokens when the caller
+        already has them (else the texts are tokenised here, in one batch)."""
+        n = len(texts)
+        texts = ["" if t is None else str(t) for t in texts]
+        languages = languages if languages is not None else [None] * n
+        scores = scores if scores is not None else [None] * n
+        if token_ids is None:
+            token_ids = self.tok.review_token_lists(texts) if n else []
+        if not (len(languages) == len(scores) == len(token_ids) == n):
+            raise ValueError("ReviewFilter.check: texts, languages, scores and token_ids differ in length")
+        return [self._one(t, lang, sc, ids) for t, lang, sc, ids in zip(texts, languages, scores, token_ids)]
+
+    def _one(self, text: str, lang: str | None, score: float | None, ids: Sequence[int]) -> Verdict:
+        c, reasons = self.config, []
+        stripped = text.strip()
+        if not stripped:
+            reasons.append("empty")
+        if c.reject_broken_text and "\ufffd" in text:
+            reasons.append("broken_text")
+        if stripped and (len(ids) < c.min_tokens or len(text) < c.min_chars):
+            reasons.append("too_short")
+        if (c.max_tokens and len(ids) > c.max_tokens) or (c.max_chars and len(text) > c.max_chars):
+            reasons.append("too_long")
+        pii = find_pii(text) if c.check_pii else None
+        if pii is not None and (any(pii.values()) or any(t in text for t in PII_PLACEHOLDERS)):
+            reasons.append("pii")
+        detected = detect_language(text)
+        if c.check_language and lang is not None and stripped and detected != lang:
+            reasons.append("language_mismatch")
+        span = self.ngrams.longest_copy(ids) if self.ngrams is not None else None
+        if span is not None and span >= self.copy_threshold:
+            reasons.append("memorized")
+        if score is not None and score < c.min_score:
+            reasons.append("low_score")
+        return Verdict(tuple(reasons), len(ids), detected, span, self.copy_threshold if span is not None else None,
+                       pii if pii is None else {k: int(pii.get(k, 0)) for k in PII_KINDS})
