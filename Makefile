@@ -41,6 +41,7 @@ serve-config: install
 
 # -- cluster (set RAY_ADDRESS for a real cluster; otherwise a local 2-node cluster on this machine) --------
 CATALOG ?= $(CURDIR)/data/sample/catalog_flipkart_sample_1050.parquet
+CATALOG_PRESET ?= flipkart
 cluster-up: install
 	cluster/scripts/cluster_up.sh
 cluster-down:
@@ -52,7 +53,7 @@ submit-train: install runs/prepared/stats.json
 	cluster/scripts/submit.sh train --data $(CURDIR)/runs/prepared --out $(CURDIR)/runs/cluster-train --config $(TRAIN_CONFIG) --num-workers 2 --storage-path $(CURDIR)/runs/ray-results --name reviewgen-train $(TRAIN_ARGS)
 submit-nightly: install
 	@test -n "$(DATE)" || { echo "usage: make submit-nightly DATE=YYYY-MM-DD" >&2; exit 2; }
-	cluster/scripts/submit.sh nightly $(DATE) --model $(CURDIR)/runs/cluster-train --catalog $(CATALOG) --out $(CURDIR)/runs/generated --reviews-per-product 3 $(GEN_ARGS)
+	cluster/scripts/submit.sh nightly $(DATE) --model $(CURDIR)/runs/cluster-train --catalog $(CATALOG) --preset $(CATALOG_PRESET) --out $(CURDIR)/runs/generated --reviews-per-product 3 $(GEN_ARGS)
 deploy-scorer: install
 	MODEL_DIR=$(or $(MODEL_DIR),$(CURDIR)/runs/cluster-train) cluster/scripts/deploy_scorer.sh
 
