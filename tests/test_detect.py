@@ -1,0 +1,46 @@
+"""LM statistics on hand-built next-token distributions whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from reviewgen.score.detect import lm_statistics
+
+
+def test_all_mass_on_the_next_token_gives_rank_zero_and_full_top1():
+    V, R = 50, 6
+    targets = torch.tensor([[3, 7, 7, 1, 0, 0]])
+    logits = torch.full((1, R, V), -30.0)
+    logits[0, torch.arange(R), targets[0]] = 30.0
+    mask = torch.tensor([[True, True, True, True, False, False]])
+    s = lm_statistics(logits, targets, mask)
+    assert s.mean_log_rank[0] == 0.0 and s.top1_share[0] == 1.0 and s.top10_share[0] == 1.0
+    assert abs(s.mean_logprob[0]) < 1e-6 and s.mean_entropy[0] < 1e-6 and s.n_tokens[0] == 4
+
+
+def test_ranks_entropy_and_the_binoculars_ratio():
+    V = 20
+    # descending logits: token k has rank k; masked positions must not count
+    logits = torch.arange(V, 0, -1, dtype=torch.float32).expand(1, 3, V).clone()
+    targets = torch.tensor([[0, 4, 15]])
+    s = lm_statistics(logits, targets, torch.tensor([[True, True, False]]))
+    assert math.isclose(s.mean_log_rank[0], (math.log1p(0) + math.log1p(4)) / 2, rel_tol=1e-6)
+    assert s.top1_share[0] == 0.5 and s.top10_share[0] == 1.0
+    logp = torch.log_softmax(logits[0, 0], -1)
+    assert math.isclose(s.mean_logprob[0], float(logp[0] + logp[4]) / 2, rel_tol=1e-5)
+    # uniform G: log-perplexity = entropy = log V, so the ratio against itself is exactly 1
+    u = lm_statistics(torch.zeros(2, 4, V), torch.randint(0, V, (2, 4)), torch.ones(2, 4, dtype=torch.bool))
+    assert np.allclose(u.mean_entropy, math.log(V)) and np.allclose(u.binoculars, 1.0)
+    # a peaked reference makes the cross term the surprise of its favourite token under G
+    ref = torch.full((1, 3, V), -30.0)
+    ref[..., 2] = 30.0
+    b = lm_statistics(logits, targets, torch.tensor([[True, True, False]]), ref_logits=ref)
+    assert math.isclose(b.binoculars[0], -s.mean_logprob[0] / float(-logp[2]), rel_tol=1e-5)
+
+
+def test_a_row_without_tokens_is_nan_not_zero():
+    s = lm_statistics(torch.zeros(1, 2, 5), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.bool))
+    assert np.isnan(s.mean_logprob[0]) and np.isnan(s.binoculars[0]) and s.n_tokens[0] == 0
