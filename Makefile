@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev,eval,embed,bench]" "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev,eval,embed,bench,track]" "$(TORCH_PIN)"
 	touch $@
 
 ## make test: the whole suite on CPU with tiny models and one local Ray per session
