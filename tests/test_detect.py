@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from reviewgen.score.combiner import Combiner, CombinerError, fit_combiner
 from reviewgen.score.detect import lm_statistics
 
 
@@ -44,3 +46,23 @@ def test_ranks_entropy_and_the_binoculars_ratio():
 def test_a_row_without_tokens_is_nan_not_zero():
     s = lm_statistics(torch.zeros(1, 2, 5), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.bool))
     assert np.isnan(s.mean_logprob[0]) and np.isnan(s.binoculars[0]) and s.n_tokens[0] == 0
+
+
+def test_combiner_learns_the_direction_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.r_[np.ones(n), np.zeros(n)]
+    # machine text: higher log-prob, lower log-rank; "noise" carries no signal
+    sig = {"mean_logprob": np.r_[rng.normal(-4, 1, n), rng.normal(-2.5, 1, n)],
+           "mean_log_rank": np.r_[rng.normal(2.0, 0.5, n), rng.normal(1.2, 0.5, n)],
+           "noise": rng.normal(0, 1, 2 * n)}
+    sig["mean_logprob"][0] = np.nan  # rows with a non-finite signal are left out of the fit
+    c = fit_combiner(sig, y, ["mean_logprob", "mean_log_rank", "noise"])
+    p = c.predict(sig)
+    assert np.nanmean(p[:n]) > 0.7 > 0.3 > np.nanmean(p[n:]) and np.isnan(p[0])
+    assert c.weights[0] < 0 < c.weights[1] and abs(c.weights[2]) < abs(c.weights[1]) / 5
+    c.save(tmp_path / "detector.json")
+    back = Combiner.load(tmp_path / "detector.json")
+    assert np.allclose(back.predict(sig), p, equal_nan=True) and back.info["n"] == 2 * n - 1
+    with pytest.raises(CombinerError, match=r"needs signals \['noise'\]"):
+        back.predict({"mean_logprob": sig["mean_logprob"], "mean_log_rank": sig["mean_log_rank"]})
