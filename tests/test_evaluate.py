@@ -11,7 +11,9 @@ import pytest
 
 from reviewgen.core.checkpoint import content_version
 from reviewgen.data.corpus import load_split
-from reviewgen.evaluate.report import _matched, check_targets, run_evaluation, split_eval_rows
+from reviewgen.evaluate.quality import match_diversity, split_eval_rows
+from reviewgen.evaluate.run import run_evaluation
+from reviewgen.evaluate.targets import check_targets
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
         "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
@@ -51,7 +53,7 @@ def test_metric_values_are_sane(evaluated) -> None:
     for name in ("gan", "mle"):
         m = r["sweep"][name]["0.8"]
         assert 0.0 <= m["bleu4"]["mean"] <= 1.0 and 0.0 <= m["copy_rate"]["mean"] <= 1.0
-        assert m["accepted_copy_rate"]["mean"] == 0.0  # the guard rejects every copy it finds
+        assert m["accepted_copy_rate"]["mean"] == 0.0  # the filter rejects every copy it finds
         assert m["fed"]["mean"] is None or m["fed"]["mean"] >= 0.0  # None when embeddings are unavailable
         assert r["nll"][name] > 0.0
     settings = r["scorer"]["settings"]
@@ -109,13 +111,13 @@ def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
 
 def test_targets_follow_matched_diversity() -> None:
     r = _fake_result({"0.8": 0.40, "1.2": 0.31})
-    r["matched"] = _matched(r["sweep"], r["human"]["self_bleu4"], [0.8, 1.2])
+    r["matched"] = match_diversity(r["sweep"], r["human"]["self_bleu4"], [0.8, 1.2])
     assert r["matched"]["gan"]["temperature"] == 1.2 and r["matched"]["gan"]["within"]
     t = check_targets(r)
     assert all(v["status"] == "MET" for v in t.values()), t
     # GAN too repetitive at every temperature: no matched point, so dominance cannot be claimed
     r2 = _fake_result({"0.8": 0.45, "1.2": 0.36})
-    r2["matched"] = _matched(r2["sweep"], 0.30, [0.8, 1.2])
+    r2["matched"] = match_diversity(r2["sweep"], 0.30, [0.8, 1.2])
     t2 = check_targets(r2)
     assert t2["gan_dominates_mle"]["status"] == "NOT MET" and "no temperature within" in t2["gan_dominates_mle"]["detail"]
     assert t2["no_collapse"]["status"] == "NOT MET"

@@ -34,7 +34,7 @@ def evaluate(
     """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
     from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.data.corpus import DataError
-    from reviewgen.evaluate.report import run_evaluation
+    from reviewgen.evaluate.run import run_evaluation
 
     try:
         run_evaluation(model, data, out, baseline_dir=baseline, temperatures=floats(temperatures),

@@ -19,14 +19,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Mapping, Protocol
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reviewgen.core.config import ConfigError, config_from_dict, read_yaml_mapping, with_overrides
 
 TOKEN_ENV = "REVIEWGEN_API_TOKEN"
 TOKEN_FILE_ENV = "REVIEWGEN_API_TOKEN_FILE"
@@ -34,13 +35,16 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 KNOWN_ROUTES = frozenset({"/healthz", "/readyz", "/v1/score", "/v1/model", "/v1/stats", "/docs", "/openapi.json"})
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(ConfigError):
     """A bad serving configuration (names the field)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig:
-    """Everything configurable about the scoring endpoint (batching, limits, scaling, resources)."""
+    """Everything configurable about the scoring endpoint (batching, limits, flags, scaling, resources).
+
+    Loaded from YAML (fields at top level or under `serve:`) and `--set KEY=VALUE` flags with
+    `reviewgen.core.config`; unknown keys are rejected. Frozen: derive variants with `dataclasses.replace`."""
 
     # batching
     max_batch_size: int = 32
@@ -52,15 +56,15 @@ class ServeConfig:
     max_field_chars: int = 512
     max_body_bytes: int = 1_048_576
     request_timeout_s: float = 30.0
-    # flags
+    # flags (the output filter's copy and PII checks; the replica reports them, never rejects)
     copy_check: bool = True
-    copy_min_span: int | None = None
+    copy_min_span: int | None = None  # copied when this many training tokens repeat (None: the index's n)
     pii_check: bool = True
     log_review_text: bool = False
     # autoscaling (Serve autoscaling_config)
     min_replicas: int = 1
     max_replicas: int = 4
-    target_ongoing_requests: float = 8
+    target_ongoing_requests: float = 8.0
     upscale_delay_s: float = 10.0
     downscale_delay_s: float = 120.0
     metrics_interval_s: float | None = None
@@ -86,6 +90,10 @@ class ServeConfig:
                      "min_replicas"):
             if getattr(self, name) < 0:
                 raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.copy_min_span is not None and (isinstance(self.copy_min_span, bool)
+                                               or not isinstance(self.copy_min_span, int) or self.copy_min_span < 1):
+            raise ServeConfigError(f"serve config: copy_min_span must be an integer >= 1 or null, "
+                                   f"got {self.copy_min_span!r}")
         if self.min_replicas > self.max_replicas:
             raise ServeConfigError(f"serve config: min_replicas ({self.min_replicas}) > max_replicas "
                                    f"({self.max_replicas})")
@@ -97,25 +105,31 @@ class ServeConfig:
             raise ServeConfigError("serve config: env_vars must map names to strings")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> ServeConfig:
-        """Build from a plain dict; unknown keys are an error that names them."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ServeConfigError(f"serve config: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "serve config") -> ServeConfig:
+        """Build from a plain mapping (`config_from_dict`); unknown keys are an error that names them."""
+        try:
+            return config_from_dict(cls, d, source)
+        except ServeConfigError:
+            raise
+        except ConfigError as e:
+            raise ServeConfigError(str(e)) from e
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ServeConfig:
-        """Read a YAML mapping (optionally under a top-level `serve:` key)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ServeConfigError(f"{path}: expected a mapping of serve config fields")
+        """Read a YAML mapping of fields, at top level or under a top-level `serve:` key."""
+        data = read_yaml_mapping(path)
+        if "serve" in data:
+            return cls.from_dict(data["serve"], f"{path}:serve")
+        return cls.from_dict(data, str(path))
+
+    def with_overrides(self, dotted: Mapping[str, Any]) -> ServeConfig:
+        """A copy with `{"max_batch_size": 8}`-style overrides (e.g. from `--set` flags) applied."""
         try:
-            return cls.from_dict(data.get("serve", data))
-        except (ServeConfigError, TypeError) as e:
-            raise ServeConfigError(f"{path}: {e}") from e
+            return with_overrides(self, dotted, source="--set")
+        except ServeConfigError:
+            raise
+        except ConfigError as e:
+            raise ServeConfigError(str(e)) from e
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML friendly)."""
@@ -257,6 +271,9 @@ class ReviewScore(BaseModel):
     p_human: float = Field(description="calibrated probability that a human wrote the review")
     rating_pred: int = Field(description="predicted star rating 1..5")
     flags: Flags
+    reasons: list[str] = Field(default_factory=list, description="the output filter's failed rules, in its order "
+                               "(empty, broken_text, too_short, too_long, pii, language_mismatch, memorized, "
+                               "low_score); reported only, never rejected")
 
 
 class ScoreResponse(BaseModel):
