@@ -79,7 +79,7 @@ TRICKY_REVIEWS = [
     ("very_long", "this desk lamp is bright, sturdy and cheap. " * 120, "en"),
     ("too_short", "ok", "en"),
     ("novel", NOVEL, "en"),
-    ("no_language_given", "works fine, arrived on time and well packed", None),
+    ("no_language_given", "the zipper on this quxmarine bag snapped but support sent a spare", None),
 ]
 
 

@@ -23,7 +23,7 @@ def filter_config(cfg: ServeConfig, ngram_n: int | None = None) -> FilterConfig:
 
 def replica_filter(cfg: ServeConfig, scorer: Scorer) -> ReviewFilter:
     """The filter a replica builds once: the model directory's tokenizer and n-gram index (`ngrams.npy`)."""
-    path = scorer.ckpt.ngram_path
+    path = scorer.ngram_path
     index = NGramIndex.load(path) if (cfg.copy_check and path is not None) else None
     return ReviewFilter(filter_config(cfg, index.n if index is not None else None), scorer.tok, index)
 
