@@ -33,7 +33,7 @@ from typing import Any
 from bench.bench_generate import bench_model, model_description, prepared_data
 from reviewgen.data.corpus import load_split
 from reviewgen.score.scorer import Scorer
-from reviewgen.serve.api import ServeConfig
+from reviewgen.serve.config import ServeConfig
 from reviewgen.serve.app import run_server
 
 CONCURRENCY = (1, 8, 32, 64)

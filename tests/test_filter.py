@@ -12,7 +12,7 @@ from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_verdicts
 from reviewgen.score.filter import FilterConfig, ReviewFilter
 from reviewgen.score.scorer import Scorer
-from reviewgen.serve.api import ServeConfig
+from reviewgen.serve.config import ServeConfig
 from reviewgen.serve.scoring import replica_filter, score_reviews
 
 TRAIN = ["the battery lasts all day and the screen is bright and sharp in sunlight",

@@ -25,7 +25,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reviewgen.serve.api import ServeConfig, ServeConfigError, load_api_token, make_api
+from reviewgen.serve.api import make_api
+from reviewgen.serve.config import ServeConfig, ServeConfigError, load_api_token
 from reviewgen.serve.scoring import replica_filter, score_reviews
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ def serve(
 ):
     """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /docs."""
     from reviewgen.core.config import parse_set_options
-    from reviewgen.serve.api import ServeConfig
+    from reviewgen.serve.config import ServeConfig
     from reviewgen.serve.app import run_server
 
     try:

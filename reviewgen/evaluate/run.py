@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.device import pick_device
@@ -28,43 +30,63 @@ from reviewgen.evaluate.targets import check_targets
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
 
 
-def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, *,
-                   baseline_dir: str | Path | None = None, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-                   n_products: int = 150, samples_per_product: int = 2, seeds: Sequence[int] = (0, 1, 2),
-                   top_p: float = 1.0, copy_span: int = 8, recalibrate: bool = True, embeddings: bool = True,
-                   n_baseline_train: int = 600, classifier_rows: int = 6000, nll_rows: int | None = None,
-                   fast: bool = False, device: str | None = None,
-                   log: Log = print) -> dict[str, Any]:
-    """Evaluate model_dir (GAN) against baseline_dir (default model_dir/mle) on unseen test products and
-    write OUT_DIR/{metrics.json, report.md, *.png}. Returns the metrics dict (as in metrics.json).
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings of one evaluation (`reviewgen evaluate` flags)."""
 
-    `fast` (tests, smoke runs) keeps one seed, the lowest and highest temperature, <= 16 products and a
-    small calibration/baseline/classifier set. `embeddings=False` skips FED/MAUVE/title relevance (reported
-    null). `nll_rows` caps the test reviews used for NLL (None: all); `classifier_rows` caps the train rows
-    of the TF-IDF condition classifiers."""
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES  # sampling temperatures of the sweep
+    n_products: int = 150  # about how many unseen test products to evaluate
+    samples_per_product: int = 2  # real reviews (conditions) per product
+    seeds: tuple[int, ...] = (0, 1, 2)  # generation seeds; metrics are mean ± sd over them
+    top_p: float = 1.0
+    copy_span: int = 8  # copied training tokens that make a copy (raised to the model's n-gram size)
+    recalibrate: bool = True  # refit the scorer calibration first (stored in the model)
+    embeddings: bool = True  # FED, MAUVE and title relevance (null when off or not installed)
+    n_baseline_train: int = 600  # real train reviews of the TF-IDF real-vs-generated baseline
+    classifier_rows: int = 6000  # train rows of the TF-IDF condition classifiers
+    nll_rows: int | None = None  # test reviews for NLL (None: all)
+    fast: bool = False  # smoke-test settings, see `resolved`
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperatures or not self.seeds:
+            raise ValueError("evaluate: need at least one temperature and one seed")
+        if self.n_products < 1 or self.samples_per_product < 1:
+            raise ValueError("evaluate: n_products and samples_per_product must be >= 1")
+
+    def resolved(self) -> EvalConfig:
+        """The settings actually used: with `fast`, one seed, the lowest and highest temperature, <= 16
+        products and a small calibration/baseline/classifier/NLL set."""
+        c = dataclasses.replace(self, temperatures=tuple(float(t) for t in self.temperatures),
+                                seeds=tuple(int(s) for s in self.seeds))
+        if not c.fast:
+            return c
+        return dataclasses.replace(c, seeds=c.seeds[:1], n_products=min(c.n_products, 16),
+                                   temperatures=tuple(sorted({min(c.temperatures), max(c.temperatures)})),
+                                   n_baseline_train=min(c.n_baseline_train, 48),
+                                   classifier_rows=min(c.classifier_rows, 1500), nll_rows=min(c.nll_rows or 256, 256))
+
+
+def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: EvalConfig | None = None,
+                   *, baseline_dir: str | Path | None = None, log: Log = print) -> dict[str, Any]:
+    """Evaluate model_dir (GAN) against baseline_dir (default model_dir/mle) on unseen test products and
+    write OUT_DIR/{metrics.json, report.md, *.png}. Returns the metrics dict (as in metrics.json)."""
+    c = (config or EvalConfig()).resolved()
+    temperatures, seeds, top_p, copy_span, fast = list(c.temperatures), list(c.seeds), c.top_p, c.copy_span, c.fast
     t0 = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     baseline_dir = Path(baseline_dir) if baseline_dir else model_dir / "mle"
-    temperatures = [float(t) for t in temperatures]
-    seeds = [int(s) for s in seeds]
-    if fast:
-        seeds, n_products = seeds[:1], min(n_products, 16)
-        temperatures = sorted({min(temperatures), max(temperatures)})
-        n_baseline_train, classifier_rows = min(n_baseline_train, 48), min(classifier_rows, 1500)
-        nll_rows = min(nll_rows or 256, 256)
-    if not temperatures or not seeds:
-        raise ValueError("run_evaluation: need at least one temperature and one seed")
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
+    dev = pick_device(c.device)
     calib = None
-    if recalibrate:
+    if c.recalibrate:
         calib = refit_calibration(model_dir, data_dir, checkpoints=[model_dir, baseline_dir], device=str(dev),
                                   max_rows=64 if fast else None, log=log)
     ck = {"gan": load_checkpoint(model_dir, dev), "mle": load_checkpoint(baseline_dir, dev)}
     tok = ck["gan"].tokenizer
     calib = calib or ck["gan"].calibration
     train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
-    ev, ref = split_eval_rows(test, n_products, samples_per_product)
+    ev, ref = split_eval_rows(test, c.n_products, c.samples_per_product)
     pools, pool_note = reference_pools(ev, ref)
     conds, langs = conditions(ev), ev["language"].tolist()
     keys = [f"{pid}:{i}" for i, pid in enumerate(ev["product_id"])]
@@ -74,19 +96,19 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
 
     # test NLL (teacher forced, all test reviews; independent of temperature)
     nll = {}
-    nll_df = test if nll_rows is None or len(test) <= nll_rows else test.sample(n=nll_rows, random_state=0)
-    for name, c in ck.items():
-        data = encode_frame(nll_df, c.tokenizer, c.categories)
-        bs = c.config.train.batch_size
-        tk = Tokens(pad_id=c.tokenizer.pad_id, eos_id=c.tokenizer.eos_id, prefix_len=c.tokenizer.prefix_len)
-        nll[name] = val_nll(c.generator, fixed_batches(data, bs, math.ceil(len(nll_df) / bs), dev), tk)
+    nll_df = test if c.nll_rows is None or len(test) <= c.nll_rows else test.sample(n=c.nll_rows, random_state=0)
+    for name, m in ck.items():
+        data = encode_frame(nll_df, m.tokenizer, m.categories)
+        bs = m.config.train.batch_size
+        tk = Tokens(pad_id=m.tokenizer.pad_id, eos_id=m.tokenizer.eos_id, prefix_len=m.tokenizer.prefix_len)
+        nll[name] = val_nll(m.generator, fixed_batches(data, bs, math.ceil(len(nll_df) / bs), dev), tk)
     log(f"test NLL on {len(nll_df)} reviews: GAN {nll['gan']:.4f}, MLE {nll['mle']:.4f} nats/token")
 
-    clf = ConditionClassifiers(train, max_rows=classifier_rows)
+    clf = ConditionClassifiers(train, max_rows=c.classifier_rows)
     ratings, cats = ev["rating"].tolist(), ev["category"].astype(str).tolist()
     review_filter = evaluation_filter(tok, ck["gan"].ngram_path, copy_span)
 
-    emb = Embedder(embeddings, log)
+    emb = Embedder(c.embeddings, log)
     h_emb = emb(human)
     title_emb = emb(ev["product_title"].astype(str).tolist())
     ref_sample = ref.sample(n=min(len(ref), len(ev)), random_state=0)["text"].astype(str).tolist()
@@ -96,8 +118,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         m = quality_metrics(texts, langs, pools)
         e = emb(texts)
         m.update(embedding_metrics(e, h_emb, title_emb))
-        c = clf.score(texts, ratings, cats)
-        m.update({k: v for k, v in c.items() if k != "rating_pred"})
+        cls = clf.score(texts, ratings, cats)
+        m.update({k: v for k, v in cls.items() if k != "rating_pred"})
         m.update(filter_metrics(filter_verdicts(review_filter, texts, langs), texts))
         return m
 
@@ -124,10 +146,10 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
 
     matched = match_diversity(sweep, human_m["self_bleu4"], temperatures)
     scorer, scorer_extra = scorer_section(ck, calib, conds, human, keys, samples, temperatures, train,
-                                           n_baseline_train, seeds[0], dev, log)
+                                          c.n_baseline_train, seeds[0], dev, log)
     result: dict[str, Any] = {
         "meta": run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p,
-                      copy_span, fast, emb, pool_note, str(dev)),
+                         copy_span, fast, emb, pool_note, str(dev)),
         "calibration": calib,
         "nll": nll,
         "human": human_m,
@@ -147,7 +169,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
 
 
 def run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p, copy_span,
-          fast, emb, pool_note, device) -> dict[str, Any]:
+             fast, emb, pool_note, device) -> dict[str, Any]:
     """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol."""
     history = read_history(Path(model_dir) / "metrics.jsonl")
     cfg = ck["gan"].config

@@ -24,8 +24,8 @@ from ray.serve import metrics
 
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.score.scorer import Scorer
-from reviewgen.serve.api import (TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token,
-                                 log_record, make_api)
+from reviewgen.serve.api import log_record, make_api
+from reviewgen.serve.config import TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token
 from reviewgen.serve.scoring import replica_filter, score_reviews
 
 DEPLOYMENT_NAME = "Scorer"

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.score.filter import FilterConfig, ReviewFilter
 from reviewgen.score.scorer import Scorer
-from reviewgen.serve.api import ServeConfig
+from reviewgen.serve.config import ServeConfig
 
 
 def filter_config(cfg: ServeConfig, ngram_n: int | None = None) -> FilterConfig:
