@@ -7,8 +7,9 @@ fixed duration or a maximum request count per level, and records throughput and 
 
 The in-process baseline is `reviewgen.score.scorer.Scorer.score` on batches of 32 (raw reviews/s) and on one
 review (single-review latency). Serve overhead per request = p50 latency at concurrency 1 (unbatched)
-minus the in-process single-review latency. Note: a replica also runs the copy (n-gram) and PII checks,
-which the bare Scorer does not, so that overhead includes them.
+minus the in-process single-review latency. Note: a replica also runs the output filter
+(`reviewgen.score.filter`: copy, PII and text checks), which the bare Scorer does not, so that overhead
+includes it.
 
 Goal: batched >= 4x unbatched throughput with p99 <= 100 ms, at the highest load each mode sustains
 (highest concurrency level with p99 <= 100 ms and no errors).
@@ -29,6 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_generate import bench_model, model_description, prepared_data
+from reviewgen.data.corpus import load_split
+from reviewgen.score.scorer import Scorer
+from reviewgen.serve.config import ServeConfig
+from reviewgen.serve.app import run_server
+
 CONCURRENCY = (1, 8, 32, 64)
 P99_BOUND_S = 0.100
 SPEEDUP_GOAL = 4.0
@@ -42,10 +49,6 @@ def _free_port() -> int:
 
 def sample_reviews(n: int = 256) -> list[dict[str, Any]]:
     """Real reviews from the prepared sample's validation split, as /v1/score review objects."""
-    from reviewgen.data.corpus import load_split
-
-    from bench.bench_generate import prepared_data
-
     df = load_split(prepared_data(), "val")
     df = df[(df["language"] == "en") & (df["text"].str.len().between(20, 1000))].head(n)
     return [{"text": str(r.text), "product_title": str(r.product_title)[:200], "category": str(r.category)[:200],
@@ -61,8 +64,6 @@ def pct(xs: list[float], q: float) -> float:
 
 def in_process(model_dir: Path, reviews: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Scorer.score throughput on batches of 32 and single-review latency, in this process."""
-    from reviewgen.score.scorer import Scorer
-
     sc = Scorer(model_dir, device="cpu")
     batch = reviews[:32]
     sc.score(batch)  # warm-up
@@ -124,9 +125,6 @@ def serve_mode(model_dir: Path, reviews: list[dict[str, Any]], max_batch_size: i
     """Deploy one replica with this max_batch_size, run every concurrency level, tear down."""
     from ray import serve
 
-    from reviewgen.serve.app import run_server
-    from reviewgen.serve.api import ServeConfig
-
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     cfg = ServeConfig(max_batch_size=max_batch_size, max_ongoing_requests=max(64, max_batch_size),
                       min_replicas=1, max_replicas=1, num_cpus=1.0, env_vars=env)
@@ -156,8 +154,6 @@ def main(quick: bool = False) -> dict[str, Any]:
     """Both Serve modes at every concurrency level, the in-process scorer, overhead and the goal verdict."""
     import ray
     import torch
-
-    from bench.bench_generate import bench_model, model_description
 
     model_dir = bench_model()
     reviews = sample_reviews()

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from reviewgen.serve.app import DEFAULT_CLUSTER_MODEL_DIR, build_serve_config
-from reviewgen.serve.api import ServeConfig
+from reviewgen.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """\

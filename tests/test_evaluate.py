@@ -9,9 +9,13 @@ import shutil
 
 import pytest
 
-from reviewgen.core.checkpoint import content_version
+from reviewgen.core.checkpoint import content_version, load_checkpoint
+from reviewgen.core.encoding import conditions
 from reviewgen.data.corpus import load_split
-from reviewgen.evaluate.report import _matched, check_targets, run_evaluation, split_eval_rows
+from reviewgen.evaluate.quality import match_diversity, split_eval_rows
+from reviewgen.evaluate.run import EvalConfig, run_evaluation
+from reviewgen.evaluate.targets import check_targets
+from reviewgen.score.calibration import sample_fakes
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
         "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
@@ -25,7 +29,7 @@ def evaluated(tiny_model, prepared_data, tmp_path_factory):
     model = tmp_path_factory.mktemp("eval_model") / "model"
     shutil.copytree(tiny_model, model)
     out = tmp_path_factory.mktemp("eval_report")
-    result = run_evaluation(model, prepared_data, out, fast=True, temperatures=(0.8, 1.2), n_products=8,
+    result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.8, 1.2), n_products=8),
                             log=lambda *_: None)
     return model, out, result
 
@@ -51,7 +55,7 @@ def test_metric_values_are_sane(evaluated) -> None:
     for name in ("gan", "mle"):
         m = r["sweep"][name]["0.8"]
         assert 0.0 <= m["bleu4"]["mean"] <= 1.0 and 0.0 <= m["copy_rate"]["mean"] <= 1.0
-        assert m["accepted_copy_rate"]["mean"] == 0.0  # the guard rejects every copy it finds
+        assert m["accepted_copy_rate"]["mean"] == 0.0  # the filter rejects every copy it finds
         assert m["fed"]["mean"] is None or m["fed"]["mean"] >= 0.0  # None when embeddings are unavailable
         assert r["nll"][name] > 0.0
     settings = r["scorer"]["settings"]
@@ -109,13 +113,13 @@ def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
 
 def test_targets_follow_matched_diversity() -> None:
     r = _fake_result({"0.8": 0.40, "1.2": 0.31})
-    r["matched"] = _matched(r["sweep"], r["human"]["self_bleu4"], [0.8, 1.2])
+    r["matched"] = match_diversity(r["sweep"], r["human"]["self_bleu4"], [0.8, 1.2])
     assert r["matched"]["gan"]["temperature"] == 1.2 and r["matched"]["gan"]["within"]
     t = check_targets(r)
     assert all(v["status"] == "MET" for v in t.values()), t
     # GAN too repetitive at every temperature: no matched point, so dominance cannot be claimed
     r2 = _fake_result({"0.8": 0.45, "1.2": 0.36})
-    r2["matched"] = _matched(r2["sweep"], 0.30, [0.8, 1.2])
+    r2["matched"] = match_diversity(r2["sweep"], 0.30, [0.8, 1.2])
     t2 = check_targets(r2)
     assert t2["gan_dominates_mle"]["status"] == "NOT MET" and "no temperature within" in t2["gan_dominates_mle"]["detail"]
     assert t2["no_collapse"]["status"] == "NOT MET"
@@ -123,3 +127,18 @@ def test_targets_follow_matched_diversity() -> None:
     r3 = copy.deepcopy(r)
     r3["scorer"]["settings"]["gan@T=1"]["tfidf_lr"]["accuracy"] = 0.96
     assert check_targets(r3)["scorer"]["status"] == "NOT MET"
+
+
+def test_sample_fakes_spreads_over_generators_and_temperatures(tiny_model, prepared_data) -> None:
+    """The one fake sampler (calibration at training end, evaluation's refit, the TF-IDF baseline): n
+    samples over every (generator, temperature) pair, conditions in turn, the same texts on a rerun."""
+    ck, mle = load_checkpoint(tiny_model), load_checkpoint(tiny_model / "mle")
+    conds = conditions(load_split(prepared_data, "val").head(5))
+    gens = [ck.generator, mle.generator]
+    texts, fake_conds = sample_fakes(gens, ck.tokenizer, conds, (0.7, 1.2), seed=3, key_prefix="t", n=8)
+    assert len(texts) == len(fake_conds) == 8 and all(isinstance(t, str) for t in texts)
+    assert fake_conds == [conds[i % 5] for i in range(8)]
+    assert sample_fakes(gens, ck.tokenizer, conds, (0.7, 1.2), seed=3, key_prefix="t", n=8)[0] == texts
+    assert len(sample_fakes(gens, ck.tokenizer, conds, (1.0,), seed=3, key_prefix="t")[0]) == len(conds)
+    with pytest.raises(ValueError, match="sample_fakes"):
+        sample_fakes([], ck.tokenizer, conds, (1.0,), seed=0, key_prefix="t")

@@ -1,12 +1,19 @@
-"""The one output filter on hand-built reviews whose verdicts are known."""
+"""The one output filter on hand-built reviews whose verdicts are known, on a trained model's copies, and the
+same verdicts from each of its users (the Serve replica, `reviewgen evaluate`) on a shared set of tricky reviews."""
 
 from __future__ import annotations
 
 import pytest
 
+from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.core.tokenizer import ReviewTokenizer
+from reviewgen.data.corpus import load_split
+from reviewgen.evaluate.filtering import evaluation_filter, filter_verdicts
 from reviewgen.score.filter import FilterConfig, ReviewFilter
+from reviewgen.score.scorer import Scorer
+from reviewgen.serve.config import ServeConfig
+from reviewgen.serve.scoring import replica_filter, score_reviews
 
 TRAIN = ["the battery lasts all day and the screen is bright and sharp in sunlight",
          "great tablet for kids, sturdy case and easy parental controls"] * 20
@@ -47,3 +54,89 @@ def test_unchecked_rules_report_none(tok):
     assert v.accepted and v.copy_span is None and v.copied is None and v.pii is None and v.has_pii is None
     with pytest.raises(ValueError, match="below the model's n-gram size"):
         ReviewFilter(FilterConfig(max_copy_span=2), tok, NGramIndex.build([[1, 2, 3, 4]], n=4))
+
+
+# -- the filter on a trained model: planted copies, PII, and one verdict everywhere -------------------------
+
+NOVEL = "zqx vortek plimbus ardent quarlow fenix dromble quaint wuzzle orb"
+TRAINING_COPY = "<<a training review, verbatim>>"  # replaced by a real training review of the model
+# (name, text, language): reviews whose verdicts the filter's users must agree on. A text holding
+# TRAINING_COPY gets a training review of the model in its place (`materialize`).
+TRICKY_REVIEWS = [
+    ("empty", "", "en"),
+    ("whitespace", "  \n\t  ", "en"),
+    ("replacement_char", "the lamp is bright \ufffd\ufffd and cheap", "en"),
+    ("pii_email", "Great phone, mail me at john.doe@example.com for details", "en"),
+    ("pii_phone_en", "Call the seller at 555-123-4567 if it breaks", "en"),
+    ("pii_phone_zh", "质量很好，有问题请联系13812345678谢谢", "zh"),
+    ("pii_email_zh", "客服邮箱是service@shop.cn，回复很快", "zh"),
+    ("pii_placeholder", "great value, write to <email> now", "en"),
+    ("pii_placeholder_phone", "ring <phone> for a refund, they were kind", "en"),
+    ("copied", TRAINING_COPY, "en"),
+    ("copied_inside_novel", f"{NOVEL} {TRAINING_COPY} {NOVEL}", "en"),
+    ("wrong_language_zh_as_en", "这个酒店很好，服务周到，下次还来", "en"),
+    ("wrong_language_en_as_zh", "the battery lasts all day and charges fast", "zh"),
+    ("very_long", "this desk lamp is bright, sturdy and cheap. " * 120, "en"),
+    ("too_short", "ok", "en"),
+    ("novel", NOVEL, "en"),
+    ("no_language_given", "the zipper on this quxmarine bag snapped but support sent a spare", None),
+]
+
+
+def materialize(training_review: str) -> list[tuple[str, str, str | None]]:
+    """TRICKY_REVIEWS with TRAINING_COPY replaced by `training_review`."""
+    return [(name, text.replace(TRAINING_COPY, training_review), lang) for name, text, lang in TRICKY_REVIEWS]
+
+
+@pytest.fixture(scope="module")
+def model_parts(tiny_model, prepared_data):
+    ck = load_checkpoint(tiny_model)
+    train = load_split(prepared_data, "train")
+    ids = ck.tokenizer.review_token_lists(train["text"].astype(str).tolist())
+    # an English training review long enough to hold a copy of the index's span
+    i = next(k for k, t in enumerate(ids) if 20 <= len(t) < 60 and train["language"].iloc[k] == "en")
+    return ck, str(train["text"].iloc[i])
+
+
+def test_flags_planted_copy_and_passes_novel_text(model_parts) -> None:
+    ck, review = model_parts
+    f = ReviewFilter.for_model(FilterConfig(max_copy_span=8), ck.tokenizer, ck.ngram_path)
+    planted, novel = f.check([f"{NOVEL} {review} {NOVEL}", NOVEL], languages=["en", "en"])
+    assert planted.reasons == ("memorized",) and planted.copy_span >= 8 and planted.copied
+    assert novel.accepted and novel.copy_span < 8 and novel.copied is False
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("Great phone, mail me at john.doe@example.com for details", "email"),
+    ("Call the seller at 555-123-4567 if it breaks", "phone"),
+    ("质量很好，有问题请联系13812345678谢谢", "phone"),
+    ("客服邮箱是service@shop.cn，回复很快", "email"),
+])
+def test_pii_in_english_and_chinese(tok, text: str, kind: str) -> None:
+    v = ReviewFilter(FilterConfig(check_copy=False), tok).check([text])[0]
+    assert "pii" in v.reasons and v.pii[kind] == 1 and v.has_pii
+
+
+def test_replica_and_evaluate_give_the_same_verdicts(tiny_model, model_parts) -> None:
+    """The Serve replica's scoring function and `reviewgen evaluate`'s filter agree on every tricky review,
+    under their default settings."""
+    ck, review = model_parts
+    cases = materialize(review)
+    names, texts, langs = zip(*cases)
+    scorer = Scorer(tiny_model)
+    served = score_reviews(scorer, replica_filter(ServeConfig(), scorer),
+                           [{"text": t, "language": lang} for t, lang in zip(texts, langs)])
+    evaluated = filter_verdicts(evaluation_filter(ck.tokenizer, ck.ngram_path), texts, langs)
+    for name, s, v in zip(names, served, evaluated):
+        assert s["reasons"] == list(v.reasons) and s["flags"] == v.flags(), name
+        assert 0.0 <= s["p_human"] <= 1.0 and 1 <= s["rating_pred"] <= 5
+    by_name = {name: s["reasons"] for name, s in zip(names, served)}
+    # the cases do exercise the rules they are named after
+    assert by_name["empty"] == by_name["whitespace"] == ["empty"]
+    assert "broken_text" in by_name["replacement_char"]
+    assert all("pii" in by_name[n] for n in by_name if n.startswith("pii_"))
+    assert "memorized" in by_name["copied"] and "memorized" in by_name["copied_inside_novel"]
+    assert "language_mismatch" in by_name["wrong_language_zh_as_en"]
+    assert "language_mismatch" in by_name["wrong_language_en_as_zh"]
+    assert by_name["too_short"] == ["too_short"] and by_name["novel"] == []
+    assert by_name["no_language_given"] == []

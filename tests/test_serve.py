@@ -7,8 +7,12 @@ under separate route prefixes. Replicas use num_cpus=0.5 (the session Ray has 4 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +25,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reviewgen.serve.api import ServeConfig, ServeConfigError, load_api_token, make_api
+from reviewgen.serve.api import make_api
+from reviewgen.serve.config import ServeConfig, ServeConfigError, load_api_token
+from reviewgen.serve.scoring import replica_filter, score_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t0ken-for-tests"
@@ -55,10 +61,47 @@ def test_serve_config_validation(tmp_path):
         ServeConfig(min_replicas=3, max_replicas=2)
     with pytest.raises(ServeConfigError, match="max_ongoing_requests"):
         ServeConfig(max_batch_size=64, max_ongoing_requests=8)
+    with pytest.raises(ServeConfigError, match="copy_min_span"):
+        ServeConfig(copy_min_span=0)
     p = tmp_path / "s.yaml"
     p.write_text("serve: {max_text_chars: 10, min_replicas: 2, max_replicas: 2}\n")
     assert ServeConfig.from_yaml(p).max_text_chars == 10
+    p.write_text("max_text_chars: 12\ntarget_ongoing_requests: 3\n")  # fields at top level work too
+    cfg = ServeConfig.from_yaml(p)
+    assert cfg.max_text_chars == 12 and cfg.target_ongoing_requests == 3.0
+    p.write_text("serve: {max_text_chars: 10, max_text_charz: 3}\n")
+    with pytest.raises(ServeConfigError, match="max_text_charz"):
+        ServeConfig.from_yaml(p)
+    p.write_text("max_batch_size: lots\n")
+    with pytest.raises(ServeConfigError, match="max_batch_size"):
+        ServeConfig.from_yaml(p)
     assert "runtime_env" not in ServeConfig().ray_actor_options()
+
+
+def test_serve_config_is_frozen_and_overridden_by_set_flags():
+    cfg = ServeConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_batch_size = 8  # type: ignore[misc]
+    new = cfg.with_overrides({"max_batch_size": 8, "copy_check": "false", "copy_min_span": 10})
+    assert (new.max_batch_size, new.copy_check, new.copy_min_span) == (8, False, 10)
+    assert cfg.max_batch_size == 32  # the original is untouched
+    with pytest.raises(ServeConfigError, match="max_batch_sise"):
+        cfg.with_overrides({"max_batch_sise": 8})
+    with pytest.raises(ServeConfigError, match="max_ongoing_requests"):
+        cfg.with_overrides({"max_batch_size": 128})
+
+
+@pytest.mark.parametrize("entry", [["-c", "from reviewgen.cli import app; app()"], [str(ROOT / "jobs" / "serve.py")]])
+def test_job_script_takes_every_flag_of_reviewgen_serve(entry):
+    """`jobs/serve.py` is the `reviewgen serve` command: same flags, and --set errors name the key."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, *entry] + (["serve"] if entry[0] == "-c" else [])
+    help_text = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, check=True).stdout
+    for flag in ("--model", "--host", "--port", "--config", "--set", "--detach"):
+        assert flag in help_text, (entry, flag)
+    r = subprocess.run(cmd + ["--model", str(ROOT), "--set", "max_batch_sise=3"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 2 and "max_batch_sise" in r.stderr, r.stderr
 
 
 def test_token_sources(tmp_path):
@@ -206,6 +249,10 @@ def test_http_scores_equal_in_process_scorer(open_url, client, tiny_model, sampl
     assert any(x["flags"]["copied"] for x in body["results"][:6]), "training reviews should be flagged as copies"
     assert body["results"][-2]["flags"]["copied"] is False
     assert body["results"][-1]["flags"]["pii"]["email"] == 1 and body["results"][-1]["flags"]["has_pii"]
+    assert "pii" in body["results"][-1]["reasons"] and body["results"][-2]["reasons"] == []
+    # flags and reasons are the output filter's verdict, as the replica's scoring function gives it
+    local_results = score_reviews(local, replica_filter(ServeConfig(), local), sample_reviews)
+    assert [(x["flags"], x["reasons"]) for x in body["results"]] == [(x["flags"], x["reasons"]) for x in local_results]
     info = client.get(f"{open_url}/v1/model").json()
     assert info["model_version"] == local.version and info["auth"] is False
     assert info["config"]["max_text_chars"] == LIMITS["max_text_chars"]

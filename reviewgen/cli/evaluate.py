@@ -34,13 +34,14 @@ def evaluate(
     """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
     from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.data.corpus import DataError
-    from reviewgen.evaluate.report import run_evaluation
+    from reviewgen.evaluate.run import EvalConfig, run_evaluation
 
     try:
-        run_evaluation(model, data, out, baseline_dir=baseline, temperatures=floats(temperatures),
-                       n_products=products, samples_per_product=samples_per_product,
-                       seeds=tuple(int(s) for s in floats(seeds)), top_p=top_p, copy_span=copy_span,
-                       recalibrate=recalibrate, embeddings=embeddings, fast=fast, device=device, log=log)
+        cfg = EvalConfig(temperatures=floats(temperatures), n_products=products,
+                         samples_per_product=samples_per_product, seeds=tuple(int(s) for s in floats(seeds)),
+                         top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
+                         fast=fast, device=device)
+        run_evaluation(model, data, out, cfg, baseline_dir=baseline, log=log)
     except (CheckpointError, DataError, *USER_ERRORS) as e:
         fail(e)
     log(f"report written to {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -72,6 +73,4 @@ def export(
         d = export_model(checkpoint, out)
     except (CheckpointError, *USER_ERRORS) as e:
         fail(e)
-    import json
-
     log(f"exported {d} (version {json.loads((d / 'meta.json').read_text())['version']})")

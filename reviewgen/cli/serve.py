@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -16,15 +16,18 @@ def serve(
                              "set REVIEWGEN_API_TOKEN before exposing it."),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     config: Optional[Path] = typer.Option(None, "--config", help="Serve YAML (ServeConfig fields: batching, request "
-                                          "limits, autoscaling, CPU/GPU per replica)."),
+                                          "limits, autoscaling, CPU/GPU per replica), at top level or under serve:."),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override one ServeConfig field, "
+                                   "repeatable, e.g. --set max_batch_size=16 --set copy_check=false."),
     detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C."),
 ):
     """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /docs."""
+    from reviewgen.core.config import parse_set_options
+    from reviewgen.serve.config import ServeConfig
     from reviewgen.serve.app import run_server
-    from reviewgen.serve.api import ServeConfig
 
     try:
-        cfg = ServeConfig.from_yaml(config) if config else None
+        cfg = (ServeConfig.from_yaml(config) if config else ServeConfig()).with_overrides(parse_set_options(set_))
         run_server(str(model), host=host, port=port, config=cfg, blocking=not detach, log=log)
     except USER_ERRORS as e:
         fail(e)

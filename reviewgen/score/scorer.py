@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.device import pick_device
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
 from reviewgen.score.calibration import apply_calibration
@@ -27,17 +29,16 @@ def review_conditions(reviews: Sequence[dict[str, Any]]) -> list[Condition]:
 
 
 class Scorer:
-    """Loads a model directory once; scores batches of reviews."""
+    """Loads a model directory once; scores batches of reviews. Exposes the model's tokenizer (`tok`), version,
+    calibration and n-gram index path (`ngram_path`, for the output filter's copy check)."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
-        from reviewgen.core.checkpoint import load_checkpoint
-        from reviewgen.core.device import pick_device
-
         self.device = pick_device(device)
         self.ckpt = load_checkpoint(model_dir, self.device)
         self.tok, self.D = self.ckpt.tokenizer, self.ckpt.discriminator
         self.calibration = self.ckpt.calibration
         self.version = self.ckpt.version
+        self.ngram_path = self.ckpt.ngram_path
 
     def score(self, reviews: Sequence[dict[str, Any]], batch_size: int = 64) -> dict[str, np.ndarray]:
         """{"p_human": calibrated [N], "logit": raw [N], "rating_pred": [N]} for review dicts."""

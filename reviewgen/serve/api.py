@@ -1,4 +1,5 @@
-"""The scoring HTTP API (FastAPI), independent of Ray: config, request/response models, auth, limits.
+"""The scoring HTTP API (FastAPI), independent of Ray: request/response models, auth, limits (settings:
+`reviewgen.serve.config`).
 
 `reviewgen.serve.app` builds this app inside each Serve replica (late-bound ingress), so the request models
 carry the configured limits and show them in the OpenAPI schema. The app talks to its backend through a
@@ -12,159 +13,21 @@ Error shape (every 4xx/5xx this app produces):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import json
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-TOKEN_ENV = "REVIEWGEN_API_TOKEN"
-TOKEN_FILE_ENV = "REVIEWGEN_API_TOKEN_FILE"
+from reviewgen.serve.config import ServeConfig
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 KNOWN_ROUTES = frozenset({"/healthz", "/readyz", "/v1/score", "/v1/model", "/v1/stats", "/docs", "/openapi.json"})
-
-
-class ServeConfigError(ValueError):
-    """A bad serving configuration (names the field)."""
-
-
-@dataclass
-class ServeConfig:
-    """Everything configurable about the scoring endpoint (batching, limits, scaling, resources)."""
-
-    # batching
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.01
-    max_ongoing_requests: int = 64
-    # request limits
-    max_reviews_per_request: int = 64
-    max_text_chars: int = 4000
-    max_field_chars: int = 512
-    max_body_bytes: int = 1_048_576
-    request_timeout_s: float = 30.0
-    # flags
-    copy_check: bool = True
-    copy_min_span: int | None = None
-    pii_check: bool = True
-    log_review_text: bool = False
-    # autoscaling (Serve autoscaling_config)
-    min_replicas: int = 1
-    max_replicas: int = 4
-    target_ongoing_requests: float = 8
-    upscale_delay_s: float = 10.0
-    downscale_delay_s: float = 120.0
-    metrics_interval_s: float | None = None
-    look_back_period_s: float | None = None
-    # resources (Serve ray_actor_options)
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    device: str | None = None
-    env_vars: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ServeConfigError naming the first bad field."""
-        positive = ("max_batch_size", "max_ongoing_requests", "max_reviews_per_request", "max_text_chars",
-                    "max_field_chars", "max_body_bytes", "request_timeout_s", "max_replicas",
-                    "target_ongoing_requests")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ServeConfigError(f"serve config: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("batch_wait_timeout_s", "upscale_delay_s", "downscale_delay_s", "num_cpus", "num_gpus",
-                     "min_replicas"):
-            if getattr(self, name) < 0:
-                raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.min_replicas > self.max_replicas:
-            raise ServeConfigError(f"serve config: min_replicas ({self.min_replicas}) > max_replicas "
-                                   f"({self.max_replicas})")
-        if self.max_ongoing_requests < self.max_batch_size:
-            # A replica never sees more than max_ongoing_requests at once, so bigger batches can't form.
-            raise ServeConfigError(f"serve config: max_ongoing_requests ({self.max_ongoing_requests}) must be "
-                                   f">= max_batch_size ({self.max_batch_size})")
-        if not isinstance(self.env_vars, dict) or not all(isinstance(v, str) for v in self.env_vars.values()):
-            raise ServeConfigError("serve config: env_vars must map names to strings")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> ServeConfig:
-        """Build from a plain dict; unknown keys are an error that names them."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ServeConfigError(f"serve config: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ServeConfig:
-        """Read a YAML mapping (optionally under a top-level `serve:` key)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ServeConfigError(f"{path}: expected a mapping of serve config fields")
-        try:
-            return cls.from_dict(data.get("serve", data))
-        except (ServeConfigError, TypeError) as e:
-            raise ServeConfigError(f"{path}: {e}") from e
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON/YAML friendly)."""
-        return dataclasses.asdict(self)
-
-    def public_dict(self) -> dict[str, Any]:
-        """to_dict() without env var values (they may hold secrets)."""
-        d = self.to_dict()
-        d["env_vars"] = sorted(self.env_vars)
-        return d
-
-    def autoscaling_config(self) -> dict[str, Any]:
-        """Serve autoscaling_config."""
-        out: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                               "target_ongoing_requests": self.target_ongoing_requests,
-                               "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
-        for name in ("metrics_interval_s", "look_back_period_s"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        return out
-
-    def ray_actor_options(self) -> dict[str, Any]:
-        """Serve ray_actor_options (num_gpus and runtime_env only when used)."""
-        out: dict[str, Any] = {"num_cpus": self.num_cpus}
-        if self.num_gpus:
-            out["num_gpus"] = self.num_gpus
-        if self.env_vars:
-            out["runtime_env"] = {"env_vars": dict(self.env_vars)}
-        return out
-
-
-def load_api_token(environ: dict[str, str] | None = None) -> str | None:
-    """The configured bearer token: $REVIEWGEN_API_TOKEN, else the file named by $REVIEWGEN_API_TOKEN_FILE.
-
-    A named token file that cannot be read is an error (never silently run without auth)."""
-    env = os.environ if environ is None else environ
-    token = (env.get(TOKEN_ENV) or "").strip()
-    if token:
-        return token
-    path = (env.get(TOKEN_FILE_ENV) or "").strip()
-    if not path:
-        return None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as e:
-        raise ServeConfigError(f"{TOKEN_FILE_ENV}={path}: cannot read token file ({e})") from e
-    if not token:
-        raise ServeConfigError(f"{TOKEN_FILE_ENV}={path}: token file is empty")
-    return token
 
 
 class ScoreBackend(Protocol):
@@ -257,6 +120,9 @@ class ReviewScore(BaseModel):
     p_human: float = Field(description="calibrated probability that a human wrote the review")
     rating_pred: int = Field(description="predicted star rating 1..5")
     flags: Flags
+    reasons: list[str] = Field(default_factory=list, description="the output filter's failed rules, in its order "
+                               "(empty, broken_text, too_short, too_long, pii, language_mismatch, memorized, "
+                               "low_score); reported only, never rejected")
 
 
 class ScoreResponse(BaseModel):

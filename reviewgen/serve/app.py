@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -17,11 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
 from ray import serve
+from ray.serve import metrics
 
 from reviewgen.infra.runtime import ensure_ray
-from reviewgen.serve.api import (TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token,
-                                 log_record, make_api)
+from reviewgen.score.scorer import Scorer
+from reviewgen.serve.api import log_record, make_api
+from reviewgen.serve.config import TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token
+from reviewgen.serve.scoring import replica_filter, score_reviews
 
 DEPLOYMENT_NAME = "Scorer"
 APP_NAME = "scorer"
@@ -42,19 +47,11 @@ class ScorerDeployment:
     """One replica: loads the exported model once, batches concurrent requests into model calls."""
 
     def __init__(self, model_dir: str, config: dict[str, Any] | None = None):
-        import ray
-        from ray.serve import metrics
-
-        from reviewgen.core.memorization import NGramIndex
-        from reviewgen.score.scorer import Scorer
-
         self.cfg = ServeConfig.from_dict(config)
         self.model_dir = str(model_dir)
         self.token = load_api_token()
         self.scorer = Scorer(self.model_dir, device=self.cfg.device)
-        ngram_path = self.scorer.ckpt.ngram_path
-        self.index = NGramIndex.load(ngram_path) if (self.cfg.copy_check and ngram_path) else None
-        self.copy_threshold = (self.cfg.copy_min_span or self.index.n) if self.index else None
+        self.filter = replica_filter(self.cfg, self.scorer)
         self._score_batch.set_max_batch_size(self.cfg.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self.actor_name = ray.get_runtime_context().get_actor_name()
@@ -73,7 +70,7 @@ class ScorerDeployment:
         self.m_reviews = metrics.Counter("reviewgen_reviews_scored_total", "reviews scored")
         self._loaded = True
         logger.info(log_record("replica_ready", model_version=self.scorer.version, auth=self.token is not None,
-                               copy_check=self.index is not None, replica=self.actor_name))
+                               copy_check=self.filter.ngrams is not None, replica=self.actor_name))
 
     def __serve_build_asgi_app__(self):
         """Late-bound ingress: the app is built per replica so its models carry this config's limits."""
@@ -90,10 +87,11 @@ class ScorerDeployment:
 
     def model_info(self) -> dict[str, Any]:
         calib = self.scorer.calibration or {}
+        index = self.filter.ngrams
         return {"model_version": self.scorer.version, "model_dir": self.model_dir,
                 "calibration": {k: calib[k] for k in ("scale", "bias") if k in calib},
-                "copy_index": {"n": self.index.n, "size": len(self.index), "threshold": self.copy_threshold}
-                if self.index else None,
+                "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.copy_threshold}
+                if index is not None else None,
                 "tokenizer": {"prefix_len": self.scorer.tok.prefix_len,
                               "max_review_len": self.scorer.tok.max_review_len},
                 "config": self.cfg.public_dict(), "auth": self.token is not None}
@@ -142,21 +140,7 @@ class ScorerDeployment:
         return out
 
     def _score_sync(self, reviews: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from reviewgen.core.text import find_pii
-
-        res = self.scorer.score(reviews, batch_size=max(64, len(reviews)))
-        spans: list[int | None] = [None] * len(reviews)
-        if self.index is not None:
-            ids = self.scorer.tok.review_token_lists([r["text"] for r in reviews])
-            spans = [self.index.longest_copy(x) for x in ids]
-        out = []
-        for i, r in enumerate(reviews):
-            pii = find_pii(r["text"]) if self.cfg.pii_check else None
-            out.append({"p_human": float(res["p_human"][i]), "rating_pred": int(res["rating_pred"][i]),
-                        "flags": {"copy_span": spans[i],
-                                  "copied": None if spans[i] is None else spans[i] >= self.copy_threshold,
-                                  "pii": pii, "has_pii": None if pii is None else any(pii.values())}})
-        return out
+        return score_reviews(self.scorer, self.filter, reviews)
 
 
 def build_app(model_dir: str | Path, config: ServeConfig | None = None):
@@ -235,7 +219,7 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
         if os.environ.get(name) and name not in env:
             env[name] = os.environ[name]
             break
-    cfg = ServeConfig.from_dict({**cfg.to_dict(), "env_vars": env})
+    cfg = dataclasses.replace(cfg, env_vars=env)
     if token is None and not _is_loopback(host):
         log(f"WARNING: serving on {host} without auth; set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
             f"or bind to 127.0.0.1")

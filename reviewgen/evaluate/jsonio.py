@@ -1,0 +1,30 @@
+"""JSON output of the evaluation (metrics.json, a refitted calibration.json): numpy-aware, atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def json_default(o: Any) -> Any:
+    """`json.dumps` fallback for numpy scalars and arrays and paths."""
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` through a temporary file, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=json_default))
+    os.replace(tmp, path)

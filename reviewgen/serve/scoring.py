@@ -1,0 +1,38 @@
+"""What one Serve replica computes for a batch of reviews, without Ray: calibrated scores plus the verdict
+of the one output filter (`reviewgen.score.filter`), so the endpoint's flags match the nightly job's and
+`reviewgen evaluate`'s verdicts on the same review."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from reviewgen.core.memorization import NGramIndex
+from reviewgen.score.filter import FilterConfig, ReviewFilter
+from reviewgen.score.scorer import Scorer
+from reviewgen.serve.config import ServeConfig
+
+
+def filter_config(cfg: ServeConfig, ngram_n: int | None = None) -> FilterConfig:
+    """The output filter's rules for the endpoint: copy and PII checks as the serve config sets them. A
+    copy_min_span below the model's n-gram size `ngram_n` counts as that size (no shorter copy is visible)."""
+    span = cfg.copy_min_span
+    if span is not None and ngram_n is not None:
+        span = max(span, ngram_n)
+    return FilterConfig(check_copy=cfg.copy_check, max_copy_span=span, check_pii=cfg.pii_check)
+
+
+def replica_filter(cfg: ServeConfig, scorer: Scorer) -> ReviewFilter:
+    """The filter a replica builds once: the model directory's tokenizer and n-gram index (`ngrams.npy`)."""
+    path = scorer.ngram_path
+    index = NGramIndex.load(path) if (cfg.copy_check and path is not None) else None
+    return ReviewFilter(filter_config(cfg, index.n if index is not None else None), scorer.tok, index)
+
+
+def score_reviews(scorer: Scorer, review_filter: ReviewFilter, reviews: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per review dict: p_human, rating_pred, the filter's `flags` and its `reasons` (the
+    review's own `language`, when given, is the one checked)."""
+    res = scorer.score(reviews, batch_size=max(64, len(reviews)))
+    verdicts = review_filter.check([r.get("text") for r in reviews], languages=[r.get("language") for r in reviews],
+                                   scores=[float(p) for p in res["p_human"]])
+    return [{"p_human": float(p), "rating_pred": int(rp), "flags": v.flags(), "reasons": list(v.reasons)}
+            for p, rp, v in zip(res["p_human"], res["rating_pred"], verdicts)]
