@@ -18,7 +18,6 @@ DATA_LOADERS = ("ray_data", "sharded_memory")
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs")
 STOP_PHASES = ("mle", "disc", "adv")
 DEFAULT_NAME = "reviewgen-train"
-STORAGE_HELP = "Default: OUT/runs."
 
 
 class TrainJobError(ValueError):
