@@ -47,9 +47,9 @@ def _setup(config_name: str, mle_steps: int | None = None) -> dict[str, Any]:
     cfg = RunConfig.from_yaml(BENCH_DIR.parent / "configs" / config_name)
     tok = fit_tokenizer(train_df, cfg)
     cats = build_categories(train_df, cfg.discriminator.n_categories)
-    cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(cats))
+    cfg = cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(cats))
     if mle_steps:
-        cfg.override({"train.mle_steps": mle_steps})
+        cfg = cfg.override({"train.mle_steps": mle_steps})
     return {"cfg": cfg, "tok": tok, "tok_json": tok.tok.to_str(), "categories": cats,
             "data": encode_frame(train_df, tok, cats)}
 

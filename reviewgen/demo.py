@@ -62,12 +62,14 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     t = time.time()
     cfg = RunConfig.from_yaml(config)
     if quick:
-        cfg.override({"train.mle_steps": 40, "train.disc_warmup_steps": 10, "train.adv_steps": 10,
-                      "train.eval_every": 20, "train.checkpoint_every": 20, "train.log_every": 10})
+        cfg = cfg.override({"train.mle_steps": 40, "train.disc_warmup_steps": 10, "train.adv_steps": 10,
+                            "train.eval_every": 20, "train.checkpoint_every": 20, "train.log_every": 10})
     from reviewgen.train.distributed import run_distributed_training
+    from reviewgen.train.job import TrainJobConfig
 
-    model_dir = run_distributed_training(data_dir, out / "model", cfg, num_workers=num_workers,
-                                         storage_path=str(out / "ray_results"), name="demo", log=log)
+    job = TrainJobConfig(data_dir=data_dir, out=out / "model", num_workers=num_workers,
+                         storage_path=str(out / "ray_results"), name="demo")
+    model_dir = run_distributed_training(job, cfg, log=log)
     times["train_s"] = time.time() - t
 
     log("== 3/5 generate on Ray Data for products the model never saw")

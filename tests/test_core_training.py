@@ -25,7 +25,7 @@ def setup(prepared_data, tiny_config):
     train = load_split(prepared_data, "train")
     tok = fit_tokenizer(train, cfg)
     cats = build_categories(train, cfg.discriminator.n_categories)
-    cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(cats))
+    cfg = cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(cats))
     data = encode_frame(train.head(2000), tok, cats)
     return cfg, tok, cats, data
 
@@ -82,7 +82,7 @@ def test_save_load_identical_outputs_and_resume(setup, tmp_path):
     tr, batches = new_trainer(setup, mle_steps=3, disc_warmup_steps=2, adv_steps=4)
     for _ in range(6):  # into the adversarial phase: optimizer states, reference, replay all populated
         tr.train_step(next(batches))
-    tr.save(tmp_path / "ck", loader_state=batches.state_dict())
+    tr.save(tmp_path / "ck", run_state={"loader": batches.state_dict()})
     ck = load_checkpoint(tmp_path / "ck")
     ids = next(batches)["ids"]
     with torch.no_grad():
@@ -91,12 +91,11 @@ def test_save_load_identical_outputs_and_resume(setup, tmp_path):
 
     # resume: a fresh trainer continues at the same phase/step with the same optimizer state and RNG
     tr2, batches2 = new_trainer(setup, mle_steps=3, disc_warmup_steps=2, adv_steps=4)
-    batches2.load_state_dict(tr2.resume_from(tmp_path / "ck"))
+    batches2.load_state_dict(tr2.resume_from(tmp_path / "ck")["loader"])
     assert (tr2.phase, tr2.step, tr2.global_step) == (tr.phase, tr.step, tr.global_step)
     s1, s2 = tr.opt_g.state_dict()["state"], tr2.opt_g.state_dict()["state"]
     assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
     batches.load_state_dict(batches2.state_dict())
-    torch.set_rng_state(tr2.state_dict()["rng_cpu"])
     r1 = tr.train_step(next(batches))
     r2 = tr2.train_step(next(batches2))
     assert r1.metrics["g_loss"] == pytest.approx(r2.metrics["g_loss"], rel=1e-5)
@@ -215,3 +214,98 @@ def test_discriminator_starts_from_generator_when_shapes_match(setup):
     other, b2 = new_trainer(setup, mle_steps=1)
     other.train_step(next(b2))
     assert other.phase == "disc" and not torch.equal(other.D.tok_emb.weight, other.G.tok_emb.weight)
+
+
+def test_trainer_leaves_the_global_rng_alone_and_owns_its_own(setup):
+    """Dropout draws from the trainer's own generator: the caller's global RNG state is untouched, and the
+    training is the same whatever state the caller left the global RNG in."""
+    runs = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        cfg, tok, cats, data = setup
+        cfg = RunConfig.from_dict(cfg.to_dict()).override({"generator.dropout": 0.3, "discriminator.dropout": 0.3,
+                                                           "train.mle_steps": 2, "train.disc_warmup_steps": 1})
+        tr, batches = GANTrainer(cfg, tok, cats), TensorBatches(data, cfg.train.batch_size, cfg.train.seed)
+        for _ in range(4):
+            tr.train_step(next(batches))
+        assert torch.equal(torch.get_rng_state(), before), "the trainer changed the global RNG state"
+        runs.append((params_of(tr.G), tr.state_dict()["rng_cpu"]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_time_boxed_train_leaves_a_model_that_samples_and_reruns_continue(prepared_data, tmp_path):
+    """`reviewgen train --max-minutes` (tiny) stops in the MLE phase and still leaves a usable model."""
+    from typer.testing import CliRunner
+
+    from reviewgen.cli import app
+    from conftest import TINY_CONFIG
+
+    out = tmp_path / "m"
+    args = ["train", "--data", str(prepared_data), "--out", str(out), "--config", str(TINY_CONFIG),
+            "--max-minutes", "0.0001", "--set", "train.mle_steps=500", "--set", "train.checkpoint_every=1000"]
+    runner = CliRunner()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["phase"], meta["complete"], meta["role"]) == ("mle", False, "partial")
+    assert (out / "calibration.json").is_file() and (out / "ngrams.npy").is_file()
+    state = json.loads((out / "state" / "meta.json").read_text())
+    assert state["global_step"] == meta["global_step"] >= 1
+    r = runner.invoke(app, ["sample", "--model", str(out), "--title", "Echo Dot", "--rating", "5", "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert "p_human" in r.output or len(r.output.strip().splitlines()) >= 2
+
+    r = runner.invoke(app, args)  # the same command again continues from OUT/state
+    assert r.exit_code == 0, r.output
+    steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["global_step"] for s in steps] == list(range(1, len(steps) + 1)), "each step logged once"
+    assert steps[-1]["resumes"] == 1 and json.loads((out / "meta.json").read_text())["global_step"] > meta["global_step"]
+
+
+def test_set_and_yaml_job_section_reach_the_configs(tmp_path):
+    from reviewgen.train.job import load_train_job
+
+    y = tmp_path / "run.yaml"
+    y.write_text("train: {mle_steps: 5}\njob: {num_workers: 3, keep_checkpoints: 4, max_minutes: 2}\n")
+    cfg, job = load_train_job(y, ["train.mle_steps=7", "generator.n_layer=3", "job.keep_checkpoints=5"],
+                              job_flags={"num_workers": None, "max_minutes": 0.5, "data_dir": tmp_path},
+                              run_flags={"train.seed": 9})
+    assert (cfg.train.mle_steps, cfg.generator.n_layer, cfg.train.seed) == (7, 3, 9)
+    assert (job.num_workers, job.keep_checkpoints, job.max_minutes, job.data_dir) == (3, 5, 0.5, tmp_path)
+    assert RunConfig.from_yaml(y).train.mle_steps == 5  # the run config ignores the job section
+    with pytest.raises(ConfigError, match="mle_stepz"):
+        load_train_job(None, ["train.mle_stepz=1"])
+    y.write_text("job: {num_workerz: 2}\n")
+    with pytest.raises(ConfigError, match="num_workerz"):
+        load_train_job(y)
+    y.write_text("trainn: {mle_steps: 2}\n")
+    with pytest.raises(ConfigError, match="trainn"):
+        load_train_job(y)
+
+
+def test_run_config_is_frozen_and_override_copies():
+    cfg = RunConfig()
+    with pytest.raises(Exception):
+        cfg.train.mle_steps = 3  # type: ignore[misc]
+    new = cfg.override({"train.mle_steps": 3})
+    assert (cfg.train.mle_steps, new.train.mle_steps) == (RunConfig().train.mle_steps, 3)
+    fin = new.finalize(vocab_size=123, n_categories=5)
+    assert (fin.generator.vocab_size, fin.discriminator.n_categories, new.generator.vocab_size) == (123, 5, 4000)
+
+
+def test_job_script_is_the_train_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), "--help"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--max-minutes", "--set", "--num-workers", "--storage-path", "--stop-after-phase"):
+        assert flag in r.stdout, flag
+    assert len((ROOT / "jobs" / "train.py").read_text().splitlines()) < 40

@@ -1,9 +1,9 @@
-"""`reviewgen train`: the GAN, in this process or as a Ray Train job."""
+"""`reviewgen train`: the GAN, in this process or as a Ray Train job (`jobs/train.py` runs this command)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -11,28 +11,39 @@ from reviewgen.cli.common import log, fail, USER_ERRORS
 
 
 def train(
-    data: Path = typer.Option(..., "--data", help="Directory written by `reviewgen prepare`."),
-    out: Path = typer.Option(..., "--out", help="Output model directory (final model; mle/ holds the MLE baseline)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/). Default: built-in defaults."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after M minutes with a resumable "
-                                                "state (in-process mode); rerun the same command to continue."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Ray Train data-parallel workers. 0 = train in this "
-                                    "process without Ray. The global batch is train.batch_size x num_workers."),
-    use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray Train worker (bf16 autocast)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Directory written by `reviewgen prepare` (required "
+                                        "unless the config's job: section names data_dir)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output model directory (the model; mle/ holds the MLE "
+                                       "baseline, state/ the resumable state, metrics.jsonl the step log)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/); its optional job: "
+                                          "section sets this command's options. Default: built-in defaults."),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Config override, repeatable, e.g. "
+                                   "--set train.mle_steps=100 or --set job.keep_checkpoints=3 (after --config, "
+                                   "before the other flags)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget: stop after M minutes "
+                                                "and still leave a usable model at OUT (phase and complete=false "
+                                                "in meta.json) beside the resumable state; rerun to continue."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Ray Train data-parallel workers. 0 "
+                                              "(default) = train in this process without Ray. The global batch "
+                                              "is train.batch_size x num_workers."),
+    use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray Train worker (in-process: cuda)."),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Ray Train storage for checkpoints: a "
-                                               "local/NFS dir, s3:// or gs://. Default: OUT/ray."),
-    name: Optional[str] = typer.Option(None, "--name", help="Ray Train run name; rerunning the same name and "
-                                       "storage path resumes from its latest checkpoint."),
-    maxfailures: int = typer.Option(1, "--max-failures", help="Worker-group restarts allowed after a failure."),
-    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Ray Train checkpoints kept (last K)."),
+                                               "local/NFS dir, s3:// or gs://. Default: OUT/runs."),
+    name: Optional[str] = typer.Option(None, "--name", help="Ray Train run name (default reviewgen-train); "
+                                       "rerunning the same name and storage path resumes from its latest checkpoint."),
+    max_failures: Optional[int] = typer.Option(None, "--max-failures", help="Worker-group restarts allowed after "
+                                               "a failure (default 1)."),
+    keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="Ray Train checkpoints kept "
+                                                   "(last K; default 2)."),
     resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Start from this training checkpoint dir "
                                                "(e.g. OUT/mle). Ray Train mode."),
-    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="CPUs reserved per Ray Train worker."),
-    data_loader: str = typer.Option("ray_data", "--data-loader", help="ray_data: streamed Ray Dataset shards; "
-                                    "sharded_memory: in-memory slices of one global batch (exact 1-vs-N worker "
-                                    "equivalence; small data only)."),
-    stop_after_phase: Optional[str] = typer.Option(None, "--stop-after-phase", help="Ray Train mode: stop "
-                                                   "(resumably) after this phase ends: mle, disc or adv."),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs reserved per Ray Train "
+                                                    "worker (default 1)."),
+    data_loader: Optional[str] = typer.Option(None, "--data-loader", help="ray_data (default): streamed Ray Dataset "
+                                              "shards; sharded_memory: in-memory slices of one global batch (exact "
+                                              "1-vs-N worker equivalence; small data only)."),
+    stop_after_phase: Optional[str] = typer.Option(None, "--stop-after-phase", help="Stop (resumably, with a "
+                                                   "usable model at OUT) after this phase ends: mle, disc or adv."),
     mle_steps: Optional[int] = typer.Option(None, help="Override train.mle_steps."),
     disc_steps: Optional[int] = typer.Option(None, help="Override train.disc_warmup_steps."),
     adv_steps: Optional[int] = typer.Option(None, help="Override train.adv_steps."),
@@ -42,31 +53,31 @@ def train(
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
     from reviewgen.core.checkpoint import CheckpointError
-    from reviewgen.core.config import ConfigError, RunConfig
+    from reviewgen.core.config import ConfigError
     from reviewgen.data.corpus import DataError
-    from reviewgen.train.distributed import TrainJobError
+    from reviewgen.train.job import TrainJobError, load_train_job
 
     try:
-        cfg = RunConfig.from_yaml(config) if config else RunConfig()
-        cfg.override({"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
+        cfg, job = load_train_job(config, set_, job_flags={
+            "data_dir": data, "out": out, "max_minutes": max_minutes, "num_workers": num_workers,
+            "use_gpu": use_gpu or None, "storage_path": storage_path, "name": name, "max_failures": max_failures,
+            "keep_checkpoints": keep_checkpoints, "resume_from": resume_from, "cpus_per_worker": cpus_per_worker,
+            "data_loader": data_loader, "stop_after_phase": stop_after_phase, "device": device,
+        }, run_flags={"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
                       "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
-        cfg.validate()
-        if num_workers > 0:
+        if job.num_workers > 0:
             from reviewgen.train.distributed import run_distributed_training
 
-            final = run_distributed_training(data, out, cfg, num_workers=num_workers, use_gpu=use_gpu,
-                                             storage_path=storage_path, name=name, maxfailures=maxfailures,
-                                             keep_checkpoints=keep_checkpoints, resume_from=resume_from,
-                                             cpus_per_worker=cpus_per_worker, data_loader=data_loader,
-                                             stop_after_phase=stop_after_phase, log=log)
+            final = run_distributed_training(job, cfg, log=log)
         else:
-            if use_gpu:
-                device = device or "cuda"
             from reviewgen.train.trainer import train_local
 
-            if resume_from:
-                fail(ValueError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state"))
-            final = train_local(data, out, cfg, max_minutes=max_minutes, device=device, log=log)
+            job.validate()
+            if job.resume_from:
+                raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
+            final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
+                                device=job.device or ("cuda" if job.use_gpu else None), log=log,
+                                stop_after_phase=job.stop_after_phase)
     except (ConfigError, DataError, CheckpointError, TrainJobError, *USER_ERRORS) as e:
         fail(e)
     log(f"done: {final}")

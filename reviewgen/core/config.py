@@ -6,26 +6,28 @@ A config file mirrors the dataclasses:
     discriminator: {n_layer: 2}
     train: {mle_steps: 600, batch_size: 32}
     tokenizer: {vocab_size: 4000}
+    job: {num_workers: 2}          # optional: the train job's settings (TrainJobConfig)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+JOB_SECTION = "job"  # the run YAML's optional section for the train job's settings
 
 
 class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key or file."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TokenizerConfig:
     vocab_size: int = 4000
     min_frequency: int = 2
@@ -33,7 +35,7 @@ class TokenizerConfig:
     max_review_len: int = 96  # review tokens incl. <eos>, right-padded
 
 
-@dataclass
+@dataclass(frozen=True)
 class GeneratorConfig:
     vocab_size: int = 4000
     block_size: int = 136  # prefix_len + max_review_len
@@ -43,7 +45,7 @@ class GeneratorConfig:
     dropout: float = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiscriminatorConfig:
     vocab_size: int = 4000
     block_size: int = 136
@@ -55,7 +57,7 @@ class DiscriminatorConfig:
     n_categories: int = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
     batch_size: int = 32  # per worker; global batch = batch_size * num_workers
@@ -92,7 +94,7 @@ class TrainConfig:
     ngram_n: int = 8  # memorisation index window
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """The whole configuration of a training run."""
 
@@ -102,16 +104,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def finalize(self, vocab_size: int | None = None, n_categories: int | None = None) -> "RunConfig":
-        """Propagate values that must agree between sections (vocab, block size, categories)."""
+        """A copy with the values that must agree between sections propagated (vocab, block size,
+        categories); validated."""
         block = self.tokenizer.prefix_len + self.tokenizer.max_review_len
         v = vocab_size or self.tokenizer.vocab_size
-        for m in (self.generator, self.discriminator):
-            m.vocab_size = v
-            m.block_size = block
+        disc = replace(self.discriminator, vocab_size=v, block_size=block)
         if n_categories is not None:
-            self.discriminator.n_categories = n_categories
-        self.validate()
-        return self
+            disc = replace(disc, n_categories=n_categories)
+        cfg = replace(self, generator=replace(self.generator, vocab_size=v, block_size=block), discriminator=disc)
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid key."""
@@ -135,34 +137,21 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "RunConfig":
-        """Build from nested dicts; unknown keys are errors (typos must not pass silently)."""
-        sections = {f.name: f for f in fields(cls)}
-        unknown = set(d) - set(sections)
-        if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(sections)}")
-        kwargs = {}
-        for name, f in sections.items():
-            sec_cls = f.default_factory  # type: ignore[misc]
-            kwargs[name] = _build_section(sec_cls, d.get(name) or {}, f"{source}:{name}")
-        return cls(**kwargs)
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "RunConfig":
+        """Build from nested dicts; unknown sections and keys are errors (typos must not pass silently)."""
+        return config_from_dict(cls, d, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        """Load a YAML config file."""
-        return cls.from_dict(read_yaml_mapping(path), source=str(path))
+        """Load a run YAML file. Its optional `job:` section holds the train job's settings (read by the
+        train job's own config); any other unknown section is an error."""
+        data = read_yaml_mapping(path)
+        data.pop(JOB_SECTION, None)
+        return config_from_dict(cls, data, source=str(path))
 
-    def override(self, dotted: dict[str, Any]) -> "RunConfig":
-        """Apply `{"train.mle_steps": 10}`-style overrides (from CLI flags)."""
-        for key, value in dotted.items():
-            if value is None:
-                continue
-            sec_name, _, attr = key.partition(".")
-            sec = getattr(self, sec_name, None)
-            if sec is None or not hasattr(sec, attr):
-                raise ConfigError(f"unknown config key {key!r}")
-            setattr(sec, attr, value)
-        return self
+    def override(self, dotted: Mapping[str, Any], source: str = "flag") -> "RunConfig":
+        """A copy with `{"train.mle_steps": 10}`-style overrides applied (None values are skipped)."""
+        return with_overrides(self, dotted, source)
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -277,6 +266,3 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
     return out
 
-
-def _build_section(sec_cls, values: dict[str, Any], where: str):
-    return config_from_dict(sec_cls, values, where)

@@ -1,14 +1,15 @@
 """Training: MLE pretraining, discriminator warm-up, adversarial training.
 
-`GANTrainer` owns the models, optimizers and phase state, and advances one step at a time from whatever
-batch iterator it is given; `train_local` drives it in one process. The Ray Train path
-(`reviewgen.train.distributed`) drives the same trainer inside each worker with DDP-wrapped models.
+`GANTrainer` owns the models, optimizers, RNG and phase state, and advances one step at a time from
+whatever batch iterator it is given. `train_local` runs it through the one training loop
+(`reviewgen.train.loop`) in this process with a local sink; the Ray Train path
+(`reviewgen.train.distributed`) runs the same loop inside each worker with DDP-wrapped models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -16,17 +17,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
-from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
+from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
-from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step, val_nll
+from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
+from reviewgen.data.corpus import load_split
+from reviewgen.train.export import data_hash_of, finalize_model
+from reviewgen.train.loop import LoopSettings, StepLog, run_loop
 
 PHASES = ("mle", "disc", "adv", "done")
 
@@ -94,9 +97,15 @@ class GANTrainer:
         self.cfg, self.tok, self.categories = cfg, tok, categories
         self.device = torch.device(device)
         self.rank, self.world = rank, world_size
-        torch.manual_seed(cfg.train.seed)
-        self.G = Generator(cfg.generator).to(self.device)
-        self.D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, tok.pad_id).to(self.device)
+        # the trainer's own RNG (dropout): swapped in around each step, so the caller's global RNG is
+        # never touched, and saved with the training state
+        self.rng = torch.Generator().manual_seed(cfg.train.seed)
+        self._cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self._cuda):
+            torch.manual_seed(cfg.train.seed)  # scoped: model init draws from the forked global RNG
+            self.G = Generator(cfg.generator).to(self.device)
+            self.D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, tok.pad_id).to(self.device)
+            self.cuda_rng_state = torch.cuda.get_rng_state(self.device) if self._cuda else None
         wrap = wrap or (lambda m, name: m)
         self.g, self.d = wrap(self.G, "generator"), wrap(self.D, "discriminator")
         t = cfg.train
@@ -114,6 +123,10 @@ class GANTrainer:
     def phase_length(self, phase: str | None = None) -> int:
         t = self.cfg.train
         return {"mle": t.mle_steps, "disc": t.disc_warmup_steps, "adv": t.adv_steps, "done": 0}[phase or self.phase]
+
+    def has_finished(self, phase: str) -> bool:
+        """Whether `phase` is over (the trainer is in a later phase)."""
+        return PHASES.index(self.phase) > PHASES.index(phase)
 
     def _skip_empty_phases(self) -> None:
         while self.phase != "done" and self.step >= self.phase_length():
@@ -185,10 +198,26 @@ class GANTrainer:
         return out
 
     # -- one step ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _own_rng(self):
+        """Run the block on the trainer's RNG state instead of the caller's global one."""
+        with torch.random.fork_rng(devices=self._cuda):
+            torch.set_rng_state(self.rng.get_state())
+            if self._cuda:
+                torch.cuda.set_rng_state(self.cuda_rng_state, self.device)
+            yield
+            self.rng.set_state(torch.get_rng_state())
+            if self._cuda:
+                self.cuda_rng_state = torch.cuda.get_rng_state(self.device)
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> StepResult:
         """Advance the current phase by one step on `batch` (this worker's rows)."""
         if self.phase == "done":
             raise RuntimeError("training is finished")
+        with self._own_rng():
+            return self._train_step(batch)
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> StepResult:
         t, P = self.cfg.train, self.tk.prefix_len
         self.G.train()
         self.D.train()
@@ -224,15 +253,16 @@ class GANTrainer:
         return StepResult(phase, step, m, done)
 
     # -- state ---------------------------------------------------------------------------------------
-    def state_dict(self, loader_state: dict | None = None) -> dict[str, Any]:
-        """Everything needed to resume, as tensors and primitives (loads with weights_only=True)."""
+    def state_dict(self, run_state: dict | None = None) -> dict[str, Any]:
+        """Everything needed to resume, as tensors and primitives (loads with weights_only=True).
+        `run_state` is the driver's part (loader position, attempt count, time trained)."""
         return {
             "phase": self.phase, "step": self.step, "global_step": self.global_step,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_cpu": self.rng.get_state(),
+            "rng_cuda": [self.cuda_rng_state] if self._cuda else [],
             "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(), "replay_n": self.replay_n,
-            "loader": loader_state or {},
+            "run": run_state or {},
         }
 
     def load_state_dict(self, s: dict[str, Any], generator_sd: dict, discriminator_sd: dict,
@@ -246,30 +276,29 @@ class GANTrainer:
         self.opt_g.load_state_dict(s["opt_g"])
         self.opt_d.load_state_dict(s["opt_d"])
         self.phase, self.step, self.global_step = s["phase"], int(s["step"]), int(s["global_step"])
-        torch.set_rng_state(s["rng_cpu"])
-        if s.get("rng_cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["rng_cuda"])
+        self.rng.set_state(s["rng_cpu"])
+        if s.get("rng_cuda") and self._cuda:
+            self.cuda_rng_state = s["rng_cuda"][0]
         rep = s["replay"]
         self.replay[: len(rep)] = rep
         self.replay_n = int(s["replay_n"])
 
     def resume_from(self, path: str | Path) -> dict:
-        """Load a training checkpoint (with train_state.pt) into this trainer; returns its loader state."""
+        """Load a training checkpoint (with train_state.pt) into this trainer; returns its run state
+        (as given to `save`: loader position, attempts, time trained)."""
         ck = load_checkpoint(path, self.device, train_state=True)
         if ck.train_state is None:
-            from reviewgen.core.checkpoint import CheckpointError
             raise CheckpointError(f"{path}: no train_state.pt, so it cannot be resumed (it is an exported model)")
         self.load_state_dict(ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(),
                              ck.reference_state)
-        return ck.train_state.get("loader", {})
+        return dict(ck.train_state.get("run", {}))
 
-    def save(self, path: str | Path, meta: dict | None = None, loader_state: dict | None = None,
-             **extra) -> Path:
+    def save(self, path: str | Path, meta: dict | None = None, run_state: dict | None = None) -> Path:
         """Write a resumable training checkpoint."""
         meta = dict(meta or {}, phase=self.phase, step=self.step, global_step=self.global_step)
         return save_checkpoint(path, config=self.cfg, categories=self.categories, tokenizer=self.tok,
                                generator=self.G, discriminator=self.D, reference=self.ref, meta=meta,
-                               train_state=self.state_dict(loader_state), **extra)
+                               train_state=self.state_dict(run_state))
 
     def describe(self) -> str:
         return (f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params, "
@@ -278,24 +307,45 @@ class GANTrainer:
 
 # -- single-process driver --------------------------------------------------------------------------
 
-def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int) -> str:
-    """One progress line: phase, step, losses, throughput, ETA."""
-    # the latest step's time: phases cost very differently per step, so a run-long average misleads
-    rate = m.get("step_time_s") or elapsed / max(1, step)
-    eta = remaining_steps * rate
-    keys = ("g_loss", "pg_loss", "kl", "reward", "d_loss", "d_acc", "val_nll")
-    parts = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
-    return (f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} "
-            f"ETA {eta / 60:.1f} min")
+class LocalSink:
+    """The loop's sink in one process: OUT/state (resumable), OUT/mle (baseline), OUT/metrics.jsonl."""
+
+    is_chief = True
+
+    def __init__(self, out: Path, keep_through_step: int, log: Callable[[str], None]):
+        self.out, self.log = out, log
+        path = out / "metrics.jsonl"
+        self.steps = StepLog(lambda: path.read_text() if path.is_file() else None, path.write_text,
+                             keep_through_step)
+
+    def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return dict(metrics)
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def progress(self, msg: str) -> None:
+        self.steps.flush()
+        self.log(msg)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self.steps.add(rec)
+
+    def checkpoint(self, trainer: GANTrainer, run_state: dict, meta: dict, summary: dict,
+                   baseline_meta: dict | None) -> None:
+        trainer.save(self.out / "state", meta=meta, run_state=run_state)
+        if baseline_meta is not None:
+            trainer.save(self.out / "mle", meta=baseline_meta, run_state=run_state)
+        self.steps.flush()
 
 
 def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
-                device: str | None = None, log: Callable[[str], None] = print,
-                resume: bool = True) -> Path:
-    """Train in this process: prepare data, run the three phases, write OUT (the final model),
-    OUT/mle (the MLE baseline), OUT/state (resumable) and OUT/metrics.jsonl."""
-    from reviewgen.data.corpus import load_split
-
+                device: str | None = None, log: Callable[[str], None] = print, resume: bool = True,
+                stop_after_phase: str | None = None) -> Path:
+    """Train in this process and write OUT: the model (final, or partial with its phase in meta.json when
+    the time budget or `stop_after_phase` ends the run first), OUT/mle (the MLE baseline), OUT/state
+    (resumable: the same call continues from it) and OUT/metrics.jsonl."""
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
@@ -309,82 +359,21 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
         ck = None
         tok = fit_tokenizer(train_df, cfg)
         categories = build_categories(train_df, cfg.discriminator.n_categories)
-        cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories))
-    torch.manual_seed(cfg.train.seed)
+        cfg = cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories))
     trainer = GANTrainer(cfg, tok, categories, dev)
-    train_data = encode_frame(train_df, tok, categories)
     val_batches = fixed_batches(encode_frame(val_df, tok, categories), cfg.train.batch_size, cfg.train.val_batches, dev)
-    loader = TensorBatches(train_data, cfg.train.batch_size, cfg.train.seed, dev)
-    if ck is not None:
-        loader.load_state_dict(trainer.resume_from(state_dir))
+    loader = TensorBatches(encode_frame(train_df, tok, categories), cfg.train.batch_size, cfg.train.seed, dev)
+    run = trainer.resume_from(state_dir) if ck is not None else {}
+    if run.get("loader"):
+        loader.load_state_dict(run["loader"])
     log(f"training on {len(train_df)} reviews ({train_df['product_id'].nunique()} products); {trainer.describe()}")
     data_hash = data_hash_of(data_dir)
-    history_path = out / "metrics.jsonl"
-    t_start, deadline = time.time(), (time.time() + 60 * max_minutes) if max_minutes else None
-    t = cfg.train
-    total_steps = t.mle_steps + t.disc_warmup_steps + t.adv_steps
-    last_val = None
-    with open(history_path, "a") as hist:
-        while trainer.phase != "done":
-            res = trainer.train_step(next(loader))
-            m = dict(res.metrics)
-            if res.phase_done or res.step % t.eval_every == 0:
-                last_val = val_nll(trainer.G, val_batches, trainer.tk)
-                m["val_nll"] = last_val
-            hist.write(json.dumps({"phase": res.phase, "step": res.step, "global_step": trainer.global_step,
-                                   "time": time.time() - t_start, **m}) + "\n")
-            if res.step % t.log_every == 0 or res.phase_done:
-                log(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
-                                    time.time() - t_start, total_steps - trainer.global_step))
-                hist.flush()
-            if res.phase_done and res.phase == "mle":
-                trainer.save(out / "mle", meta={"data_hash": data_hash, "metrics": {"val_nll": last_val},
-                                                "role": "mle_baseline"})
-                log(f"MLE baseline saved to {out / 'mle'} (val NLL {last_val:.3f})")
-            if res.phase_done or res.step % t.checkpoint_every == 0:
-                trainer.save(state_dir, meta={"data_hash": data_hash}, loader_state=loader.state_dict())
-            if deadline and time.time() > deadline:
-                log(f"--max-minutes reached in phase {trainer.phase}; state saved, rerun to continue")
-                trainer.save(state_dir, meta={"data_hash": data_hash}, loader_state=loader.state_dict())
-                return state_dir
+    settings = LoopSettings(deadline=deadline, stop_after_phase=stop_after_phase, data_hash=data_hash,
+                            resumes=int(run.get("resumes", -1)) + 1 if run else 0,
+                            elapsed=float(run.get("elapsed", 0.0)))
+    result = run_loop(trainer, loader, loader.state_dict, val_batches,
+                      LocalSink(out, trainer.global_step, log), settings)
+    if result.stopped != "done":
+        log(f"stopped in phase {result.phase} at global step {result.global_step}; resumable state in "
+            f"{state_dir}: rerun the same command to continue")
     return finalize_model(trainer, out, train_df, val_df, data_hash, log=log)
-
-
-def finalize_model(trainer: GANTrainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame,
-                   data_hash: str, log: Callable[[str], None] = print) -> Path:
-    """Calibrate the scorer, build the memorisation index, and write the final model into OUT."""
-    from reviewgen.core.memorization import NGramIndex
-    from reviewgen.score.calibration import fit_calibration
-
-    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=trainer.ref,
-                                seed=trainer.cfg.train.seed, log=log)
-    idx = NGramIndex.build(trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()),
-                           n=trainer.cfg.train.ngram_n)
-    ngram_file = out / ".ngrams.tmp.npy"
-    idx.save(ngram_file)
-    final_val = val_nll(trainer.G, fixed_batches(
-        encode_frame(val_df, trainer.tok, trainer.categories), trainer.cfg.train.batch_size,
-        trainer.cfg.train.val_batches, trainer.device), trainer.tk)
-    save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
-                    generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
-                    meta={"data_hash": data_hash, "role": "final", "metrics": {"val_nll": final_val,
-                          "calibration": calib}, "global_step": trainer.global_step,
-                          "rating_distribution": rating_distribution(train_df)})
-    ngram_file.unlink(missing_ok=True)
-    log(f"final model written to {out} (val NLL {final_val:.3f}, {len(idx)} n-grams indexed)")
-    return out
-
-
-def rating_distribution(df: pd.DataFrame) -> list[float]:
-    """Share of 1..5-star reviews in a review table (the nightly job draws target ratings from it)."""
-    counts = df["rating"].dropna().astype(int).value_counts()
-    total = float(counts.sum()) or 1.0
-    return [round(float(counts.get(k, 0)) / total, 6) for k in range(1, 6)]
-
-
-def data_hash_of(data_dir: str | Path) -> str:
-    """The data hash that `reviewgen prepare` wrote into stats.json ("unknown" without one)."""
-    try:
-        return json.loads((Path(data_dir) / "stats.json").read_text()).get("data_hash", "unknown")
-    except (OSError, json.JSONDecodeError):
-        return "unknown"

@@ -1,0 +1,148 @@
+"""The one training loop, for `train_local` and for every Ray Train worker.
+
+`run_loop` advances a `GANTrainer` through its phases and owns everything around the steps: evaluation
+cadence, checkpoint cadence, the MLE baseline at the end of phase 1, the step log, progress lines, the
+time budget and `stop_after_phase`. Where results go is the `Sink`'s business: the local sink writes
+OUT/state, OUT/mle and OUT/metrics.jsonl; the Ray Train sink reduces metrics across ranks and reports
+checkpoints to Ray Train. Every decision that changes how many checkpoints are written (time budget,
+phase ends, cadence) is the same on every rank, because a Ray Train report is a barrier.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+from reviewgen.core.losses import val_nll
+
+SUMMARY_KEYS = ("g_loss", "d_loss", "d_acc", "val_nll", "tokens_per_s", "samples_per_s")
+
+
+class Sink(Protocol):
+    """Where the loop's results go. `is_chief`: this process logs, evaluates and owns the files."""
+
+    is_chief: bool
+
+    def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """This step's metrics for the global batch (identity in one process)."""
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any rank (a stop decision all ranks share)."""
+
+    def progress(self, msg: str) -> None:
+        """Show one progress line (chief only)."""
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Add one line to the step log (chief only)."""
+
+    def checkpoint(self, trainer, run_state: dict[str, Any], meta: dict[str, Any], summary: dict[str, Any],
+                   baseline_meta: dict[str, Any] | None) -> None:
+        """Persist a resumable checkpoint (every rank calls it, at the same steps); with `baseline_meta`,
+        also the MLE baseline."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How long to run and what to stamp on checkpoints."""
+
+    deadline: float | None = None  # time.time() at which the run stops with a checkpoint (the time budget)
+    stop_after_phase: str | None = None
+    data_hash: str = "unknown"
+    resumes: int = 0  # earlier attempts of this run (restarts and reruns)
+    elapsed: float = 0.0  # seconds the earlier attempts trained
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    stopped: str  # "done", "phase" (stop_after_phase) or "time" (time budget)
+    phase: str
+    step: int
+    global_step: int
+
+
+class StepLog:
+    """The step log (metrics.jsonl). Lines past the resume point belong to steps that run again, so
+    they are dropped when the log is opened."""
+
+    def __init__(self, read: Callable[[], str | None], write: Callable[[str], None], keep_through_step: int):
+        self._write = write
+        self.lines = [ln for ln in (read() or "").splitlines()
+                      if ln.strip() and json.loads(ln).get("global_step", 0) <= keep_through_step]
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(rec))
+
+    def flush(self) -> None:
+        self._write("\n".join(self.lines) + ("\n" if self.lines else ""))
+
+
+def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int,
+                    budget_left: float | None = None) -> str:
+    """One progress line: phase, step, losses, throughput, ETA (and the time budget left, if any)."""
+    # the latest step's time: phases cost very differently per step, so a run-long average misleads
+    rate = m.get("step_time_s") or elapsed / max(1, step)
+    eta = remaining_steps * rate
+    keys = ("g_loss", "pg_loss", "kl", "reward", "d_loss", "d_acc", "val_nll")
+    parts = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
+    budget = f" budget left {max(0.0, budget_left) / 60:.1f} min" if budget_left is not None else ""
+    return (f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} "
+            f"ETA {eta / 60:.1f} min{budget}")
+
+
+def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict], val_batches: list,
+             sink: Sink, settings: LoopSettings) -> LoopResult:
+    """Train until the last phase ends, `stop_after_phase` has ended, or the time budget is spent.
+
+    Always leaves a checkpoint of the final position through the sink, so a rerun continues there."""
+    t = trainer.cfg.train
+    total = t.mle_steps + t.disc_warmup_steps + t.adv_steps
+    t0 = time.time()
+    deadline = settings.deadline
+    last: dict[str, Any] = {}
+    last_val, saved_at, stopped = None, None, "done"
+
+    def checkpoint(baseline: bool) -> None:
+        nonlocal saved_at
+        summary = {"phase": trainer.phase, "step": trainer.step, "global_step": trainer.global_step,
+                   "resumes": settings.resumes, **{k: last.get(k) for k in SUMMARY_KEYS}}
+        run_state = {"loader": loader_state(), "resumes": settings.resumes,
+                     "elapsed": settings.elapsed + time.time() - t0}
+        base = ({"data_hash": settings.data_hash, "role": "mle_baseline", "metrics": {"val_nll": last_val}}
+                if baseline else None)
+        sink.checkpoint(trainer, run_state, {"data_hash": settings.data_hash, "metrics": summary}, summary, base)
+        saved_at = trainer.global_step
+
+    while trainer.phase != "done":
+        if settings.stop_after_phase and trainer.has_finished(settings.stop_after_phase):
+            stopped = "phase"
+            break
+        res = trainer.train_step(next(batches))
+        m = sink.reduce(res.metrics)
+        if sink.is_chief and (res.phase_done or res.step % t.eval_every == 0):
+            last_val = m["val_nll"] = val_nll(trainer.G, val_batches, trainer.tk)
+        last.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
+        if sink.is_chief:
+            sink.record({"phase": res.phase, "step": res.step, "global_step": trainer.global_step,
+                         "time": settings.elapsed + time.time() - t0, "resumes": settings.resumes,
+                         "world_size": trainer.world, **m})
+            if res.step % t.log_every == 0 or res.phase_done:
+                sink.progress(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
+                                              time.time() - t0, total - trainer.global_step,
+                                              None if deadline is None else deadline - time.time()))
+        out_of_time = deadline is not None and sink.agree(time.time() > deadline)
+        baseline = res.phase_done and res.phase == "mle"
+        if baseline or res.phase_done or res.step % t.checkpoint_every == 0 or out_of_time:
+            checkpoint(baseline)
+        if baseline and sink.is_chief:
+            sink.progress(f"MLE baseline saved (val NLL {last_val:.3f})")
+        if out_of_time:
+            if sink.is_chief:
+                sink.progress(f"time budget reached in phase {trainer.phase} "
+                              f"(step {trainer.step}, global step {trainer.global_step}); state saved")
+            stopped = "time"
+            break
+    if saved_at != trainer.global_step:
+        checkpoint(False)
+    return LoopResult(stopped, trainer.phase, trainer.step, trainer.global_step)

@@ -1,0 +1,182 @@
+"""The Ray Train worker: the one training loop (`reviewgen.train.loop`) with a Ray Train sink.
+
+Each worker builds the same `GANTrainer` as `train_local`, with G and D wrapped in DDP, and runs
+`run_loop`. The sink reduces metrics across ranks, agrees stop decisions across ranks, and reports a
+checkpoint from rank 0 while every rank calls `ray.train.report` at the same steps (it is a barrier).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint
+from tokenizers import Tokenizer
+
+from reviewgen.core.config import RunConfig
+from reviewgen.core.encoding import encode_frame, fixed_batches
+from reviewgen.core.tokenizer import ReviewTokenizer
+from reviewgen.infra.storage import exists, filesystem, read_text, write_text
+from reviewgen.train.loop import LoopSettings, StepLog, run_loop
+from reviewgen.train.trainer import GANTrainer, TensorBatches
+
+# metrics summed over ranks (the rest are averaged)
+SUMMED = {"tokens", "tokens_per_s", "samples_per_s"}
+
+
+# -- storage (local, NFS, or a pyarrow URI) -----------------------------------------------------------
+
+def upload_dir(local: Path, fs, path: str) -> None:
+    """Replace directory `path` on `fs` with a copy of the local directory."""
+    if exists(fs, path):
+        fs.delete_dir(path)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download_dir(fs, path: str, local: Path) -> None:
+    """Copy directory `path` on `fs` into the local directory."""
+    local.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+# -- tokenizer shipping ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def shipped_tokenizer(tok_json: str, prefix_len: int, max_review_len: int) -> ReviewTokenizer:
+    """Rebuild the driver's tokenizer from its JSON (cached: Ray Data calls this once per batch)."""
+    return ReviewTokenizer(Tokenizer.from_str(tok_json), prefix_len, max_review_len)
+
+
+def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
+                 categories: list[str]) -> dict[str, np.ndarray]:
+    """Ray Data `map_batches` function: a pandas batch of reviews -> ids/rating/category arrays."""
+    return encode_frame(df, shipped_tokenizer(tok_json, prefix_len, max_review_len), categories)
+
+
+# -- the sink -----------------------------------------------------------------------------------------------
+
+class RayTrainSink:
+    """Ray Train reporting for `run_loop`: rank 0 owns the step log (in storage) and the checkpoints."""
+
+    def __init__(self, rank: int, world: int, device, storage: str, name: str, keep_through_step: int):
+        self.is_chief, self.world, self.device = rank == 0, world, device
+        self.fs, root = filesystem(storage)
+        self.run = f"{root}/{name}"
+        log = f"{self.run}/metrics.jsonl"
+        self.steps = (StepLog(lambda: read_text(self.fs, log), lambda text: write_text(self.fs, log, text),
+                              keep_through_step) if self.is_chief else None)
+
+    def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Global-batch metrics: means over ranks, throughput and token counts summed."""
+        if self.world == 1 or not dist.is_initialized():
+            return dict(metrics)
+        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        vec = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(vec)
+        return dict(metrics) | {k: (float(v) if k in SUMMED else float(v) / self.world)
+                                for k, v in zip(keys, vec.tolist())}
+
+    def agree(self, flag: bool) -> bool:
+        if self.world == 1 or not dist.is_initialized():
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def progress(self, msg: str) -> None:
+        # through Ray Train's worker logger: plain prints reach the driver twice
+        self.steps.flush()
+        logging.getLogger("ray.train").info(msg)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self.steps.add(rec)
+
+    def checkpoint(self, trainer: GANTrainer, run_state: dict, meta: dict, summary: dict,
+                   baseline_meta: dict | None) -> None:
+        name = f"checkpoint_{trainer.global_step:07d}_a{summary['resumes']}"
+        if not self.is_chief:
+            ray.train.report(summary, checkpoint_dir_name=name)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = trainer.save(Path(tmp) / "ckpt", meta=meta, run_state=run_state)
+            if baseline_meta is not None:
+                mle = trainer.save(Path(tmp) / "mle", meta=baseline_meta, run_state=run_state)
+                upload_dir(mle, self.fs, f"{self.run}/mle_baseline")
+            self.steps.flush()
+            ray.train.report(summary, checkpoint=Checkpoint.from_directory(str(path)), checkpoint_dir_name=name)
+
+
+# -- the worker ---------------------------------------------------------------------------------------------
+
+def _batches(c: dict, cfg: RunConfig, rank: int, world: int, device,
+             state: dict) -> tuple[Iterator[dict], Callable[[], dict]]:
+    """(iterator over this worker's batches, function returning the loader state to checkpoint)."""
+    b = cfg.train.batch_size
+    if c["data_loader"] == "sharded_memory":
+        tb = TensorBatches(ray.get(c["train_ref"]), b, cfg.train.seed, device, rank, world)
+        if state:
+            tb.load_state_dict(state)
+        return tb, tb.state_dict
+    shard = ray.train.get_dataset_shard("train")
+    pos = {"epoch": int(state.get("epoch", 0))}
+
+    def cycle() -> Iterator[dict]:
+        # a resumed run starts a fresh epoch: Ray Data's streaming shards cannot seek to a row
+        while True:
+            n = 0
+            for batch in shard.iter_torch_batches(batch_size=b, drop_last=True, device=device,
+                                                  local_shuffle_buffer_size=4 * b,
+                                                  local_shuffle_seed=cfg.train.seed + pos["epoch"]):
+                n += 1
+                yield {k: batch[k].long() for k in ("ids", "rating", "category")}
+            if n == 0:
+                raise RuntimeError(f"rank {rank}: its shard of train.parquet has fewer than "
+                                   f"batch_size={b} rows; use fewer workers or a smaller batch")
+            pos["epoch"] += 1
+
+    return cycle(), lambda: dict(pos)
+
+
+def _wrap(module: torch.nn.Module, name: str) -> torch.nn.Module:
+    # D has no buffers; skipping their broadcast also keeps D's step free of extra collectives
+    kw = {"broadcast_buffers": False} if name == "discriminator" else None
+    return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=kw)
+
+
+def train_loop(c: dict) -> dict:
+    """Ray Train worker function: resume if there is a checkpoint, then the one training loop."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = RunConfig.from_dict(c["cfg"])
+    tok = shipped_tokenizer(c["tok_json"], cfg.tokenizer.prefix_len, cfg.tokenizer.max_review_len)
+    device = ray.train.torch.get_device()
+    trainer = GANTrainer(cfg, tok, c["categories"], device, wrap=_wrap, rank=rank, world_size=world)
+    run: dict = {}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:  # a restart after a failure, or the same run started again: it wins over --resume-from
+        with ckpt.as_directory() as d:
+            run = trainer.resume_from(d)
+    elif c["resume_from"]:
+        run = trainer.resume_from(c["resume_from"])
+    batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
+    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step)
+    val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
+    settings = LoopSettings(deadline=c["deadline"], stop_after_phase=c["stop_after_phase"], data_hash=c["data_hash"],
+                            resumes=int(run.get("resumes", -1)) + 1 if run else 0,
+                            elapsed=float(run.get("elapsed", 0.0)))
+    if rank == 0:
+        sink.progress(f"[rank 0] {trainer.describe()}; world {world}; phase {trainer.phase} step {trainer.step} "
+                      f"(global {trainer.global_step}); attempt {settings.resumes}")
+    return asdict(run_loop(trainer, batches, loader_state, val_batches, sink, settings))
