@@ -124,11 +124,13 @@ class ReviewTokenizer:
         cats = self._ids([c.category or "" for c in conds])
         titles = self._ids([c.title or "" for c in conds])
         out = np.full((len(conds), self.prefix_len), self.pad_id, dtype=np.int64)
+        # 6 fixed tokens: <bos> <lang> <condition> <cat> <title> <sep>; a short prefix cuts the category too
+        max_cat = max(0, min(MAX_CATEGORY_TOKENS, self.prefix_len - 6))
         for i, c in enumerate(conds):
             lang = c.language if c.language in LANGS else "en"
             head = [self.bos_id, self.special[f"<lang_{lang}>"], self.special[c.condition_token()],
-                    self.special[CAT]] + cats[i][:MAX_CATEGORY_TOKENS] + [self.special[TITLE]]
-            room = self.prefix_len - len(head) - 1
+                    self.special[CAT]] + cats[i][:max_cat] + [self.special[TITLE]]
+            room = max(0, self.prefix_len - len(head) - 1)
             seq = head + titles[i][:room] + [self.sep_id]
             out[i, self.prefix_len - len(seq):] = seq
         return torch.from_numpy(out)
