@@ -22,7 +22,8 @@ from reviewgen.core.tokenizer import Condition
 P, R = 12, 10
 TEXTS = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",
          "The speaker sounds clear and the setup was easy.", "Cheap case, the color faded quickly."] * 10
-FAMILIES = ("gpt2", "llama", "qwen2")
+FAMILIES = ("gpt2", "llama", "qwen2", "llama3")  # llama3: Llama with Llama 3 rope scaling and a tied head
+MODEL_TYPE = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "llama3": "llama"}
 ATOL = 1e-4
 BASE_EOS = "<|endoftext|>"
 
@@ -46,13 +47,19 @@ def _hf_model(family: str, vocab: int):
         model = transformers.GPT2LMHeadModel(cfg)
     else:
         cls, mcls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                     "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                      "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[family]
-        # llama: untied head; qwen2: tied head and an embedding padded beyond the tokenizer (as Qwen2.5 has)
+        # llama: untied head; qwen2: tied head and an embedding padded beyond the tokenizer (as Qwen2.5 has);
+        # llama3: its rope scaling slows the long wavelengths and interpolates the middle band (head_dim 8)
+        rope = {"rope_type": "default", "rope_theta": 500.0}
+        if family == "llama3":
+            rope = dict(rope, rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                        original_max_position_embeddings=16)
         cfg = cls(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                  intermediate_size=64, max_position_embeddings=64, rope_theta=500.0, rms_norm_eps=1e-6,
-                  tie_word_embeddings=family == "qwen2", **dict(common, vocab_size=vocab + 16 * (family == "qwen2")))
+                  intermediate_size=64, max_position_embeddings=64, rope_parameters=rope, rms_norm_eps=1e-6,
+                  tie_word_embeddings=family != "llama", **dict(common, vocab_size=vocab + 16 * (family == "qwen2")))
         model = mcls(cfg)
-    torch.manual_seed({"gpt2": 1, "llama": 2, "qwen2": 3}[family])
+    torch.manual_seed({"gpt2": 1, "llama": 2, "qwen2": 3, "llama3": 4}[family])
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() >= 2:
@@ -118,7 +125,7 @@ def test_new_tokens_are_special_and_start_from_the_base(base):
     assert torch.equal(emb[tok.eos_id], base_emb[0])  # <eos> starts as the base's end of text
     assert torch.equal(emb[:vocab], base_emb[:vocab])
     meta = b.meta()
-    assert meta["model_type"] == family and len(meta["sha256"]) == 64
+    assert meta["model_type"] == MODEL_TYPE[family] and len(meta["sha256"]) == 64
 
 
 def test_export_round_trip_through_transformers(base, tmp_path):
@@ -129,7 +136,7 @@ def test_export_round_trip_through_transformers(base, tmp_path):
                               generator=init.generator, discriminator=init.discriminator, meta={"base": init.meta})
     out = export_hf(run_dir, tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert back.config.model_type == family
+    assert back.config.model_type == MODEL_TYPE[family]
     G = load_checkpoint(run_dir).generator.eval()
     tok = init.tokenizer
     x = tok.encode_examples([Condition("Fire HD 8", "Tablets", 5), Condition("Echo", "Speakers", 1)],
@@ -144,6 +151,11 @@ def test_export_round_trip_through_transformers(base, tmp_path):
     assert hf_tok.encode("<rating_5>", add_special_tokens=False) == [tok.special["<rating_5>"]]
     assert hf_tok.eos_token_id == tok.eos_id and hf_tok.pad_token_id == tok.pad_id
     assert "<rating_5>" in (out / "README.md").read_text()
+    # the exported directory is itself a base: training can start again from it, with the same model
+    again = init_from_hf(out, _run_cfg())
+    assert again.tokenizer.vocab_size == tok.vocab_size
+    with torch.no_grad():
+        assert (again.generator.eval()(x) - ours).abs().max().item() < ATOL
 
 
 def test_scratch_models_export(tmp_path):
@@ -232,4 +244,17 @@ def test_sharded_weights_load(gpt2_dir):
     assert b.meta()["weight_files"] == sorted(shards)
     (gpt2_dir / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(HFImportError, match="index.json: names weight file model-00002-of-00002.safetensors, which is missing"):
+        _load(gpt2_dir)
+
+
+def test_gpt2_hub_layout_without_prefix_and_with_mask_buffers(gpt2_dir):
+    """The Hub's gpt2 files name tensors without `transformer.` and carry causal-mask buffers."""
+    from safetensors.torch import load_file, save_file
+    f = gpt2_dir / "model.safetensors"
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(str(f)).items()}
+    sd["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    save_file(sd, str(f))
+    assert _load(gpt2_dir).state["blocks.0.attn.qkv.weight"].shape == (96, 32)
+    save_file(dict(sd, **{"h.0.attn.c_proj.lora": torch.zeros(2)}), str(f))
+    with pytest.raises(HFImportError, match=r"model\.safetensors: unexpected tensor 'h\.0\.attn\.c_proj\.lora'"):
         _load(gpt2_dir)

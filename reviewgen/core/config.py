@@ -28,12 +28,17 @@ class ConfigError(ValueError):
 ARCH_CHOICES = {"arch": ("gpt2", "llama"), "norm": (None, "layernorm", "rmsnorm"), "mlp": (None, "gelu", "swiglu"),
                 "pos": (None, "learned", "rope"), "gelu_approximate": ("none", "tanh")}
 
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
 
 def check_arch(cfg) -> None:
     """ValueError naming the architecture field of a Generator/DiscriminatorConfig that is invalid."""
     for key, allowed in ARCH_CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"{key}={getattr(cfg, key)!r} is not one of {[a for a in allowed if a]}")
+    scaling = cfg.rope_scaling
+    if scaling is not None and (not isinstance(scaling, dict) or set(scaling) != set(LLAMA3_ROPE_KEYS)):
+        raise ValueError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, got {scaling!r}")
     kv = cfg.n_kv_head
     if kv is not None and (kv < 1 or cfg.n_head % kv):
         raise ValueError(f"n_kv_head={kv} must divide n_head={cfg.n_head}")
@@ -65,6 +70,8 @@ class GeneratorConfig:
     intermediate_size: int | None = None  # MLP width; None = 4 * d_model (gelu), ~8/3 * d_model (swiglu)
     pos: str | None = None  # "learned" | "rope"
     rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3 frequency scaling: {factor, low_freq_factor, high_freq_factor,
+    #                                   original_max_position_embeddings}, as in its config.json
     bias: bool | None = None  # biases of linear layers and LayerNorms (gpt2 yes, llama no)
     qkv_bias: bool | None = None  # q/k/v biases only (Qwen2 = llama + qkv_bias); None = bias
     tie_embeddings: bool = True  # output head shares the token embedding
@@ -94,6 +101,8 @@ class DiscriminatorConfig:
     intermediate_size: int | None = None  # MLP width; None = 4 * d_model (gelu), ~8/3 * d_model (swiglu)
     pos: str | None = None  # "learned" | "rope"
     rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3 frequency scaling: {factor, low_freq_factor, high_freq_factor,
+    #                                   original_max_position_embeddings}, as in its config.json
     bias: bool | None = None  # biases of linear layers and LayerNorms (gpt2 yes, llama no)
     qkv_bias: bool | None = None  # q/k/v biases only (Qwen2 = llama + qkv_bias); None = bias
     tie_embeddings: bool = True  # output head shares the token embedding

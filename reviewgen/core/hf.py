@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
+from reviewgen.core.config import LLAMA3_ROPE_KEYS
 from reviewgen.core.models import Arch
 
 MODEL_TYPES = ("gpt2", "llama", "qwen2")
@@ -100,10 +101,15 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
         d, heads = int(_field(cfg, "hidden_size", where)), int(_field(cfg, "num_attention_heads", where))
         if cfg.get("head_dim") not in (None, d // heads):
             raise HFFormatError(f"{where}: head_dim={cfg['head_dim']} is not supported (only hidden_size / num_attention_heads)")
-        rope = cfg.get("rope_parameters") or {}  # transformers >= 5 nests them; older files are flat
-        rope_type = rope.get("rope_type") or (cfg.get("rope_scaling") or {}).get("rope_type") or (cfg.get("rope_scaling") or {}).get("type")
-        if rope_type not in (None, "default"):
-            raise HFFormatError(f"{where}: rope scaling {rope_type!r} is not supported (only default rotary positions)")
+        # transformers >= 5 nests the rotary settings in rope_parameters; older files have rope_theta and rope_scaling
+        rope = dict(cfg.get("rope_scaling") or {}, **(cfg.get("rope_parameters") or {}))
+        rope_type = rope.get("rope_type") or rope.get("type") or "default"
+        if rope_type not in ("default", "llama3"):
+            raise HFFormatError(f"{where}: rope scaling {rope_type!r} is not supported (only default and llama3)")
+        missing = [k for k in LLAMA3_ROPE_KEYS if k not in rope]
+        if rope_type == "llama3" and missing:
+            raise HFFormatError(f"{where}: llama3 rope scaling lacks {missing}")
+        scaling = {k: rope[k] for k in LLAMA3_ROPE_KEYS} if rope_type == "llama3" else None
         if cfg.get("use_sliding_window"):
             raise HFFormatError(f"{where}: use_sliding_window=true is not supported")
         fields = dict(arch="llama", n_layer=int(_field(cfg, "num_hidden_layers", where)), n_head=heads, d_model=d,
@@ -111,6 +117,7 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
                       norm_eps=float(_field(cfg, "rms_norm_eps", where, 1e-6)), mlp="swiglu",
                       intermediate_size=int(_field(cfg, "intermediate_size", where)), pos="rope",
                       rope_theta=float(rope.get("rope_theta") or _field(cfg, "rope_theta", where, 10000.0)),
+                      rope_scaling=scaling,
                       bias=False, qkv_bias=mt == "qwen2", tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                       gelu_approximate="none")
         max_pos = int(_field(cfg, "max_position_embeddings", where))
@@ -145,14 +152,20 @@ def write_config(model_type: str, a: Arch, *, n_layer: int, d_model: int, vocab_
     out = dict(common, num_hidden_layers=n_layer, num_attention_heads=a.n_head, num_key_value_heads=a.n_kv_head,
                hidden_size=d_model, head_dim=a.head_dim, intermediate_size=a.intermediate_size,
                max_position_embeddings=block_size, rms_norm_eps=a.norm_eps, hidden_act="silu",
-               # both spellings: transformers >= 5 reads rope_parameters, older readers (vLLM's) rope_theta
-               rope_theta=a.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": a.rope_theta},
-               attention_dropout=0.0)
+               attention_dropout=0.0, **_rope_config(a))
     if model_type == "llama":
         out.update(attention_bias=False, mlp_bias=False)
     else:
         out.update(use_sliding_window=False, sliding_window=None)
     return out
+
+
+def _rope_config(a: Arch) -> dict[str, Any]:
+    # both spellings: transformers >= 5 reads rope_parameters, older readers (e.g. vLLM's) rope_theta/rope_scaling
+    scaling = dict(zip(LLAMA3_ROPE_KEYS, a.rope_scaling), rope_type="llama3") if a.rope_scaling else None
+    scaling = scaling and dict(scaling, original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+    return {"rope_theta": a.rope_theta, "rope_scaling": scaling,
+            "rope_parameters": dict(scaling or {"rope_type": "default"}, rope_theta=a.rope_theta)}
 
 
 def weight_rules(model_type: str, n_layer: int, tied: bool) -> list[Rule]:

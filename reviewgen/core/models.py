@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
+from reviewgen.core.config import LLAMA3_ROPE_KEYS, DiscriminatorConfig, GeneratorConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Arch:
     intermediate_size: int
     pos: str
     rope_theta: float
+    rope_scaling: tuple[float, float, float, float] | None  # Llama 3, in LLAMA3_ROPE_KEYS order
     bias: bool
     qkv_bias: bool
     tie_embeddings: bool
@@ -45,7 +46,8 @@ class Arch:
         return cls(n_head=cfg.n_head, n_kv_head=cfg.n_kv_head or cfg.n_head, head_dim=d // cfg.n_head,
                    norm=cfg.norm or ("rmsnorm" if llama else "layernorm"), norm_eps=cfg.norm_eps, mlp=mlp,
                    intermediate_size=width, pos=cfg.pos or ("rope" if llama else "learned"),
-                   rope_theta=cfg.rope_theta, bias=bias, qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
+                   rope_theta=cfg.rope_theta, bias=bias,
+                   rope_scaling=tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS) if cfg.rope_scaling else None, qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
                    tie_embeddings=cfg.tie_embeddings, gelu_approximate=cfg.gelu_approximate)
 
 
@@ -55,10 +57,20 @@ def _norm(a: Arch, d_model: int) -> nn.Module:
     return nn.LayerNorm(d_model, eps=a.norm_eps, bias=a.bias)
 
 
-def rope_tables(n_pos: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(n_pos: int, head_dim: int, theta: float,
+                scaling: tuple[float, float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [n_pos, head_dim] for rotary positions, laid out as Hugging Face Llama/Qwen2 checkpoints
-    expect (the two halves of each head rotate together)."""
+    expect (the two halves of each head rotate together). `scaling`: Llama 3's (factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is not None:
+        # Llama 3: long wavelengths slow down by `factor`, short ones stay, the band between is interpolated
+        factor, low, high, old_len = scaling
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
     freqs = torch.outer(torch.arange(n_pos, dtype=torch.int64).float(), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
@@ -186,7 +198,7 @@ class _Trunk(nn.Module):
             self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
         else:
             self.pos_emb = None
-            cos, sin = rope_tables(cfg.block_size, a.head_dim, a.rope_theta)
+            cos, sin = rope_tables(cfg.block_size, a.head_dim, a.rope_theta, a.rope_scaling)
             # not persistent: derived from the config, so checkpoints hold weights only
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
