@@ -74,10 +74,10 @@ def _directory(path: str | Path) -> Path:
     if p.exists():
         raise HFImportError(f"base model path is not a directory: {p}")
     hub_like = not p.is_absolute() and not str(path).startswith(".") and len(p.parts) <= 2
-    hint = (f" {str(path)!r} looks like a Hugging Face Hub name: nothing is downloaded, so download it "
-            "yourself (e.g. `huggingface-cli download NAME --local-dir DIR`) and pass that local directory"
-            if hub_like else " (a local Hugging Face model directory is needed; nothing is downloaded)")
-    raise HFImportError(f"base model directory not found: {p}.{hint}")
+    hint = (f"{str(path)!r} looks like a Hugging Face Hub name, but nothing is downloaded: download it yourself "
+            "(e.g. `huggingface-cli download NAME --local-dir DIR`) and pass that local directory"
+            if hub_like else "a local Hugging Face model directory is needed; nothing is downloaded")
+    raise HFImportError(f"base model directory not found: {p} ({hint})")
 
 
 def _weight_files(p: Path) -> list[Path]:

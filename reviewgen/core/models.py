@@ -105,7 +105,9 @@ class SelfAttention(nn.Module):
         else:
             q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # in the activations' dtype, as Hugging Face does (bf16 under autocast)
+            cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             # Prefill (pos == 0) attends causally within the chunk; decode steps (T == 1) see all cached keys.
             if pos > 0 and T != 1:
