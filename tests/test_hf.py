@@ -4,7 +4,9 @@ exported back and reloaded by transformers. Offline: nothing is fetched."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 
 import pytest
@@ -14,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig, TokenizerConfig
-from reviewgen.core.hf_export import export_hf
+from reviewgen.core.hf_export import EXAMPLE, export_hf
 from reviewgen.core.hf_import import HFImportError, init_from_hf, load_hf_base
 from reviewgen.core.sampling import SamplingParams, sample
 from reviewgen.core.tokenizer import Condition
@@ -150,7 +152,11 @@ def test_export_round_trip_through_transformers(base, tmp_path):
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok.encode("<rating_5>", add_special_tokens=False) == [tok.special["<rating_5>"]]
     assert hf_tok.eos_token_id == tok.eos_id and hf_tok.pad_token_id == tok.pad_id
-    assert "<rating_5>" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    # the card's example prompt, as a user copies it: `prompt = '<pad>' * N + '<bos>...'`
+    pad, n, rest = re.search(r"^prompt = '(.+?)' \* (\d+) \+ (.+)$", card, re.M).groups()
+    prompt = pad * int(n) + ast.literal_eval(rest)
+    assert hf_tok.encode(prompt, add_special_tokens=False) == tok.encode_prefixes([EXAMPLE])[0].tolist()
     # the exported directory is itself a base: training can start again from it, with the same model
     again = init_from_hf(out, _run_cfg())
     assert again.tokenizer.vocab_size == tok.vocab_size

@@ -115,7 +115,7 @@ Example: title "{EXAMPLE.title}", category "{EXAMPLE.category}", rating {EXAMPLE
 
     {text.replace(PAD, "").strip()}
 
-token ids: `{ids}`
+that is, `prompt = {PAD!r} * {n_pad} + {text.replace(PAD, "").strip()!r}`, token ids `{ids}`.
 
 ## Use
 
@@ -128,6 +128,7 @@ import torch
 
 tok = AutoTokenizer.from_pretrained(DIR)
 model = AutoModelForCausalLM.from_pretrained(DIR)
+prompt = {PAD!r} * {n_pad} + {text.replace(PAD, "").strip()!r}
 ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids  # {P} tokens
 out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.9,
                      max_new_tokens={R})
