@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from reviewgen.core.config import LLAMA3_ROPE_KEYS
+from reviewgen.core.config import LLAMA3_ROPE_KEYS, GeneratorConfig
 from reviewgen.core.models import Arch
 
 MODEL_TYPES = ("gpt2", "llama", "qwen2")
@@ -123,6 +123,10 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
         max_pos = int(_field(cfg, "max_position_embeddings", where))
     if d % fields["n_head"]:
         raise HFFormatError(f"{where}: hidden size {d} is not divisible by the number of heads {fields['n_head']}")
+    try:
+        GeneratorConfig(**fields)  # validates the architecture fields
+    except ValueError as e:  # e.g. num_key_value_heads not dividing num_attention_heads
+        raise HFFormatError(f"{where}: {e}") from e
     return BaseConfig(model_type=mt, fields=fields, vocab_size=int(_field(cfg, "vocab_size", where)),
                       max_positions=max_pos, bos_id=_first(cfg.get("bos_token_id")), eos_id=_first(cfg.get("eos_token_id")))
 
