@@ -126,6 +126,12 @@ def test_new_tokens_are_special_and_start_from_the_base(base):
     assert torch.allclose(emb[rating], base_emb[:vocab].mean(0), atol=1e-6)
     assert torch.equal(emb[tok.eos_id], base_emb[0])  # <eos> starts as the base's end of text
     assert torch.equal(emb[:vocab], base_emb[:vocab])
+    if family == "llama":  # untied: the output head grows the same way
+        head, base_head = b.state["lm_head.weight"], hf.get_output_embeddings().weight.detach()
+        assert torch.allclose(head[rating], base_head[:vocab].mean(0), atol=1e-6)
+        assert torch.equal(head[tok.eos_id], base_head[0])
+    else:
+        assert "lm_head.weight" not in b.state
     meta = b.meta()
     assert meta["model_type"] == MODEL_TYPE[family] and len(meta["sha256"]) == 64
 
