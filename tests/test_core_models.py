@@ -20,9 +20,15 @@ def tok():
     return ReviewTokenizer.train(texts, vocab_size=400, prefix_len=P, max_review_len=R, min_frequency=1)
 
 
-def tiny_g(vocab: int, dropout: float = 0.0) -> Generator:
+# architecture families: today's GPT-2 shape, Llama (RoPE, RMSNorm, SwiGLU, GQA, untied head), Qwen2 (+ q/k/v biases)
+FAMILIES = {"gpt2": {}, "llama": dict(arch="llama", n_head=4, n_kv_head=2, tie_embeddings=False),
+            "qwen2": dict(arch="llama", n_head=4, n_kv_head=1, qkv_bias=True)}
+
+
+def tiny_g(vocab: int, dropout: float = 0.0, family: str = "gpt2") -> Generator:
     torch.manual_seed(0)
-    return Generator(GeneratorConfig(vocab_size=vocab, block_size=P + R, n_layer=2, n_head=2, d_model=32, dropout=dropout))
+    shape = dict(dict(n_layer=2, n_head=2, d_model=32), **FAMILIES[family])
+    return Generator(GeneratorConfig(vocab_size=vocab, block_size=P + R, dropout=dropout, **shape))
 
 
 @pytest.mark.parametrize("text", ["Great tablet, the battery lasts all day.", "屏幕很清晰，电池也很耐用。",
@@ -48,8 +54,9 @@ def test_review_mask_stops_at_eos(tok):
     assert review_mask(ids, tok.eos_id, tok.pad_id).tolist() == [[True, True, True, False], [True] * 4]
 
 
-def test_generator_shapes_and_causal_mask(tok):
-    g = tiny_g(tok.vocab_size).eval()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generator_shapes_and_causal_mask(tok, family):
+    g = tiny_g(tok.vocab_size, family=family).eval()
     x = torch.randint(0, tok.vocab_size, (3, P + R))
     logits = g(x)
     assert logits.shape == (3, P + R, tok.vocab_size)
@@ -59,10 +66,12 @@ def test_generator_shapes_and_causal_mask(tok):
     assert not torch.allclose(g(y)[:, 20:], logits[:, 20:])
 
 
-def test_discriminator_heads_and_bidirectional(tok):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_discriminator_heads_and_bidirectional(tok, family):
     torch.manual_seed(0)
-    d = Discriminator(DiscriminatorConfig(vocab_size=tok.vocab_size, block_size=P + R, n_layer=1, n_head=2,
-                                          d_model=32, dropout=0.0, n_categories=7), P, tok.pad_id).eval()
+    shape = dict(dict(n_head=2), **{k: v for k, v in FAMILIES[family].items() if k != "tie_embeddings"})
+    d = Discriminator(DiscriminatorConfig(vocab_size=tok.vocab_size, block_size=P + R, n_layer=1, d_model=32,
+                                          dropout=0.0, n_categories=7, **shape), P, tok.pad_id).eval()
     ids = tok.encode_examples([Condition("Fire HD 8", "Tablets", 5)] * 2, ["Love it, great value.", "Bad."])
     out = d(ids)
     assert out.token_logits.shape == (2, R) and out.seq_logits.shape == (2,)
@@ -72,8 +81,9 @@ def test_discriminator_heads_and_bidirectional(tok):
     assert not torch.allclose(d(ids2).token_logits[:, 0], out.token_logits[:, 0])
 
 
-def test_kv_cache_matches_full_recompute_greedy(tok):
-    g = tiny_g(tok.vocab_size)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_matches_full_recompute_greedy(tok, family):
+    g = tiny_g(tok.vocab_size, family=family)
     pre = tok.encode_prefixes([Condition("Echo Dot", "Smart Speakers", r) for r in (1, 3, 5, 4)])
     params = SamplingParams(max_new_tokens=R, temperature=0.0)
     a = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, use_cache=True)
@@ -81,8 +91,9 @@ def test_kv_cache_matches_full_recompute_greedy(tok):
     assert torch.equal(a, b)
 
 
-def test_kv_cache_matches_full_recompute_sampled(tok):
-    g = tiny_g(tok.vocab_size)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_matches_full_recompute_sampled(tok, family):
+    g = tiny_g(tok.vocab_size, family=family)
     pre = tok.encode_prefixes([Condition("Kindle", "E-Readers", r) for r in (2, 5)])
     params = SamplingParams(max_new_tokens=R, temperature=1.0, top_p=0.9, top_k=50)
     u = counter_uniforms([1, 2], R)
@@ -91,8 +102,9 @@ def test_kv_cache_matches_full_recompute_sampled(tok):
     assert torch.equal(a, b)
 
 
-def test_per_row_seed_independent_of_batch(tok):
-    g = tiny_g(tok.vocab_size)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_row_seed_independent_of_batch(tok, family):
+    g = tiny_g(tok.vocab_size, family=family)
     conds = [Condition("Kindle", "E-Readers", r) for r in (1, 2, 3, 4, 5)]
     seeds = [row_seed(f"p{i}", 0, 7) for i in range(5)]
     params = SamplingParams(max_new_tokens=R, temperature=1.0)
@@ -129,3 +141,77 @@ def test_chinese_target_rating_becomes_sentiment():
     assert Condition("x", rating=3, language="zh").condition_token() == "<sent_neutral>"
     assert Condition("x", sentiment="negative", language="zh").condition_token() == "<sent_negative>"
     assert Condition("x", rating=2, language="en").condition_token() == "<rating_2>"
+
+
+# parameter names of checkpoints written before the architecture families: they must keep loading
+OLD_GPT2_NAMES = (["tok_emb.weight", "pos_emb.weight"]
+                  + [f"blocks.{i}.{m}.{w}" for i in range(2) for m in ("ln1", "attn.qkv", "attn.proj", "ln2", "mlp.0", "mlp.2")
+                     for w in ("weight", "bias")]
+                  + ["ln_f.weight", "ln_f.bias", "lm_head.weight"])
+
+
+def test_default_gpt2_checkpoint_keeps_names_and_loads(tok, tmp_path):
+    """A checkpoint of the default (gpt2) config, with a config.json from before the architecture fields
+    existed, loads with the same parameter names and gives the same logits."""
+    import json
+
+    from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
+    from reviewgen.core.config import RunConfig, TokenizerConfig
+
+    cfg = RunConfig(tokenizer=TokenizerConfig(prefix_len=P, max_review_len=R)).override(
+        {"generator.n_layer": 2, "generator.d_model": 32, "discriminator.n_layer": 1, "discriminator.d_model": 32})
+    cfg = cfg.finalize(tok.vocab_size, n_categories=3)
+    torch.manual_seed(0)
+    g, d = Generator(cfg.generator), Discriminator(cfg.discriminator, P, tok.pad_id)
+    assert sorted(g.state_dict()) == sorted(OLD_GPT2_NAMES)
+    path = save_checkpoint(tmp_path / "old", config=cfg, categories=["a", "b", "c"], tokenizer=tok, generator=g,
+                           discriminator=d)
+    doc = json.loads((path / "config.json").read_text())
+    new_keys = set(GeneratorConfig.__dataclass_fields__) - {"vocab_size", "block_size", "n_layer", "n_head",
+                                                            "d_model", "dropout"}
+    for sec in ("generator", "discriminator"):
+        doc["run"][sec] = {k: v for k, v in doc["run"][sec].items() if k not in new_keys}
+    (path / "config.json").write_text(json.dumps(doc))
+    ck = load_checkpoint(path)
+    assert ck.generator.arch.pos == "learned" and ck.generator.lm_head.weight is ck.generator.tok_emb.weight
+    x = tok.encode_examples([Condition("Kindle", "E-Readers", 4)], ["Love it."])
+    with torch.no_grad():
+        assert torch.equal(ck.generator(x), g.eval()(x))
+
+
+def test_untied_head_survives_a_checkpoint(tok, tmp_path):
+    from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
+    from reviewgen.core.config import RunConfig, TokenizerConfig
+
+    cfg = RunConfig(tokenizer=TokenizerConfig(prefix_len=P, max_review_len=R)).override(
+        {"generator.arch": "llama", "generator.n_layer": 1, "generator.d_model": 32, "generator.tie_embeddings": False,
+         "discriminator.arch": "llama", "discriminator.n_layer": 1, "discriminator.d_model": 32})
+    cfg = cfg.finalize(tok.vocab_size, n_categories=2)
+    torch.manual_seed(0)
+    g, d = Generator(cfg.generator), Discriminator(cfg.discriminator, P, tok.pad_id)
+    assert g.lm_head.weight is not g.tok_emb.weight and "pos_emb.weight" not in g.state_dict()
+    ck = load_checkpoint(save_checkpoint(tmp_path / "m", config=cfg, categories=["a", "b"], tokenizer=tok,
+                                         generator=g, discriminator=d, reference=g))
+    assert torch.equal(ck.generator.lm_head.weight, g.lm_head.weight)
+    assert torch.equal(ck.reference_state["lm_head.weight"], g.lm_head.weight)
+
+
+def test_rope_kv_cache_uses_the_position_offset(tok):
+    """Decoding one token at position t with the cache gives the logits of the full sequence at t."""
+    g = tiny_g(tok.vocab_size, family="llama").eval()
+    x = torch.randint(0, tok.vocab_size, (2, P + 3))
+    with torch.no_grad():
+        full = g(x)
+        cache = g.new_cache(2, "cpu")
+        g(x[:, :P], cache=cache, pos=0)
+        steps = [g(x[:, P + t:P + t + 1], cache=cache, pos=P + t)[:, -1] for t in range(3)]
+    assert torch.allclose(torch.stack(steps, 1), full[:, P:], atol=1e-5)
+
+
+@pytest.mark.parametrize("key,value,match", [("arch", "bert", "arch='bert'"), ("norm", "batchnorm", "norm="),
+                                             ("n_kv_head", 3, "n_kv_head=3 must divide n_head=4")])
+def test_invalid_architecture_fields_are_named(key, value, match):
+    from reviewgen.core.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=f"generator.*{match}"):
+        config_from_dict(GeneratorConfig, {key: value}, source="run.yaml:generator")

@@ -55,11 +55,17 @@ class Checkpoint:
         return p if p.is_file() else None
 
 
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage: tied weights are saved once and re-tied on load
-    sd = unwrap(model).state_dict()
-    if "lm_head.weight" in sd:
+def _untied(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage: a tied head is saved once (as tok_emb) and re-tied on load;
+    # an untied head (e.g. a Llama base) is a weight of its own and is kept
+    head, emb = sd.get("lm_head.weight"), sd.get("tok_emb.weight")
+    if head is not None and emb is not None and head.data_ptr() == emb.data_ptr():
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    return sd
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    sd = _untied(unwrap(model).state_dict())
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
@@ -92,8 +98,8 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
     save_file(_state(generator), str(tmp / "generator.safetensors"))
     save_file(_state(discriminator), str(tmp / "discriminator.safetensors"))
     if reference is not None:
-        ref = reference if isinstance(reference, dict) else _state(reference)
-        save_file({k: v for k, v in ref.items() if k != "lm_head.weight"}, str(tmp / "reference.safetensors"))
+        ref = _untied(reference) if isinstance(reference, dict) else _state(reference)
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in ref.items()}, str(tmp / "reference.safetensors"))
     tokenizer.save(tmp / "tokenizer.json")
     if train_state is not None:
         torch.save(train_state, tmp / "train_state.pt")
@@ -137,7 +143,8 @@ def _load_weights(model: torch.nn.Module, p: Path, device) -> None:
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise CheckpointError(f"{p}: corrupt weights ({e})") from e
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]
+    tied = getattr(getattr(model, "arch", None), "tie_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
         raise CheckpointError(f"{p}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
 

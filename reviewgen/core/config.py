@@ -27,6 +27,25 @@ class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key or file."""
 
 
+ARCH_CHOICES = {"arch": ("gpt2", "llama"), "norm": (None, "layernorm", "rmsnorm"), "mlp": (None, "gelu", "swiglu"),
+                "pos": (None, "learned", "rope"), "gelu_approximate": ("none", "tanh")}
+
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_arch(cfg) -> None:
+    """ValueError naming the architecture field of a Generator/DiscriminatorConfig that is invalid."""
+    for key, allowed in ARCH_CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"{key}={getattr(cfg, key)!r} is not one of {[a for a in allowed if a]}")
+    scaling = cfg.rope_scaling
+    if scaling is not None and (not isinstance(scaling, dict) or set(scaling) != set(LLAMA3_ROPE_KEYS)):
+        raise ValueError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, got {scaling!r}")
+    kv = cfg.n_kv_head
+    if kv is not None and (kv < 1 or cfg.n_head % kv):
+        raise ValueError(f"n_kv_head={kv} must divide n_head={cfg.n_head}")
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     vocab_size: int = 4000
@@ -36,7 +55,32 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class ArchConfig:
+    """Architecture family switches shared by the generator and the discriminator (one trunk class)."""
+
+    # Architecture family (see reviewgen.core.models.Arch); None takes the family's default. The defaults
+    # are today's GPT-2-shaped model, so older checkpoints load unchanged.
+    arch: str = "gpt2"  # "gpt2": learned positions, LayerNorm, GELU | "llama": RoPE, RMSNorm, SwiGLU
+    n_kv_head: int | None = None  # grouped-query attention: key/value heads (None = n_head)
+    norm: str | None = None  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str | None = None  # "gelu" | "swiglu"
+    intermediate_size: int | None = None  # MLP width; None = 4 * d_model (gelu), ~8/3 * d_model (swiglu)
+    pos: str | None = None  # "learned" | "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3 frequency scaling: {factor, low_freq_factor, high_freq_factor,
+    #                                   original_max_position_embeddings}, as in its config.json
+    bias: bool | None = None  # biases of linear layers and LayerNorms (gpt2 yes, llama no)
+    qkv_bias: bool | None = None  # q/k/v biases only (Qwen2 = llama + qkv_bias); None = bias
+    tie_embeddings: bool = True  # output head shares the token embedding
+    gelu_approximate: str = "none"  # "tanh" for GPT-2 checkpoints (their "gelu_new")
+
+    def __post_init__(self):
+        check_arch(self)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(ArchConfig):
     vocab_size: int = 4000
     block_size: int = 136  # prefix_len + max_review_len
     n_layer: int = 4
@@ -46,7 +90,7 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(ArchConfig):
     vocab_size: int = 4000
     block_size: int = 136
     n_layer: int = 3

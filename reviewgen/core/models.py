@@ -10,21 +10,104 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
+from reviewgen.core.config import LLAMA3_ROPE_KEYS, DiscriminatorConfig, GeneratorConfig
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A trunk's architecture switches with the family defaults filled in (one model file, a few
+    switches, as litgpt does). gpt2: learned positions, LayerNorm, GELU MLP, biases. llama: rotary
+    positions, RMSNorm, SwiGLU MLP, no biases, optional grouped-query attention. Qwen2 is llama with
+    q/k/v biases."""
+
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    norm: str
+    norm_eps: float
+    mlp: str
+    intermediate_size: int
+    pos: str
+    rope_theta: float
+    rope_scaling: tuple[float, float, float, float] | None  # Llama 3, in LLAMA3_ROPE_KEYS order
+    bias: bool
+    qkv_bias: bool
+    tie_embeddings: bool
+    gelu_approximate: str
+
+    @classmethod
+    def of(cls, cfg: GeneratorConfig | DiscriminatorConfig) -> "Arch":
+        llama = cfg.arch == "llama"
+        mlp = cfg.mlp or ("swiglu" if llama else "gelu")
+        bias = (not llama) if cfg.bias is None else cfg.bias
+        d = cfg.d_model
+        # SwiGLU has three matrices: 8/3 * d keeps its parameter count at a GELU MLP's 4 * d
+        width = cfg.intermediate_size or (4 * d if mlp == "gelu" else 64 * math.ceil(8 * d / 3 / 64))
+        return cls(n_head=cfg.n_head, n_kv_head=cfg.n_kv_head or cfg.n_head, head_dim=d // cfg.n_head,
+                   norm=cfg.norm or ("rmsnorm" if llama else "layernorm"), norm_eps=cfg.norm_eps, mlp=mlp,
+                   intermediate_size=width, pos=cfg.pos or ("rope" if llama else "learned"),
+                   rope_theta=cfg.rope_theta, bias=bias,
+                   rope_scaling=tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS) if cfg.rope_scaling else None, qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
+                   tie_embeddings=cfg.tie_embeddings, gelu_approximate=cfg.gelu_approximate)
+
+
+def _norm(a: Arch, d_model: int) -> nn.Module:
+    if a.norm == "rmsnorm":
+        return nn.RMSNorm(d_model, eps=a.norm_eps)
+    return nn.LayerNorm(d_model, eps=a.norm_eps, bias=a.bias)
+
+
+def rope_tables(n_pos: int, head_dim: int, theta: float,
+                scaling: tuple[float, float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [n_pos, head_dim] for rotary positions, laid out as Hugging Face Llama/Qwen2 checkpoints
+    expect (the two halves of each head rotate together). `scaling`: Llama 3's (factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is not None:
+        # Llama 3: long wavelengths slow down by `factor`, short ones stay, the band between is interpolated
+        factor, low, high, old_len = scaling
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    freqs = torch.outer(torch.arange(n_pos, dtype=torch.int64).float(), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, head_dim] by the tables' rows for its T positions."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_head: int, dropout: float):
+    def __init__(self, d_model: int, a: Arch, dropout: float):
         super().__init__()
-        self.n_head = n_head
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
+        self.n_head, self.n_kv_head, self.head_dim = a.n_head, a.n_kv_head, a.head_dim
+        # one fused projection, laid out [q | k | v] (k and v have n_kv_head heads each)
+        self.sizes = (a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim)
+        self.qkv = nn.Linear(d_model, sum(self.sizes), bias=a.qkv_bias)
+        self.proj = nn.Linear(a.n_head * a.head_dim, d_model, bias=a.bias)
+        self.gqa = a.n_kv_head != a.n_head
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, *, causal: bool, attn_mask: torch.Tensor | None = None,
-                cache: "KVCache | None" = None, layer: int = 0, pos: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+                cache: "KVCache | None" = None, layer: int = 0, pos: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        if self.gqa:
+            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+            k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        else:
+            q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            # in the activations' dtype, as Hugging Face does (bf16 under autocast)
+            cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             # Prefill (pos == 0) attends causally within the chunk; decode steps (T == 1) see all cached keys.
             if pos > 0 and T != 1:
@@ -32,19 +115,37 @@ class SelfAttention(nn.Module):
             k, v = cache.append(layer, k, v, pos)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
-                                           is_causal=causal and T > 1)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+                                           is_causal=causal and T > 1, enable_gqa=self.gqa)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), with gate and up fused into one matmul laid out [gate | up]."""
+
+    def __init__(self, d_model: int, width: int, bias: bool):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * width, bias=bias)
+        self.down = nn.Linear(width, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, d_model: int, n_head: int, dropout: float):
+    def __init__(self, d_model: int, a: Arch, dropout: float):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_head, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.ln1 = _norm(a, d_model)
+        self.attn = SelfAttention(d_model, a, dropout)
+        self.ln2 = _norm(a, d_model)
+        if a.mlp == "swiglu":
+            self.mlp = SwiGLU(d_model, a.intermediate_size, a.bias)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(d_model, a.intermediate_size, bias=a.bias),
+                                     nn.GELU(approximate=a.gelu_approximate),
+                                     nn.Linear(a.intermediate_size, d_model, bias=a.bias))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, **attn_kwargs):
@@ -53,7 +154,7 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: [B, n_head, block_size, head_dim]."""
+    """Preallocated keys/values for every layer: [B, n_kv_head, block_size, head_dim]."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
                  device, dtype):
@@ -73,32 +174,48 @@ class KVCache:
         self.v = self.v[:, rows]
 
 
+RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.2.weight", "mlp.down.weight")
+
+
 def _init_weights(module: nn.Module, n_layer: int) -> None:
     for name, p in module.named_parameters():
         if p.dim() >= 2:
             # residual projections are scaled down so the residual stream's variance stays flat with depth
-            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj.weight", "mlp.2.weight")) else 0.02
+            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
         elif name.endswith("bias"):
             nn.init.zeros_(p)
 
 
 class _Trunk(nn.Module):
-    """Token + position embeddings, pre-norm blocks and a final norm: the part G and D share (same
-    parameter names, which is what lets D start from the pretrained G)."""
+    """Token embeddings (+ learned positions, or rotary tables), pre-norm blocks and a final norm: the
+    part G and D share (same parameter names, which is what lets D start from the pretrained G)."""
 
     def __init__(self, cfg: GeneratorConfig | DiscriminatorConfig):
         super().__init__()
         self.cfg = cfg
+        self.arch = a = Arch.of(cfg)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        if a.pos == "learned":
+            self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        else:
+            self.pos_emb = None
+            cos, sin = rope_tables(cfg.block_size, a.head_dim, a.rope_theta, a.rope_scaling)
+            # not persistent: derived from the config, so checkpoints hold weights only
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_head, cfg.dropout) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, a, cfg.dropout) for _ in range(cfg.n_layer))
+        self.ln_f = _norm(a, cfg.d_model)
 
-    def embed(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
-        positions = torch.arange(pos, pos + idx.shape[1], device=idx.device)
-        return self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+    def embed(self, idx: torch.Tensor, pos: int = 0):
+        """Embeddings of `idx` [B, T] at positions pos..pos+T-1, and the rotary tables for those positions
+        (None with learned positions)."""
+        T = idx.shape[1]
+        if self.pos_emb is not None:
+            positions = torch.arange(pos, pos + T, device=idx.device)
+            return self.drop(self.tok_emb(idx) + self.pos_emb(positions)), None
+        return self.drop(self.tok_emb(idx)), (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
 
 
 class Generator(_Trunk):
@@ -108,7 +225,8 @@ class Generator(_Trunk):
         super().__init__(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         _init_weights(self, cfg.n_layer)
-        self.lm_head.weight = self.tok_emb.weight  # tied: fewer parameters, better small-data LM
+        if self.arch.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # fewer parameters, better small-data LM
 
     def forward(self, idx: torch.Tensor, *, logits_from: int = 0, cache: KVCache | None = None,
                 pos: int = 0) -> torch.Tensor:
@@ -117,15 +235,15 @@ class Generator(_Trunk):
         T = idx.shape[1]
         if pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}")
-        x = self.embed(idx, pos)
+        x, rope = self.embed(idx, pos)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=True, cache=cache, layer=i, pos=pos)
+            x = block(x, causal=True, cache=cache, layer=i, pos=pos, rope=rope)
         return self.lm_head(self.ln_f(x[:, logits_from:]))
 
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:
-        c = self.cfg
+        a = self.arch
         dtype = dtype or self.tok_emb.weight.dtype
-        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.d_model // c.n_head, device, dtype)
+        return KVCache(self.cfg.n_layer, batch, a.n_kv_head, self.cfg.block_size, a.head_dim, device, dtype)
 
 
 @dataclass
@@ -155,9 +273,9 @@ class Discriminator(_Trunk):
         B, T = idx.shape
         keep = idx != self.pad_id  # [B, T]
         attn_mask = keep[:, None, None, :]
-        x = self.embed(idx)
+        x, rope = self.embed(idx)
         for block in self.blocks:
-            x = block(x, causal=False, attn_mask=attn_mask)
+            x = block(x, causal=False, attn_mask=attn_mask, rope=rope)
         x = self.ln_f(x)
         P = self.prefix_len
         review, review_keep = x[:, P:], keep[:, P:].unsqueeze(-1).to(x.dtype)

@@ -91,15 +91,21 @@ class ReviewTokenizer:
     @classmethod
     def load(cls, path: str | Path, prefix_len: int, max_review_len: int) -> "ReviewTokenizer":
         """Load tokenizer.json."""
-        from tokenizers import Tokenizer
+        return cls(read_tokenizer_file(path), prefix_len, max_review_len)
 
-        p = Path(path)
-        if not p.is_file():
-            raise TokenizerError(f"tokenizer file not found: {p}")
-        try:
-            tok = Tokenizer.from_file(str(p))
-        except Exception as e:  # the Rust error type is not exported
-            raise TokenizerError(f"{p}: not a valid tokenizer.json ({e})") from e
+    @classmethod
+    def from_base(cls, path: str | Path, prefix_len: int, max_review_len: int) -> "ReviewTokenizer":
+        """A pretrained base model's tokenizer.json with the reviewgen special tokens added.
+
+        Every token of SPECIAL_TOKENS (<pad>, <bos>, <eos>, <sep>, the condition tokens...) becomes an added
+        special token with a new id after the base vocabulary (one the base already has keeps its id), so
+        it is never split and the base's own tokens keep their meaning. The prefix/review layout is the
+        same as for a trained tokenizer. Which rows the new ids get in the embedding is the importer's
+        business (reviewgen.core.hf_import)."""
+        from tokenizers import AddedToken
+
+        tok = read_tokenizer_file(path)
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
         return cls(tok, prefix_len, max_review_len)
 
     def save(self, path: str | Path) -> None:
@@ -118,11 +124,13 @@ class ReviewTokenizer:
         cats = self._ids([c.category or "" for c in conds])
         titles = self._ids([c.title or "" for c in conds])
         out = np.full((len(conds), self.prefix_len), self.pad_id, dtype=np.int64)
+        # 6 fixed tokens: <bos> <lang> <condition> <cat> <title> <sep>; a short prefix cuts the category too
+        max_cat = max(0, min(MAX_CATEGORY_TOKENS, self.prefix_len - 6))
         for i, c in enumerate(conds):
             lang = c.language if c.language in LANGS else "en"
             head = [self.bos_id, self.special[f"<lang_{lang}>"], self.special[c.condition_token()],
-                    self.special[CAT]] + cats[i][:MAX_CATEGORY_TOKENS] + [self.special[TITLE]]
-            room = self.prefix_len - len(head) - 1
+                    self.special[CAT]] + cats[i][:max_cat] + [self.special[TITLE]]
+            room = max(0, self.prefix_len - len(head) - 1)
             seq = head + titles[i][:room] + [self.sep_id]
             out[i, self.prefix_len - len(seq):] = seq
         return torch.from_numpy(out)
@@ -155,6 +163,19 @@ class ReviewTokenizer:
             cut.append([t for t in r if t != self.pad_id])
         # a review cut at max length can end mid-character: drop that partial character, not the review
         return [s.rstrip("\ufffd").strip() for s in self.tok.decode_batch(cut, skip_special_tokens=True)]
+
+
+def read_tokenizer_file(path: str | Path):
+    """A `tokenizers.Tokenizer` from tokenizer.json; TokenizerError naming the file when missing or invalid."""
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    if not p.is_file():
+        raise TokenizerError(f"tokenizer file not found: {p}")
+    try:
+        return Tokenizer.from_file(str(p))
+    except Exception as e:  # the Rust error type is not exported
+        raise TokenizerError(f"{p}: not a valid tokenizer.json ({e})") from e
 
 
 def review_lengths(review_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:

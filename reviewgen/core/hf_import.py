@@ -1,0 +1,232 @@
+"""Start from a pretrained base model: a local Hugging Face model directory (config.json, *.safetensors,
+tokenizer.json) mapped by name into reviewgen's Generator and Discriminator, with no `transformers` import.
+
+    base = load_hf_base("/models/Qwen2.5-0.5B", prefix_len=40, max_review_len=96)
+    init = init_from_hf("/models/Qwen2.5-0.5B", run_cfg)   # config, tokenizer, G, D, meta
+
+Vocabulary. The base tokenizer is kept, and reviewgen's special tokens (<pad>, <bos>, <eos>, <sep>, the
+language, rating, sentiment, category and title markers) are added to it as new special tokens, so the base
+tokens keep their ids and meaning. The embedding (and an untied output head) gets one row per tokenizer id:
+rows some bases keep beyond their tokenizer (padding up to a round size) are dropped, and the new tokens'
+rows start at the mean embedding, except <bos> and <eos>, which start as copies of the base's own
+beginning- and end-of-text rows when config.json names them: the base then already knows where a review
+starts and, above all, when to stop. Nothing is ever downloaded: the directory must exist locally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reviewgen.core.config import GeneratorConfig, RunConfig
+from reviewgen.core.hf import HFFormatError, IGNORED_SUFFIXES, from_hf, hf_key, read_config, weight_rules
+from reviewgen.core.models import Discriminator, Generator
+from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError, read_tokenizer_file
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class HFImportError(ValueError):
+    """A base model directory that is missing, unsupported or mismatched; the message names the file and
+    the field or tensor."""
+
+
+@dataclass(frozen=True)
+class HFBase:
+    """A base model read into reviewgen's terms."""
+
+    path: Path
+    model_type: str  # "gpt2" | "llama" | "qwen2"
+    fields: dict[str, Any]  # GeneratorConfig/DiscriminatorConfig fields (architecture, shape, vocab_size)
+    max_positions: int  # longest sequence the base supports (learned positions cannot grow)
+    state: dict[str, torch.Tensor]  # Generator state dict in our names, vocabulary grown for the new tokens
+    tokenizer: ReviewTokenizer
+    sha256: str  # over the weight files, in name order
+
+    def meta(self) -> dict[str, Any]:
+        """What a run's meta.json records about the base it started from."""
+        return {"path": str(self.path), "model_type": self.model_type, "arch": self.fields["arch"],
+                "sha256": self.sha256, "weight_files": sorted(p.name for p in _weight_files(self.path))}
+
+
+@dataclass
+class HFInit:
+    """A run ready to train from a base: its config (architecture sections from the base), tokenizer, and
+    both models with the base weights (D takes the trunk; its heads are new)."""
+
+    config: RunConfig
+    tokenizer: ReviewTokenizer
+    generator: Generator
+    discriminator: Discriminator
+    meta: dict[str, Any]  # put under meta.json's "base" key
+
+
+def _directory(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if p.exists():
+        raise HFImportError(f"base model path is not a directory: {p}")
+    hub_like = not p.is_absolute() and not str(path).startswith(".") and len(p.parts) <= 2
+    hint = (f"{str(path)!r} looks like a Hugging Face Hub name, but nothing is downloaded: download it yourself "
+            "(e.g. `huggingface-cli download NAME --local-dir DIR`) and pass that local directory"
+            if hub_like else "a local Hugging Face model directory is needed; nothing is downloaded")
+    raise HFImportError(f"base model directory not found: {p} ({hint})")
+
+
+def _weight_files(p: Path) -> list[Path]:
+    index = p / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise HFImportError(f"{index}: not a safetensors index (needs a 'weight_map' field): {e}") from e
+        files = [p / f for f in sorted(set(weight_map.values()))]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise HFImportError(f"{index}: names weight file {missing[0].name}, which is missing")
+        return files
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise HFImportError(f"{p}: no *.safetensors weight files (pytorch_model.bin is not read: it needs pickle)")
+    return files
+
+
+def _sha256(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_tensors(files: list[Path], model_type: str) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    from safetensors.torch import load_file
+
+    tensors, origin = {}, {}
+    for f in files:
+        try:
+            part = load_file(str(f))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise HFImportError(f"{f}: unreadable safetensors file ({e})") from e
+        for name, t in part.items():
+            if name.endswith(IGNORED_SUFFIXES):
+                continue
+            key = hf_key(name, model_type)
+            tensors[key], origin[key] = t, f
+    return tensors, origin
+
+
+def _expected_shapes(fields: dict[str, Any], vocab: int, block: int) -> dict[str, tuple[int, ...]]:
+    cfg = GeneratorConfig(**fields, vocab_size=vocab, block_size=block, dropout=0.0)
+    with torch.device("meta"):  # shapes only: no memory, no random init
+        g = Generator(cfg)
+    return {k: tuple(v.shape) for k, v in g.state_dict().items()}
+
+
+def _grow_vocab(w: torch.Tensor, tok: ReviewTokenizer, n_base: int, base_ids: dict[str, int | None]) -> torch.Tensor:
+    rows = torch.empty(tok.vocab_size, w.shape[1], dtype=w.dtype)
+    rows[:n_base] = w[:n_base]
+    rows[n_base:] = w[:n_base].mean(dim=0)
+    for ours, theirs in ((tok.bos_id, base_ids["bos"]), (tok.eos_id, base_ids["eos"])):
+        if ours >= n_base and theirs is not None and 0 <= theirs < n_base:
+            rows[ours] = w[theirs]
+    return rows
+
+
+def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int) -> HFBase:
+    """Read a local Hugging Face model directory (gpt2, llama or qwen2) into reviewgen's terms.
+
+    Raises HFImportError naming the file and the field or tensor when the directory is missing (or a Hub
+    name was given: nothing is downloaded), unsupported, or does not match its config."""
+    p = _directory(path)
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise HFImportError(f"{cfg_file}: missing (a Hugging Face model directory has config.json)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+        base = read_config(raw, str(cfg_file))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HFImportError(f"{cfg_file}: not valid JSON ({e})") from e
+    except (HFFormatError, TypeError, ValueError) as e:
+        raise HFImportError(str(e) if isinstance(e, HFFormatError) else f"{cfg_file}: {e}") from e
+    block = prefix_len + max_review_len
+    if base.fields["pos"] == "learned" and base.max_positions < block:
+        raise HFImportError(f"{cfg_file}: n_positions={base.max_positions} is shorter than prefix_len + "
+                            f"max_review_len = {block}")
+    try:
+        n_base = read_tokenizer_file(p / "tokenizer.json").get_vocab_size()
+        tok = ReviewTokenizer.from_base(p / "tokenizer.json", prefix_len, max_review_len)
+    except TokenizerError as e:
+        raise HFImportError(f"{e} (a base model directory needs the fast tokenizer's tokenizer.json)") from e
+    if n_base > base.vocab_size:
+        raise HFImportError(f"{p / 'tokenizer.json'}: {n_base} tokens, but config.json vocab_size is "
+                            f"{base.vocab_size}: the embedding has no row for some token ids")
+    files = _weight_files(p)
+    tensors, origin = _read_tensors(files, base.model_type)
+    tied = base.fields["tie_embeddings"]
+    rules = weight_rules(base.model_type, base.fields["n_layer"], tied)
+    where = INDEX_FILE if (p / INDEX_FILE).is_file() else ", ".join(f.name for f in files)
+
+    def get(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise HFImportError(f"{p}: tensor {name!r} is missing from {where} (config.json model_type "
+                                f"{base.model_type!r}, n_layer {base.fields['n_layer']})")
+        return tensors[name]
+
+    state = from_hf(rules, get)
+    used = {n for r in rules for n in r.theirs}
+    extra = sorted(set(tensors) - used - ({"lm_head.weight"} if tied else set()))
+    if extra:
+        raise HFImportError(f"{origin[extra[0]]}: unexpected tensor {extra[0]!r} for model_type "
+                            f"{base.model_type!r} ({len(extra)} unexpected in all)")
+    expected = _expected_shapes(base.fields, base.vocab_size, base.max_positions)
+    for r in rules:
+        if tuple(state[r.ours].shape) != expected[r.ours]:
+            shapes = ", ".join(f"{n} {tuple(tensors[n].shape)}" for n in r.theirs)
+            raise HFImportError(f"{origin[r.theirs[0]]}: tensor {shapes} has the wrong shape for config.json "
+                                f"(expected {expected[r.ours]} as {r.ours})")
+    if base.fields["pos"] == "learned":
+        state["pos_emb.weight"] = state["pos_emb.weight"][:block]  # the review layout uses `block` positions
+    base_ids = {"bos": base.bos_id, "eos": base.eos_id}
+    for key in ("tok_emb.weight",) + (() if tied else ("lm_head.weight",)):
+        state[key] = _grow_vocab(state[key].float(), tok, n_base, base_ids)
+    state = {k: v.float() for k, v in state.items()}  # trained in fp32 (autocast on GPU), whatever the base dtype
+    fields = dict(base.fields, vocab_size=tok.vocab_size)
+    return HFBase(path=p, model_type=base.model_type, fields=fields, max_positions=base.max_positions,
+                  state=state, tokenizer=tok, sha256=_sha256(files))
+
+
+def _load(model: torch.nn.Module, state: dict[str, torch.Tensor], allowed_missing: tuple[str, ...], where) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(allowed_missing)]
+    if missing or unexpected:
+        raise HFImportError(f"{where}: the base weights do not fit {type(model).__name__} "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def init_from_hf(path: str | Path, cfg: RunConfig) -> HFInit:
+    """Everything `train --init-from DIR` needs: `cfg` with its generator and discriminator sections taking
+    the base's architecture and shape (dropout, D's heads and the rest are kept), the base tokenizer with
+    reviewgen's tokens, G holding the base weights and D holding the base trunk (fresh heads), and the
+    meta.json record of the base. Raises HFImportError (see load_hf_base)."""
+    t = cfg.tokenizer
+    base = load_hf_base(path, prefix_len=t.prefix_len, max_review_len=t.max_review_len)
+    block = t.prefix_len + t.max_review_len
+    shape = dict(base.fields, block_size=block)
+    run = dataclasses.replace(cfg, tokenizer=dataclasses.replace(t, vocab_size=base.tokenizer.vocab_size),
+                              generator=dataclasses.replace(cfg.generator, **shape),
+                              discriminator=dataclasses.replace(cfg.discriminator, **shape))
+    G = Generator(run.generator)
+    _load(G, base.state, allowed_missing=("lm_head.weight",), where=base.path)
+    D = Discriminator(run.discriminator, t.prefix_len, base.tokenizer.pad_id)
+    trunk = {k: v for k, v in base.state.items() if k != "lm_head.weight"}
+    _load(D, trunk, allowed_missing=("token_head.", "seq_head.", "rating_head.", "category_head."), where=base.path)
+    return HFInit(config=run, tokenizer=base.tokenizer, generator=G, discriminator=D, meta=base.meta())
