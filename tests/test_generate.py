@@ -277,3 +277,119 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     assert not gen["text"].str.contains("\ufffd").any()  # the default guard is on through the CLI
     # the products table carries every valid product, so a later --since chains from this run
     assert len(pd.read_parquet(part2 / "products")) == 11
+
+
+def test_duplicate_ids_first_occurrence_by_file_and_row_wins(ray_local, tiny_model, tmp_path):
+    # b.parquet comes first on the command line, so its row 2 beats every row of a.parquet; within a file
+    # the lower row wins; a rejected row (no title) never blocks a later valid one
+    pd.DataFrame({"product_id": ["u1", "x", "y", "x", "z"],
+                  "title": ["Alpha", "x from a, row 1", "y from a", "x from a, row 3", None]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"product_id": ["z", "q", "x", "y", "y"],
+                  "title": ["z from b", "Quill", "x from b, row 2", "y from b, row 3", "y from b, row 4"]}).to_parquet(
+        tmp_path / "b.parquet")
+    files = [str(tmp_path / "b.parquet"), str(tmp_path / "a.parquet")]
+    s = run_generation(tiny_model, files, tmp_path / "out", cfg(rpp=1, allow_empty=True), run_date=DATE, **QUIET)
+    part = tmp_path / "out" / f"run_date={DATE}"
+    c = s["counts"]
+    assert c["products_in"] == 10 and c["products_valid"] == 5
+    assert c["catalog_rejects_by_reason"] == {"duplicate_id": 4, "missing_title": 1}
+    prods = pd.read_parquet(part / "products").set_index("product_id")
+    winners = {p: (Path(f).name, int(r)) for p, f, r in zip(prods.index, prods["source_file"], prods["source_row"])}
+    assert winners == {"x": ("b.parquet", 2), "y": ("b.parquet", 3), "z": ("b.parquet", 0), "q": ("b.parquet", 1),
+                       "u1": ("a.parquet", 0)}
+    rej = pd.read_parquet(part / "rejects", filters=[("stage", "=", "catalog")])
+    dups = sorted((p, Path(f).name, int(r)) for p, f, r, why in
+                  zip(rej["product_id"], rej["source_file"], rej["source_row"], rej["reason"]) if why == "duplicate_id")
+    assert dups == [("x", "a.parquet", 1), ("x", "a.parquet", 3), ("y", "a.parquet", 2), ("y", "b.parquet", 4)]
+    assert set(pd.read_parquet(part / "reviews")["title"]) <= {"x from b, row 2", "y from b, row 3", "z from b",
+                                                                "Quill", "Alpha"}
+
+
+class _RowLimit:
+    """Wraps the Dataset/constructor methods that bring rows into the driver; fails past `limit` rows."""
+
+    def __init__(self, limit: int):
+        self.limit, self.seen = limit, {}
+
+    def check(self, name: str, n: int) -> None:
+        self.seen[name] = max(self.seen.get(name, 0), n)
+        if n > self.limit:
+            raise AssertionError(f"{name} brought {n} rows into the driver (limit {self.limit})")
+
+    def install(self, monkeypatch) -> None:
+        import ray.data as rd
+
+        for name in ("to_pandas", "take_all", "take", "take_batch", "to_arrow_refs", "to_pandas_refs"):
+            orig = getattr(rd.Dataset, name)
+
+            def wrapped(ds, *a, _orig=orig, _name=name, **kw):
+                out = _orig(ds, *a, **kw)
+                self.check(_name, len(out) if hasattr(out, "__len__") else 0)
+                return out
+            monkeypatch.setattr(rd.Dataset, name, wrapped)
+        for name in ("iter_rows", "iter_batches"):
+            orig = getattr(rd.Dataset, name)
+
+            def wrapped_iter(ds, *a, _orig=orig, _name=name, **kw):
+                n = 0
+                for item in _orig(ds, *a, **kw):
+                    n += 1 if _name == "iter_rows" else len(next(iter(item.values())) if isinstance(item, dict) else item)
+                    self.check(_name, n)
+                    yield item
+            monkeypatch.setattr(rd.Dataset, name, wrapped_iter)
+        for name in ("from_items", "from_pandas", "from_arrow"):
+            orig = getattr(rd, name)
+
+            def wrapped_from(data, *a, _orig=orig, _name=name, **kw):
+                self.check(_name, len(data) if isinstance(data, list) else getattr(data, "num_rows", len(data)))
+                return _orig(data, *a, **kw)
+            monkeypatch.setattr(rd, name, wrapped_from)
+
+
+def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, monkeypatch):
+    # 3,000 rows: 20 valid products, 1,980 duplicates of them, 1,000 invalid; several row groups
+    n = 3000
+    ids = [f"v{i % 20:02d}" if i % 3 else None for i in range(n)]
+    pq.write_table(pa.table({"product_id": ids, "title": [f"Steel bottle {i}" for i in range(n)]}),
+                   tmp_path / "big.parquet", row_group_size=700)
+    limit = _RowLimit(100)
+    limit.install(monkeypatch)
+    s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out", cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE,
+                       **QUIET)
+    c = s["counts"]
+    assert c["products_in"] == n and c["products_valid"] == 20
+    assert c["catalog_rejects_by_reason"] == {"missing_id": 1000, "duplicate_id": 1980}
+    assert c["reviews_generated"] == 20 == c["reviews_accepted"] + c["reviews_rejected"]
+    assert limit.seen.get("iter_rows", 0) > 0  # the guard really wrapped the driver's calls
+    assert max(limit.seen.values()) <= 100
+
+
+def test_all_invalid_catalog_fails_cleanly_and_allow_empty_accepts(ray_local, tiny_model, tmp_path):
+    pd.DataFrame({"product_id": [None, "a", "b"], "title": ["x", None, ""]}).to_parquet(tmp_path / "bad.parquet")
+    args = ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "bad.parquet"), "--out",
+            str(tmp_path / "out"), "--run-date", DATE]
+    res = CliRunner().invoke(app, args)
+    part = tmp_path / "out" / f"run_date={DATE}"
+    assert res.exit_code == 2 and "error: " in res.output and "no valid product" in res.output
+    assert not (part / "_SUCCESS").exists()
+    man = json.loads((part / "manifest.json").read_text())["summary"]["counts"]
+    assert man["products_in"] == 3 and man["products_rejected"] == 3 and man["shards"] == 0
+    rej = pd.read_parquet(part / "rejects")
+    assert sorted(rej["reason"]) == ["missing_id", "missing_title", "missing_title"]
+    res = CliRunner().invoke(app, [*args, "--allow-empty"])
+    assert res.exit_code == 0, res.output
+    assert (part / "_SUCCESS").exists() and len(pd.read_parquet(part / "reviews")) == 0
+
+
+def test_config_file_and_flags(ray_local, tiny_model, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: {reviews_per_prodcut: 2}\n")
+    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
+                                   str(tmp_path), "--config", str(bad)])
+    assert res.exit_code == 2 and "reviews_per_prodcut" in res.output
+    good = tmp_path / "good.yaml"
+    good.write_text("sampling: {reviews_per_product: 2, seed: 5}\nfilter: {min_score: 0.3}\n")
+    c = load_generate_config(good, {"sampling.seed": 9, "filter.min_tokens": None})
+    assert (c.sampling.reviews_per_product, c.sampling.seed, c.filter.min_score, c.filter.min_tokens) == (2, 9, 0.3, 3)
+    with pytest.raises(GenerationError, match="not found"):
+        run_generation(tiny_model, [str(tmp_path / "missing.parquet")], tmp_path / "o", c, **QUIET)

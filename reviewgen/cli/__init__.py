@@ -20,7 +20,7 @@ app.command()(model.sample)
 app.command()(model.score)
 app.command()(model.export)
 app.command()(evaluate.evaluate)
-app.command(context_settings=generate.CONTEXT_SETTINGS)(generate.generate)
+app.command(**generate.COMMAND_SETTINGS)(generate.generate)
 app.command()(serve.serve)
 app.command()(demo.demo)
 

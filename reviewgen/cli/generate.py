@@ -13,13 +13,28 @@ import typer
 
 from reviewgen.cli.common import floats, log
 
-# `--catalog a b`: click takes one value per flag, so the values after it that are not options stay in
-# ctx.args (allow_extra_args) and join the catalogs; an unknown option is still an error.
-CONTEXT_SETTINGS = {"allow_extra_args": True}
+
+
+class CatalogsCommand(typer.core.TyperCommand):
+    """`--catalog a b --catalog c`: click takes one value per flag, so every value that follows a
+    --catalog flag is given its own flag before parsing; input order (which decides the first occurrence
+    of a duplicate id) is kept."""
+
+    def parse_args(self, ctx, args):  # noqa: D102 - click API
+        out, greedy = [], False
+        for a in args:
+            if a.startswith("-"):
+                greedy = a.split("=", 1)[0] == "--catalog"
+            elif greedy and out[-1] != "--catalog":
+                out.append("--catalog")
+            out.append(a)
+        return super().parse_args(ctx, out)
+
+
+COMMAND_SETTINGS = {"cls": CatalogsCommand}
 
 
 def generate(
-    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="exported model directory (reviewgen export)"),
     catalog: List[str] = typer.Option(..., "--catalog", metavar="PATH", help="catalog parquet file(s) or "
                                       "directory(ies) (local, NFS, s3://, gs://); several after one flag, or the "
@@ -76,11 +91,7 @@ def generate(
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.run import GenerationError
 
-    extra = list(ctx.args)
-    stray = [a for a in extra if a.startswith("-")]
     try:
-        if stray:
-            raise ConfigError(f"unknown option(s) {stray}")
         if mapping and preset:
             raise ConfigError("--mapping and --preset are mutually exclusive")
         overrides = {
@@ -96,7 +107,7 @@ def generate(
         cfg = load_generate_config(config, overrides)
         from reviewgen.generate.pipeline import run_generation
 
-        run_generation(str(model), [*catalog, *extra], out, cfg, run_date=run_date, since=since, force=force, log=log)
+        run_generation(str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log)
     except (GenerationError, CatalogError, ConfigError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2)
