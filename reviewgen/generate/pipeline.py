@@ -44,7 +44,7 @@ import ray
 from ray.data.context import DataContext, ShuffleStrategy
 
 from reviewgen.generate import catalog as cat
-from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob
+from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.generate.run import (GenerationError, identity_settings, join, list_files, list_inputs, model_info,
                                     n_shards_for, rating_distribution, remove_stale_temps, resolve_run_date,
@@ -343,6 +343,8 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
         reasons.update(per_shard[s].get("rejects_by_reason", {}))
     accepted = sum(per_shard[s]["accepted"] for s in expected)
     fs.delete_dir(join(part, "_work"))
+    if not expected:  # no shard: an empty reviews table still gives readers the directory and its schema
+        write_atomic(fs, join(part, "reviews", "empty.parquet"), review_schema(keep).empty_table())
     counts = {"products_in": n_in, "products_valid": n_valid, "products_rejected": n_in - n_valid,
               "products_unchanged": n_valid - n_todo, "products_to_generate": n_todo, "shards": n_shards,
               "shards_resumed": len(done), "files_unreadable": catalog_reasons.get("unreadable_file", 0),
