@@ -279,7 +279,9 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
             ds = ds.union(ray.data.read_parquet(prev_products).select_columns(["product_id", "attr_hash"]).map_batches(
                 _as_previous, batch_size=None, batch_format="pyarrow", fn_args=(schema,)))
         parts = max(1, min(200, footer_rows // ROWS_PER_PARTITION + 1))
-        ds.repartition(parts, keys=["dkey"], sort=True).map_batches(
+        # a hash repartition by key emits each partition as unsplit blocks (what map_groups relies on), so
+        # one call of _resolve_block sees every row of an id and dedupes it vectorised, not per group
+        ds.repartition(parts, keys=["dkey"]).map_batches(
             _resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema,)).write_parquet(_uri(fs, stage))
     if not list_files(fs, stage):
         write_atomic(fs, join(stage, "empty.parquet"), schema.empty_table())
