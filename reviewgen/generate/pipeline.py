@@ -3,14 +3,14 @@
 Every catalog row stays inside Ray Data; the driver holds file lists and counts, never rows::
 
     probe each file's parquet footer (driver: row groups, or the file is unreadable)
-      -> read row groups + validate (tasks)          -> hash-partition by product id, first (file, row)
-         wins, --since compares with the previous products -> _work/catalog/ (all rows, final status)
-      -> products/, rejects/catalog-*.parquet        (tasks; counts come back as per-block tallies)
-      -> groupby(shard).map_groups(GeneratorActor)   (actor pool: generate, score, filter, write a shard)
+      -> read row groups + validate (tasks) -> hash-partition by product id: first (file, row) wins,
+         --since compares with the previous products -> _work/catalog/ (tasks return counts only)
+      -> products/, rejects/catalog-*.parquet (one task per work file; returns the shards in use)
+      -> groupby(shard).map_groups(GeneratorActor) (actor pool: generate, score, filter, write a shard)
       -> manifest.json, _SUCCESS (last)
 
 Output under ``OUT/run_date=YYYY-MM-DD/``: ``reviews/part-NNNNN.parquet`` (one per shard),
-``rejects/catalog-NNNNN.parquet`` and ``rejects/filter-part-NNNNN.parquet``, ``products/`` (per-product
+``rejects/catalog-*.parquet`` and ``rejects/filter-part-NNNNN.parquet``, ``products/`` (per-product
 attribute hash and shard, for ``--since`` and resume), ``run.json`` (the run's identity, written first),
 ``manifest.json`` then ``_SUCCESS``.
 
@@ -30,6 +30,7 @@ rejects and manifest but no ``_SUCCESS`` and fails, unless ``allow_empty``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 import warnings
@@ -55,8 +56,7 @@ from reviewgen.infra.storage import exists, filesystem
 
 PRODUCT_SCHEMA = pa.schema([("product_id", pa.string()), ("attr_hash", pa.string()), ("shard", pa.int64()),
                             ("generate", pa.bool_()), ("source_file", pa.string()), ("source_row", pa.int64())])
-TALLY_SCHEMA = pa.schema([("status", pa.string()), ("reason", pa.string()), ("generate", pa.bool_()),
-                          ("n", pa.int64())])
+TALLY_DTYPES = {"status": "object", "reason": "object", "generate": "bool", "n": "int64"}
 ROWS_PER_PARTITION = 100_000  # dedupe shuffle: partitions = rows / this (1..200)
 
 
@@ -79,49 +79,57 @@ def _as_previous(prev: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
-def _resolve_block(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+def _resolve_block(df: pd.DataFrame, schema: pa.Schema, stage_uri: str) -> pd.DataFrame:
     """One hash partition (every row of an id is here): duplicates rejected, first (file, row) wins;
-    `generate` = valid and new or changed since the previous run."""
+    `generate` = valid and new or changed since the previous run. Writes the partition's rows to the
+    work dir under a name fixed by its content (a retried task rewrites the same file) and returns its
+    tally of (status, reason, generate) counts."""
     previous = df["status"] == "previous"
     prev_hash = dict(zip(df.loc[previous, "product_id"], df.loc[previous, "attr_hash"]))
     cur = cat.mark_duplicates(df[~previous])
+    if cur.empty:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TALLY_DTYPES.items()})
     ok = cur["status"] == "ok"
     cur["generate"] = ok & pd.Series([prev_hash.get(p) != h for p, h in zip(cur["product_id"], cur["attr_hash"])],
                                      index=cur.index, dtype=bool)
     cur["target_rating"] = cur["target_rating"].astype("Int64")
-    return pa.Table.from_pandas(cur[schema.names], schema=schema, preserve_index=False)
+    name = hashlib.sha256(cur[["file_index", "source_row"]].to_numpy(dtype="int64").tobytes()).hexdigest()[:20]
+    fs, stage = filesystem(stage_uri)
+    write_atomic(fs, join(stage, f"rows-{name}.parquet"),
+                 pa.Table.from_pandas(cur[schema.names], schema=schema, preserve_index=False))
+    t = cur.assign(reason=cur["reason"].fillna("")).groupby(["status", "reason", "generate"]).size()
+    return t.reset_index(name="n").astype(TALLY_DTYPES)
 
 
-def _tally(df: pd.DataFrame) -> pa.Table:
-    g = df.assign(reason=df["reason"].fillna(""), generate=df["generate"].fillna(False).astype(bool))
-    t = g.groupby(["status", "reason", "generate"]).size().reset_index(name="n")
-    return pa.Table.from_pandas(t, schema=TALLY_SCHEMA, preserve_index=False)
-
-
-def _products_block(df: pd.DataFrame, n_shards: int) -> pa.Table:
-    ok = df[df["status"] == "ok"]
-    shard = [shard_of(p, n_shards) if g else -1 for p, g in zip(ok["product_id"], ok["generate"])]
-    return pa.Table.from_pandas(ok.assign(shard=shard)[PRODUCT_SCHEMA.names], schema=PRODUCT_SCHEMA,
-                                preserve_index=False)
-
-
-def _rejects_block(df: pd.DataFrame, run_id: str) -> pa.Table:
-    bad = df[df["status"] != "ok"]
-    rej = pd.DataFrame({"stage": ["read" if r == "unreadable_file" else "catalog" for r in bad["reason"]],
-                        "reason": bad["reason"], "product_id": bad["product_id"], "review_id": None,
-                        "review_index": None, "source_file": bad["source_file"], "text": None, "score": None,
-                        "raw": bad["raw"], "run_id": run_id, "source_row": bad["source_row"]})
-    return pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False)
+def _split_rows(batch: dict, n_shards: int, run_id: str, part_uri: str) -> pd.DataFrame:
+    """Per work-dir file: valid rows (with their shard) -> products/, rejected rows -> rejects/, each
+    written atomically under the file's name; returns the distinct shards that have products."""
+    fs, part = filesystem(part_uri)
+    shards: set[int] = set()
+    for path in batch["path"]:
+        path = str(path)
+        src_fs, src = filesystem(path)
+        df = pq.read_table(src, filesystem=src_fs).to_pandas()
+        stem = path.rsplit("/", 1)[1][5:-8]
+        ok = df[df["status"] == "ok"]
+        shard = [shard_of(p, n_shards) if g else -1 for p, g in zip(ok["product_id"], ok["generate"])]
+        shards.update(shard)
+        write_atomic(fs, join(part, "products", f"products-{stem}.parquet"), pa.Table.from_pandas(
+            ok.assign(shard=shard)[PRODUCT_SCHEMA.names], schema=PRODUCT_SCHEMA, preserve_index=False))
+        bad = df[df["status"] != "ok"]
+        rej = pd.DataFrame({"stage": ["read" if r == "unreadable_file" else "catalog" for r in bad["reason"]],
+                            "reason": bad["reason"], "product_id": bad["product_id"], "review_id": None,
+                            "review_index": None, "source_file": bad["source_file"], "text": None, "score": None,
+                            "raw": bad["raw"], "run_id": run_id, "source_row": bad["source_row"]})
+        write_atomic(fs, join(part, "rejects", f"catalog-{stem}.parquet"),
+                     pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False))
+    return pd.DataFrame({"shard": sorted(shards - {-1})}, dtype="int64")
 
 
 def _todo_block(df: pd.DataFrame, n_shards: int, skip: frozenset, columns: list[str]) -> pd.DataFrame:
     todo = df[(df["status"] == "ok") & df["generate"].fillna(False).astype(bool)]
     todo = todo.assign(shard=[shard_of(p, n_shards) for p in todo["product_id"]])
     return todo[~todo["shard"].isin(skip)][[*columns, "shard"]]
-
-
-def _distinct_shards(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"shard": sorted(set(df["shard"].tolist()) - {-1})}, dtype="int64")
 
 
 # -- driver helpers -----------------------------------------------------------------------------------
@@ -157,24 +165,6 @@ def _read_plan(inputs: list[dict], log: Callable[[str], None]) -> tuple[list[dic
             offset += md.row_group(rg).num_rows
         rows += offset
     return tasks, rows
-
-
-def _write_files(ds, fs, part: str, sub: str, prefix: str, schema: pa.Schema) -> int:
-    """Write a dataset into OUT/part/sub/ as prefix-NNNNN.parquet: to a work dir first, then each file
-    renamed in (an empty dataset still leaves one empty file with the schema). Returns the file count."""
-    work = join(part, "_work", f"{sub}-{prefix}")
-    if exists(fs, work):
-        fs.delete_dir(work)
-    ds.write_parquet(_uri(fs, work))
-    for old in list_files(fs, join(part, sub), prefix + "-"):
-        fs.delete_file(old)
-    written = list_files(fs, work, "")
-    fs.create_dir(join(part, sub), recursive=True)
-    for i, p in enumerate(written):
-        fs.move(p, join(part, sub, f"{prefix}-{i:05d}.parquet"))
-    if not written:
-        write_atomic(fs, join(part, sub, f"{prefix}-00000.parquet"), schema.empty_table())
-    return max(1, len(written))
 
 
 def _uri(fs, path: str) -> str:
@@ -266,12 +256,17 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
                 default_language=cfg.catalog.language, rating_column=cfg.catalog.rating_column)
     timings: dict[str, float] = {}
 
-    # 1. read, validate, dedupe (and compare with --since) -> _work/catalog/, every row with its final status
+    # 1. read, validate, dedupe (and compare with --since) -> _work/catalog/, every row with its final status;
+    #    the tasks return only per-partition tallies
     t0 = time.perf_counter()
     tasks, footer_rows = _read_plan(inputs, log)
     stage = join(part, "_work", "catalog")
-    if exists(fs, stage):
-        fs.delete_dir(stage)
+    for d in (stage, join(part, "products")):
+        if exists(fs, d):
+            fs.delete_dir(d)
+    for old in list_files(fs, join(part, "rejects"), "catalog-"):
+        fs.delete_file(old)
+    tally: Counter = Counter()
     if tasks:
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
             _read_pieces, batch_size=1, batch_format="numpy", fn_args=(mapping, opts))
@@ -281,33 +276,32 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
         parts = max(1, min(200, footer_rows // ROWS_PER_PARTITION + 1))
         # a hash repartition by key emits each partition as unsplit blocks (what map_groups relies on), so
         # one call of _resolve_block sees every row of an id and dedupes it vectorised, not per group
-        ds.repartition(parts, keys=["dkey"]).map_batches(
-            _resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema,)).write_parquet(_uri(fs, stage))
-    if not list_files(fs, stage):
-        write_atomic(fs, join(stage, "empty.parquet"), schema.empty_table())
+        tallies = ds.repartition(parts, keys=["dkey"]).map_batches(
+            _resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema, _uri(fs, stage)))
+        for t in tallies.iter_rows():  # a few rows per partition
+            tally[(t["status"], t["reason"], bool(t["generate"]))] += int(t["n"])
     timings["read_validate"] = time.perf_counter() - t0
 
-    # 2. counts (per-block tallies), products/ and catalog rejects
+    # 2. counts, then products/ (with shards) and rejects/catalog-*.parquet, one task per work file
     t0 = time.perf_counter()
-    rows = ray.data.read_parquet(_uri(fs, stage))
-    tally = Counter()
-    for t in rows.select_columns(["status", "reason", "generate"]).map_batches(
-            _tally, batch_size=None, batch_format="pandas").iter_rows():
-        tally[(t["status"], t["reason"], bool(t["generate"]))] += int(t["n"])
     n_in = sum(tally.values())
     n_valid = sum(n for (s, _, _), n in tally.items() if s == "ok")
     n_todo = sum(n for (s, _, g), n in tally.items() if s == "ok" and g)
-    catalog_reasons = Counter()
+    catalog_reasons: Counter = Counter()
     for (s, r, _), n in tally.items():
         if s != "ok":
             catalog_reasons[r] += n
     n_shards = n_shards_for(n_todo, cfg.sharding.products_per_shard)
-    _write_files(rows.map_batches(_products_block, batch_size=None, batch_format="pandas", fn_args=(n_shards,)),
-                 fs, part, "products", "products", PRODUCT_SCHEMA)
-    _write_files(rows.map_batches(_rejects_block, batch_size=None, batch_format="pandas", fn_args=(run_id,)),
-                 fs, part, "rejects", "catalog", REJECT_SCHEMA)
-    expected = {int(r["shard"]) for r in ray.data.read_parquet(_uri(fs, join(part, "products")))
-                .select_columns(["shard"]).map_batches(_distinct_shards, batch_size=None, batch_format="pandas").iter_rows()}
+    work_files = list_files(fs, stage, "rows-")
+    expected: set[int] = set()
+    if work_files:
+        split = ray.data.from_items([{"path": _uri(fs, p)} for p in work_files], override_num_blocks=len(work_files))
+        for r in split.map_batches(_split_rows, batch_size=1, batch_format="numpy",
+                                   fn_args=(n_shards, run_id, _uri(fs, part))).iter_rows():
+            expected.add(int(r["shard"]))
+    else:  # nothing was read: the tables still exist, empty, with their schemas
+        write_atomic(fs, join(part, "products", "products-empty.parquet"), PRODUCT_SCHEMA.empty_table())
+        write_atomic(fs, join(part, "rejects", "catalog-empty.parquet"), REJECT_SCHEMA.empty_table())
     done = set(shard_stats(fs, part)) & expected
     pending = sorted(expected - done)
     timings["plan"] = time.perf_counter() - t0
@@ -322,7 +316,7 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
         job = ShardJob(cfg, run_id, model_version, str(Path(model_dir).resolve()), _uri(fs, part), tuple(dist))
         columns = list(dict.fromkeys(["product_id", "title", "category", "language", "target_rating",
                                       "source_file", "source_row", *keep]))
-        todo = rows.map_batches(_todo_block, batch_size=None, batch_format="pandas",
+        todo = ray.data.read_parquet(_uri(fs, stage)).map_batches(_todo_block, batch_size=None, batch_format="pandas",
                                 fn_args=(n_shards, frozenset(done), columns))
         stats = todo.groupby("shard", num_partitions=max(1, min(len(pending), 4 * num_actors))).map_groups(
             GeneratorActor, compute=ray.data.ActorPoolStrategy(size=num_actors), fn_constructor_args=(job,),
