@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
