@@ -7,9 +7,11 @@ ids. Each catalog runs `reviewgen.generate.pipeline.run_generation` in a fresh d
 embedded Ray, 4 logical CPUs) that reports its own peak RSS (VmHWM from /proc/self/status): the catalog
 must not enter the driver, so the 10^6-row driver should stay within 1.2x of the 10^4-row one.
 
-Overhead = 1 - end-to-end reviews/s / in-process reviews/s, where in-process runs `GeneratorActor.write_shard`
-(the same generate, score, filter and write code) directly in this process with one torch thread per core
-on the same products. The model is the tiny test config (configs/tiny.yaml), 1 review per product.
+Overhead = 1 - end-to-end reviews/s / in-process reviews/s on the same cores. In-process runs
+`GeneratorActor.write_shard` (the same generate, score, filter and write code) directly in this process with
+one torch thread, on the same products; the pipeline runs N actors of one thread each, so the same-cores
+in-process rate is N x the one-thread rate (a 2-thread torch process on a loaded 2-core machine spins and
+measures nothing useful). The model is the tiny test config (configs/tiny.yaml), 1 review per product.
 
 Run: python -m bench.bench_generate [--quick] [--valid N]
 """
@@ -121,17 +123,19 @@ def pipeline_run(model: Path, catalog: Path, out: Path) -> dict[str, Any]:
 
 
 def in_process_rate(model: Path, catalog: Path, n_products: int) -> dict[str, Any]:
-    """reviews/s of GeneratorActor.write_shard (generate, score, filter, write) in this process, one torch
-    thread per core, on the catalog's first n_products valid products in shards of PRODUCTS_PER_SHARD."""
+    """reviews/s of GeneratorActor.write_shard (generate, score, filter, write) in this process with one
+    torch thread, on the catalog's first n_products valid products in shards of PRODUCTS_PER_SHARD."""
     import pandas as pd
 
     from reviewgen.generate.actor import GeneratorActor, ShardJob
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.run import DEFAULT_RATING_DISTRIBUTION
 
-    cores = os.cpu_count() or 1
+    import torch
+
     cfg = load_generate_config(None, {"sampling.reviews_per_product": REVIEWS_PER_PRODUCT,
-                                      "filter.reject_broken_text": False, "sharding.cpus_per_actor": cores})
+                                      "filter.reject_broken_text": False, "sharding.cpus_per_actor": 1})
+    threads = torch.get_num_threads()
     df = pd.read_parquet(catalog).head(n_products)
     products = [{"product_id": p, "title": t, "category": c, "language": "en", "target_rating": None,
                  "source_file": str(catalog), "source_row": i}
@@ -143,8 +147,9 @@ def in_process_rate(model: Path, catalog: Path, n_products: int) -> dict[str, An
         for k, i in enumerate(range(0, len(products), PRODUCTS_PER_SHARD)):
             actor.write_shard(k, products[i:i + PRODUCTS_PER_SHARD])
         dt = time.perf_counter() - t
+    torch.set_num_threads(threads)
     n = len(products) * REVIEWS_PER_PRODUCT
-    return {"threads": cores, "reviews": n, "seconds": round(dt, 3), "reviews_per_s": n / dt}
+    return {"threads": 1, "reviews": n, "seconds": round(dt, 3), "reviews_per_s": n / dt}
 
 
 def main(quick: bool = False, valid: int | None = None) -> dict[str, Any]:
@@ -167,12 +172,15 @@ def main(quick: bool = False, valid: int | None = None) -> dict[str, Any]:
                        "every_row_accounted": c["products_in"] == n == c["products_valid"] + c["products_rejected"]
                        and c["reviews_generated"] == c["reviews_accepted"] + c["reviews_rejected"],
                        "catalog_rejects_by_reason": c["catalog_rejects_by_reason"]}
-        inproc = in_process_rate(model, Path(tmp) / f"catalog_{sizes[0]}.parquet", min(valid, sizes[0]))
+        inproc = in_process_rate(model, Path(tmp) / f"catalog_{sizes[0]}.parquet", min(valid, sizes[0], 2000))
     small, big = runs[sizes[0]], runs[sizes[1]]
     ratio = big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"]
-    overhead = {n: round(1 - r["reviews_per_s_end_to_end"] / inproc["reviews_per_s"], 4) for n, r in runs.items()}
-    overhead_gen = {n: round(1 - r["reviews_per_s_generate_stage"] / inproc["reviews_per_s"], 4)
-                    for n, r in runs.items()}
+    # run_generation's default pool: CPUs // 2 actors (4 logical CPUs at least), at most one per shard
+    n_actors = max(1, min(max(4, os.cpu_count() or 1) // 2, -(-min(valid, sizes[0]) // PRODUCTS_PER_SHARD)))
+    inproc["pipeline_actors"] = n_actors
+    inproc["reviews_per_s_same_cores"] = same = inproc["reviews_per_s"] * n_actors
+    overhead = {n: round(1 - r["reviews_per_s_end_to_end"] / same, 4) for n, r in runs.items()}
+    overhead_gen = {n: round(1 - r["reviews_per_s_generate_stage"] / same, 4) for n, r in runs.items()}
     return {"sizes": list(sizes), "valid_products": valid, "reviews_per_product": REVIEWS_PER_PRODUCT,
             "runs": runs, "in_process": inproc,
             "driver_rss_ratio": round(ratio, 3),

@@ -172,7 +172,8 @@ def _md_generate(x: dict[str, Any]) -> list[str]:
                    f"{_f(r['reviews_per_s_end_to_end'])} | {_f(r['reviews_per_s_generate_stage'])} | "
                    f"{r['every_row_accounted']} |")
     g = x["goals"]
-    out += ["", f"In-process generate + score + filter + write ({i['threads']} threads): {_f(i['reviews_per_s'])} reviews/s.",
+    out += ["", f"In-process generate + score + filter + write: {_f(i['reviews_per_s'])} reviews/s on 1 thread, "
+            f"{_f(i['reviews_per_s_same_cores'])} for the pipeline's {i['pipeline_actors']} actors' cores.",
             f"Driver RSS ratio (largest / smallest catalog): {x['driver_rss_ratio']} (goal <= {g['driver_rss_ratio_max']}: "
             f"{'met' if x['driver_rss_goal_met'] else 'NOT met'}).",
             f"Overhead end to end: {x['overhead_end_to_end']}; generate stage only: {x['overhead_generate_stage']} "
