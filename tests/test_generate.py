@@ -352,6 +352,10 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
     ids = [f"v{i % 20:02d}" if i % 3 else None for i in range(n)]
     pq.write_table(pa.table({"product_id": ids, "title": [f"Steel bottle {i}" for i in range(n)]}),
                    tmp_path / "big.parquet", row_group_size=700)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = (ctx.execution_options.preserve_order, ctx.shuffle_strategy)
     limit = _RowLimit(100)
     limit.install(monkeypatch)
     s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out", cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE,
@@ -362,6 +366,8 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
     assert c["reviews_generated"] == 20 == c["reviews_accepted"] + c["reviews_rejected"]
     assert limit.seen.get("iter_rows", 0) > 0  # the guard really wrapped the driver's calls
     assert max(limit.seen.values()) <= 100
+    # the run used its own copy of the DataContext; the caller's is untouched
+    assert DataContext.get_current() is ctx and (ctx.execution_options.preserve_order, ctx.shuffle_strategy) == before
 
 
 def test_all_invalid_catalog_fails_cleanly_and_allow_empty_accepts(ray_local, tiny_model, tmp_path):
