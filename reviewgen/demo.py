@@ -74,12 +74,14 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     log("== 3/5 generate on Ray Data for products the model never saw")
     t = time.time()
+    from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.pipeline import run_generation
 
     catalog = _demo_catalog(data_dir, out)
     run_date = time.strftime("%Y-%m-%d", time.gmtime())
-    summary = run_generation(str(model_dir), [str(catalog)], str(out / "generated"), reviews_per_product=3,
-                             run_date=run_date, force=True, language_column="language", log=log)
+    gen_cfg = load_generate_config(None, {"sampling.reviews_per_product": 3, "catalog.language_column": "language"})
+    summary = run_generation(str(model_dir), [str(catalog)], str(out / "generated"), gen_cfg, run_date=run_date,
+                             force=True, log=log)
     times["generate_s"] = time.time() - t
     reviews = pd.read_parquet(out / "generated" / f"run_date={run_date}" / "reviews")
 

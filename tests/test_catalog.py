@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from reviewgen.generate import catalog as cat
@@ -117,9 +119,76 @@ def test_flipkart_falls_back_to_pid():
     assert (r["status"], r["product_id"]) == ("ok", "PID1")
 
 
-def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags():
-    from reviewgen.generate.pipeline import build_parser
+def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags(monkeypatch):
+    from typer.testing import CliRunner
 
-    args = build_parser().parse_args(["--model", "m", "--catalog", "a.parquet", "b/", "--catalog", "s3://x/c",
-                                      "--out", "o"])
-    assert args.catalog == ["a.parquet", "b/", "s3://x/c"]
+    import reviewgen.generate.pipeline as pipeline
+    from reviewgen.cli import app
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_generation", lambda model, cats, out, cfg, **kw: calls.append((cats, cfg, kw)))
+    res = CliRunner().invoke(app, ["generate", "--model", "m", "--catalog", "a.parquet", "b/", "--catalog", "s3://x/c",
+                                   "--out", "o", "--seed", "4", "--keep-broken-text", "--preset", "bigbasket"])
+    assert res.exit_code == 0, res.output
+    cats, cfg, kw = calls[0]
+    assert cats == ["a.parquet", "b/", "s3://x/c"]
+    assert cfg.sampling.seed == 4 and cfg.filter.reject_broken_text is False and cfg.catalog.mapping == "bigbasket"
+    assert cfg.sampling.reviews_per_product == 3 and kw["force"] is False
+    res = CliRunner().invoke(app, ["generate", "--model", "m", "--catalog", "a", "--out", "o", "--no-such-flag"])
+    assert res.exit_code == 2 and len(calls) == 1
+
+
+def _piece(path, mapping=None, **kw):
+    md = pq.ParquetFile(path).metadata
+    return pa.concat_tables(cat.read_piece(str(path), 0, 0, 0, None, mapping or cat.resolve_mapping(None), **kw)) \
+        if md.num_row_groups else None
+
+
+def test_read_piece_rejects_a_corrupt_file_but_a_validation_bug_raises(tmp_path):
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"product_id": [f"p{i}" for i in range(2000)],
+                             "title": [f"lamp number {i} " * 5 for i in range(2000)]}), good, compression="snappy")
+    t = _piece(good)
+    assert t.num_rows == 2000 and t["source_row"].to_pylist() == list(range(2000))
+    assert set(t["status"].to_pylist()) == {"ok"}
+    # the footer survives, the data pages do not: the rest of the row group becomes one unreadable row
+    raw = bytearray(good.read_bytes())
+    raw[200:6000] = b"\xff" * 5800
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(bytes(raw))
+    t = _piece(bad)
+    assert t["reason"].to_pylist()[-1] == "unreadable_file" and t["source_file"].to_pylist()[-1] == str(bad)
+    # a bug (here: a mapping missing a field) is not a read error: it raises
+    broken = {k: v for k, v in cat.resolve_mapping(None).items() if k != "price"}
+    with pytest.raises(KeyError):
+        _piece(good, broken)
+
+
+def test_run_identity_and_start_state_without_ray(tmp_path):
+    import json
+
+    import pyarrow.fs as pafs
+
+    from reviewgen.generate import run
+    from reviewgen.generate.config import GenerateConfig
+
+    fs, part = pafs.LocalFileSystem(), str(tmp_path / "run_date=2024-01-01")
+    inputs = [{"path": "a.parquet", "checksum": "sha256:1"}]
+    settings = run.identity_settings(GenerateConfig(), cat.resolve_mapping(None), [0.2] * 5, None)
+    rid = run.run_identity("2024-01-01", "v1", settings, inputs)
+    assert rid == run.run_identity("2024-01-01", "v1", dict(settings), list(inputs))
+    assert rid != run.run_identity("2024-01-01", "v1", dict(settings, seed=1), inputs)
+    assert run.start_state(fs, part, rid, force=False) == ("resume", None)  # nothing there yet
+    run.write_atomic(fs, run.join(part, "run.json"), json.dumps({"run_id": "other"}).encode())
+    assert run.start_state(fs, part, rid, force=False)[0] == "fresh" and not (tmp_path / "run_date=2024-01-01").exists()
+    run.write_atomic(fs, run.join(part, "manifest.json"), json.dumps({"run_id": rid, "summary": {}}).encode())
+    run.write_atomic(fs, run.join(part, "_SUCCESS"), b"")
+    assert run.start_state(fs, part, rid, force=False)[0] == "noop"
+    with pytest.raises(run.GenerationError, match="--force"):
+        run.start_state(fs, part, "another", force=False)
+    # a shard's counts live in its reviews file's footer
+    schema = pa.schema([("x", pa.int64())]).with_metadata({run.STATS_KEY: json.dumps({"accepted": 2}).encode()})
+    run.write_atomic(fs, run.shard_file(part, "reviews", 7), pa.table({"x": [1, 2]}, schema=schema))
+    assert run.shard_stats(fs, part) == {7: {"accepted": 2}}
+    assert {run.shard_of(f"p{i}", 4) for i in range(50)} == {0, 1, 2, 3}
+    assert run.review_id(rid, "p1", 0) == run.review_id(rid, "p1", 0) != run.review_id(rid, "p1", 1)

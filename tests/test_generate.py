@@ -4,6 +4,10 @@ run, determinism, the shared catalog presets, and --since (real local Ray, tiny 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,14 +15,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from typer.testing import CliRunner
+
+from reviewgen.cli import app
 from reviewgen.data.corpus import sample_data_dir
-from reviewgen.generate.pipeline import InjectedStop, main, review_id, run_generation
+from reviewgen.generate.config import GenerateConfig, load_generate_config
+from reviewgen.generate.pipeline import run_generation
+from reviewgen.generate.run import GenerationError, review_id
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 DATE = "2024-05-01"
-# The tiny test model emits partial UTF-8 bytes in almost every review, so tests that need accepted reviews
-# keep them (reject_broken_text=False); the --since test runs the default guard and checks it.
-QUIET = dict(log=lambda *_: None, reject_broken_text=False)
+QUIET = dict(log=lambda *_: None)
+
+
+def cfg(rpp: int = 2, seed: int = 0, pps: int | None = None, actors: int | None = None, **dotted) -> GenerateConfig:
+    """A job config; the tiny test model emits partial UTF-8 bytes in almost every review, so tests that
+    need accepted reviews keep them (broken text allowed); the --since test runs the default guard."""
+    return load_generate_config(None, {"sampling.reviews_per_product": rpp, "sampling.seed": seed,
+                                       "sharding.products_per_shard": pps, "sharding.num_actors": actors,
+                                       "filter.reject_broken_text": False, **dotted})
 
 
 def _products(n: int, start: int = 0) -> pd.DataFrame:
@@ -56,7 +71,7 @@ def messy(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def messy_run(ray_local, tiny_model, messy, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("out_messy")
-    summary = run_generation(tiny_model, messy["files"], out, reviews_per_product=2, run_date=DATE, seed=1, **QUIET)
+    summary = run_generation(tiny_model, messy["files"], out, cfg(seed=1), run_date=DATE, **QUIET)
     return {"out": out, "summary": summary, "part": out / f"run_date={DATE}"}
 
 
@@ -68,7 +83,8 @@ def test_every_input_row_accounted_for(messy, messy_run):
         "missing_id": 1, "missing_title": 1, "duplicate_id": 1, "title_too_long": 1, "invalid_utf8:title": 1,
         "invalid_price": 1, "invalid_type:title": 2, "unreadable_file": 1}
     assert c["products_valid"] == 5  # g1, g2, g7 (control chars cleaned), g8, b3 ("Rs 99" parsed)
-    rej = pd.read_parquet(messy_run["part"] / "rejects" / "catalog.parquet")
+    rej = pd.read_parquet(messy_run["part"] / "rejects", filters=[("stage", "in", ["read", "catalog"])])
+    assert len(rej) == c["products_rejected"] and rej["source_row"].notna().all()
     broken = rej[rej["reason"] == "unreadable_file"]
     assert broken["source_file"].str.endswith("d_broken.parquet").all() and broken["stage"].eq("read").all()
     dup = rej[rej["reason"] == "duplicate_id"]
@@ -105,19 +121,17 @@ def test_second_run_is_noop_and_force_rewrites(tiny_model, messy, messy_run):
     part = messy_run["part"]
     before = _reviews(part)
     stamp = (part / "_SUCCESS").stat().st_mtime_ns
-    again = run_generation(tiny_model, messy["files"], messy_run["out"], reviews_per_product=2, run_date=DATE,
-                           seed=1, **QUIET)
+    again = run_generation(tiny_model, messy["files"], messy_run["out"], cfg(seed=1), run_date=DATE, **QUIET)
     assert again["noop"] is True and (part / "_SUCCESS").stat().st_mtime_ns == stamp
     (part / "reviews" / "stray.parquet").write_bytes(b"junk left by someone")
-    forced = run_generation(tiny_model, messy["files"], messy_run["out"], reviews_per_product=2, run_date=DATE,
-                            seed=1, force=True, **QUIET)
+    forced = run_generation(tiny_model, messy["files"], messy_run["out"], cfg(seed=1), run_date=DATE, force=True,
+                            **QUIET)
     assert forced["noop"] is False and forced["counts"]["shards_resumed"] == 0
     assert not (part / "reviews" / "stray.parquet").exists()  # the partition was replaced, not appended to
     after = _reviews(part)
     pd.testing.assert_frame_equal(before.drop(columns="generated_at"), after.drop(columns="generated_at"))
     with pytest.raises(Exception, match="--force"):  # same date, different settings: refuse to mix
-        run_generation(tiny_model, messy["files"], messy_run["out"], reviews_per_product=3, run_date=DATE,
-                       seed=1, **QUIET)
+        run_generation(tiny_model, messy["files"], messy_run["out"], cfg(rpp=3, seed=1), run_date=DATE, **QUIET)
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +144,13 @@ def clean_catalog(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference_run(ray_local, tiny_model, clean_catalog, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ref")
-    s = run_generation(tiny_model, [str(clean_catalog)], out, reviews_per_product=2, run_date=DATE, seed=7,
-                       products_per_shard=4, num_actors=2, **QUIET)
+    s = run_generation(tiny_model, [str(clean_catalog)], out, cfg(seed=7, pps=4, actors=2), run_date=DATE, **QUIET)
     return {"summary": s, "part": out / f"run_date={DATE}"}
 
 
 def test_same_seed_same_reviews(tiny_model, clean_catalog, reference_run, tmp_path):
-    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, reviews_per_product=2, run_date=DATE, seed=7,
-                       products_per_shard=4, num_actors=1, **QUIET)
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE,
+                       **QUIET)
     a, b = _reviews(reference_run["part"]), _reviews(tmp_path / f"run_date={DATE}")
     assert s["run_id"] == reference_run["summary"]["run_id"]
     # generated_at is wall-clock time; every other column must match exactly (1 vs 2 actors, other batching)
@@ -145,24 +158,77 @@ def test_same_seed_same_reviews(tiny_model, clean_catalog, reference_run, tmp_pa
     assert reference_run["summary"]["counts"]["shards"] == 8
 
 
-def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_model, clean_catalog, reference_run, tmp_path):
-    with pytest.raises(InjectedStop):
-        run_generation(tiny_model, [str(clean_catalog)], tmp_path, reviews_per_product=2, run_date=DATE, seed=7,
-                       products_per_shard=4, num_actors=1, _stop_after_shards=3, **QUIET)
-    part = tmp_path / f"run_date={DATE}"
-    finished = list((part / "reviews").glob("part-*.parquet"))
-    assert not (part / "_SUCCESS").exists() and 3 <= len(finished) < 8
-    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, reviews_per_product=2, run_date=DATE, seed=7,
-                       products_per_shard=4, **QUIET)
-    assert s["counts"]["shards_resumed"] == len(finished)
-    prods = pd.read_parquet(part / "products")
-    done_shards = {int(f.name[5:10]) for f in finished}
-    assert s["counts"]["reviews_generated_this_invocation"] == 2 * int((~prods["shard"].isin(done_shards)).sum())
+def _same_as_reference(part: Path, reference_run: dict) -> None:
     got, ref = _reviews(part), _reviews(reference_run["part"])
     assert got["review_id"].is_unique
     assert set(got["review_id"]) == set(ref["review_id"])
     pd.testing.assert_frame_equal(got.drop(columns="generated_at"), ref.drop(columns="generated_at"))
+
+
+def test_partial_partition_resumes_without_gaps_or_duplicates(tiny_model, clean_catalog, reference_run, tmp_path):
+    """The state a driver kill leaves (some shards finished, no manifest, no _SUCCESS, a temp file
+    mid-write): the rerun regenerates only the missing shards. (tests/test_generate_kill.py kills a real
+    job process.)"""
+    part = tmp_path / f"run_date={DATE}"
+    run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE, **QUIET)
+    for f in ("_SUCCESS", "manifest.json"):
+        (part / f).unlink()
+    shards = sorted((part / "reviews").glob("part-*.parquet"))
+    for f in shards[3:]:
+        f.unlink()
+    (part / "reviews" / ".tmp-dead-part-00007.parquet").write_bytes(b"half a file")
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4), run_date=DATE, **QUIET)
+    assert s["counts"]["shards_resumed"] == 3
+    prods = pd.read_parquet(part / "products")
+    done_shards = {int(f.name[5:10]) for f in shards[:3]}
+    assert s["counts"]["reviews_generated_this_invocation"] == 2 * int((~prods["shard"].isin(done_shards)).sum())
     assert s["counts"]["reviews_generated"] == reference_run["summary"]["counts"]["reviews_generated"] == 60
+    assert not list(part.rglob(".tmp-*")) and not (part / "_work").exists()
+    _same_as_reference(part, reference_run)
+
+
+def _descendants_named(marker: bytes) -> list[int]:
+    """Live processes under this test process (its Ray's raylet and workers) whose command line has `marker`."""
+    me, found = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if marker not in (d / "cmdline").read_bytes():
+                continue
+            pid = int(d.name)
+            while pid > 1 and pid != me:
+                pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid == me:
+            found.append(int(d.name))
+    return found
+
+
+def test_killed_actor_is_retried_and_output_is_exactly_once(tiny_model, clean_catalog, reference_run, tmp_path):
+    """SIGKILL a generating actor once its first shard is written: Ray restarts it and retries its task;
+    the finished partition holds exactly the reference reviews."""
+    part = tmp_path / f"run_date={DATE}"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if any((part / "reviews").glob("part-*.parquet")):
+                for pid in _descendants_named(b"GeneratorActor"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE,
+                       **QUIET)
+    th.join(timeout=5)
+    assert killed, "no generating actor was found to kill"
+    assert s["counts"]["reviews_generated"] == 60 and (part / "_SUCCESS").exists()
+    _same_as_reference(part, reference_run)
 
 
 @pytest.mark.parametrize("preset, file, id_col", [
@@ -172,8 +238,9 @@ def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_model, clean_ca
 def test_shared_catalog_samples_through_presets(ray_local, tiny_model, tmp_path, preset, file, id_col):
     raw = pd.read_parquet(sample_data_dir() / file).head(6)
     raw.to_parquet(tmp_path / file)
-    s = run_generation(tiny_model, [str(tmp_path / file)], tmp_path / "out", reviews_per_product=1, run_date=DATE,
-                       mapping=preset, keep_columns=["brand"], **QUIET)
+    s = run_generation(tiny_model, [str(tmp_path / file)], tmp_path / "out",
+                       cfg(rpp=1, **{"catalog.mapping": preset, "catalog.keep_columns": ["brand"]}), run_date=DATE,
+                       **QUIET)
     assert s["counts"]["products_in"] == 6 and s["counts"]["products_valid"] == 6
     prods = pd.read_parquet(tmp_path / "out" / f"run_date={DATE}" / "products")
     assert sorted(prods["product_id"]) == sorted(str(v) for v in raw[id_col])
@@ -186,16 +253,19 @@ def test_shared_catalog_samples_through_presets(ray_local, tiny_model, tmp_path,
 def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     day1 = _products(10)
     day1.to_parquet(tmp_path / "day1.parquet")
-    s1 = run_generation(tiny_model, [str(tmp_path / "day1.parquet")], tmp_path / "out", reviews_per_product=1,
+    s1 = run_generation(tiny_model, [str(tmp_path / "day1.parquet")], tmp_path / "out", cfg(rpp=1),
                         run_date="2024-05-01", **QUIET)
     assert s1["counts"]["products_to_generate"] == 10
     day2 = pd.concat([day1.drop(index=[9]), _products(2, start=50)], ignore_index=True)
     day2.loc[day2["product_id"] == "p001", "title"] = "Wireless speaker model 1, now waterproof"
     day2.loc[day2["product_id"] == "p002", "price"] = 99.0
     day2.to_parquet(tmp_path / "day2.parquet")
-    rc = main(["--model", str(tiny_model), "--catalog", str(tmp_path / "day2.parquet"), "--out", str(tmp_path / "out"),
-               "--reviews-per-product", "1", "--run-date", "2024-05-02", "--since", "2024-05-01"])
-    assert rc == 0
+    # through the command line, with the default broken-text guard; --allow-empty: the tiny model's 4
+    # reviews may all be rejected
+    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "day2.parquet"),
+                                   "--out", str(tmp_path / "out"), "--reviews-per-product", "1", "--run-date",
+                                   "2024-05-02", "--since", "2024-05-01", "--allow-empty"])
+    assert res.exit_code == 0, res.output
     part2 = tmp_path / "out" / "run_date=2024-05-02"
     man = json.loads((part2 / "manifest.json").read_text())["summary"]["counts"]
     assert man["products_valid"] == 11 and man["products_unchanged"] == 7 and man["products_to_generate"] == 4
@@ -207,3 +277,125 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     assert not gen["text"].str.contains("\ufffd").any()  # the default guard is on through the CLI
     # the products table carries every valid product, so a later --since chains from this run
     assert len(pd.read_parquet(part2 / "products")) == 11
+
+
+def test_duplicate_ids_first_occurrence_by_file_and_row_wins(ray_local, tiny_model, tmp_path):
+    # b.parquet comes first on the command line, so its row 2 beats every row of a.parquet; within a file
+    # the lower row wins; a rejected row (no title) never blocks a later valid one
+    pd.DataFrame({"product_id": ["u1", "x", "y", "x", "z"],
+                  "title": ["Alpha", "x from a, row 1", "y from a", "x from a, row 3", None]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"product_id": ["z", "q", "x", "y", "y"],
+                  "title": ["z from b", "Quill", "x from b, row 2", "y from b, row 3", "y from b, row 4"]}).to_parquet(
+        tmp_path / "b.parquet")
+    files = [str(tmp_path / "b.parquet"), str(tmp_path / "a.parquet")]
+    s = run_generation(tiny_model, files, tmp_path / "out", cfg(rpp=1, allow_empty=True), run_date=DATE, **QUIET)
+    part = tmp_path / "out" / f"run_date={DATE}"
+    c = s["counts"]
+    assert c["products_in"] == 10 and c["products_valid"] == 5
+    assert c["catalog_rejects_by_reason"] == {"duplicate_id": 4, "missing_title": 1}
+    prods = pd.read_parquet(part / "products").set_index("product_id")
+    winners = {p: (Path(f).name, int(r)) for p, f, r in zip(prods.index, prods["source_file"], prods["source_row"])}
+    assert winners == {"x": ("b.parquet", 2), "y": ("b.parquet", 3), "z": ("b.parquet", 0), "q": ("b.parquet", 1),
+                       "u1": ("a.parquet", 0)}
+    rej = pd.read_parquet(part / "rejects", filters=[("stage", "=", "catalog")])
+    dups = sorted((p, Path(f).name, int(r)) for p, f, r, why in
+                  zip(rej["product_id"], rej["source_file"], rej["source_row"], rej["reason"]) if why == "duplicate_id")
+    assert dups == [("x", "a.parquet", 1), ("x", "a.parquet", 3), ("y", "a.parquet", 2), ("y", "b.parquet", 4)]
+    assert set(pd.read_parquet(part / "reviews")["title"]) <= {"x from b, row 2", "y from b, row 3", "z from b",
+                                                                "Quill", "Alpha"}
+
+
+class _RowLimit:
+    """Wraps the Dataset/constructor methods that bring rows into the driver; fails past `limit` rows."""
+
+    def __init__(self, limit: int):
+        self.limit, self.seen = limit, {}
+
+    def check(self, name: str, n: int) -> None:
+        self.seen[name] = max(self.seen.get(name, 0), n)
+        if n > self.limit:
+            raise AssertionError(f"{name} brought {n} rows into the driver (limit {self.limit})")
+
+    def install(self, monkeypatch) -> None:
+        import ray.data as rd
+
+        for name in ("to_pandas", "take_all", "take", "take_batch", "to_arrow_refs", "to_pandas_refs"):
+            orig = getattr(rd.Dataset, name)
+
+            def wrapped(ds, *a, _orig=orig, _name=name, **kw):
+                out = _orig(ds, *a, **kw)
+                self.check(_name, len(out) if hasattr(out, "__len__") else 0)
+                return out
+            monkeypatch.setattr(rd.Dataset, name, wrapped)
+        for name in ("iter_rows", "iter_batches"):
+            orig = getattr(rd.Dataset, name)
+
+            def wrapped_iter(ds, *a, _orig=orig, _name=name, **kw):
+                n = 0
+                for item in _orig(ds, *a, **kw):
+                    n += 1 if _name == "iter_rows" else len(next(iter(item.values())) if isinstance(item, dict) else item)
+                    self.check(_name, n)
+                    yield item
+            monkeypatch.setattr(rd.Dataset, name, wrapped_iter)
+        for name in ("from_items", "from_pandas", "from_arrow"):
+            orig = getattr(rd, name)
+
+            def wrapped_from(data, *a, _orig=orig, _name=name, **kw):
+                self.check(_name, len(data) if isinstance(data, list) else getattr(data, "num_rows", len(data)))
+                return _orig(data, *a, **kw)
+            monkeypatch.setattr(rd, name, wrapped_from)
+
+
+def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, monkeypatch):
+    # 3,000 rows: 20 valid products, 1,980 duplicates of them, 1,000 invalid; several row groups
+    n = 3000
+    ids = [f"v{i % 20:02d}" if i % 3 else None for i in range(n)]
+    pq.write_table(pa.table({"product_id": ids, "title": [f"Steel bottle {i}" for i in range(n)]}),
+                   tmp_path / "big.parquet", row_group_size=700)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = (ctx.execution_options.preserve_order, ctx.shuffle_strategy)
+    limit = _RowLimit(100)
+    limit.install(monkeypatch)
+    s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out", cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE,
+                       **QUIET)
+    c = s["counts"]
+    assert c["products_in"] == n and c["products_valid"] == 20
+    assert c["catalog_rejects_by_reason"] == {"missing_id": 1000, "duplicate_id": 1980}
+    assert c["reviews_generated"] == 20 == c["reviews_accepted"] + c["reviews_rejected"]
+    assert limit.seen.get("iter_rows", 0) > 0  # the guard really wrapped the driver's calls
+    assert max(limit.seen.values()) <= 100
+    # the run used its own copy of the DataContext; the caller's is untouched
+    assert DataContext.get_current() is ctx and (ctx.execution_options.preserve_order, ctx.shuffle_strategy) == before
+
+
+def test_all_invalid_catalog_fails_cleanly_and_allow_empty_accepts(ray_local, tiny_model, tmp_path):
+    pd.DataFrame({"product_id": [None, "a", "b"], "title": ["x", None, ""]}).to_parquet(tmp_path / "bad.parquet")
+    args = ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "bad.parquet"), "--out",
+            str(tmp_path / "out"), "--run-date", DATE]
+    res = CliRunner().invoke(app, args)
+    part = tmp_path / "out" / f"run_date={DATE}"
+    assert res.exit_code == 2 and "error: " in res.output and "no valid product" in res.output
+    assert not (part / "_SUCCESS").exists()
+    man = json.loads((part / "manifest.json").read_text())["summary"]["counts"]
+    assert man["products_in"] == 3 and man["products_rejected"] == 3 and man["shards"] == 0
+    rej = pd.read_parquet(part / "rejects")
+    assert sorted(rej["reason"]) == ["missing_id", "missing_title", "missing_title"]
+    res = CliRunner().invoke(app, [*args, "--allow-empty"])
+    assert res.exit_code == 0, res.output
+    assert (part / "_SUCCESS").exists() and len(pd.read_parquet(part / "reviews")) == 0
+
+
+def test_config_file_and_flags(ray_local, tiny_model, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: {reviews_per_prodcut: 2}\n")
+    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
+                                   str(tmp_path), "--config", str(bad)])
+    assert res.exit_code == 2 and "reviews_per_prodcut" in res.output
+    good = tmp_path / "good.yaml"
+    good.write_text("sampling: {reviews_per_product: 2, seed: 5}\nfilter: {min_score: 0.3}\n")
+    c = load_generate_config(good, {"sampling.seed": 9, "filter.min_tokens": None})
+    assert (c.sampling.reviews_per_product, c.sampling.seed, c.filter.min_score, c.filter.min_tokens) == (2, 9, 0.3, 3)
+    with pytest.raises(GenerationError, match="not found"):
+        run_generation(tiny_model, [str(tmp_path / "missing.parquet")], tmp_path / "o", c, **QUIET)

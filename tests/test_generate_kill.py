@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from reviewgen.data.corpus import sample_data_dir
+from reviewgen.generate.config import load_generate_config
 from reviewgen.generate.pipeline import run_generation
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -141,9 +142,11 @@ def test_sigkilled_job_resumes_to_exactly_the_uninterrupted_reviews(ray_local, t
 
         # reference: the same catalog file and settings, uninterrupted, in-process on the session's Ray
         out_a = tmp_path / "out_a"
-        ref = run_generation(tiny_model, [str(catalog)], out_a, reviews_per_product=2, run_date=DATE, seed=SEED,
-                             mapping="bigbasket", min_score=0.0, products_per_shard=PER_SHARD,
-                             reject_broken_text=False, log=lambda *_: None)
+        cfg = load_generate_config(None, {"sampling.reviews_per_product": 2, "sampling.seed": SEED,
+                                          "catalog.mapping": "bigbasket", "filter.min_score": 0.0,
+                                          "sharding.products_per_shard": PER_SHARD,
+                                          "filter.reject_broken_text": False})
+        ref = run_generation(tiny_model, [str(catalog)], out_a, cfg, run_date=DATE, log=lambda *_: None)
 
         resume_log = tmp_path / "resume.log"
         with open(resume_log, "wb") as fh:

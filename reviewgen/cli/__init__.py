@@ -20,8 +20,7 @@ app.command()(model.sample)
 app.command()(model.score)
 app.command()(model.export)
 app.command()(evaluate.evaluate)
-app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             add_help_option=False)(generate.generate)
+app.command(**generate.COMMAND_SETTINGS)(generate.generate)
 app.command()(serve.serve)
 app.command()(demo.demo)
 

@@ -1,17 +1,113 @@
-"""`reviewgen generate`: the nightly Ray Data job."""
+"""`reviewgen generate` (and `python jobs/generate.py`): the nightly Ray Data job.
+
+Settings come from `--config FILE` (a `GenerateConfig` YAML; unknown keys are errors) and are overridden
+by the flags given; a flag left out keeps the file's value or the default named in its help.
+"""
 
 from __future__ import annotations
 
-
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from reviewgen.cli.common import floats, log
 
 
-def generate(ctx: typer.Context):
+
+class CatalogsCommand(typer.core.TyperCommand):
+    """`--catalog a b --catalog c`: click takes one value per flag, so every value that follows a
+    --catalog flag is given its own flag before parsing; input order (which decides the first occurrence
+    of a duplicate id) is kept."""
+
+    def parse_args(self, ctx, args):  # noqa: D102 - click API
+        out, greedy = [], False
+        for a in args:
+            if a.startswith("-"):
+                greedy = a.split("=", 1)[0] == "--catalog"
+            elif greedy and out[-1] != "--catalog":
+                out.append("--catalog")
+            out.append(a)
+        return super().parse_args(ctx, out)
+
+
+COMMAND_SETTINGS = {"cls": CatalogsCommand}
+
+
+def generate(
+    model: Path = typer.Option(..., "--model", help="exported model directory (reviewgen export)"),
+    catalog: List[str] = typer.Option(..., "--catalog", metavar="PATH", help="catalog parquet file(s) or "
+                                      "directory(ies) (local, NFS, s3://, gs://); several after one flag, or the "
+                                      "flag repeated"),
+    out: str = typer.Option(..., "--out", help="output root; the run writes OUT/run_date=YYYY-MM-DD/"),
+    config: Optional[Path] = typer.Option(None, "--config", help="GenerateConfig YAML (sampling, filter, catalog, "
+                                          "sharding, allow_empty); the flags below override it"),
+    reviews_per_product: Optional[int] = typer.Option(None, "--reviews-per-product",
+                                                      help="reviews generated per product (K) (default: 3)"),
+    run_date: Optional[str] = typer.Option(None, "--run-date", help="partition date YYYY-MM-DD (default: today, UTC)"),
+    since: Optional[str] = typer.Option(None, "--since", help="previous run date or partition dir: only "
+                                        "new/changed products"),
+    force: bool = typer.Option(False, "--force", help="regenerate even if this date's partition is complete"),
+    mapping: Optional[str] = typer.Option(None, "--mapping", help="column-mapping YAML file (see configs/catalogs/)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="bundled column mapping (bigbasket, flipkart)"),
+    keep_columns: Optional[str] = typer.Option(None, "--keep-columns", help="comma-separated catalog columns "
+                                               "passed through to reviews"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="generation seed (same seed + inputs + model = same "
+                                       "reviews) (default: 0)"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="reject reviews with calibrated p_human "
+                                              "below this (default: 0.0)"),
+    max_copy_span: Optional[int] = typer.Option(None, "--max-copy-span", help="reject reviews copying this many "
+                                                "training tokens (default: 8)"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: 1.0)"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling mass (default: 0.95)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="reviews per sampler batch inside an actor "
+                                             "[default: 64]"),
+    num_actors: Optional[int] = typer.Option(None, "--num-actors", help="generator actors (default: GPUs, else "
+                                             "CPUs/2)"),
+    language_column: Optional[str] = typer.Option(None, "--language-column", help="catalog column holding each "
+                                                  "product's language"),
+    language: Optional[str] = typer.Option(None, "--language", help="language when there is no language column "
+                                           "(en|zh) (default: en)"),
+    rating_column: Optional[str] = typer.Option(None, "--rating-column", help="catalog column with the target "
+                                                "rating (1..5) per row"),
+    rating_dist: Optional[str] = typer.Option(None, "--rating-dist", help="5 comma-separated weights for 1..5 stars "
+                                              "(default: the model's training distribution, else the sample en "
+                                              "distribution)"),
+    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="reject reviews shorter than this many "
+                                             "tokens (default: 3)"),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="reject reviews longer than this many "
+                                            "characters"),
+    keep_broken_text: bool = typer.Option(False, "--keep-broken-text", help="accept reviews containing U+FFFD (a "
+                                          "review cut mid-character); rejected as broken_text by default"),
+    products_per_shard: Optional[int] = typer.Option(None, "--products-per-shard", help="products per resumable "
+                                                     "output shard (default: 256)"),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="finish with _SUCCESS even when no product is "
+                                     "valid or no review passes the filter (default: exit 2 without _SUCCESS)"),
+):
     """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
-    parquet under OUT/run_date=YYYY-MM-DD/. Options: `reviewgen generate --help` (--model, --catalog, --out,
-    --reviews-per-product, --run-date, --since, --force, --preset/--mapping, --keep-columns, ...)."""
-    from reviewgen.generate.pipeline import main as generate_main
+    parquet under OUT/run_date=YYYY-MM-DD/."""
+    from reviewgen.core.config import ConfigError
+    from reviewgen.generate.catalog import CatalogError
+    from reviewgen.generate.config import load_generate_config
+    from reviewgen.generate.run import GenerationError
 
-    raise typer.Exit(generate_main(list(ctx.args)))
+    try:
+        if mapping and preset:
+            raise ConfigError("--mapping and --preset are mutually exclusive")
+        overrides = {
+            "sampling.reviews_per_product": reviews_per_product, "sampling.seed": seed,
+            "sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.batch_size": batch_size,
+            "sampling.rating_distribution": floats(rating_dist) if rating_dist else None,
+            "filter.min_score": min_score, "filter.max_copy_span": max_copy_span, "filter.min_tokens": min_tokens,
+            "filter.max_chars": max_chars, "filter.reject_broken_text": False if keep_broken_text else None,
+            "catalog.mapping": mapping or preset, "catalog.keep_columns": keep_columns,
+            "catalog.language_column": language_column, "catalog.language": language,
+            "catalog.rating_column": rating_column, "sharding.products_per_shard": products_per_shard,
+            "sharding.num_actors": num_actors, "allow_empty": True if allow_empty else None}
+        cfg = load_generate_config(config, overrides)
+        from reviewgen.generate.pipeline import run_generation
+
+        run_generation(str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log)
+    except (GenerationError, CatalogError, ConfigError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2)

@@ -26,7 +26,8 @@ Validation decisions (every rejected row gets exactly one reason):
 - ``unsupported_language`` (language column value not in the tokenizer's languages),
   ``invalid_rating`` (rating column value not in 1..5).
 - ``missing_column:<field>``: the file lacks the mapped column of a required field.
-- ``duplicate_id`` (decided over the whole run among otherwise valid rows: the first in input order wins).
+- ``duplicate_id`` (decided over the whole run among otherwise valid rows: the first by (file, row) wins).
+- ``unreadable_file``: a file (or the rest of a row group) that cannot be read: one rejected row.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from reviewgen.core.text import clean_text
 from reviewgen.core.tokenizer import LANGS
+from reviewgen.infra.storage import filesystem
 
 FIELDS = ("product_id", "title", "category", "brand", "description", "price")
 REQUIRED = ("product_id", "title")
@@ -315,19 +318,12 @@ def validate_records(rows: Sequence[Mapping[str, Any]], mapping: Mapping[str, li
     return out
 
 
-def validate_batch(batch: pd.DataFrame, mapping: Mapping[str, list[dict[str, Any]]], *,
-                   keep_columns: Sequence[str] = (), language_column: str | None = None,
-                   default_language: str = "en", rating_column: str | None = None) -> pa.Table:
-    """Ray Data map_batches function: raw catalog batch (with a `path` column) -> validated table."""
-    recs = validate_records(batch.to_dict("records"), mapping, keep_columns=keep_columns,
-                            language_column=language_column, default_language=default_language,
-                            rating_column=rating_column)
-    schema = output_schema(keep_columns)
-    return pa.Table.from_pylist(recs, schema=schema)
-
-
 def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
-    """Reject every later occurrence of a product_id among the ok rows (frame must be in input order)."""
+    """Reject every later occurrence of a product_id among the ok rows. Input order is (file_index,
+    source_row) when those columns are present, else the frame's order."""
+    df = df.reset_index(drop=True)
+    if {"file_index", "source_row"} <= set(df.columns):
+        df = df.sort_values(["file_index", "source_row"], kind="stable").reset_index(drop=True)
     ok = df["status"] == "ok"
     dup = ok & df["product_id"].where(ok).duplicated(keep="first") & df["product_id"].notna()
     if dup.any():
@@ -338,3 +334,59 @@ def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
         df.loc[dup, "raw"] = [json.dumps({"product_id": p, "title": t}, ensure_ascii=False)
                               for p, t in zip(df.loc[dup, "product_id"], df.loc[dup, "title"])]
     return df
+
+
+# -- streaming read (Ray Data tasks; no driver involvement) -------------------------------------------
+
+READ_ERRORS = (pa.ArrowInvalid, OSError)  # real I/O and format errors: the file is rejected, not the run
+REJECT_BUCKET_ROWS = 4096  # rejected rows are spread over shuffle partitions in runs of this many
+
+
+def stage_schema(keep_columns: Sequence[str]) -> pa.Schema:
+    """Validated rows plus their position (file_index, source_row), the dedupe key and the --since flag."""
+    return output_schema(keep_columns).append(pa.field("source_row", pa.int64())) \
+        .append(pa.field("file_index", pa.int64())).append(pa.field("dkey", pa.string())) \
+        .append(pa.field("generate", pa.bool_()))
+
+
+def _keyed(recs: list[dict[str, Any]], file_index: int, first_row: int) -> None:
+    for j, r in enumerate(recs):
+        row = first_row + j
+        r["source_row"], r["file_index"] = row, file_index
+        # ok rows meet their duplicates by id; rejected rows only need spreading over partitions
+        r["dkey"] = r["product_id"] if r["status"] == "ok" else f"\x00{file_index}:{row // REJECT_BUCKET_ROWS}"
+        r["generate"] = None
+
+
+def read_piece(path: str, file_index: int, row_group: int, first_row: int, error: str | None,
+               mapping: Mapping[str, list[dict[str, Any]]], *, keep_columns: Sequence[str] = (),
+               language_column: str | None = None, default_language: str = "en",
+               rating_column: str | None = None, batch_rows: int = 8192):
+    """Read and validate one row group of one catalog file; yields validated tables (`stage_schema`).
+
+    `error` set (the driver's metadata probe failed) or a read error mid-group: the file (or the rest of
+    the group) becomes one `unreadable_file` row. A bug in validation raises."""
+    schema = stage_schema(keep_columns)
+    row = first_row
+    if error is None:
+        fs, p = filesystem(path)
+        batches = pq.ParquetFile(p, filesystem=fs).iter_batches(batch_size=batch_rows, row_groups=[row_group])
+        while True:
+            try:
+                rb = next(batches, None)
+            except READ_ERRORS as e:
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                break
+            if rb is None:
+                break
+            recs = validate_records(rb.to_pylist(), mapping, keep_columns=keep_columns,
+                                    language_column=language_column, default_language=default_language,
+                                    rating_column=rating_column, source_file=path)
+            _keyed(recs, file_index, row)
+            row += len(recs)
+            yield pa.Table.from_pylist(recs, schema=schema)
+    if error is not None:
+        rec = {"status": "rejected", "reason": "unreadable_file", "source_file": path,
+               "raw": json.dumps({"error": error})}
+        _keyed([rec], file_index, row)
+        yield pa.Table.from_pylist([rec], schema=schema)

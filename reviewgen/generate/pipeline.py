@@ -1,649 +1,359 @@
 """Ray Data nightly catalog-wide review generation (`reviewgen generate`, `jobs/generate.py`).
 
-Pipeline::
+Every catalog row stays inside Ray Data; the driver holds file lists and counts, never rows::
 
-    catalogs --read_parquet--> validate (map_batches) --> dedupe, shard (driver)
-      --> shards --map_batches(GeneratorActor, ActorPoolStrategy)--> generate K reviews/product,
-          score (calibrated D), filter (score, copy guard, PII, length, language), write part files
-      --> manifest.json, _SUCCESS
+    probe each file's parquet footer (driver: row groups, or the file is unreadable)
+      -> read row groups + validate (tasks) -> hash-partition by product id: first (file, row) wins,
+         --since compares with the previous products -> _work/catalog/ (tasks return counts only)
+      -> products/, rejects/catalog-*.parquet (one task per work file; returns the shards in use)
+      -> groupby(shard).map_groups(GeneratorActor) (actor pool: generate, score, filter, write a shard)
+      -> manifest.json, _SUCCESS (last)
 
-Output under ``OUT/run_date=YYYY-MM-DD/``: ``reviews/part-NNNNN.parquet``, ``rejects/catalog.parquet`` and
-``rejects/filter-part-NNNNN.parquet``, ``products/products.parquet`` (per-product attribute hash, for
-``--since``), ``run.json`` (the run's identity, written first), ``manifest.json`` then ``_SUCCESS`` (last).
+Output under ``OUT/run_date=YYYY-MM-DD/``: ``reviews/part-NNNNN.parquet`` (one per shard),
+``rejects/catalog-*.parquet`` and ``rejects/filter-part-NNNNN.parquet``, ``products/`` (per-product
+attribute hash and shard, for ``--since`` and resume), ``run.json`` (the run's identity, written first),
+``manifest.json`` then ``_SUCCESS``.
 
-Why per-shard markers and not Ray Data checkpointing: valid products are split into shards by a hash of
-their id; an actor writes a shard's rejects then its reviews file, each to a temp name and renamed, so a
-``reviews/part-<shard>.parquet`` exists only for a finished shard. A resumed run skips those shards and
-regenerates the rest; generation is a pure function of (product, index, seed), so a shard regenerated
-after a crash is byte-for-byte the same rows, and a shard can never be half-present. This needs nothing
-but rename, works the same for an actor crash (Ray retries the task) and a driver kill, and keeps the
-output a plain table. Ray Data checkpointing tracks rows by an id column in a separate store and needs
-an extra filter actor (1 CPU, 1 GiB, see RAY_NOTES), which competes for CPUs on small clusters.
+Why per-shard files and not Ray Data checkpointing: a product's shard is a hash of its id; an actor
+writes a whole shard's rejects then its reviews file, each to a temp name then renamed, so a reviews file
+exists only for a finished shard. A resumed run (after an actor or a driver kill) skips those shards;
+generation is a pure function of (product, index, seed), so a shard rewritten by a retried task is the
+same rows. This needs nothing but rename and keeps the output a plain table; Ray Data checkpointing needs
+an id store and an extra filter actor that competes for CPUs on small clusters.
 
-Identity: ``run_id`` hashes the run date, model version, seed, generation settings, mapping and input
-checksums, so a resume of the same run keeps its review ids, and a finished partition with the same
-``run_id`` makes a rerun a no-op. ``review_id = sha256(run_id, product_id, index)``.
-
-Accounting: every catalog row is either valid or rejected (``products_in == products_valid +
-products_rejected``). A file that cannot be read counts as one input row, rejected with reason
-``unreadable_file`` and its name (its row count is unknown); the other files still process.
+Accounting: every catalog row is valid or rejected (``products_in == products_valid + products_rejected``);
+a file that cannot be read counts as one input row, rejected ``unreadable_file``; every generated review
+is accepted or rejected with a reason. A run with no valid product or no accepted review writes its
+rejects and manifest but no ``_SUCCESS`` and fails, unless ``allow_empty``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
-import math
 import time
-import uuid
+import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
+from ray.data.context import DataContext, ShuffleStrategy
 
 from reviewgen.generate import catalog as cat
+from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
+from reviewgen.generate.config import GenerateConfig
+from reviewgen.generate.run import (GenerationError, identity_settings, join, list_files, list_inputs, model_info,
+                                    n_shards_for, rating_distribution, remove_stale_temps, resolve_run_date,
+                                    resolve_since, run_identity, shard_of, shard_stats, since_run, start_state,
+                                    summary_table, write_atomic)
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.infra.storage import exists, filesystem
 
-# Rating distribution (1..5 stars) of the carried sample's English reviews (data/sample, 6,858 reviews),
-# used when the model directory does not carry its training corpus's distribution.
-DEFAULT_RATING_DISTRIBUTION = (0.033, 0.031, 0.059, 0.220, 0.657)
-PII_PLACEHOLDERS = ("<email>", "<url>", "<phone>", "<handle>")
-REVIEW_FIELDS = [("product_id", pa.string()), ("review_id", pa.string()), ("review_index", pa.int64()),
-                 ("rating", pa.int64()), ("text", pa.string()), ("score", pa.float64()),
-                 ("model_version", pa.string()), ("run_id", pa.string()), ("seed", pa.int64()),
-                 ("generated_at", pa.string()), ("language", pa.string()), ("title", pa.string()),
-                 ("category", pa.string())]
-REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("product_id", pa.string()),
-                           ("review_id", pa.string()), ("review_index", pa.int64()), ("source_file", pa.string()),
-                           ("text", pa.string()), ("score", pa.float64()), ("raw", pa.string()),
-                           ("run_id", pa.string())])
+PRODUCT_SCHEMA = pa.schema([("product_id", pa.string()), ("attr_hash", pa.string()), ("shard", pa.int64()),
+                            ("generate", pa.bool_()), ("source_file", pa.string()), ("source_row", pa.int64())])
+TALLY_DTYPES = {"status": "object", "reason": "object", "generate": "bool", "n": "int64"}
+ROWS_PER_PARTITION = 100_000  # dedupe shuffle: partitions = rows / this (1..200)
 
 
-class GenerationError(RuntimeError):
-    """The run cannot proceed (bad option, conflicting partition, missing input); the message says why."""
+# -- block functions (run in Ray tasks) ---------------------------------------------------------------
+
+def _read_pieces(batch: dict, mapping: dict, opts: dict):
+    for i in range(len(batch["path"])):
+        err = batch["error"][i]
+        yield from cat.read_piece(str(batch["path"][i]), int(batch["file_index"][i]), int(batch["row_group"][i]),
+                                  int(batch["first_row"][i]), None if err is None or err == "" else str(err),
+                                  mapping, **opts)
 
 
-class InjectedStop(RuntimeError):
-    """Raised by the `_stop_after_shards` test hook to simulate a driver dying mid-run."""
+def _as_previous(prev: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A previous run's (product_id, attr_hash) rows in the stage schema, marked status "previous"."""
+    n = prev.num_rows
+    cols = {f.name: pa.nulls(n, f.type) for f in schema}
+    cols.update(product_id=prev["product_id"], attr_hash=prev["attr_hash"], dkey=prev["product_id"],
+                status=pa.array(["previous"] * n, pa.string()))
+    return pa.table(cols, schema=schema)
 
 
-# -- filesystem helpers -------------------------------------------------------------------------------
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table) -> None:
-    """Write to a temp name beside the target, then rename (atomic on local/NFS; object stores PUT whole)."""
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
-    if isinstance(data, pa.Table):
-        pq.write_table(data, tmp, filesystem=fs)
-    else:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-    fs.move(tmp, path)
-
-
-def _remove_stale_temps(fs: pafs.FileSystem, part: str) -> None:
-    """Delete temp files that a killed earlier attempt left mid-write (every shard is done by now, so no
-    writer of this run still owns one): a finished partition holds only its real files."""
-    for sub in ("reviews", "rejects", "products"):
-        sel = pafs.FileSelector(_join(part, sub), allow_not_found=True)
-        for info in fs.get_file_info(sel):
-            if info.base_name.startswith(".tmp-"):
-                fs.delete_file(info.path)
+def _resolve_block(df: pd.DataFrame, schema: pa.Schema, stage_uri: str) -> pd.DataFrame:
+    """One hash partition (every row of an id is here): duplicates rejected, first (file, row) wins;
+    `generate` = valid and new or changed since the previous run. Writes the partition's rows to the
+    work dir under a name fixed by its content (a retried task rewrites the same file) and returns its
+    tally of (status, reason, generate) counts."""
+    previous = df["status"] == "previous"
+    prev_hash = dict(zip(df.loc[previous, "product_id"], df.loc[previous, "attr_hash"]))
+    cur = cat.mark_duplicates(df[~previous])
+    if cur.empty:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TALLY_DTYPES.items()})
+    ok = cur["status"] == "ok"
+    cur["generate"] = ok & pd.Series([prev_hash.get(p) != h for p, h in zip(cur["product_id"], cur["attr_hash"])],
+                                     index=cur.index, dtype=bool)
+    cur["target_rating"] = cur["target_rating"].astype("Int64")
+    name = hashlib.sha256(cur[["file_index", "source_row"]].to_numpy(dtype="int64").tobytes()).hexdigest()[:20]
+    fs, stage = filesystem(stage_uri)
+    write_atomic(fs, join(stage, f"rows-{name}.parquet"),
+                 pa.Table.from_pandas(cur[schema.names], schema=schema, preserve_index=False))
+    t = cur.assign(reason=cur["reason"].fillna("")).groupby(["status", "reason", "generate"]).size()
+    return t.reset_index(name="n").astype(TALLY_DTYPES)
 
 
-def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
-    except (FileNotFoundError, OSError, json.JSONDecodeError):
-        return None
+def _split_rows(batch: dict, n_shards: int, run_id: str, part_uri: str) -> pd.DataFrame:
+    """Per work-dir file: valid rows (with their shard) -> products/, rejected rows -> rejects/, each
+    written atomically under the file's name; returns the distinct shards that have products."""
+    fs, part = filesystem(part_uri)
+    shards: set[int] = set()
+    for path in batch["path"]:
+        path = str(path)
+        src_fs, src = filesystem(path)
+        df = pq.read_table(src, filesystem=src_fs).to_pandas()
+        stem = path.rsplit("/", 1)[1][5:-8]
+        ok = df[df["status"] == "ok"]
+        shard = [shard_of(p, n_shards) if g else -1 for p, g in zip(ok["product_id"], ok["generate"])]
+        shards.update(shard)
+        write_atomic(fs, join(part, "products", f"products-{stem}.parquet"), pa.Table.from_pandas(
+            ok.assign(shard=shard)[PRODUCT_SCHEMA.names], schema=PRODUCT_SCHEMA, preserve_index=False))
+        bad = df[df["status"] != "ok"]
+        rej = pd.DataFrame({"stage": ["read" if r == "unreadable_file" else "catalog" for r in bad["reason"]],
+                            "reason": bad["reason"], "product_id": bad["product_id"], "review_id": None,
+                            "review_index": None, "source_file": bad["source_file"], "text": None, "score": None,
+                            "raw": bad["raw"], "run_id": run_id, "source_row": bad["source_row"]})
+        write_atomic(fs, join(part, "rejects", f"catalog-{stem}.parquet"),
+                     pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False))
+    return pd.DataFrame({"shard": sorted(shards - {-1})}, dtype="int64")
 
 
-@dataclass
-class InputUnit:
-    """One read: a catalog file, or a directory of parquet files read together by read_parquet."""
-    uri: str
-    files: list[dict[str, Any]]  # {"path", "size", "checksum"}
-    is_dir: bool
+def _todo_block(df: pd.DataFrame, n_shards: int, skip: frozenset, columns: list[str]) -> pd.DataFrame:
+    todo = df[(df["status"] == "ok") & df["generate"].fillna(False).astype(bool)]
+    todo = todo.assign(shard=[shard_of(p, n_shards) for p in todo["product_id"]])
+    return todo[~todo["shard"].isin(skip)][[*columns, "shard"]]
 
 
-def _checksum(fs: pafs.FileSystem, info: pafs.FileInfo) -> str:
-    if isinstance(fs, pafs.LocalFileSystem):
-        h = hashlib.sha256()
-        with open(info.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return "sha256:" + h.hexdigest()
-    # object stores: hashing would download the catalog; size + mtime changes when the object does
-    mtime = info.mtime_ns if info.mtime_ns is not None else 0
-    return f"size-mtime:{info.size}:{mtime}"
+# -- driver helpers -----------------------------------------------------------------------------------
+
+def _scoped_context() -> DataContext:
+    """A copy of the current DataContext for this run's datasets (the caller's stays untouched): the
+    dedupe relies on a hash shuffle co-locating every row of an id, as `map_groups` does."""
+    with warnings.catch_warnings():  # copy() reads every deprecated alias, each of which warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = DataContext.get_current().copy()
+    if ctx.shuffle_strategy not in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
+        ctx.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
+    return ctx
 
 
-def list_inputs(catalogs: Sequence[str]) -> list[InputUnit]:
-    """Resolve catalog paths/URIs (files or directories) into read units with sizes and checksums."""
-    units = []
-    for uri in catalogs:
-        fs, path = filesystem(str(uri))
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise GenerationError(f"catalog input not found: {uri}")
-        prefix = uri.split("://", 1)[0] + "://" if "://" in str(uri) else ""
-        if info.type == pafs.FileType.Directory:
-            infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                     if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))]
-            infos.sort(key=lambda i: i.path)
-            files = [{"path": prefix + i.path, "size": i.size, "checksum": _checksum(fs, i)} for i in infos]
-            units.append(InputUnit(str(uri), files, True))
-        else:
-            units.append(InputUnit(str(uri), [{"path": prefix + info.path, "size": info.size,
-                                               "checksum": _checksum(fs, info)}], False))
-    return units
+def _read_plan(inputs: list[dict], log: Callable[[str], None]) -> tuple[list[dict], int]:
+    """One read task per row group, from each file's footer; an unreadable file becomes one task that
+    emits its reject row. Returns (tasks, catalog rows known from footers)."""
+    tasks, rows = [], 0
+    for idx, f in enumerate(x for x in inputs if not x.get("empty_directory")):
+        base = {"path": f["path"], "file_index": idx, "row_group": -1, "first_row": 0, "error": ""}
+        try:
+            fs, p = filesystem(f["path"])
+            md = pq.ParquetFile(p, filesystem=fs).metadata
+        except cat.READ_ERRORS as e:
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            log(f"catalog {f['path']}: unreadable ({msg}); counted as one rejected input row")
+            tasks.append(dict(base, error=msg))
+            continue
+        offset = 0
+        for rg in range(md.num_row_groups):
+            tasks.append(dict(base, row_group=rg, first_row=offset))
+            offset += md.row_group(rg).num_rows
+        rows += offset
+    return tasks, rows
 
 
-# -- catalog stage ------------------------------------------------------------------------------------
-
-def _read_unit(paths: list[str], mapping: dict, opts: dict) -> pd.DataFrame:
-    import ray
-
-    ds = ray.data.read_parquet(paths if len(paths) > 1 else paths[0], include_paths=True)
-    ds = ds.map_batches(cat.validate_batch, batch_format="pandas", fn_args=(mapping,), fn_kwargs=opts,
-                        batch_size=4096)
-    return ds.to_pandas()
+def _uri(fs, path: str) -> str:
+    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
 
 
-def read_catalog(units: list[InputUnit], mapping: dict, *, keep_columns: Sequence[str] = (),
-                 language_column: str | None = None, default_language: str = "en",
-                 rating_column: str | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Read and validate every input with Ray Data; one row per catalog row (plus one per unreadable
-    file), in input order, duplicates marked. A failing directory is retried file by file."""
-    import ray
-
-    opts = dict(keep_columns=list(keep_columns), language_column=language_column,
-                default_language=default_language, rating_column=rating_column)
-    ctx = ray.data.DataContext.get_current()
-    old_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # "first occurrence" of a duplicate id must be stable
-    frames = []
-    try:
-        for unit in units:
-            groups = [[f["path"] for f in unit.files]] if unit.files else []
-            while groups:
-                paths = groups.pop(0)
-                try:
-                    frames.append(_read_unit(paths, mapping, opts))
-                except Exception as e:  # noqa: BLE001 - any read error rejects that file, not the run
-                    if len(paths) > 1:
-                        groups = [[p] for p in paths] + groups
-                        continue
-                    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                    log(f"catalog {paths[0]}: unreadable ({msg}); counted as one rejected input row")
-                    frames.append(pd.DataFrame([{"status": "rejected", "reason": "unreadable_file",
-                                                 "source_file": paths[0], "raw": json.dumps({"error": msg})}]))
-    finally:
-        ctx.execution_options.preserve_order = old_order
-    cols = cat.output_schema(keep_columns).names
-    df = pd.concat([f.reindex(columns=cols) for f in frames], ignore_index=True) if frames else \
-        pd.DataFrame(columns=cols)
-    df["source_row"] = df.groupby("source_file", sort=False, dropna=False).cumcount()
-    df["source_file"] = df["source_file"].map(lambda p: p[7:] if isinstance(p, str) and p.startswith("file://") else p)
-    return cat.mark_duplicates(df)
-
-
-# -- generation actor ---------------------------------------------------------------------------------
-
-def _h(*parts: Any) -> str:
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
-
-
-def review_id(run_id: str, product_id: str, index: int) -> str:
-    """Deterministic review id from (run, product, index)."""
-    return _h("review", run_id, product_id, index)[:24]
-
-
-def shard_of(product_id: str, n_shards: int) -> int:
-    """Stable shard of a product (independent of input order)."""
-    return int(_h("shard", product_id)[:15], 16) % n_shards
-
-
-def draw_rating(product_id: str, index: int, seed: int, cdf: np.ndarray) -> int:
-    """Target rating 1..5 from a distribution's CDF, a pure function of (product, index, seed)."""
-    from reviewgen.core.sampling import row_seed
-
-    u = row_seed(f"rating\x1f{product_id}", index, seed) / 2.0 ** 64
-    return int(np.searchsorted(cdf, u, side="right")) + 1
-
-
-class GeneratorActor:
-    """Loads the exported model once; per call, generates, scores, filters and writes whole shards."""
-
-    def __init__(self, model_dir: str, out: str, params: dict[str, Any]):
-        import torch
-
-        from reviewgen.core.checkpoint import load_checkpoint
-        from reviewgen.core.memorization import NGramIndex
-        from reviewgen.core.device import pick_device
-
-        torch.set_num_threads(max(1, int(params.get("threads", 1))))
-        self.device = pick_device(None)
-        self.ckpt = load_checkpoint(model_dir, self.device)
-        self.tok = self.ckpt.tokenizer
-        p = self.ckpt.ngram_path
-        self.ngrams = NGramIndex.load(p) if p is not None else None
-        self.fs, self.out = filesystem(out)
-        self.p = params
-        self.cdf = np.cumsum(np.asarray(params["rating_distribution"], dtype=np.float64))
-        self.cdf /= self.cdf[-1]
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame([self._shard(int(s), json.loads(pl)) for s, pl in zip(batch["shard"], batch["payload"])])
-
-    def _generate(self, conds, seeds) -> list[str]:
-        from reviewgen.core.sampling import generate_texts
-
-        p = self.p
-        return generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=p["temperature"],
-                              top_p=p["top_p"], batch_size=p["batch_size"], device=self.device)
-
-    def _reason(self, text: str, lang: str, score: float, ids: list[int]) -> str | None:
-        from reviewgen.core.text import detect_language
-        from reviewgen.core.text import find_pii
-
-        p = self.p
-        if not text.strip():
-            return "empty"
-        if p["reject_broken_text"] and "\ufffd" in text:
-            # byte-level BPE can stop mid-character; U+FFFD in a review is visible garbage
-            return "broken_text"
-        if len(ids) < p["min_tokens"] or len(text) < p["min_chars"]:
-            return "too_short"
-        if (p["max_tokens"] and len(ids) > p["max_tokens"]) or (p["max_chars"] and len(text) > p["max_chars"]):
-            return "too_long"
-        if any(find_pii(text).values()) or any(t in text for t in PII_PLACEHOLDERS):
-            return "pii"
-        if detect_language(text) != lang:
-            return "language_mismatch"
-        if self.ngrams is not None and self.ngrams.longest_copy(ids) >= p["max_copy_span"]:
-            return "memorized"
-        if score < p["min_score"]:
-            return "low_score"
-        return None
-
-    def _shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
-        from reviewgen.core.sampling import row_seed
-        from reviewgen.score.calibration import apply_calibration
-        from reviewgen.score.signals import discriminator_outputs
-        from reviewgen.core.tokenizer import Condition
-
-        p, k, seed, run_id = self.p, self.p["reviews_per_product"], self.p["seed"], self.p["run_id"]
-        t0 = time.perf_counter()
-        rows = [(pr, i) for pr in products for i in range(k)]
-        ratings = [pr["target_rating"] if pr.get("target_rating") else draw_rating(pr["product_id"], i, seed, self.cdf)
-                   for pr, i in rows]
-        conds = [Condition(title=pr["title"], category=pr.get("category") or "", rating=r, language=pr["language"])
-                 for (pr, _), r in zip(rows, ratings)]
-        seeds = [row_seed(pr["product_id"], i, seed) for pr, i in rows]
-        texts = self._generate(conds, seeds)
-        t1 = time.perf_counter()
-        logits, _ = discriminator_outputs(self.ckpt.discriminator, self.tok, conds, texts,
-                                          batch_size=p["batch_size"], device=self.device)
-        scores = apply_calibration(logits, self.ckpt.calibration)
-        t2 = time.perf_counter()
-        token_lists = self.tok.review_token_lists(texts) if texts else []
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        keep, rejects = [], []
-        for (pr, i), r, text, sc, ids in zip(rows, ratings, texts, scores, token_lists):
-            rid = review_id(run_id, pr["product_id"], i)
-            why = self._reason(text, pr["language"], float(sc), ids)
-            if why:
-                rejects.append({"stage": "filter", "reason": why, "product_id": pr["product_id"], "review_id": rid,
-                                "review_index": i, "source_file": pr.get("source_file"), "text": text,
-                                "score": float(sc), "raw": None, "run_id": run_id})
-                continue
-            rec = {"product_id": pr["product_id"], "review_id": rid, "review_index": i, "rating": int(r),
-                   "text": text, "score": float(sc), "model_version": p["model_version"], "run_id": run_id,
-                   "seed": seed, "generated_at": now, "language": pr["language"], "title": pr["title"],
-                   "category": pr.get("category")}
-            rec.update({c: None if pr.get(c) is None else str(pr.get(c)) for c in p["keep_columns"]})
-            keep.append(rec)
-        t3 = time.perf_counter()
-        name = f"part-{shard:05d}.parquet"
-        # rejects first, reviews last: the reviews file is the shard's completion marker
-        _write_atomic(self.fs, _join(self.out, "rejects", f"filter-{name}"),
-                      pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
-        _write_atomic(self.fs, _join(self.out, "reviews", name),
-                      pa.Table.from_pylist(keep, schema=review_schema(p["keep_columns"])))
-        t4 = time.perf_counter()
-        return {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep),
-                "t_generate": t1 - t0, "t_score": t2 - t1, "t_filter": t3 - t2, "t_write": t4 - t3}
-
-
-def review_schema(keep_columns: Sequence[str]) -> pa.Schema:
-    """Schema of the reviews table (pass-through columns as strings)."""
-    return pa.schema(REVIEW_FIELDS + [(c, pa.string()) for c in keep_columns])
+def _num_actors(cfg: GenerateConfig, pending: int) -> tuple[int, dict[str, Any]]:
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    n = cfg.sharding.num_actors or (gpus if gpus else int(ray.cluster_resources().get("CPU", 1) // 2))
+    res = {"num_gpus": 1} if gpus else {"num_cpus": cfg.sharding.cpus_per_actor}
+    return max(1, min(n, pending)), res
 
 
 # -- the run ------------------------------------------------------------------------------------------
 
-def _model_info(model_dir: str | Path) -> tuple[str, dict[str, Any], int | None]:
-    p = Path(model_dir)
-    try:
-        meta = json.loads((p / "meta.json").read_text())
-        config = json.loads((p / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise GenerationError(f"model directory {p}: cannot read meta.json/config.json ({e})") from e
-    n = None
-    if (p / "ngrams.npy").is_file():
-        arr = np.load(p / "ngrams.npy", mmap_mode="r", allow_pickle=False)
-        n = int(arr[0]) if arr.size else None
-    return str(meta.get("version", "unknown")), {"meta": meta, "config": config}, n
-
-
-def _rating_distribution(model: dict[str, Any], override: Sequence[float] | None) -> tuple[list[float], str]:
-    if override is not None:
-        src, dist = "option", list(override)
-    elif isinstance(model["meta"].get("rating_distribution"), (list, dict)):
-        d = model["meta"]["rating_distribution"]
-        src, dist = "model", [float(d.get(str(k), d.get(k, 0))) for k in range(1, 6)] if isinstance(d, dict) else list(d)
-    else:
-        src, dist = "default (sample en corpus)", list(DEFAULT_RATING_DISTRIBUTION)
-    if len(dist) != 5 or any(not math.isfinite(x) or x < 0 for x in dist) or sum(dist) <= 0:
-        raise GenerationError(f"rating distribution must be 5 non-negative weights for 1..5 stars, got {dist}")
-    s = sum(dist)
-    return [x / s for x in dist], src
-
-
-def _resolve_since(out: str, since: str) -> str:
-    if len(since) == 10 and since[4] == "-" and since[7] == "-":
-        return _join(out, f"run_date={since}")
-    return since
-
-
-def _previous_hashes(since_uri: str) -> tuple[dict[str, str], str]:
-    fs, path = filesystem(since_uri)
-    if not exists(fs, _join(path, "_SUCCESS")):
-        raise GenerationError(f"--since {since_uri}: not a finished run (no _SUCCESS)")
-    man = _read_json(fs, _join(path, "manifest.json")) or {}
-    t = pq.read_table(_join(path, "products", "products.parquet"), filesystem=fs, columns=["product_id", "attr_hash"])
-    return dict(zip(t.column("product_id").to_pylist(), t.column("attr_hash").to_pylist())), man.get("run_id", "")
-
-
-def _counts_from_output(fs: pafs.FileSystem, part: str) -> tuple[int, Counter, set[int]]:
-    """(accepted reviews, filter rejects by reason, finished shards) read back from the partition."""
-    accepted, reasons, done = 0, Counter(), set()
-    rev_dir = _join(part, "reviews")
-    if exists(fs, rev_dir):
-        for i in fs.get_file_info(pafs.FileSelector(rev_dir)):
-            if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"):
-                done.add(int(i.base_name[5:10]))
-                accepted += pq.ParquetFile(i.path, filesystem=fs).metadata.num_rows
-    rej_dir = _join(part, "rejects")
-    for s in sorted(done):
-        f = _join(rej_dir, f"filter-part-{s:05d}.parquet")
-        if exists(fs, f):
-            reasons.update(pq.read_table(f, filesystem=fs, columns=["reason"]).column("reason").to_pylist())
-    return accepted, reasons, done
-
-
-def _table(summary: dict[str, Any]) -> str:
-    c, t = summary["counts"], summary["timings_s"]
-    lines = [f"run {summary['run_id']} ({summary['run_date']}) -> {summary['partition']}"]
-    for k in ("products_in", "products_valid", "products_rejected", "products_unchanged", "products_to_generate",
-              "shards", "shards_resumed", "reviews_generated", "reviews_accepted", "reviews_rejected"):
-        lines.append(f"  {k:<24}{c.get(k, 0):>10}")
-    for k, v in sorted(c.get("catalog_rejects_by_reason", {}).items()):
-        lines.append(f"    catalog:{k:<22}{v:>8}")
-    for k, v in sorted(c.get("review_rejects_by_reason", {}).items()):
-        lines.append(f"    filter:{k:<23}{v:>8}")
-    for k, v in t.items():
-        lines.append(f"  time {k:<19}{v:>10.2f}s")
-    lines.append(f"  {'reviews/s':<24}{summary['reviews_per_s']:>10.1f}")
-    return "\n".join(lines)
-
-
-def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Path, *, reviews_per_product: int = 3,
-                   run_date: str | None = None, since: str | None = None, force: bool = False,
-                   mapping: None | str | Mapping[str, Any] = None, keep_columns: Sequence[str] = (), seed: int = 0,
-                   min_score: float = 0.0, max_copy_span: int = 8, temperature: float = 1.0, top_p: float = 0.95,
-                   batch_size: int = 64, num_actors: int | None = None, language_column: str | None = None,
-                   default_language: str = "en", rating_column: str | None = None,
-                   rating_distribution: Sequence[float] | None = None, min_tokens: int = 3, max_tokens: int | None = None,
-                   min_chars: int = 1, max_chars: int | None = None, products_per_shard: int = 256,
-                   cpus_per_actor: float = 0.5, reject_broken_text: bool = True, log: Callable[[str], None] = print,
-                   _stop_after_shards: int | None = None) -> dict[str, Any]:
-    """Generate `reviews_per_product` reviews for every valid catalog product into OUT/run_date=DATE/.
+def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Path,
+                   config: GenerateConfig | None = None, *, run_date: str | None = None, since: str | None = None,
+                   force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Generate `config.sampling.reviews_per_product` reviews for every valid catalog product into
+    OUT/run_date=DATE/.
 
     Idempotent (a finished identical run is a no-op; `force` regenerates), resumable (finished shards
     are kept), incremental (`since` = a previous run date or partition dir: only new/changed products).
-    Returns the summary dict (also written into manifest.json).
+    Returns the summary dict (also written into manifest.json). GenerationError when the run cannot
+    proceed, or (unless `config.allow_empty`) when it read no valid product or accepted no review.
     """
     t_start = time.perf_counter()
-    if reviews_per_product < 1:
-        raise GenerationError("--reviews-per-product must be >= 1")
-    if not 0 <= min_score <= 1:
-        raise GenerationError("--min-score must be within [0, 1] (it thresholds the calibrated p_human)")
-    if batch_size < 1 or products_per_shard < 1:
-        raise GenerationError("--batch-size and products_per_shard must be >= 1")
-    run_date = run_date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    try:
-        dt.date.fromisoformat(run_date)
-    except ValueError as e:
-        raise GenerationError(f"--run-date must be YYYY-MM-DD, got {run_date!r}") from e
-    # contract fields already in the reviews table need no pass-through
-    keep_columns = [c for c in dict.fromkeys(keep_columns) if c and c not in ("product_id", "title", "category", "language")]
-    clash = set(keep_columns) & {n for n, _ in REVIEW_FIELDS}
+    cfg = config or GenerateConfig()
+    run_date = resolve_run_date(run_date)
+    keep = list(cfg.catalog.keep_columns)
+    clash = set(keep) & {n for n, _ in REVIEW_FIELDS}
     if clash:
         raise GenerationError(f"--keep-columns {sorted(clash)} clash with output columns")
-    model_version, model, ngram_n = _model_info(model_dir)
-    if ngram_n is not None and max_copy_span < ngram_n:
-        raise GenerationError(f"--max-copy-span {max_copy_span} is below the model's n-gram size {ngram_n}")
-    dist, dist_src = _rating_distribution(model, rating_distribution)
-    resolved_mapping = cat.resolve_mapping(mapping)
-    units = list_inputs([str(c) for c in catalogs])
-    out_fs, out_path = filesystem(str(out))
-    part = _join(out_path, f"run_date={run_date}")
-    since_uri = _resolve_since(out_path, since) if since else None
-    prev_hashes, prev_run = _previous_hashes(since_uri) if since_uri else ({}, None)
+    model_version, model, ngram_n = model_info(model_dir)
+    span = cfg.filter.max_copy_span
+    if ngram_n is not None and span is not None and cfg.filter.check_copy and span < ngram_n:
+        raise GenerationError(f"--max-copy-span {span} is below the model's n-gram size {ngram_n}")
+    dist, dist_src = rating_distribution(model, cfg.sampling.rating_distribution)
+    mapping = cat.resolve_mapping(cfg.catalog.mapping)
+    inputs = list_inputs([str(c) for c in catalogs])
+    fs, out_path = filesystem(str(out))
+    part = join(out_path, f"run_date={run_date}")
+    since_uri = resolve_since(str(out), since) if since else None
+    prev_products, prev_run = since_run(since_uri) if since_uri else (None, None)
+    settings = identity_settings(cfg, mapping, dist, prev_run)
+    run_id = run_identity(run_date, model_version, settings, inputs)
 
-    settings = {"reviews_per_product": reviews_per_product, "seed": seed, "min_score": min_score,
-                "max_copy_span": max_copy_span, "temperature": temperature, "top_p": top_p,
-                "mapping": resolved_mapping, "keep_columns": keep_columns, "language_column": language_column,
-                "default_language": default_language, "rating_column": rating_column,
-                "rating_distribution": dist, "min_tokens": min_tokens, "max_tokens": max_tokens,
-                "min_chars": min_chars, "max_chars": max_chars, "products_per_shard": products_per_shard,
-                "reject_broken_text": reject_broken_text, "since_run": prev_run}
-    inputs = [f for u in units for f in u.files] + [{"path": u.uri, "empty_directory": True}
-                                                   for u in units if not u.files]
-    run_id = _h(run_date, model_version, json.dumps(settings, sort_keys=True, default=str),
-                json.dumps([(f["path"], f.get("checksum")) for f in inputs]))[:16]
+    state, manifest = start_state(fs, part, run_id, force)
+    if state == "noop":
+        log(f"{part}: already generated by run {run_id} with the same inputs, model and settings; "
+            "nothing to do (--force regenerates)")
+        return dict(manifest["summary"], noop=True)
+    if state == "fresh":
+        log(f"{part}: starting afresh ({'--force' if force else 'replacing an unfinished different run'})")
 
-    manifest = _read_json(out_fs, _join(part, "manifest.json"))
-    if exists(out_fs, _join(part, "_SUCCESS")) and not force:
-        if manifest and manifest.get("run_id") == run_id:
-            log(f"{part}: already generated by run {run_id} with the same inputs, model and settings; "
-                "nothing to do (--force regenerates)")
-            return dict(manifest["summary"], noop=True)
-        raise GenerationError(f"{part} holds a finished run {manifest.get('run_id') if manifest else '?'} with "
-                              f"different inputs, model or settings (this run: {run_id}); pass --force to overwrite")
-    started = _read_json(out_fs, _join(part, "run.json"))
-    if force or (started and started.get("run_id") != run_id):
-        if exists(out_fs, part):
-            log(f"{part}: removing {'previous output (--force)' if force else 'an unfinished different run'}")
-            out_fs.delete_dir(part)
-    _write_atomic(out_fs, _join(part, "run.json"), json.dumps(
+    write_atomic(fs, join(part, "run.json"), json.dumps(
         {"run_id": run_id, "run_date": run_date, "model_version": model_version, "settings": settings},
         indent=2, default=str).encode())
-
     ensure_ray(log=log)
-    import ray
-
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    table = read_catalog(units, resolved_mapping, keep_columns=keep_columns, language_column=language_column,
-                         default_language=default_language, rating_column=rating_column, log=log)
-    timings["read_validate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    ok = table[table["status"] == "ok"].copy()
-    bad = table[table["status"] != "ok"]
-    ok["generate"] = [prev_hashes.get(p) != h for p, h in zip(ok["product_id"], ok["attr_hash"])]
-    todo = ok[ok["generate"]].sort_values("product_id", kind="stable")
-    n_shards = max(1, math.ceil(len(todo) / products_per_shard)) if len(todo) else 0
-    ok["shard"] = [shard_of(p, n_shards) if g else -1 for p, g in zip(ok["product_id"], ok["generate"])]
-    todo = todo.assign(shard=[shard_of(p, n_shards) for p in todo["product_id"]]) if n_shards else todo
-    _write_atomic(out_fs, _join(part, "products", "products.parquet"), pa.Table.from_pandas(
-        ok[["product_id", "attr_hash", "shard", "generate", "source_file", "source_row"]].reset_index(drop=True),
-        preserve_index=False))
-    rej = pd.DataFrame({"stage": ["read" if r == "unreadable_file" else "catalog" for r in bad["reason"]],
-                        "reason": bad["reason"].astype(object), "product_id": bad["product_id"].astype(object),
-                        "review_id": None, "review_index": None, "source_file": bad["source_file"].astype(object),
-                        "text": None, "score": None, "raw": bad["raw"].astype(object), "run_id": run_id})
-    rej = rej.assign(source_row=bad["source_row"].to_numpy())
-    _write_atomic(out_fs, _join(part, "rejects", "catalog.parquet"),
-                  pa.Table.from_pandas(rej, schema=REJECT_SCHEMA.append(pa.field("source_row", pa.int64())),
-                                       preserve_index=False))
-    _, _, done = _counts_from_output(out_fs, part)
-    prod_cols = list(dict.fromkeys(["product_id", "title", "category", "language", "target_rating", "source_file",
-                                    *keep_columns]))
-    pending = []
-    for s, g in todo.groupby("shard", sort=True):
-        if int(s) not in done:
-            recs = g[prod_cols].astype(object).where(g[prod_cols].notna(), None).to_dict("records")
-            pending.append({"shard": int(s), "payload": json.dumps(recs, default=str)})
-    timings["plan"] = time.perf_counter() - t0
-    log(f"catalog: {len(table)} rows -> {len(ok)} valid, {len(bad)} rejected; {len(todo)} products to generate "
-        f"in {n_shards} shards ({len(done)} already done, {len(pending)} pending)")
-
-    t0 = time.perf_counter()
-    stage: Counter = Counter()
-    if pending:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if num_actors is None:
-            num_actors = gpus if gpus else max(1, min(len(pending), int(ray.cluster_resources().get("CPU", 1) // 2)))
-        num_actors = max(1, min(num_actors, len(pending)))
-        params = {"reviews_per_product": reviews_per_product, "seed": seed, "run_id": run_id,
-                  "model_version": model_version, "temperature": temperature, "top_p": top_p,
-                  "batch_size": batch_size, "min_score": min_score, "max_copy_span": max_copy_span,
-                  "min_tokens": min_tokens, "max_tokens": max_tokens, "min_chars": min_chars,
-                  "max_chars": max_chars, "keep_columns": keep_columns, "rating_distribution": dist,
-                  "reject_broken_text": reject_broken_text,
-                  "threads": max(1, round(cpus_per_actor))}
-        res = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_actor}
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.map_batches(GeneratorActor, fn_constructor_args=(str(Path(model_dir).resolve()), part, params),
-                            compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=1,
-                            batch_format="pandas", **res)
-        log(f"generating: {len(pending)} shards on {num_actors} actor(s) ({'GPU' if gpus else 'CPU'})")
-        n_done = 0
-        for row in ds.iter_rows():
-            n_done += 1
-            stage.update({k: row[k] for k in ("generated", "accepted", "t_generate", "t_score", "t_filter", "t_write")})
-            if _stop_after_shards is not None and n_done >= _stop_after_shards:
-                raise InjectedStop(f"test hook: stopped after {n_done} shards")
-    timings["generate_stage"] = time.perf_counter() - t0
-    for k in ("t_generate", "t_score", "t_filter", "t_write"):
-        timings[f"actor_{k[2:]}"] = float(stage.get(k, 0.0))
-
-    t0 = time.perf_counter()
-    accepted, reasons, done_after = _counts_from_output(out_fs, part)
-    missing = sorted(set(int(s) for s in todo["shard"].unique()) - done_after) if n_shards else []
-    if missing:
-        raise GenerationError(f"shards {missing[:10]} have no output after the generation stage; rerun to resume")
-    catalog_reasons = Counter(bad["reason"].tolist())
-    counts = {"products_in": int(len(table)), "products_valid": int(len(ok)), "products_rejected": int(len(bad)),
-              "products_unchanged": int((~ok["generate"]).sum()), "products_to_generate": int(len(todo)),
-              "shards": n_shards, "shards_resumed": len(done), "files_unreadable": catalog_reasons.get("unreadable_file", 0),
-              "reviews_generated": accepted + sum(reasons.values()), "reviews_accepted": accepted,
-              "reviews_rejected": sum(reasons.values()), "reviews_generated_this_invocation": int(stage.get("generated", 0)),
-              "catalog_rejects_by_reason": dict(sorted(catalog_reasons.items())),
-              "review_rejects_by_reason": dict(sorted(reasons.items()))}
-    assert counts["products_in"] == counts["products_valid"] + counts["products_rejected"], counts
-    timings["finalize"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    gen_t = timings["generate_stage"]
-    summary = {"run_id": run_id, "run_date": run_date, "partition": part, "noop": False, "model_version": model_version,
-               "counts": counts, "timings_s": {k: round(v, 3) for k, v in timings.items()},
-               "reviews_per_s": round(counts["reviews_generated_this_invocation"] / gen_t, 2) if gen_t > 0 else 0.0}
-    manifest = {"run_id": run_id, "run_date": run_date, "inputs": inputs,
-                "model": {"dir": str(Path(model_dir).resolve()), "version": model_version,
-                          "data_hash": model["meta"].get("data_hash"), "rating_distribution_source": dist_src,
-                          "config": model["config"].get("run")},
-                "settings": settings, "since": since_uri, "summary": summary,
-                "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    _remove_stale_temps(out_fs, part)
-    _write_atomic(out_fs, _join(part, "manifest.json"), json.dumps(manifest, indent=2, default=str).encode())
-    _write_atomic(out_fs, _join(part, "_SUCCESS"), b"")
-    log(_table(summary))
+    with DataContext.current(_scoped_context()):
+        summary = _execute(cfg, model_dir, model_version, fs, part, run_id, run_date, inputs, mapping, dist,
+                           prev_products, log, t_start)
+    summary_doc = {"run_id": run_id, "run_date": run_date, "inputs": inputs,
+                   "model": {"dir": str(Path(model_dir).resolve()), "version": model_version,
+                             "data_hash": model["meta"].get("data_hash"), "rating_distribution_source": dist_src,
+                             "config": model["config"].get("run")},
+                   "settings": settings, "since": since_uri, "summary": summary,
+                   "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    remove_stale_temps(fs, part)
+    write_atomic(fs, join(part, "manifest.json"), json.dumps(summary_doc, indent=2, default=str).encode())
+    c = summary["counts"]
+    empty = c["products_valid"] == 0 or (c["reviews_generated"] > 0 and c["reviews_accepted"] == 0)
+    log(summary_table(summary))
+    if empty and not cfg.allow_empty:
+        raise GenerationError(
+            f"{part}: {'no valid product in the catalog' if c['products_valid'] == 0 else 'no review passed the filter'}"
+            f" ({c['products_in']} rows in, {c['reviews_generated']} reviews generated); rejects and manifest.json "
+            "are written, _SUCCESS is not (--allow-empty accepts an empty run)")
+    write_atomic(fs, join(part, "_SUCCESS"), b"")
     return summary
 
 
-# -- command line (shared by jobs/generate.py; the Typer CLI mirrors these options) ------------------
+def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, run_id: str, run_date: str,
+             inputs: list[dict], mapping: dict, dist: list[float], prev_products: str | None,
+             log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+    keep = list(cfg.catalog.keep_columns)
+    schema = cat.stage_schema(keep)
+    opts = dict(keep_columns=keep, language_column=cfg.catalog.language_column,
+                default_language=cfg.catalog.language, rating_column=cfg.catalog.rating_column)
+    timings: dict[str, float] = {}
 
-def build_parser() -> argparse.ArgumentParser:
-    """argparse parser for `python jobs/generate.py` (same options as `reviewgen generate`)."""
-    a = argparse.ArgumentParser(prog="generate", description="Nightly catalog-wide review generation on Ray Data.")
-    a.add_argument("--model", required=True, help="exported model directory (reviewgen export)")
-    a.add_argument("--catalog", required=True, action="extend", nargs="+", metavar="PATH",
-                   help="catalog parquet file(s) or directory(ies) (local, NFS, s3://, gs://); "
-                        "several after one flag, or the flag repeated")
-    a.add_argument("--out", required=True, help="output root; the run writes OUT/run_date=YYYY-MM-DD/")
-    a.add_argument("--reviews-per-product", type=int, default=3, help="reviews generated per product (K)")
-    a.add_argument("--run-date", default=None, help="partition date YYYY-MM-DD (default: today, UTC)")
-    a.add_argument("--since", default=None, help="previous run date or partition dir: only new/changed products")
-    a.add_argument("--force", action="store_true", help="regenerate even if this date's partition is complete")
-    m = a.add_mutually_exclusive_group()
-    m.add_argument("--mapping", default=None, help="column-mapping YAML file (see configs/catalogs/)")
-    m.add_argument("--preset", default=None, help=f"bundled column mapping: {', '.join(cat.presets())}")
-    a.add_argument("--keep-columns", default="", help="comma-separated catalog columns passed through to reviews")
-    a.add_argument("--seed", type=int, default=0, help="generation seed (same seed + inputs + model = same reviews)")
-    a.add_argument("--min-score", type=float, default=0.0, help="reject reviews with calibrated p_human below this")
-    a.add_argument("--max-copy-span", type=int, default=8, help="reject reviews copying this many training tokens")
-    a.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    a.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
-    a.add_argument("--batch-size", type=int, default=64, help="reviews per sampler batch inside an actor")
-    a.add_argument("--num-actors", type=int, default=None, help="generator actors (default: GPUs, else CPUs/2)")
-    a.add_argument("--language-column", default=None, help="catalog column holding each product's language")
-    a.add_argument("--language", default="en", help="language when there is no language column (en|zh)")
-    a.add_argument("--rating-column", default=None, help="catalog column with the target rating (1..5) per row")
-    a.add_argument("--rating-dist", default=None, help="5 comma-separated weights for 1..5 stars "
-                   "(default: the model's training distribution, else the sample en distribution)")
-    a.add_argument("--min-tokens", type=int, default=3, help="reject reviews shorter than this many tokens")
-    a.add_argument("--max-chars", type=int, default=None, help="reject reviews longer than this many characters")
-    a.add_argument("--keep-broken-text", action="store_true", help="accept reviews containing U+FFFD "
-                   "(a review cut mid-character); rejected as broken_text by default")
-    a.add_argument("--products-per-shard", type=int, default=256, help="products per resumable output shard")
-    return a
+    # 1. read, validate, dedupe (and compare with --since) -> _work/catalog/, every row with its final status;
+    #    the tasks return only per-partition tallies
+    t0 = time.perf_counter()
+    tasks, footer_rows = _read_plan(inputs, log)
+    stage = join(part, "_work", "catalog")
+    for d in (stage, join(part, "products")):
+        if exists(fs, d):
+            fs.delete_dir(d)
+    for old in list_files(fs, join(part, "rejects"), "catalog-"):
+        fs.delete_file(old)
+    tally: Counter = Counter()
+    if tasks:
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+            _read_pieces, batch_size=1, batch_format="numpy", fn_args=(mapping, opts))
+        if prev_products:
+            ds = ds.union(ray.data.read_parquet(prev_products).select_columns(["product_id", "attr_hash"]).map_batches(
+                _as_previous, batch_size=None, batch_format="pyarrow", fn_args=(schema,)))
+        parts = max(1, min(200, footer_rows // ROWS_PER_PARTITION + 1))
+        # a hash repartition by key emits each partition as unsplit blocks (what map_groups relies on), so
+        # one call of _resolve_block sees every row of an id and dedupes it vectorised, not per group
+        tallies = ds.repartition(parts, keys=["dkey"]).map_batches(
+            _resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema, _uri(fs, stage)))
+        for t in tallies.iter_rows():  # a few rows per partition
+            tally[(t["status"], t["reason"], bool(t["generate"]))] += int(t["n"])
+    timings["read_validate"] = time.perf_counter() - t0
 
+    # 2. counts, then products/ (with shards) and rejects/catalog-*.parquet, one task per work file
+    t0 = time.perf_counter()
+    n_in = sum(tally.values())
+    n_valid = sum(n for (s, _, _), n in tally.items() if s == "ok")
+    n_todo = sum(n for (s, _, g), n in tally.items() if s == "ok" and g)
+    catalog_reasons: Counter = Counter()
+    for (s, r, _), n in tally.items():
+        if s != "ok":
+            catalog_reasons[r] += n
+    n_shards = n_shards_for(n_todo, cfg.sharding.products_per_shard)
+    work_files = list_files(fs, stage, "rows-")
+    expected: set[int] = set()
+    if work_files:
+        split = ray.data.from_items([{"path": _uri(fs, p)} for p in work_files], override_num_blocks=len(work_files))
+        for r in split.map_batches(_split_rows, batch_size=1, batch_format="numpy",
+                                   fn_args=(n_shards, run_id, _uri(fs, part))).iter_rows():
+            expected.add(int(r["shard"]))
+    else:  # nothing was read: the tables still exist, empty, with their schemas
+        write_atomic(fs, join(part, "products", "products-empty.parquet"), PRODUCT_SCHEMA.empty_table())
+        write_atomic(fs, join(part, "rejects", "catalog-empty.parquet"), REJECT_SCHEMA.empty_table())
+    done = set(shard_stats(fs, part)) & expected
+    pending = sorted(expected - done)
+    timings["plan"] = time.perf_counter() - t0
+    log(f"catalog: {n_in} rows -> {n_valid} valid, {n_in - n_valid} rejected; {n_todo} products to generate "
+        f"in {n_shards} shards ({len(done)} already done, {len(pending)} pending)")
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for `python jobs/generate.py ...`; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    try:
-        run_generation(args.model, args.catalog, args.out, reviews_per_product=args.reviews_per_product,
-                       run_date=args.run_date, since=args.since, force=args.force,
-                       mapping=args.mapping or args.preset, seed=args.seed,
-                       keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()],
-                       min_score=args.min_score, max_copy_span=args.max_copy_span, temperature=args.temperature,
-                       top_p=args.top_p, batch_size=args.batch_size, num_actors=args.num_actors,
-                       language_column=args.language_column, default_language=args.language,
-                       rating_column=args.rating_column,
-                       rating_distribution=[float(x) for x in args.rating_dist.split(",")] if args.rating_dist else None,
-                       min_tokens=args.min_tokens, max_chars=args.max_chars,
-                       products_per_shard=args.products_per_shard, reject_broken_text=not args.keep_broken_text)
-    except (GenerationError, cat.CatalogError) as e:
-        print(f"error: {e}")
-        return 2
-    return 0
+    # 3. generate: one map_groups call per shard on the actor pool
+    t0 = time.perf_counter()
+    stage_t: Counter = Counter()
+    if pending:
+        num_actors, res = _num_actors(cfg, len(pending))
+        job = ShardJob(cfg, run_id, model_version, str(Path(model_dir).resolve()), _uri(fs, part), tuple(dist))
+        columns = list(dict.fromkeys(["product_id", "title", "category", "language", "target_rating",
+                                      "source_file", "source_row", *keep]))
+        todo = ray.data.read_parquet(_uri(fs, stage)).map_batches(_todo_block, batch_size=None, batch_format="pandas",
+                                fn_args=(n_shards, frozenset(done), columns))
+        stats = todo.groupby("shard", num_partitions=max(1, min(len(pending), 4 * num_actors))).map_groups(
+            GeneratorActor, compute=ray.data.ActorPoolStrategy(size=num_actors), fn_constructor_args=(job,),
+            batch_format="pandas", **res)
+        log(f"generating: {len(pending)} shards on {num_actors} actor(s) ({'GPU' if 'num_gpus' in res else 'CPU'})")
+        for row in stats.iter_rows():  # one small stats row per shard
+            stage_t.update({k: row[k] for k in ("generated", "t_generate", "t_score", "t_filter", "t_write")})
+    timings["generate_stage"] = time.perf_counter() - t0
+    for k in ("generate", "score", "filter", "write"):
+        timings[f"actor_{k}"] = float(stage_t.get(f"t_{k}", 0.0))
+
+    # 4. counts from the shard files' footers
+    t0 = time.perf_counter()
+    per_shard = shard_stats(fs, part)
+    missing = sorted(expected - set(per_shard))
+    if missing:
+        raise GenerationError(f"shards {missing[:10]} have no output after the generation stage; rerun to resume")
+    reasons = Counter()
+    for s in expected:
+        reasons.update(per_shard[s].get("rejects_by_reason", {}))
+    accepted = sum(per_shard[s]["accepted"] for s in expected)
+    fs.delete_dir(join(part, "_work"))
+    if not expected:  # no shard: an empty reviews table still gives readers the directory and its schema
+        write_atomic(fs, join(part, "reviews", "empty.parquet"), review_schema(keep).empty_table())
+    counts = {"products_in": n_in, "products_valid": n_valid, "products_rejected": n_in - n_valid,
+              "products_unchanged": n_valid - n_todo, "products_to_generate": n_todo, "shards": n_shards,
+              "shards_resumed": len(done), "files_unreadable": catalog_reasons.get("unreadable_file", 0),
+              "reviews_generated": accepted + sum(reasons.values()), "reviews_accepted": accepted,
+              "reviews_rejected": sum(reasons.values()),
+              "reviews_generated_this_invocation": int(stage_t.get("generated", 0)),
+              "catalog_rejects_by_reason": dict(sorted(catalog_reasons.items())),
+              "review_rejects_by_reason": dict(sorted(reasons.items()))}
+    if counts["products_in"] != counts["products_valid"] + counts["products_rejected"]:
+        raise GenerationError(f"row accounting failed: {counts}")
+    timings["finalize"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    gen_t = timings["generate_stage"]
+    return {"run_id": run_id, "run_date": run_date, "partition": part, "noop": False, "model_version": model_version,
+            "counts": counts, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "reviews_per_s": round(counts["reviews_generated_this_invocation"] / gen_t, 2) if gen_t > 0 else 0.0}

@@ -1,0 +1,131 @@
+"""The generating actor of the nightly job: loads the exported model once, then per call generates,
+scores, filters (the one `ReviewFilter`) and writes whole shards.
+
+A shard's filter rejects are written first and its reviews file last, each atomically; the reviews file
+carries the shard's counts in its footer and marks the shard finished. Generation is a pure function of
+(product, index, seed), so a shard rewritten after a retried task is the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.device import pick_device
+from reviewgen.core.sampling import generate_texts, row_seed
+from reviewgen.core.tokenizer import Condition
+from reviewgen.generate.config import GenerateConfig
+from reviewgen.generate.run import STATS_KEY, draw_rating, review_id, shard_file, write_atomic
+from reviewgen.infra.storage import filesystem
+from reviewgen.score.calibration import apply_calibration
+from reviewgen.score.filter import ReviewFilter
+from reviewgen.score.signals import discriminator_outputs
+
+REVIEW_FIELDS = [("product_id", pa.string()), ("review_id", pa.string()), ("review_index", pa.int64()),
+                 ("rating", pa.int64()), ("text", pa.string()), ("score", pa.float64()),
+                 ("model_version", pa.string()), ("run_id", pa.string()), ("seed", pa.int64()),
+                 ("generated_at", pa.string()), ("language", pa.string()), ("title", pa.string()),
+                 ("category", pa.string())]
+REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("product_id", pa.string()),
+                           ("review_id", pa.string()), ("review_index", pa.int64()), ("source_file", pa.string()),
+                           ("text", pa.string()), ("score", pa.float64()), ("raw", pa.string()),
+                           ("run_id", pa.string()), ("source_row", pa.int64())])
+STATS_COLUMNS = ("shard", "products", "generated", "accepted", "t_generate", "t_score", "t_filter", "t_write")
+
+
+def review_schema(keep_columns: Sequence[str]) -> pa.Schema:
+    """Schema of the reviews table (pass-through columns as strings)."""
+    return pa.schema(REVIEW_FIELDS + [(c, pa.string()) for c in keep_columns])
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every actor needs: the run's settings and identity, the model and the partition to write."""
+
+    config: GenerateConfig
+    run_id: str
+    model_version: str
+    model_dir: str
+    partition: str
+    rating_distribution: tuple[float, ...]
+
+
+class GeneratorActor:
+    """Ray Data actor (via `map_groups` by shard): one call = one whole shard of products -> its files."""
+
+    def __init__(self, job: ShardJob):
+        torch.set_num_threads(max(1, round(job.config.sharding.cpus_per_actor)))
+        self.job, self.cfg = job, job.config
+        self.device = pick_device(None)
+        self.ckpt = load_checkpoint(job.model_dir, self.device)
+        self.tok = self.ckpt.tokenizer
+        self.filter = ReviewFilter.for_model(self.cfg.filter, self.tok, self.ckpt.ngram_path)
+        self.fs, self.part = filesystem(job.partition)
+        cdf = np.cumsum(np.asarray(job.rating_distribution, dtype=np.float64))
+        self.cdf = cdf / cdf[-1]
+
+    def __call__(self, group: pd.DataFrame) -> pd.DataFrame:
+        shards = group["shard"].unique()
+        if len(shards) != 1:  # map_groups hands over exactly one shard; anything else is a wiring bug
+            raise RuntimeError(f"GeneratorActor got rows of shards {sorted(shards)[:5]} in one call")
+        products = group.drop(columns="shard").astype(object).where(group.drop(columns="shard").notna(), None)
+        stats = self.write_shard(int(shards[0]), products.to_dict("records"))
+        return pd.DataFrame([stats], columns=list(STATS_COLUMNS))
+
+    def write_shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
+        """Generate, score, filter and write one shard's reviews and rejects; returns its counts and times."""
+        s, run_id, keep_cols = self.cfg.sampling, self.job.run_id, self.cfg.catalog.keep_columns
+        products = sorted(products, key=lambda p: p["product_id"])  # file content independent of arrival order
+        t0 = time.perf_counter()
+        rows = [(pr, i) for pr in products for i in range(s.reviews_per_product)]
+        ratings = [int(pr["target_rating"]) if pr.get("target_rating") else
+                   draw_rating(pr["product_id"], i, s.seed, self.cdf) for pr, i in rows]
+        conds = [Condition(title=pr["title"], category=pr.get("category") or "", rating=r, language=pr["language"])
+                 for (pr, _), r in zip(rows, ratings)]
+        seeds = [row_seed(pr["product_id"], i, s.seed) for pr, i in rows]
+        texts = generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=s.temperature,
+                               top_p=s.top_p, batch_size=s.batch_size, device=self.device)
+        t1 = time.perf_counter()
+        logits, _ = discriminator_outputs(self.ckpt.discriminator, self.tok, conds, texts,
+                                          batch_size=s.batch_size, device=self.device)
+        scores = [float(x) for x in apply_calibration(logits, self.ckpt.calibration)]
+        t2 = time.perf_counter()
+        verdicts = self.filter.check(texts, languages=[pr["language"] for pr, _ in rows], scores=scores)
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        keep, rejects = [], []
+        for (pr, i), r, text, sc, v in zip(rows, ratings, texts, scores, verdicts):
+            rid = review_id(run_id, pr["product_id"], i)
+            if v.reason:
+                rejects.append({"stage": "filter", "reason": v.reason, "product_id": pr["product_id"],
+                                "review_id": rid, "review_index": i, "source_file": pr.get("source_file"),
+                                "text": text, "score": sc, "raw": None, "run_id": run_id,
+                                "source_row": pr.get("source_row")})
+                continue
+            rec = {"product_id": pr["product_id"], "review_id": rid, "review_index": i, "rating": r, "text": text,
+                   "score": sc, "model_version": self.job.model_version, "run_id": run_id, "seed": s.seed,
+                   "generated_at": now, "language": pr["language"], "title": pr["title"],
+                   "category": pr.get("category")}
+            rec.update({c: None if pr.get(c) is None else str(pr.get(c)) for c in keep_cols})
+            keep.append(rec)
+        t3 = time.perf_counter()
+        reasons: dict[str, int] = {}
+        for rj in rejects:
+            reasons[rj["reason"]] = reasons.get(rj["reason"], 0) + 1
+        stats = {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep),
+                 "rejects_by_reason": dict(sorted(reasons.items()))}
+        # rejects first, reviews last: the reviews file (with the counts in its footer) marks the shard done
+        write_atomic(self.fs, shard_file(self.part, "rejects", shard), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+        schema = review_schema(keep_cols).with_metadata({STATS_KEY: json.dumps(stats).encode()})
+        write_atomic(self.fs, shard_file(self.part, "reviews", shard), pa.Table.from_pylist(keep, schema=schema))
+        t4 = time.perf_counter()
+        return {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep),
+                "t_generate": t1 - t0, "t_score": t2 - t1, "t_filter": t3 - t2, "t_write": t4 - t3}
