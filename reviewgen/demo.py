@@ -43,6 +43,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     from reviewgen.core.config import RunConfig
     from reviewgen.data.corpus import load_split, prepare, review_sources, sample_data_dir
+    from reviewgen.infra.console import quiet_ray_loggers
     from reviewgen.infra.runtime import ensure_ray
 
     out = Path(out).resolve()
@@ -93,6 +94,7 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(model_dir)), name="scorer", route_prefix="/")
+    quiet_ray_loggers()  # Serve attaches its own console handlers when it starts
     test = load_split(data_dir, "test")
     real = test.groupby("language").head(4)
     products = pd.read_parquet(catalog).set_index("product_id")

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
 
-# Token auth is for clusters; a test-local Ray runs without it (see shared RAY_NOTES).
+# Token auth is for clusters; a test-local Ray runs without it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -47,7 +47,7 @@ def tiny_model(prepared_data, tiny_config, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded local Ray for the whole session. 4 logical CPUs on 2 cores: with only 2, actor
-    pools and 2-worker trainers deadlock waiting for a CPU for their read tasks (RAY_NOTES)."""
+    pools and 2-worker trainers deadlock waiting for a CPU for their read tasks."""
     import ray
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,

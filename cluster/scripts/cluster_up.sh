@@ -17,7 +17,7 @@ RG_HEAD_PORT="${RG_HEAD_PORT:-6390}"
 RG_DASHBOARD_PORT="${RG_DASHBOARD_PORT:-8266}"
 RG_CLIENT_PORT="${RG_CLIENT_PORT:-23390}"
 # Logical CPUs above the 2 physical ones on purpose: with exactly 2, an actor pool or a
-# 2-worker TorchTrainer holds every CPU and the read tasks never schedule (RAY_NOTES.md).
+# 2-worker TorchTrainer holds every CPU and the read tasks never schedule.
 RG_HEAD_CPUS="${RG_HEAD_CPUS:-2}"
 RG_WORKER_CPUS="${RG_WORKER_CPUS:-2}"
 RG_NODE_MEMORY="${RG_NODE_MEMORY:-3221225472}"

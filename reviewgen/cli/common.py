@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from reviewgen.infra.console import active, echo
+
 
 def log(msg: str) -> None:
-    """Print one progress or result line to the console."""
-    typer.echo(msg, err=False)
+    """Print one progress or result line to the console (and the run's log file)."""
+    echo(msg)
 
 
 def fail(e: Exception) -> None:
-    """Print a user-facing error and exit with code 2."""
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    """Print a user-facing error (naming the log file in quiet mode) and exit with code 2."""
+    typer.secho(f"error: {e}{active().where()}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 

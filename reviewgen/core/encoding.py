@@ -53,7 +53,7 @@ def fixed_batches(data: dict[str, np.ndarray], batch_size: int, limit: int, devi
     n = len(data["ids"])
     out = []
     for s in range(0, min(n, batch_size * limit), batch_size):
-        out.append({k: torch.as_tensor(v[s:s + batch_size]).to(device) for k, v in data.items()})
+        out.append({k: to_tensor(v[s:s + batch_size]).to(device) for k, v in data.items()})
     return out
 
 
@@ -63,3 +63,9 @@ def fit_tokenizer(train: pd.DataFrame, cfg: RunConfig, max_texts: int = 200_000)
     extra = pd.concat([train["product_title"], train["category"]]).dropna().astype(str).unique().tolist()
     return ReviewTokenizer.train(texts + extra, cfg.tokenizer.vocab_size, cfg.tokenizer.prefix_len,
                                  cfg.tokenizer.max_review_len, cfg.tokenizer.min_frequency)
+
+
+def to_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor over `a`, copying only when `a` is read-only (arrays that come out of Ray's object store
+    are; torch would otherwise share memory it must not write and warn about it)."""
+    return torch.as_tensor(a if a.flags.writeable else a.copy())

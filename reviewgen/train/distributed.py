@@ -38,6 +38,7 @@ from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer
 from reviewgen.data.corpus import load_split
+from reviewgen.infra.progress import ProgressRelay
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 from reviewgen.train.export import data_hash_of, finalize_model
@@ -133,19 +134,21 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log) -> Pa
             "max_review_len": cfg.tokenizer.max_review_len, "categories": categories})
         datasets = {"train": ds}
     resources = {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {})
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_cfg, datasets=datasets,
-        scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=job.run_name, storage_path=job.storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=job.max_failures)))
     log(f"Ray Train: {job.num_workers} worker(s), per-worker batch {t.batch_size} (global {global_bs}), "
         f"data {job.data_loader}, storage {job.storage}/{job.run_name}")
     t0 = time.time()
-    result = trainer.fit()
-    log(f"fit finished in {time.time() - t0:.1f} s: {result.return_value}")
+    # workers' progress lines reach this console through the relay, whatever happens to worker logs
+    with ProgressRelay(log) as relay:
+        trainer = TorchTrainer(
+            train_loop, train_loop_config=loop_cfg | {"progress": relay.handle}, datasets=datasets,
+            scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
+                                                   resources_per_worker=resources),
+            run_config=ray.train.RunConfig(
+                name=job.run_name, storage_path=job.storage,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=job.max_failures)))
+        result = trainer.fit()
+    log(f"fit finished in {time.time() - t0:.1f} s")
     if result.checkpoint is None:
         raise TrainJobError(f"run {job.run_name!r} produced no checkpoint (see the worker logs under {job.storage})")
     return _export(job, result.checkpoint, out, train_df, val_df, log)

@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.tokenizer import ReviewTokenizer
+from reviewgen.infra.progress import send as send_progress
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 from reviewgen.train.loop import LoopSettings, StepLog, run_loop
 from reviewgen.train.trainer import GANTrainer, TensorBatches
@@ -70,8 +71,10 @@ def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
 class RayTrainSink:
     """Ray Train reporting for `run_loop`: rank 0 owns the step log (in storage) and the checkpoints."""
 
-    def __init__(self, rank: int, world: int, device, storage: str, name: str, keep_through_step: int):
+    def __init__(self, rank: int, world: int, device, storage: str, name: str, keep_through_step: int,
+                 relay=None):
         self.is_chief, self.world, self.device = rank == 0, world, device
+        self.relay = relay  # the driver's console (reviewgen.infra.progress); None: the worker's log
         self.fs, root = filesystem(storage)
         self.run = f"{root}/{name}"
         log = f"{self.run}/metrics.jsonl"
@@ -96,9 +99,12 @@ class RayTrainSink:
         return bool(t.item() > 0)
 
     def progress(self, msg: str) -> None:
-        # through Ray Train's worker logger: plain prints reach the driver twice
         self.steps.flush()
-        logging.getLogger("ray.train").info(msg)
+        if self.relay is not None:
+            send_progress(self.relay, msg)
+        else:
+            # through Ray Train's worker logger: plain prints reach the driver twice
+            logging.getLogger("ray.train").info(msg)
 
     def record(self, rec: dict[str, Any]) -> None:
         self.steps.add(rec)
@@ -171,7 +177,7 @@ def train_loop(c: dict) -> dict:
     elif c["resume_from"]:
         run = trainer.resume_from(c["resume_from"])
     batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
-    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step)
+    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step, c.get("progress"))
     val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
     settings = LoopSettings(deadline=c["deadline"], stop_after_phase=c["stop_after_phase"], data_hash=c["data_hash"],
                             resumes=int(run.get("resumes", -1)) + 1 if run else 0,

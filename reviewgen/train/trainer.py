@@ -22,7 +22,7 @@ import torch
 from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
-from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
+from reviewgen.core.encoding import to_tensor, build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
@@ -44,7 +44,7 @@ class TensorBatches:
 
     def __init__(self, data: dict[str, np.ndarray], batch_size: int, seed: int, device="cpu",
                  rank: int = 0, world_size: int = 1):
-        self.data = {k: torch.as_tensor(v) for k, v in data.items()}
+        self.data = {k: to_tensor(v) for k, v in data.items()}
         self.n = len(next(iter(self.data.values())))
         if self.n == 0:
             raise ValueError("no training rows")
