@@ -29,6 +29,13 @@ class ServeConfig:
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = 64
+    # ingress (the thin FastAPI deployment in front of the model replicas)
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1
+    # draining: a replica being stopped (scale-down, rollout, shutdown) finishes its queue first, checking
+    # every wait_loop seconds, for at most timeout seconds (Serve's graceful_shutdown_* options)
+    graceful_shutdown_wait_loop_s: float = 0.5
+    graceful_shutdown_timeout_s: float = 20.0
     # request limits
     max_reviews_per_request: int = 64
     max_text_chars: int = 4000
@@ -61,12 +68,13 @@ class ServeConfig:
         """Raise ServeConfigError naming the first bad field."""
         positive = ("max_batch_size", "max_ongoing_requests", "max_reviews_per_request", "max_text_chars",
                     "max_field_chars", "max_body_bytes", "request_timeout_s", "max_replicas",
-                    "target_ongoing_requests")
+                    "target_ongoing_requests", "ingress_replicas", "graceful_shutdown_wait_loop_s",
+                    "graceful_shutdown_timeout_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ServeConfigError(f"serve config: {name} must be > 0, got {getattr(self, name)!r}")
         for name in ("batch_wait_timeout_s", "upscale_delay_s", "downscale_delay_s", "num_cpus", "num_gpus",
-                     "min_replicas"):
+                     "min_replicas", "ingress_num_cpus"):
             if getattr(self, name) < 0:
                 raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.copy_min_span is not None and (isinstance(self.copy_min_span, bool)
@@ -131,13 +139,25 @@ class ServeConfig:
         return out
 
     def ray_actor_options(self) -> dict[str, Any]:
-        """Serve ray_actor_options (num_gpus and runtime_env only when used)."""
+        """Serve ray_actor_options of a model replica (num_gpus and runtime_env only when used)."""
         out: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             out["num_gpus"] = self.num_gpus
         if self.env_vars:
             out["runtime_env"] = {"env_vars": dict(self.env_vars)}
         return out
+
+    def ingress_actor_options(self) -> dict[str, Any]:
+        """Serve ray_actor_options of an ingress replica (no GPU; the same env, which carries the token)."""
+        out: dict[str, Any] = {"num_cpus": self.ingress_num_cpus}
+        if self.env_vars:
+            out["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        return out
+
+    def shutdown_options(self) -> dict[str, float]:
+        """Serve's graceful-shutdown deployment options (both deployments drain the same way)."""
+        return {"graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+                "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s}
 
 
 def load_api_token(environ: dict[str, str] | None = None) -> str | None:
