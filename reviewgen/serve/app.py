@@ -7,8 +7,8 @@ by `build_serve_config()` via scripts/build_serve_config.py). The HTTP API lives
 
 Model updates: deploying the same app name with a new `model_dir` (`serve deploy`, `reviewgen serve --model
 NEW` against a running cluster, or a RayService serveConfigV2 change) is a rolling update of the model
-deployment only. Serve starts new replicas and stops old ones, which finish their queue first
-(graceful_shutdown_*). A request that an old replica rejects while quiescing is routed to another replica
+deployment only. Serve starts each replacement before its old replica stops (max_surge_percent), and the
+old replica finishes its queue first (graceful_shutdown_*). A request that an old replica rejects while quiescing is routed to another replica
 by Serve, and one whose replica dies is retried by the ingress. Each response names the model_version that
 scored it.
 """
@@ -38,7 +38,8 @@ DEFAULT_CLUSTER_MODEL_DIR = "/mnt/shared/models/current"
 DEPLOYMENT_FIELDS = frozenset({"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
                                "downscale_delay_s", "metrics_interval_s", "look_back_period_s", "num_cpus",
                                "num_gpus", "env_vars", "ingress_replicas", "ingress_num_cpus",
-                               "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s"})
+                               "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s",
+                               "max_surge_percent"})
 
 
 def build_app(model_dir: str | Path, config: ServeConfig | None = None):
@@ -48,7 +49,7 @@ def build_app(model_dir: str | Path, config: ServeConfig | None = None):
     if not (model_dir / "config.json").is_file():
         raise ServeConfigError(f"{model_dir}: not a model directory (no config.json); export one first")
     opts: dict[str, Any] = {"max_ongoing_requests": cfg.max_ongoing_requests,
-                            "ray_actor_options": cfg.ray_actor_options(), **cfg.shutdown_options()}
+                            "ray_actor_options": cfg.ray_actor_options(), **cfg.rollout_options()}
     if cfg.min_replicas == cfg.max_replicas:
         opts["num_replicas"] = cfg.min_replicas
     else:
@@ -57,7 +58,7 @@ def build_app(model_dir: str | Path, config: ServeConfig | None = None):
     # The ingress holds every request the model replicas can take at once (it only waits on them).
     return IngressDeployment.options(num_replicas=cfg.ingress_replicas, ray_actor_options=cfg.ingress_actor_options(),
                                      max_ongoing_requests=cfg.max_ongoing_requests * cfg.max_replicas,
-                                     **cfg.shutdown_options()).bind(model, cfg.to_dict())
+                                     **cfg.rollout_options()).bind(model, cfg.to_dict())
 
 
 def app_builder(args: dict[str, Any]):
@@ -89,9 +90,9 @@ def build_serve_config(model_dir: str = DEFAULT_CLUSTER_MODEL_DIR, config: Serve
                               "import_path": "reviewgen.serve:app_builder", "args": args,
                               "deployments": [
                                   {"name": INGRESS_DEPLOYMENT, "num_replicas": cfg.ingress_replicas,
-                                   "ray_actor_options": cfg.ingress_actor_options(), **cfg.shutdown_options()},
+                                   "ray_actor_options": cfg.ingress_actor_options(), **cfg.rollout_options()},
                                   {"name": MODEL_DEPLOYMENT, "autoscaling_config": cfg.autoscaling_config(),
-                                   "ray_actor_options": cfg.ray_actor_options(), **cfg.shutdown_options()}]}]}
+                                   "ray_actor_options": cfg.ray_actor_options(), **cfg.rollout_options()}]}]}
 
 
 def _proxy_timeout(cfg: ServeConfig) -> float:

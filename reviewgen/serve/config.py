@@ -36,6 +36,9 @@ class ServeConfig:
     # every wait_loop seconds, for at most timeout seconds (Serve's graceful_shutdown_* options)
     graceful_shutdown_wait_loop_s: float = 0.5
     graceful_shutdown_timeout_s: float = 20.0
+    # rollouts (a new model_dir): extra replicas, in % of the target, started before old ones stop; 100
+    # means a replacement is up before its old replica drains, so a one-replica app never has a gap
+    max_surge_percent: int = 100
     # request limits
     max_reviews_per_request: int = 64
     max_text_chars: int = 4000
@@ -81,6 +84,8 @@ class ServeConfig:
                                                or not isinstance(self.copy_min_span, int) or self.copy_min_span < 1):
             raise ServeConfigError(f"serve config: copy_min_span must be an integer >= 1 or null, "
                                    f"got {self.copy_min_span!r}")
+        if isinstance(self.max_surge_percent, bool) or not 0 <= self.max_surge_percent <= 100:
+            raise ServeConfigError(f"serve config: max_surge_percent must be 0..100, got {self.max_surge_percent!r}")
         if self.min_replicas > self.max_replicas:
             raise ServeConfigError(f"serve config: min_replicas ({self.min_replicas}) > max_replicas "
                                    f"({self.max_replicas})")
@@ -154,9 +159,10 @@ class ServeConfig:
             out["runtime_env"] = {"env_vars": dict(self.env_vars)}
         return out
 
-    def shutdown_options(self) -> dict[str, float]:
-        """Serve's graceful-shutdown deployment options (both deployments drain the same way)."""
-        return {"graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+    def rollout_options(self) -> dict[str, Any]:
+        """Serve's rollout and graceful-shutdown deployment options (both deployments drain the same way)."""
+        return {"max_surge_percent": self.max_surge_percent,
+                "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
                 "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s}
 
 
