@@ -131,9 +131,10 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
         log(f"WARNING: serving on {host} without auth; set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
             f"or bind to 127.0.0.1")
     app = build_app(model_dir, cfg)
-    # Signals are caught before Ray starts, so a Ctrl-C during start-up also ends in a clean shutdown.
-    stop = _StopSignal() if blocking else None
     started = ensure_ray(log=log, log_to_driver=False)
+    # After ray.init: its C++ failure handler takes SIGTERM (prints a stack and aborts the driver), and
+    # ours must replace it. A Ctrl-C before this point is a KeyboardInterrupt that still reaches `finally`.
+    stop = _StopSignal() if blocking else None
     try:
         serve.start(http_options={"host": host, "port": int(port), "request_timeout_s": _proxy_timeout(cfg)})
         t0 = time.time()
@@ -145,8 +146,9 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
             stop.wait()
             log(f"{stop.name} received: draining in-flight requests (at most {cfg.graceful_shutdown_timeout_s}s)")
     finally:
-        if stop is not None:
-            stop.restore()
+        if blocking:
+            if stop is not None:
+                stop.restore()
             shutdown_server(app_name, stop_ray=started == "local", log=log)
     return url
 
