@@ -5,6 +5,8 @@ fixed duration per level):
 
 - **no-op**: the same ingress deployment (FastAPI app, auth/limits/validation middleware, routes) with its
   model call replaced by a constant answer: the most this machine's Serve can do per request.
+- **no-op, two hops**: the real ingress calling a model deployment that answers a constant: what the
+  handle hop (the price of retrying on replica loss) costs on top.
 - **ours**: `reviewgen.serve.app.build_app` (ingress -> model deployment through a handle, adaptive batch
   dispatch), one model replica; and the same with max_batch_size 1 (the unbatched path).
 - **in-process**: `score_reviews` (what a replica computes: Scorer + output filter) on 32-review batches.
@@ -45,6 +47,7 @@ from reviewgen.score.scorer import Scorer
 from reviewgen.serve.app import build_app
 from reviewgen.serve.config import ServeConfig
 from reviewgen.serve.ingress import IngressDeployment
+from reviewgen.serve.replica import MODEL_DEPLOYMENT
 from reviewgen.serve.scoring import replica_filter, score_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +61,8 @@ EVENT_CONCURRENCY = 8
 SUCCESS_GOAL, SUCCESS_FLOOR = 1.0, 0.999
 P99_EVENT_FACTOR = 3.0
 EVENT_TAIL_S = 10.0
+NOOP_RESULT = {"p_human": 0.5, "rating_pred": 5, "flags": {"copy_span": 0, "copied": False, "pii": None,
+                                                          "has_pii": None}, "reasons": []}
 
 
 def _free_port() -> int:
@@ -81,8 +86,20 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s))) - 1))] if s else float("nan")
 
 
-def in_process(model_dir: Path, reviews: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
-    """What one replica computes, in this process: score_reviews on 32-review batches, and one review."""
+def in_process(model_dir: Path, reviews: list[dict[str, Any]], quick: bool, threads: int) -> dict[str, Any]:
+    """What one replica computes, in this process: score_reviews on 32-review batches, and one review, on
+    the replica's torch thread count (a 1-CPU replica runs 1 thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return {**_in_process(model_dir, reviews, quick), "torch_threads": threads}
+    finally:
+        torch.set_num_threads(before)
+
+
+def _in_process(model_dir: Path, reviews: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     sc = Scorer(model_dir, device="cpu")
     flt = replica_filter(ServeConfig(), sc)
     batch = reviews[:BULK_REVIEWS]
@@ -169,10 +186,25 @@ class _NoopIngress(IngressDeployment.func_or_class):
 
     async def _call(self, method: str, *args: Any) -> Any:
         if method == "score":
-            one = {"p_human": 0.5, "rating_pred": 5, "flags": {"copy_span": 0, "copied": False, "pii": None,
-                                                                  "has_pii": None}, "reasons": []}
-            return {"model_version": "noop", "results": [one] * len(args[0])}
+            return {"model_version": "noop", "results": [NOOP_RESULT] * len(args[0])}
         return {"model_version": "noop", "replica": "noop"}
+
+
+@serve.deployment(name=MODEL_DEPLOYMENT)
+class NoopModel:
+    """A model deployment answering a constant: the real ingress in front of it measures the handle hop."""
+
+    def ready(self) -> bool:
+        return True
+
+    def score(self, reviews: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"model_version": "noop", "results": [NOOP_RESULT] * len(reviews)}
+
+    def model_info(self) -> dict[str, Any]:
+        return {"model_version": "noop"}
+
+    def stats(self) -> dict[str, Any]:
+        return {"replica": "noop"}
 
 
 def _deploy(app, name: str, base: str) -> str:
@@ -245,7 +277,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     load_before = os.getloadavg()
-    inproc = in_process(model_dir, reviews, quick)
+    inproc = in_process(model_dir, reviews, quick, threads or 1)
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     # 8 logical CPUs: two replicas plus a rollout's two replacements (max_surge_percent 100) fit at once.
     # The no-op ingress is defined here, so replicas need this checkout on their path.
@@ -262,16 +294,21 @@ def main(quick: bool = False) -> dict[str, Any]:
         urls = {"noop": _deploy(serve.deployment(name="Ingress")(_NoopIngress).options(
                     max_ongoing_requests=256, ray_actor_options=noop_cfg.ingress_actor_options()).bind(
                     None, noop_cfg.to_dict()), "noop", base),
+                "noop_two_hop": _deploy(IngressDeployment.options(
+                    max_ongoing_requests=256, ray_actor_options=noop_cfg.ingress_actor_options()).bind(
+                    NoopModel.options(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1.0}).bind(),
+                    noop_cfg.to_dict()), "noop_two_hop", base),
                 "ours": _deploy(build_app(model_dir, one), "ours", base),
                 "unbatched": _deploy(build_app(model_dir, ServeConfig(
                     min_replicas=1, max_replicas=1, num_cpus=1.0, max_batch_size=1, env_vars=env)), "unbatched", base)}
-        levels = {name: [level(urls[name], reviews, c, seconds) for c in CONCURRENCY] for name in ("noop", "ours")}
+        levels = {name: [level(urls[name], reviews, c, seconds) for c in CONCURRENCY]
+                  for name in ("noop", "noop_two_hop", "ours")}
         unbatched_c1 = level(urls["unbatched"], reviews, 1, seconds)
         bulk = level(urls["ours"], reviews, BULK_CONCURRENCY, seconds, per_request=BULK_REVIEWS)
         import httpx
 
         stats = httpx.get(urls["ours"].replace("/v1/score", "/v1/stats"), timeout=30).json()
-        for name in ("noop", "ours", "unbatched"):
+        for name in urls:
             serve.delete(name)
 
         two = ServeConfig(min_replicas=2, max_replicas=2, num_cpus=1.0, env_vars=env)

@@ -195,12 +195,16 @@ def _md_serve(x: dict[str, Any]) -> list[str]:
            f"average {x['load_average_before']} before, {x['load_average_after']} after.", "",
            f"In-process (score_reviews = Scorer + output filter, what a replica computes): "
            f"{_f(i['batch32_reviews_per_s'])} reviews/s on batches of 32 (Scorer alone "
-           f"{_f(i['scorer_only_batch32_reviews_per_s'])}); single review {i['single_review_p50_ms']} ms.", "",
-           "| concurrency | no-op req/s | ours req/s | share | goal >= 80% | no-op p50 ms | ours p50 ms | ours p99 ms |",
-           "|---|---|---|---|---|---|---|---|"]
-    for s, n, o in zip(g["rate_share"]["levels"], x["levels"]["noop"], x["levels"]["ours"]):
-        out.append(f"| {s['concurrency']} | {_f(n['req_per_s'])} | {_f(o['req_per_s'])} | {s['share']:.0%} | "
-                   f"{s['goal']} | {_f(n['p50_ms'])} | {_f(o['p50_ms'])} | {_f(o['p99_ms'])} |")
+           f"{_f(i['scorer_only_batch32_reviews_per_s'])}); single review {i['single_review_p50_ms']} ms; "
+           f"torch threads {i['torch_threads']}.", "",
+           "| concurrency | no-op req/s | no-op two hops req/s | ours req/s | share of no-op | goal >= 80% | "
+           "no-op p50 ms | two hops p50 ms | ours p50 ms | ours p99 ms |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for s, n, h, o in zip(g["rate_share"]["levels"], x["levels"]["noop"], x["levels"]["noop_two_hop"],
+                          x["levels"]["ours"]):
+        out.append(f"| {s['concurrency']} | {_f(n['req_per_s'])} | {_f(h['req_per_s'])} | {_f(o['req_per_s'])} | "
+                   f"{s['share']:.0%} | {s['goal']} | {_f(n['p50_ms'])} | {_f(h['p50_ms'])} | {_f(o['p50_ms'])} | "
+                   f"{_f(o['p99_ms'])} |")
     p, b = g["p50_c1"], g["bulk_share"]
     out += ["", f"- p50 at concurrency 1: ours {p['ours_ms']} ms, unbatched {p['unbatched_ms']} ms, gap "
             f"{p['gap_ms']} ms (goal <= 3 ms): **{p['verdict']}**.",
