@@ -68,6 +68,10 @@ def test_serve_config_validation(tmp_path):
         ServeConfig(max_batch_size=64, max_ongoing_requests=8)
     with pytest.raises(ServeConfigError, match="copy_min_span"):
         ServeConfig(copy_min_span=0)
+    with pytest.raises(ServeConfigError, match="max_surge_percent"):
+        ServeConfig(max_surge_percent=150)
+    with pytest.raises(ServeConfigError, match="graceful_shutdown_timeout_s"):
+        ServeConfig(graceful_shutdown_timeout_s=0)
     p = tmp_path / "s.yaml"
     p.write_text("serve: {max_text_chars: 10, min_replicas: 2, max_replicas: 2}\n")
     assert ServeConfig.from_yaml(p).max_text_chars == 10

@@ -133,7 +133,7 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
     app = build_app(model_dir, cfg)
     started = ensure_ray(log=log, log_to_driver=False)
     # After ray.init: its C++ failure handler takes SIGTERM (prints a stack and aborts the driver), and
-    # ours must replace it. A Ctrl-C before this point is a KeyboardInterrupt that still reaches `finally`.
+    # ours must replace it. A Ctrl-C during ray.init itself is a plain KeyboardInterrupt.
     stop = _StopSignal() if blocking else None
     try:
         serve.start(http_options={"host": host, "port": int(port), "request_timeout_s": _proxy_timeout(cfg)})
@@ -147,9 +147,11 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
             log(f"{stop.name} received: draining in-flight requests (at most {cfg.graceful_shutdown_timeout_s}s)")
     finally:
         if blocking:
-            if stop is not None:
-                stop.restore()
-            shutdown_server(app_name, stop_ray=started == "local", log=log)
+            try:
+                shutdown_server(app_name, stop_ray=started == "local", log=log)
+            finally:
+                if stop is not None:  # kept through the drain, so a second signal skips it
+                    stop.restore()
     return url
 
 
@@ -179,7 +181,8 @@ class _StopSignal:
 
 def shutdown_server(app_name: str = APP_NAME, *, stop_ray: bool, log: Callable[[str], None] = print) -> None:
     """Drain and stop: /readyz turns 503, the app is deleted (Serve lets every replica finish its queue),
-    Serve stops, and the local Ray this process started (if any) is shut down."""
+    and with `stop_ray` (the local Ray this process started) Serve and Ray stop too. On a shared cluster
+    only this app goes; Serve and the other apps stay."""
     t0 = time.time()
     try:
         if ray.is_initialized():
@@ -188,7 +191,8 @@ def shutdown_server(app_name: str = APP_NAME, *, stop_ray: bool, log: Callable[[
             except Exception as e:  # the app may already be gone; the drain below still holds
                 log(f"could not mark the ingress draining ({type(e).__name__})")
             serve.delete(app_name)
-            serve.shutdown()
+            if stop_ray:
+                serve.shutdown()
     finally:
         if stop_ray and ray.is_initialized():
             ray.shutdown()
