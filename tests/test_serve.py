@@ -198,6 +198,21 @@ def test_unavailable_backend_is_503_with_retry_after_and_bad_requests_never_reac
     assert backend.calls == 1, "a client mistake reached the scorer"
 
 
+def test_batch_dispatch_is_immediate_while_the_model_is_idle():
+    """The adaptive batch wait: with no model call in flight a batch reports itself full (Serve's batch
+    queue dispatches it at once); while one runs, the real count lets requests gather."""
+    from reviewgen.serve.replica import DispatchGate, Queued, _batch_size
+
+    gate = DispatchGate(max_batch_size=16)
+    queued = [Queued([{"text": "a"}], gate)]
+    assert _batch_size(queued) == 16
+    assert _batch_size(queued * 17) == 17  # one past full: Serve defers the extra request
+    gate.in_flight = 1
+    assert _batch_size(queued) == 1 and _batch_size(queued * 5) == 5
+    gate.in_flight = 0
+    assert _batch_size(queued * 3) == 16
+
+
 class _FakeMethod:
     """A handle method whose calls fail with the queued errors, then succeed."""
 
