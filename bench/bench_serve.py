@@ -194,9 +194,6 @@ class _NoopIngress(IngressDeployment.func_or_class):
 class NoopModel:
     """A model deployment answering a constant: the real ingress in front of it measures the handle hop."""
 
-    def ready(self) -> bool:
-        return True
-
     def score(self, reviews: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model_version": "noop", "results": [NOOP_RESULT] * len(reviews)}
 

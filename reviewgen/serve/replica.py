@@ -88,10 +88,6 @@ class ScorerDeployment:
         logger.info(log_record("replica_ready", model_version=self.scorer.version,
                                copy_check=self.filter.ngrams is not None, replica=self.actor_name))
 
-    def ready(self) -> bool:
-        """Loaded (a replica that failed to load never gets this far)."""
-        return True
-
     def model_info(self) -> dict[str, Any]:
         """Version, calibration, copy index and tokenizer limits of the model this replica serves."""
         calib = self.scorer.calibration or {}
