@@ -183,23 +183,37 @@ def _md_generate(x: dict[str, Any]) -> list[str]:
 
 
 def _md_serve(x: dict[str, Any]) -> list[str]:
-    i = x["in_process"]
-    out = [f"One replica (1 CPU, replica threads {x['replica_threads']}), one review per request, load from "
-           f"this machine over loopback.", "",
-           f"In-process Scorer.score: {_f(i['batch32_reviews_per_s'])} reviews/s on batches of 32; single review "
-           f"{i['single_review_latency_p50_ms']} ms.", "",
-           "| mode | concurrency | req/s | p50 ms | p99 ms | errors | sustained (p99 <= 100 ms) |",
-           "|---|---|---|---|---|---|---|"]
-    for mode in ("batched", "unbatched"):
-        for lv in x[mode]["levels"]:
-            out.append(f"| {mode} (max_batch_size {x[mode]['max_batch_size']}) | {lv['concurrency']} | "
-                       f"{_f(lv['throughput_rps'])} | {_f(lv.get('p50_ms'))} | {_f(lv.get('p99_ms'))} | "
-                       f"{lv['errors'] or 0} | {'yes' if lv['sustained'] else 'no'} |")
-    out += ["", f"Serve overhead per request (p50 at concurrency 1, unbatched, minus in-process single review): "
-            f"{x['serve_overhead_ms_per_request']} ms.",
-            f"Largest batch observed (batched mode): {x['batched']['max_batch_size_observed']}.",
-            f"Speedup at the best sustained level: {x['speedup_at_best_sustained']}; goal {x['goal']}: "
-            f"**{'met' if x['goal_met'] else 'NOT met'}**."]
+    i, g = x["in_process"], x["goals"]
+    out = [f"One model replica (1 CPU, replica threads {x['replica_threads']}) behind the ingress; the no-op is the "
+           f"same ingress answering a constant. Client: threads with keep-alive connections, loopback. Load "
+           f"average {x['load_average_before']} before, {x['load_average_after']} after.", "",
+           f"In-process (score_reviews = Scorer + output filter, what a replica computes): "
+           f"{_f(i['batch32_reviews_per_s'])} reviews/s on batches of 32 (Scorer alone "
+           f"{_f(i['scorer_only_batch32_reviews_per_s'])}); single review {i['single_review_p50_ms']} ms; "
+           f"torch threads {i['torch_threads']}.", "",
+           "| concurrency | no-op req/s | no-op two hops req/s | ours req/s | share of no-op | goal >= 80% | "
+           "no-op p50 ms | two hops p50 ms | ours p50 ms | ours p99 ms |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for s, n, h, o in zip(g["rate_share"]["levels"], x["levels"]["noop"], x["levels"]["noop_two_hop"],
+                          x["levels"]["ours"]):
+        out.append(f"| {s['concurrency']} | {_f(n['req_per_s'])} | {_f(h['req_per_s'])} | {_f(o['req_per_s'])} | "
+                   f"{s['share']:.0%} | {s['goal']} | {_f(n['p50_ms'])} | {_f(h['p50_ms'])} | {_f(o['p50_ms'])} | "
+                   f"{_f(o['p99_ms'])} |")
+    p, b = g["p50_c1"], g["bulk_share"]
+    out += ["", f"- p50 at concurrency 1: ours {p['ours_ms']} ms, unbatched {p['unbatched_ms']} ms, gap "
+            f"{p['gap_ms']} ms (goal <= 3 ms): **{p['verdict']}**.",
+            f"- {x['bulk']['reviews_per_request']}-review requests at concurrency {x['bulk']['concurrency']}: "
+            f"{_f(b['serve_reviews_per_s'])} reviews/s through Serve, {b['share']:.0%} of in-process (goal >= 70%): "
+            f"**{b['verdict']}**.",
+            f"- Batching (ours, all levels): {x['batching']}.", "",
+            f"Failure events: {x['events']['replicas']} model replicas, concurrency {x['events']['concurrency']}, "
+            f"{x['events']['seconds']} s each, event a third of the way in.", "",
+            "| event | requests | failed | success | goal 100% | p99 steady ms | p99 event ms | ratio | goal <= 3x |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in ("replica_kill", "rollout"):
+        e = x["events"][name]
+        out.append(f"| {name} | {e['requests']} | {e['failed']} | {e['success_rate']:.3%} | {e['success_goal']} | "
+                   f"{e['p99_steady_ms']} | {e['p99_event_ms']} | {e['p99_event_over_steady']} | {e['p99_goal']} |")
     return out
 
 

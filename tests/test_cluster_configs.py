@@ -238,8 +238,9 @@ def test_serve_config_is_a_valid_serve_deploy_config() -> None:
     (app,) = schema.applications
     assert app.import_path == "reviewgen.serve:app_builder"
     assert app.route_prefix == "/"
-    (dep,) = cfg["applications"][0]["deployments"]
-    auto = dep["autoscaling_config"]
+    deployments = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
+    assert set(deployments) == {"Ingress", "Scorer"}
+    auto = deployments["Scorer"]["autoscaling_config"]
     assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
     assert {"target_ongoing_requests", "upscale_delay_s", "downscale_delay_s"} <= set(auto)
 

@@ -19,9 +19,14 @@ def serve(
                                           "limits, autoscaling, CPU/GPU per replica), at top level or under serve:."),
     set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override one ServeConfig field, "
                                    "repeatable, e.g. --set max_batch_size=16 --set copy_check=false."),
-    detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C."),
+    detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C. "
+                                "Against Ray that already serves the app (RAY_ADDRESS, e.g. auto), --model NEW "
+                                "--detach is a rolling model update."),
 ):
-    """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /docs."""
+    """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /v1/stats, /docs.
+
+    Ctrl-C (SIGINT) or SIGTERM drains in-flight requests, then stops the app (and Serve and Ray, when this
+    command started them)."""
     from reviewgen.core.config import parse_set_options
     from reviewgen.serve.config import ServeConfig
     from reviewgen.serve.app import run_server

@@ -31,13 +31,21 @@ KNOWN_ROUTES = frozenset({"/healthz", "/readyz", "/v1/score", "/v1/model", "/v1/
 
 
 class ScoreBackend(Protocol):
-    """What the API needs from a replica."""
+    """What the API needs from the serving side (the Serve ingress, or a stub in tests)."""
 
-    def ready(self) -> bool: ...
-    def model_info(self) -> dict[str, Any]: ...
-    def stats(self) -> dict[str, Any]: ...
-    async def score(self, reviews: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+    async def readiness(self) -> str | None: ...  # None when ready, else the reason it is not
+    async def model_info(self) -> dict[str, Any]: ...
+    async def stats(self) -> dict[str, Any]: ...
+    async def score(self, reviews: list[dict[str, Any]]) -> dict[str, Any]: ...  # {"model_version", "results"}
     def record_request(self, route: str, status: int, seconds: float) -> None: ...
+
+
+class BackendUnavailable(Exception):
+    """Scoring cannot be done now (replicas lost or unavailable): 503 with a Retry-After header."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def error_response(status: int, code: str, message: str, fields: list[dict[str, str]] | None = None,
@@ -126,7 +134,8 @@ class ReviewScore(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    model_version: str
+    model_version: str = Field(description="content hash of the model that scored this request (during a "
+                               "rollout, old and new versions answer side by side)")
     results: list[ReviewScore]
 
 
@@ -156,34 +165,40 @@ def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> Fast
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.exception_handler(BackendUnavailable)
+    async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        return error_response(503, "unavailable", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
     @app.get("/readyz")
     async def readyz():
-        if backend.ready():
-            return {"status": "ready", "model_version": backend.model_info()["model_version"]}
-        return error_response(503, "not_ready", "model not loaded yet")
+        reason = await backend.readiness()
+        if reason is not None:
+            return error_response(503, "not_ready", reason, headers={"Retry-After": "1"})
+        return {"status": "ready", "model_version": (await backend.model_info())["model_version"]}
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
-        return backend.model_info()
+        return await backend.model_info()
 
     @app.get("/v1/stats")
     async def stats() -> dict[str, Any]:
-        return backend.stats()
+        return await backend.stats()
 
     async def score(req):
         reviews = [r.model_dump() for r in req.reviews]
         try:
-            results = await asyncio.wait_for(backend.score(reviews), timeout=cfg.request_timeout_s)
+            return await asyncio.wait_for(backend.score(reviews), timeout=cfg.request_timeout_s)
         except asyncio.TimeoutError:
             return error_response(504, "timeout", f"scoring took longer than {cfg.request_timeout_s}s")
-        return {"model_version": backend.model_info()["model_version"], "results": results}
 
     # The request model is built at run time, so set the annotation FastAPI reads (string annotations from
     # `from __future__ import annotations` could not resolve a local class).
     score.__annotations__ = {"req": ScoreRequest}
     app.post("/v1/score", response_model=ScoreResponse,
              responses={401: {"description": "missing/bad token"}, 413: {"description": "body too large"},
-                        422: {"description": "invalid request"}, 504: {"description": "timed out"}})(score)
+                        422: {"description": "invalid request"},
+                        503: {"description": "replicas lost or unavailable; retry after Retry-After seconds"},
+                        504: {"description": "timed out"}})(score)
 
     app.add_middleware(GuardMiddleware, backend=backend, token=token, max_body_bytes=cfg.max_body_bytes)
     return app

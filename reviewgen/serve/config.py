@@ -29,6 +29,16 @@ class ServeConfig:
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = 64
+    # ingress (the thin FastAPI deployment in front of the model replicas)
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1
+    # draining: a replica being stopped (scale-down, rollout, shutdown) finishes its queue first, checking
+    # every wait_loop seconds, for at most timeout seconds (Serve's graceful_shutdown_* options)
+    graceful_shutdown_wait_loop_s: float = 0.5
+    graceful_shutdown_timeout_s: float = 20.0
+    # rollouts (a new model_dir): extra replicas, in % of the target, started before old ones stop; 100
+    # means a replacement is up before its old replica drains, so a one-replica app never has a gap
+    max_surge_percent: int = 100
     # request limits
     max_reviews_per_request: int = 64
     max_text_chars: int = 4000
@@ -61,18 +71,21 @@ class ServeConfig:
         """Raise ServeConfigError naming the first bad field."""
         positive = ("max_batch_size", "max_ongoing_requests", "max_reviews_per_request", "max_text_chars",
                     "max_field_chars", "max_body_bytes", "request_timeout_s", "max_replicas",
-                    "target_ongoing_requests")
+                    "target_ongoing_requests", "ingress_replicas", "graceful_shutdown_wait_loop_s",
+                    "graceful_shutdown_timeout_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ServeConfigError(f"serve config: {name} must be > 0, got {getattr(self, name)!r}")
         for name in ("batch_wait_timeout_s", "upscale_delay_s", "downscale_delay_s", "num_cpus", "num_gpus",
-                     "min_replicas"):
+                     "min_replicas", "ingress_num_cpus"):
             if getattr(self, name) < 0:
                 raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
         if self.copy_min_span is not None and (isinstance(self.copy_min_span, bool)
                                                or not isinstance(self.copy_min_span, int) or self.copy_min_span < 1):
             raise ServeConfigError(f"serve config: copy_min_span must be an integer >= 1 or null, "
                                    f"got {self.copy_min_span!r}")
+        if isinstance(self.max_surge_percent, bool) or not 0 <= self.max_surge_percent <= 100:
+            raise ServeConfigError(f"serve config: max_surge_percent must be 0..100, got {self.max_surge_percent!r}")
         if self.min_replicas > self.max_replicas:
             raise ServeConfigError(f"serve config: min_replicas ({self.min_replicas}) > max_replicas "
                                    f"({self.max_replicas})")
@@ -131,13 +144,26 @@ class ServeConfig:
         return out
 
     def ray_actor_options(self) -> dict[str, Any]:
-        """Serve ray_actor_options (num_gpus and runtime_env only when used)."""
+        """Serve ray_actor_options of a model replica (num_gpus and runtime_env only when used)."""
         out: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             out["num_gpus"] = self.num_gpus
         if self.env_vars:
             out["runtime_env"] = {"env_vars": dict(self.env_vars)}
         return out
+
+    def ingress_actor_options(self) -> dict[str, Any]:
+        """Serve ray_actor_options of an ingress replica (no GPU; the same env, which carries the token)."""
+        out: dict[str, Any] = {"num_cpus": self.ingress_num_cpus}
+        if self.env_vars:
+            out["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        return out
+
+    def rollout_options(self) -> dict[str, Any]:
+        """Serve's rollout and graceful-shutdown deployment options (both deployments drain the same way)."""
+        return {"max_surge_percent": self.max_surge_percent,
+                "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+                "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s}
 
 
 def load_api_token(environ: dict[str, str] | None = None) -> str | None:
