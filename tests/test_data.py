@@ -6,10 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reviewgen.data.corpus import (
-    REVIEW_COLUMNS, DataError, detect_corpus, load_corpus, load_split, prepare,
-    review_sources, sample_data_dir, split_by_product,
-)
+from reviewgen.data.corpus import load_split, prepare, review_sources, sample_data_dir, split_by_product
+from reviewgen.data.sources import REVIEW_COLUMNS, DataError, detect_corpus, load_corpus
 
 SAMPLE = sample_data_dir()
 FILES = {

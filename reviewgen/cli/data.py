@@ -21,7 +21,8 @@ def prepare(
     max_text_chars: int = typer.Option(4000, help="Longer review texts are dropped (counted as 'text_too_long')."),
 ):
     """Load review corpora, clean them (HTML, boilerplate, PII), split by product, write parquet splits."""
-    from reviewgen.data.corpus import DataError, prepare as _prepare, review_sources, sample_data_dir
+    from reviewgen.data.corpus import prepare as _prepare, review_sources, sample_data_dir
+    from reviewgen.data.sources import DataError
 
     try:
         srcs = list(inputs) if inputs else review_sources(sample_data_dir())

@@ -33,7 +33,7 @@ def evaluate(
 ):
     """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
     from reviewgen.core.checkpoint import CheckpointError
-    from reviewgen.data.corpus import DataError
+    from reviewgen.data.sources import DataError
     from reviewgen.evaluate.run import EvalConfig, run_evaluation
 
     try:

@@ -54,7 +54,7 @@ def train(
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
     from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.core.config import ConfigError
-    from reviewgen.data.corpus import DataError
+    from reviewgen.data.sources import DataError
     from reviewgen.train.job import TrainJobError, load_train_job
 
     try:

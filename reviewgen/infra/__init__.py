@@ -1,1 +1,1 @@
-"""Infrastructure: joining Ray, and local or object-store paths as pyarrow filesystems."""
+"""Infrastructure: joining Ray, storage paths as pyarrow filesystems, the console, progress relay and tracking."""
