@@ -36,3 +36,26 @@ def test_missing_extra_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
     with pytest.raises(TrackingError, match=r"pip install 'reviewgen\[track\]'"):
         tracking.Tracker.start("file:/nowhere", "e", "r")
+
+
+def test_train_logs_params_every_step_and_the_model_version(prepared_data, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from reviewgen.cli import app
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    out = tmp_path / "model"
+    res = CliRunner().invoke(app, ["train", "--data", str(prepared_data), "--out", str(out), "--config",
+                                   "configs/tiny.yaml", "--mle-steps", "4", "--disc-steps", "2", "--adv-steps", "2",
+                                   "--set", "train.log_every=1", "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("reviewgen-train")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["run.train.mle_steps"] == "4" and run.data.params["job.num_workers"] == "0"
+    history = client.get_metric_history(run.info.run_id, "g_loss")
+    assert len(history) >= 4 and sorted({m.step for m in history}) == sorted(m.step for m in history)
+    meta = json.loads((out / "meta.json").read_text())
+    assert run.data.tags["model_version"] == meta["version"] and run.info.status == "FINISHED"

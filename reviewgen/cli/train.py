@@ -50,11 +50,16 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Override train.batch_size (per worker)."),
     seed: Optional[int] = typer.Option(None, help="Override train.seed."),
     device: Optional[str] = typer.Option(None, help="In-process mode: cpu or cuda (default: cuda if available)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Log the config, every step's metrics "
+                                               "and the final model version to MLflow at this URI (e.g. "
+                                               "file:./mlruns). Needs `pip install 'reviewgen[track]'`. Off by "
+                                               "default."),
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
     from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.core.config import ConfigError
     from reviewgen.data.sources import DataError
+    from reviewgen.infra.tracking import TrackingError
     from reviewgen.train.job import TrainJobError, load_train_job
 
     try:
@@ -63,21 +68,52 @@ def train(
             "use_gpu": use_gpu or None, "storage_path": storage_path, "name": name, "max_failures": max_failures,
             "keep_checkpoints": keep_checkpoints, "resume_from": resume_from, "cpus_per_worker": cpus_per_worker,
             "data_loader": data_loader, "stop_after_phase": stop_after_phase, "device": device,
+            "tracking_uri": tracking_uri,
         }, run_flags={"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
                       "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
-        if job.num_workers > 0:
-            from reviewgen.train.distributed import run_distributed_training
+        tracker = _start_tracking(job, cfg)
+        ok = False
+        try:
+            if job.num_workers > 0:
+                from reviewgen.train.distributed import run_distributed_training
 
-            final = run_distributed_training(job, cfg, log=log)
-        else:
-            from reviewgen.train.trainer import train_local
+                final = run_distributed_training(job, cfg, log=log, tracker=tracker)
+            else:
+                from reviewgen.train.trainer import train_local
 
-            job.validate()
-            if job.resume_from:
-                raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
-            final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
-                                device=job.device or ("cuda" if job.use_gpu else None), log=log,
-                                stop_after_phase=job.stop_after_phase)
-    except (ConfigError, DataError, CheckpointError, TrainJobError, *USER_ERRORS) as e:
+                job.validate()
+                if job.resume_from:
+                    raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
+                final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
+                                    device=job.device or ("cuda" if job.use_gpu else None), log=log,
+                                    stop_after_phase=job.stop_after_phase, tracker=tracker)
+            ok = True
+        finally:
+            if tracker is not None:
+                if ok:
+                    tracker.set_tags(_model_tags(final))
+                tracker.finish(ok)
+    except (ConfigError, DataError, CheckpointError, TrainJobError, TrackingError, *USER_ERRORS) as e:
         fail(e)
     log(f"done: {final}")
+
+
+def _start_tracking(job, cfg):
+    """An MLflow run for this training job (None without --tracking-uri), with the config as params."""
+    if not job.tracking_uri:
+        return None
+    from reviewgen.infra.tracking import Tracker
+
+    tracker = Tracker.start(job.tracking_uri, "reviewgen-train", job.name or Path(job.out).name,
+                            tags={"num_workers": str(job.num_workers)})
+    tracker.log_params({"run": cfg.to_dict(), "job": {k: str(v) for k, v in vars(job).items()}})
+    return tracker
+
+
+def _model_tags(model_dir) -> dict:
+    """The written model's version, phase and completeness, from its meta.json."""
+    import json
+
+    meta = json.loads((Path(model_dir) / "meta.json").read_text())
+    return {"model_version": meta.get("version"), "phase": meta.get("phase"), "complete": meta.get("complete"),
+            "model_dir": str(Path(model_dir).resolve())}

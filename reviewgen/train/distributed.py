@@ -89,12 +89,14 @@ def _connect(job: TrainJobConfig, log) -> None:
             f"{job.cpus_per_worker:g} CPUs plus data reading; it may wait for an autoscaler or hang")
 
 
-def run_distributed_training(job: TrainJobConfig, cfg: RunConfig, log: Callable[[str], None] = print) -> Path:
+def run_distributed_training(job: TrainJobConfig, cfg: RunConfig, log: Callable[[str], None] = print,
+                             tracker=None) -> Path:
     """Train with Ray Train data parallelism and write OUT like `train_local`; returns OUT.
 
     Starting again with the same `job.name` and `job.storage_path` continues the run from its latest
     checkpoint. With `job.max_minutes`, all workers stop at the same step once the budget (counted from
-    this call) is spent, and OUT gets the model reached so far."""
+    this call) is spent, and OUT gets the model reached so far. With a `tracker`
+    (reviewgen.infra.tracking), rank 0 logs every step's metrics to its run."""
     deadline = time.time() + 60 * job.max_minutes if job.max_minutes else None
     job.validate()
     if job.num_workers < 1:
@@ -103,10 +105,10 @@ def run_distributed_training(job: TrainJobConfig, cfg: RunConfig, log: Callable[
     if job.use_gpu and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized() \
             and not torch.cuda.is_available():
         raise TrainJobError("--use-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False)")
-    return _run(job, cfg, deadline, log)
+    return _run(job, cfg, deadline, log, tracker)
 
 
-def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log) -> Path:
+def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, tracker=None) -> Path:
     out = Path(job.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(job.data_dir).resolve()
@@ -123,6 +125,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log) -> Pa
         "storage": job.storage, "name": job.run_name, "data_loader": job.data_loader,
         "resume_from": str(Path(job.resume_from).resolve()) if job.resume_from else None,
         "stop_after_phase": job.stop_after_phase, "deadline": deadline, "data_hash": data_hash_of(data_dir),
+        "tracking": (tracker.uri, tracker.run_id) if tracker is not None else None,
     }
     datasets = None
     if job.data_loader == "sharded_memory":

@@ -46,6 +46,7 @@ class TrainJobConfig:
     stop_after_phase: str | None = None
     max_minutes: float | None = None
     device: str | None = None  # in-process mode: cpu or cuda
+    tracking_uri: str | None = None  # MLflow tracking URI (e.g. file:./mlruns); None: no tracking
 
     def __post_init__(self):
         # YAML and --set values arrive untyped where the default is None

@@ -66,13 +66,16 @@ class StepLog:
     """The step log (metrics.jsonl). Lines past the resume point belong to steps that run again, so
     they are dropped when the log is opened."""
 
-    def __init__(self, read: Callable[[], str | None], write: Callable[[str], None], keep_through_step: int):
-        self._write = write
+    def __init__(self, read: Callable[[], str | None], write: Callable[[str], None], keep_through_step: int,
+                 tracker=None):
+        self._write, self.tracker = write, tracker  # tracker: reviewgen.infra.tracking.Tracker or None
         self.lines = [ln for ln in (read() or "").splitlines()
                       if ln.strip() and json.loads(ln).get("global_step", 0) <= keep_through_step]
 
     def add(self, rec: dict[str, Any]) -> None:
         self.lines.append(json.dumps(rec))
+        if self.tracker is not None:
+            self.tracker.log_metrics(rec, step=int(rec.get("global_step", 0)))
 
     def flush(self) -> None:
         self._write("\n".join(self.lines) + ("\n" if self.lines else ""))

@@ -28,6 +28,7 @@ from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.progress import send as send_progress
+from reviewgen.infra.tracking import Tracker
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 from reviewgen.train.loop import LoopSettings, StepLog, run_loop
 from reviewgen.train.trainer import GANTrainer, TensorBatches
@@ -72,14 +73,14 @@ class RayTrainSink:
     """Ray Train reporting for `run_loop`: rank 0 owns the step log (in storage) and the checkpoints."""
 
     def __init__(self, rank: int, world: int, device, storage: str, name: str, keep_through_step: int,
-                 relay=None):
+                 relay=None, tracker=None):
         self.is_chief, self.world, self.device = rank == 0, world, device
         self.relay = relay  # the driver's console (reviewgen.infra.progress); None: the worker's log
         self.fs, root = filesystem(storage)
         self.run = f"{root}/{name}"
         log = f"{self.run}/metrics.jsonl"
         self.steps = (StepLog(lambda: read_text(self.fs, log), lambda text: write_text(self.fs, log, text),
-                              keep_through_step) if self.is_chief else None)
+                              keep_through_step, tracker) if self.is_chief else None)
 
     def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Global-batch metrics: means over ranks, throughput and token counts summed."""
@@ -177,7 +178,10 @@ def train_loop(c: dict) -> dict:
     elif c["resume_from"]:
         run = trainer.resume_from(c["resume_from"])
     batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
-    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step, c.get("progress"))
+    # rank 0 logs to the driver's MLflow run (reviewgen.infra.tracking), when one was started
+    tracker = Tracker.attach(*c["tracking"]) if c.get("tracking") and rank == 0 else None
+    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step, c.get("progress"),
+                        tracker)
     val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
     settings = LoopSettings(deadline=c["deadline"], stop_after_phase=c["stop_after_phase"], data_hash=c["data_hash"],
                             resumes=int(run.get("resumes", -1)) + 1 if run else 0,

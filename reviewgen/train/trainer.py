@@ -312,11 +312,11 @@ class LocalSink:
 
     is_chief = True
 
-    def __init__(self, out: Path, keep_through_step: int, log: Callable[[str], None]):
+    def __init__(self, out: Path, keep_through_step: int, log: Callable[[str], None], tracker=None):
         self.out, self.log = out, log
         path = out / "metrics.jsonl"
         self.steps = StepLog(lambda: path.read_text() if path.is_file() else None, path.write_text,
-                             keep_through_step)
+                             keep_through_step, tracker)
 
     def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return dict(metrics)
@@ -341,10 +341,11 @@ class LocalSink:
 
 def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
                 device: str | None = None, log: Callable[[str], None] = print, resume: bool = True,
-                stop_after_phase: str | None = None) -> Path:
+                stop_after_phase: str | None = None, tracker=None) -> Path:
     """Train in this process and write OUT: the model (final, or partial with its phase in meta.json when
     the time budget or `stop_after_phase` ends the run first), OUT/mle (the MLE baseline), OUT/state
-    (resumable: the same call continues from it) and OUT/metrics.jsonl."""
+    (resumable: the same call continues from it) and OUT/metrics.jsonl. With a `tracker`
+    (reviewgen.infra.tracking), every step's metrics are logged to it too."""
     deadline = time.time() + 60 * max_minutes if max_minutes else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -372,7 +373,7 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
                             resumes=int(run.get("resumes", -1)) + 1 if run else 0,
                             elapsed=float(run.get("elapsed", 0.0)))
     result = run_loop(trainer, loader, loader.state_dict, val_batches,
-                      LocalSink(out, trainer.global_step, log), settings)
+                      LocalSink(out, trainer.global_step, log, tracker), settings)
     if result.stopped != "done":
         log(f"stopped in phase {result.phase} at global step {result.global_step}; resumable state in "
             f"{state_dir}: rerun the same command to continue")
