@@ -68,7 +68,9 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     from reviewgen.train.distributed import run_distributed_training
     from reviewgen.train.job import TrainJobConfig
 
+    # one worker gets the machine's cores (and as many torch threads); more workers share them
     job = TrainJobConfig(data_dir=data_dir, out=out / "model", num_workers=num_workers,
+                         cpus_per_worker=max(1, (os.cpu_count() or 1) // num_workers),
                          storage_path=str(out / "ray_results"), name="demo")
     model_dir = run_distributed_training(job, cfg, log=log)
     times["train_s"] = time.time() - t

@@ -126,6 +126,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
         "resume_from": str(Path(job.resume_from).resolve()) if job.resume_from else None,
         "stop_after_phase": job.stop_after_phase, "deadline": deadline, "data_hash": data_hash_of(data_dir),
         "tracking": (tracker.uri, tracker.run_id) if tracker is not None else None,
+        "threads": max(1, int(job.cpus_per_worker)),
     }
     datasets = None
     if job.data_loader == "sharded_memory":

@@ -166,6 +166,8 @@ def train_loop(c: dict) -> dict:
     """Ray Train worker function: resume if there is a checkpoint, then the one training loop."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # intra-op threads = the CPUs this worker reserved (Ray's default for a worker process is 1)
+    torch.set_num_threads(max(1, int(c.get("threads", 1))))
     cfg = RunConfig.from_dict(c["cfg"])
     tok = shipped_tokenizer(c["tok_json"], cfg.tokenizer.prefix_len, cfg.tokenizer.max_review_len)
     device = ray.train.torch.get_device()
