@@ -1,9 +1,11 @@
 """The calibrated combiner: one small logistic model over the scorer's signals gives p_human.
 
 Features are standardised with the fit set's mean and spread, then combined by an L2-regularised logistic
-regression fitted with LBFGS; the result is plain JSON (`detector.json` in a model directory), loaded without
-pickle. A logistic model fitted by log loss is calibrated on its own fit distribution, and the strong L2
-keeps it from leaning on any one signal that only separates our own generator's artifacts.
+regression fitted with LBFGS; the result is plain data (the "detector" entry of a model directory's
+calibration.json), loaded without pickle. A logistic model fitted by log loss is calibrated on its own fit
+distribution; strong L2, sign-fixed weights (`fit_combiner(signs=)`) and a choice of features made on
+held-out sources (`select_combiner`) keep it from leaning on a signal that only separates our own
+generator's artifacts. Which features and why: `reviewgen.score.calibration`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
 from reviewgen.score.calibration import apply_calibration
 from reviewgen.score.combiner import Combiner, CombinerError
-from reviewgen.score.signals import review_signals
+from reviewgen.score.signals import SIGNALS, review_signals
 
 # `reviewgen prepare` drops longer reviews, so no model was trained or calibrated on one
 MAX_SCORABLE_CHARS = 4000
@@ -65,6 +65,15 @@ def review_conditions(reviews: Sequence[dict[str, Any]]) -> list[Condition]:
     return out
 
 
+def reference_network(ckpt: Checkpoint, device="cpu") -> Generator | None:
+    """The checkpoint's frozen MLE reference (reference.safetensors) as a network, or None without one."""
+    if ckpt.reference_state is None:
+        return None
+    ref = Generator(ckpt.config.generator)
+    ref.load_state_dict(ckpt.reference_state, strict=False)  # the tied head is re-tied, not stored
+    return ref.to(device).eval().requires_grad_(False)
+
+
 class Scorer:
     """Loads a model directory once; scores batches of reviews. Exposes the model's tokenizer (`tok`), version,
     calibration, n-gram index path (`ngram_path`, for the output filter's copy check) and `mode`: how p_human
@@ -88,11 +97,7 @@ class Scorer:
         self.calibration = ckpt.calibration
         self.version = ckpt.version
         self.ngram_path = ckpt.ngram_path
-        self.ref = None
-        if ckpt.reference_state is not None:
-            self.ref = Generator(ckpt.config.generator)
-            self.ref.load_state_dict(ckpt.reference_state, strict=False)  # the tied head is re-tied, not stored
-            self.ref.to(self.device).eval().requires_grad_(False)
+        self.ref = reference_network(ckpt, self.device)
         self.detector: Combiner | None = None
         doc = (self.calibration or {}).get("detector")
         if doc is None:
@@ -110,7 +115,8 @@ class Scorer:
                     batch_size: int = 64) -> dict[str, Any]:
         """Score texts under their conditions: {"p_human" [N] (NaN where unscorable), "logit" [N] (the
         combined logit, or D's raw logit without a detector), "rating_pred" [N] (-1 where unscorable),
-        "reason": [N] (None or one of `UNSCORABLE`), and every `REPORTED_SIGNALS` name -> [N]}."""
+        "reason": [N] (None or one of `UNSCORABLE`), and every `REPORTED_SIGNALS` and
+        `reviewgen.score.signals.SIGNALS` name -> [N] (NaN where unscorable)}."""
         n = len(texts)
         if len(conds) != n:
             raise ValueError(f"score_texts: {len(conds)} conditions for {n} texts")
@@ -118,7 +124,7 @@ class Scorer:
         ok = [i for i, r in enumerate(reasons) if r is None]
         out: dict[str, Any] = {"p_human": np.full(n, np.nan), "logit": np.full(n, np.nan),
                                "rating_pred": np.full(n, -1, dtype=np.int64), "reason": reasons,
-                               **{k: np.full(n, np.nan) for k in REPORTED_SIGNALS}}
+                               **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)}}
         if not ok:
             return out
         sig = review_signals(self.D, self.G, self.tok, [conds[i] for i in ok], [str(texts[i]) for i in ok],
@@ -133,7 +139,7 @@ class Scorer:
             logit, p = sig["d_logit"], d_prob
         out["p_human"][ok], out["logit"][ok], out["rating_pred"][ok] = p, logit, sig["rating_pred"]
         out["d_prob"][ok] = d_prob
-        for k in ("mean_logprob", "mean_log_rank", "binoculars"):
+        for k in SIGNALS:
             out[k][ok] = sig[k]
         return out
 
