@@ -96,3 +96,36 @@ def test_model_without_detector_or_reference_falls_back_to_d(tiny_model, tmp_pat
     (old / "calibration.json").write_text((tiny_model / "calibration.json").read_text())
     assert Scorer(old, device="cpu").mode == "discriminator-only (model has no reference.safetensors)"
     assert load_checkpoint(old).reference_state is None
+
+
+def test_signals_through_http(scorer) -> None:
+    from starlette.testclient import TestClient
+
+    from reviewgen.serve.api import make_api
+    from reviewgen.serve.config import ServeConfig
+
+    flt = ReviewFilter(FilterConfig(check_copy=False), scorer.tok)
+
+    class Backend:  # the replica's ScoreBackend, without Ray
+        def ready(self) -> bool:
+            return True
+
+        def model_info(self):
+            return {"model_version": scorer.version, "detector": scorer.mode}
+
+        def stats(self):
+            return {}
+
+        async def score(self, reviews):
+            return score_reviews(scorer, flt, reviews)
+
+        def record_request(self, route, status, seconds) -> None:
+            pass
+
+    client = TestClient(make_api(Backend(), ServeConfig(), token=None))
+    r = client.post("/v1/score", json={"reviews": [{"text": "Fits well and the colour is as pictured."},
+                                                   {"text": "\U0001F600" * 50}]})
+    assert r.status_code == 200, r.text
+    ok, bad = r.json()["results"]
+    assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
+    assert bad["p_human"] is None and bad["signals"] is None and bad["reasons"][0] == "no_words"
