@@ -61,9 +61,10 @@ OOD_CONFIG = {"tokenizer": {"vocab_size": 1000, "prefix_len": 24},
                         "log_every": 100}}
 
 
-def train_ood_model(data: Path, out: Path, model: Path, fast: bool = False) -> Path:
+def train_ood_model(data: Path, out: Path, model: Path, fast: bool = False, mle_steps: int | None = None) -> Path:
     """Train (or reuse, when OUT/meta.json exists) the out-of-family generator: `OOD_CONFIG` with the
-    evaluated model's review length, MLE only, on a random half of the train split's products."""
+    evaluated model's review length, MLE only (`mle_steps`, default the config's; 30 when `fast`), on a
+    random half of the train split's products."""
     import json
 
     from reviewgen.core.config import RunConfig
@@ -77,14 +78,16 @@ def train_ood_model(data: Path, out: Path, model: Path, fast: bool = False) -> P
     cfg = RunConfig.from_dict({**OOD_CONFIG, "tokenizer": {**OOD_CONFIG["tokenizer"],
                                                            "max_review_len": doc["tokenizer"]["max_review_len"]}},
                               source="OOD_CONFIG")
-    if fast:
-        cfg = cfg.override({"train.mle_steps": 30, "train.eval_every": 30, "train.checkpoint_every": 30})
+    steps = mle_steps or (30 if fast else cfg.train.mle_steps)
+    cfg = cfg.override({"train.mle_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps})
     train = load_split(data, "train")
     products = train["product_id"].drop_duplicates().sample(frac=0.5, random_state=17)
     ood_data = out / "data"
     ood_data.mkdir(parents=True, exist_ok=True)
     train[train["product_id"].isin(products)].to_parquet(ood_data / "train.parquet", index=False)
     load_split(data, "val").to_parquet(ood_data / "val.parquet", index=False)
-    log(f"out-of-family generator: training {cfg.generator} on {products.size} train products -> {out}")
+    g = cfg.generator
+    log(f"out-of-family generator: training {g.n_layer} layers x {g.d_model} for {steps} MLE steps on "
+        f"{products.size} train products -> {out}")
     train_local(ood_data, out, cfg, log=lambda *_: None)
     return out

@@ -27,9 +27,18 @@ class CombinerError(ValueError):
     """A detector file is missing a field or does not match the signals offered to it."""
 
 
+def base_signal(feature: str) -> str:
+    """The signal a feature is computed from ("sq:binoculars" -> "binoculars")."""
+    return feature[3:] if feature.startswith("sq:") else feature
+
+
 @dataclass(frozen=True)
 class Combiner:
-    """p_human = sigmoid(bias + sum_i weight_i * (x_i - mean_i) / scale_i) over the named features."""
+    """p_human = sigmoid(bias + sum_i weight_i * (x_i - mean_i) / scale_i) over the named features.
+
+    A feature named "sq:NAME" is two-sided: ((NAME - c) / s)^2, the squared distance of signal NAME from
+    the centre c (spread s) of the fit set's human rows, stored in `centers[NAME]`. It lets a linear model
+    flag text that is too predictable *or* too unpredictable for human writing."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
@@ -37,13 +46,21 @@ class Combiner:
     weights: tuple[float, ...]
     bias: float
     info: Mapping[str, Any] = field(default_factory=dict)  # how it was fitted (counts, sources, metrics)
+    centers: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # for "sq:" features
 
     def matrix(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The [N, F] feature matrix in this combiner's order; a missing signal is an error naming it."""
-        missing = [f for f in self.features if f not in signals]
+        missing = sorted({base_signal(f) for f in self.features} - set(signals))
         if missing:
             raise CombinerError(f"detector needs signals {missing}; got {sorted(signals)}")
-        return np.stack([np.asarray(signals[f], dtype=np.float64) for f in self.features], axis=1)
+        cols = []
+        for f in self.features:
+            x = np.asarray(signals[base_signal(f)], dtype=np.float64)
+            if f.startswith("sq:"):
+                c, sd = self.centers[base_signal(f)]
+                x = ((x - c) / sd) ** 2
+            cols.append(x)
+        return np.stack(cols, axis=1)
 
     def logit(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The combined logit per review (NaN where any feature is NaN, e.g. a review with no tokens)."""
@@ -58,6 +75,7 @@ class Combiner:
         """Plain data with a format tag (what `to_json` writes and `from_dict` reads)."""
         d = asdict(self)
         d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k]) for k in ("features", "mean", "scale", "weights"))
+        d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
         d["info"] = json.loads(json.dumps(d["info"], default=float))
         d["format"] = FORMAT
         return d
@@ -88,11 +106,14 @@ class Combiner:
             raise CombinerError(f"{source}: format {got!r} is not {FORMAT!r}")
         try:
             c = cls(tuple(d["features"]), tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
-                    tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}))
-        except KeyError as e:
-            raise CombinerError(f"{source}: missing field {e.args[0]!r}") from e
+                    tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}),
+                    {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()})
+        except (KeyError, TypeError, IndexError) as e:
+            raise CombinerError(f"{source}: missing or malformed field ({e!r})") from e
         if not len(c.features) == len(c.mean) == len(c.scale) == len(c.weights):
             raise CombinerError(f"{source}: features, mean, scale and weights differ in length")
+        if {base_signal(f) for f in c.features if f.startswith("sq:")} - set(c.centers):
+            raise CombinerError(f"{source}: a two-sided 'sq:' feature has no centre")
         return c
 
 
@@ -115,13 +136,22 @@ def fit_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, features
         features.remove(worst)
         dropped.append(worst)
     meta = {**c.info, **({"dropped_for_sign": dropped} if signs else {}), **dict(info or {})}
-    return Combiner(c.features, c.mean, c.scale, c.weights, c.bias, meta)
+    return Combiner(c.features, c.mean, c.scale, c.weights, c.bias, meta, c.centers)
 
 
 def _fit(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequence[str], l2: float) -> Combiner:
-    probe = Combiner(tuple(features), (0.0,) * len(features), (1.0,) * len(features), (0.0,) * len(features), 0.0)
-    x = probe.matrix(signals)
     y = np.asarray(labels, dtype=np.float64)
+    centers = {}
+    for f in features:
+        if f.startswith("sq:") and base_signal(f) in signals:
+            h = np.asarray(signals[base_signal(f)], dtype=np.float64)[y == 1]
+            h = h[np.isfinite(h)]
+            if len(h) < 2:
+                raise CombinerError(f"fit_combiner: too few human rows with a finite {base_signal(f)}")
+            centers[base_signal(f)] = (float(h.mean()), float(max(h.std(), 1e-8)))
+    probe = Combiner(tuple(features), (0.0,) * len(features), (1.0,) * len(features), (0.0,) * len(features), 0.0,
+                     centers=centers)
+    x = probe.matrix(signals)
     ok = np.isfinite(x).all(axis=1)
     x, y = x[ok], y[ok]
     if len(np.unique(y)) < 2:
@@ -144,7 +174,7 @@ def _fit(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequen
     w = params.detach().numpy()
     meta = {"n": int(len(y)), "n_human": int(y.sum()), "l2": l2}
     return Combiner(tuple(features), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, w[1:])),
-                    float(w[0]), meta)
+                    float(w[0]), meta, centers)
 
 
 @dataclass(frozen=True)
