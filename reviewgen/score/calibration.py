@@ -200,10 +200,18 @@ def fit_detector(signals: dict[str, np.ndarray], labels: np.ndarray, groups: Seq
     if not splits:
         splits = [(set(machine), set(machine))]
     combiner = select_combiner(signals, labels, groups, DETECTOR_CANDIDATES, splits, signs=FEATURE_SIGNS, seed=seed)
+    # the strong L2 that keeps the weights' proportions robust also shrinks them towards p = 0.5: one Platt
+    # step on the combined logit restores the calibration (a positive scale keeps every sign)
+    z = combiner.logit(signals)
+    ok = np.isfinite(z)
+    platt = fit_platt(z[ok], labels[ok], l2=0.0)
+    ece_before = ece(labels[ok], 1.0 / (1.0 + np.exp(-z[ok])))
+    if platt["scale"] > 0:
+        combiner = replace(combiner, weights=tuple(platt["scale"] * w for w in combiner.weights),
+                           bias=platt["scale"] * combiner.bias + platt["bias"])
     p = combiner.predict(signals)
-    ok = np.isfinite(p)
     info = dict(combiner.info, fit_auroc=auroc(labels[ok], p[ok]), fit_ece=ece(labels[ok], p[ok]),
-                sources=sorted(set(machine)))
+                fit_ece_before_platt=ece_before, platt=platt, sources=sorted(set(machine)))
     return replace(combiner, info=info)
 
 
