@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("sampling", "train", "generate", "serve")
-TIMEOUT_S = {"sampling": 1200, "train": 1800, "generate": 3600, "serve": 1800}
+BENCHES = ("sampling", "train", "generate", "serve", "score")
+TIMEOUT_S = {"sampling": 1200, "train": 1800, "generate": 3600, "serve": 1800, "score": 1800}
 
 
 def _child(name: str, quick: bool, threads: int | None, result_path: str) -> None:
@@ -182,6 +182,18 @@ def _md_generate(x: dict[str, Any]) -> list[str]:
     return out
 
 
+def _md_score(x: dict[str, Any]) -> list[str]:
+    m = x["model"]
+    return [f"In-process scoring of {x['reviews']} real reviews in batches of {x['batch']}, model {m['n_layer']} "
+            f"layers x {m['d_model']} ({m['generator_params'] / 1e6:.2f}M params per network), "
+            f"{x['torch_threads']} torch threads; scorer mode: {x['mode']}.", "",
+            "| scorer | reviews/s |", "|---|---|",
+            f"| before: D alone (Platt) | {_f(x['before_reviews_per_s'])} |",
+            f"| after: D + G + reference, detector | {_f(x['after_reviews_per_s'])} |", "",
+            f"After / before: **{x['fraction']:.2f}** (goal >= {x['goal_fraction']:.2f}: "
+            f"{'met' if x['goal_met'] else 'NOT met'})."]
+
+
 def _md_serve(x: dict[str, Any]) -> list[str]:
     i, g = x["in_process"], x["goals"]
     out = [f"One model replica (1 CPU, replica threads {x['replica_threads']}) behind the ingress; the no-op is the "
@@ -217,7 +229,8 @@ def _md_serve(x: dict[str, Any]) -> list[str]:
     return out
 
 
-RENDER = {"sampling": _md_sampling, "train": _md_train, "generate": _md_generate, "serve": _md_serve}
+RENDER = {"sampling": _md_sampling, "train": _md_train, "generate": _md_generate, "serve": _md_serve,
+          "score": _md_score}
 
 
 def main(argv: list[str] | None = None) -> int:

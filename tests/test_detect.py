@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -66,3 +67,24 @@ def test_combiner_learns_the_direction_and_round_trips(tmp_path):
     assert np.allclose(back.predict(sig), p, equal_nan=True) and back.info["n"] == 2 * n - 1
     with pytest.raises(CombinerError, match=r"needs signals \['noise'\]"):
         back.predict({"mean_logprob": sig["mean_logprob"], "mean_log_rank": sig["mean_log_rank"]})
+
+
+def test_two_sided_features_catch_text_too_predictable_or_too_surprising(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 300
+    # human log-rank sits in a band; machine text is on either side of it (low temperature / gibberish)
+    x = np.r_[rng.normal(2.0, 0.3, n), rng.normal(1.0, 0.3, n // 2), rng.normal(3.0, 0.3, n // 2)]
+    y = np.r_[np.ones(n), np.zeros(n)]
+    one = fit_combiner({"mean_log_rank": x}, y, ["mean_log_rank"])
+    two = fit_combiner({"mean_log_rank": x}, y, ["mean_log_rank", "sq:mean_log_rank"],
+                       signs={"sq:mean_log_rank": -1})
+    from reviewgen.core.metrics import auroc
+
+    assert auroc(y, one.predict({"mean_log_rank": x})) < 0.7 < 0.95 < auroc(y, two.predict({"mean_log_rank": x}))
+    assert two.centers["mean_log_rank"][0] == pytest.approx(2.0, abs=0.1) and two.weights[1] < 0
+    back = Combiner.from_dict(json.loads(two.to_json()))
+    assert np.allclose(back.predict({"mean_log_rank": x}), two.predict({"mean_log_rank": x}))
+    bad = two.to_dict()
+    bad["centers"] = {}
+    with pytest.raises(CombinerError, match="no centre"):
+        Combiner.from_dict(bad)

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from reviewgen.cli.evaluate import train_ood_model
 from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.encoding import conditions
 from reviewgen.data.corpus import load_split
@@ -29,8 +30,10 @@ def evaluated(tiny_model, prepared_data, tmp_path_factory):
     model = tmp_path_factory.mktemp("eval_model") / "model"
     shutil.copytree(tiny_model, model)
     out = tmp_path_factory.mktemp("eval_report")
-    result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.8, 1.2), n_products=8),
-                            log=lambda *_: None)
+    # the out-of-family generator, as `reviewgen evaluate` trains it when no --ood-model is given
+    ood = train_ood_model(prepared_data, out / "ood_model", tiny_model, fast=True)
+    result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.7, 1.2), n_products=8),
+                            ood_model_dir=ood, log=lambda *_: None)
     return model, out, result
 
 
@@ -38,7 +41,7 @@ def test_report_files_are_complete(evaluated) -> None:
     _, out, result = evaluated
     saved = json.loads((out / "metrics.json").read_text())
     assert {"meta", "calibration", "nll", "human", "sweep", "matched", "scorer", "targets", "plots"} <= set(saved)
-    assert set(saved["sweep"]) == {"gan", "mle"} and set(saved["sweep"]["gan"]) == {"0.8", "1.2"}
+    assert set(saved["sweep"]) == {"gan", "mle"} and set(saved["sweep"]["gan"]) == {"0.7", "1.2"}
     report = (out / "report.md").read_text()
     for section in SECTIONS:
         assert section in report, section
@@ -53,7 +56,7 @@ def test_metric_values_are_sane(evaluated) -> None:
     h = r["human"]
     assert 0.0 <= h["self_bleu4"] <= 1.0 and 0.0 < h["distinct1"] <= 1.0
     for name in ("gan", "mle"):
-        m = r["sweep"][name]["0.8"]
+        m = r["sweep"][name]["0.7"]
         assert 0.0 <= m["bleu4"]["mean"] <= 1.0 and 0.0 <= m["copy_rate"]["mean"] <= 1.0
         assert m["accepted_copy_rate"]["mean"] == 0.0  # the filter rejects every copy it finds
         assert m["fed"]["mean"] is None or m["fed"]["mean"] >= 0.0  # None when embeddings are unavailable
@@ -61,10 +64,17 @@ def test_metric_values_are_sane(evaluated) -> None:
     settings = r["scorer"]["settings"]
     unseen = [s for s in settings.values() if not s["in_calibration"] and s["top_p"] < 1.0]
     assert len(unseen) == 1 and unseen[0]["temperature"] == 0.9
-    assert settings["gan@T=1.2"]["in_calibration"] and not settings["gan@T=0.8"]["in_calibration"]
+    assert settings["gan@T=0.7"]["in_calibration"] and not settings["gan@T=1.2"]["in_calibration"]
+    assert settings["gan@T=1,top_k=40"]["in_calibration"]
     for s in settings.values():
-        for kind in ("calibrated", "uncalibrated", "tfidf_lr"):
+        for kind in ("calibrated", "discriminator", "uncalibrated", "tfidf_lr"):
             assert 0.0 <= s[kind]["auroc"] <= 1.0 and 0.0 <= s[kind]["ece"] <= 1.0
+        assert set(s["signals"]) >= {"d_logit", "mean_log_rank", "binoculars"}
+    # the out-of-family generator: its own source, never in the scorer's fit, judged by its own target
+    ood = [k for k, s in settings.items() if s["source"] == "out_of_family"]
+    assert ood == ["ood@T=1,top_k=40"] and not settings[ood[0]]["in_calibration"]
+    assert r["meta"]["out_of_family"]["seed"] == 17 and r["scorer"]["mode"].startswith("detector: ")
+    assert "out-of-family generator (top-k 40): AUROC 0." in r["targets"]["scorer_detection"]["detail"]
     assert {t["status"] for t in r["targets"].values()} <= {"MET", "NOT MET", "N/A"}
     assert r["meta"]["data"]["evaluated_by_language"].keys() == {"en", "zh"}
 
@@ -74,8 +84,17 @@ def test_calibration_refit_updates_model_version(evaluated) -> None:
     calib = json.loads((model / "calibration.json").read_text())
     meta = json.loads((model / "meta.json").read_text())
     assert calib["source"].startswith("refit_calibration") and calib == r["calibration"]
-    assert len(calib["checkpoints"]) == 2 and calib["temperatures"] == [0.7, 1.0, 1.2]
+    assert len(calib["checkpoints"]) == 2 and calib["temperatures"] == [0.7, 1.0, 1.3]
+    assert "T=1,top_k=40" in calib["settings"] and "T=1,top_p=0.9" in calib["settings"]
+    assert calib["detector"]["format"] == "reviewgen-detector/1" and (model / "reference.safetensors").is_file()
     assert meta["version"] == content_version(model)
+
+
+def test_report_has_roc_curves_per_source(evaluated) -> None:
+    _, out, _ = evaluated
+    report = (out / "report.md").read_text()
+    assert "| human vs ood@T=1,top_k=40 (not in calibration) | out_of_family | p_human |" in report
+    assert "AUROC of each signal alone" in report
 
 
 def test_split_eval_rows_keeps_products_disjoint(prepared_data) -> None:
@@ -106,9 +125,12 @@ def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
                          "accepted_copy_rate": cell(0.0)} for t, s in sb.items()}
     sweep = {"gan": model(gan_sb4, 0.20, 0.5, 0.8), "mle": model({"0.8": 0.35, "1.2": 0.29}, 0.15, 1.0, 0.6)}
     gm = {"calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97}, "tfidf_lr": {"accuracy": 0.90}}
+    om = {"calibrated": {"auroc": 0.90, "ece": 0.08, "accuracy": 0.80}, "tfidf_lr": {"accuracy": 0.70}}
     return {"sweep": sweep, "human": {"self_bleu4": human_sb4, "distinct2": 0.5, "rating_acc": 0.71},
             "nll": {"gan": 3.0, "mle": 2.95}, "meta": {"copy_span": 8},
-            "scorer": {"settings": {"gan@T=1": {"model": "gan", "top_p": 1.0, **gm}}}}
+            "scorer": {"settings": {"gan@T=1": {"model": "gan", "top_p": 1.0, "top_k": 0, "source": "own", **gm},
+                                    "ood@T=1,top_k=40": {"model": "ood", "top_p": 1.0, "top_k": 40,
+                                                         "source": "out_of_family", **om}}}}
 
 
 def test_targets_follow_matched_diversity() -> None:
@@ -127,6 +149,13 @@ def test_targets_follow_matched_diversity() -> None:
     r3 = copy.deepcopy(r)
     r3["scorer"]["settings"]["gan@T=1"]["tfidf_lr"]["accuracy"] = 0.96
     assert check_targets(r3)["scorer"]["status"] == "NOT MET"
+    # the detector target needs the out-of-family check, and at least 0.85 there
+    r4 = copy.deepcopy(r)
+    r4["scorer"]["settings"]["ood@T=1,top_k=40"]["calibrated"]["auroc"] = 0.80
+    assert check_targets(r4)["scorer_detection"]["status"] == "NOT MET"
+    del r4["scorer"]["settings"]["ood@T=1,top_k=40"]
+    t4 = check_targets(r4)["scorer_detection"]
+    assert t4["status"] == "NOT MET" and "no out-of-family model" in t4["detail"]
 
 
 def test_sample_fakes_spreads_over_generators_and_temperatures(tiny_model, prepared_data) -> None:

@@ -29,6 +29,9 @@ def evaluate(
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="FED, MAUVE and title relevance from "
                                     "the offline MiniLM package (reported null when off or not installed)."),
     fast: bool = typer.Option(False, "--fast", help="Smoke-test settings: 1 seed, 2 temperatures, few products."),
+    ood_model: Optional[Path] = typer.Option(None, "--ood-model", help="Model directory of a different generator "
+                                             "for the scorer's out-of-family check [default: a small one trained "
+                                             "here on half the train products, cached in OUT/ood_model]."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
 ):
     """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
@@ -41,7 +44,50 @@ def evaluate(
                          samples_per_product=samples_per_product, seeds=tuple(int(s) for s in floats(seeds)),
                          top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
                          fast=fast, device=device)
-        run_evaluation(model, data, out, cfg, baseline_dir=baseline, log=log)
+        if ood_model is None:
+            ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
+        run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model, log=log)
     except (CheckpointError, DataError, *USER_ERRORS) as e:
         fail(e)
     log(f"report written to {out}")
+
+
+# A generator the scorer never saw: another size, seed and tokenizer, trained on another set of products.
+OOD_CONFIG = {"tokenizer": {"vocab_size": 1000, "prefix_len": 24},
+              "generator": {"n_layer": 2, "n_head": 2, "d_model": 96, "dropout": 0.0},
+              "discriminator": {"n_layer": 1, "n_head": 2, "d_model": 32, "dropout": 0.0, "n_categories": 8},
+              "train": {"batch_size": 32, "mle_steps": 400, "disc_warmup_steps": 0, "adv_steps": 0, "seed": 17,
+                        "warmup_steps": 20, "eval_every": 100, "checkpoint_every": 400, "val_batches": 2,
+                        "log_every": 100}}
+
+
+def train_ood_model(data: Path, out: Path, model: Path, fast: bool = False, mle_steps: int | None = None) -> Path:
+    """Train (or reuse, when OUT/meta.json exists) the out-of-family generator: `OOD_CONFIG` with the
+    evaluated model's review length, MLE only (`mle_steps`, default the config's; 30 when `fast`), on a
+    random half of the train split's products."""
+    import json
+
+    from reviewgen.core.config import RunConfig
+    from reviewgen.data.corpus import load_split
+    from reviewgen.train.trainer import train_local
+
+    if (out / "meta.json").is_file():
+        log(f"out-of-family generator: reusing {out}")
+        return out
+    doc = json.loads((model / "config.json").read_text())["run"]
+    cfg = RunConfig.from_dict({**OOD_CONFIG, "tokenizer": {**OOD_CONFIG["tokenizer"],
+                                                           "max_review_len": doc["tokenizer"]["max_review_len"]}},
+                              source="OOD_CONFIG")
+    steps = mle_steps or (30 if fast else cfg.train.mle_steps)
+    cfg = cfg.override({"train.mle_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps})
+    train = load_split(data, "train")
+    products = train["product_id"].drop_duplicates().sample(frac=0.5, random_state=17)
+    ood_data = out / "data"
+    ood_data.mkdir(parents=True, exist_ok=True)
+    train[train["product_id"].isin(products)].to_parquet(ood_data / "train.parquet", index=False)
+    load_split(data, "val").to_parquet(ood_data / "val.parquet", index=False)
+    g = cfg.generator
+    log(f"out-of-family generator: training {g.n_layer} layers x {g.d_model} for {steps} MLE steps on "
+        f"{products.size} train products -> {out}")
+    train_local(ood_data, out, cfg, log=lambda *_: None)
+    return out

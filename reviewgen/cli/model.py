@@ -41,13 +41,14 @@ def sample(
     scores = Scorer(model).score([{"text": t, "product_title": title, "category": category, "rating": rating,
                                    "language": language} for t in texts])["p_human"] if score else [None] * n
     for i, (t, p) in enumerate(zip(texts, scores)):
-        log(f"[{i}]" + (f" p_human={p:.3f}" if p is not None else "") + f" {t}")
+        log(f"[{i}]" + (f" p_human={p:.3f}" if p is not None and p == p else "") + f" {t}")
 def score(
     model: Path = typer.Option(..., "--model", help="Model directory."),
     input: Path = typer.Option(..., "--input", help="Parquet, CSV or JSONL with a text column and optional "
                                "product_title/title, category, rating, language."),
-    output: Path = typer.Option(..., "--output", help="Output file (format from its extension): the input plus p_human "
-                                "and rating_pred."),
+    output: Path = typer.Option(..., "--output", help="Output file (format from its extension): the input plus p_human, "
+                                "rating_pred, the signals (d_prob, mean_logprob, mean_log_rank, binoculars) and "
+                                "score_reason (why p_human is null)."),
     text_column: str = typer.Option("text", help="Name of the review text column."),
 ):
     """Score reviews in a file: how likely each is human-written (calibrated)."""
@@ -61,7 +62,9 @@ def score(
         write_table(out, output)
     except (CheckpointError, *USER_ERRORS) as e:
         fail(e)
-    log(f"scored {len(out)} reviews -> {output} (mean p_human {out['p_human'].mean():.3f})")
+    unscored = int(out["p_human"].isna().sum())
+    log(f"scored {len(out) - unscored} reviews -> {output} (mean p_human {out['p_human'].mean():.3f}"
+        + (f"; {unscored} not scored: {dict(out['score_reason'].value_counts())}" if unscored else "") + ")")
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained model or checkpoint directory."),
     out: Path = typer.Option(..., "--out", help="Model directory to write (serving files + content-hash version)."),

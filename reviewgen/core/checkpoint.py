@@ -193,14 +193,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tra
 
 
 def export_model(src: str | Path, dst: str | Path) -> Path:
-    """Copy the serving files of a checkpoint (no optimizer state, no reference) to a model directory
-    named by nothing but its content: the generate and score jobs take this directory."""
+    """Copy the serving files of a checkpoint (no optimizer state; the scorer's reference network included)
+    to a model directory named by nothing but its content: the generate and score jobs take this directory."""
     src, dst = Path(src), Path(dst)
     ck_meta = _read_json(src / "meta.json")
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("config.json", *WEIGHT_FILES, "tokenizer.json", "calibration.json", "ngrams.npy"):
+    for name in ("config.json", *WEIGHT_FILES, "reference.safetensors", "tokenizer.json", "calibration.json",
+                 "ngrams.npy"):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)
     meta = {k: v for k, v in ck_meta.items() if k not in ("created_at",)}

@@ -65,8 +65,10 @@ def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samp
     files.append(P.plot_reliability(reliability_bins(y, p), out / "scorer_reliability.png"))
     groups = {"human": extra["human_p"]}
     for name in MODELS:
-        groups[f"{name.upper()} (all T)"] = np.concatenate([v for k, v in extra["gen_p"].items() if k.startswith(name + "@T=") and "top_p" not in k])
-    groups.update({k: v for k, v in extra["gen_p"].items() if "top_p" in k})
+        groups[f"{name.upper()} (all T)"] = np.concatenate([v for k, v in extra["gen_p"].items()
+                                                            if k.startswith(name + "@T=") and "," not in k])
+    groups.update({k: v for k, v in extra["gen_p"].items() if "," in k})  # top-k / top-p and out-of-family
+    groups = {k: np.asarray(v)[np.isfinite(v)] for k, v in groups.items()}
     files.append(P.plot_score_histograms(groups, out / "scorer_histograms.png"))
     langs = ev["language"].tolist()
     lens = lambda texts: [len(tokenize_for_bleu(t, lang)) for t, lang in zip(texts, langs)]  # noqa: E731
@@ -149,8 +151,14 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "the rating/category they were asked for.", "",
         _sweep_table(r, CONDITION_COLUMNS), "",
         "## Scorer", "",
-        f"Calibration: {json.dumps(r['calibration'], default=json_default)}", "",
+        f"p_human: {r['scorer'].get('mode', 'discriminator-only')}. Out-of-family generator: "
+        + (f"`{meta['out_of_family']['model_dir']}` ({meta['out_of_family']['generator_params'] / 1e6:.2f}M "
+           f"parameters, seed {meta['out_of_family']['seed']}), sampled at top-k 40; never used to fit or "
+           "calibrate the scorer." if meta.get("out_of_family") else "none given (no out-of-family check)."), "",
+        f"Calibration: {json.dumps(_calibration_summary(r['calibration']), default=json_default)}", "",
         _scorer_table(r), "",
+        "AUROC of each signal alone (oriented by its known direction; human = positive):", "",
+        _signal_table(r), "",
         "## Copying and PII", "",
         f"Copy = a span of >= {review_filter.copy_threshold} tokens found in the training reviews (hashed n-gram "
         f"index); accepted = passes the production output filter (`reviewgen.score.filter`: no copy, no PII, "
@@ -164,7 +172,8 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "## Protocol notes", "",
         f"- {meta['reference_pools']}.",
         "- GAN and MLE samples share per-row random numbers (same keys and seeds).",
-        "- Scorer settings marked in_calibration=False were never used to fit the Platt calibration.",
+        "- Scorer settings marked in_calibration=False were never used to fit the scorer (D's Platt calibration "
+        "and the detector); the out-of-family generator never is.",
     ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -174,11 +183,32 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
 def _scorer_table(r: dict[str, Any]) -> str:
     rows = []
     for label, s in r["scorer"]["settings"].items():
-        for kind in ("calibrated", "uncalibrated", "tfidf_lr"):
+        for kind in ("calibrated", "discriminator", "uncalibrated", "tfidf_lr"):
+            if kind not in s:
+                continue
             m = s[kind]
-            rows.append([f"human vs {label}" + ("" if s["in_calibration"] else " (not in calibration)"), kind,
-                         m["auroc"], m["accuracy"], m["f1"], m["ece"], m["brier"]])
-    return _table(["setting", "scorer", "AUROC", "accuracy", "F1", "ECE", "Brier"], rows)
+            name = {"calibrated": "p_human", "discriminator": "D (Platt)", "uncalibrated": "D (raw)"}.get(kind, kind)
+            rows.append([f"human vs {label}" + ("" if s["in_calibration"] else " (not in calibration)"),
+                         s.get("source", "own"), name, m["auroc"], m["accuracy"], m["f1"], m["ece"], m["brier"]])
+    return _table(["setting", "source", "scorer", "AUROC", "accuracy", "F1", "ECE", "Brier"], rows)
+
+
+def _signal_table(r: dict[str, Any]) -> str:
+    settings = {k: s for k, s in r["scorer"]["settings"].items() if s.get("signals")}
+    names = list(next(iter(settings.values()))["signals"]) if settings else []
+    return _table(["setting", *names], [[k, *[s["signals"][n] for n in names]] for k, s in settings.items()])
+
+
+def _calibration_summary(calib: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The calibration without the detector's per-candidate detail (that stays in metrics.json)."""
+    if not calib or "detector" not in calib:
+        return calib
+    det = calib["detector"]
+    info = det.get("info", {})
+    return {**{k: v for k, v in calib.items() if k != "detector"},
+            "detector": {"features": det["features"], "weights": det["weights"], "candidate": info.get("candidate"),
+                         "worst_held_out_auroc": info.get("worst_held_out_auroc"),
+                         "dropped_for_sign": info.get("dropped_for_sign")}}
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:

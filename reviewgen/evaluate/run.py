@@ -26,6 +26,7 @@ from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, 
 from reviewgen.evaluate.report import read_history, write_report
 from reviewgen.evaluate.scorer_eval import refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
+from reviewgen.score.scorer import Scorer
 
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
 
@@ -68,9 +69,12 @@ class EvalConfig:
 
 
 def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: EvalConfig | None = None,
-                   *, baseline_dir: str | Path | None = None, log: Log = print) -> dict[str, Any]:
+                   *, baseline_dir: str | Path | None = None, ood_model_dir: str | Path | None = None,
+                   log: Log = print) -> dict[str, Any]:
     """Evaluate model_dir (GAN) against baseline_dir (default model_dir/mle) on unseen test products and
-    write OUT_DIR/{metrics.json, report.md, *.png}. Returns the metrics dict (as in metrics.json)."""
+    write OUT_DIR/{metrics.json, report.md, *.png}. `ood_model_dir`: a model directory of a different
+    generator that the scorer is never fitted on, for the scorer's out-of-family check (None: no check).
+    Returns the metrics dict (as in metrics.json)."""
     c = (config or EvalConfig()).resolved()
     temperatures, seeds, top_p, copy_span, fast = list(c.temperatures), list(c.seeds), c.top_p, c.copy_span, c.fast
     t0 = time.time()
@@ -85,6 +89,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     ck = {"gan": load_checkpoint(model_dir, dev), "mle": load_checkpoint(baseline_dir, dev)}
     tok = ck["gan"].tokenizer
     calib = calib or ck["gan"].calibration
+    scorer = Scorer.from_checkpoint(ck["gan"], str(dev))
+    ood = load_checkpoint(ood_model_dir, dev) if ood_model_dir is not None else None
     train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
     ev, ref = split_eval_rows(test, c.n_products, c.samples_per_product)
     pools, pool_note = reference_pools(ev, ref)
@@ -145,8 +151,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
             sweep[name][f"{temp:g}"] = aggregate(runs)
 
     matched = match_diversity(sweep, human_m["self_bleu4"], temperatures)
-    scorer, scorer_extra = scorer_section(ck, calib, conds, human, keys, samples, temperatures, train,
-                                          c.n_baseline_train, seeds[0], dev, log)
+    scorer_m, scorer_extra = scorer_section(ck, scorer, conds, human, keys, samples, temperatures, train,
+                                            c.n_baseline_train, seeds[0], dev, log, ood=ood)
     result: dict[str, Any] = {
         "meta": run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p,
                          copy_span, fast, emb, pool_note, str(dev)),
@@ -155,10 +161,14 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         "human": human_m,
         "sweep": sweep,
         "matched": matched,
-        "scorer": scorer,
+        "scorer": scorer_m,
         "classifiers": {"note": "TF-IDF char 1-3-gram + logistic regression trained on real train reviews"},
     }
     result["meta"]["nll_reviews"] = len(nll_df)
+    result["meta"]["out_of_family"] = None if ood is None else {
+        "model_dir": str(ood_model_dir), "version": ood.version, "generator_params": count_params(ood.generator),
+        "generator_config": ood.config.to_dict()["generator"], "seed": ood.config.train.seed,
+        "trained_on": ood.meta.get("trained_on", ood.meta.get("data_hash"))}
     result["targets"] = check_targets(result)
     result["meta"]["wall_time_s"] = time.time() - t0
     write_report(result, out_dir, model_dir=model_dir, ev=ev, samples=samples, clf=clf, review_filter=review_filter,

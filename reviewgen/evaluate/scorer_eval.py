@@ -1,9 +1,11 @@
 """The scorer in evaluation: refit its calibration (the one fit path of `reviewgen.score.calibration`), and
-measure the calibrated discriminator, the raw one and a TF-IDF baseline on human vs generated reviews."""
+measure the scorer's p_human, D alone, a TF-IDF baseline and each signal on human vs generated reviews, from
+our own generators and from an out-of-family one the scorer never saw."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,32 +20,44 @@ from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import MODELS, Log
-from reviewgen.score.calibration import CALIBRATION_TEMPERATURES, apply_calibration, calibrate, sample_fakes
-from reviewgen.score.signals import discriminator_outputs
+from reviewgen.score.calibration import (CALIBRATION_TEMPERATURES, DETECTOR_SETTINGS, FEATURE_SIGNS, SamplingSetting,
+                                        apply_calibration, calibrate, sample_fakes)
+from reviewgen.score.scorer import Scorer, reference_network
+from reviewgen.score.signals import SIGNALS
 
 UNSEEN_DECODING = {"temperature": 0.9, "top_p": 0.9}
+# how the out-of-family generator samples: top-k 40, as other generators commonly do
+OOD_TOP_K = 40
 
 
 def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoints: Sequence[str | Path] | None = None,
-                      temperatures: Sequence[float] = CALIBRATION_TEMPERATURES, seed: int = 0,
+                      temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, seed: int = 0,
                       max_rows: int | None = None, write: bool = True, device: str | None = None,
                       log: Log = print) -> dict[str, Any]:
-    """Refit the scorer's Platt calibration on real VAL reviews vs samples from several checkpoints
-    (default: the model and its MLE baseline `model_dir/mle`) at several temperatures, through
-    `reviewgen.score.calibration.calibrate`. With `write`, stores calibration.json in `model_dir` and
-    refreshes meta.json's content version. Returns {"scale", "bias", "n", "temperatures", "checkpoints",
-    "source", "ece_raw", "ece"}."""
+    """Refit the scorer (D's Platt calibration and the detector) on real VAL reviews vs samples from several
+    checkpoints (default: the model and its MLE baseline `model_dir/mle`) over the sampling settings, through
+    `reviewgen.score.calibration.calibrate`. The detector's reference network is the model's
+    reference.safetensors, or else the second checkpoint's generator, whose weights `write` then stores as
+    the model's reference.safetensors. With `write`, stores calibration.json in `model_dir` and refreshes
+    meta.json's content version. Returns calibrate's dict plus "checkpoints" and "source"."""
     model_dir = Path(model_dir)
     dev = pick_device(device)
     ckpts = [Path(c) for c in (checkpoints if checkpoints is not None else [model_dir, model_dir / "mle"])]
     main = load_checkpoint(model_dir, dev)
     gens = [main.generator if c.resolve() == model_dir.resolve() else load_checkpoint(c, dev).generator for c in ckpts]
-    calib = calibrate(main.discriminator, main.tokenizer, load_split(data_dir, "val"), gens, seed=seed,
-                      temperatures=temperatures, max_rows=max_rows, key_prefix="recal")
+    ref, ref_file = reference_network(main, dev), None
+    if ref is None and len(gens) > 1:
+        ref, ref_file = gens[1], ckpts[1] / "generator.safetensors"
+    calib = calibrate(main.discriminator, main.tokenizer, load_split(data_dir, "val"), gens, G=main.generator,
+                      ref=ref, seed=seed, temperatures=temperatures, max_rows=max_rows, key_prefix="recal")
     calib.update(checkpoints=[str(c) for c in ckpts], source="refit_calibration (val split)")
-    log(f"calibration refit: scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
-        f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f} on {calib['n']} val reviews/samples")
+    det = calib["detector"]["info"]
+    log(f"calibration refit: D scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
+        f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f}; detector {det['candidate']} (fit AUROC "
+        f"{det['fit_auroc']:.3f}, ECE {det['fit_ece']:.3f}) on {calib['n']} val reviews/samples")
     if write:
+        if ref_file is not None and ref_file.is_file():
+            shutil.copyfile(ref_file, model_dir / "reference.safetensors")
         write_json_atomic(model_dir / "calibration.json", calib)
         meta = json.loads((model_dir / "meta.json").read_text())
         meta["version"] = content_version(model_dir)  # the version hash covers calibration.json
@@ -75,43 +89,73 @@ def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: in
     return clf
 
 
-def scorer_section(ck, calib, conds, human, keys, samples, temperatures, train, n_base, seed, dev,
-                   log) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Scorer metrics per setting (calibrated D, uncalibrated D, TF-IDF+LR), and raw arrays for plots."""
-    D, tok = ck["gan"].discriminator, ck["gan"].tokenizer
+def _signal_aurocs(y: np.ndarray, sig: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """AUROC of each signal alone, oriented by its known direction (`FEATURE_SIGNS`; others: as is)."""
+    out = {}
+    for k in ("d_logit", "mean_logprob", "mean_log_rank", "top10_share", "binoculars", "log_tokens"):
+        x = FEATURE_SIGNS.get(k, 1) * np.asarray(sig[k], dtype=np.float64)  # NaN: unscorable text
+        ok = np.isfinite(x)
+        out[k] = auroc(y[ok], x[ok]) if len(np.unique(y[ok])) == 2 else None
+    return out
+
+
+def scorer_section(ck, scorer: Scorer, conds, human, keys, samples, temperatures, train, n_base, seed, dev,
+                   log, ood: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Scorer metrics per source and sampling setting, against the same real test reviews: the scorer's
+    p_human ("calibrated"), D alone (Platt "discriminator", raw "uncalibrated"), a TF-IDF baseline, and each
+    signal alone; plus raw arrays for plots. `ood`: the checkpoint of a generator the scorer never saw,
+    sampled at top-k 40 (source "out_of_family"; every other source is "own")."""
+    tok = ck["gan"].tokenizer
     baseline = tfidf_real_vs_fake(ck, train, n_base, seed, log)
     settings: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for name in MODELS:
         for t in temperatures:
-            settings[f"{name}@T={t:g}"] = ({"model": name, "temperature": t, "top_p": 1.0}, samples[(name, t)])
-    u = UNSEEN_DECODING
-    unseen = generate_texts(ck["gan"].generator, tok, conds, keys, seed=seed, temperature=u["temperature"],
-                            top_p=u["top_p"], device=dev)
-    settings[f"gan@T={u['temperature']:g},top_p={u['top_p']:g}"] = ({"model": "gan", **u}, unseen)
-    h_logit = discriminator_outputs(D, tok, conds, human, device=dev)[0]
+            settings[f"{name}@T={t:g}"] = ({"model": name, "temperature": t, "top_k": 0, "top_p": 1.0},
+                                           samples[(name, t)])
+    for extra_setting in (SamplingSetting(**UNSEEN_DECODING), SamplingSetting(1.0, top_k=OOD_TOP_K)):
+        texts = generate_texts(ck["gan"].generator, tok, conds, keys, seed=seed, temperature=extra_setting.temperature,
+                               top_k=extra_setting.top_k, top_p=extra_setting.top_p, device=dev)
+        settings[f"gan@{extra_setting.label}"] = ({"model": "gan", "temperature": extra_setting.temperature,
+                                                   "top_k": extra_setting.top_k, "top_p": extra_setting.top_p}, texts)
+    if ood is not None:
+        texts = generate_texts(ood.generator, ood.tokenizer, conds, keys, seed=seed + 1, temperature=1.0,
+                               top_k=OOD_TOP_K, device=dev)
+        settings[f"ood@T=1,top_k={OOD_TOP_K}"] = ({"model": "ood", "temperature": 1.0, "top_k": OOD_TOP_K,
+                                                  "top_p": 1.0}, texts)
+    calib = scorer.calibration or {}
+    fitted = set(calib.get("settings") or [f"T={t:g}" for t in calib.get("temperatures", [])])
+    h = scorer.score_texts(conds, human)
     h_base = baseline.predict_proba(human)[:, 1]
-    out: dict[str, Any] = {"calibration": calib, "n_human": len(human), "settings": {}}
-    extra: dict[str, Any] = {"human_p": apply_calibration(h_logit, calib), "gen_p": {}, "roc": {}, "pooled": ([], [])}
+    out: dict[str, Any] = {"calibration": scorer.calibration, "mode": scorer.mode, "n_human": len(human),
+                           "settings": {}}
+    extra: dict[str, Any] = {"human_p": h["p_human"], "gen_p": {}, "roc": {}, "pooled": ([], [])}
     for label, (info, texts) in settings.items():
-        g_logit = discriminator_outputs(D, tok, conds, texts, device=dev)[0]
-        y = np.r_[np.ones(len(h_logit)), np.zeros(len(g_logit))]
-        lg = np.r_[h_logit, g_logit]
-        p_cal = apply_calibration(lg, calib)
+        g = scorer.score_texts(conds, texts)
+        y = np.r_[np.ones(len(human)), np.zeros(len(texts))]
+        p = np.r_[h["p_human"], g["p_human"]]
+        ok = np.isfinite(p)  # unscorable texts (e.g. empty samples) have no score
+        lg = np.r_[h["d_logit"], g["d_logit"]]
         p_base = np.r_[h_base, baseline.predict_proba(texts)[:, 1]]
-        info = dict(info, in_calibration=bool(info["top_p"] == 1.0 and
-                                              any(abs(info["temperature"] - c) < 1e-9 for c in CALIBRATION_TEMPERATURES)))
-        out["settings"][label] = {**info, "calibrated": binary_metrics(y, p_cal),
-                                  "uncalibrated": binary_metrics(y, apply_calibration(lg, None)),
-                                  "tfidf_lr": binary_metrics(y, p_base)}
-        extra["gen_p"][label] = p_cal[len(h_logit):]
-        fpr, tpr, _ = roc_curve(y, p_cal)
-        extra["roc"][f"D {label}"] = (fpr, tpr)
-        if info["model"] == "gan":
-            extra["pooled"][0].append(y)
-            extra["pooled"][1].append(p_cal)
-            if abs(info["temperature"] - 1.0) < 1e-9 and info["top_p"] == 1.0:
+        setting = SamplingSetting(info["temperature"], info["top_k"], info["top_p"])
+        info = dict(info, source="out_of_family" if info["model"] == "ood" else "own",
+                    in_calibration=bool(info["model"] in MODELS and setting.label in fitted),
+                    unscored=int((~ok).sum()))
+        out["settings"][label] = {**info, "calibrated": binary_metrics(y[ok], p[ok]),
+                                  "discriminator": binary_metrics(y[ok], apply_calibration(lg[ok], scorer.calibration)),
+                                  "uncalibrated": binary_metrics(y[ok], apply_calibration(lg[ok], None)),
+                                  "tfidf_lr": binary_metrics(y, p_base),
+                                  "signals": _signal_aurocs(y, {k: np.r_[h[k], g[k]] for k in SIGNALS})}
+        extra["gen_p"][label] = g["p_human"]
+        if info["model"] != "mle":
+            fpr, tpr, _ = roc_curve(y[ok], p[ok])
+            extra["roc"][f"p_human {label}"] = (fpr, tpr)
+        if info["model"] == "gan" and info["top_p"] == 1.0 and info["top_k"] == 0:
+            extra["pooled"][0].append(y[ok])
+            extra["pooled"][1].append(p[ok])
+        if info["top_k"] == OOD_TOP_K:  # same decoding, own vs out-of-family generator
+            fpr, tpr, _ = roc_curve(y[ok], apply_calibration(lg[ok], scorer.calibration))
+            extra["roc"][f"D alone {label}"] = (fpr, tpr)
+            if info["model"] == "gan":
                 fpr, tpr, _ = roc_curve(y, p_base)
                 extra["roc"][f"TF-IDF+LR {label}"] = (fpr, tpr)
     return out, extra
-
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from reviewgen.evaluate.quality import MODELS, mean_of
+from reviewgen.evaluate.scorer_eval import OOD_TOP_K
 
 
 def _status(ok: bool | None) -> str:
@@ -63,13 +64,23 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
                            f"rating classifier accuracy on GAN T={g_t:g} reviews {_f(ra_g)} vs real {_f(ra_h)} (need within 0.02)"}
 
     # 4. scorer, on every GAN sweep temperature
-    rows = [(k, s) for k, s in r["scorer"]["settings"].items() if s["model"] == "gan" and s["top_p"] == 1.0]
+    rows = [(k, s) for k, s in r["scorer"]["settings"].items()
+            if s["model"] == "gan" and s["top_p"] == 1.0 and not s.get("top_k")]
     au = min(s["calibrated"]["auroc"] for _, s in rows)
     ec = max(s["calibrated"]["ece"] for _, s in rows)
     margin = min(s["calibrated"]["accuracy"] - s["tfidf_lr"]["accuracy"] for _, s in rows)
     out["scorer"] = {"status": _status(au >= 0.99 and ec <= 0.03 and margin >= 0.02), "detail":
                      f"over GAN temperatures: worst AUROC {au:.4f} (need >= 0.99), worst ECE {ec:.4f} (need <= 0.03), "
                      f"smallest accuracy margin over TF-IDF+LR {margin:+.4f} (need >= +0.02)"}
+
+    # 4b. the detector (issue 11): own generator's samples, and a generator the scorer never saw
+    ood = [s for s in r["scorer"]["settings"].values() if s.get("source") == "out_of_family"]
+    au_ood = min((s["calibrated"]["auroc"] for s in ood), default=None)
+    ok = au >= 0.95 and ec <= 0.05 and (au_ood is not None and au_ood >= 0.85)
+    out["scorer_detection"] = {"status": _status(ok), "detail":
+                               f"p_human over GAN temperatures: worst AUROC {au:.4f} (need >= 0.95), worst ECE {ec:.4f} "
+                               f"(need <= 0.05); out-of-family generator (top-k {OOD_TOP_K}): AUROC {_f(au_ood)} "
+                               "(need >= 0.85" + ("; no out-of-family model was given)" if au_ood is None else ")")}
 
     # 5. copying: accepted output, every GAN setting
     acr = max(mean_of(s.get("accepted_copy_rate")) or 0.0 for s in sw["gan"].values())

@@ -1,9 +1,11 @@
 """The calibrated combiner: one small logistic model over the scorer's signals gives p_human.
 
 Features are standardised with the fit set's mean and spread, then combined by an L2-regularised logistic
-regression fitted with LBFGS; the result is plain JSON (`detector.json` in a model directory), loaded without
-pickle. A logistic model fitted by log loss is calibrated on its own fit distribution, and the strong L2
-keeps it from leaning on any one signal that only separates our own generator's artifacts.
+regression fitted with LBFGS; the result is plain data (the "detector" entry of a model directory's
+calibration.json), loaded without pickle. A logistic model fitted by log loss is calibrated on its own fit
+distribution; strong L2, sign-fixed weights (`fit_combiner(signs=)`) and a choice of features made on
+held-out sources (`select_combiner`) keep it from leaning on a signal that only separates our own
+generator's artifacts. Which features and why: `reviewgen.score.calibration`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from reviewgen.core.metrics import auroc
+
 FORMAT = "reviewgen-detector/1"
 
 
@@ -23,9 +27,18 @@ class CombinerError(ValueError):
     """A detector file is missing a field or does not match the signals offered to it."""
 
 
+def base_signal(feature: str) -> str:
+    """The signal a feature is computed from ("sq:binoculars" -> "binoculars")."""
+    return feature[3:] if feature.startswith("sq:") else feature
+
+
 @dataclass(frozen=True)
 class Combiner:
-    """p_human = sigmoid(bias + sum_i weight_i * (x_i - mean_i) / scale_i) over the named features."""
+    """p_human = sigmoid(bias + sum_i weight_i * (x_i - mean_i) / scale_i) over the named features.
+
+    A feature named "sq:NAME" is two-sided: ((NAME - c) / s)^2, the squared distance of signal NAME from
+    the centre c (spread s) of the fit set's human rows, stored in `centers[NAME]`. It lets a linear model
+    flag text that is too predictable *or* too unpredictable for human writing."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
@@ -33,13 +46,21 @@ class Combiner:
     weights: tuple[float, ...]
     bias: float
     info: Mapping[str, Any] = field(default_factory=dict)  # how it was fitted (counts, sources, metrics)
+    centers: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # for "sq:" features
 
     def matrix(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The [N, F] feature matrix in this combiner's order; a missing signal is an error naming it."""
-        missing = [f for f in self.features if f not in signals]
+        missing = sorted({base_signal(f) for f in self.features} - set(signals))
         if missing:
             raise CombinerError(f"detector needs signals {missing}; got {sorted(signals)}")
-        return np.stack([np.asarray(signals[f], dtype=np.float64) for f in self.features], axis=1)
+        cols = []
+        for f in self.features:
+            x = np.asarray(signals[base_signal(f)], dtype=np.float64)
+            if f.startswith("sq:"):
+                c, sd = self.centers[base_signal(f)]
+                x = ((x - c) / sd) ** 2
+            cols.append(x)
+        return np.stack(cols, axis=1)
 
     def logit(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The combined logit per review (NaN where any feature is NaN, e.g. a review with no tokens)."""
@@ -50,11 +71,18 @@ class Combiner:
         """p_human per review."""
         return 1.0 / (1.0 + np.exp(-self.logit(signals)))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with a format tag (what `to_json` writes and `from_dict` reads)."""
+        d = asdict(self)
+        d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k]) for k in ("features", "mean", "scale", "weights"))
+        d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
+        d["info"] = json.loads(json.dumps(d["info"], default=float))
+        d["format"] = FORMAT
+        return d
+
     def to_json(self) -> str:
         """Plain JSON with a format tag."""
-        d = asdict(self)
-        d["format"] = FORMAT
-        return json.dumps(d, indent=2, sort_keys=True, default=float)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=float)
 
     def save(self, path: str | Path) -> None:
         """Write `to_json()` to `path`."""
@@ -68,24 +96,62 @@ class Combiner:
             d = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CombinerError(f"{p}: not a readable detector file: {e}") from e
-        if d.get("format") != FORMAT:
-            raise CombinerError(f"{p}: format {d.get('format')!r} is not {FORMAT!r}")
+        return cls.from_dict(d, source=str(p))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Combiner":
+        """The combiner `to_dict` wrote; errors name `source` and the field."""
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise CombinerError(f"{source}: format {got!r} is not {FORMAT!r}")
         try:
             c = cls(tuple(d["features"]), tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
-                    tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}))
-        except KeyError as e:
-            raise CombinerError(f"{p}: missing field {e.args[0]!r}") from e
+                    tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}),
+                    {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()})
+        except (KeyError, TypeError, IndexError) as e:
+            raise CombinerError(f"{source}: missing or malformed field ({e!r})") from e
         if not len(c.features) == len(c.mean) == len(c.scale) == len(c.weights):
-            raise CombinerError(f"{p}: features, mean, scale and weights differ in length")
+            raise CombinerError(f"{source}: features, mean, scale and weights differ in length")
+        if {base_signal(f) for f in c.features if f.startswith("sq:")} - set(c.centers):
+            raise CombinerError(f"{source}: a two-sided 'sq:' feature has no centre")
         return c
 
 
 def fit_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequence[str], *,
-                 l2: float = 1e-2, info: Mapping[str, Any] | None = None) -> Combiner:
-    """Fit on rows with every feature finite. `labels`: 1 = human, 0 = machine-written."""
-    probe = Combiner(tuple(features), (0.0,) * len(features), (1.0,) * len(features), (0.0,) * len(features), 0.0)
-    x = probe.matrix(signals)
+                 l2: float = 1e-2, signs: Mapping[str, int] | None = None,
+                 info: Mapping[str, Any] | None = None) -> Combiner:
+    """Fit on rows with every feature finite. `labels`: 1 = human, 0 = machine-written.
+
+    `signs` fixes the direction of features whose meaning is known (+1: larger means more human): a
+    feature that the fit gives the opposite sign is dropped and the rest refitted, so the model never
+    relies on a reversed relation that only holds for the fit set's generators."""
+    features = list(features)
+    dropped: list[str] = []
+    while True:
+        c = _fit(signals, labels, features, l2)
+        wrong = [f for f, w in zip(c.features, c.weights) if signs and signs.get(f, 0) * w < 0]
+        if not wrong or len(features) == 1:
+            break
+        worst = min(wrong, key=lambda f: signs[f] * c.weights[c.features.index(f)])
+        features.remove(worst)
+        dropped.append(worst)
+    meta = {**c.info, **({"dropped_for_sign": dropped} if signs else {}), **dict(info or {})}
+    return Combiner(c.features, c.mean, c.scale, c.weights, c.bias, meta, c.centers)
+
+
+def _fit(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequence[str], l2: float) -> Combiner:
     y = np.asarray(labels, dtype=np.float64)
+    centers = {}
+    for f in features:
+        if f.startswith("sq:") and base_signal(f) in signals:
+            h = np.asarray(signals[base_signal(f)], dtype=np.float64)[y == 1]
+            h = h[np.isfinite(h)]
+            if len(h) < 2:
+                raise CombinerError(f"fit_combiner: too few human rows with a finite {base_signal(f)}")
+            centers[base_signal(f)] = (float(h.mean()), float(max(h.std(), 1e-8)))
+    probe = Combiner(tuple(features), (0.0,) * len(features), (1.0,) * len(features), (0.0,) * len(features), 0.0,
+                     centers=centers)
+    x = probe.matrix(signals)
     ok = np.isfinite(x).all(axis=1)
     x, y = x[ok], y[ok]
     if len(np.unique(y)) < 2:
@@ -106,6 +172,53 @@ def fit_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, features
 
     opt.step(closure)
     w = params.detach().numpy()
-    meta = {"n": int(len(y)), "n_human": int(y.sum()), "l2": l2, **dict(info or {})}
+    meta = {"n": int(len(y)), "n_human": int(y.sum()), "l2": l2}
     return Combiner(tuple(features), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, w[1:])),
-                    float(w[0]), meta)
+                    float(w[0]), meta, centers)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One combiner to try: a feature set (in order of preference) and its L2 strength."""
+
+    name: str
+    features: tuple[str, ...]
+    l2: float
+
+
+def select_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, groups: Sequence[str],
+                    candidates: Sequence[Candidate], splits: Sequence[tuple[set[str], set[str]]], *,
+                    signs: Mapping[str, int] | None = None, tolerance: float = 0.01, seed: int = 0,
+                    info: Mapping[str, Any] | None = None) -> Combiner:
+    """The candidate that best separates machine text it was not fitted on, refitted on every row.
+
+    `groups[i]` names the source of machine-written row i (e.g. "G:plain"; ignored for human rows). Each
+    split (fit_groups, check_groups) fits on half the human rows and the machine rows of `fit_groups`, and
+    measures AUROC on the other half of the human rows against the machine rows of `check_groups`. A
+    candidate's score is its worst split; the first candidate within `tolerance` of the best score wins, so
+    the list's order states the preference between near-equal ones."""
+    y = np.asarray(labels, dtype=np.float64)
+    g = np.asarray(groups, dtype=object)
+    human = np.flatnonzero(y == 1)
+    half = np.zeros(len(y), dtype=bool)
+    half[np.random.default_rng(seed).permutation(human)[: len(human) // 2]] = True
+    scores: dict[str, dict[str, float]] = {}
+    for cand in candidates:
+        per = {}
+        for fit_g, check_g in splits:
+            fit_rows = (half & (y == 1)) | ((y == 0) & np.isin(g, list(fit_g)))
+            check_rows = (~half & (y == 1)) | ((y == 0) & np.isin(g, list(check_g)))
+            if len(np.unique(y[fit_rows])) < 2 or len(np.unique(y[check_rows])) < 2:
+                continue
+            sub = {k: np.asarray(v)[fit_rows] for k, v in signals.items()}
+            c = fit_combiner(sub, y[fit_rows], cand.features, l2=cand.l2, signs=signs)
+            p = c.predict({k: np.asarray(v)[check_rows] for k, v in signals.items()})
+            ok = np.isfinite(p)
+            per["/".join(sorted(fit_g)) + "->" + "/".join(sorted(check_g))] = auroc(y[check_rows][ok], p[ok])
+        scores[cand.name] = per
+    worst = {n: min(per.values()) if per else float("nan") for n, per in scores.items()}
+    best = max((v for v in worst.values() if np.isfinite(v)), default=float("nan"))
+    chosen = next((c for c in candidates if np.isfinite(best) and worst[c.name] >= best - tolerance), candidates[0])
+    return fit_combiner(signals, y, chosen.features, l2=chosen.l2, signs=signs,
+                        info={"candidate": chosen.name, "held_out_auroc": scores, "worst_held_out_auroc": worst,
+                              **dict(info or {})})

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reviewgen.core.losses import review_logits
+from reviewgen.core.losses import autocast_for, review_logits
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer, review_mask
 
@@ -92,17 +92,21 @@ def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
                         mean_entropy=mean(entropy), binoculars=ratio, n_tokens=n.long().cpu().numpy())
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def review_lm_statistics(G, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str], *,
                          ref=None, batch_size: int = 64, device="cpu") -> LMStatistics:
-    """`lm_statistics` for (condition, review) pairs: one batched forward of G (and of `ref`) per batch."""
+    """`lm_statistics` for (condition, review) pairs: one batched forward of G (and of `ref`) per batch
+    (bf16 autocast on CUDA; the statistics themselves are computed in fp32)."""
     G = unwrap(G).eval()
     ref = unwrap(ref).eval() if ref is not None else None
+    dev = torch.device(device)
     P, parts = tok.prefix_len, []
     for s in range(0, len(texts), batch_size):
-        ids = tok.encode_examples(conds[s:s + batch_size], texts[s:s + batch_size]).to(device)
+        ids = tok.encode_examples(conds[s:s + batch_size], texts[s:s + batch_size]).to(dev)
         targets = ids[:, P:]
         mask = review_mask(targets, tok.eos_id, tok.pad_id)
-        parts.append(lm_statistics(review_logits(G, ids, P), targets, mask,
-                                   review_logits(ref, ids, P) if ref is not None else None))
+        with autocast_for(dev):
+            g = review_logits(G, ids, P)
+            r = review_logits(ref, ids, P) if ref is not None else None
+        parts.append(lm_statistics(g, targets, mask, r))
     return LMStatistics.concat(parts)

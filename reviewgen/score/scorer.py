@@ -1,19 +1,55 @@
-"""The calibrated scorer: p_human for (product, review) pairs (calibration: `reviewgen.score.calibration`)."""
+"""The scorer: p_human for (product, review) pairs, the one scoring path of `reviewgen score`, the Serve
+replica, `reviewgen sample` and the nightly job (`Scorer.score_texts`).
+
+p_human comes from the detector stored in the model directory's calibration.json (fitted by
+`reviewgen.score.calibration`) over D's logit and the LM statistics of G and the MLE reference
+(reference.safetensors). A model directory from before the detector existed, or one without the reference
+weights, falls back to D alone with its Platt calibration, and `Scorer.mode` says so. Texts the models
+cannot judge (null, empty, no words, one character repeated, longer than any training review) get a NaN
+p_human and a reason instead of a score.
+"""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.device import pick_device
+from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
 from reviewgen.score.calibration import apply_calibration
-from reviewgen.score.signals import discriminator_outputs
+from reviewgen.score.combiner import Combiner, CombinerError
+from reviewgen.score.signals import SIGNALS, review_signals
+
+# `reviewgen prepare` drops longer reviews, so no model was trained or calibrated on one
+MAX_SCORABLE_CHARS = 4000
+UNSCORABLE = ("empty", "too_long", "no_words", "repetitive")
+# the per-review signals reported beside p_human (API `signals` object, `reviewgen score` columns)
+REPORTED_SIGNALS = ("d_prob", "mean_logprob", "mean_log_rank", "binoculars")
+
+
+def unscorable_reason(text: Any) -> str | None:
+    """Why `text` gets no score (one of `UNSCORABLE`), or None when it can be scored."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return "empty"
+    t = str(text)
+    if not t.strip():
+        return "empty"
+    if len(t) > MAX_SCORABLE_CHARS:
+        return "too_long"
+    if not any(ch.isalpha() for ch in t):
+        return "no_words"  # emoji, digits or punctuation only: nothing a review model has learnt to read
+    chars = [ch for ch in t if not ch.isspace()]
+    if len(chars) >= 20 and Counter(chars).most_common(1)[0][1] >= 0.8 * len(chars):
+        return "repetitive"
+    return None
 
 
 def review_conditions(reviews: Sequence[dict[str, Any]]) -> list[Condition]:
@@ -22,33 +58,98 @@ def review_conditions(reviews: Sequence[dict[str, Any]]) -> list[Condition]:
     for r in reviews:
         rating = r.get("rating")
         rating = int(rating) if rating is not None and not pd.isna(rating) and 1 <= int(rating) <= 5 else None
-        lang = r.get("language") or detect_language(str(r.get("text", "")))
+        text = r.get("text")
+        lang = r.get("language") or detect_language("" if text is None or pd.isna(text) else str(text))
         out.append(Condition(title=str(r.get("product_title") or ""), category=str(r.get("category") or ""),
                              rating=rating, sentiment=None if rating else "neutral", language=lang))
     return out
 
 
+def reference_network(ckpt: Checkpoint, device="cpu") -> Generator | None:
+    """The checkpoint's frozen MLE reference (reference.safetensors) as a network, or None without one."""
+    if ckpt.reference_state is None:
+        return None
+    ref = Generator(ckpt.config.generator)
+    ref.load_state_dict(ckpt.reference_state, strict=False)  # the tied head is re-tied, not stored
+    return ref.to(device).eval().requires_grad_(False)
+
+
 class Scorer:
     """Loads a model directory once; scores batches of reviews. Exposes the model's tokenizer (`tok`), version,
-    calibration and n-gram index path (`ngram_path`, for the output filter's copy check)."""
+    calibration, n-gram index path (`ngram_path`, for the output filter's copy check) and `mode`: how p_human
+    is computed ("detector: ..." or "discriminator-only (...)")."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.device = pick_device(device)
-        self.ckpt = load_checkpoint(model_dir, self.device)
-        self.tok, self.D = self.ckpt.tokenizer, self.ckpt.discriminator
-        self.calibration = self.ckpt.calibration
-        self.version = self.ckpt.version
-        self.ngram_path = self.ckpt.ngram_path
+        self._setup(load_checkpoint(model_dir, self.device))
 
-    def score(self, reviews: Sequence[dict[str, Any]], batch_size: int = 64) -> dict[str, np.ndarray]:
-        """{"p_human": calibrated [N], "logit": raw [N], "rating_pred": [N]} for review dicts."""
-        texts = [str(r.get("text", "")) for r in reviews]
-        logits, rating = discriminator_outputs(self.D, self.tok, review_conditions(reviews), texts,
-                                               batch_size=batch_size, device=self.device)
-        return {"p_human": apply_calibration(logits, self.calibration), "logit": logits, "rating_pred": rating}
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, device: str | None = None) -> "Scorer":
+        """A scorer over an already loaded checkpoint (e.g. the nightly job's actor), on `device`."""
+        self = cls.__new__(cls)
+        self.device = pick_device(device)
+        self._setup(ckpt)
+        return self
+
+    def _setup(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.tok, self.D, self.G = ckpt.tokenizer, ckpt.discriminator.to(self.device), ckpt.generator.to(self.device)
+        self.calibration = ckpt.calibration
+        self.version = ckpt.version
+        self.ngram_path = ckpt.ngram_path
+        self.ref = reference_network(ckpt, self.device)
+        self.detector: Combiner | None = None
+        doc = (self.calibration or {}).get("detector")
+        if doc is None:
+            self.mode = "discriminator-only (model predates LM statistics)"
+        elif self.ref is None:
+            self.mode = "discriminator-only (model has no reference.safetensors)"
+        else:
+            try:
+                self.detector = Combiner.from_dict(doc, source=str(ckpt.path / "calibration.json"))
+            except CombinerError as e:
+                raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
+            self.mode = f"detector: {', '.join(self.detector.features)}"
+
+    def score_texts(self, conds: Sequence[Condition], texts: Sequence[str | None],
+                    batch_size: int = 64) -> dict[str, Any]:
+        """Score texts under their conditions: {"p_human" [N] (NaN where unscorable), "logit" [N] (the
+        combined logit, or D's raw logit without a detector), "rating_pred" [N] (-1 where unscorable),
+        "reason": [N] (None or one of `UNSCORABLE`), and every `REPORTED_SIGNALS` and
+        `reviewgen.score.signals.SIGNALS` name -> [N] (NaN where unscorable)}."""
+        n = len(texts)
+        if len(conds) != n:
+            raise ValueError(f"score_texts: {len(conds)} conditions for {n} texts")
+        reasons = [unscorable_reason(t) for t in texts]
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        out: dict[str, Any] = {"p_human": np.full(n, np.nan), "logit": np.full(n, np.nan),
+                               "rating_pred": np.full(n, -1, dtype=np.int64), "reason": reasons,
+                               **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)}}
+        if not ok:
+            return out
+        sig = review_signals(self.D, self.G, self.tok, [conds[i] for i in ok], [str(texts[i]) for i in ok],
+                             ref=self.ref, batch_size=batch_size, device=self.device)
+        if self.ref is None:
+            sig["binoculars"] = np.full(len(ok), np.nan)  # without the reference it is not the fitted ratio
+        d_prob = apply_calibration(sig["d_logit"], self.calibration)
+        if self.detector is not None:
+            logit = self.detector.logit(sig)
+            p = 1.0 / (1.0 + np.exp(-logit))
+        else:
+            logit, p = sig["d_logit"], d_prob
+        out["p_human"][ok], out["logit"][ok], out["rating_pred"][ok] = p, logit, sig["rating_pred"]
+        out["d_prob"][ok] = d_prob
+        for k in SIGNALS:
+            out[k][ok] = sig[k]
+        return out
+
+    def score(self, reviews: Sequence[dict[str, Any]], batch_size: int = 64) -> dict[str, Any]:
+        """`score_texts` for API-style review dicts (text, product_title?, category?, rating?, language?)."""
+        return self.score_texts(review_conditions(reviews), [r.get("text") for r in reviews], batch_size=batch_size)
 
     def score_frame(self, df: pd.DataFrame, text_column: str = "text") -> pd.DataFrame:
-        """The input frame plus p_human and rating_pred columns."""
+        """The input frame plus p_human, rating_pred, the `REPORTED_SIGNALS` columns and score_reason (why
+        p_human is null; null when scored). Unscorable rows keep null scores."""
         if text_column not in df.columns:
             raise ValueError(f"input has no {text_column!r} column (columns: {list(df.columns)})")
         rows = []
@@ -59,5 +160,8 @@ class Scorer:
         res = self.score(rows)
         out = df.copy()
         out["p_human"] = res["p_human"]
-        out["rating_pred"] = res["rating_pred"]
+        out["rating_pred"] = pd.array([None if r < 0 else int(r) for r in res["rating_pred"]], dtype="Int64")
+        for k in REPORTED_SIGNALS:
+            out[k] = res[k]
+        out["score_reason"] = res["reason"]
         return out

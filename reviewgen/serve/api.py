@@ -124,13 +124,24 @@ class Flags(BaseModel):
     has_pii: bool | None = None
 
 
+class Signals(BaseModel):
+    d_prob: float | None = Field(None, description="the discriminator's calibrated probability of human text")
+    mean_logprob: float | None = Field(None, description="mean token log-probability under the generator")
+    mean_log_rank: float | None = Field(None, description="mean log(1 + rank) of each token under the generator")
+    binoculars: float | None = Field(None, description="log-perplexity over the generator/reference cross-entropy; "
+                                     "null when the model has no reference network")
+
+
 class ReviewScore(BaseModel):
-    p_human: float = Field(description="calibrated probability that a human wrote the review")
-    rating_pred: int = Field(description="predicted star rating 1..5")
+    p_human: float | None = Field(description="calibrated probability that a human wrote the review; null when "
+                                  "the text cannot be scored (the reason is in `reasons`)")
+    rating_pred: int | None = Field(description="predicted star rating 1..5; null when the text cannot be scored")
+    signals: Signals | None = Field(None, description="the per-review signals behind p_human")
     flags: Flags
     reasons: list[str] = Field(default_factory=list, description="the output filter's failed rules, in its order "
                                "(empty, broken_text, too_short, too_long, pii, language_mismatch, memorized, "
-                               "low_score); reported only, never rejected")
+                               "low_score), after the scorer's reason for a null p_human (no_words, repetitive, "
+                               "...); reported only, never rejected")
 
 
 class ScoreResponse(BaseModel):

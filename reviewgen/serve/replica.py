@@ -94,6 +94,7 @@ class ScorerDeployment:
         index = self.filter.ngrams
         return {"model_version": self.scorer.version, "model_dir": self.model_dir,
                 "calibration": {k: calib[k] for k in ("scale", "bias") if k in calib},
+                "detector": self.scorer.mode,
                 "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.copy_threshold}
                 if index is not None else None,
                 "tokenizer": {"prefix_len": self.scorer.tok.prefix_len,

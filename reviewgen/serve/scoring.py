@@ -1,14 +1,15 @@
-"""What one Serve replica computes for a batch of reviews, without Ray: calibrated scores plus the verdict
+"""What one Serve replica computes for a batch of reviews, without Ray: calibrated scores and signals plus the verdict
 of the one output filter (`reviewgen.score.filter`), so the endpoint's flags match the nightly job's and
 `reviewgen evaluate`'s verdicts on the same review."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.score.filter import FilterConfig, ReviewFilter
-from reviewgen.score.scorer import Scorer
+from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
 from reviewgen.serve.config import ServeConfig
 
 
@@ -29,10 +30,21 @@ def replica_filter(cfg: ServeConfig, scorer: Scorer) -> ReviewFilter:
 
 
 def score_reviews(scorer: Scorer, review_filter: ReviewFilter, reviews: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One result per review dict: p_human, rating_pred, the filter's `flags` and its `reasons` (the
-    review's own `language`, when given, is the one checked)."""
+    """One result per review dict: p_human, rating_pred, the scorer's `signals`, the filter's `flags` and its
+    `reasons` (the review's own `language`, when given, is the one checked). A review the scorer cannot
+    judge gets null p_human, rating_pred and signals, and the scorer's reason ahead of the filter's."""
     res = scorer.score(reviews, batch_size=max(64, len(reviews)))
+    p_human = [None if not math.isfinite(p) else float(p) for p in res["p_human"]]
     verdicts = review_filter.check([r.get("text") for r in reviews], languages=[r.get("language") for r in reviews],
-                                   scores=[float(p) for p in res["p_human"]])
-    return [{"p_human": float(p), "rating_pred": int(rp), "flags": v.flags(), "reasons": list(v.reasons)}
-            for p, rp, v in zip(res["p_human"], res["rating_pred"], verdicts)]
+                                   scores=p_human)
+    out = []
+    for i, (p, v) in enumerate(zip(p_human, verdicts)):
+        why = res["reason"][i]
+        out.append({"p_human": p, "rating_pred": None if why else int(res["rating_pred"][i]),
+                    "signals": None if why else {k: _num(res[k][i]) for k in REPORTED_SIGNALS},
+                    "flags": v.flags(), "reasons": ([why] if why and why not in v.reasons else []) + list(v.reasons)})
+    return out
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

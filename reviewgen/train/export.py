@@ -25,13 +25,17 @@ PARTIAL_CALIBRATION_ROWS = 96
 
 def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame, data_hash: str,
                    log: Callable[[str], None] = print) -> Path:
-    """Calibrate the scorer, build the memorisation index, and write the trainer's models into OUT.
+    """Calibrate the scorer (D's Platt scaling and the detector over LM statistics, stored in
+    calibration.json; the reference network in reference.safetensors), build the memorisation index, and
+    write the trainer's models into OUT.
 
     A trainer in phase "done" gives the final model (role "final"); any other phase a usable partial one
     (role "partial", `complete: false`, with the phase and step it reached)."""
     out = Path(out)
     complete = trainer.phase == "done"
-    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=trainer.ref,
+    # the scorer's second language model: the frozen MLE reference, or G itself before the reference exists
+    ref = trainer.ref if trainer.ref is not None else trainer.G
+    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=ref,
                             seed=trainer.cfg.train.seed, log=log,
                             **({} if complete else {"max_rows": PARTIAL_CALIBRATION_ROWS}))
     idx = NGramIndex.build(trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()),
@@ -43,6 +47,7 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
         trainer.cfg.train.val_batches, trainer.device), trainer.tk)
     save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
                     generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
+                    reference=ref,
                     meta={"data_hash": data_hash, "role": "final" if complete else "partial",
                           "complete": complete, "phase": trainer.phase, "step": trainer.step,
                           "global_step": trainer.global_step,

@@ -1,0 +1,74 @@
+"""In-process scoring throughput (issue 11): the scorer before (D alone, Platt-calibrated) and after (D, G
+and the MLE reference, combined by the detector), on the same real reviews, model and batches.
+
+Before = `discriminator_outputs` + `apply_calibration`, exactly what `Scorer.score` computed before the
+detector. After = `Scorer.score`, which adds one forward of G and one of the reference per batch. Goal:
+after >= 50% of before. The bench model (bench/.cache/model, demo sizes) gets a detector first when it has
+none (`refit_calibration`, which also stores its reference network).
+
+Run: python -m bench.bench_score [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from bench.bench_generate import bench_model, model_description, prepared_data
+from bench.bench_serve import sample_reviews
+from reviewgen.score.calibration import apply_calibration
+from reviewgen.score.scorer import Scorer, review_conditions
+from reviewgen.score.signals import discriminator_outputs
+
+GOAL_FRACTION = 0.5
+BATCH = 64
+
+
+def _rate(fn, n: int, repeats: int) -> float:
+    """Best-of-`repeats` reviews/s of fn() over n reviews, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    """{"before_reviews_per_s", "after_reviews_per_s", "fraction", "goal_met", ...}."""
+    model = bench_model()
+    data = prepared_data()
+    probe = Scorer(model, device="cpu")
+    if probe.detector is None:
+        from reviewgen.evaluate.scorer_eval import refit_calibration
+
+        refit_calibration(model, data, max_rows=128 if quick else 384, device="cpu", log=lambda *_: None)
+    scorer = Scorer(model, device="cpu")
+    reviews = sample_reviews(128 if quick else 512)
+    conds, texts = review_conditions(reviews), [r["text"] for r in reviews]
+    repeats = 2 if quick else 3
+
+    def before():
+        logits, _ = discriminator_outputs(scorer.D, scorer.tok, conds, texts, batch_size=BATCH, device="cpu")
+        return apply_calibration(logits, scorer.calibration)
+
+    def after():
+        return scorer.score_texts(conds, texts, batch_size=BATCH)
+
+    rb = _rate(before, len(texts), repeats)
+    ra = _rate(after, len(texts), repeats)
+    return {"model": model_description(model), "mode": scorer.mode, "reviews": len(texts), "batch": BATCH,
+            "torch_threads": torch.get_num_threads(), "before_reviews_per_s": round(rb, 1),
+            "after_reviews_per_s": round(ra, 1), "fraction": round(ra / rb, 3), "goal_fraction": GOAL_FRACTION,
+            "goal_met": ra / rb >= GOAL_FRACTION}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    print(json.dumps(main(ap.parse_args().quick), indent=2))

@@ -1,0 +1,131 @@
+"""The scorer on the tiny model: the detector's direction, the signals the Serve replica returns, texts that
+get no score, and model directories from before the detector (D alone)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.encoding import conditions
+from reviewgen.data.corpus import load_split
+from reviewgen.score.calibration import DETECTOR_SETTINGS, sample_fakes
+from reviewgen.score.combiner import Combiner
+from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
+from reviewgen.score.filter import FilterConfig, ReviewFilter
+from reviewgen.serve.scoring import score_reviews
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model) -> Scorer:
+    return Scorer(tiny_model, device="cpu")
+
+
+def test_model_dir_holds_the_detector_and_reference(tiny_model, scorer) -> None:
+    calib = json.loads((tiny_model / "calibration.json").read_text())
+    det = Combiner.from_dict(calib["detector"])
+    assert (tiny_model / "reference.safetensors").is_file() and scorer.ref is not None
+    assert scorer.detector is not None and scorer.mode.startswith("detector: ")
+    assert det.info["candidate"] in det.info["worst_held_out_auroc"]
+    # the fit never uses a signal against its known direction
+    signs = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "binoculars": 1, "top10_share": -1}
+    assert all(signs.get(f, 0) * w >= 0 for f, w in zip(det.features, det.weights))
+
+
+def test_samples_from_g_score_lower_than_real_reviews(tiny_model, prepared_data, scorer) -> None:
+    test = load_split(prepared_data, "test")
+    rows = test.sample(n=96, random_state=1)
+    conds = conditions(rows)
+    fakes, fake_conds = sample_fakes([scorer.G], scorer.tok, conds, DETECTOR_SETTINGS, seed=5, key_prefix="t")
+    real = scorer.score_texts(conds, rows["text"].astype(str).tolist())
+    fake = scorer.score_texts(fake_conds, fakes)
+    assert np.nanmean(real["p_human"]) > np.nanmean(fake["p_human"])
+    assert np.isfinite(real["p_human"]).mean() > 0.9
+
+
+def test_unscorable_texts_get_no_score_and_a_reason(scorer) -> None:
+    reviews = [{"text": None}, {"text": ""}, {"text": "a" * 100_000}, {"text": "\U0001F600" * 50},
+               {"text": "a" * 300}, {"text": "Works well, the battery lasts two days."}]
+    res = scorer.score(reviews)
+    assert res["reason"] == ["empty", "empty", "too_long", "no_words", "repetitive", None]
+    assert np.isnan(res["p_human"][:5]).all() and 0.0 < res["p_human"][5] < 1.0
+    assert (res["rating_pred"][:5] == -1).all() and 1 <= res["rating_pred"][5] <= 5
+
+
+def test_score_frame_writes_signals_and_null_scores(scorer) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"text": [None, "Great fit, soft fabric and true to size.", "\U0001F44D" * 50],
+                       "title": ["Shirt"] * 3})
+    out = scorer.score_frame(df)
+    assert {"p_human", "rating_pred", *REPORTED_SIGNALS, "score_reason"} <= set(out.columns)
+    assert [None if pd.isna(x) else x for x in out["score_reason"]] == ["empty", None, "no_words"]
+    assert out["p_human"].isna().tolist() == [True, False, True]
+    assert out["rating_pred"].isna().tolist() == [True, False, True]
+    assert np.isfinite(out.loc[1, ["d_prob", "mean_logprob", "mean_log_rank", "binoculars"]].astype(float)).all()
+
+
+def test_the_replica_result_carries_signals(scorer) -> None:
+    flt = ReviewFilter(FilterConfig(check_copy=False), scorer.tok)
+    res = score_reviews(scorer, flt, [{"text": "Nice phone case, fits well and feels sturdy.", "language": "en"},
+                                      {"text": "\U0001F600" * 50}])
+    ok, bad = res
+    assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in ok["signals"].values())
+    assert ok["signals"]["mean_logprob"] < 0.0 < ok["signals"]["mean_log_rank"]
+    assert bad["p_human"] is None and bad["signals"] is None and bad["reasons"][0] == "no_words"
+
+
+def test_model_without_detector_or_reference_falls_back_to_d(tiny_model, tmp_path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old, ignore=shutil.ignore_patterns("mle", "state"))
+    (old / "reference.safetensors").unlink()
+    calib = json.loads((old / "calibration.json").read_text())
+    calib.pop("detector")
+    (old / "calibration.json").write_text(json.dumps(calib))
+    s = Scorer(old, device="cpu")
+    assert s.detector is None and s.mode == "discriminator-only (model predates LM statistics)"
+    res = s.score([{"text": "Sturdy and cheap, recommended."}, {"text": None}])
+    assert 0.0 < res["p_human"][0] < 1.0 and np.isnan(res["p_human"][1])
+    assert np.isclose(res["p_human"][0], res["d_prob"][0]) and np.isnan(res["binoculars"][0])
+    # a detector without the reference network it was fitted with is not used either
+    (old / "calibration.json").write_text((tiny_model / "calibration.json").read_text())
+    assert Scorer(old, device="cpu").mode == "discriminator-only (model has no reference.safetensors)"
+    assert load_checkpoint(old).reference_state is None
+
+
+def test_signals_through_http(scorer) -> None:
+    from starlette.testclient import TestClient
+
+    from reviewgen.serve.api import make_api
+    from reviewgen.serve.config import ServeConfig
+
+    flt = ReviewFilter(FilterConfig(check_copy=False), scorer.tok)
+
+    class Backend:  # the replica's ScoreBackend, without Ray
+        def ready(self) -> bool:
+            return True
+
+        def model_info(self):
+            return {"model_version": scorer.version, "detector": scorer.mode}
+
+        def stats(self):
+            return {}
+
+        async def score(self, reviews):
+            return score_reviews(scorer, flt, reviews)
+
+        def record_request(self, route, status, seconds) -> None:
+            pass
+
+    client = TestClient(make_api(Backend(), ServeConfig(), token=None))
+    r = client.post("/v1/score", json={"reviews": [{"text": "Fits well and the colour is as pictured."},
+                                                   {"text": "\U0001F600" * 50}]})
+    assert r.status_code == 200, r.text
+    ok, bad = r.json()["results"]
+    assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
+    assert bad["p_human"] is None and bad["signals"] is None and bad["reasons"][0] == "no_words"
