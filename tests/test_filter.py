@@ -7,9 +7,11 @@ import pytest
 
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.memorization import NGramIndex
-from reviewgen.core.tokenizer import ReviewTokenizer
+from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_verdicts
+from reviewgen.generate.actor import GeneratorActor, ShardJob
+from reviewgen.generate.config import GenerateConfig
 from reviewgen.score.filter import FilterConfig, ReviewFilter
 from reviewgen.score.scorer import Scorer
 from reviewgen.serve.config import ServeConfig
@@ -117,9 +119,9 @@ def test_pii_in_english_and_chinese(tok, text: str, kind: str) -> None:
     assert "pii" in v.reasons and v.pii[kind] == 1 and v.has_pii
 
 
-def test_replica_and_evaluate_give_the_same_verdicts(tiny_model, model_parts) -> None:
-    """The Serve replica's scoring function and `reviewgen evaluate`'s filter agree on every tricky review,
-    under their default settings."""
+def test_replica_evaluate_and_nightly_give_the_same_verdicts(tiny_model, model_parts, tmp_path) -> None:
+    """The Serve replica's scoring function, `reviewgen evaluate`'s filter and the nightly job's actor agree
+    on every tricky review, under their default settings."""
     ck, review = model_parts
     cases = materialize(review)
     names, texts, langs = zip(*cases)
@@ -127,9 +129,18 @@ def test_replica_and_evaluate_give_the_same_verdicts(tiny_model, model_parts) ->
     served = score_reviews(scorer, replica_filter(ServeConfig(), scorer),
                            [{"text": t, "language": lang} for t, lang in zip(texts, langs)])
     evaluated = filter_verdicts(evaluation_filter(ck.tokenizer, ck.ngram_path), texts, langs)
-    for name, s, v in zip(names, served, evaluated):
-        assert s["reasons"] == list(v.reasons) and s["flags"] == v.flags(), name
-        assert 0.0 <= s["p_human"] <= 1.0 and 1 <= s["rating_pred"] <= 5
+    unscorable = scorer.score([{"text": t, "language": lang} for t, lang in zip(texts, langs)])["reason"]
+    for name, s, v, why in zip(names, served, evaluated, unscorable):
+        assert s["reasons"] == v.reasons_with(why) and s["flags"] == v.flags(), name
+        assert (s["p_human"] is None) if why else (0.0 <= s["p_human"] <= 1.0 and 1 <= s["rating_pred"] <= 5), name
+    # the nightly actor rejects a generated review with the first of the same reasons
+    actor = GeneratorActor(ShardJob(config=GenerateConfig(), run_id="t", model_version=ck.version,
+                                    model_dir=str(tiny_model), partition=str(tmp_path), rating_distribution=(0.2,) * 5))
+    conds = [Condition(title="", category="", rating=None, sentiment="neutral", language=lang or "en")
+             for lang in langs]
+    _, nightly = actor.judge(conds, list(texts))
+    for name, s, v, why in zip(names, served, evaluated, nightly):
+        assert why == (s["reasons"][0] if s["reasons"] else None), name
     by_name = {name: s["reasons"] for name, s in zip(names, served)}
     # the cases do exercise the rules they are named after
     assert by_name["empty"] == by_name["whitespace"] == ["empty"]

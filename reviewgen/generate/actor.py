@@ -26,9 +26,8 @@ from reviewgen.core.tokenizer import Condition
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.generate.run import STATS_KEY, draw_rating, review_id, shard_file, write_atomic
 from reviewgen.infra.storage import filesystem
-from reviewgen.score.calibration import apply_calibration
 from reviewgen.score.filter import ReviewFilter
-from reviewgen.score.signals import discriminator_outputs
+from reviewgen.score.scorer import Scorer
 
 REVIEW_FIELDS = [("product_id", pa.string()), ("review_id", pa.string()), ("review_index", pa.int64()),
                  ("rating", pa.int64()), ("text", pa.string()), ("score", pa.float64()),
@@ -68,6 +67,8 @@ class GeneratorActor:
         self.device = pick_device(None)
         self.ckpt = load_checkpoint(job.model_dir, self.device)
         self.tok = self.ckpt.tokenizer
+        # the same p_human as the scoring endpoint and `reviewgen score`
+        self.scorer = Scorer.from_checkpoint(self.ckpt, str(self.device))
         self.filter = ReviewFilter.for_model(self.cfg.filter, self.tok, self.ckpt.ngram_path)
         self.fs, self.part = filesystem(job.partition)
         cdf = np.cumsum(np.asarray(job.rating_distribution, dtype=np.float64))
@@ -80,6 +81,16 @@ class GeneratorActor:
         products = group.drop(columns="shard").astype(object).where(group.drop(columns="shard").notna(), None)
         stats = self.write_shard(int(shards[0]), products.to_dict("records"))
         return pd.DataFrame([stats], columns=list(STATS_COLUMNS))
+
+    def judge(self, conds: list[Condition], texts: list[str]) -> tuple[list[float | None], list[str | None]]:
+        """(p_human, reject reason or None) per generated review: the scorer's p_human, then the one
+        ReviewFilter; a text the scorer cannot score (no words, ...) is rejected with the scorer's reason, in
+        the order the scoring endpoint reports (`Verdict.reasons_with`)."""
+        scored = self.scorer.score_texts(conds, texts, batch_size=self.cfg.sampling.batch_size)
+        scores = [None if np.isnan(x) else float(x) for x in scored["p_human"]]
+        verdicts = self.filter.check(texts, languages=[c.language for c in conds], scores=scores)
+        return scores, [next(iter(v.reasons_with(unscorable)), None)
+                        for v, unscorable in zip(verdicts, scored["reason"])]
 
     def write_shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
         """Generate, score, filter and write one shard's reviews and rejects; returns its counts and times."""
@@ -95,17 +106,14 @@ class GeneratorActor:
         texts = generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=s.temperature,
                                top_p=s.top_p, batch_size=s.batch_size, device=self.device)
         t1 = time.perf_counter()
-        logits, _ = discriminator_outputs(self.ckpt.discriminator, self.tok, conds, texts,
-                                          batch_size=s.batch_size, device=self.device)
-        scores = [float(x) for x in apply_calibration(logits, self.ckpt.calibration)]
+        scores, why_not = self.judge(conds, texts)
         t2 = time.perf_counter()
-        verdicts = self.filter.check(texts, languages=[pr["language"] for pr, _ in rows], scores=scores)
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         keep, rejects = [], []
-        for (pr, i), r, text, sc, v in zip(rows, ratings, texts, scores, verdicts):
+        for (pr, i), r, text, sc, why in zip(rows, ratings, texts, scores, why_not):
             rid = review_id(run_id, pr["product_id"], i)
-            if v.reason:
-                rejects.append({"stage": "filter", "reason": v.reason, "product_id": pr["product_id"],
+            if why:
+                rejects.append({"stage": "filter", "reason": why, "product_id": pr["product_id"],
                                 "review_id": rid, "review_index": i, "source_file": pr.get("source_file"),
                                 "text": text, "score": sc, "raw": None, "run_id": run_id,
                                 "source_row": pr.get("source_row")})

@@ -82,6 +82,11 @@ class Verdict:
         """True when any PII kind was found; None when not checked."""
         return None if self.pii is None else any(self.pii.values())
 
+    def reasons_with(self, unscorable: str | None) -> list[str]:
+        """The reasons with the scorer's own first, when it could not score the text (e.g. "no_words"):
+        the order every stage reports and rejects by."""
+        return ([unscorable] if unscorable and unscorable not in self.reasons else []) + list(self.reasons)
+
     def flags(self) -> dict[str, Any]:
         """The scoring endpoint's `flags` object."""
         return {"copy_span": self.copy_span, "copied": self.copied, "pii": self.pii, "has_pii": self.has_pii}

@@ -42,7 +42,7 @@ def score_reviews(scorer: Scorer, review_filter: ReviewFilter, reviews: Sequence
         why = res["reason"][i]
         out.append({"p_human": p, "rating_pred": None if why else int(res["rating_pred"][i]),
                     "signals": None if why else {k: _num(res[k][i]) for k in REPORTED_SIGNALS},
-                    "flags": v.flags(), "reasons": ([why] if why and why not in v.reasons else []) + list(v.reasons)})
+                    "flags": v.flags(), "reasons": v.reasons_with(why)})
     return out
 
 
