@@ -20,6 +20,7 @@ from reviewgen.core.models import count_params
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filter_verdicts
+from reviewgen.evaluate.fluency import fluency_markdown, fluency_section
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, Log, aggregate, embedding_metrics,
                                         match_diversity, quality_metrics, reference_pools, split_eval_rows)
@@ -159,10 +160,15 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         "classifiers": {"note": "TF-IDF char 1-3-gram + logistic regression trained on real train reviews"},
     }
     result["meta"]["nll_reviews"] = len(nll_df)
+    # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
+    result["fluency"] = fluency_section(ck, samples, ev, test, train, load_split(data_dir, "val"), clf,
+                                        tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
     result["targets"] = check_targets(result)
     result["meta"]["wall_time_s"] = time.time() - t0
     write_report(result, out_dir, model_dir=model_dir, ev=ev, samples=samples, clf=clf, review_filter=review_filter,
                  scorer_extra=scorer_extra)
+    with open(out_dir / "report.md", "a") as fh:
+        fh.write("\n" + fluency_markdown(result["fluency"]))
     write_json_atomic(out_dir / "metrics.json", result)
     log(f"report written to {out_dir} in {time.time() - t0:.0f}s")
     return result

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
+from reviewgen.core.hf_import import HFImportError, load_hf_base
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 from reviewgen.train.loop import LoopSettings, StepLog, run_loop
@@ -155,6 +156,16 @@ def _wrap(module: torch.nn.Module, name: str) -> torch.nn.Module:
     return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=kw)
 
 
+def _start_from_base(trainer: GANTrainer, base: dict) -> None:
+    """Load the --init-from base on this worker, checking it is the one the driver set the run up from."""
+    t = trainer.cfg.tokenizer
+    hf = load_hf_base(base["path"], prefix_len=t.prefix_len, max_review_len=t.max_review_len)
+    if hf.sha256 != base["sha256"]:
+        raise HFImportError(f"{base['path']}: the base weights on this worker differ from the driver's "
+                            f"(sha256 {hf.sha256[:12]} vs {base['sha256'][:12]}); every node must see the same files")
+    trainer.start_from_base(hf.state, base)
+
+
 def train_loop(c: dict) -> dict:
     """Ray Train worker function: resume if there is a checkpoint, then the one training loop."""
     ctx = ray.train.get_context()
@@ -170,6 +181,8 @@ def train_loop(c: dict) -> dict:
             run = trainer.resume_from(d)
     elif c["resume_from"]:
         run = trainer.resume_from(c["resume_from"])
+    elif c.get("base"):
+        _start_from_base(trainer, c["base"])
     batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
     sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step)
     val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
