@@ -142,3 +142,33 @@ def test_every_config_loads(path):
     cfg.finalize(vocab_size=cfg.tokenizer.vocab_size)
     if job.init_from is not None:
         assert job.init_from.is_absolute(), "a base path for a cluster job must not depend on the working dir"
+
+
+@pytest.mark.timeout(400)
+def test_ray_train_workers_start_from_the_same_base(ray_local, prepared_data, tiny_config, tmp_path):
+    """2 Ray Train workers x batch 4 from a base equal one process x batch 8 from it: had a worker started
+    elsewhere, its gradients would pull the averaged update away."""
+    from test_distributed import _assert_same_losses, _cfg, _steps, _weights
+
+    from reviewgen.train.distributed import run_distributed_training
+    from reviewgen.train.job import TrainJobConfig
+    from reviewgen.train.trainer import train_local
+
+    d = _base(tmp_path / "base", "gpt2")
+    one = train_local(prepared_data, tmp_path / "one", _cfg(tiny_config, 8, mle_steps=3), init_from=d,
+                      stop_after_phase="mle", log=lambda *_: None)
+    job = TrainJobConfig(data_dir=prepared_data, out=tmp_path / "two", num_workers=2, data_loader="sharded_memory",
+                         name="init", stop_after_phase="mle", init_from=d)
+    two = run_distributed_training(job, _cfg(tiny_config, 4, mle_steps=3), log=lambda *_: None)
+    _assert_same_losses(_steps(two), _steps(one))
+    # the key bias gets a gradient that is zero up to float noise (softmax ignores a shift shared by all
+    # keys), which Adam scales up to a full step of either sign: compare everything else
+    a, b = _weights(two / "mle"), _weights(one / "mle")
+    for k in a:
+        keep = torch.ones_like(a[k], dtype=torch.bool)
+        if k.endswith("attn.qkv.bias"):
+            keep[32:64] = False
+        assert (a[k] - b[k])[keep].abs().max().item() < ATOL, k
+    meta = json.loads((two / "meta.json").read_text())
+    assert meta["base"] == json.loads((one / "meta.json").read_text())["base"]
+    assert json.loads((two / "runs" / "init" / "setup" / "setup.json").read_text())["base"]["path"] == str(d.resolve())
