@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import transformers
@@ -82,6 +83,26 @@ def test_init_from_starts_from_the_base_weights(base, prepared_data, tmp_path):
         diff = (G(x)[..., :vocab] - hf(x).logits[..., :vocab]).abs().max().item()
     # AdamW's weight decay moves the weights by lr * wd = 0 with lr 0: only float noise is left
     assert diff < ATOL
+
+
+def test_without_an_mle_phase_the_base_is_the_reference(base):
+    """mle_steps 0: the trainer enters the disc phase at construction; the KL reference and D's trunk must
+    still be the base, not the random init."""
+    from reviewgen.core.config import RunConfig
+    from reviewgen.core.hf_import import init_from_hf
+    from reviewgen.train.trainer import GANTrainer, run_setup
+
+    _, d = base
+    cfg = RunConfig.from_yaml(TINY_CONFIG).override({"train.mle_steps": 0})
+    init = init_from_hf(d, cfg)
+    cfg, tok, cats = run_setup(pd.DataFrame({"category": ["a", "b"]}), cfg, init)
+    tr = GANTrainer(cfg, tok, cats)
+    assert tr.phase == "disc" and tr.ref is not None
+    tr.start_from_base(init.generator.state_dict(), init.meta)
+    for k, v in init.generator.state_dict().items():
+        assert torch.equal(tr.ref.state_dict()[k], v) and torch.equal(tr.G.state_dict()[k], v)
+    assert torch.equal(tr.D.state_dict()["tok_emb.weight"], init.generator.state_dict()["tok_emb.weight"])
+    assert tr.base == init.meta
 
 
 def test_yaml_job_section_carries_init_from(tmp_path):

@@ -130,9 +130,11 @@ class GANTrainer:
         missing = [k for k in missing if not (k == "lm_head.weight" and self.G.arch.tie_embeddings)]
         if missing or unexpected:
             raise HFImportError(f"base {base.get('path')}: its weights do not fit the generator "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         if not self._init_discriminator_from_generator():
             raise HFImportError(f"base {base.get('path')}: the discriminator's shape differs from the base's")
+        if self.ref is not None:  # no MLE phase (mle_steps 0): the base itself is the reference
+            self.ref.load_state_dict(self.G.state_dict())
         self.base = dict(base)
 
     # -- phases ----------------------------------------------------------------------------------
