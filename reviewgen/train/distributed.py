@@ -7,8 +7,9 @@ global batch is `train.batch_size * num_workers`.
 Storage layout (`storage_path/name`, default OUT/runs/reviewgen-train; a local dir, NFS, or s3:// / gs://):
 
     checkpoint_*/       Ray Train checkpoints (the core checkpoint format), the newest K kept
-    setup/              tokenizer.json + setup.json: the run's fitted tokenizer, categories and config,
-                        reused when the same name is started again, so a resumed run tokenizes alike
+    setup/              tokenizer.json + setup.json: the run's fitted (or --init-from base) tokenizer,
+                        categories, config and base record, reused when the same name is started again,
+                        so a resumed run tokenizes alike; fresh workers load the base weights it names
     mle_baseline/       the phase-1 end checkpoint (the MLE baseline), kept outside Ray's rotation
     metrics.jsonl       one line per step, written by rank 0 (steps re-run after a failure replace
                         the lines of the lost attempt)
