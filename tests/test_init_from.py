@@ -150,7 +150,8 @@ def test_export_default_format_and_checkpoint_alias_unchanged(tiny_model, tmp_pa
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e" / "meta.json").read_text())["version"]
     assert (tmp_path / "e" / "generator.safetensors").is_file()
-    r = CliRunner().invoke(app, ["export", "--model", str(tiny_model), "--format", "onnx", "--out", str(tmp_path / "x")])
+    r = CliRunner().invoke(app, ["export", "--model", str(tiny_model), "--format", "onnx",
+                                 "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--format" in r.output
 
 
