@@ -66,14 +66,27 @@ def score(
     log(f"scored {len(out) - unscored} reviews -> {output} (mean p_human {out['p_human'].mean():.3f}"
         + (f"; {unscored} not scored: {dict(out['score_reason'].value_counts())}" if unscored else "") + ")")
 def export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Trained model or checkpoint directory."),
-    out: Path = typer.Option(..., "--out", help="Model directory to write (serving files + content-hash version)."),
+    model: Path = typer.Option(..., "--model", "--checkpoint", help="Trained model or checkpoint directory "
+                               "(--checkpoint is the older name of this flag)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    format_: str = typer.Option("reviewgen", "--format", help="reviewgen (default): a model directory for the "
+                                "generate and serve jobs (serving files + content-hash version). hf: the "
+                                "generator as a Hugging Face model directory (config.json, model.safetensors, "
+                                "tokenizer with the condition tokens, README.md with the prompt layout) that "
+                                "transformers, vLLM and ray.data.llm load."),
 ):
-    """Export a checkpoint to a model directory for the generate and serve jobs."""
+    """Export a trained model: for the generate and serve jobs, or (--format hf) for Hugging Face tools."""
     from reviewgen.core.checkpoint import CheckpointError, export_model
+    from reviewgen.core.hf import HFFormatError
+    from reviewgen.core.hf_export import export_hf
 
+    if format_ not in ("reviewgen", "hf"):
+        fail(ValueError(f"--format must be reviewgen or hf, got {format_!r}"))
     try:
-        d = export_model(checkpoint, out)
-    except (CheckpointError, *USER_ERRORS) as e:
+        d = export_hf(model, out) if format_ == "hf" else export_model(model, out)
+    except (CheckpointError, HFFormatError, *USER_ERRORS) as e:
         fail(e)
-    log(f"exported {d} (version {json.loads((d / 'meta.json').read_text())['version']})")
+    if format_ == "hf":
+        log(f"exported {d} (Hugging Face format: load with transformers.AutoModelForCausalLM.from_pretrained)")
+    else:
+        log(f"exported {d} (version {json.loads((d / 'meta.json').read_text())['version']})")

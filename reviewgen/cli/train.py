@@ -42,6 +42,10 @@ def train(
     data_loader: Optional[str] = typer.Option(None, "--data-loader", help="ray_data (default): streamed Ray Dataset "
                                               "shards; sharded_memory: in-memory slices of one global batch (exact "
                                               "1-vs-N worker equivalence; small data only)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start G and D from this local Hugging "
+                                             "Face model directory (config.json, *.safetensors, tokenizer.json; "
+                                             "gpt2, llama or qwen2) and use its tokenizer. Nothing is downloaded. "
+                                             "Ray Train mode: every worker reads it (use shared storage)."),
     stop_after_phase: Optional[str] = typer.Option(None, "--stop-after-phase", help="Stop (resumably, with a "
                                                    "usable model at OUT) after this phase ends: mle, disc or adv."),
     mle_steps: Optional[int] = typer.Option(None, help="Override train.mle_steps."),
@@ -69,6 +73,7 @@ def train(
             "keep_checkpoints": keep_checkpoints, "resume_from": resume_from, "cpus_per_worker": cpus_per_worker,
             "data_loader": data_loader, "stop_after_phase": stop_after_phase, "device": device,
             "tracking_uri": tracking_uri,
+            "init_from": init_from,
         }, run_flags={"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
                       "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
         tracker = _start_tracking(job, cfg)
@@ -86,7 +91,8 @@ def train(
                     raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
                 final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
                                     device=job.device or ("cuda" if job.use_gpu else None), log=log,
-                                    stop_after_phase=job.stop_after_phase, tracker=tracker)
+                                    stop_after_phase=job.stop_after_phase, init_from=job.init_from,
+                                    tracker=tracker)
             ok = True
         finally:
             if tracker is not None:

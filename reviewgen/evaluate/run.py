@@ -4,6 +4,8 @@ scorer against baselines, the production output filter on generated text, and a 
 
 from __future__ import annotations
 
+import importlib.util
+
 import math
 import time
 import dataclasses
@@ -20,6 +22,7 @@ from reviewgen.core.models import count_params
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filter_verdicts
+from reviewgen.evaluate.fluency import fluency_markdown, fluency_section
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, Log, aggregate, embedding_metrics,
                                         match_diversity, quality_metrics, reference_pools, split_eval_rows)
@@ -169,10 +172,15 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         "model_dir": str(ood_model_dir), "version": ood.version, "generator_params": count_params(ood.generator),
         "generator_config": ood.config.to_dict()["generator"], "seed": ood.config.train.seed,
         "trained_on": ood.meta.get("trained_on", ood.meta.get("data_hash"))}
+    # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
+    result["fluency"] = fluency_section(ck, samples, ev, test, train, load_split(data_dir, "val"), clf,
+                                        tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
     result["targets"] = check_targets(result)
     result["meta"]["wall_time_s"] = time.time() - t0
     write_report(result, out_dir, model_dir=model_dir, ev=ev, samples=samples, clf=clf, review_filter=review_filter,
                  scorer_extra=scorer_extra)
+    with open(out_dir / "report.md", "a") as fh:
+        fh.write("\n" + fluency_markdown(result["fluency"]))
     write_json_atomic(out_dir / "metrics.json", result)
     log(f"report written to {out_dir} in {time.time() - t0:.0f}s")
     return result
@@ -183,12 +191,7 @@ def run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temper
     """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol."""
     history = read_history(Path(model_dir) / "metrics.jsonl")
     cfg = ck["gan"].config
-    try:
-        import mauve  # noqa: F401
-
-        mauve_ok = True
-    except ImportError:
-        mauve_ok = False
+    mauve_ok = importlib.util.find_spec("mauve") is not None
     return {
         "model_dir": str(model_dir), "baseline_dir": str(baseline_dir), "data_dir": str(data_dir),
         "model_version": ck["gan"].version, "baseline_version": ck["mle"].version, "device": device,

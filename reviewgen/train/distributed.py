@@ -7,8 +7,9 @@ global batch is `train.batch_size * num_workers`.
 Storage layout (`storage_path/name`, default OUT/runs/reviewgen-train; a local dir, NFS, or s3:// / gs://):
 
     checkpoint_*/       Ray Train checkpoints (the core checkpoint format), the newest K kept
-    setup/              tokenizer.json + setup.json: the run's fitted tokenizer, categories and config,
-                        reused when the same name is started again, so a resumed run tokenizes alike
+    setup/              tokenizer.json + setup.json: the run's fitted (or --init-from base) tokenizer,
+                        categories, config and base record, reused when the same name is started again,
+                        so a resumed run tokenizes alike; fresh workers load the base weights it names
     mle_baseline/       the phase-1 end checkpoint (the MLE baseline), kept outside Ray's rotation
     metrics.jsonl       one line per step, written by rank 0 (steps re-run after a failure replace
                         the lines of the lost attempt)
@@ -36,7 +37,8 @@ from ray.train.torch import TorchTrainer
 
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.config import RunConfig
-from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer
+from reviewgen.core.encoding import encode_frame
+from reviewgen.core.hf_import import init_from_hf
 from reviewgen.data.corpus import load_split
 from reviewgen.infra.progress import ProgressRelay
 from reviewgen.infra.runtime import ensure_ray
@@ -44,18 +46,21 @@ from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.job import TrainJobConfig, TrainJobError
 from reviewgen.train.ray_worker import download_dir, encode_batch, shipped_tokenizer, train_loop
-from reviewgen.train.trainer import GANTrainer
+from reviewgen.train.trainer import GANTrainer, run_setup
 
 READ_COLUMNS = ["product_title", "category", "rating", "sentiment", "language", "text"]
 
 
-def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunConfig, Any, list[str]]:
-    """The run's (config, tokenizer, categories): from --resume-from, from an earlier start of the same
-    run name, or fitted now (and stored, so restarts and reruns tokenize identically)."""
+def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df,
+               log) -> tuple[RunConfig, Any, list[str], dict | None]:
+    """The run's (config, tokenizer, categories, base record): from --resume-from, from an earlier start of
+    the same run name, or set up now (the BPE tokenizer fitted, or the --init-from base read) and stored, so
+    restarts and reruns tokenize identically. The base record (meta.json's "base") tells fresh workers
+    which base weights to load."""
     if job.resume_from is not None:
         ck = load_checkpoint(job.resume_from, "cpu")
         log(f"starting from checkpoint {job.resume_from} (phase {ck.meta.get('phase')}, step {ck.meta.get('step')})")
-        return ck.config, ck.tokenizer, ck.categories
+        return ck.config, ck.tokenizer, ck.categories, ck.meta.get("base")
     fs, root = filesystem(job.storage)
     setup = f"{root}/{job.run_name}/setup"
     doc = read_text(fs, f"{setup}/setup.json")
@@ -65,15 +70,18 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> tuple[RunC
         tok = shipped_tokenizer(read_text(fs, f"{setup}/tokenizer.json"), run_cfg.tokenizer.prefix_len,
                                 run_cfg.tokenizer.max_review_len)
         log(f"run {job.run_name!r} exists in {job.storage}: continuing it with its stored config and tokenizer")
-        return run_cfg, tok, list(d["categories"])
-    tok = fit_tokenizer(train_df, cfg)
-    categories = build_categories(train_df, cfg.discriminator.n_categories)
-    cfg = cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories))
+        return run_cfg, tok, list(d["categories"]), d.get("base")
+    init = init_from_hf(job.init_from, cfg) if job.init_from is not None else None
+    cfg, tok, categories = run_setup(train_df, cfg, init)
+    base = init.meta if init is not None else None
+    if base is not None:
+        log(f"starting from base {base['path']} ({base['model_type']}, sha256 {base['sha256'][:12]})")
     with tempfile.TemporaryDirectory() as tmp:
         tok.save(Path(tmp) / "tokenizer.json")
         write_text(fs, f"{setup}/tokenizer.json", (Path(tmp) / "tokenizer.json").read_text())
-    write_text(fs, f"{setup}/setup.json", json.dumps({"config": cfg.to_dict(), "categories": categories}))
-    return cfg, tok, categories
+    write_text(fs, f"{setup}/setup.json", json.dumps({"config": cfg.to_dict(), "categories": categories,
+                                                      **({"base": base} if base else {})}))
+    return cfg, tok, categories, base
 
 
 def _connect(job: TrainJobConfig, log) -> None:
@@ -113,7 +121,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(job.data_dir).resolve()
     train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
-    cfg, tok, categories = _run_setup(job, cfg, train_df, log)
+    cfg, tok, categories, base = _run_setup(job, cfg, train_df, log)
     _connect(job, log)
     t = cfg.train
     global_bs = t.batch_size * job.num_workers
@@ -127,6 +135,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
         "stop_after_phase": job.stop_after_phase, "deadline": deadline, "data_hash": data_hash_of(data_dir),
         "tracking": (tracker.uri, tracker.run_id) if tracker is not None else None,
         "threads": max(1, int(job.cpus_per_worker)),
+        "base": base,
     }
     datasets = None
     if job.data_loader == "sharded_memory":

@@ -52,7 +52,8 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
                           "complete": complete, "phase": trainer.phase, "step": trainer.step,
                           "global_step": trainer.global_step,
                           "metrics": {"val_nll": final_val, "calibration": calib},
-                          "rating_distribution": rating_distribution(train_df)})
+                          "rating_distribution": rating_distribution(train_df),
+                          **({"base": trainer.base} if trainer.base is not None else {})})
     ngram_file.unlink(missing_ok=True)
     what = "final model" if complete else f"partial model (phase {trainer.phase}, step {trainer.step})"
     log(f"{what} written to {out} (val NLL {final_val:.3f}, {len(idx)} n-grams indexed)")

@@ -47,11 +47,14 @@ class TrainJobConfig:
     max_minutes: float | None = None
     device: str | None = None  # in-process mode: cpu or cuda
     tracking_uri: str | None = None  # MLflow tracking URI (e.g. file:./mlruns); None: no tracking
+    # a local Hugging Face model directory (config.json, *.safetensors, tokenizer.json) G and D start from;
+    # in Ray Train mode every worker reads it, so it must be on storage all nodes mount
+    init_from: Path | None = None
 
     def __post_init__(self):
         # YAML and --set values arrive untyped where the default is None
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen)
-        for key in ("data_dir", "out", "resume_from"):
+        for key in ("data_dir", "out", "resume_from", "init_from"):
             set_(key, _path(getattr(self, key)))
         if self.storage_path is not None:
             set_("storage_path", str(self.storage_path))

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
+from reviewgen.core.hf_import import HFImportError, load_hf_base
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.progress import send as send_progress
 from reviewgen.infra.tracking import Tracker
@@ -162,6 +163,16 @@ def _wrap(module: torch.nn.Module, name: str) -> torch.nn.Module:
     return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=kw)
 
 
+def _start_from_base(trainer: GANTrainer, base: dict) -> None:
+    """Load the --init-from base on this worker, checking it is the one the driver set the run up from."""
+    t = trainer.cfg.tokenizer
+    hf = load_hf_base(base["path"], prefix_len=t.prefix_len, max_review_len=t.max_review_len)
+    if hf.sha256 != base["sha256"]:
+        raise HFImportError(f"{base['path']}: the base weights on this worker differ from the driver's "
+                            f"(sha256 {hf.sha256[:12]} vs {base['sha256'][:12]}); every node must see the same files")
+    trainer.start_from_base(hf.state, base)
+
+
 def train_loop(c: dict) -> dict:
     """Ray Train worker function: resume if there is a checkpoint, then the one training loop."""
     ctx = ray.train.get_context()
@@ -179,6 +190,8 @@ def train_loop(c: dict) -> dict:
             run = trainer.resume_from(d)
     elif c["resume_from"]:
         run = trainer.resume_from(c["resume_from"])
+    elif c.get("base"):
+        _start_from_base(trainer, c["base"])
     batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
     # rank 0 logs to the driver's MLflow run (reviewgen.infra.tracking), when one was started
     tracker = Tracker.attach(*c["tracking"]) if c.get("tracking") and rank == 0 else None

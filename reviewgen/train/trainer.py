@@ -23,6 +23,7 @@ from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_che
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import to_tensor, build_categories, encode_frame, fit_tokenizer, fixed_batches
+from reviewgen.core.hf_import import HFImportError, HFInit, init_from_hf
 from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
@@ -117,7 +118,24 @@ class GANTrainer:
         T = cfg.tokenizer.prefix_len + cfg.tokenizer.max_review_len
         self.replay = torch.zeros((t.replay_size, T), dtype=torch.long)
         self.replay_n = 0
+        self.base: dict[str, Any] | None = None  # meta.json's record of a pretrained base (--init-from)
         self._skip_empty_phases()
+
+    def start_from_base(self, generator_state: dict[str, torch.Tensor], base: dict[str, Any]) -> None:
+        """Start G from a pretrained base's weights (our names, e.g. `HFBase.state`) and D from its trunk;
+        `base` (path, architecture, weight hash) goes into every checkpoint's meta.json. Call before the
+        first step; every worker of a run must load the same weights."""
+        missing, unexpected = self.G.load_state_dict(generator_state, strict=False)
+        # a tied head is the embedding, so a base state may leave it out
+        missing = [k for k in missing if not (k == "lm_head.weight" and self.G.arch.tie_embeddings)]
+        if missing or unexpected:
+            raise HFImportError(f"base {base.get('path')}: its weights do not fit the generator "
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if not self._init_discriminator_from_generator():
+            raise HFImportError(f"base {base.get('path')}: the discriminator's shape differs from the base's")
+        if self.ref is not None:  # no MLE phase (mle_steps 0): the base itself is the reference
+            self.ref.load_state_dict(self.G.state_dict())
+        self.base = dict(base)
 
     # -- phases ----------------------------------------------------------------------------------
     def phase_length(self, phase: str | None = None) -> int:
@@ -291,11 +309,14 @@ class GANTrainer:
             raise CheckpointError(f"{path}: no train_state.pt, so it cannot be resumed (it is an exported model)")
         self.load_state_dict(ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(),
                              ck.reference_state)
+        self.base = ck.meta.get("base")
         return dict(ck.train_state.get("run", {}))
 
     def save(self, path: str | Path, meta: dict | None = None, run_state: dict | None = None) -> Path:
         """Write a resumable training checkpoint."""
         meta = dict(meta or {}, phase=self.phase, step=self.step, global_step=self.global_step)
+        if self.base is not None:
+            meta["base"] = self.base
         return save_checkpoint(path, config=self.cfg, categories=self.categories, tokenizer=self.tok,
                                generator=self.G, discriminator=self.D, reference=self.ref, meta=meta,
                                train_state=self.state_dict(run_state))
@@ -303,6 +324,17 @@ class GANTrainer:
     def describe(self) -> str:
         return (f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params, "
                 f"device {self.device}")
+
+
+def run_setup(train_df, cfg: RunConfig, init: HFInit | None = None) -> tuple[RunConfig, ReviewTokenizer, list[str]]:
+    """A fresh run's (config, tokenizer, categories): the BPE tokenizer fitted on the training text, or
+    with `init`, the base's tokenizer and architecture."""
+    if init is not None:
+        cfg, tok = init.config, init.tokenizer
+    else:
+        tok = fit_tokenizer(train_df, cfg)
+    categories = build_categories(train_df, cfg.discriminator.n_categories)
+    return cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories)), tok, categories
 
 
 # -- single-process driver --------------------------------------------------------------------------
@@ -341,27 +373,35 @@ class LocalSink:
 
 def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
                 device: str | None = None, log: Callable[[str], None] = print, resume: bool = True,
-                stop_after_phase: str | None = None, tracker=None) -> Path:
+                stop_after_phase: str | None = None, init_from: str | Path | None = None,
+                tracker=None) -> Path:
     """Train in this process and write OUT: the model (final, or partial with its phase in meta.json when
     the time budget or `stop_after_phase` ends the run first), OUT/mle (the MLE baseline), OUT/state
-    (resumable: the same call continues from it) and OUT/metrics.jsonl. With a `tracker`
-    (reviewgen.infra.tracking), every step's metrics are logged to it too."""
+    (resumable: the same call continues from it) and OUT/metrics.jsonl.
+
+    With `init_from` (a local Hugging Face model directory), a fresh run starts G and D from that base,
+    with its tokenizer and architecture (see `reviewgen.core.hf_import.init_from_hf`); a resumed run
+    continues from OUT/state as always. With a `tracker` (reviewgen.infra.tracking), every step's metrics
+    are logged to it too."""
     deadline = time.time() + 60 * max_minutes if max_minutes else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
     state_dir = out / "state"
+    init = None
     if resume and (state_dir / "meta.json").is_file():
         ck = load_checkpoint(state_dir, "cpu")
         cfg, tok, categories = ck.config, ck.tokenizer, ck.categories
         log(f"resuming from {state_dir} (phase {ck.meta.get('phase')}, step {ck.meta.get('step')})")
     else:
         ck = None
-        tok = fit_tokenizer(train_df, cfg)
-        categories = build_categories(train_df, cfg.discriminator.n_categories)
-        cfg = cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories))
+        init = init_from_hf(init_from, cfg) if init_from is not None else None
+        cfg, tok, categories = run_setup(train_df, cfg, init)
     trainer = GANTrainer(cfg, tok, categories, dev)
+    if ck is None and init is not None:
+        trainer.start_from_base(init.generator.state_dict(), init.meta)
+        log(f"starting from base {init.meta['path']} ({init.meta['model_type']}, sha256 {init.meta['sha256'][:12]})")
     val_batches = fixed_batches(encode_frame(val_df, tok, categories), cfg.train.batch_size, cfg.train.val_batches, dev)
     loader = TensorBatches(encode_frame(train_df, tok, categories), cfg.train.batch_size, cfg.train.seed, dev)
     run = trainer.resume_from(state_dir) if ck is not None else {}
