@@ -38,8 +38,7 @@ def _child(name: str, quick: bool, threads: int | None, result_path: str) -> Non
     mod = importlib.import_module(f"bench.bench_{name}")
     load0 = os.getloadavg()
     t = time.perf_counter()
-    # bench_sampling.main takes no arguments (its sizes are fixed)
-    res = mod.main() if name == "sampling" else mod.main(quick)
+    res = mod.main(quick)
     out = {"bench": name, "ok": True, "wall_s": round(time.perf_counter() - t, 1), "quick": quick,
            "torch_threads": torch.get_num_threads(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -128,15 +127,20 @@ def render_md(doc: dict[str, Any]) -> str:
 
 
 def _md_sampling(x: dict[str, Any]) -> list[str]:
-    out = [f"Model {x['size']}, batch {x['batch']}, prefix {x['prefix']}, {x['new_tokens']} new tokens.", "",
-           "| method | reviews/s | tokens/s | peak RSS MB | fraction of matmul peak |", "|---|---|---|---|---|"]
-    for k, v in x["methods"].items():
-        out.append(f"| {k} | {_f(v.get('reviews_per_s'))} | {_f(v.get('tokens_per_s'), 0)} | "
-                   f"{_f(v.get('peak_rss_mb'), 0)} | {_f(v.get('fraction_of_matmul_peak'), 3)} |"
-                   if "reviews_per_s" in v else f"| {k} | {v.get('error')} | | | |")
-    if "speedup_vs_hf" in x:
-        out += ["", f"KV cache vs HF generate: {x['speedup_vs_hf']:.2f}x; vs no cache: {x['speedup_vs_nocache']:.2f}x."]
-    return out
+    out = [f"Prefix {x['prefix']}, {x['new_tokens']} new tokens, best of {x['repeats']}; torch threads "
+           f"{x['torch_threads']} (interop {x['interop_threads']}) on {x['cpu_count']} CPUs; load average "
+           f"{_f(x['loadavg_before'][0], 2)} -> {_f(x['loadavg_after'][0], 2)}. {x['note']}.", "",
+           "| case | method | reviews/s | tokens/s | achieved GFLOP/s | fraction of matmul peak |",
+           "|---|---|---|---|---|---|"]
+    goals = []
+    for name, c in x["cases"].items():
+        for k, v in c["methods"].items():
+            out.append(f"| {name} | {k} | {_f(v['reviews_per_s'])} | {_f(v['tokens_per_s'], 0)} | "
+                       f"{_f(v['achieved_gflops'])} | {_f(v['fraction_of_matmul_peak'], 3)} |")
+        for g, v in c["goals"].items():
+            goals.append(f"- {name}: {g} {v['value']} (goal {v['goal']}, matmul peak "
+                         f"{_f(c['matmul_peak_gflops'])} GFLOP/s): **{v['verdict']}**.")
+    return out + [""] + goals
 
 
 def _md_train(x: dict[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ import torch
 
 from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
 from reviewgen.core.models import Discriminator, Generator
+from reviewgen.core import sampling
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer, review_mask
 
@@ -133,6 +134,49 @@ def test_sample_pads_after_eos(tok):
     for row in rows:
         if tok.eos_id in row:
             assert all(t == tok.pad_id for t in row[row.index(tok.eos_id) + 1:])
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.5), (5, 1.0), (40, 0.8), (64, 1.0), (100, 0.95),
+                                         (300, 1.0)])
+@pytest.mark.parametrize("scale", [0.05, 3.0, 12.0])
+def test_topk_head_picks_the_full_sort_tokens(top_k, top_p, scale):
+    # flat (head never reaches top_p), middling and peaked rows, plus exact ties across the head's edge
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(48, 500, generator=g) * scale
+    logits[:4, :90] = 1.5
+    logits[4:8, 100:103] = 20.0
+    params = SamplingParams(8, 1.0, top_k, top_p)
+    for t in range(4):
+        u = torch.rand(48, generator=g, dtype=torch.float64)
+        u[0] = 1.0 - 2.0 ** -53  # the inverse CDF's last step
+        assert torch.equal(sampling.pick_tokens(logits, u, params),
+                           sampling._pick_sorted(torch.softmax(logits, dim=-1), u, params))
+
+
+def test_key_sort_is_the_stable_descending_sort():
+    probs = torch.softmax(torch.randn(6, 700) * 0.01, dim=-1)
+    probs[:, 100:200] = probs[:, 50:51]  # ties keep index order
+    a = torch.sort(probs, dim=-1, descending=True, stable=True)
+    b = sampling._stable_sort_desc(probs)
+    assert torch.equal(a.values, b[0]) and torch.equal(a.indices, b[1])
+
+
+def test_masked_finished_rows_match_compacting_every_step(tok, monkeypatch):
+    g = tiny_g(tok.vocab_size)
+    with torch.no_grad():  # shift the final LayerNorm towards <eos>'s embedding: rows finish at varied steps
+        w = g.lm_head.weight[tok.eos_id]
+        g.ln_f.bias.copy_(4.0 * w / w.norm() ** 2)
+    conds = [Condition("Kindle", "E-Readers", 1 + i % 5) for i in range(16)]
+    u = counter_uniforms([row_seed(f"p{i}", 0, 3) for i in range(16)], R)
+    params = SamplingParams(R, 1.0, 0, 0.9)
+    outs = []
+    for threshold in (1.01, 0.75, 0.0):  # compact at every finish, below 3/4 live, never
+        monkeypatch.setattr(sampling, "COMPACT_BELOW", threshold)
+        outs.append(sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                           uniforms=u))
+    ends = [r.index(tok.eos_id) for r in outs[0].tolist() if tok.eos_id in r]
+    assert len(set(ends)) > 1  # rows did finish at different steps
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
 def test_chinese_target_rating_becomes_sentiment():
