@@ -8,6 +8,7 @@ behaviour: everything on the console.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -86,16 +87,41 @@ _RAY_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet|autoscaler|([\w:.\-]+ )?p
 _MAYBE_PREFIX = ("(", "\x1b[2m", "\x1b[3")
 
 
-class _PrefixRouter:
+class _PrefixRouter(io.TextIOBase):
     """A text stream that sends lines carrying a Ray worker prefix to a logger and passes the rest on.
 
     Text is passed on as it comes (progress bars redraw with carriage returns); only a line that starts
-    like a Ray prefix is held until its end to decide where it goes."""
+    like a Ray prefix is held until its end to decide where it goes. It presents the wrapped stream's
+    encoding, descriptor and tty-ness, so libraries that inspect sys.stdout treat it as the console."""
 
     def __init__(self, stream, logger: logging.Logger):
+        super().__init__()
         self._stream, self._logger, self._held = stream, logger, ""
 
-    def write(self, text: str) -> int:
+    @property
+    def encoding(self):
+        return getattr(self._stream, "encoding", "utf-8")
+
+    @property
+    def errors(self):
+        return getattr(self._stream, "errors", "strict")
+
+    @property
+    def buffer(self):
+        return self._stream.buffer
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text) -> int:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode(self.encoding or "utf-8", "replace")
         n = len(text)
         while text:
             if self._held or text.startswith(_MAYBE_PREFIX):
@@ -117,9 +143,6 @@ class _PrefixRouter:
 
     def flush(self) -> None:
         self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 class _RunLogHandler(logging.FileHandler):
