@@ -7,15 +7,17 @@ import copy
 import json
 import shutil
 
+import mlflow
 import pytest
 
-from reviewgen.cli.evaluate import train_ood_model
+from reviewgen.cli.evaluate import log_evaluation, train_ood_model
 from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.encoding import conditions
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.quality import match_diversity, split_eval_rows
 from reviewgen.evaluate.run import EvalConfig, run_evaluation
 from reviewgen.evaluate.targets import check_targets
+from reviewgen.infra.tracking import Tracker
 from reviewgen.score.calibration import sample_fakes
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
@@ -171,3 +173,17 @@ def test_sample_fakes_spreads_over_generators_and_temperatures(tiny_model, prepa
     assert len(sample_fakes(gens, ck.tokenizer, conds, (1.0,), seed=3, key_prefix="t")[0]) == len(conds)
     with pytest.raises(ValueError, match="sample_fakes"):
         sample_fakes([], ck.tokenizer, conds, (1.0,), seed=0, key_prefix="t")
+
+
+def test_evaluation_is_logged_to_the_tracking_store(evaluated, tmp_path) -> None:
+    model, out, result = evaluated
+    uri = f"file:{tmp_path / 'mlruns'}"
+    tracker = Tracker.start(uri, "reviewgen-evaluate", "eval")
+    log_evaluation(tracker, model, out, EvalConfig(fast=True), result, out)
+    client = mlflow.tracking.MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.data.params["eval.fast"] == "True" and run.info.status == "FINISHED"
+    assert len(run.data.metrics) > 20 and all(isinstance(v, float) for v in run.data.metrics.values())
+    artifacts = {a.path for a in client.list_artifacts(tracker.run_id, "report")}
+    assert {"report/report.md", "report/metrics.json", "report/scorer_roc.png"} <= artifacts
+    assert run.data.tags["model_version"] == result["meta"]["model_version"]

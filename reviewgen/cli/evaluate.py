@@ -33,11 +33,15 @@ def evaluate(
                                              "for the scorer's out-of-family check [default: a small one trained "
                                              "here on half the train products, cached in OUT/ood_model]."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Log the metrics to MLflow at this URI "
+                                               "(e.g. file:./mlruns) and attach the report and plots as artifacts. "
+                                               "Needs `pip install 'reviewgen[track]'`. Off by default."),
 ):
     """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
     from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.data.sources import DataError
     from reviewgen.evaluate.run import EvalConfig, run_evaluation
+    from reviewgen.infra.tracking import Tracker, TrackingError
 
     try:
         cfg = EvalConfig(temperatures=floats(temperatures), n_products=products,
@@ -46,10 +50,24 @@ def evaluate(
                          fast=fast, device=device)
         if ood_model is None:
             ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
-        run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model, log=log)
-    except (CheckpointError, DataError, *USER_ERRORS) as e:
+        # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
+        tracker = Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
+        result = run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model, log=log)
+        if tracker is not None:
+            log_evaluation(tracker, model, data, cfg, result, out)
+    except (CheckpointError, DataError, TrackingError, *USER_ERRORS) as e:
         fail(e)
     log(f"report written to {out}")
+
+
+def log_evaluation(tracker, model: Path, data: Path, cfg, result: dict, out: Path) -> None:
+    """Log an evaluation to its tracking run: settings as params, every numeric metric, the model version
+    as a tag, and the report directory (report.md, metrics.json, plots) as artifacts."""
+    tracker.log_params({"model": str(model), "data": str(data), "eval": vars(cfg)})
+    tracker.log_metrics({k: v for k, v in result.items() if k != "meta"}, step=0)
+    tracker.log_artifacts(out, artifact_path="report")
+    tracker.set_tags({"model_version": result.get("meta", {}).get("model_version")})
+    tracker.finish()
 
 
 # A generator the scorer never saw: another size, seed and tokenizer, trained on another set of products.

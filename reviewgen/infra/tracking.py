@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,6 +54,11 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _name(key: str) -> str:
+    """A metric or param name MLflow accepts (letters, digits, _ - . / and spaces)."""
+    return re.sub(r"[^\w\-./ ]", "_", key)[:250]
+
+
 class Tracker:
     """One MLflow run. Create with `Tracker.start` (a new run) or `Tracker.attach` (an existing run id)."""
 
@@ -82,15 +88,17 @@ class Tracker:
         """Log a (possibly nested) config as params; values longer than MLflow allows are cut."""
         flat = flatten(params)
         items = [(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)) for k, v in flat.items()]
-        self._client.log_batch(self.run_id, params=[self._entities.Param(k, v[:6000]) for k, v in items])
+        params = [self._entities.Param(_name(k), v[:6000]) for k, v in items]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self._client.log_batch(self.run_id, params=params[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log the finite numeric values of `metrics` at `step` (strings and NaN are skipped)."""
         ts = int(time.time() * 1000)
-        batch = [self._entities.Metric(k, float(v), ts, int(step)) for k, v in flatten(metrics).items()
+        batch = [self._entities.Metric(_name(k), float(v), ts, int(step)) for k, v in flatten(metrics).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-        if batch:
-            self._client.log_batch(self.run_id, metrics=batch)
+        for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            self._client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set string tags on the run (e.g. the final model version)."""
