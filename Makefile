@@ -11,12 +11,15 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
+# pip's own notices go to .venv/install.log (shown in full if the install fails), so the console stays ours.
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev,eval,embed,bench,track]" "$(TORCH_PIN)"
-	touch $@
+	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@{ $(BIN)/pip install -q --upgrade pip && \
+	   $(BIN)/pip install -q "$(TORCH_PIN)" && \
+	   $(BIN)/pip install -q -e ".[dev,eval,embed,bench,track]" "$(TORCH_PIN)"; } > $(VENV)/install.log 2>&1 \
+	   || { cat $(VENV)/install.log; echo "install failed (log: $(VENV)/install.log)"; exit 1; }
+	@touch $@
 
 ## make test: the whole suite on CPU with tiny models and one local Ray per session
 test: install
@@ -24,7 +27,7 @@ test: install
 
 ## make demo: prepare the carried sample, train (Ray Train), generate (Ray Data), score (Ray Serve), report
 demo: install
-	$(BIN)/reviewgen demo --out runs/demo
+	@$(BIN)/reviewgen demo --out runs/demo
 
 ## make eval: the evaluation report on the demo model (run `make demo` first)
 eval: install
