@@ -103,9 +103,10 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     from reviewgen.serve.app import build_app
 
+    quiet_ray_loggers()  # importing ray.serve attaches Serve's own console handler
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(model_dir)), name="scorer", route_prefix="/")
-    quiet_ray_loggers()  # Serve attaches its own console handlers when it starts
+    quiet_ray_loggers()  # and starting it may again
     test = load_split(data_dir, "test")
     real = test.groupby("language").head(4)
     products = pd.read_parquet(catalog).set_index("product_id")

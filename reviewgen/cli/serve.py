@@ -29,7 +29,10 @@ def serve(
     command started them)."""
     from reviewgen.core.config import parse_set_options
     from reviewgen.serve.config import ServeConfig
+    from reviewgen.infra.console import quiet_ray_loggers
     from reviewgen.serve.app import run_server
+
+    quiet_ray_loggers()  # importing ray.serve attaches Serve's own console handler
 
     try:
         cfg = (ServeConfig.from_yaml(config) if config else ServeConfig()).with_overrides(parse_set_options(set_))
