@@ -200,7 +200,7 @@ def test_job_entrypoint_parses_overrides_and_validates(prepared_data, tmp_path, 
 
     seen = {}
 
-    def fake(job_cfg, cfg, log=print):
+    def fake(job_cfg, cfg, log=print, tracker=None):
         seen.update(cfg=cfg, job=job_cfg)
         return Path(job_cfg.out)
 
