@@ -106,18 +106,18 @@ def test_signals_through_http(scorer) -> None:
 
     flt = ReviewFilter(FilterConfig(check_copy=False), scorer.tok)
 
-    class Backend:  # the replica's ScoreBackend, without Ray
-        def ready(self) -> bool:
-            return True
+    class Backend:  # the ScoreBackend protocol of reviewgen.serve.api, without Ray
+        async def readiness(self):
+            return None
 
-        def model_info(self):
+        async def model_info(self):
             return {"model_version": scorer.version, "detector": scorer.mode}
 
-        def stats(self):
+        async def stats(self):
             return {}
 
         async def score(self, reviews):
-            return score_reviews(scorer, flt, reviews)
+            return {"model_version": scorer.version, "results": score_reviews(scorer, flt, reviews)}
 
         def record_request(self, route, status, seconds) -> None:
             pass
