@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
@@ -149,3 +150,35 @@ def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict],
     if saved_at != trainer.global_step:
         checkpoint(False)
     return LoopResult(stopped, trainer.phase, trainer.step, trainer.global_step)
+
+
+class LocalSink:
+    """The loop's sink in one process: OUT/state (resumable), OUT/mle (baseline), OUT/metrics.jsonl."""
+
+    is_chief = True
+
+    def __init__(self, out: Path, keep_through_step: int, log: Callable[[str], None], tracker=None):
+        self.out, self.log = out, log
+        path = out / "metrics.jsonl"
+        self.steps = StepLog(lambda: path.read_text() if path.is_file() else None, path.write_text,
+                             keep_through_step, tracker)
+
+    def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return dict(metrics)
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def progress(self, msg: str) -> None:
+        self.steps.flush()
+        self.log(msg)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self.steps.add(rec)
+
+    def checkpoint(self, trainer, run_state: dict, meta: dict, summary: dict,
+                   baseline_meta: dict | None) -> None:
+        trainer.save(self.out / "state", meta=meta, run_state=run_state)
+        if baseline_meta is not None:
+            trainer.save(self.out / "mle", meta=baseline_meta, run_state=run_state)
+        self.steps.flush()

@@ -30,7 +30,7 @@ from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, 
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.data.corpus import load_split
 from reviewgen.train.export import data_hash_of, finalize_model
-from reviewgen.train.loop import LoopSettings, StepLog, run_loop
+from reviewgen.train.loop import LocalSink, LoopSettings, run_loop
 
 PHASES = ("mle", "disc", "adv", "done")
 
@@ -338,38 +338,6 @@ def run_setup(train_df, cfg: RunConfig, init: HFInit | None = None) -> tuple[Run
 
 
 # -- single-process driver --------------------------------------------------------------------------
-
-class LocalSink:
-    """The loop's sink in one process: OUT/state (resumable), OUT/mle (baseline), OUT/metrics.jsonl."""
-
-    is_chief = True
-
-    def __init__(self, out: Path, keep_through_step: int, log: Callable[[str], None], tracker=None):
-        self.out, self.log = out, log
-        path = out / "metrics.jsonl"
-        self.steps = StepLog(lambda: path.read_text() if path.is_file() else None, path.write_text,
-                             keep_through_step, tracker)
-
-    def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return dict(metrics)
-
-    def agree(self, flag: bool) -> bool:
-        return flag
-
-    def progress(self, msg: str) -> None:
-        self.steps.flush()
-        self.log(msg)
-
-    def record(self, rec: dict[str, Any]) -> None:
-        self.steps.add(rec)
-
-    def checkpoint(self, trainer: GANTrainer, run_state: dict, meta: dict, summary: dict,
-                   baseline_meta: dict | None) -> None:
-        trainer.save(self.out / "state", meta=meta, run_state=run_state)
-        if baseline_meta is not None:
-            trainer.save(self.out / "mle", meta=baseline_meta, run_state=run_state)
-        self.steps.flush()
-
 
 def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
                 device: str | None = None, log: Callable[[str], None] = print, resume: bool = True,
