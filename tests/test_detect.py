@@ -88,3 +88,40 @@ def test_two_sided_features_catch_text_too_predictable_or_too_surprising(tmp_pat
     bad["centers"] = {}
     with pytest.raises(CombinerError, match="no centre"):
         Combiner.from_dict(bad)
+
+
+def test_fast_detect_discrepancy_by_hand():
+    # G gives p = (0.8, 0.2) at every position; the text takes the likely token R times
+    R = 5
+    logits = torch.log(torch.tensor([0.8, 0.2])).expand(1, R, 2).clone()
+    targets = torch.zeros(1, R, dtype=torch.long)
+    s = lm_statistics(logits, targets, torch.ones(1, R, dtype=torch.bool))
+    mu = 0.8 * math.log(0.8) + 0.2 * math.log(0.2)
+    var = 0.8 * math.log(0.8) ** 2 + 0.2 * math.log(0.2) ** 2 - mu ** 2
+    assert math.isclose(s.fast_detect[0], R * (math.log(0.8) - mu) / math.sqrt(R * var), rel_tol=1e-5)
+    # the unlikely token every time is more surprising than G expects: negative
+    assert lm_statistics(logits, torch.ones(1, R, dtype=torch.long), torch.ones(1, R, dtype=torch.bool)).fast_detect[0] < 0
+    # with a reference, the expectation is over the reference's next-token distribution
+    ref = torch.log(torch.tensor([0.5, 0.5])).expand(1, R, 2).clone()
+    r = lm_statistics(logits, targets, torch.ones(1, R, dtype=torch.bool), ref_logits=ref)
+    mu_r = 0.5 * (math.log(0.8) + math.log(0.2))
+    var_r = 0.5 * (math.log(0.8) ** 2 + math.log(0.2) ** 2) - mu_r ** 2
+    assert math.isclose(r.fast_detect[0], R * (math.log(0.8) - mu_r) / math.sqrt(R * var_r), rel_tol=1e-5)
+
+
+def test_detector_scores_each_language_with_its_own_combiner():
+    from reviewgen.score.combiner import ANY_LANGUAGE, Detector
+
+    def const(bias: float) -> Combiner:
+        return Combiner(("x",), (0.0,), (1.0,), (0.0,), bias)
+
+    det = Detector({ANY_LANGUAGE: const(0.0), "en": const(2.0), "zh": const(-2.0)})
+    z = det.logit({"x": np.zeros(4)}, ["en", "zh", "fr", None])
+    assert z.tolist() == [2.0, -2.0, 0.0, 0.0]
+    again = Detector.from_dict(json.loads(json.dumps(det.to_dict())))
+    assert again.logit({"x": np.zeros(2)}, ["zh", "en"]).tolist() == [-2.0, 2.0]
+    # a calibration.json from before per-language detectors: one combiner for every language
+    old = Detector.from_dict(const(1.5).to_dict())
+    assert set(old.combiners) == {ANY_LANGUAGE} and old.logit({"x": np.zeros(1)}, ["en"]).tolist() == [1.5]
+    with pytest.raises(CombinerError, match="by_language"):
+        Detector.from_dict({"format": "reviewgen-detector/2", "by_language": {"en": const(0.0).to_dict()}})

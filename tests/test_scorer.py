@@ -14,7 +14,7 @@ from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.encoding import conditions
 from reviewgen.data.corpus import load_split
 from reviewgen.score.calibration import DETECTOR_SETTINGS, sample_fakes
-from reviewgen.score.combiner import Combiner
+from reviewgen.score.combiner import ANY_LANGUAGE, Combiner, Detector
 from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
 from reviewgen.score.filter import FilterConfig, ReviewFilter
 from reviewgen.serve.scoring import score_reviews
@@ -27,13 +27,17 @@ def scorer(tiny_model) -> Scorer:
 
 def test_model_dir_holds_the_detector_and_reference(tiny_model, scorer) -> None:
     calib = json.loads((tiny_model / "calibration.json").read_text())
-    det = Combiner.from_dict(calib["detector"])
+    assert calib["detector"]["format"] == "reviewgen-detector/2"
+    det = Detector.from_dict(calib["detector"])
     assert (tiny_model / "reference.safetensors").is_file() and scorer.ref is not None
+    assert (tiny_model / "wordlm.npz").is_file() and scorer.wordlm is not None
     assert scorer.detector is not None and scorer.mode.startswith("detector: ")
-    assert det.info["candidate"] in det.info["worst_held_out_auroc"]
     # the fit never uses a signal against its known direction
-    signs = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "binoculars": 1, "top10_share": -1}
-    assert all(signs.get(f, 0) * w >= 0 for f, w in zip(det.features, det.weights))
+    signs = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "binoculars": 1, "top10_share": -1,
+             "fast_detect": -1, "trigram_seen": 1, "bigram_seen": 1, "ngram_logprob": 1, "mixed_script": -1}
+    for c in det.combiners.values():
+        assert c.info["candidate"] in c.info["worst_held_out_auroc"]
+        assert all(signs.get(f, 0) * w >= 0 for f, w in zip(c.features, c.weights))
 
 
 def test_samples_from_g_score_lower_than_real_reviews(tiny_model, prepared_data, scorer) -> None:
@@ -96,6 +100,20 @@ def test_model_without_detector_or_reference_falls_back_to_d(tiny_model, tmp_pat
     (old / "calibration.json").write_text((tiny_model / "calibration.json").read_text())
     assert Scorer(old, device="cpu").mode == "discriminator-only (model has no reference.safetensors)"
     assert load_checkpoint(old).reference_state is None
+
+
+def test_a_detector_reading_word_statistics_needs_wordlm(tiny_model, tmp_path) -> None:
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model, m, ignore=shutil.ignore_patterns("mle", "state"))
+    det = Detector({ANY_LANGUAGE: Combiner(("trigram_seen", "d_logit"), (0.5, 0.0), (0.2, 1.0), (3.0, 0.0), 0.0)})
+    calib = json.loads((m / "calibration.json").read_text())
+    (m / "calibration.json").write_text(json.dumps({**calib, "detector": det.to_dict()}))
+    s = Scorer(m, device="cpu")
+    assert s.mode.startswith("detector: trigram_seen")
+    res = s.score([{"text": "Works well, the battery lasts two days.", "language": "en"}])
+    assert np.isclose(res["p_human"][0], 1 / (1 + np.exp(-3.0 * (res["trigram_seen"][0] - 0.5) / 0.2)))
+    (m / "wordlm.npz").unlink()
+    assert Scorer(m, device="cpu").mode == "discriminator-only (model has no wordlm.npz)"
 
 
 def test_signals_through_http(scorer) -> None:

@@ -1,7 +1,7 @@
 """Checkpoint directories: plain data that loads without pickle.
 
     config.json, generator.safetensors, discriminator.safetensors, [reference.safetensors],
-    tokenizer.json, [train_state.pt], [calibration.json], [ngrams.npy], meta.json
+    tokenizer.json, [train_state.pt], [calibration.json], [ngrams.npy], [wordlm.npz], meta.json
 
 meta.json is written last, so a directory without it is an interrupted write, not a checkpoint.
 """
@@ -54,6 +54,12 @@ class Checkpoint:
         p = self.path / "ngrams.npy"
         return p if p.is_file() else None
 
+    @property
+    def wordlm_path(self) -> Path | None:
+        """The word n-gram model of the training reviews (the scorer's), or None in an older directory."""
+        p = self.path / "wordlm.npz"
+        return p if p.is_file() else None
+
 
 def _untied(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage: a tied head is saved once (as tok_emb) and re-tied on load;
@@ -72,7 +78,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def content_version(path: Path) -> str:
     """A content hash over config and weights: the exported model's version id."""
     h = hashlib.sha256()
-    for name in ("config.json", *WEIGHT_FILES, "calibration.json"):
+    for name in ("config.json", *WEIGHT_FILES, "calibration.json", "wordlm.npz"):
         f = path / name
         if f.is_file():
             with open(f, "rb") as fh:
@@ -85,7 +91,7 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
                     generator: torch.nn.Module, discriminator: torch.nn.Module,
                     meta: dict[str, Any] | None = None, reference: torch.nn.Module | dict | None = None,
                     train_state: dict[str, Any] | None = None, calibration: dict[str, float] | None = None,
-                    ngram_file: str | Path | None = None) -> Path:
+                    ngram_file: str | Path | None = None, wordlm_file: str | Path | None = None) -> Path:
     """Write a checkpoint atomically (temp dir + rename). Returns the final path."""
     from safetensors.torch import save_file
 
@@ -107,6 +113,8 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
         (tmp / "calibration.json").write_text(json.dumps(calibration, indent=2))
     if ngram_file is not None and Path(ngram_file).is_file():
         shutil.copyfile(ngram_file, tmp / "ngrams.npy")
+    if wordlm_file is not None and Path(wordlm_file).is_file():
+        shutil.copyfile(wordlm_file, tmp / "wordlm.npz")
     meta = dict(meta or {})
     meta.update(format=FORMAT_VERSION, version=content_version(tmp), created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -115,7 +123,7 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
     # so a crash in between leaves no directory that looks complete.
     final.mkdir(parents=True, exist_ok=True)
     (final / "meta.json").unlink(missing_ok=True)
-    for name in ("reference.safetensors", "train_state.pt", "calibration.json", "ngrams.npy"):
+    for name in ("reference.safetensors", "train_state.pt", "calibration.json", "ngrams.npy", "wordlm.npz"):
         if not (tmp / name).exists():
             (final / name).unlink(missing_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda f: f.name == "meta.json"):
@@ -201,7 +209,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in ("config.json", *WEIGHT_FILES, "reference.safetensors", "tokenizer.json", "calibration.json",
-                 "ngrams.npy"):
+                 "ngrams.npy", "wordlm.npz"):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)
     meta = {k: v for k, v in ck_meta.items() if k not in ("created_at",)}

@@ -32,8 +32,9 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _window_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
-    """Hash of every length-n window of a flat uint64 token array (len - n + 1 values)."""
+def window_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
+    """Hash of every length-n window of a flat uint64 token array (len - n + 1 values); also the key of
+    `reviewgen.score.wordlm`'s word n-gram counts."""
     m = tokens.size - n + 1
     if m <= 0:
         return np.empty(0, dtype=np.uint64)
@@ -73,7 +74,7 @@ class NGramIndex:
             return cls(np.empty(0, dtype=np.uint64), n)
         flat = np.concatenate(arrays)
         lengths = np.array([a.size for a in arrays], dtype=np.int64)
-        hashes = _window_hashes(flat, n)
+        hashes = window_hashes(flat, n)
         # Keep only windows that start and end inside the same sequence.
         seq_id = np.repeat(np.arange(lengths.size), lengths)
         valid = seq_id[: hashes.size] == seq_id[n - 1 :]
@@ -104,7 +105,7 @@ class NGramIndex:
 
     def hits(self, seq: Sequence[int] | np.ndarray) -> np.ndarray:
         """Boolean per window of ``seq`` (len - n + 1 values): True if that n-gram is in the index."""
-        h = _window_hashes(_as_tokens(seq), self.n)
+        h = window_hashes(_as_tokens(seq), self.n)
         if h.size == 0 or self.hashes.size == 0:
             return np.zeros(h.size, dtype=bool)
         idx = np.searchsorted(self.hashes, h)

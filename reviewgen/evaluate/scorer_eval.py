@@ -21,9 +21,10 @@ from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import MODELS, Log
 from reviewgen.score.calibration import (CALIBRATION_TEMPERATURES, DETECTOR_SETTINGS, FEATURE_SIGNS, SamplingSetting,
-                                        apply_calibration, calibrate, sample_fakes)
+                                        apply_calibration, calibrate, describe_detector, sample_fakes)
 from reviewgen.score.scorer import Scorer, reference_network
 from reviewgen.score.signals import SIGNALS
+from reviewgen.score.wordlm import WordNgramLM, build_wordlm
 
 UNSEEN_DECODING = {"temperature": 0.9, "top_p": 0.9}
 # how the out-of-family generator samples: top-k 40, as other generators commonly do
@@ -38,8 +39,10 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     checkpoints (default: the model and its MLE baseline `model_dir/mle`) over the sampling settings, through
     `reviewgen.score.calibration.calibrate`. The detector's reference network is the model's
     reference.safetensors, or else the second checkpoint's generator, whose weights `write` then stores as
-    the model's reference.safetensors. With `write`, stores calibration.json in `model_dir` and refreshes
-    meta.json's content version. Returns calibrate's dict plus "checkpoints" and "source"."""
+    the model's reference.safetensors. The word n-gram model is the model's wordlm.npz, or else one built
+    from the data's train split, which `write` then stores. With `write`, stores calibration.json in
+    `model_dir` and refreshes meta.json's content version. Returns calibrate's dict plus "checkpoints" and
+    "source"."""
     model_dir = Path(model_dir)
     dev = pick_device(device)
     ckpts = [Path(c) for c in (checkpoints if checkpoints is not None else [model_dir, model_dir / "mle"])]
@@ -48,16 +51,20 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     ref, ref_file = reference_network(main, dev), None
     if ref is None and len(gens) > 1:
         ref, ref_file = gens[1], ckpts[1] / "generator.safetensors"
+    built = main.wordlm_path is None
+    wordlm = build_wordlm(load_split(data_dir, "train")["text"].astype(str).tolist(), seed) if built else WordNgramLM.load(main.wordlm_path)
     calib = calibrate(main.discriminator, main.tokenizer, load_split(data_dir, "val"), gens, G=main.generator,
-                      ref=ref, seed=seed, temperatures=temperatures, max_rows=max_rows, key_prefix="recal")
+                      ref=ref, wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows,
+                      key_prefix="recal")
     calib.update(checkpoints=[str(c) for c in ckpts], source="refit_calibration (val split)")
-    det = calib["detector"]["info"]
     log(f"calibration refit: D scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
-        f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f}; detector {det['candidate']} (fit AUROC "
-        f"{det['fit_auroc']:.3f}, ECE {det['fit_ece']:.3f}) on {calib['n']} val reviews/samples")
+        f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f} on {calib['n']} val reviews/samples; detector "
+        f"{describe_detector(calib['detector'])}")
     if write:
         if ref_file is not None and ref_file.is_file():
             shutil.copyfile(ref_file, model_dir / "reference.safetensors")
+        if built:
+            wordlm.save(model_dir / "wordlm.npz")
         write_json_atomic(model_dir / "calibration.json", calib)
         meta = json.loads((model_dir / "meta.json").read_text())
         meta["version"] = content_version(model_dir)  # the version hash covers calibration.json

@@ -21,6 +21,8 @@ import torch
 from reviewgen.core.metrics import auroc
 
 FORMAT = "reviewgen-detector/1"
+DETECTOR_FORMAT = "reviewgen-detector/2"
+ANY_LANGUAGE = "*"
 
 
 class CombinerError(ValueError):
@@ -115,6 +117,62 @@ class Combiner:
         if {base_signal(f) for f in c.features if f.startswith("sq:")} - set(c.centers):
             raise CombinerError(f"{source}: a two-sided 'sq:' feature has no centre")
         return c
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One combiner per review language, and one (`ANY_LANGUAGE`) for the rest: the signals of a Chinese and
+    an English review live on different scales (a word n-gram is a character pair in Chinese), so one
+    shared boundary fits neither well. calibration.json's "detector" entry; a file of the older
+    one-combiner format loads as a detector with only the `ANY_LANGUAGE` combiner."""
+
+    combiners: Mapping[str, Combiner]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Every feature any of the combiners reads, in first-seen order."""
+        return tuple(dict.fromkeys(f for c in self.combiners.values() for f in c.features))
+
+    @property
+    def signals(self) -> frozenset[str]:
+        """The signals the features are computed from."""
+        return frozenset(base_signal(f) for f in self.features)
+
+    def for_language(self, language: str | None) -> Combiner:
+        """The combiner that scores reviews in `language`."""
+        return self.combiners.get(language or "", self.combiners[ANY_LANGUAGE])
+
+    def logit(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
+        """The combined logit per review, each from its language's combiner."""
+        langs = np.asarray([lang if lang in self.combiners else ANY_LANGUAGE for lang in languages], dtype=object)
+        out = np.full(len(langs), np.nan)
+        for lang in set(langs):
+            rows = langs == lang
+            out[rows] = self.combiners[lang].logit({k: np.asarray(v)[rows] for k, v in signals.items()})
+        return out
+
+    def predict(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
+        """p_human per review."""
+        return 1.0 / (1.0 + np.exp(-self.logit(signals, languages)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with a format tag."""
+        return {"format": DETECTOR_FORMAT, "by_language": {k: c.to_dict() for k, c in self.combiners.items()},
+                "info": json.loads(json.dumps(self.info, default=float))}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Detector":
+        """The detector `to_dict` wrote, or a single combiner of the older format; errors name `source`."""
+        if isinstance(d, Mapping) and d.get("format") == FORMAT:
+            return cls({ANY_LANGUAGE: Combiner.from_dict(d, source)})
+        if not isinstance(d, Mapping) or d.get("format") != DETECTOR_FORMAT:
+            got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise CombinerError(f"{source}: format {got!r} is neither {DETECTOR_FORMAT!r} nor {FORMAT!r}")
+        by = d.get("by_language")
+        if not isinstance(by, Mapping) or ANY_LANGUAGE not in by:
+            raise CombinerError(f"{source}: 'by_language' must map languages to combiners, {ANY_LANGUAGE!r} included")
+        return cls({str(k): Combiner.from_dict(v, f"{source} [{k}]") for k, v in by.items()}, d.get("info", {}))
 
 
 def fit_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequence[str], *,

@@ -2,9 +2,10 @@
 replica, `reviewgen sample` and the nightly job (`Scorer.score_texts`).
 
 p_human comes from the detector stored in the model directory's calibration.json (fitted by
-`reviewgen.score.calibration`) over D's logit and the LM statistics of G and the MLE reference
-(reference.safetensors). A model directory from before the detector existed, or one without the reference
-weights, falls back to D alone with its Platt calibration, and `Scorer.mode` says so. Texts the models
+`reviewgen.score.calibration`) over D's logit, the LM statistics of G and the MLE reference
+(reference.safetensors) and the word statistics of the training reviews' n-gram model (wordlm.npz), with
+one combiner per review language. A model directory from before the detector existed, or one without the
+files its detector reads, falls back to D alone with its Platt calibration, and `Scorer.mode` says so. Texts the models
 cannot judge (null, empty, no words, one character repeated, longer than any training review) get a NaN
 p_human and a reason instead of a score.
 """
@@ -25,8 +26,9 @@ from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
 from reviewgen.score.calibration import apply_calibration
-from reviewgen.score.combiner import Combiner, CombinerError
+from reviewgen.score.combiner import CombinerError, Detector
 from reviewgen.score.signals import SIGNALS, review_signals
+from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordLMError, WordNgramLM
 
 # `reviewgen prepare` drops longer reviews, so no model was trained or calibrated on one
 MAX_SCORABLE_CHARS = 4000
@@ -98,18 +100,30 @@ class Scorer:
         self.version = ckpt.version
         self.ngram_path = ckpt.ngram_path
         self.ref = reference_network(ckpt, self.device)
-        self.detector: Combiner | None = None
+        self.wordlm: WordNgramLM | None = None
+        self.detector: Detector | None = None
         doc = (self.calibration or {}).get("detector")
         if doc is None:
             self.mode = "discriminator-only (model predates LM statistics)"
-        elif self.ref is None:
+            return
+        if self.ref is None:
             self.mode = "discriminator-only (model has no reference.safetensors)"
-        else:
+            return
+        try:
+            detector = Detector.from_dict(doc, source=str(ckpt.path / "calibration.json"))
+        except CombinerError as e:
+            raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
+        if detector.signals & set(WORD_STATISTICS):
+            if ckpt.wordlm_path is None:
+                self.mode = "discriminator-only (model has no wordlm.npz)"
+                return
             try:
-                self.detector = Combiner.from_dict(doc, source=str(ckpt.path / "calibration.json"))
-            except CombinerError as e:
+                self.wordlm = WordNgramLM.load(ckpt.wordlm_path)
+            except WordLMError as e:
                 raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
-            self.mode = f"detector: {', '.join(self.detector.features)}"
+        self.detector = detector
+        self.mode = f"detector: {', '.join(detector.features)}" + (
+            f" (per language: {', '.join(sorted(detector.combiners))})" if len(detector.combiners) > 1 else "")
 
     def score_texts(self, conds: Sequence[Condition], texts: Sequence[str | None],
                     batch_size: int = 64) -> dict[str, Any]:
@@ -127,13 +141,14 @@ class Scorer:
                                **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)}}
         if not ok:
             return out
-        sig = review_signals(self.D, self.G, self.tok, [conds[i] for i in ok], [str(texts[i]) for i in ok],
-                             ref=self.ref, batch_size=batch_size, device=self.device)
+        ok_conds = [conds[i] for i in ok]
+        sig = review_signals(self.D, self.G, self.tok, ok_conds, [str(texts[i]) for i in ok], ref=self.ref,
+                             wordlm=self.wordlm, batch_size=batch_size, device=self.device)
         if self.ref is None:
             sig["binoculars"] = np.full(len(ok), np.nan)  # without the reference it is not the fitted ratio
         d_prob = apply_calibration(sig["d_logit"], self.calibration)
         if self.detector is not None:
-            logit = self.detector.logit(sig)
+            logit = self.detector.logit(sig, [c.language for c in ok_conds])
             p = 1.0 / (1.0 + np.exp(-logit))
         else:
             logit, p = sig["d_logit"], d_prob

@@ -1,4 +1,5 @@
-"""The model directory a training run leaves at OUT: generator, discriminator, calibration, n-gram index.
+"""The model directory a training run leaves at OUT: generator, discriminator, calibration, n-gram index,
+word n-gram model.
 
 Written when training completes, and also when it stops early (time budget, `stop_after_phase`): then it
 holds the current generator and discriminator, `"complete": false` and the phase reached in meta.json, so
@@ -18,6 +19,7 @@ from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.losses import val_nll
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.score.calibration import fit_calibration
+from reviewgen.score.wordlm import build_wordlm
 
 # calibration sample of a partial model: small, so stopping on a time budget stays quick
 PARTIAL_CALIBRATION_ROWS = 96
@@ -25,9 +27,9 @@ PARTIAL_CALIBRATION_ROWS = 96
 
 def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame, data_hash: str,
                    log: Callable[[str], None] = print) -> Path:
-    """Calibrate the scorer (D's Platt scaling and the detector over LM statistics, stored in
-    calibration.json; the reference network in reference.safetensors), build the memorisation index, and
-    write the trainer's models into OUT.
+    """Calibrate the scorer (D's Platt scaling and the detector over LM and word statistics, stored in
+    calibration.json; the reference network in reference.safetensors, the word n-gram model in
+    wordlm.npz), build the memorisation index, and write the trainer's models into OUT.
 
     A trainer in phase "done" gives the final model (role "final"); any other phase a usable partial one
     (role "partial", `complete: false`, with the phase and step it reached)."""
@@ -35,7 +37,9 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
     complete = trainer.phase == "done"
     # the scorer's second language model: the frozen MLE reference, or G itself before the reference exists
     ref = trainer.ref if trainer.ref is not None else trainer.G
-    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=ref,
+    wordlm = build_wordlm(train_df["text"].astype(str).tolist(), trainer.cfg.train.seed)
+    wordlm_file = wordlm.save(out / ".wordlm.tmp.npz")
+    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=ref, wordlm=wordlm,
                             seed=trainer.cfg.train.seed, log=log,
                             **({} if complete else {"max_rows": PARTIAL_CALIBRATION_ROWS}))
     idx = NGramIndex.build(trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()),
@@ -47,7 +51,7 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
         trainer.cfg.train.val_batches, trainer.device), trainer.tk)
     save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
                     generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
-                    reference=ref,
+                    wordlm_file=wordlm_file, reference=ref,
                     meta={"data_hash": data_hash, "role": "final" if complete else "partial",
                           "complete": complete, "phase": trainer.phase, "step": trainer.step,
                           "global_step": trainer.global_step,
@@ -55,6 +59,7 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
                           "rating_distribution": rating_distribution(train_df),
                           **({"base": trainer.base} if trainer.base is not None else {})})
     ngram_file.unlink(missing_ok=True)
+    wordlm_file.unlink(missing_ok=True)
     what = "final model" if complete else f"partial model (phase {trainer.phase}, step {trainer.step})"
     log(f"{what} written to {out} (val NLL {final_val:.3f}, {len(idx)} n-grams indexed)")
     return out
