@@ -147,3 +147,34 @@ def test_signals_through_http(scorer) -> None:
     ok, bad = r.json()["results"]
     assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
     assert bad["p_human"] is None and bad["signals"] is None and bad["reasons"][0] == "no_words"
+
+
+def test_length_batches_cover_every_row_once_and_cut_only_padding(scorer, prepared_data) -> None:
+    from reviewgen.core.encoding import length_batches
+
+    rows = load_split(prepared_data, "test").head(40)
+    conds, texts = conditions(rows), rows["text"].astype(str).tolist()
+    full = scorer.tok.encode_examples(conds, texts)
+    seen = []
+    for idx, ids in length_batches(scorer.tok, conds, texts, batch_size=16):
+        seen.extend(idx.tolist())
+        assert ids.shape[1] <= full.shape[1] and (ids == full[idx, : ids.shape[1]]).all()
+        assert (full[idx, ids.shape[1]:] == scorer.tok.pad_id).all()
+    assert sorted(seen) == list(range(len(texts)))
+
+
+def test_signals_do_not_depend_on_batching_or_order(scorer, prepared_data) -> None:
+    from reviewgen.score.signals import review_signals
+
+    rows = load_split(prepared_data, "test").head(24)
+    conds, texts = conditions(rows), rows["text"].astype(str).tolist()
+    args = dict(ref=scorer.ref, wordlm=scorer.wordlm)
+    a = review_signals(scorer.D, scorer.G, scorer.tok, conds, texts, batch_size=64, **args)
+    one = review_signals(scorer.D, scorer.G, scorer.tok, conds, texts, batch_size=1, **args)
+    perm = np.random.default_rng(0).permutation(len(texts))
+    b = review_signals(scorer.D, scorer.G, scorer.tok, [conds[i] for i in perm], [texts[i] for i in perm],
+                       batch_size=5, **args)
+    for k in a:
+        np.testing.assert_allclose(a[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(a[k][perm], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert np.isfinite(a["fast_detect"]).all() and np.isfinite(a["trigram_seen"]).all()

@@ -6,6 +6,7 @@ Shared by training, scoring, generation and evaluation, so none of them imports 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,3 +70,21 @@ def to_tensor(a: np.ndarray) -> torch.Tensor:
     """A tensor over `a`, copying only when `a` is read-only (arrays that come out of Ray's object store
     are; torch would otherwise share memory it must not write and warn about it)."""
     return torch.as_tensor(a if a.flags.writeable else a.copy())
+
+
+def length_batches(tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str],
+                   batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(row indices, ids [b, T_b]) batches of (condition, review) pairs, shortest first, each cut after its
+    longest row's last non-pad token. Scoring the same pairs costs what their tokens cost, not what the
+    longest possible review costs; a causal LM and D (which masks pads) give the same outputs either way.
+    Rows come back in length order: place results with the indices."""
+    if not len(texts):
+        return
+    ids = torch.cat([tok.encode_examples(conds[s:s + 1024], texts[s:s + 1024]) for s in range(0, len(texts), 1024)])
+    real = ids != tok.pad_id
+    # one past the last non-pad position, and at least one review position
+    lengths = torch.where(real.any(1), ids.shape[1] - real.flip(1).int().argmax(1), 0).clamp_min(tok.prefix_len + 1)
+    order = torch.argsort(lengths, stable=True)
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        yield rows.numpy(), ids[rows, : int(lengths[rows].max())]

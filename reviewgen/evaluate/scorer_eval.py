@@ -99,7 +99,8 @@ def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: in
 def _signal_aurocs(y: np.ndarray, sig: dict[str, np.ndarray]) -> dict[str, float | None]:
     """AUROC of each signal alone, oriented by its known direction (`FEATURE_SIGNS`; others: as is)."""
     out = {}
-    for k in ("d_logit", "mean_logprob", "mean_log_rank", "top10_share", "binoculars", "log_tokens"):
+    for k in ("d_logit", "mean_logprob", "mean_log_rank", "top10_share", "binoculars", "fast_detect", "log_tokens",
+              "trigram_seen", "ngram_logprob", "mixed_script"):
         x = FEATURE_SIGNS.get(k, 1) * np.asarray(sig[k], dtype=np.float64)  # NaN: unscorable text
         ok = np.isfinite(x)
         out[k] = auroc(y[ok], x[ok]) if len(np.unique(y[ok])) == 2 else None

@@ -96,8 +96,9 @@ FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_sha
 MIN_LANGUAGE_ROWS = 40
 DETECTOR_CANDIDATES = (
     Candidate("lm+words+fast", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES,
-                                *FAST_DETECT), 1e-3),
-    Candidate("lm+words", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES), 1e-3),
+                                *FAST_DETECT), 4.5, per_row=True),
+    Candidate("lm+words", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES), 4.5,
+              per_row=True),
     Candidate("lm-two-sided", ("mean_log_rank", "binoculars", *TWO_SIDED), 0.1),
     Candidate("lm-two-sided+length", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens"), 0.1),
     Candidate("lm-two-sided+length+d", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit"), 0.1),

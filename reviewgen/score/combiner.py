@@ -237,11 +237,19 @@ def _fit(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequen
 
 @dataclass(frozen=True)
 class Candidate:
-    """One combiner to try: a feature set (in order of preference) and its L2 strength."""
+    """One combiner to try: a feature set (in order of preference) and its L2 strength, either fixed or,
+    with `per_row`, `l2 / rows` of the fit set: a prior of fixed strength, so a small fit set (a language
+    with few validation reviews) is held closer to zero weights than a big one instead of separating its
+    rows perfectly with overconfident weights."""
 
     name: str
     features: tuple[str, ...]
     l2: float
+    per_row: bool = False
+
+    def l2_for(self, rows: int) -> float:
+        """The L2 strength for a fit on `rows` rows."""
+        return self.l2 / max(rows, 1) if self.per_row else self.l2
 
 
 def select_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, groups: Sequence[str],
@@ -269,7 +277,7 @@ def select_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, group
             if len(np.unique(y[fit_rows])) < 2 or len(np.unique(y[check_rows])) < 2:
                 continue
             sub = {k: np.asarray(v)[fit_rows] for k, v in signals.items()}
-            c = fit_combiner(sub, y[fit_rows], cand.features, l2=cand.l2, signs=signs)
+            c = fit_combiner(sub, y[fit_rows], cand.features, l2=cand.l2_for(int(fit_rows.sum())), signs=signs)
             p = c.predict({k: np.asarray(v)[check_rows] for k, v in signals.items()})
             ok = np.isfinite(p)
             per["/".join(sorted(fit_g)) + "->" + "/".join(sorted(check_g))] = auroc(y[check_rows][ok], p[ok])
@@ -277,6 +285,6 @@ def select_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, group
     worst = {n: min(per.values()) if per else float("nan") for n, per in scores.items()}
     best = max((v for v in worst.values() if np.isfinite(v)), default=float("nan"))
     chosen = next((c for c in candidates if np.isfinite(best) and worst[c.name] >= best - tolerance), candidates[0])
-    return fit_combiner(signals, y, chosen.features, l2=chosen.l2, signs=signs,
+    return fit_combiner(signals, y, chosen.features, l2=chosen.l2_for(len(y)), signs=signs,
                         info={"candidate": chosen.name, "held_out_auroc": scores, "worst_held_out_auroc": worst,
                               **dict(info or {})})

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from reviewgen.core.losses import autocast_for, review_logits
 from reviewgen.core.models import unwrap
-from reviewgen.core.tokenizer import Condition, ReviewTokenizer, review_mask
+from reviewgen.core.tokenizer import ReviewTokenizer, review_mask
 
 STATISTICS = ("mean_logprob", "mean_log_rank", "top1_share", "top10_share", "mean_entropy", "binoculars",
               "fast_detect")
@@ -57,6 +57,10 @@ class LMStatistics:
     def as_dict(self) -> dict[str, np.ndarray]:
         """Name -> array, in `STATISTICS` order plus n_tokens."""
         return {k: getattr(self, k) for k in (*STATISTICS, "n_tokens")}
+
+    def take(self, index: np.ndarray) -> "LMStatistics":
+        """The rows at `index`, in that order."""
+        return LMStatistics(**{k: getattr(self, k)[index] for k in (*STATISTICS, "n_tokens")})
 
     @staticmethod
     def concat(parts: Sequence["LMStatistics"]) -> "LMStatistics":
@@ -104,20 +108,13 @@ def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
 
 
 @torch.inference_mode()
-def review_lm_statistics(G, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str], *,
-                         ref=None, batch_size: int = 64, device="cpu") -> LMStatistics:
-    """`lm_statistics` for (condition, review) pairs: one batched forward of G (and of `ref`) per batch
-    (bf16 autocast on CUDA; the statistics themselves are computed in fp32)."""
-    G = unwrap(G).eval()
-    ref = unwrap(ref).eval() if ref is not None else None
-    dev = torch.device(device)
-    P, parts = tok.prefix_len, []
-    for s in range(0, len(texts), batch_size):
-        ids = tok.encode_examples(conds[s:s + batch_size], texts[s:s + batch_size]).to(dev)
-        targets = ids[:, P:]
-        mask = review_mask(targets, tok.eos_id, tok.pad_id)
-        with autocast_for(dev):
-            g = review_logits(G, ids, P)
-            r = review_logits(ref, ids, P) if ref is not None else None
-        parts.append(lm_statistics(g, targets, mask, r))
-    return LMStatistics.concat(parts)
+def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None) -> LMStatistics:
+    """`lm_statistics` for one encoded batch of (condition, review) rows `ids` [B, T] on G's device: one
+    forward of G (and of `ref`), bf16 autocast on CUDA; the statistics themselves in fp32."""
+    P = tok.prefix_len
+    targets = ids[:, P:]
+    mask = review_mask(targets, tok.eos_id, tok.pad_id)
+    with autocast_for(ids.device):
+        g = review_logits(unwrap(G), ids, P)
+        r = review_logits(unwrap(ref), ids, P) if ref is not None else None
+    return lm_statistics(g, targets, mask, r)

@@ -12,7 +12,8 @@ import torch
 from reviewgen.core.losses import autocast_for
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.score.detect import STATISTICS, review_lm_statistics
+from reviewgen.core.encoding import length_batches
+from reviewgen.score.detect import STATISTICS, LMStatistics, batch_lm_statistics
 from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordNgramLM
 
 # The names `review_signals` returns, besides rating_pred: D's sequence logit, the LM statistics under G
@@ -21,37 +22,55 @@ from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordNgramLM
 SIGNALS = ("d_logit", *STATISTICS, "log_tokens", *WORD_STATISTICS)
 
 
+def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with autocast_for(ids.device):
+        out = D(ids)
+    return out.seq_logits.float().cpu(), out.rating_logits.argmax(-1).cpu() + 1
+
+
 @torch.inference_mode()
 def discriminator_outputs(D, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str],
                           batch_size: int = 64, device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(sequence logits [N], predicted rating 1..5 [N]) for texts under their conditions (bf16 autocast on CUDA)."""
-    D = unwrap(D).eval()
-    dev = torch.device(device)
-    logits, ratings = [], []
-    for s in range(0, len(texts), batch_size):
-        ids = tok.encode_examples(conds[s:s + batch_size], texts[s:s + batch_size]).to(dev)
-        with autocast_for(dev):
-            out = D(ids)
-        logits.append(out.seq_logits.float().cpu())
-        ratings.append(out.rating_logits.argmax(-1).cpu() + 1)
-    if not logits:
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-    return torch.cat(logits).numpy(), torch.cat(ratings).numpy()
+    """(sequence logits [N], predicted rating 1..5 [N]) for texts under their conditions (bf16 autocast on
+    CUDA), over batches of similar length."""
+    sig = review_signals(D, None, tok, conds, texts, batch_size=batch_size, device=device)
+    return sig["d_logit"].astype(np.float32), sig["rating_pred"]
 
 
+@torch.inference_mode()
 def review_signals(D, G, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str], *, ref=None,
                    wordlm: WordNgramLM | None = None, batch_size: int = 64, device="cpu") -> dict[str, np.ndarray]:
-    """Every scorer signal (`SIGNALS`) plus rating_pred, one array [N] each: one forward of D, G and the
-    reference `ref` per batch, and the word n-gram statistics under `wordlm`. What is not computed is NaN:
-    the LM statistics and length without G, the word statistics without `wordlm`. ref None: the
-    Binoculars ratio and the Fast-DetectGPT discrepancy use G alone."""
-    d_logit, rating = discriminator_outputs(D, tok, conds, texts, batch_size=batch_size, device=device)
-    out: dict[str, np.ndarray] = {k: np.full(len(texts), np.nan) for k in SIGNALS}
-    out.update(d_logit=d_logit.astype(np.float64), rating_pred=rating)
+    """Every scorer signal (`SIGNALS`) plus rating_pred, one array [N] each: the texts are encoded once and
+    each batch of similar length (`reviewgen.core.encoding.length_batches`) goes through D, G and the
+    reference `ref` once; the word n-gram statistics come from `wordlm`. What is not computed is NaN: the
+    LM statistics and length without G, the word statistics without `wordlm`. ref None: the Binoculars
+    ratio and the Fast-DetectGPT discrepancy use G alone."""
+    n = len(texts)
+    out: dict[str, np.ndarray] = {k: np.full(n, np.nan) for k in SIGNALS}
+    out["rating_pred"] = np.zeros(n, dtype=np.int64)
+    D = unwrap(D).eval()
+    G = unwrap(G).eval() if G is not None else None
+    ref = unwrap(ref).eval() if ref is not None else None
+    dev = torch.device(device)
+    rows, d_parts, r_parts, lm_parts = [], [], [], []
+    for idx, ids in length_batches(tok, conds, texts, batch_size):
+        ids = ids.to(dev)
+        rows.append(idx)
+        d, r = _d_outputs(D, ids)
+        d_parts.append(d)
+        r_parts.append(r)
+        if G is not None:
+            lm_parts.append(batch_lm_statistics(G, tok, ids, ref))
+    if not rows:
+        return out
+    order = np.concatenate(rows)
+    out["d_logit"][order] = torch.cat(d_parts).double().numpy()
+    out["rating_pred"][order] = torch.cat(r_parts).numpy()
     if G is not None:
-        lm = review_lm_statistics(G, tok, conds, texts, ref=ref, batch_size=batch_size, device=device).as_dict()
-        out["log_tokens"] = np.log(np.maximum(lm.pop("n_tokens"), 1).astype(np.float64))
-        out.update(lm)
+        lm = LMStatistics.concat(lm_parts).as_dict()
+        out["log_tokens"][order] = np.log(np.maximum(lm.pop("n_tokens"), 1).astype(np.float64))
+        for k, v in lm.items():
+            out[k][order] = v
     if wordlm is not None:
         out.update(wordlm.statistics(texts))
     return out
