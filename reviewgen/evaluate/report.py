@@ -15,6 +15,7 @@ from reviewgen.evaluate import plots as P
 from reviewgen.evaluate.jsonio import json_default
 from reviewgen.evaluate.quality import MODELS, ConditionClassifiers, mean_of
 from reviewgen.evaluate.text_metrics import tokenize_for_bleu
+from reviewgen.score.combiner import Detector
 from reviewgen.score.filter import ReviewFilter
 
 QUALITY_COLUMNS = ("bleu2", "bleu3", "bleu4", "bleu5", "self_bleu2", "self_bleu3", "self_bleu4", "distinct1",
@@ -200,15 +201,17 @@ def _signal_table(r: dict[str, Any]) -> str:
 
 
 def _calibration_summary(calib: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The calibration without the detector's per-candidate detail (that stays in metrics.json)."""
+    """The calibration with each language's detector combiner reduced to its features, weights and choice
+    (the per-candidate detail stays in metrics.json)."""
     if not calib or "detector" not in calib:
         return calib
-    det = calib["detector"]
-    info = det.get("info", {})
+    det = Detector.from_dict(calib["detector"])
     return {**{k: v for k, v in calib.items() if k != "detector"},
-            "detector": {"features": det["features"], "weights": det["weights"], "candidate": info.get("candidate"),
-                         "worst_held_out_auroc": info.get("worst_held_out_auroc"),
-                         "dropped_for_sign": info.get("dropped_for_sign")}}
+            "detector": {lang: {"features": list(c.features), "weights": [round(w, 4) for w in c.weights],
+                                "candidate": c.info.get("candidate"),
+                                "worst_held_out_auroc": c.info.get("worst_held_out_auroc"),
+                                "dropped_for_sign": c.info.get("dropped_for_sign")}
+                         for lang, c in det.combiners.items()}}
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
