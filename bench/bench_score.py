@@ -4,10 +4,11 @@ and the MLE reference, combined by the detector), on the same real reviews, mode
 Before = D over fixed-width batches in input order + `apply_calibration`, exactly what `Scorer.score`
 computed before the detector (`old_scorer` keeps that path here, since the library's D path now batches by
 length). After = `Scorer.score`: D, G and the reference over length-sorted batches, and the word n-gram
-statistics. Goal: after >= 50% of before. The bench model (bench/.cache/model, demo sizes) gets a detector first when it has
-none (`refit_calibration`, which also stores its reference network).
+statistics. Goal: after >= 50% of before. The model: `--model DIR` (e.g. the `make demo` model, with
+`--data` its prepared data), or else the bench's tiny model; one without the current detector gets it first
+(`refit_calibration`, which also stores its reference network and word n-gram model).
 
-Run: python -m bench.bench_score [--quick]
+Run: python -m bench.bench_score [--quick] [--model DIR --data DIR]
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Any
 
 import torch
 
-from bench.bench_generate import bench_model, model_description, prepared_data
-from bench.bench_serve import sample_reviews
-from reviewgen.score.calibration import apply_calibration
-from reviewgen.score.scorer import Scorer, review_conditions
+from bench.bench_generate import DATA_DIR, bench_model
+from reviewgen.core.encoding import conditions
 from reviewgen.core.losses import autocast_for
+from reviewgen.core.models import count_params
+from reviewgen.data.corpus import load_split
+from reviewgen.score.calibration import apply_calibration
+from reviewgen.score.scorer import Scorer
 
 GOAL_FRACTION = 0.5
 BATCH = 64
@@ -52,18 +55,19 @@ def _rate(fn, n: int, repeats: int) -> float:
     return n / best
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+def main(quick: bool = False, model: str | None = None, data: str | None = None) -> dict[str, Any]:
     """{"before_reviews_per_s", "after_reviews_per_s", "fraction", "goal_met", ...}."""
-    model = bench_model()
-    data = prepared_data()
+    model = model or bench_model()
+    data = data or DATA_DIR
     probe = Scorer(model, device="cpu")
     if probe.detector is None or probe.wordlm is None:
         from reviewgen.evaluate.scorer_eval import refit_calibration
 
         refit_calibration(model, data, max_rows=128 if quick else 384, device="cpu", log=lambda *_: None)
     scorer = Scorer(model, device="cpu")
-    reviews = sample_reviews(128 if quick else 512)
-    conds, texts = review_conditions(reviews), [r["text"] for r in reviews]
+    test = load_split(data, "test")
+    rows = test.sample(n=min(len(test), 128 if quick else 512), random_state=0)
+    conds, texts = conditions(rows), rows["text"].astype(str).tolist()
     repeats = 2 if quick else 3
 
     def before():
@@ -74,7 +78,10 @@ def main(quick: bool = False) -> dict[str, Any]:
 
     rb = _rate(before, len(texts), repeats)
     ra = _rate(after, len(texts), repeats)
-    return {"model": model_description(model), "mode": scorer.mode, "reviews": len(texts), "batch": BATCH,
+    g = scorer.G.cfg
+    desc = {"dir": str(model), "n_layer": g.n_layer, "d_model": g.d_model, "vocab_size": g.vocab_size,
+            "generator_params": count_params(scorer.G)}
+    return {"model": desc, "mode": scorer.mode, "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch_threads": torch.get_num_threads(), "before_reviews_per_s": round(rb, 1),
             "after_reviews_per_s": round(ra, 1), "fraction": round(ra / rb, 3), "goal_fraction": GOAL_FRACTION,
@@ -84,4 +91,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    print(json.dumps(main(ap.parse_args().quick), indent=2))
+    ap.add_argument("--model", help="model directory to bench (default: the bench's tiny model)")
+    ap.add_argument("--data", help="its prepared data directory (for a refit; default: the bench's)")
+    a = ap.parse_args()
+    print(json.dumps(main(a.quick, a.model, a.data), indent=2))
