@@ -287,7 +287,7 @@ def test_compile_decode_flag_routes_only_decode_steps(tok, monkeypatch):
 
 @pytest.mark.slow
 def test_compiled_decode_gives_the_eager_tokens(tok):
-    """The real torch.compile (CPU inductor) decode step picks the same tokens as eager on a tiny model,
+    """On a tiny model the real torch.compile (CPU inductor) decode step picks the same tokens as eager,
     including after finished rows are compacted out of the cache (a new batch size)."""
     g = tiny_g(tok.vocab_size)
     with torch.no_grad():  # <eos> likely, so rows finish at varied steps and the cache is compacted

@@ -25,9 +25,10 @@ class SamplingParams:
     """What to sample (length, temperature, top-k, top-p) and how to run the per-token step.
 
     `compile_decode` runs each single-token decode step through `torch.compile(..., dynamic=True,
-    fullgraph=True)`. Off by default: on CPU it was measured slower than eager (about 4x per run at the
-    bench's 4x256 size, each process also paying 15-70 s of compile time), and on CUDA it is unmeasured
-    here. The prefill always runs eagerly."""
+    fullgraph=True)`; the prefill stays eager. Off by default: on CPU the bench measured it at a quarter of
+    eager's speed at both of its sizes (plus 6-25 s of compile per process), and there its tokens differed
+    from eager's, since inductor's fused kernels round differently; the per-row-seed guarantee then holds
+    among compiled runs only. On CUDA it is unmeasured here."""
 
     max_new_tokens: int
     temperature: float = 1.0
