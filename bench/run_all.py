@@ -193,7 +193,8 @@ def _md_train_rate(x: dict[str, Any]) -> list[str]:
         rate = r.get("loss_tokens_per_s", r.get("loss_tokens_per_s_total"))
         share = r.get("step_compute_share", "-")
         thr = r.get("threads", r.get("threads_per_worker"))
-        out.append(f"| {name} | {_f(rate, 0)} | {share} | {thr} | {_f(r['loadavg_before'][0], 2)} -> "
+        takes = f" (best of {', '.join(_f(t, 0) for t in r['takes'])})" if "takes" in r else ""
+        out.append(f"| {name} | {_f(rate, 0)}{takes} | {share} | {thr} | {_f(r['loadavg_before'][0], 2)} -> "
                    f"{_f(r['loadavg_after'][0], 2)} |")
     out += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in x["ratios"].items()) + "."]
     out += [f"- {g['name']}: {g['value']} (goal {g['goal']}): **{g['verdict']}**." for g in x["goals"]]
