@@ -196,7 +196,10 @@ def _md_train_rate(x: dict[str, Any]) -> list[str]:
         takes = f" (best of {', '.join(_f(t, 0) for t in r['takes'])})" if "takes" in r else ""
         out.append(f"| {name} | {_f(rate, 0)}{takes} | {share} | {thr} | {_f(r['loadavg_before'][0], 2)} -> "
                    f"{_f(r['loadavg_after'][0], 2)} |")
-    out += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in x["ratios"].items()) + "."]
+    out += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in x["ratios"].items()) + ".",
+            "The share of wall in train_step is what the loop leaves to the steps (the rest: evaluations, "
+            "logging, checkpoints, ingest waits); it moves little with the load, while the whole runs' rates, "
+            "taken minutes apart from the best timed takes, move with it."]
     out += [f"- {g['name']}: {g['value']} (goal {g['goal']}): **{g['verdict']}**." for g in x["goals"]]
     return out
 
