@@ -38,19 +38,25 @@ PRODUCTS_PER_SHARD = 256
 GOALS = {"driver_rss_ratio_max": 1.2, "overhead_max": 0.15}
 
 
+def prepared_data() -> Path:
+    """The carried sample prepared into bench/.cache/data (made once, then reused)."""
+    from reviewgen.data.corpus import prepare, review_sources, sample_data_dir
+
+    if not (DATA_DIR / "train.parquet").is_file():
+        prepare(review_sources(sample_data_dir()), DATA_DIR, seed=0, log=lambda *_: None)
+    return DATA_DIR
+
+
 def bench_model(log=print) -> Path:
     """The tiny model (configs/tiny.yaml), trained once into bench/.cache/gen_tiny_model."""
     if (MODEL_DIR / "meta.json").is_file():
         return MODEL_DIR
     from reviewgen.core.config import RunConfig
-    from reviewgen.data.corpus import prepare, review_sources, sample_data_dir
     from reviewgen.train.trainer import train_local
 
-    if not (DATA_DIR / "train.parquet").is_file():
-        prepare(review_sources(sample_data_dir()), DATA_DIR, seed=0, log=lambda *_: None)
     tmp = CACHE / "gen_tiny_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    train_local(DATA_DIR, tmp, RunConfig.from_yaml(BENCH_DIR.parent / "configs" / "tiny.yaml"), log=lambda *_: None)
+    train_local(prepared_data(), tmp, RunConfig.from_yaml(BENCH_DIR.parent / "configs" / "tiny.yaml"), log=lambda *_: None)
     tmp.rename(MODEL_DIR)
     log(f"bench model trained -> {MODEL_DIR}")
     return MODEL_DIR

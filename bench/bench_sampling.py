@@ -1,8 +1,9 @@
 """Sampling throughput at two sizes, each against Hugging Face GPT-2 `generate()` of the same shape (random
 weights, same batch, prefix and new tokens, its own KV cache), in one process with the same threads.
 
-Ours and HF alternate, repeat by repeat, and each keeps its best time: on a shared machine the load moves,
-so figures taken side by side in the same run are what the ratios rest on. The CPU's matmul peak is
+Ours (eager, and with SamplingParams.compile_decode) and HF alternate, repeat by repeat, and each keeps its
+best time: on a shared machine the load moves, so figures taken side by side in the same run are what the
+ratios rest on. The goals are read on the eager path (the default). The CPU's matmul peak is
 measured in the same process (a large torch.mm), and the sampler's achieved FLOP/s is computed from the
 model's parameter count and the tokens it forwards. Run: python -m bench.bench_sampling
 """
@@ -48,14 +49,14 @@ def _flops_per_run(n_matmul_params: int, c: dict) -> float:
     return 2 * n_matmul_params * tokens + 4 * L * d * attn_keys
 
 
-def _ours(c: dict, prefixes: torch.Tensor):
+def _ours(c: dict, prefixes: torch.Tensor, compile_decode: bool = False):
     from reviewgen.core.config import GeneratorConfig
     from reviewgen.core.models import Generator, count_params
     from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
 
     m = Generator(GeneratorConfig(vocab_size=c["vocab_size"], block_size=PREFIX + NEW, n_layer=c["n_layer"],
                                   n_head=c["n_head"], d_model=c["d_model"], dropout=0.0)).eval()
-    params = SamplingParams(NEW, 1.0, 0, c["top_p"])
+    params = SamplingParams(NEW, 1.0, 0, c["top_p"], compile_decode=compile_decode)
     u = counter_uniforms(range(c["batch"]), NEW)
     # positions are a lookup, not a matmul; the tied embedding counts once, as the LM head
     n_matmul = count_params(m) - m.pos_emb.weight.numel()
@@ -85,10 +86,15 @@ def run_case(name: str, c: dict, repeats: int) -> dict:
     torch.manual_seed(0)
     prefixes = torch.randint(10, c["vocab_size"], (c["batch"], PREFIX))
     ours, n_matmul = _ours(c, prefixes)
-    fns = {"ours": ours, "hf": _hf(c, prefixes)}
-    best = {}
-    for f in fns.values():
-        f()  # warm-up
+    compiled, _ = _ours(c, prefixes, compile_decode=True)
+    fns = {"ours": ours, "ours_compiled_decode": compiled, "hf": _hf(c, prefixes)}
+    best, first_call = {}, {}
+    reference = ours()
+    for k, f in fns.items():
+        t = time.perf_counter()
+        f()  # warm-up (for the compiled decode step: the compile)
+        first_call[k] = time.perf_counter() - t
+    same_tokens = bool(torch.equal(reference, compiled()))
     for _ in range(repeats):
         for k, f in fns.items():
             t = time.perf_counter()
@@ -101,7 +107,9 @@ def run_case(name: str, c: dict, repeats: int) -> dict:
                for k, s in best.items()}
     speedup = best["hf"] / best["ours"]
     out = {"case": c, "matmul_params": n_matmul, "matmul_peak_gflops": peak / 1e9, "methods": methods,
-           "speedup_vs_hf": speedup,
+           "speedup_vs_hf": speedup, "compiled_decode": {
+               "speedup_vs_eager": round(best["ours"] / best["ours_compiled_decode"], 3),
+               "first_call_s": round(first_call["ours_compiled_decode"], 1), "same_tokens_as_eager": same_tokens},
            "goals": {"speedup_vs_hf": {"goal": f">= {GOAL_SPEEDUP}x", "value": round(speedup, 2),
                                        "verdict": "MET" if speedup >= GOAL_SPEEDUP else "NOT MET"}}}
     if name == LARGER:

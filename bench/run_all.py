@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("sampling", "train", "generate", "serve", "score")
-TIMEOUT_S = {"sampling": 1200, "train": 1800, "generate": 3600, "serve": 1800, "score": 1800}
+BENCHES = ("sampling", "train", "train_rate", "generate", "serve", "score")
+TIMEOUT_S = {"sampling": 1200, "train": 1800, "train_rate": 1800, "generate": 3600, "serve": 1800, "score": 1800}
 
 
 def _child(name: str, quick: bool, threads: int | None, result_path: str) -> None:
@@ -36,10 +36,10 @@ def _child(name: str, quick: bool, threads: int | None, result_path: str) -> Non
     if threads:
         torch.set_num_threads(threads)
     mod = importlib.import_module(f"bench.bench_{name}")
-    load0 = os.getloadavg()
+    load0, started = os.getloadavg(), _now()
     t = time.perf_counter()
     res = mod.main(quick)
-    out = {"bench": name, "ok": True, "wall_s": round(time.perf_counter() - t, 1), "quick": quick,
+    out = {"bench": name, "ok": True, "date": started, "wall_s": round(time.perf_counter() - t, 1), "quick": quick,
            "torch_threads": torch.get_num_threads(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "children_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
@@ -70,10 +70,14 @@ def run_one(name: str, quick: bool, threads: int | None, log=print) -> dict[str,
         if res_path.is_file():
             out = json.loads(res_path.read_text())
         else:
-            out = {"bench": name, "ok": False, "exit": rc, "wall_s": round(wall, 1), "output_tail": tail,
+            out = {"bench": name, "ok": False, "date": _now(), "exit": rc, "wall_s": round(wall, 1), "output_tail": tail,
                    "loadavg_after": os.getloadavg()}
     log(f"[{name}] {'ok' if out['ok'] else 'FAILED (exit ' + str(out.get('exit')) + ')'} in {wall:.0f}s")
     return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def machine_info() -> dict[str, Any]:
@@ -88,7 +92,7 @@ def machine_info() -> dict[str, Any]:
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "host": platform.node(),
+    return {"date": _now(), "host": platform.node(),
             "python": platform.python_version(), "torch": torch.__version__, "ray": ray_version,
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "torch_default_threads": torch.get_num_threads(),
             "loadavg": os.getloadavg(), "cuda": torch.cuda.is_available(),
@@ -101,7 +105,8 @@ def _f(x: Any, nd: int = 1) -> str:
 
 def _ctx(r: dict[str, Any]) -> str:
     la = r.get("loadavg_before", ["?"])[0], r.get("loadavg_after", ["?"])[0]
-    return (f"_{'quick' if r.get('quick') else 'full'} run, {r.get('wall_s')} s, torch threads "
+    return (f"_{'quick' if r.get('quick') else 'full'} run at {r.get('date', '(date not recorded)')}, "
+            f"{r.get('wall_s')} s, torch threads "
             f"{r.get('torch_threads')}, load average {_f(la[0], 2)} -> {_f(la[1], 2)}, "
             f"peak RSS {r.get('peak_rss_mb')} MB_")
 
@@ -115,6 +120,7 @@ def render_md(doc: dict[str, Any]) -> str:
              f"{', '.join(_f(x, 2) for x in m['loadavg'])}.", ""]
     if doc["quick"]:
         lines += ["**Quick mode: small sizes, for checking the benches work; not the reference figures.**", ""]
+    lines += issue14_goals(doc["benches"])
     for name, r in doc["benches"].items():
         lines.append(f"## {name}")
         lines.append("")
@@ -122,7 +128,10 @@ def render_md(doc: dict[str, Any]) -> str:
             lines += [f"FAILED (exit {r.get('exit')}):", "", "```", r.get("output_tail", "")[-1500:], "```", ""]
             continue
         lines += [_ctx(r), ""]
-        lines += RENDER[name](r["result"]) + [""]
+        try:
+            lines += RENDER[name](r["result"]) + [""]
+        except (KeyError, TypeError):  # a record kept from a run of an older version of this bench
+            lines += ["(a record in an older format of this bench: see results.json, or rerun it)", ""]
     return "\n".join(lines)
 
 
@@ -137,6 +146,11 @@ def _md_sampling(x: dict[str, Any]) -> list[str]:
         for k, v in c["methods"].items():
             out.append(f"| {name} | {k} | {_f(v['reviews_per_s'])} | {_f(v['tokens_per_s'], 0)} | "
                        f"{_f(v['achieved_gflops'])} | {_f(v['fraction_of_matmul_peak'], 3)} |")
+        if "compiled_decode" in c:
+            d = c["compiled_decode"]
+            goals.append(f"- {name}: torch.compile'd decode step (SamplingParams.compile_decode, off by default) "
+                         f"{d['speedup_vs_eager']}x eager, first call (compile) {d['first_call_s']} s, same tokens "
+                         f"as eager: {d['same_tokens_as_eager']}.")
         for g, v in c["goals"].items():
             goals.append(f"- {name}: {g} {v['value']} (goal {v['goal']}, matmul peak "
                          f"{_f(c['matmul_peak_gflops'])} GFLOP/s): **{v['verdict']}**.")
@@ -161,6 +175,32 @@ def _md_train(x: dict[str, Any]) -> list[str]:
     if x["gpu"].get("status") == "measured":
         g = x["gpu"]
         out[-1] += f" on {g['device']}: {_f(g['tokens_per_s'], 0)} tokens/s, MFU {g['mfu']}."
+    return out
+
+
+def _md_train_rate(x: dict[str, Any]) -> list[str]:
+    rows = [("in-process timed steps (train_step loop, no Ray)", x["in_process_timed_steps"], "-"),
+            ("Ray Train 1 worker, timed steps (the bench's 1-worker figure)", x["ray_train_1_worker_timed_steps"], "-"),
+            ("`reviewgen train` in process (train_local), MLE phase", x["train_local_run"], "step log"),
+            ("`reviewgen train --num-workers 1` (Ray Train, Ray Data ingest, as the demo), MLE phase",
+             x["ray_train_1_worker_run"], "step log")]
+    out = [f"Model {x['config']}, MLE phase of {x['mle_steps']} steps for the runs (its eval, log and checkpoint "
+           f"cadences), {x['timed_steps']} timed steps after {x['warmup_steps']} warm-up for the timed figures; "
+           f"torch threads {x['threads']} everywhere.", "",
+           "| what | loss tokens/s | share of wall in train_step | threads | load average before -> after |",
+           "|---|---|---|---|---|"]
+    for name, r, _ in rows:
+        rate = r.get("loss_tokens_per_s", r.get("loss_tokens_per_s_total"))
+        share = r.get("step_compute_share", "-")
+        thr = r.get("threads", r.get("threads_per_worker"))
+        takes = f" (best of {', '.join(_f(t, 0) for t in r['takes'])})" if "takes" in r else ""
+        out.append(f"| {name} | {_f(rate, 0)}{takes} | {share} | {thr} | {_f(r['loadavg_before'][0], 2)} -> "
+                   f"{_f(r['loadavg_after'][0], 2)} |")
+    out += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in x["ratios"].items()) + ".",
+            "The share of wall in train_step is what the loop leaves to the steps (the rest: evaluations, "
+            "logging, checkpoints, ingest waits); it moves little with the load, while the whole runs' rates, "
+            "taken minutes apart from the best timed takes, move with it."]
+    out += [f"- {g['name']}: {g['value']} (goal {g['goal']}): **{g['verdict']}**." for g in x["goals"]]
     return out
 
 
@@ -233,15 +273,37 @@ def _md_serve(x: dict[str, Any]) -> list[str]:
     return out
 
 
-RENDER = {"sampling": _md_sampling, "train": _md_train, "generate": _md_generate, "serve": _md_serve,
-          "score": _md_score}
+def issue14_goals(benches: dict[str, Any]) -> list[str]:
+    """Issue 14's (speed) goals, each beside its figure, MET or NOT MET, read from the benches' results."""
+    rows = []
+    s = benches.get("sampling", {})
+    for name, c in (s.get("result", {}).get("cases", {}) if s.get("ok") else {}).items():
+        for g, v in c["goals"].items():
+            rows.append((f"sampler {name}: {g}", v["value"], v["goal"], v["verdict"], s))
+    t = benches.get("train_rate", {})
+    for g in (t.get("result", {}).get("goals", []) if t.get("ok") else []):
+        rows.append((g["name"], g["value"], g["goal"], g["verdict"], t))
+    if not rows:
+        return []
+    out = ["## Issue 14 (speed) goals", "", "| goal | figure | target | verdict | measured (load average, threads) |",
+           "|---|---|---|---|---|"]
+    for name, value, goal, verdict, r in rows:
+        la = r.get("loadavg_before", ["?"])[0]
+        out.append(f"| {name} | {value} | {goal} | **{verdict}** | {r.get('date', '?')} ({_f(la, 2)}, "
+                   f"{r.get('torch_threads')} threads) |")
+    return out + [""]
+
+
+RENDER = {"sampling": _md_sampling, "train": _md_train, "train_rate": _md_train_rate, "generate": _md_generate,
+          "serve": _md_serve, "score": _md_score}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run the selected benches, write results.json and results.md; exit 1 if any failed."""
     ap = argparse.ArgumentParser(description="reviewgen benchmarks (figures to OUT/results.{json,md})")
     ap.add_argument("--out", default="bench/results", help="output directory")
-    ap.add_argument("--only", action="append", choices=BENCHES, help="run only this bench (repeatable)")
+    ap.add_argument("--only", action="append", choices=BENCHES, help="run only this bench (repeatable); the "
+                    "other benches' records already in OUT/results.json are kept")
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the benches work, minutes in all")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads in each bench process (default: torch's default)")
@@ -249,13 +311,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine_info(), "quick": a.quick, "threads_option": a.threads, "benches": {}}
+    old = out / "results.json"
+    if a.only and old.is_file():
+        # a partial run keeps the other benches' earlier records (each carries its own date and load)
+        prev = json.loads(old.read_text())
+        if prev.get("quick") == a.quick:
+            doc["benches"] = {k: v for k, v in prev.get("benches", {}).items() if k not in a.only}
     for name in a.only or BENCHES:
         doc["benches"][name] = run_one(name, a.quick, a.threads)
         # written after every bench, so a long run that is stopped keeps what it measured
         (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
         (out / "results.md").write_text(render_md(doc))
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    return 0 if all(r.get("ok") for r in doc["benches"].values()) else 1
+    return 0 if all(doc["benches"][n].get("ok") for n in a.only or BENCHES) else 1
 
 
 if __name__ == "__main__":

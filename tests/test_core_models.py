@@ -259,3 +259,44 @@ def test_invalid_architecture_fields_are_named(key, value, match):
 
     with pytest.raises(ConfigError, match=f"generator.*{match}"):
         config_from_dict(GeneratorConfig, {key: value}, source="run.yaml:generator")
+
+
+def test_compile_decode_flag_routes_only_decode_steps(tok, monkeypatch):
+    """compile_decode=True sends every single-token step (never the prefill) through torch.compile's
+    wrapper; False never calls torch.compile."""
+    g = tiny_g(tok.vocab_size)
+    pre = tok.encode_prefixes([Condition("Kindle", "E-Readers", r) for r in (2, 5)])
+    seen: list[int] = []
+
+    def fake_compile(fn, **kw):
+        assert kw.get("dynamic") and kw.get("fullgraph")
+
+        def step(idx, **a):
+            seen.append(idx.shape[1])
+            return fn(idx, **a)
+        return step
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    u = counter_uniforms([1, 2], R)
+    on = sample(g, pre, SamplingParams(R, 1.0, compile_decode=True), eos_id=-1, pad_id=tok.pad_id, uniforms=u)
+    assert seen == [1] * (R - 1)
+    seen.clear()
+    off = sample(g, pre, SamplingParams(R, 1.0), eos_id=-1, pad_id=tok.pad_id, uniforms=u)
+    assert seen == [] and torch.equal(on, off)
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_eager_tokens(tok):
+    """On a tiny model the real torch.compile (CPU inductor) decode step picks the same tokens as eager,
+    including after finished rows are compacted out of the cache (a new batch size)."""
+    g = tiny_g(tok.vocab_size)
+    with torch.no_grad():  # <eos> likely, so rows finish at varied steps and the cache is compacted
+        w = g.lm_head.weight[tok.eos_id]
+        g.ln_f.bias.copy_(4.0 * w / w.norm() ** 2)
+    conds = [Condition("Kindle", "E-Readers", 1 + i % 5) for i in range(8)]
+    u = counter_uniforms([row_seed(f"p{i}", 0, 3) for i in range(8)], R)
+    for params in (SamplingParams(R, 1.0), SamplingParams(R, 1.0, 0, 0.9)):
+        eager = sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
+        comp = sample(g, tok.encode_prefixes(conds), SamplingParams(R, 1.0, params.top_k, params.top_p, True),
+                      eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
+        assert torch.equal(eager, comp)
