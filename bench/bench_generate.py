@@ -47,6 +47,19 @@ def prepared_data() -> Path:
     return DATA_DIR
 
 
+def model_description(model_dir: Path) -> dict[str, Any]:
+    """Sizes of a bench model's generator (layers, width, params) from its model directory."""
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.core.models import count_params
+
+    ck = load_checkpoint(model_dir, "cpu")
+    g = ck.config.generator
+    return {"dir": str(model_dir), "version": ck.version, "n_layer": g.n_layer, "d_model": g.d_model,
+            "n_head": g.n_head, "vocab_size": g.vocab_size, "generator_params": count_params(ck.generator),
+            "discriminator_params": count_params(ck.discriminator),
+            "prefix_len": ck.tokenizer.prefix_len, "max_review_len": ck.tokenizer.max_review_len}
+
+
 def bench_model(log=print) -> Path:
     """The tiny model (configs/tiny.yaml), trained once into bench/.cache/gen_tiny_model."""
     if (MODEL_DIR / "meta.json").is_file():

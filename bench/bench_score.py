@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from bench.bench_generate import DATA_DIR, bench_model
+from bench.bench_generate import DATA_DIR, bench_model, model_description
 from reviewgen.core.encoding import conditions
 from reviewgen.core.losses import autocast_for
-from reviewgen.core.models import count_params
 from reviewgen.data.corpus import load_split
 from reviewgen.score.calibration import apply_calibration
 from reviewgen.score.scorer import Scorer
@@ -78,10 +77,7 @@ def main(quick: bool = False, model: str | None = None, data: str | None = None)
 
     rb = _rate(before, len(texts), repeats)
     ra = _rate(after, len(texts), repeats)
-    g = scorer.G.cfg
-    desc = {"dir": str(model), "n_layer": g.n_layer, "d_model": g.d_model, "vocab_size": g.vocab_size,
-            "generator_params": count_params(scorer.G)}
-    return {"model": desc, "mode": scorer.mode, "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
+    return {"model": model_description(model), "mode": scorer.mode, "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch_threads": torch.get_num_threads(), "before_reviews_per_s": round(rb, 1),
             "after_reviews_per_s": round(ra, 1), "fraction": round(ra / rb, 3), "goal_fraction": GOAL_FRACTION,
