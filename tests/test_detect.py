@@ -125,3 +125,22 @@ def test_detector_scores_each_language_with_its_own_combiner():
     assert set(old.combiners) == {ANY_LANGUAGE} and old.logit({"x": np.zeros(1)}, ["en"]).tolist() == [1.5]
     with pytest.raises(CombinerError, match="by_language"):
         Detector.from_dict({"format": "reviewgen-detector/2", "by_language": {"en": const(0.0).to_dict()}})
+
+
+def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
+    from reviewgen.core.metrics import auroc
+    from reviewgen.score.calibration import fit_platt, out_of_fold_logits
+    from reviewgen.score.combiner import Candidate
+
+    rng = np.random.default_rng(1)
+    n = 60  # few rows, many noise features: an in-sample fit separates them better than new rows
+    y = np.r_[np.ones(n), np.zeros(n)]
+    sig = {f"f{i}": rng.normal(0, 1, 2 * n) for i in range(12)}
+    sig["f0"] = sig["f0"] + y
+    cand = Candidate("all", tuple(sig), 1e-4)
+    z_oof = out_of_fold_logits(sig, y, cand, folds=5, seed=0)
+    z_in = fit_combiner(sig, y, cand.features, l2=cand.l2).logit(sig)
+    assert np.isfinite(z_oof).all()
+    assert auroc(y, z_oof) < auroc(y, z_in)
+    # the Platt step on out-of-fold logits shrinks them; on in-sample ones it would not
+    assert fit_platt(z_oof, y, l2=0.0)["scale"] < 1.0 < fit_platt(z_in, y, l2=0.0)["scale"]

@@ -59,7 +59,8 @@ from reviewgen.core.metrics import auroc, ece
 from reviewgen.core.models import unwrap
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.score.combiner import ANY_LANGUAGE, Candidate, Combiner, Detector, base_signal, select_combiner
+from reviewgen.score.combiner import (ANY_LANGUAGE, Candidate, Combiner, Detector, base_signal, fit_combiner,
+                                     select_combiner)
 from reviewgen.score.signals import review_signals
 from reviewgen.score.wordlm import WordNgramLM
 
@@ -251,8 +252,11 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
         splits = [(set(machine), set(machine))]
     combiner = select_combiner(signals, labels, groups, candidates, splits, signs=FEATURE_SIGNS, seed=seed)
     # the L2 that keeps the weights' proportions robust also shrinks them towards p = 0.5: one Platt step
-    # on the combined logit restores the calibration (a positive scale keeps every sign)
-    z = combiner.logit(signals)
+    # on the combined logit restores the calibration (a positive scale keeps every sign). It is fitted on
+    # out-of-fold logits: the combiner's logits on its own fit rows are more separated than on new text,
+    # and a Platt step fitted on them would make p_human overconfident.
+    chosen = next(c for c in candidates if c.name == combiner.info["candidate"])
+    z = out_of_fold_logits(signals, labels, chosen, seed=seed)
     ok = np.isfinite(z)
     platt = fit_platt(z[ok], labels[ok], l2=0.0)
     ece_before = ece(labels[ok], 1.0 / (1.0 + np.exp(-z[ok])))
@@ -263,6 +267,22 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     info = dict(combiner.info, fit_auroc=auroc(labels[ok], p[ok]), fit_ece=ece(labels[ok], p[ok]),
                 fit_ece_before_platt=ece_before, platt=platt, sources=sorted(set(machine)))
     return replace(combiner, info=info)
+
+
+def out_of_fold_logits(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,
+                       folds: int = 5, seed: int = 0) -> np.ndarray:
+    """The combined logit of every row from a fit of `candidate` on the other folds (NaN where a feature is)."""
+    y = np.asarray(labels)
+    fold = np.random.default_rng(seed).permutation(len(y)) % folds
+    z = np.full(len(y), np.nan)
+    for k in range(folds):
+        fit = fold != k
+        if len(np.unique(y[fit])) < 2:
+            continue
+        c = fit_combiner({n: np.asarray(v)[fit] for n, v in signals.items()}, y[fit], candidate.features,
+                         l2=candidate.l2_for(int(fit.sum())), signs=FEATURE_SIGNS)
+        z[~fit] = c.logit({n: np.asarray(v)[~fit] for n, v in signals.items()})
+    return z
 
 
 def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=None,
