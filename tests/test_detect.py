@@ -144,3 +144,16 @@ def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
     assert auroc(y, z_oof) < auroc(y, z_in)
     # the Platt step on out-of-fold logits shrinks them; on in-sample ones it would not
     assert fit_platt(z_oof, y, l2=0.0)["scale"] < 1.0 < fit_platt(z_in, y, l2=0.0)["scale"]
+
+
+def test_platt_with_smoothed_targets_stays_finite_on_separated_logits():
+    from reviewgen.score.calibration import apply_calibration, fit_platt
+
+    z = np.r_[np.linspace(2, 6, 50), np.linspace(-6, -2, 50)]  # perfectly separated
+    y = np.r_[np.ones(50), np.zeros(50)]
+    smooth = fit_platt(z, y, l2=0.0, smooth_targets=True)
+    hard = fit_platt(z, y, l2=0.0)
+    assert 0 < smooth["scale"] < 0.5 * hard["scale"]
+    # the fitted rows average Platt's targets, 51/52 and 1/52, instead of 1 and 0
+    p = apply_calibration(z, smooth)
+    assert abs(p[:50].mean() - 51 / 52) < 0.01 and abs(p[50:].mean() - 1 / 52) < 0.01

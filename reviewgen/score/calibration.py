@@ -118,10 +118,16 @@ def as_setting(s: float | SamplingSetting) -> SamplingSetting:
     return s if isinstance(s, SamplingSetting) else SamplingSetting(float(s))
 
 
-def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> dict[str, float]:
-    """Fit p = sigmoid(scale * logit + bias) by minimising log loss (LBFGS)."""
+def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
+              smooth_targets: bool = False) -> dict[str, float]:
+    """Fit p = sigmoid(scale * logit + bias) by minimising log loss (LBFGS). `smooth_targets`: Platt's own
+    targets, (n_pos + 1) / (n_pos + 2) and 1 / (n_neg + 2) instead of 1 and 0, which keep the scale finite
+    when the logits separate the classes perfectly (as a small fit set can), so p never claims certainty."""
     x = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.float64)
+    if smooth_targets:
+        n_pos, n_neg = float(y.sum()), float((1 - y).sum())
+        y = torch.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1.0 / (n_neg + 2))
     params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([params], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
 
@@ -259,7 +265,7 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     chosen = next(c for c in candidates if c.name == combiner.info["candidate"])
     z = out_of_fold_logits(signals, labels, chosen, seed=seed)
     ok = np.isfinite(z)
-    platt = fit_platt(z[ok], labels[ok], l2=0.0)
+    platt = fit_platt(z[ok], labels[ok], l2=0.0, smooth_targets=True)
     ece_before = ece(labels[ok], 1.0 / (1.0 + np.exp(-z[ok])))
     if platt["scale"] > 0:
         combiner = replace(combiner, weights=tuple(platt["scale"] * w for w in combiner.weights),
