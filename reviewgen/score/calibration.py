@@ -41,9 +41,10 @@ Chinese and the test split mostly English, and the two languages' signals live o
 each language with enough validation rows (`MIN_LANGUAGE_ROWS`) gets its own combiner, with an L2 prior of
 fixed strength (`Candidate.per_row`) so that a small language is not fitted to perfectly separated,
 overconfident weights; `mixed_script` was added after the per-language fits showed Chinese as the weak
-side. `reviewgen evaluate` on that model then measured AUROC 0.954-0.992 over G's temperatures 0.6-1.3,
-0.957 against the out-of-family generator, and per-temperature ECE 0.039-0.058 (0.043-0.064 with the
-Platt step fitted in sample).
+side. `reviewgen evaluate` on that model then measured AUROC 0.953-0.994 over G's temperatures 0.6-1.3,
+0.958 against the out-of-family generator, and per-temperature ECE 0.046-0.065. (The Platt step fitted in
+sample gave 0.043-0.064; on out-of-fold logits with hard 0/1 targets 0.039-0.058, but a tiny model's
+perfectly separated fit set then scored real reviews p_human = 1.0, which Platt's smoothed targets prevent.)
 """
 
 from __future__ import annotations
