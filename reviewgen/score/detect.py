@@ -58,10 +58,6 @@ class LMStatistics:
         """Name -> array, in `STATISTICS` order plus n_tokens."""
         return {k: getattr(self, k) for k in (*STATISTICS, "n_tokens")}
 
-    def take(self, index: np.ndarray) -> "LMStatistics":
-        """The rows at `index`, in that order."""
-        return LMStatistics(**{k: getattr(self, k)[index] for k in (*STATISTICS, "n_tokens")})
-
     @staticmethod
     def concat(parts: Sequence["LMStatistics"]) -> "LMStatistics":
         """Join batches in order."""

@@ -29,15 +29,6 @@ def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def discriminator_outputs(D, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str],
-                          batch_size: int = 64, device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(sequence logits [N], predicted rating 1..5 [N]) for texts under their conditions (bf16 autocast on
-    CUDA), over batches of similar length."""
-    sig = review_signals(D, None, tok, conds, texts, batch_size=batch_size, device=device)
-    return sig["d_logit"].astype(np.float32), sig["rating_pred"]
-
-
-@torch.inference_mode()
 def review_signals(D, G, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str], *, ref=None,
                    wordlm: WordNgramLM | None = None, batch_size: int = 64, device="cpu") -> dict[str, np.ndarray]:
     """Every scorer signal (`SIGNALS`) plus rating_pred, one array [N] each: the texts are encoded once and

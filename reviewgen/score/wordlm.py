@@ -73,8 +73,8 @@ def _windows(ids: np.ndarray) -> dict[str, np.ndarray]:
             "ctx1": window_hashes(ids[1:-1], 1), "ctx2": window_hashes(ids[:-1], 2)}
 
 
-def _padded(text: str, cache: dict[str, int]) -> np.ndarray:
-    return _unit_ids([_BOS, _BOS, *word_units(text), _EOS], cache)
+def _padded(units: Sequence[str], cache: dict[str, int]) -> np.ndarray:
+    return _unit_ids([_BOS, _BOS, *units, _EOS], cache)
 
 
 class WordNgramLM:
@@ -94,7 +94,7 @@ class WordNgramLM:
         cache: dict[str, int] = {}
         parts: dict[str, list[np.ndarray]] = {k: [] for k in _TABLES}
         for t in texts:
-            for k, h in _windows(_padded(t, cache)).items():
+            for k, h in _windows(_padded(word_units(t), cache)).items():
                 parts[k].append(h)
         tables = {}
         for k, arrs in parts.items():
@@ -124,7 +124,7 @@ class WordNgramLM:
             han = sum(1 for u in units if _HAN.fullmatch(u))
             if latin + han:
                 out["mixed_script"][i] = min(latin, han) / (latin + han)
-            h = _windows(_unit_ids([_BOS, _BOS, *units, _EOS], cache))
+            h = _windows(_padded(units, cache))
             tri, bi, uni = self._count("tri", h["tri"]), self._count("bi", h["bi"]), self._count("uni", h["uni"])
             c2, c1 = self._count("ctx2", h["ctx2"]), self._count("ctx1", h["ctx1"])
             with np.errstate(divide="ignore", invalid="ignore"):
