@@ -4,7 +4,9 @@ and the MLE reference, combined by the detector), on the same real reviews, mode
 Before = D over fixed-width batches in input order + `apply_calibration`, exactly what `Scorer.score`
 computed before the detector (`old_scorer` keeps that path here, since the library's D path now batches by
 length). After = `Scorer.score`: D, G and the reference over length-sorted batches, and the word n-gram
-statistics. Goal: after >= 50% of before. The model: `--model DIR` (e.g. the `make demo` model, with
+statistics. Also reported: D alone through today's signal path (length-sorted batches, and bf16 on a CPU with
+native bf16), so that the gain from batching and precision can be told apart from the cost of G and the
+reference. Goal: after >= 50% of before. The model: `--model DIR` (e.g. the `make demo` model, with
 `--data` its prepared data), or else the bench's tiny model; one without the current detector gets it first
 (`refit_calibration`, which also stores its reference network and word n-gram model).
 
@@ -22,11 +24,13 @@ from typing import Any
 import torch
 
 from bench.bench_generate import DATA_DIR, bench_model, model_description
+from reviewgen.core.device import cpu_has_native_bf16
 from reviewgen.core.encoding import conditions
 from reviewgen.core.losses import autocast_for
 from reviewgen.data.corpus import load_split
 from reviewgen.score.calibration import apply_calibration
 from reviewgen.score.scorer import Scorer
+from reviewgen.score.signals import review_signals
 
 GOAL_FRACTION = 0.5
 BATCH = 64
@@ -75,12 +79,17 @@ def main(quick: bool = False, model: str | None = None, data: str | None = None)
     def after():
         return scorer.score_texts(conds, texts, batch_size=BATCH)
 
+    def d_alone_now():
+        return review_signals(scorer.D, None, scorer.tok, conds, texts, batch_size=BATCH, device=scorer.device)
+
     rb = _rate(before, len(texts), repeats)
     ra = _rate(after, len(texts), repeats)
+    rd = _rate(d_alone_now, len(texts), repeats)
     return {"model": model_description(model), "mode": scorer.mode, "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch_threads": torch.get_num_threads(), "before_reviews_per_s": round(rb, 1),
-            "after_reviews_per_s": round(ra, 1), "fraction": round(ra / rb, 3), "goal_fraction": GOAL_FRACTION,
+            "after_reviews_per_s": round(ra, 1), "d_alone_now_reviews_per_s": round(rd, 1),
+            "inference_bf16": cpu_has_native_bf16(), "fraction": round(ra / rb, 3), "goal_fraction": GOAL_FRACTION,
             "goal_met": ra / rb >= GOAL_FRACTION}
 
 

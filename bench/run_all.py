@@ -233,7 +233,9 @@ def _md_score(x: dict[str, Any]) -> list[str]:
             f"{x['torch_threads']} torch threads; scorer mode: {x['mode']}.", "",
             "| scorer | reviews/s |", "|---|---|",
             f"| before: D alone (Platt) | {_f(x['before_reviews_per_s'])} |",
-            f"| after: D + G + reference, detector | {_f(x['after_reviews_per_s'])} |", "",
+            f"| after: D + G + reference, detector | {_f(x['after_reviews_per_s'])} |",
+            f"| for comparison: D alone through the after path's batching and precision "
+            f"(bf16: {x.get('inference_bf16')}) | {_f(x.get('d_alone_now_reviews_per_s'))} |", "",
             f"After / before: **{x['fraction']:.2f}** (goal >= {x['goal_fraction']:.2f}: "
             f"{'met' if x['goal_met'] else 'NOT met'})."]
 

@@ -157,3 +157,52 @@ def test_platt_with_smoothed_targets_stays_finite_on_separated_logits():
     # the fitted rows average Platt's targets, 51/52 and 1/52, instead of 1 and 0
     p = apply_calibration(z, smooth)
     assert abs(p[:50].mean() - 51 / 52) < 0.01 and abs(p[50:].mean() - 1 / 52) < 0.01
+
+
+def _tiny_lm(seed: int, vocab: int, block: int):
+    from reviewgen.core.config import GeneratorConfig
+    from reviewgen.core.models import Generator
+
+    torch.manual_seed(seed)
+    return Generator(GeneratorConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, d_model=32,
+                                     dropout=0.0)).eval()
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_chunked_projection_at_review_tokens_matches_full_logits(monkeypatch, bf16):
+    """batch_lm_statistics (projection only at review tokens, in chunks, under the inference precision)
+    equals lm_statistics on the models' full fp32 logits, and so do chunks of one position."""
+    from types import SimpleNamespace
+
+    import reviewgen.core.device as device
+    import reviewgen.score.detect as detect
+    from reviewgen.core.losses import review_logits
+    from reviewgen.core.tokenizer import review_mask
+
+    V, P, R = 300, 6, 10
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: bf16)
+    G, ref = _tiny_lm(0, V, P + R), _tiny_lm(1, V, P + R)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, V, (5, P + R), generator=gen)
+    ids[0, P + 4] = 2  # <eos> ends row 0 early; the pads after it must not count
+    ids[0, P + 5:] = 0
+    ids[3, P] = 2  # a review that is only <eos>
+    ids[3, P + 1:] = 0
+    tok = SimpleNamespace(prefix_len=P, eos_id=2, pad_id=0)
+    targets = ids[:, P:]
+    with torch.inference_mode():
+        dense = detect.lm_statistics(review_logits(G, ids, P), targets, review_mask(targets, 2, 0),
+                                     review_logits(ref, ids, P)).as_dict()
+        fused = detect.batch_lm_statistics(G, tok, ids, ref).as_dict()
+        monkeypatch.setattr(detect, "CHUNK_ELEMENTS", {"cpu": 1, "cuda": 1})
+        tiny_chunks = detect.batch_lm_statistics(G, tok, ids, ref).as_dict()
+    assert fused["n_tokens"].tolist() == [5, R, R, 1, R]
+    tol = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-5, atol=1e-5)
+    for k in dense:
+        if bf16 and k in ("top1_share", "top10_share", "mean_log_rank"):
+            continue  # ranks among near-equal logits may swap under bf16; checked in fp32
+        np.testing.assert_allclose(fused[k], dense[k], err_msg=k, **tol)
+        np.testing.assert_allclose(tiny_chunks[k], fused[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    # the bf16 case really ran in bf16: its log-probs move, by far less than the tolerance
+    moved = np.abs(fused["mean_logprob"] - dense["mean_logprob"]).max()
+    assert (moved > 1e-5) if bf16 else (moved < 1e-5)

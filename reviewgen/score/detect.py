@@ -31,9 +31,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from reviewgen.core.losses import autocast_for, review_logits
+from reviewgen.core.device import inference_autocast
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, review_mask
 
@@ -68,6 +67,65 @@ class LMStatistics:
                                for k in (*STATISTICS, "n_tokens")})
 
 
+# positions x vocabulary entries per chunk of the statistics: 8 MB of fp32 logits stays in a CPU's cache
+# through the dozen passes below, where the whole batch's logits would stream from memory each time
+CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
+
+
+def token_statistics(logits: torch.Tensor, targets: torch.Tensor,
+                     ref_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-position statistics [5, n] from G's logits [n, V] for `targets` [n] (and the reference's
+    logits [n, V]): log p(target), the target's rank (tokens strictly more likely), G's entropy, the
+    cross-entropy E_q[-log p] and the variance Var_q[log p], with q the reference's distribution (G's own
+    without one). Works in place on both logit tensors (fp32, which it then owns) to make few passes."""
+    x = logits
+    x.sub_(x.amax(-1, keepdim=True))  # log p = x - log Z after this shift, and exp(x) cannot overflow
+    xt = x.gather(1, targets.unsqueeze(1))
+    rank = (x > xt).sum(-1).to(x.dtype)
+    e = x.exp()
+    z = e.sum(-1)
+    log_z = z.log()
+    entropy = log_z - e.mul_(x).sum(-1) / z
+    if ref_logits is None:
+        q, zq = x.exp(), z
+    else:
+        q = ref_logits
+        q.sub_(q.amax(-1, keepdim=True)).exp_()
+        zq = q.sum(-1)
+    ex = q.mul_(x).sum(-1) / zq  # E_q[x]; the variance of log p = x - log Z under q is that of x
+    ex2 = q.mul_(x).sum(-1) / zq
+    return torch.stack([xt.squeeze(1) - log_z, rank, entropy, log_z - ex, (ex2 - ex * ex).clamp_min(0.0)])
+
+
+def per_review(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> LMStatistics:
+    """Aggregate `token_statistics` columns [5, M] of review tokens belonging to `rows` [M] (0..n_rows-1)
+    into per-review `LMStatistics`; rows with no token give NaN."""
+    values = values.double()
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_rows, dtype=torch.float64, device=x.device).index_add_(0, rows, x)
+
+    logp, rank, entropy, cross, var = values
+    n = total(torch.ones_like(logp))
+    nan = torch.full_like(n, float("nan"))
+
+    def mean(x: torch.Tensor) -> np.ndarray:
+        return torch.where(n > 0, total(x) / n.clamp_min(1.0), nan).cpu().numpy()
+
+    log_ppl, x_ent = -mean(logp), mean(cross)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = log_ppl / np.maximum(x_ent, 1e-6)
+    fast = (total(logp) + total(cross)) / total(var).clamp_min(1e-6).sqrt()
+    return LMStatistics(mean_logprob=-log_ppl, mean_log_rank=mean(torch.log1p(rank)),
+                        top1_share=mean((rank < 1).double()), top10_share=mean((rank < 10).double()),
+                        mean_entropy=mean(entropy), binoculars=ratio,
+                        fast_detect=torch.where(n > 0, fast, nan).cpu().numpy(), n_tokens=n.long().cpu().numpy())
+
+
+def _chunk_rows(device: torch.device, vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // vocab)
+
+
 def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                   ref_logits: torch.Tensor | None = None) -> LMStatistics:
     """The statistics from G's logits [B, R, V] predicting `targets` [B, R] where `mask` [B, R] is true.
@@ -75,42 +133,47 @@ def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     `ref_logits` (same shape) gives the second model of the Binoculars ratio and the sampling model of the
     Fast-DetectGPT discrepancy; without it both use G alone (log-perplexity over G's own entropy; samples
     from G). Rows with no token give NaN."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    tgt = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, R]
-    rank = (logp > tgt.unsqueeze(-1)).sum(-1).to(torch.float32)  # tokens strictly more likely than the target
-    entropy = -(logp.exp() * logp).sum(-1)
-    q = logp.exp() if ref_logits is None else F.softmax(ref_logits.float(), dim=-1)
-    # expected surprise under G of what the reference would write next, and its variance
-    cross = -(q * logp).sum(-1)
-    var = ((q * logp * logp).sum(-1) - cross * cross).clamp_min(0.0)
-    m = mask.to(torch.float32)
-    n = m.sum(1)
-    denom = n.clamp_min(1.0)
-
-    def mean(x: torch.Tensor) -> np.ndarray:
-        out = ((x * m).sum(1) / denom).double()
-        return torch.where(n > 0, out, torch.full_like(out, float("nan"))).cpu().numpy()
-
-    log_ppl = -mean(tgt)
-    x_ent = mean(cross)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = log_ppl / np.maximum(x_ent, 1e-6)
-    discrepancy = ((tgt + cross) * m).sum(1) / (var * m).sum(1).clamp_min(1e-6).sqrt()
-    fast = torch.where(n > 0, discrepancy, torch.full_like(discrepancy, float("nan"))).double().cpu().numpy()
-    return LMStatistics(mean_logprob=-log_ppl, mean_log_rank=mean(torch.log1p(rank)),
-                        top1_share=mean((rank < 1).float()), top10_share=mean((rank < 10).float()),
-                        mean_entropy=mean(entropy), binoculars=ratio, fast_detect=fast,
-                        n_tokens=n.long().cpu().numpy())
+    rows = mask.nonzero()[:, 0]
+    x, t = logits[mask].float(), targets[mask]
+    r = ref_logits[mask].float() if ref_logits is not None else None
+    step = _chunk_rows(x.device, x.shape[-1])
+    parts = [token_statistics(x[s:s + step], t[s:s + step], None if r is None else r[s:s + step])
+             for s in range(0, len(t), step)]
+    values = torch.cat(parts, 1) if parts else torch.zeros(5, 0)
+    return per_review(values, rows, mask.shape[0])
 
 
 @torch.inference_mode()
 def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None) -> LMStatistics:
-    """`lm_statistics` for one encoded batch of (condition, review) rows `ids` [B, T] on G's device: one
-    forward of G (and of `ref`), bf16 autocast on CUDA; the statistics themselves in fp32."""
+    """`lm_statistics` for one encoded batch of (condition, review) rows `ids` [B, T] on G's device.
+
+    One forward of G's trunk (and of `ref`'s) under `inference_autocast`; the vocabulary projection then
+    runs only at review tokens, a cache-sized chunk at a time, so the [B, R, V] logits never exist whole.
+    The statistics are fp32. Under bf16 each target's own logit is recomputed in fp32, so that rounding
+    cannot tie it with its neighbours and flatter its rank."""
     P = tok.prefix_len
     targets = ids[:, P:]
     mask = review_mask(targets, tok.eos_id, tok.pad_id)
-    with autocast_for(ids.device):
-        g = review_logits(unwrap(G), ids, P)
-        r = review_logits(unwrap(ref), ids, P) if ref is not None else None
-    return lm_statistics(g, targets, mask, r)
+    G = unwrap(G)
+    ref = unwrap(ref) if ref is not None else None
+    dev = ids.device
+    with inference_autocast(dev):
+        hg = G.features(ids[:, :-1], start=P - 1)[mask]
+        hr = ref.features(ids[:, :-1], start=P - 1)[mask] if ref is not None else None
+        # the heads' weights are cast once per batch, not once per chunk
+        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else torch.float32
+    w = G.lm_head.weight
+    wg = w.to(dtype)
+    wr = ref.lm_head.weight.to(dtype) if ref is not None else None
+    t = targets[mask]
+    step = _chunk_rows(dev, w.shape[0])
+    parts = []
+    for s in range(0, len(t), step):
+        h, tt = hg[s:s + step], t[s:s + step]
+        x = (h.to(dtype) @ wg.T).float()
+        r = (hr[s:s + step].to(dtype) @ wr.T).float() if ref is not None else None
+        exact = (h.float() * w[tt].float()).sum(-1)
+        x.scatter_(1, tt.unsqueeze(1), exact.unsqueeze(1))
+        parts.append(token_statistics(x, tt, r))
+    values = torch.cat(parts, 1) if parts else torch.zeros(5, 0, device=ids.device)
+    return per_review(values, mask.nonzero()[:, 0], ids.shape[0])

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.core.losses import autocast_for
+from reviewgen.core.device import inference_autocast
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.core.encoding import length_batches
@@ -23,7 +23,7 @@ SIGNALS = ("d_logit", *STATISTICS, "log_tokens", *WORD_STATISTICS)
 
 
 def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with autocast_for(ids.device):
+    with inference_autocast(ids.device):
         out = D(ids)
     return out.seq_logits.float().cpu(), out.rating_logits.argmax(-1).cpu() + 1
 
