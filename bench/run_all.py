@@ -139,21 +139,27 @@ def _md_sampling(x: dict[str, Any]) -> list[str]:
     out = [f"Prefix {x['prefix']}, {x['new_tokens']} new tokens, best of {x['repeats']}; torch threads "
            f"{x['torch_threads']} (interop {x['interop_threads']}) on {x['cpu_count']} CPUs; load average "
            f"{_f(x['loadavg_before'][0], 2)} -> {_f(x['loadavg_after'][0], 2)}. {x['note']}.", "",
-           "| case | method | reviews/s | tokens/s | achieved GFLOP/s | fraction of matmul peak |",
-           "|---|---|---|---|---|---|"]
+           "| case | method | precision | reviews/s | tokens/s | achieved GFLOP/s | fraction of its matmul peak |",
+           "|---|---|---|---|---|---|---|"]
     goals = []
     for name, c in x["cases"].items():
         for k, v in c["methods"].items():
-            out.append(f"| {name} | {k} | {_f(v['reviews_per_s'])} | {_f(v['tokens_per_s'], 0)} | "
-                       f"{_f(v['achieved_gflops'])} | {_f(v['fraction_of_matmul_peak'], 3)} |")
+            out.append(f"| {name} | {k} | {v.get('precision', 'fp32')} | {_f(v['reviews_per_s'])} | "
+                       f"{_f(v['tokens_per_s'], 0)} | {_f(v['achieved_gflops'])} | {_f(v['fraction_of_matmul_peak'], 3)} |")
+        if "speedup_fp32_vs_hf_fp32" in c:
+            goals.append(f"- {name}: ours / HF both in fp32 {c['speedup_fp32_vs_hf_fp32']:.2f}x; ours at its default "
+                         f"precision ({c['default_precision']}) / HF's default (fp32) "
+                         f"{c['speedup_default_vs_hf_default']:.2f}x.")
         if "compiled_decode" in c:
             d = c["compiled_decode"]
             goals.append(f"- {name}: torch.compile'd decode step (SamplingParams.compile_decode, off by default) "
                          f"{d['speedup_vs_eager']}x eager, first call (compile) {d['first_call_s']} s, same tokens "
                          f"as eager: {d['same_tokens_as_eager']}.")
+        peak = c["matmul_peak_gflops"]
+        peak = ", ".join(f"{k} {_f(v)}" for k, v in peak.items()) if isinstance(peak, dict) else _f(peak)
         for g, v in c["goals"].items():
-            goals.append(f"- {name}: {g} {v['value']} (goal {v['goal']}, matmul peak "
-                         f"{_f(c['matmul_peak_gflops'])} GFLOP/s): **{v['verdict']}**.")
+            goals.append(f"- {name}: {g} {v['value']} (goal {v['goal']}, matmul peak {peak} GFLOP/s): "
+                         f"**{v['verdict']}**.")
     return out + [""] + goals
 
 

@@ -206,3 +206,25 @@ def test_chunked_projection_at_review_tokens_matches_full_logits(monkeypatch, bf
     # the bf16 case really ran in bf16: its log-probs move, by far less than the tolerance
     moved = np.abs(fused["mean_logprob"] - dense["mean_logprob"]).max()
     assert (moved > 1e-5) if bf16 else (moved < 1e-5)
+
+
+def test_a_fit_on_three_machine_reviews_per_human_keeps_the_one_to_one_prior():
+    from reviewgen.score.calibration import fit_detector, prior_shift
+
+    rng = np.random.default_rng(3)
+
+    def draw(n_human: int, n_machine: int):
+        y = np.r_[np.ones(n_human), np.zeros(n_machine)]
+        sig = {"mean_log_rank": rng.normal(0, 1, len(y)) + 1.2 * y,
+               "binoculars": rng.normal(0, 1, len(y)) + 0.6 * y, "mean_logprob": rng.normal(0, 1, len(y))}
+        return sig, y
+
+    sig, y = draw(400, 1200)
+    groups = ["human"] * 400 + ["G:plain"] * 600 + ["ref:truncated"] * 600
+    assert math.isclose(prior_shift(y), math.log(3))
+    det = fit_detector(sig, y, groups)
+    assert math.isclose(det.combiners["*"].info["prior_shift"], math.log(3))
+    # on new balanced rows, p_human averages 1/2 for a 1:1 prior (0.31 without the shift)
+    test_sig, test_y = draw(4000, 4000)
+    p = 1.0 / (1.0 + np.exp(-det.logit(test_sig, [None] * len(test_y))))
+    assert abs(p.mean() - 0.5) < 0.03

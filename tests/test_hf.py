@@ -106,7 +106,7 @@ def test_greedy_kv_cache_sampling_equals_transformers_generate(base):
     family, d, hf, vocab = base
     G = init_from_hf(d, _run_cfg()).generator
     prompts = torch.randint(1, vocab, (3, P), generator=torch.Generator().manual_seed(1))
-    ours = sample(G, prompts, SamplingParams(R, temperature=0.0), eos_id=-1, pad_id=0)
+    ours = sample(G, prompts, SamplingParams(R, temperature=0.0, precision="fp32"), eos_id=-1, pad_id=0)
     with torch.no_grad():
         theirs = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False, max_new_tokens=R,
                              min_new_tokens=R, eos_token_id=None, pad_token_id=0)[:, P:]

@@ -315,3 +315,15 @@ def test_mean_sd() -> None:
     assert M.mean_sd([5.0]) == (5.0, 0.0)
     with pytest.raises(ValueError):
         M.mean_sd([])
+
+
+def test_ece_floor_is_what_a_calibrated_scorer_reads_by_chance():
+    from reviewgen.core.metrics import ece_floor
+
+    # p = 0.5 everywhere: ECE is |mean(y) - 0.5|, whose mean over Bernoulli(0.5) labels is sqrt(2/pi)/(2 sqrt(n))
+    for n in (100, 1600):
+        assert abs(ece_floor(np.full(n, 0.5), draws=400) - np.sqrt(2 / np.pi) / (2 * np.sqrt(n))) < 0.15 / np.sqrt(n)
+    # certain scores leave nothing to chance
+    assert ece_floor(np.r_[np.zeros(50), np.ones(50)]) == 0.0
+    with pytest.raises(ValueError):
+        ece_floor(np.array([0.2, 1.5]))

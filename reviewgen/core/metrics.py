@@ -136,6 +136,17 @@ def ece(y_true: Any, p: Any, n_bins: int = 15) -> float:
     return float(np.sum(w * np.abs(b["accuracy"][nz] - b["confidence"][nz])))
 
 
+def ece_floor(p: Any, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated scorer reads on these scores: the mean `ece` over label sets drawn as
+    Bernoulli(p). ECE is biased upwards on a finite sample (every bin's accuracy is a noisy estimate), by
+    about 0.025 on 300 + 300 rows and 0.013 on 1,000 + 1,000 here, so a measured ECE means little unless
+    read beside it."""
+    s = np.asarray(p, dtype=np.float64)
+    _check_prob(s, "ece_floor")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([ece((rng.random(s.shape) < s).astype(np.int64), s, n_bins) for _ in range(draws)]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Aggregation
 

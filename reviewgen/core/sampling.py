@@ -7,6 +7,7 @@ whatever else shares its batch, on the same hardware.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,10 +15,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from reviewgen.core.device import inference_autocast
 from reviewgen.core.models import Generator, unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+PRECISIONS = ("auto", "fp32")
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,22 @@ class SamplingParams:
     fullgraph=True)`; the prefill stays eager. Off by default: on CPU the bench measured it at a quarter of
     eager's speed at both of its sizes (plus 6-25 s of compile per process), and there its tokens differed
     from eager's, since inductor's fused kernels round differently; the per-row-seed guarantee then holds
-    among compiled runs only. On CUDA it is unmeasured here."""
+    among compiled runs only. On CUDA it is unmeasured here.
+
+    `precision`: "auto" runs the forwards under `reviewgen.core.device.inference_autocast` (bf16 on CUDA and on
+    CPUs with native bf16, fp32 elsewhere); "fp32" always in fp32. The per-row-seed guarantee holds within
+    one precision on one kind of hardware."""
 
     max_new_tokens: int
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     compile_decode: bool = False
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def row_seed(product_id: str, index: int, seed: int) -> int:
@@ -184,13 +196,14 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
     rows = torch.arange(B, device=device)  # batch row -> output row
     live = torch.ones(B, dtype=torch.bool, device=device)
     n_live = B
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     # a fresh wrapper per call, not a cached one: Dynamo keys its compiled code on Generator.forward's
     # code object and guards, so later calls reuse it, and nothing is stored on the model or the module
     decode = torch.compile(model.forward, dynamic=True, fullgraph=True) if params.compile_decode else model
-    with autocast:
+    with inference_autocast(device) if params.precision == "auto" else contextlib.nullcontext():
         if use_cache:
-            cache = model.new_cache(B, device, dtype=torch.bfloat16 if device.type == "cuda" else None)
+            # the cache holds keys and values in the dtype the projections produce
+            low = torch.is_autocast_enabled(device.type)
+            cache = model.new_cache(B, device, dtype=torch.get_autocast_dtype(device.type) if low else None)
             logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         seq = prefixes
         for t in range(R):
@@ -219,14 +232,6 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
                 logits = decode(tok[:, None], cache=cache, pos=P + t)[:, -1]
     model.train(was_training)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def generate_texts(G, tok: ReviewTokenizer, conds: Sequence[Condition], keys: Sequence[str] | None = None, *,

@@ -15,7 +15,7 @@ import pandas as pd
 from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions
-from reviewgen.core.metrics import accuracy, auroc, brier, ece, f1, roc_curve
+from reviewgen.core.metrics import accuracy, auroc, brier, ece, ece_floor, f1, roc_curve
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
@@ -74,8 +74,10 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """AUROC, accuracy, F1, ECE, Brier (positive class = human)."""
-    return {"auroc": auroc(y, p), "accuracy": accuracy(y, p), "f1": f1(y, p), "ece": ece(y, p), "brier": brier(y, p)}
+    """AUROC, accuracy, F1, ECE, the ECE a perfectly calibrated scorer would read on the same rows
+    (`reviewgen.core.metrics.ece_floor`), Brier (positive class = human)."""
+    return {"auroc": auroc(y, p), "accuracy": accuracy(y, p), "f1": f1(y, p), "ece": ece(y, p),
+            "ece_floor": ece_floor(p), "brier": brier(y, p)}
 
 
 def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: int, log: Log) -> Any:

@@ -77,9 +77,11 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ood = [s for s in r["scorer"]["settings"].values() if s.get("source") == "out_of_family"]
     au_ood = min((s["calibrated"]["auroc"] for s in ood), default=None)
     ok = au >= 0.95 and ec <= 0.05 and (au_ood is not None and au_ood >= 0.85)
+    floor = max((s["calibrated"].get("ece_floor") or 0.0) for _, s in rows)
     out["scorer_detection"] = {"status": _status(ok), "detail":
                                f"p_human over GAN temperatures: worst AUROC {au:.4f} (need >= 0.95), worst ECE {ec:.4f} "
-                               f"(need <= 0.05); out-of-family generator (top-k {OOD_TOP_K}): AUROC {_f(au_ood)} "
+                               f"(need <= 0.05; a perfectly calibrated scorer would read up to {floor:.4f} on these "
+                               f"rows); out-of-family generator (top-k {OOD_TOP_K}): AUROC {_f(au_ood)} "
                                "(need >= 0.85" + ("; no out-of-family model was given)" if au_ood is None else ")")}
 
     # 5. copying: accepted output, every GAN setting
