@@ -263,12 +263,13 @@ def _kill_one_replica(base_app: str) -> Callable[[], None]:
     return kill
 
 
-def main(quick: bool = False) -> dict[str, Any]:
-    """Every level on the no-op and ours, the in-process figure, the failure events, and the verdicts."""
+def main(quick: bool = False, model: str | None = None) -> dict[str, Any]:
+    """Every level on the no-op and ours, the in-process figure, the failure events, and the verdicts, for
+    the model directory `model` (default: the bench's tiny model)."""
     import ray
     import torch
 
-    model_dir = bench_model()
+    model_dir = model or bench_model()
     reviews = sample_reviews()
     seconds, event_s = (3.0, 10.0) if quick else (10.0, 30.0)
     threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
@@ -355,4 +356,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 s per level and 10 s events instead of 10 s and 30 s")
-    print(json.dumps(main(ap.parse_args().quick), indent=2, default=str))
+    ap.add_argument("--model", help="model directory to serve (default: the bench's tiny model), e.g. the "
+                                    "`make demo` model")
+    a = ap.parse_args()
+    print(json.dumps(main(a.quick, a.model), indent=2, default=str))
