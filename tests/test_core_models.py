@@ -151,15 +151,22 @@ def test_topk_head_picks_the_full_sort_tokens(top_k, top_p, scale):
         u = torch.rand(48, generator=g, dtype=torch.float64)
         u[0] = 1.0 - 2.0 ** -53  # the inverse CDF's last step
         assert torch.equal(sampling.pick_tokens(logits, u, params),
-                           sampling._pick_sorted(torch.softmax(logits, dim=-1), u, params))
+                           sampling._pick_reference(torch.softmax(logits, dim=-1), u, params))
 
 
-def test_key_sort_is_the_stable_descending_sort():
-    probs = torch.softmax(torch.randn(6, 700) * 0.01, dim=-1)
-    probs[:, 100:200] = probs[:, 50:51]  # ties keep index order
-    a = torch.sort(probs, dim=-1, descending=True, stable=True)
-    b = sampling._stable_sort_desc(probs)
-    assert torch.equal(a.values, b[0]) and torch.equal(a.indices, b[1])
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (0, 0.95), (0, 0.3), (7, 1.0), (150, 0.9)])
+def test_values_only_sort_picks_the_stable_sort_tokens(top_k, top_p):
+    """The CPU path sorts probabilities without their indices and recovers the token among ties."""
+    g = torch.Generator().manual_seed(2)
+    probs = torch.softmax(torch.randn(40, 700, generator=g) * 0.01, dim=-1)
+    probs[:20, 100:300] = probs[:20, 50:51]  # long runs of equal values, where index order decides
+    probs[20:30] = torch.softmax(torch.randint(0, 3, (10, 700), generator=g).float(), dim=-1)  # three levels
+    probs[30:, 600:] = 0.0  # underflowed entries
+    params = SamplingParams(8, 1.0, top_k, top_p)
+    for _ in range(5):
+        u = torch.rand(40, generator=g, dtype=torch.float64)
+        u[0], u[1] = 0.0, 1.0 - 2.0 ** -53
+        assert torch.equal(sampling._pick_sorted(probs, u, params), sampling._pick_reference(probs, u, params))
 
 
 def test_masked_finished_rows_match_compacting_every_step(tok, monkeypatch):

@@ -71,42 +71,56 @@ def counter_uniforms(seeds: Sequence[int], n_steps: int) -> torch.Tensor:
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)))
 
 
-# Top-k / top-p read a head of the distribution from torch.topk; a row falls back to the full stable sort
-# only when the head cannot decide it exactly (see _pick_from_head).
+# Top-k / top-p read a head of the distribution from torch.topk; a row falls back to sorting the whole
+# vocabulary only when the head cannot decide it exactly (see _pick_from_head).
 HEAD = 64
 # the head decides top-p only when its mass clears top_p by more than cumsum's rounding can move a boundary
 _MASS_MARGIN = 1e-4
 
 
-def _stable_sort_desc(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.sort(probs, descending=True, stable=True), much faster on CPU: non-negative floats order as
-    their int32 bit patterns, so one int64 key (bits, then reversed index) is unique per entry, and any sort
-    of the keys gives the stable order. NumPy sorts int64 with SIMD (x86-simd-sort), about 20x torch.sort
-    on a [64, 16000] batch."""
-    V = probs.shape[-1]
-    if probs.device.type != "cpu" or probs.dtype != torch.float32 or probs.dim() != 2 or V >= 1 << 31:
-        return torch.sort(probs, dim=-1, descending=True, stable=True)
-    rev = torch.arange(V - 1, -1, -1)
-    key = (probs.contiguous().view(torch.int32).long() << 31) | rev
-    # keys are below 2**62, so negating them sorts descending
-    neg_sorted = torch.from_numpy(np.sort(key.neg_().numpy(), axis=-1))
-    order = (V - 1) - neg_sorted.neg_().bitwise_and_((1 << 31) - 1)
-    return probs.gather(-1, order), order
+def _pick_reference(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The rule: stable sort of the whole vocabulary (probability desc, then index asc), top-k and top-p
+    masks, inverse CDF in that order. What every other path reproduces exactly; run as is off CPU."""
+    sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    return order.gather(-1, _sorted_position(sorted_p, u, params)).squeeze(-1)
 
 
-def _pick_sorted(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The reference rule: stable sort of the whole vocabulary, top-k and top-p masks, inverse CDF."""
-    sorted_p, order = _stable_sort_desc(probs)
+def _sorted_position(sorted_p: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[B, 1]: the position in each row of `sorted_p` (probabilities, descending) that the rule picks."""
     if params.top_k > 0:
+        sorted_p = sorted_p.clone()
         sorted_p[:, params.top_k:] = 0.0
     if params.top_p < 1.0:
         # keep the smallest head of the distribution whose mass reaches top_p (always the top token)
         before = torch.cumsum(sorted_p, dim=-1) - sorted_p
-        sorted_p = sorted_p * (before < params.top_p)
+        sorted_p = torch.where(before < params.top_p, sorted_p, 0.0)
     cdf = torch.cumsum(sorted_p, dim=-1)
     target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    k = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)
-    return order.gather(-1, k).squeeze(-1)
+    return torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)
+
+
+def _pick_sorted(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """`_pick_reference`'s tokens on CPU, from a sort of the values alone.
+
+    Ties do not change the sorted values, so every sum the rule reads is the same. The picked position k
+    names a value v, and the token is the (k - #{p > v})-th index, in index order, among the entries equal
+    to v (usually the only one); both counts are binary searches in the sorted values. NumPy's SIMD sort of
+    float32 (x86-simd-sort) takes 40% of the time of sorting (value, index) keys, and the sort is most of a
+    step's sampling cost where the head cannot decide (flat distributions: high temperature, top-p)."""
+    if probs.device.type != "cpu" or probs.dtype != torch.float32 or probs.dim() != 2:
+        return _pick_reference(probs, u, params)
+    neg_sorted = torch.from_numpy(np.sort(probs.neg().numpy(), axis=-1))  # ascending -p: descending p
+    k = _sorted_position(neg_sorted.neg(), u, params)
+    neg_v = neg_sorted.gather(-1, k)
+    first = torch.searchsorted(neg_sorted, neg_v)  # entries strictly more likely than v
+    n_equal = torch.searchsorted(neg_sorted, neg_v, right=True) - first
+    equal = probs == neg_v.neg()
+    tok = equal.view(torch.uint8).argmax(-1)
+    tied = (n_equal > 1).squeeze(-1).nonzero().squeeze(-1)
+    if len(tied):
+        eq = equal[tied]
+        tok[tied] = ((eq.cumsum(-1) == k[tied] - first[tied] + 1) & eq).view(torch.uint8).argmax(-1)
+    return tok
 
 
 def _pick_from_head(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
