@@ -2,7 +2,8 @@
 
 Machine text is more predictable to a language model than human text, whatever generator wrote it. Each
 statistic below is computed per review from one forward pass of the generator G (the observer) and one of
-the frozen MLE reference (a second, related model), with the same KV-free batched forward training uses:
+the frozen MLE reference (a second, related model), with the KV-free batched forward training uses
+(`batch_lm_statistics` projects to the vocabulary only at review tokens, a chunk at a time):
 
 - mean token log-probability under G: sampled text sits in high-likelihood regions (the log-likelihood
   baseline of GLTR, Gehrmann et al. 2019, and of DetectGPT, Mitchell et al. 2023);
@@ -20,8 +21,9 @@ the frozen MLE reference (a second, related model), with the same KV-free batche
   the expectation over samples is exact. High for machine text sampled at T < 1 or truncated, negative
   for text more surprising than the model expects.
 
-The same arithmetic applies to any pair of models with one vocabulary; `lm_statistics` is pure tensor math,
-so it is tested on hand-built distributions.
+The same arithmetic applies to any pair of models with one vocabulary; `token_statistics` and `per_review`
+are pure tensor math, shared by `lm_statistics` (from whole logits, tested on hand-built distributions)
+and `batch_lm_statistics` (from the models).
 """
 
 from __future__ import annotations
