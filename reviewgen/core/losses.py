@@ -32,7 +32,8 @@ class Tokens:
 
 
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 on CPU (CPU bf16 is slower here and less precise)."""
+    """Training's precision: bf16 autocast on CUDA, plain fp32 on CPU (CPU bf16 training is unmeasured here;
+    forwards that only read the models use `reviewgen.core.device.inference_autocast`)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
