@@ -114,25 +114,42 @@ class WordNgramLM:
         return np.where(k[i] == keys, c[i], 0).astype(np.float64)
 
     def statistics(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """`STATISTICS` per text, one float array [N] each (module docstring)."""
+        """`STATISTICS` per text, one float array [N] each (module docstring). The texts' units are hashed
+        one text at a time; the n-gram keys, lookups and means run once over all of them."""
         cache: dict[str, int] = {}
         out = {k: np.full(len(texts), np.nan) for k in STATISTICS}
-        w3, w2, w1 = _WEIGHTS
+        if not len(texts):
+            return out
+        padded = []
         for i, t in enumerate(texts):
             units = word_units(t)
             latin = sum(1 for u in units if _LATIN.fullmatch(u))
             han = sum(1 for u in units if _HAN.fullmatch(u))
             if latin + han:
                 out["mixed_script"][i] = min(latin, han) / (latin + han)
-            h = _windows(_padded(units, cache))
-            tri, bi, uni = self._count("tri", h["tri"]), self._count("bi", h["bi"]), self._count("uni", h["uni"])
-            c2, c1 = self._count("ctx2", h["ctx2"]), self._count("ctx1", h["ctx1"])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                p = (w3 * np.where(c2 > 0, tri / c2, 0.0) + w2 * np.where(c1 > 0, bi / c1, 0.0)
-                     + w1 * (uni + 0.5) / (self.total + 0.5 * (self.vocab + 1)))
-            out["ngram_logprob"][i] = float(np.log(p).mean())
-            out["bigram_seen"][i] = float((bi > 0).mean())
-            out["trigram_seen"][i] = float((tri > 0).mean())
+            padded.append(_padded(units, cache))
+        lengths = np.array([len(x) for x in padded])
+        ids = np.concatenate(padded)
+        starts = np.cumsum(lengths) - lengths
+        # every unit after a review's two <bos>, <eos> included, is predicted from the two before it, so
+        # its n-gram windows never reach into the previous review
+        q = np.nonzero(np.arange(ids.size) - np.repeat(starts, lengths) >= 2)[0]
+        row = np.repeat(np.arange(len(texts)), lengths - 2)
+        h1, h2, h3 = window_hashes(ids, 1), window_hashes(ids, 2), window_hashes(ids, 3)
+        tri, bi, uni = self._count("tri", h3[q - 2]), self._count("bi", h2[q - 1]), self._count("uni", h1[q])
+        c2, c1 = self._count("ctx2", h2[q - 2]), self._count("ctx1", h1[q - 1])
+        w3, w2, w1 = _WEIGHTS
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = (w3 * np.where(c2 > 0, tri / c2, 0.0) + w2 * np.where(c1 > 0, bi / c1, 0.0)
+                 + w1 * (uni + 0.5) / (self.total + 0.5 * (self.vocab + 1)))
+        n = lengths - 2
+
+        def mean(x: np.ndarray) -> np.ndarray:
+            return np.bincount(row, weights=x, minlength=len(texts)) / n
+
+        out["ngram_logprob"] = mean(np.log(p))
+        out["bigram_seen"] = mean((bi > 0).astype(np.float64))
+        out["trigram_seen"] = mean((tri > 0).astype(np.float64))
         return out
 
     def save(self, path: str | Path) -> Path:
