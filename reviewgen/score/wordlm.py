@@ -122,12 +122,13 @@ class WordNgramLM:
             return out
         padded = []
         for i, t in enumerate(texts):
-            units = word_units(t)
-            latin = sum(1 for u in units if _LATIN.fullmatch(u))
-            han = sum(1 for u in units if _HAN.fullmatch(u))
+            low = str(t).lower()
+            # every maximal [a-z] run is one unit and every CJK character another (`_UNIT`), so the script
+            # counts are two scans of the text rather than a match per unit
+            latin, han = len(_LATIN.findall(low)), len(_HAN.findall(low))
             if latin + han:
                 out["mixed_script"][i] = min(latin, han) / (latin + han)
-            padded.append(_padded(units, cache))
+            padded.append(_padded(_UNIT.findall(low), cache))
         lengths = np.array([len(x) for x in padded])
         ids = np.concatenate(padded)
         starts = np.cumsum(lengths) - lengths
