@@ -308,3 +308,9 @@ def test_compiled_decode_gives_the_eager_tokens(tok):
         comp = sample(g, tok.encode_prefixes(conds), SamplingParams(R, 1.0, params.top_k, params.top_p, True, "fp32"),
                       eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
         assert torch.equal(eager, comp)
+
+
+def test_sampling_precision_is_checked():
+    assert SamplingParams(8, precision="fp32").precision == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        SamplingParams(8, precision="fp16")

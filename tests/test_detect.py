@@ -228,3 +228,16 @@ def test_a_fit_on_three_machine_reviews_per_human_keeps_the_one_to_one_prior():
     test_sig, test_y = draw(4000, 4000)
     p = 1.0 / (1.0 + np.exp(-det.logit(test_sig, [None] * len(test_y))))
     assert abs(p.mean() - 0.5) < 0.03
+
+
+def test_inference_precision_follows_the_hardware(monkeypatch):
+    import reviewgen.core.device as device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    with device.inference_autocast(cpu):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    with device.inference_autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")  # nothing left behind

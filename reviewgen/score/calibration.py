@@ -112,6 +112,9 @@ FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_sha
 # settings from two generators, and three per review made the worst per-temperature ECE of `reviewgen
 # evaluate` 0.058 instead of 0.060-0.064 (one per review, three sample sets) on the `make demo` model
 FAKES_PER_REVIEW = 3
+# validation reviews the training-end fit reads at most: all of the demo's 555, so that its English combiner
+# sees every one of the 76 English reviews (at 384 it saw about 53), as `reviewgen evaluate`'s refit does
+CALIBRATION_ROWS = 1000
 # a language gets its own combiner with at least this many human and this many machine-written rows
 MIN_LANGUAGE_ROWS = 40
 DETECTOR_CANDIDATES = (
@@ -197,7 +200,7 @@ def sample_fakes(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequenc
 
 def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequence[Any], *, G=None, ref=None,
               wordlm: WordNgramLM | None = None, seed: int = 0,
-              temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = 384,
+              temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = CALIBRATION_ROWS,
               key_prefix: str = "calib", fakes_per_review: int = FAKES_PER_REVIEW) -> dict[str, Any]:
     """Fit the scorer on real validation reviews (up to `max_rows`; None: all) against `fakes_per_review`
     samples per review from `generators` over the sampling settings `temperatures` (`sample_fakes`). The
@@ -320,7 +323,7 @@ def out_of_fold_logits(signals: dict[str, np.ndarray], labels: np.ndarray, candi
 
 def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=None,
                     wordlm: WordNgramLM | None = None, seed: int = 0,
-                    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = 384,
+                    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = CALIBRATION_ROWS,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """The training-end calibration: `calibrate` against samples from G and the MLE reference `ref`, with
     the detector over G's (and the reference's) LM statistics and the word statistics under `wordlm`."""
