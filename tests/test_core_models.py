@@ -314,3 +314,18 @@ def test_sampling_precision_is_checked():
     assert SamplingParams(8, precision="fp32").precision == "fp32"
     with pytest.raises(ValueError, match="precision"):
         SamplingParams(8, precision="fp16")
+
+
+@pytest.mark.parametrize("kv,causal", [(4, True), (2, True), (1, False), (4, False)])
+def test_short_attention_equals_sdpa(kv, causal):
+    """The CPU inference path's explicit attention, with grouped heads and a key-padding mask."""
+    import torch.nn.functional as F
+    from reviewgen.core.models import _short_attention
+
+    g = torch.Generator().manual_seed(kv)
+    q, k, v = (torch.randn(3, n, 9, 8, generator=g) for n in (4, kv, kv))
+    keep = torch.rand(3, 9, generator=g) > 0.3
+    keep[:, 0] = True
+    mask = None if causal else keep[:, None, None, :]
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=kv != 4)
+    assert torch.allclose(_short_attention(q, k, v, causal=causal, attn_mask=mask), want, atol=1e-6)
