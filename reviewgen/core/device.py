@@ -25,12 +25,17 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """The dtype `inference_autocast` computes in on `device` (for buffers that must match it, such as a
+    KV cache, and weights cast once ahead of many products)."""
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return torch.float32
+
+
 def inference_autocast(device: torch.device):
     """The autocast context for forward passes that only read the models (scoring): bf16 on CUDA, and on
     a CPU with native bf16 matrix units (there the scorer's forwards ran 2.6x faster than in fp32, and its
     statistics moved by about 1e-3); plain fp32 elsewhere. Training keeps `reviewgen.core.losses.autocast_for`."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = inference_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()

@@ -113,51 +113,44 @@ class SelfAttention(nn.Module):
             if pos > 0 and T != 1:
                 raise ValueError("KV cache supports a prefill at pos 0 or single-token steps")
             k, v = cache.append(layer, k, v, pos)
-            if T == 1 and attn_mask is None:
-                return self.proj(_one_query_attention(q, k, v).reshape(B, 1, self.n_head * self.head_dim))
-        if cache is None and x.device.type == "cpu" and T <= SHORT_ATTENTION and not torch.is_grad_enabled() \
-                and (attn_mask is None or (attn_mask.dtype == torch.bool and attn_mask.shape[1] == 1)):
-            y = _short_attention(q, k, v, causal=causal and T > 1, attn_mask=attn_mask)
-            return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
-                                           is_causal=causal and T > 1, enable_gqa=self.gqa)
+        one_query = cache is not None and T == 1 and attn_mask is None
+        short = cache is None and x.device.type == "cpu" and T <= SHORT_ATTENTION and not torch.is_grad_enabled() \
+            and (attn_mask is None or (attn_mask.dtype == torch.bool and attn_mask.shape[1] == 1))
+        if one_query or short:
+            y = _explicit_attention(q, k, v, causal=causal and T > 1, attn_mask=attn_mask)
+        else:
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
+                                               is_causal=causal and T > 1, enable_gqa=self.gqa)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
-def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of one new token per row, q [B, H, 1, hd], over cached k, v [B, H_kv, T, hd]: two batched
-    matmuls. On CPU, scaled_dot_product_attention's kernel is tiled for long queries, and in a decode step
-    it cost more than these (16% of the 6x384 sampling bench's step time under bf16). Query heads are
-    grouped over their key/value head as enable_gqa does (head h reads kv head h // (H / H_kv))."""
-    B, H, _, hd = q.shape
-    kv = k.shape[1]
-    qg = q.reshape(B, kv, H // kv, hd)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float().mul_(hd ** -0.5).softmax(-1)
-    return torch.matmul(scores.to(v.dtype), v)  # [B, kv, H / kv, hd] = heads in order
-
-
-# Inference on CPU over at most this many positions uses `_short_attention`: a review's scoring forward
+# Inference on CPU over at most this many positions uses `_explicit_attention`: a review's scoring forward
 # (prefix + review, about 70 positions) ran 25-30% faster in it than in scaled_dot_product_attention's
 # CPU kernel, and its [T, T] scores are small.
 SHORT_ATTENTION = 128
 
 
-def _short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                     attn_mask: torch.Tensor | None) -> torch.Tensor:
-    """scaled_dot_product_attention without dropout, as explicit matmuls: q [B, H, T, hd], k and v
-    [B, H_kv, T, hd]; `attn_mask` None or boolean (True = attend) of shape [B or 1, 1, T or 1, T], the
-    same for every head (the discriminator's key-padding mask)."""
-    B, H, T, hd = q.shape
-    kv = k.shape[1]
-    qg = q.reshape(B, kv, H // kv, T, hd)
-    scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)).float().mul_(hd ** -0.5)  # [B, kv, g, T, T]
-    if causal:
-        scores.masked_fill_(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
-    if attn_mask is not None:
-        scores.masked_fill_(~attn_mask.unsqueeze(1), float("-inf"))
-    y = torch.matmul(scores.softmax(-1).to(v.dtype), v.unsqueeze(2))
-    return y.reshape(B, H, T, hd)
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                        attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """scaled_dot_product_attention without dropout, as two batched matmuls: q [B, H, Tq, hd], k and v
+    [B, H_kv, Tk, hd]; `attn_mask` None or boolean (True = attend) of shape [B or 1, 1, Tq or 1, Tk], the
+    same for every head (the discriminator's key-padding mask). On CPU, the SDPA kernel is tiled for long
+    queries and cost more than these both in a decode step (one query over the cache: 16% of the 6x384
+    sampling bench's step time under bf16) and at scoring lengths. The query heads sharing a key/value head
+    are folded into the matmul's rows, as enable_gqa groups them (head h reads kv head h // (H / H_kv))."""
+    B, H, Tq, hd = q.shape
+    kv, Tk = k.shape[1], k.shape[2]
+    g = H // kv
+    scores = torch.matmul(q.reshape(B, kv, g * Tq, hd), k.transpose(-1, -2)).float().mul_(hd ** -0.5)
+    if causal or attn_mask is not None:
+        s5 = scores.view(B, kv, g, Tq, Tk)
+        if causal:
+            s5.masked_fill_(~torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+        if attn_mask is not None:
+            s5.masked_fill_(~attn_mask.unsqueeze(1), float("-inf"))
+    y = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # [B, kv, g * Tq, hd]: heads in order
+    return y.reshape(B, H, Tq, hd)
 
 
 class SwiGLU(nn.Module):

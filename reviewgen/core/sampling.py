@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.core.device import inference_autocast
+from reviewgen.core.device import inference_autocast, inference_dtype
 from reviewgen.core.models import Generator, unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 
@@ -213,11 +213,11 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
     # a fresh wrapper per call, not a cached one: Dynamo keys its compiled code on Generator.forward's
     # code object and guards, so later calls reuse it, and nothing is stored on the model or the module
     decode = torch.compile(model.forward, dynamic=True, fullgraph=True) if params.compile_decode else model
-    with inference_autocast(device) if params.precision == "auto" else contextlib.nullcontext():
+    auto = params.precision == "auto"
+    with inference_autocast(device) if auto else contextlib.nullcontext():
         if use_cache:
             # the cache holds keys and values in the dtype the projections produce
-            low = torch.is_autocast_enabled(device.type)
-            cache = model.new_cache(B, device, dtype=torch.get_autocast_dtype(device.type) if low else None)
+            cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None)
             logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         seq = prefixes
         for t in range(R):

@@ -139,10 +139,6 @@ class Detector:
         """The signals the features are computed from."""
         return frozenset(base_signal(f) for f in self.features)
 
-    def for_language(self, language: str | None) -> Combiner:
-        """The combiner that scores reviews in `language`."""
-        return self.combiners.get(language or "", self.combiners[ANY_LANGUAGE])
-
     def logit(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
         """The combined logit per review, each from its language's combiner."""
         langs = np.asarray([lang if lang in self.combiners else ANY_LANGUAGE for lang in languages], dtype=object)
@@ -151,10 +147,6 @@ class Detector:
             rows = langs == lang
             out[rows] = self.combiners[lang].logit({k: np.asarray(v)[rows] for k, v in signals.items()})
         return out
-
-    def predict(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
-        """p_human per review."""
-        return 1.0 / (1.0 + np.exp(-self.logit(signals, languages)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with a format tag."""

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.core.device import inference_autocast
+from reviewgen.core.device import inference_autocast, inference_dtype
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, review_mask
 
@@ -162,8 +162,8 @@ def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None) ->
     with inference_autocast(dev):
         hg = G.features(ids[:, :-1], start=P - 1)[mask]
         hr = ref.features(ids[:, :-1], start=P - 1)[mask] if ref is not None else None
-        # the heads' weights are cast once per batch, not once per chunk
-        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else torch.float32
+    # the heads' weights are cast once per batch, not once per chunk
+    dtype = inference_dtype(dev)
     w = G.lm_head.weight
     wg = w.to(dtype)
     wr = ref.lm_head.weight.to(dtype) if ref is not None else None
