@@ -81,8 +81,8 @@ def _hf(c: dict, prefixes: torch.Tensor, bf16: bool = False):
                                    bos_token_id=None, eos_token_id=None)).eval()
     mask = torch.ones_like(prefixes)
 
-    def go():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    def go():  # no_grad, as generate() itself runs: autocast keeps its weight casts only outside inference_mode
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return m.generate(prefixes, attention_mask=mask, do_sample=True, max_new_tokens=NEW,
                               min_new_tokens=NEW, top_k=0, top_p=c["top_p"], eos_token_id=None, pad_token_id=0)
     return go

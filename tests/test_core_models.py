@@ -260,6 +260,25 @@ def test_rope_kv_cache_uses_the_position_offset(tok):
     assert torch.allclose(torch.stack(steps, 1), full[:, P:], atol=1e-5)
 
 
+def test_decode_step_masks_the_unfilled_cache_tail(tok):
+    """A one-token step attends over the whole cache buffer with a mask of the filled positions: values
+    written past the current position change nothing, and a cache step refuses an attention mask."""
+    g = tiny_g(tok.vocab_size).eval()
+    x = torch.randint(0, tok.vocab_size, (2, P + 2))
+    with torch.no_grad():
+        full = g(x)
+        cache = g.new_cache(2, "cpu", max_len=P + 4)
+        assert cache.k.shape[3] == P + 4
+        g(x[:, :P], cache=cache, pos=0)
+        cache.k[:, :, :, P + 1:] = 1e4
+        cache.v[:, :, :, P + 1:] = -1e4
+        step = g(x[:, P:P + 1], cache=cache, pos=P)[:, -1]
+        with pytest.raises(ValueError, match="no attention mask"):
+            g.blocks[0].attn(torch.zeros(2, 1, g.cfg.d_model), causal=True, cache=cache, pos=P + 1,
+                             attn_mask=torch.ones(2, 1, 1, P + 2, dtype=torch.bool))
+    assert torch.allclose(step, full[:, P], atol=1e-5)
+
+
 @pytest.mark.parametrize("key,value,match", [("arch", "bert", "arch='bert'"), ("norm", "batchnorm", "norm="),
                                              ("n_kv_head", 3, "n_kv_head=3 must divide n_head=4")])
 def test_invalid_architecture_fields_are_named(key, value, match):
