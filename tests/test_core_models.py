@@ -268,10 +268,11 @@ def test_decode_step_masks_the_unfilled_cache_tail(tok):
     with torch.no_grad():
         full = g(x)
         cache = g.new_cache(2, "cpu", max_len=P + 4)
-        assert cache.k.shape[3] == P + 4
+        assert len(cache.k) == g.cfg.n_layer and cache.k[0].shape[2] == P + 4
         g(x[:, :P], cache=cache, pos=0)
-        cache.k[:, :, :, P + 1:] = 1e4
-        cache.v[:, :, :, P + 1:] = -1e4
+        for keys, values in zip(cache.k, cache.v):
+            keys[:, :, P + 1:] = 1e4
+            values[:, :, P + 1:] = -1e4
         step = g(x[:, P:P + 1], cache=cache, pos=P)[:, -1]
         with pytest.raises(ValueError, match="no attention mask"):
             g.blocks[0].attn(torch.zeros(2, 1, g.cfg.d_model), causal=True, cache=cache, pos=P + 1,

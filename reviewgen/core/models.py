@@ -192,16 +192,17 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: [B, n_kv_head, max_len, head_dim], zeroed."""
+    """Preallocated keys/values, one zeroed [B, n_kv_head, max_len, head_dim] tensor per layer (per-layer
+    tensors, not one stacked buffer: torch.compile copied the whole stacked buffer at each in-place write
+    into a view of it, which made a compiled decode step 6x slower than eager)."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
                  device, dtype):
-        shape = (n_layer, batch, n_head, max_len, head_dim)
+        shape = (batch, n_head, max_len, head_dim)
         # zeroed, not empty: a one-token step reads the unfilled tail too (masked out; see `append`), and
         # its values must stay finite, since a weight of 0 times NaN is NaN
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._filled: tuple[int, torch.Tensor] | None = None
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: int):
         """Write k, v [B, H_kv, T, head_dim] at `pos`; return the keys and values to attend over, and a key
@@ -210,19 +211,18 @@ class KVCache:
         batched matmul over a slice of it copied the slice first, which cost more than attending over the
         tail (a decode step's attention ran 3x faster at the 6x384 sampling bench's shapes)."""
         T = k.shape[2]
-        self.k[layer, :, :, pos:pos + T] = k
-        self.v[layer, :, :, pos:pos + T] = v
+        keys, values = self.k[layer], self.v[layer]
+        keys[:, :, pos:pos + T] = k
+        values[:, :, pos:pos + T] = v
         if T != 1:
-            return self.k[layer, :, :, :pos + T], self.v[layer, :, :, :pos + T], None
-        if self._filled is None or self._filled[0] != pos:
-            n = self.k.shape[3]
-            self._filled = pos, (torch.arange(n, device=self.k.device) <= pos).view(1, 1, 1, n)
-        return self.k[layer], self.v[layer], self._filled[1]
+            return keys[:, :, :pos + T], values[:, :, :pos + T], None
+        n = keys.shape[2]
+        return keys, values, (torch.arange(n, device=keys.device) <= pos).view(1, 1, 1, n)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only some batch rows (finished rows are dropped to save compute)."""
-        self.k = self.k[:, rows]
-        self.v = self.v[:, rows]
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
 
 
 RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.2.weight", "mlp.down.weight")
