@@ -153,8 +153,11 @@ def _md_sampling(x: dict[str, Any]) -> list[str]:
         if "compiled_decode" in c:
             d = c["compiled_decode"]
             goals.append(f"- {name}: torch.compile'd decode step (SamplingParams.compile_decode, off by default) "
-                         f"{d['speedup_vs_eager']}x eager, first call (compile) {d['first_call_s']} s, same tokens "
-                         f"as eager: {d['same_tokens_as_eager']}.")
+                         f"{d['speedup_vs_eager']}x eager in fp32"
+                         + (f", {d['speedup_vs_eager_at_default']}x at the default precision"
+                            if "speedup_vs_eager_at_default" in d else "")
+                         + f"; first call (compile) {d['first_call_s']} s; same tokens as eager (fp32): "
+                         f"{d['same_tokens_as_eager']}.")
         peak = c["matmul_peak_gflops"]
         peak = ", ".join(f"{k} {_f(v)}" for k, v in peak.items()) if isinstance(peak, dict) else _f(peak)
         for g, v in c["goals"].items():

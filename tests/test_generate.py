@@ -399,3 +399,46 @@ def test_config_file_and_flags(ray_local, tiny_model, tmp_path):
     assert (c.sampling.reviews_per_product, c.sampling.seed, c.filter.min_score, c.filter.min_tokens) == (2, 9, 0.3, 3)
     with pytest.raises(GenerationError, match="not found"):
         run_generation(tiny_model, [str(tmp_path / "missing.parquet")], tmp_path / "o", c, **QUIET)
+
+
+def test_compile_decode_reaches_the_sampler_and_the_run_identity(tiny_model, tmp_path, monkeypatch):
+    """`--compile-decode` (sampling.compile_decode) sends an actor's decode steps through torch.compile and
+    is part of the run id only when on, so runs made without it keep their ids."""
+    import dataclasses
+
+    import torch
+
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.generate.actor import GeneratorActor, ShardJob
+    from reviewgen.generate.catalog import resolve_mapping
+    from reviewgen.generate.run import identity_settings, run_identity
+
+    res = CliRunner().invoke(app, ["generate", "--help"])
+    assert "--compile-decode" in res.output
+    on = load_generate_config(None, {"sampling.compile_decode": True})
+    assert on.sampling.compile_decode and not GenerateConfig().sampling.compile_decode
+    base = identity_settings(GenerateConfig(), resolve_mapping(None), [0.2] * 5, None)
+    with_flag = identity_settings(on, resolve_mapping(None), [0.2] * 5, None)
+    assert "compile_decode" not in base and with_flag == {**base, "compile_decode": True}
+    inputs = [{"path": "a.parquet", "checksum": "sha256:1"}]
+    assert run_identity("2024-01-01", "v", base, inputs) != run_identity("2024-01-01", "v", with_flag, inputs)
+
+    compiled: list[int] = []
+
+    def fake_compile(fn, **kw):
+        def step(idx, **a):
+            compiled.append(idx.shape[1])
+            return fn(idx, **a)
+        return step
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    product = {"product_id": "p1", "title": "Kindle Paperwhite", "category": "E-Readers", "language": "en"}
+    for cfg, expect in ((GenerateConfig(), False), (on, True)):
+        cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, reviews_per_product=2))
+        actor = GeneratorActor(ShardJob(config=cfg, run_id="t", model_version=load_checkpoint(tiny_model).version,
+                                        model_dir=str(tiny_model), partition=str(tmp_path / str(expect)),
+                                        rating_distribution=(0.2,) * 5))
+        compiled.clear()
+        stats = actor.write_shard(0, [product])
+        assert stats["generated"] == 2
+        assert bool(compiled) == expect and set(compiled) <= {1}

@@ -62,6 +62,9 @@ def generate(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling mass (default: 0.95)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="reviews per sampler batch inside an actor "
                                              "[default: 64]"),
+    compile_decode: bool = typer.Option(False, "--compile-decode", help="torch.compile each actor's per-token "
+                                        "decode step: 6-12 s of compile per actor, then 5-18% faster sampling "
+                                        "on the bench CPU; the reviews differ from eager ones (part of the run's identity)"),
     num_actors: Optional[int] = typer.Option(None, "--num-actors", help="generator actors (default: GPUs, else "
                                              "CPUs/2)"),
     language_column: Optional[str] = typer.Option(None, "--language-column", help="catalog column holding each "
@@ -97,6 +100,7 @@ def generate(
         overrides = {
             "sampling.reviews_per_product": reviews_per_product, "sampling.seed": seed,
             "sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.batch_size": batch_size,
+            "sampling.compile_decode": True if compile_decode else None,
             "sampling.rating_distribution": floats(rating_dist) if rating_dist else None,
             "filter.min_score": min_score, "filter.max_copy_span": max_copy_span, "filter.min_tokens": min_tokens,
             "filter.max_chars": max_chars, "filter.reject_broken_text": False if keep_broken_text else None,

@@ -28,8 +28,8 @@ class SamplingParams:
     """What to sample (length, temperature, top-k, top-p) and how to run the per-token step.
 
     `compile_decode` runs each single-token decode step through `torch.compile(..., dynamic=True,
-    fullgraph=True)`; the prefill stays eager. Off by default: on CPU the bench measured it at a quarter of
-    eager's speed at both of its sizes (plus 6-25 s of compile per process), and there its tokens differed
+    fullgraph=True)`; the prefill stays eager. Off by default: on CPU the bench measured it at 1.05-1.18x
+    eager's speed (both sizes, fp32 and bf16), after 6-12 s of compile per process, and there its tokens differed
     from eager's, since inductor's fused kernels round differently; the per-row-seed guarantee then holds
     among compiled runs only. On CUDA it is unmeasured here.
 

@@ -104,7 +104,8 @@ class GeneratorActor:
                  for (pr, _), r in zip(rows, ratings)]
         seeds = [row_seed(pr["product_id"], i, s.seed) for pr, i in rows]
         texts = generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=s.temperature,
-                               top_p=s.top_p, batch_size=s.batch_size, device=self.device)
+                               top_p=s.top_p, batch_size=s.batch_size, device=self.device,
+                               compile_decode=s.compile_decode)
         t1 = time.perf_counter()
         scores, why_not = self.judge(conds, texts)
         t2 = time.perf_counter()

@@ -33,6 +33,10 @@ class SamplingSettings:
     temperature: float = 1.0
     top_p: float = 0.95
     batch_size: int = 64  # reviews per sampler batch inside an actor (does not change the reviews)
+    # torch.compile each actor's per-token decode step (reviewgen.core.sampling.SamplingParams.compile_decode):
+    # a compile per actor, then faster steps; its fused kernels round differently, so the reviews differ from
+    # eager ones and the setting is part of the run's identity
+    compile_decode: bool = False
     rating_distribution: tuple[float, ...] | None = None  # 1..5 star weights; None: the model's, else default
 
     def __post_init__(self) -> None:

@@ -77,7 +77,9 @@ def identity_settings(cfg: GenerateConfig, mapping: dict, distribution: Sequence
             "mapping": mapping, "keep_columns": list(cfg.catalog.keep_columns),
             "language_column": cfg.catalog.language_column, "default_language": cfg.catalog.language,
             "rating_column": cfg.catalog.rating_column, "products_per_shard": cfg.sharding.products_per_shard,
-            "since_run": since_run}
+            "since_run": since_run,
+            # only when on, so that the ids of runs made before the setting existed stay the same
+            **({"compile_decode": True} if s.compile_decode else {})}
 
 
 def run_identity(run_date: str, model_version: str, settings: dict[str, Any], inputs: list[dict]) -> str:
