@@ -64,7 +64,8 @@ def generate(
                                              "[default: 64]"),
     compile_decode: bool = typer.Option(False, "--compile-decode", help="torch.compile each actor's per-token "
                                         "decode step: 6-12 s of compile per actor, then 5-18% faster sampling "
-                                        "on the bench CPU; the reviews differ from eager ones (part of the run's identity)"),
+                                        "on the bench CPU; the reviews differ from eager ones (part of the run's "
+                                        "identity)"),
     num_actors: Optional[int] = typer.Option(None, "--num-actors", help="generator actors (default: GPUs, else "
                                              "CPUs/2)"),
     language_column: Optional[str] = typer.Option(None, "--language-column", help="catalog column holding each "

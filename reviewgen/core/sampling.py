@@ -185,8 +185,8 @@ COMPACT_BELOW = 0.75
 
 
 # no_grad, not inference_mode: autocast keeps its low-precision copy of a weight (one that requires grad)
-# for the whole call only outside inference mode; inside it, every decode step cast every weight again,
-# a fifth of the 6x384 sampling bench's time under bf16
+# for the whole call only outside inference mode; inside it, every decode step cast every weight again
+# (a fifth of the 6x384 sampling bench's time under bf16, in the profiler)
 @torch.no_grad()
 def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, eos_id: int, pad_id: int,
            uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None,
