@@ -178,3 +178,29 @@ def test_signals_do_not_depend_on_batching_or_order(scorer, prepared_data) -> No
         np.testing.assert_allclose(a[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
         np.testing.assert_allclose(a[k][perm], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert np.isfinite(a["fast_detect"]).all() and np.isfinite(a["trigram_seen"]).all()
+
+
+def test_weights_cast_once_for_inference_give_the_same_scores(tiny_model, scorer, prepared_data) -> None:
+    """A Scorer that loads its own model stores its networks' matmul weights (not the tied embedding) and
+    the LM heads in the inference dtype once; its scores equal those of a scorer over shared fp32
+    networks, which autocast casts at every call."""
+    import torch
+    from torch import nn
+
+    from reviewgen.core.device import inference_dtype
+
+    dtype = inference_dtype(scorer.device)
+    linears = [m for net in (scorer.D, scorer.G, scorer.ref) for m in net.modules() if isinstance(m, nn.Linear)]
+    tied = scorer.G.lm_head
+    assert tied.weight is scorer.G.tok_emb.weight and tied.weight.dtype == torch.float32
+    assert all(m.weight.dtype == dtype for m in linears if m is not tied and m is not scorer.ref.lm_head)
+    assert all(h.dtype == dtype for h in scorer._heads)
+    shared = load_checkpoint(tiny_model)
+    plain = Scorer.from_checkpoint(shared)
+    assert all(m.weight.dtype == torch.float32 for m in shared.discriminator.modules() if isinstance(m, nn.Linear))
+    rows = load_split(prepared_data, "test").head(40)
+    reviews = [{"text": t, "product_title": p, "category": c, "language": lang}
+               for t, p, c, lang in zip(rows["text"], rows["product_title"], rows["category"], rows["language"])]
+    a, b = scorer.score(reviews), plain.score(reviews)
+    for k in ("p_human", "logit", *REPORTED_SIGNALS):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

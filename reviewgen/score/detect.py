@@ -145,9 +145,20 @@ def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     return per_review(values, rows, mask.shape[0])
 
 
+def head_weights(G, ref, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """G's and `ref`'s LM-head weights cast to `dtype` (a copy when they differ), for `batch_lm_statistics`:
+    a tied head stays fp32 for the embedding lookup, so without these each batch casts it again (a third of
+    a one-review scoring call of the `make demo` model)."""
+    G = unwrap(G)
+    return G.lm_head.weight.to(dtype), (unwrap(ref).lm_head.weight.to(dtype) if ref is not None else None)
+
+
 @torch.inference_mode()
-def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None) -> LMStatistics:
+def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None,
+                        heads: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> LMStatistics:
     """`lm_statistics` for one encoded batch of (condition, review) rows `ids` [B, T] on G's device.
+    `heads`: G's and ref's LM-head weights already in the inference dtype (`head_weights`), for a caller
+    scoring many batches with the same networks; otherwise they are cast here.
 
     One forward of G's trunk (and of `ref`'s) under `inference_autocast`; the vocabulary projection then
     runs only at review tokens, a cache-sized chunk at a time, so the [B, R, V] logits never exist whole.
@@ -162,11 +173,9 @@ def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None) ->
     with inference_autocast(dev):
         hg = G.features(ids[:, :-1], start=P - 1)[mask]
         hr = ref.features(ids[:, :-1], start=P - 1)[mask] if ref is not None else None
-    # the heads' weights are cast once per batch, not once per chunk
     dtype = inference_dtype(dev)
     w = G.lm_head.weight
-    wg = w.to(dtype)
-    wr = ref.lm_head.weight.to(dtype) if ref is not None else None
+    wg, wr = heads if heads is not None else head_weights(G, ref, dtype)
     t = targets[mask]
     step = _chunk_rows(dev, w.shape[0])
     parts = []

@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
-from reviewgen.core.device import pick_device
+from reviewgen.core.device import cast_matmul_weights, inference_dtype, pick_device
 from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
 from reviewgen.score.calibration import apply_calibration
 from reviewgen.score.combiner import CombinerError, Detector
+from reviewgen.score.detect import head_weights
 from reviewgen.score.signals import SIGNALS, review_signals
 from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordLMError, WordNgramLM
 
@@ -84,6 +85,11 @@ class Scorer:
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.device = pick_device(device)
         self._setup(load_checkpoint(model_dir, self.device))
+        # the networks are this scorer's own and only run under inference autocast: their matmul weights
+        # are stored in its dtype once (not for `from_checkpoint`, whose networks the caller shares)
+        for net in (self.D, self.G, self.ref):
+            if net is not None:
+                cast_matmul_weights(net, inference_dtype(self.device))
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, device: str | None = None) -> "Scorer":
@@ -100,6 +106,8 @@ class Scorer:
         self.version = ckpt.version
         self.ngram_path = ckpt.ngram_path
         self.ref = reference_network(ckpt, self.device)
+        # cast once: the networks do not change during a scorer's life
+        self._heads = head_weights(self.G, self.ref, inference_dtype(self.device))
         self.wordlm: WordNgramLM | None = None
         self.detector: Detector | None = None
         doc = (self.calibration or {}).get("detector")
@@ -143,7 +151,7 @@ class Scorer:
             return out
         ok_conds = [conds[i] for i in ok]
         sig = review_signals(self.D, self.G, self.tok, ok_conds, [str(texts[i]) for i in ok], ref=self.ref,
-                             wordlm=self.wordlm, batch_size=batch_size, device=self.device)
+                             wordlm=self.wordlm, batch_size=batch_size, device=self.device, heads=self._heads)
         if self.ref is None:
             sig["binoculars"] = np.full(len(ok), np.nan)  # without the reference it is not the fitted ratio
         d_prob = apply_calibration(sig["d_logit"], self.calibration)

@@ -30,12 +30,13 @@ def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def review_signals(D, G, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str], *, ref=None,
-                   wordlm: WordNgramLM | None = None, batch_size: int = 64, device="cpu") -> dict[str, np.ndarray]:
+                   wordlm: WordNgramLM | None = None, batch_size: int = 64, device="cpu",
+                   heads: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, np.ndarray]:
     """Every scorer signal (`SIGNALS`) plus rating_pred, one array [N] each: the texts are encoded once and
     each batch of similar length (`reviewgen.core.encoding.length_batches`) goes through D, G and the
     reference `ref` once; the word n-gram statistics come from `wordlm`. What is not computed is NaN: the
     LM statistics and length without G, the word statistics without `wordlm`. ref None: the Binoculars
-    ratio and the Fast-DetectGPT discrepancy use G alone."""
+    ratio and the Fast-DetectGPT discrepancy use G alone. `heads`: see `batch_lm_statistics`."""
     n = len(texts)
     out: dict[str, np.ndarray] = {k: np.full(n, np.nan) for k in SIGNALS}
     out["rating_pred"] = np.zeros(n, dtype=np.int64)
@@ -51,7 +52,7 @@ def review_signals(D, G, tok: ReviewTokenizer, conds: Sequence[Condition], texts
         d_parts.append(d)
         r_parts.append(r)
         if G is not None:
-            lm_parts.append(batch_lm_statistics(G, tok, ids, ref))
+            lm_parts.append(batch_lm_statistics(G, tok, ids, ref, heads))
     if not rows:
         return out
     order = np.concatenate(rows)
