@@ -29,6 +29,7 @@ from reviewgen.core.encoding import conditions
 from reviewgen.core.losses import autocast_for
 from reviewgen.data.corpus import load_split
 from reviewgen.score.calibration import apply_calibration
+from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.score.scorer import Scorer
 from reviewgen.score.signals import review_signals
 
@@ -73,8 +74,12 @@ def main(quick: bool = False, model: str | None = None, data: str | None = None)
     conds, texts = conditions(rows), rows["text"].astype(str).tolist()
     repeats = 2 if quick else 3
 
+    # the before path's own fp32 discriminator: the Scorer's networks hold their matmul weights in the
+    # inference dtype and run only under inference autocast
+    d_before = load_checkpoint(model, torch.device("cpu")).discriminator
+
     def before():
-        return old_scorer(scorer.D, scorer.tok, conds, texts, scorer.calibration)
+        return old_scorer(d_before, scorer.tok, conds, texts, scorer.calibration)
 
     def after():
         return scorer.score_texts(conds, texts, batch_size=BATCH)

@@ -80,7 +80,9 @@ def reference_network(ckpt: Checkpoint, device="cpu") -> Generator | None:
 class Scorer:
     """Loads a model directory once; scores batches of reviews. Exposes the model's tokenizer (`tok`), version,
     calibration, n-gram index path (`ngram_path`, for the output filter's copy check) and `mode`: how p_human
-    is computed ("detector: ..." or "discriminator-only (...)")."""
+    is computed ("detector: ..." or "discriminator-only (...)"). A scorer built from a model directory owns its
+    networks (`D`, `G`, `ref`), which hold their matmul weights in the inference dtype: run them only under
+    `reviewgen.core.device.inference_autocast`, as the scoring path does."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.device = pick_device(device)
