@@ -49,8 +49,8 @@ def unscorable_reason(text: Any) -> str | None:
         return "too_long"
     if not any(ch.isalpha() for ch in t):
         return "no_words"  # emoji, digits or punctuation only: nothing a review model has learnt to read
-    chars = [ch for ch in t if not ch.isspace()]
-    if len(chars) >= 20 and Counter(chars).most_common(1)[0][1] >= 0.8 * len(chars):
+    chars = "".join(t.split())  # str.split() splits on exactly the characters str.isspace() accepts
+    if len(chars) >= 20 and max(Counter(chars).values()) >= 0.8 * len(chars):
         return "repetitive"
     return None
 
