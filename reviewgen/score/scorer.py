@@ -81,17 +81,21 @@ class Scorer:
     """Loads a model directory once; scores batches of reviews. Exposes the model's tokenizer (`tok`), version,
     calibration, n-gram index path (`ngram_path`, for the output filter's copy check) and `mode`: how p_human
     is computed ("detector: ..." or "discriminator-only (...)"). A scorer built from a model directory owns its
-    networks (`D`, `G`, `ref`), which hold their matmul weights in the inference dtype: run them only under
-    `reviewgen.core.device.inference_autocast`, as the scoring path does."""
+    networks (`D`, `G`, `ref`), which hold their matmul weights (all but the LM heads) in the inference dtype:
+    run them only under `reviewgen.core.device.inference_autocast`, as the scoring path does."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.device = pick_device(device)
         self._setup(load_checkpoint(model_dir, self.device))
         # the networks are this scorer's own and only run under inference autocast: their matmul weights
-        # are stored in its dtype once (not for `from_checkpoint`, whose networks the caller shares)
-        for net in (self.D, self.G, self.ref):
-            if net is not None:
-                cast_matmul_weights(net, inference_dtype(self.device))
+        # are stored in its dtype once (not for `from_checkpoint`, whose networks the caller shares). The
+        # LM heads stay as they are: a tied one is the embedding, and the scoring path projects with the
+        # copies of `head_weights` and recomputes each target's logit from the fp32 head
+        dtype = inference_dtype(self.device)
+        cast_matmul_weights(self.D, dtype)
+        for lm in (self.G, self.ref):
+            if lm is not None:
+                cast_matmul_weights(lm.blocks, dtype)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, device: str | None = None) -> "Scorer":
