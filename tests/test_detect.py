@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -241,3 +242,60 @@ def test_inference_precision_follows_the_hardware(monkeypatch):
     with device.inference_autocast(cpu):
         assert not torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")  # nothing left behind
+
+
+def _with_lookalike_humans(rng, n: int, share: float):
+    """One signal; a `share` of the human rows is drawn from the machine rows' distribution."""
+    lookalike = rng.random(n) < share
+    human = np.where(lookalike, rng.normal(-2.0, 1.0, n), rng.normal(2.0, 1.0, n))
+    return {"mean_log_rank": np.r_[human, rng.normal(-2.0, 1.0, n)]}, np.r_[np.ones(n), np.zeros(n)]
+
+
+def test_a_floor_keeps_lookalike_human_reviews_from_scores_near_zero():
+    """Short, generic human reviews read like machine text. With 6% of the humans drawn from the machine
+    distribution, a text that looks machine-written is human about 6% of the time: the floored Platt step
+    says so, the plain one claims near-certainty, and the floor also lowers the ECE on new rows."""
+    from reviewgen.core.metrics import ece
+    from reviewgen.score.calibration import fit_language_combiner, fit_platt
+    from reviewgen.score.combiner import Candidate
+
+    rng = np.random.default_rng(5)
+    sig, y = _with_lookalike_humans(rng, 3000, 0.06)
+    z = sig["mean_log_rank"]
+    floored, plain = fit_platt(z, y, l2=0.0, floor=True), fit_platt(z, y, l2=0.0)
+    assert 0.045 < floored["floor"] < 0.07 and floored["ceiling"] > 0.995 and "floor" not in plain
+    c = fit_language_combiner(sig, y, ["human"] * 3000 + ["G:plain"] * 3000,
+                              [Candidate("log-rank", ("mean_log_rank",), 0.01)])
+    assert 0.045 < c.floor < 0.07 and c.ceiling > 0.995 and c.offset == pytest.approx(0.0, abs=1e-12)
+    new, y_new = _with_lookalike_humans(rng, 20000, 0.06)
+    p = c.predict(new)
+    machine_like = new["mean_log_rank"] < -2.0
+    # among texts that look machine-written, the human share and the mean p_human agree
+    assert abs(p[machine_like].mean() - y_new[machine_like].mean()) < 0.015
+    no_floor = replace(c, floor=0.0, ceiling=1.0)
+    p0 = no_floor.predict(new)
+    assert p0[machine_like].mean() < 0.5 * y_new[machine_like].mean()
+    assert ece(y_new, p) < ece(y_new, p0)
+
+
+def test_a_floored_combiner_round_trips_and_old_readers_refuse_it(tmp_path):
+    from reviewgen.score.combiner import FLOOR_FORMAT, FORMAT, Detector
+
+    c = Combiner(("mean_log_rank",), (0.0,), (1.0,), (2.0,), 0.5, floor=0.02, ceiling=0.99, offset=math.log(3))
+    x = {"mean_log_rank": np.array([-40.0, -1.0, 0.0, 3.0, 40.0, np.nan])}
+    z = c.logit(x)
+    q = 0.02 + 0.97 / (1.0 + np.exp(-(2.0 * x["mean_log_rank"][:5] + 0.5)))
+    assert np.allclose(z[:5], np.log(q / (1 - q)) + math.log(3)) and np.isnan(z[5])
+    # the bounds hold the logit in [logit(floor), logit(ceiling)] (plus the offset) however far out a text is
+    assert np.allclose(z[[0, 4]] - math.log(3), [math.log(0.02 / 0.98), math.log(0.99 / 0.01)])
+    only_floor = replace(c, ceiling=1.0)
+    assert not np.allclose(only_floor.logit(x)[:5], z[:5])
+    assert only_floor.logit(x)[4] > 40 * 2 - 1  # no ceiling: unbounded above
+    d = c.to_dict()
+    plain = Combiner(c.features, c.mean, c.scale, c.weights, c.bias)
+    assert d["format"] == FLOOR_FORMAT and plain.to_dict()["format"] == FORMAT
+    back = Combiner.from_dict(json.loads(json.dumps(d)))
+    assert np.allclose(back.logit(x), z, equal_nan=True)
+    assert np.allclose(Detector.from_dict(d).logit(x, ["en"] * 6), z, equal_nan=True)
+    with pytest.raises(CombinerError, match="floor"):
+        Combiner.from_dict(dict(d, floor=0.5))

@@ -48,12 +48,22 @@ perfectly separated fit set then scored real reviews p_human = 1.0, which Platt'
 
 What limits the ECE. One p_human serves every sampling setting, and they want different maps: against
 T=0.6 samples the middle of the scale holds almost only humans, against T=1.0 samples it holds many
-machine reviews. With three machine reviews per human (`FAKES_PER_REVIEW`), on 1,090 test reviews the
-worst per-temperature ECE was 0.057-0.060 over three draws of the fit samples, always at T=1.0 (where a
-perfectly calibrated scorer would read about 0.018). Measured and rejected: a Platt step fitted on the
-hardest settings only (T=1.0 fell to 0.034-0.048, T=0.6 and T=1.3 rose to 0.06-0.09), a minimax Platt
-step over the settings (0.072-0.084), isotonic maps (0.059-0.073), a probability floor, and pooling
-English (76 validation reviews) into the shared combiner (0.096-0.109).
+machine reviews. With three machine reviews per human, on 1,090 test reviews the worst per-temperature ECE
+was 0.057-0.060 over three draws of the fit samples, always at T=1.0 (where a perfectly calibrated scorer
+would read about 0.018). Measured and rejected: a Platt step fitted on the hardest settings only (T=1.0
+fell to 0.034-0.048, T=0.6 and T=1.3 rose to 0.06-0.09), a minimax Platt step over the settings
+(0.072-0.084), isotonic maps (0.059-0.073), a probability floor (that trial's details were not kept), and
+pooling English (76 validation reviews) into the shared combiner (0.096-0.109).
+
+Why a fitted floor and ceiling. The reliability bins then showed where the error sat: the lowest bin (p_human
+about 0.01, half of all rows against T=0.6 samples) held 4-6% humans at every temperature, short generic
+reviews such as "Bought for my wife. Great product. Easy to set up and use." that read exactly like machine
+text. A logistic map claims near-certainty for them. The Platt step therefore fits
+p = f + (c - f) * sigmoid(a * z + b), a logistic model robust to such look-alikes, with the floor f and the
+ceiling c fitted by likelihood beside a and b (`fit_platt(floor=True)`). On the `make demo` model, over all
+1,355 test reviews, with six machine reviews per human, the worst per-temperature ECE was 0.048-0.057 over
+three draws of the fit samples without them and 0.043-0.048 over six draws with them; AUROC moved by less
+than 0.01.
 """
 
 from __future__ import annotations
@@ -109,9 +119,16 @@ FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_sha
                  "binoculars": 1, "fast_detect": -1, "mixed_script": -1, "trigram_seen": 1, "bigram_seen": 1, "ngram_logprob": 1,
                  **{f: -1 for f in (*TWO_SIDED, "sq:ngram_logprob", "sq:trigram_seen", "sq:fast_detect")}}
 # machine-written reviews sampled per real one for the fit: the combiner's machine side covers five sampling
-# settings from two generators, and three per review made the worst per-temperature ECE of `reviewgen
-# evaluate` 0.058 instead of 0.060-0.064 (one per review, three sample sets) on the `make demo` model
-FAKES_PER_REVIEW = 3
+# settings from two generators. On the `make demo` model, three per review made the worst per-temperature ECE
+# of `reviewgen evaluate` 0.058 instead of 0.060-0.064 (one per review); with the floored Platt step, six per
+# review gave 0.043-0.048 over six draws of the fit samples against 0.040-0.052 for three (all 1,355 test
+# reviews), for about 10 s more sampling at the end of the demo's training
+FAKES_PER_REVIEW = 6
+# the largest floor (and 1 - ceiling) the detector's Platt step may fit (`fit_platt(floor=True)`): the share
+# of reviews whose signals carry no evidence is a few percent, and a floor near 0.5 would flatten every score
+MAX_FLOOR = 0.1
+# L2 on the scale of that Platt step: negligible for a scale of a few units (the mean log loss is ~0.1)
+PLATT_SCALE_L2 = 1e-4
 # validation reviews the training-end fit reads at most: all of the demo's 555, so that its English combiner
 # sees every one of the 76 English reviews (at 384 it saw about 53), as `reviewgen evaluate`'s refit does
 CALIBRATION_ROWS = 1000
@@ -136,27 +153,42 @@ def as_setting(s: float | SamplingSetting) -> SamplingSetting:
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
-              smooth_targets: bool = False) -> dict[str, float]:
+              smooth_targets: bool = False, floor: bool = False) -> dict[str, float]:
     """Fit p = sigmoid(scale * logit + bias) by minimising log loss (LBFGS). `smooth_targets`: Platt's own
     targets, (n_pos + 1) / (n_pos + 2) and 1 / (n_neg + 2) instead of 1 and 0, which keep the scale finite
-    when the logits separate the classes perfectly (as a small fit set can), so p never claims certainty."""
+    when the logits separate the classes perfectly (as a small fit set can), so p never claims certainty.
+    `floor`: fit p = f + (c - f) * sigmoid(scale * logit + bias) with a floor f in [0, MAX_FLOOR] and a
+    ceiling c in [1 - MAX_FLOOR, 1] as well (returned as "floor" and "ceiling"): a logistic model robust to
+    a share of rows of one class that look like the other, e.g. human reviews too short and generic to
+    tell from machine text, which a plain fit scores with near certainty as machine-written."""
     x = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.float64)
     if smooth_targets:
         n_pos, n_neg = float(y.sum()), float((1 - y).sum())
         y = torch.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1.0 / (n_neg + 2))
-    params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    # the floor and 1 - ceiling as MAX_FLOOR * sigmoid(theta), starting near 0.5%
+    params = torch.tensor([1.0, 0.0, -3.0, -3.0], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([params], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
         z = params[0] * x + params[1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y) + l2 * params[0] ** 2
+        if floor:
+            f, c = MAX_FLOOR * torch.sigmoid(params[2]), 1 - MAX_FLOOR * torch.sigmoid(params[3])
+            p = (f + (c - f) * torch.sigmoid(z)).clamp(1e-12, 1 - 1e-12)
+            fit = -(y * p.log() + (1 - y) * (-p).log1p()).mean()
+        else:
+            fit = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+        loss = fit + l2 * params[0] ** 2
         loss.backward()
         return loss
 
     opt.step(closure)
-    return {"scale": params[0].item(), "bias": params[1].item()}
+    out = {"scale": params[0].item(), "bias": params[1].item()}
+    if floor:
+        out["floor"] = MAX_FLOOR * torch.sigmoid(params[2]).item()
+        out["ceiling"] = 1.0 - MAX_FLOOR * torch.sigmoid(params[3]).item()
+    return out
 
 
 def apply_calibration(logits: np.ndarray, calib: dict[str, float] | None) -> np.ndarray:
@@ -293,16 +325,20 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     chosen = next(c for c in candidates if c.name == combiner.info["candidate"])
     z = out_of_fold_logits(signals, labels, chosen, seed=seed)
     ok = np.isfinite(z)
-    platt = fit_platt(z[ok], labels[ok], l2=0.0, smooth_targets=True)
+    # with a floor and a ceiling to absorb the outliers, out-of-fold logits that separate a small language's
+    # fit set perfectly would let the scale grow without bound (a step function): a light L2 holds it
+    platt = fit_platt(z[ok], labels[ok], l2=PLATT_SCALE_L2, smooth_targets=True, floor=True)
     ece_before = ece(labels[ok], 1.0 / (1.0 + np.exp(-z[ok])))
     if platt["scale"] > 0:
         combiner = replace(combiner, weights=tuple(platt["scale"] * w for w in combiner.weights),
-                           bias=platt["scale"] * combiner.bias + platt["bias"])
+                           bias=platt["scale"] * combiner.bias + platt["bias"], floor=platt["floor"],
+                           ceiling=platt["ceiling"])
     p = combiner.predict(signals)
     shift = prior_shift(labels[ok])
     info = dict(combiner.info, fit_auroc=auroc(labels[ok], p[ok]), fit_ece=ece(labels[ok], p[ok]),
                 fit_ece_before_platt=ece_before, platt=platt, prior_shift=shift, sources=sorted(set(machine)))
-    return replace(combiner, bias=combiner.bias + shift, info=info)
+    # the shift applies to the logit of the bounded probability, so it is an offset after the bounds
+    return replace(combiner, offset=shift, info=info)
 
 
 def out_of_fold_logits(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,

@@ -21,6 +21,8 @@ import torch
 from reviewgen.core.metrics import auroc
 
 FORMAT = "reviewgen-detector/1"
+# a combiner with a floor, a ceiling or a logit offset: a reader of FORMAT alone would ignore them
+FLOOR_FORMAT = "reviewgen-combiner/2"
 DETECTOR_FORMAT = "reviewgen-detector/2"
 ANY_LANGUAGE = "*"
 
@@ -38,6 +40,11 @@ def base_signal(feature: str) -> str:
 class Combiner:
     """p_human = sigmoid(bias + sum_i weight_i * (x_i - mean_i) / scale_i) over the named features.
 
+    A `floor` f and a `ceiling` c make that probability q into f + (c - f) q: some reviews' signals say
+    nothing about who wrote them (a short, generic human review reads exactly like a machine's), so no
+    review is scored with more certainty than the fit set showed. `offset` is then added to the logit of
+    the result (a prior shift, see `reviewgen.score.calibration.prior_shift`).
+
     A feature named "sq:NAME" is two-sided: ((NAME - c) / s)^2, the squared distance of signal NAME from
     the centre c (spread s) of the fit set's human rows, stored in `centers[NAME]`. It lets a linear model
     flag text that is too predictable *or* too unpredictable for human writing."""
@@ -49,6 +56,9 @@ class Combiner:
     bias: float
     info: Mapping[str, Any] = field(default_factory=dict)  # how it was fitted (counts, sources, metrics)
     centers: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # for "sq:" features
+    floor: float = 0.0
+    ceiling: float = 1.0
+    offset: float = 0.0
 
     def matrix(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The [N, F] feature matrix in this combiner's order; a missing signal is an error naming it."""
@@ -67,7 +77,16 @@ class Combiner:
     def logit(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The combined logit per review (NaN where any feature is NaN, e.g. a review with no tokens)."""
         x = (self.matrix(signals) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return x @ np.asarray(self.weights) + self.bias
+        z = x @ np.asarray(self.weights) + self.bias
+        if self.floor > 0 or self.ceiling < 1:
+            # logit(f + (c - f) sigmoid(z)) in log space; 1 minus that is (1 - c) + (c - f) sigmoid(-z)
+            fin = np.isfinite(z)  # NaN stays NaN, without numpy's invalid-value warning
+            zf = z[fin]
+            with np.errstate(divide="ignore"):  # log(0) = -inf for a floor of 0 or a ceiling of 1
+                log_f, log_c, log_span = np.log(self.floor), np.log1p(-self.ceiling), np.log(self.ceiling - self.floor)
+            z[fin] = np.logaddexp(log_f, log_span - np.logaddexp(0.0, -zf)) - \
+                np.logaddexp(log_c, log_span - np.logaddexp(0.0, zf))
+        return z + self.offset
 
     def predict(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """p_human per review."""
@@ -79,7 +98,7 @@ class Combiner:
         d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k]) for k in ("features", "mean", "scale", "weights"))
         d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
         d["info"] = json.loads(json.dumps(d["info"], default=float))
-        d["format"] = FORMAT
+        d["format"] = FORMAT if (self.floor, self.ceiling, self.offset) == (0.0, 1.0, 0.0) else FLOOR_FORMAT
         return d
 
     def to_json(self) -> str:
@@ -103,15 +122,19 @@ class Combiner:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Combiner":
         """The combiner `to_dict` wrote; errors name `source` and the field."""
-        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+        if not isinstance(d, Mapping) or d.get("format") not in (FORMAT, FLOOR_FORMAT):
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
-            raise CombinerError(f"{source}: format {got!r} is not {FORMAT!r}")
+            raise CombinerError(f"{source}: format {got!r} is neither {FORMAT!r} nor {FLOOR_FORMAT!r}")
         try:
             c = cls(tuple(d["features"]), tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
                     tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}),
-                    {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()})
-        except (KeyError, TypeError, IndexError) as e:
+                    {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()},
+                    float(d.get("floor", 0.0)), float(d.get("ceiling", 1.0)), float(d.get("offset", 0.0)))
+        except (KeyError, TypeError, IndexError, ValueError) as e:
             raise CombinerError(f"{source}: missing or malformed field ({e!r})") from e
+        if not (0.0 <= c.floor < 0.5 < c.ceiling <= 1.0 and np.isfinite(c.offset)):
+            raise CombinerError(f"{source}: need 0 <= floor < 0.5 < ceiling <= 1 and a finite offset, got floor "
+                                f"{c.floor}, ceiling {c.ceiling}, offset {c.offset}")
         if not len(c.features) == len(c.mean) == len(c.scale) == len(c.weights):
             raise CombinerError(f"{source}: features, mean, scale and weights differ in length")
         if {base_signal(f) for f in c.features if f.startswith("sq:")} - set(c.centers):
@@ -156,7 +179,7 @@ class Detector:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Detector":
         """The detector `to_dict` wrote, or a single combiner of the older format; errors name `source`."""
-        if isinstance(d, Mapping) and d.get("format") == FORMAT:
+        if isinstance(d, Mapping) and d.get("format") in (FORMAT, FLOOR_FORMAT):
             return cls({ANY_LANGUAGE: Combiner.from_dict(d, source)})
         if not isinstance(d, Mapping) or d.get("format") != DETECTOR_FORMAT:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
