@@ -79,6 +79,21 @@ def test_metric_values_are_sane(evaluated) -> None:
     assert "out-of-family generator (top-k 40): AUROC 0." in r["targets"]["scorer_detection"]["detail"]
     assert {t["status"] for t in r["targets"].values()} <= {"MET", "NOT MET", "N/A"}
     assert r["meta"]["data"]["evaluated_by_language"].keys() == {"en", "zh"}
+    # the scorer reads more test reviews than the quality sweep (--scorer-reviews, 48 in --fast)
+    n_eval = sum(r["meta"]["data"]["evaluated_by_language"].values())
+    assert n_eval < 48 and r["scorer"]["n_human"] == 48
+
+
+def test_extra_scorer_rows_are_other_unseen_test_reviews(prepared_data) -> None:
+    from reviewgen.evaluate.scorer_eval import extra_scorer_rows
+
+    test = load_split(prepared_data, "test")
+    ev, _ = split_eval_rows(test, n_products=8, samples_per_product=2)
+    extra = extra_scorer_rows(test, ev, 40)
+    assert len(extra) == 40 - len(ev) and extra.equals(extra_scorer_rows(test, ev, 40))
+    assert not set(extra["text"]) & set(ev["text"]) and set(extra["text"]) <= set(test["text"])
+    assert extra_scorer_rows(test, ev, len(ev)).empty
+    assert len(extra_scorer_rows(test, ev, 10 ** 6)) == len(test) - len(ev)  # at most every test review
 
 
 def test_calibration_refit_updates_model_version(evaluated) -> None:

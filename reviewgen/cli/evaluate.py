@@ -21,6 +21,9 @@ def evaluate(
     temperatures: str = typer.Option("0.6,0.8,1.0,1.2,1.3", "--temperatures", help="Sampling temperatures of the sweep."),
     products: int = typer.Option(150, "--products", help="About how many unseen test products to evaluate."),
     samples_per_product: int = typer.Option(2, "--samples-per-product", help="Real reviews (conditions) per product."),
+    scorer_reviews: int = typer.Option(1000, "--scorer-reviews", help="Test reviews the scorer section reads at "
+                                       "least: the evaluated ones, then other unseen test reviews at random "
+                                       "(its ECE needs more rows than the quality metrics; at most 48 in --fast)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Generation seeds; metrics are reported as mean ± sd."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass for the sweep."),
     copy_span: int = typer.Option(8, "--copy-span", help="Minimum copied training span (tokens) counted as a copy."),
@@ -45,7 +48,8 @@ def evaluate(
 
     try:
         cfg = EvalConfig(temperatures=floats(temperatures), n_products=products,
-                         samples_per_product=samples_per_product, seeds=tuple(int(s) for s in floats(seeds)),
+                         samples_per_product=samples_per_product, scorer_reviews=scorer_reviews,
+                         seeds=tuple(int(s) for s in floats(seeds)),
                          top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
                          fast=fast, device=device)
         if ood_model is None:

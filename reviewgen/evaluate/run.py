@@ -27,7 +27,7 @@ from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, Log, aggregate, embedding_metrics,
                                         match_diversity, quality_metrics, reference_pools, split_eval_rows)
 from reviewgen.evaluate.report import read_history, write_report
-from reviewgen.evaluate.scorer_eval import refit_calibration, scorer_section
+from reviewgen.evaluate.scorer_eval import extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.score.scorer import Scorer
 
@@ -41,6 +41,9 @@ class EvalConfig:
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES  # sampling temperatures of the sweep
     n_products: int = 150  # about how many unseen test products to evaluate
     samples_per_product: int = 2  # real reviews (conditions) per product
+    # test reviews the scorer section reads at least (the evaluated ones, then others drawn at random): its
+    # ECE needs more rows than the quality sweep, as a perfectly calibrated scorer reads 0.026-0.034 on 300
+    scorer_reviews: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)  # generation seeds; metrics are mean ± sd over them
     top_p: float = 1.0
     copy_span: int = 8  # copied training tokens that make a copy (raised to the model's n-gram size)
@@ -57,15 +60,18 @@ class EvalConfig:
             raise ValueError("evaluate: need at least one temperature and one seed")
         if self.n_products < 1 or self.samples_per_product < 1:
             raise ValueError("evaluate: n_products and samples_per_product must be >= 1")
+        if self.scorer_reviews < 0:
+            raise ValueError("evaluate: scorer_reviews must be >= 0")
 
     def resolved(self) -> EvalConfig:
         """The settings actually used: with `fast`, one seed, the lowest and highest temperature, <= 16
-        products and a small calibration/baseline/classifier/NLL set."""
+        products, <= 48 scorer reviews and a small calibration/baseline/classifier/NLL set."""
         c = dataclasses.replace(self, temperatures=tuple(float(t) for t in self.temperatures),
                                 seeds=tuple(int(s) for s in self.seeds))
         if not c.fast:
             return c
         return dataclasses.replace(c, seeds=c.seeds[:1], n_products=min(c.n_products, 16),
+                                   scorer_reviews=min(c.scorer_reviews, 48),
                                    temperatures=tuple(sorted({min(c.temperatures), max(c.temperatures)})),
                                    n_baseline_train=min(c.n_baseline_train, 48),
                                    classifier_rows=min(c.classifier_rows, 1500), nll_rows=min(c.nll_rows or 256, 256))
@@ -154,8 +160,18 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
             sweep[name][f"{temp:g}"] = aggregate(runs)
 
     matched = match_diversity(sweep, human_m["self_bleu4"], temperatures)
-    scorer_m, scorer_extra = scorer_section(ck, scorer, conds, human, keys, samples, temperatures, train,
-                                            c.n_baseline_train, seeds[0], dev, log, ood=ood)
+    extra = extra_scorer_rows(test, ev, c.scorer_reviews)
+    x_conds, x_keys = conditions(extra), [f"{pid}:scorer:{i}" for i, pid in enumerate(extra["product_id"])]
+    if len(extra):
+        log(f"the scorer reads {len(extra)} more test reviews ({dict(Counter(extra['language']))}), "
+            f"{len(ev) + len(extra)} in all")
+    sc_samples = {(name, temp): texts + (generate_texts(ck[name].generator, tok, x_conds, x_keys, seed=seeds[0],
+                                                        temperature=temp, top_p=top_p, device=dev)
+                                         if len(extra) else [])
+                  for (name, temp), texts in samples.items()}
+    scorer_m, scorer_extra = scorer_section(ck, scorer, conds + x_conds, human + extra["text"].astype(str).tolist(),
+                                            keys + x_keys, sc_samples, temperatures, train, c.n_baseline_train,
+                                            seeds[0], dev, log, ood=ood)
     result: dict[str, Any] = {
         "meta": run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p,
                          copy_span, fast, emb, pool_note, str(dev)),

@@ -73,6 +73,18 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     return calib
 
 
+def extra_scorer_rows(test: pd.DataFrame, ev: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """Test reviews beside the evaluated rows `ev`, drawn at random, that bring the scorer section to `n`
+    reviews (none when `ev` has as many): every test product is unseen, and the scorer's ECE needs more
+    rows than the quality sweep does (`reviewgen.core.metrics.ece_floor`)."""
+    if n <= len(ev):
+        return test.iloc[:0]
+    taken = set(zip(ev["product_id"].astype(str), ev["text"].astype(str)))
+    rest = test[[(p, t) not in taken for p, t in zip(test["product_id"].astype(str), test["text"].astype(str))]]
+    rest = rest.sample(n=min(len(rest), n - len(ev)), random_state=seed)
+    return rest.sort_values(["language", "product_id"], kind="stable").reset_index(drop=True)
+
+
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """AUROC, accuracy, F1, ECE, the ECE a perfectly calibrated scorer would read on the same rows
     (`reviewgen.core.metrics.ece_floor`), Brier (positive class = human)."""
