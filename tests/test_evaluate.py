@@ -101,7 +101,7 @@ def test_calibration_refit_updates_model_version(evaluated) -> None:
     calib = json.loads((model / "calibration.json").read_text())
     meta = json.loads((model / "meta.json").read_text())
     assert calib["source"].startswith("refit_calibration") and calib == r["calibration"]
-    assert len(calib["checkpoints"]) == 2 and calib["temperatures"] == [0.7, 1.0, 1.3]
+    assert len(calib["checkpoints"]) == 2 and calib["temperatures"] == [0.7, 0.85, 1.0, 1.15, 1.3]
     assert "T=1,top_k=40" in calib["settings"] and "T=1,top_p=0.9" in calib["settings"]
     assert calib["detector"]["format"] == "reviewgen-detector/2" and (model / "reference.safetensors").is_file()
     assert meta["version"] == content_version(model)
