@@ -23,6 +23,7 @@ from reviewgen.core.metrics import auroc
 FORMAT = "reviewgen-detector/1"
 # a combiner with a floor, a ceiling or a logit offset: a reader of FORMAT alone would ignore them
 FLOOR_FORMAT = "reviewgen-combiner/2"
+COMBINER_FORMATS = (FORMAT, FLOOR_FORMAT)
 DETECTOR_FORMAT = "reviewgen-detector/2"
 ANY_LANGUAGE = "*"
 
@@ -122,7 +123,7 @@ class Combiner:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Combiner":
         """The combiner `to_dict` wrote; errors name `source` and the field."""
-        if not isinstance(d, Mapping) or d.get("format") not in (FORMAT, FLOOR_FORMAT):
+        if not isinstance(d, Mapping) or d.get("format") not in COMBINER_FORMATS:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise CombinerError(f"{source}: format {got!r} is neither {FORMAT!r} nor {FLOOR_FORMAT!r}")
         try:
@@ -179,7 +180,7 @@ class Detector:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Detector":
         """The detector `to_dict` wrote, or a single combiner of the older format; errors name `source`."""
-        if isinstance(d, Mapping) and d.get("format") in (FORMAT, FLOOR_FORMAT):
+        if isinstance(d, Mapping) and d.get("format") in COMBINER_FORMATS:
             return cls({ANY_LANGUAGE: Combiner.from_dict(d, source)})
         if not isinstance(d, Mapping) or d.get("format") != DETECTOR_FORMAT:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
