@@ -147,6 +147,28 @@ def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
     assert fit_platt(z_oof, y, l2=0.0)["scale"] < 1.0 < fit_platt(z_in, y, l2=0.0)["scale"]
 
 
+def test_the_l2_strength_is_chosen_by_out_of_fold_log_loss():
+    from reviewgen.core.metrics import auroc
+    from reviewgen.score.calibration import L2_SCALES, choose_l2
+    from reviewgen.score.combiner import Candidate
+
+    rng = np.random.default_rng(3)
+    n = 400
+    y = np.r_[np.ones(n), np.zeros(n)]
+    nuisance, signal = rng.normal(0, 3, 2 * n), 1.5 * y + rng.normal(0, 1, 2 * n)
+    # "b" carries the signal under a nuisance that "a" measures alone: only a fit free to give "a" a weight
+    # of its own (a weak L2) can subtract it; a strong L2 leaves "a" near 0, as it is uncorrelated with y
+    sig = {"a": nuisance, "b": signal + nuisance}
+    strong = Candidate("c", ("a", "b"), 1.0)
+    chosen, z, platt, losses = choose_l2(sig, y, strong, seed=0)
+    assert set(losses) == {f"{k:g}" for k in L2_SCALES}
+    assert chosen.l2 < strong.l2 and losses[f"{chosen.l2:g}"] < losses["1"] - 0.05
+    assert auroc(y, z) > 0.8 and platt["scale"] > 0
+    # with nothing to subtract and a light L2, every strength predicts alike and the strongest is kept
+    same, _, _, flat = choose_l2({"b": signal}, y, Candidate("c", ("b",), 0.01), seed=0)
+    assert same.l2 == 0.01 and max(flat.values()) - min(flat.values()) < 1e-3
+
+
 def test_platt_with_smoothed_targets_stays_finite_on_separated_logits():
     from reviewgen.score.calibration import apply_calibration, fit_platt
 

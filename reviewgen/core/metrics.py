@@ -136,6 +136,14 @@ def ece(y_true: Any, p: Any, n_bins: int = 15) -> float:
     return float(np.sum(w * np.abs(b["accuracy"][nz] - b["confidence"][nz])))
 
 
+def log_loss(y_true: Any, p: Any, eps: float = 1e-12) -> float:
+    """Mean binary cross-entropy of probabilities `p` for labels `y_true` (p clipped to [eps, 1 - eps])."""
+    y, s = _check_binary(y_true, p, "log_loss")
+    _check_prob(s, "log_loss")
+    s = np.clip(s, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(s) + (1.0 - y) * np.log1p(-s)))
+
+
 def ece_floor(p: Any, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
     """The ECE a perfectly calibrated scorer reads on these scores: the mean `ece` over label sets drawn as
     Bernoulli(p). ECE is biased upwards on a finite sample (every bin's accuracy is a noisy estimate): for
