@@ -28,7 +28,7 @@ from reviewgen.core.device import cpu_has_native_bf16
 from reviewgen.core.encoding import conditions
 from reviewgen.core.losses import autocast_for
 from reviewgen.data.corpus import load_split
-from reviewgen.score.calibration import apply_calibration
+from reviewgen.score.platt import apply_calibration
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.score.scorer import Scorer
 from reviewgen.score.signals import review_signals

@@ -14,7 +14,7 @@ from reviewgen.data.corpus import load_split
 from reviewgen.core.losses import val_nll
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
 from reviewgen.score.scorer import Scorer
-from reviewgen.score.calibration import apply_calibration, fit_platt
+from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.train.trainer import GANTrainer, TensorBatches
 

@@ -130,7 +130,8 @@ def test_detector_scores_each_language_with_its_own_combiner():
 
 def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
     from reviewgen.core.metrics import auroc
-    from reviewgen.score.calibration import fit_platt, out_of_fold_logits
+    from reviewgen.score.calibration import out_of_fold_logits
+    from reviewgen.score.platt import fit_platt
     from reviewgen.score.combiner import Candidate
 
     rng = np.random.default_rng(1)
@@ -170,7 +171,7 @@ def test_the_l2_strength_is_chosen_by_out_of_fold_log_loss():
 
 
 def test_platt_with_smoothed_targets_stays_finite_on_separated_logits():
-    from reviewgen.score.calibration import apply_calibration, fit_platt
+    from reviewgen.score.platt import apply_calibration, fit_platt
 
     z = np.r_[np.linspace(2, 6, 50), np.linspace(-6, -2, 50)]  # perfectly separated
     y = np.r_[np.ones(50), np.zeros(50)]
@@ -278,7 +279,8 @@ def test_a_floor_keeps_lookalike_human_reviews_from_scores_near_zero():
     distribution, a text that looks machine-written is human about 6% of the time: the floored Platt step
     says so, the plain one claims near-certainty, and the floor also lowers the ECE on new rows."""
     from reviewgen.core.metrics import ece
-    from reviewgen.score.calibration import fit_language_combiner, fit_platt
+    from reviewgen.score.calibration import fit_language_combiner
+    from reviewgen.score.platt import fit_platt
     from reviewgen.score.combiner import Candidate
 
     rng = np.random.default_rng(5)

@@ -21,7 +21,8 @@ from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import MODELS, Log
 from reviewgen.score.calibration import (CALIBRATION_TEMPERATURES, DETECTOR_SETTINGS, FEATURE_SIGNS, SamplingSetting,
-                                        apply_calibration, calibrate, describe_detector, sample_fakes)
+                                        calibrate, describe_detector, sample_fakes)
+from reviewgen.score.platt import apply_calibration
 from reviewgen.score.scorer import Scorer, reference_network
 from reviewgen.score.signals import SIGNALS
 from reviewgen.score.wordlm import WordNgramLM, build_wordlm

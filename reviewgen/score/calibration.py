@@ -78,7 +78,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import auroc, ece, log_loss
@@ -87,6 +86,7 @@ from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.score.combiner import (ANY_LANGUAGE, Candidate, Combiner, Detector, base_signal, fit_combiner,
                                      select_combiner)
+from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.score.signals import review_signals
 from reviewgen.score.wordlm import WordNgramLM
 
@@ -131,9 +131,6 @@ FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_sha
 # review gave 0.043-0.048 over six draws of the fit samples against 0.040-0.052 for three (all 1,355 test
 # reviews); the 1,665 more samples take about 7 s to draw and score on the demo model
 FAKES_PER_REVIEW = 6
-# the largest floor (and 1 - ceiling) the detector's Platt step may fit (`fit_platt(floor=True)`): the share
-# of reviews whose signals carry no evidence is a few percent, and a floor near 0.5 would flatten every score
-MAX_FLOOR = 0.1
 # L2 on the scale of that Platt step: negligible for a scale of a few units (the mean log loss is ~0.1)
 PLATT_SCALE_L2 = 1e-4
 # validation reviews the training-end fit reads at most: all of the demo's 555, so that its English combiner
@@ -166,53 +163,6 @@ DETECTOR_CANDIDATES = (
 def as_setting(s: float | SamplingSetting) -> SamplingSetting:
     """A SamplingSetting from a setting or a plain temperature."""
     return s if isinstance(s, SamplingSetting) else SamplingSetting(float(s))
-
-
-def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
-              smooth_targets: bool = False, floor: bool = False) -> dict[str, float]:
-    """Fit p = sigmoid(scale * logit + bias) by minimising log loss (LBFGS). `smooth_targets`: Platt's own
-    targets, (n_pos + 1) / (n_pos + 2) and 1 / (n_neg + 2) instead of 1 and 0, which keep the scale finite
-    when the logits separate the classes perfectly (as a small fit set can), so p never claims certainty.
-    `floor`: fit p = f + (c - f) * sigmoid(scale * logit + bias) with a floor f in [0, MAX_FLOOR] and a
-    ceiling c in [1 - MAX_FLOOR, 1] as well (returned as "floor" and "ceiling"): a logistic model robust to
-    a share of rows of one class that look like the other, e.g. human reviews too short and generic to
-    tell from machine text, which a plain fit scores with near certainty as machine-written."""
-    x = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.float64)
-    if smooth_targets:
-        n_pos, n_neg = float(y.sum()), float((1 - y).sum())
-        y = torch.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1.0 / (n_neg + 2))
-    # scale, bias[, the floor and 1 - ceiling as MAX_FLOOR * sigmoid(theta), starting near 0.5%]
-    params = torch.tensor([1.0, 0.0] + ([-3.0, -3.0] if floor else []), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        z = params[0] * x + params[1]
-        if floor:
-            f, c = MAX_FLOOR * torch.sigmoid(params[2]), 1 - MAX_FLOOR * torch.sigmoid(params[3])
-            p = (f + (c - f) * torch.sigmoid(z)).clamp(1e-12, 1 - 1e-12)
-            fit = -(y * p.log() + (1 - y) * (-p).log1p()).mean()
-        else:
-            fit = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
-        loss = fit + l2 * params[0] ** 2
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    out = {"scale": params[0].item(), "bias": params[1].item()}
-    if floor:
-        out["floor"] = MAX_FLOOR * torch.sigmoid(params[2]).item()
-        out["ceiling"] = 1.0 - MAX_FLOOR * torch.sigmoid(params[3]).item()
-    return out
-
-
-def apply_calibration(logits: np.ndarray, calib: dict[str, float] | None) -> np.ndarray:
-    """Calibrated probabilities from raw logits (identity sigmoid without calibration), within the fit's
-    "floor" and "ceiling" where it has them (`fit_platt(floor=True)`)."""
-    a, b = (calib["scale"], calib["bias"]) if calib else (1.0, 0.0)
-    f, c = (calib.get("floor", 0.0), calib.get("ceiling", 1.0)) if calib else (0.0, 1.0)
-    return f + (c - f) / (1.0 + np.exp(-(a * np.asarray(logits, dtype=np.float64) + b)))
 
 
 def sample_fake_sources(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],

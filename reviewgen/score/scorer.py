@@ -25,7 +25,7 @@ from reviewgen.core.device import cast_matmul_weights, inference_dtype, pick_dev
 from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
-from reviewgen.score.calibration import apply_calibration
+from reviewgen.score.platt import apply_calibration
 from reviewgen.score.combiner import CombinerError, Detector
 from reviewgen.score.detect import head_weights
 from reviewgen.score.signals import SIGNALS, review_signals
