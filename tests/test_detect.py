@@ -150,7 +150,7 @@ def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
 
 def test_the_l2_strength_is_chosen_by_out_of_fold_log_loss():
     from reviewgen.core.metrics import auroc
-    from reviewgen.score.calibration import L2_SCALES, choose_l2
+    from reviewgen.score.calibration import L2_SCALES, choose_l2, fit_language_combiner
     from reviewgen.score.combiner import Candidate
 
     rng = np.random.default_rng(3)
@@ -165,6 +165,13 @@ def test_the_l2_strength_is_chosen_by_out_of_fold_log_loss():
     assert set(losses) == {f"{k:g}" for k in L2_SCALES}
     assert chosen.l2 < strong.l2 and losses[f"{chosen.l2:g}"] < losses["1"] - 0.05
     assert auroc(y, z) > 0.8 and platt["scale"] > 0
+    # the language fit records the multiple it chose, and the training log line names it
+    from reviewgen.score.calibration import describe_detector
+    from reviewgen.score.combiner import Detector
+    groups = ["human"] * n + ["G:plain", "ref:truncated"] * (n // 2)
+    fitted = fit_language_combiner(sig, y, groups, [strong], seed=0)
+    assert fitted.info["l2_scale"] == chosen.l2 / strong.l2 < 1
+    assert f"L2 x{chosen.l2:g}" in describe_detector(Detector({"*": fitted}).to_dict())
     # with nothing to subtract and a light L2, every strength predicts alike and the strongest is kept
     same, _, _, flat = choose_l2({"b": signal}, y, Candidate("c", ("b",), 0.01), seed=0)
     assert same.l2 == 0.01 and max(flat.values()) - min(flat.values()) < 1e-3

@@ -291,9 +291,9 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     # out-of-fold logits: the combiner's logits on its own fit rows are more separated than on new text,
     # and a Platt step fitted on them would make p_human overconfident.
     chosen = next(c for c in candidates if c.name == combiner.info["candidate"])
-    chosen, z, platt, l2_losses = choose_l2(signals, labels, chosen, seed=seed)
-    combiner = fit_combiner(signals, labels, chosen.features, l2=chosen.l2_for(len(labels)), signs=FEATURE_SIGNS,
-                            info=dict(combiner.info, l2_scale_losses=l2_losses))
+    tuned, z, platt, l2_losses = choose_l2(signals, labels, chosen, seed=seed)
+    combiner = fit_combiner(signals, labels, tuned.features, l2=tuned.l2_for(len(labels)), signs=FEATURE_SIGNS,
+                            info=dict(combiner.info, l2_scale=tuned.l2 / chosen.l2, l2_scale_losses=l2_losses))
     ok = np.isfinite(z)
     ece_before = ece(labels[ok], 1.0 / (1.0 + np.exp(-z[ok])))
     if platt["scale"] > 0:
@@ -361,12 +361,14 @@ def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=Non
 
 
 def describe_detector(doc: dict[str, Any]) -> str:
-    """One line per detector: each language's chosen candidate, held-out-source AUROC and fit ECE."""
+    """One line per detector: each language's chosen candidate and L2 multiple, held-out-source AUROC and fit
+    ECE."""
     det = Detector.from_dict(doc)
     out = []
     for lang, c in det.combiners.items():
         i = c.info
         held = i.get("worst_held_out_auroc", {}).get(i.get("candidate"), float("nan"))
-        out.append(f"[{lang}] {i.get('candidate')} (worst held-out-source AUROC {held:.3f}, fit AUROC "
-                   f"{i.get('fit_auroc', float('nan')):.3f}, ECE {i.get('fit_ece', float('nan')):.3f})")
+        out.append(f"[{lang}] {i.get('candidate')} (L2 x{i.get('l2_scale', 1.0):g}, worst held-out-source AUROC "
+                   f"{held:.3f}, fit AUROC {i.get('fit_auroc', float('nan')):.3f}, "
+                   f"ECE {i.get('fit_ece', float('nan')):.3f})")
     return "; ".join(out)
