@@ -1,8 +1,10 @@
-"""Shared fixtures: one prepared sample split, one tiny trained model, and one local Ray per session."""
+"""Shared fixtures: one prepared sample split, one tiny trained model, one local Ray per session, and Serve's
+HTTP proxy on a free local port for each Serve test module."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,26 @@ def ray_local():
              object_store_memory=512 * 1024 * 1024, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def serve_base(ray_local):
+    """Serve on the session Ray, its proxy on 127.0.0.1 at a free port, shut down after the module."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()

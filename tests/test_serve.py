@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -267,22 +266,6 @@ def test_ingress_retries_only_replica_loss_and_only_once(errors, calls, outcome)
 
 
 # -- Ray Serve ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def serve_base(ray_local):
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-
-
 def _deploy(name: str, model_dir: Path, cfg: ServeConfig) -> None:
     from ray import serve
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,12 +29,6 @@ pytestmark = pytest.mark.timeout(300)
 # Short drain loops keep rollouts quick; one small replica per deployment (the session Ray has 4 CPUs).
 CFG = ServeConfig(min_replicas=1, max_replicas=1, num_cpus=0.5, graceful_shutdown_wait_loop_s=0.2,
                   graceful_shutdown_timeout_s=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, timeout: float = 90) -> None:
@@ -102,16 +95,6 @@ class _Load:
 
     def failures(self) -> list[tuple[float, int, str]]:
         return [r for r in self.results if r[1] != 200]
-
-
-@pytest.fixture(scope="module")
-def serve_base(ray_local):
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +207,11 @@ def _processes_mentioning(marker: str) -> list[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_drains_and_stops_serve_and_its_local_ray(tiny_model, sig):
+def test_signal_drains_and_stops_serve_and_its_local_ray(tiny_model, free_port, sig):
     """`reviewgen serve` with its own local Ray (RAY_ADDRESS unset, its own Ray temp dir): Ctrl-C (SIGINT
     to its process group, as a terminal sends it) or SIGTERM exits 0 within the drain timeout, and no
     process of its Ray is left."""
-    port = _free_port()
+    port = free_port
     ray_tmp = tempfile.mkdtemp(prefix="rgsig", dir="/tmp")  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
