@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("sampling", "train", "train_rate", "generate", "serve", "score")
-TIMEOUT_S = {"sampling": 1200, "train": 1800, "train_rate": 1800, "generate": 3600, "serve": 1800, "score": 1800}
+BENCHES = ("sampling", "train", "train_rate", "generate", "serve", "score", "watermark")
+TIMEOUT_S = {"sampling": 1200, "train": 1800, "train_rate": 1800, "generate": 3600, "serve": 1800, "score": 1800,
+             "watermark": 900}
 
 
 def _child(name: str, quick: bool, threads: int | None, result_path: str) -> None:
@@ -305,8 +306,14 @@ def issue14_goals(benches: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _md_watermark(x: dict[str, Any]) -> list[str]:
+    from bench.bench_watermark import markdown
+
+    return markdown(x)
+
+
 RENDER = {"sampling": _md_sampling, "train": _md_train, "train_rate": _md_train_rate, "generate": _md_generate,
-          "serve": _md_serve, "score": _md_score}
+          "serve": _md_serve, "score": _md_score, "watermark": _md_watermark}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# A watermark key in the developer's shell would sign and detect in every test: tests set their own.
+for _name in ("REVIEWGEN_WATERMARK_KEY", "REVIEWGEN_WATERMARK_KEY_FILE", "REVIEWGEN_WATERMARK_OLD_KEYS"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

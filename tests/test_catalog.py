@@ -128,7 +128,8 @@ def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags(monkeyp
     calls = []
     monkeypatch.setattr(pipeline, "run_generation", lambda model, cats, out, cfg, **kw: calls.append((cats, cfg, kw)))
     res = CliRunner().invoke(app, ["generate", "--model", "m", "--catalog", "a.parquet", "b/", "--catalog", "s3://x/c",
-                                   "--out", "o", "--seed", "4", "--keep-broken-text", "--preset", "bigbasket"])
+                                   "--out", "o", "--seed", "4", "--keep-broken-text", "--preset", "bigbasket",
+                                   "--no-watermark"])
     assert res.exit_code == 0, res.output
     cats, cfg, kw = calls[0]
     assert cats == ["a.parquet", "b/", "s3://x/c"]

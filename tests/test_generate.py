@@ -264,7 +264,7 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     # reviews may all be rejected
     res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "day2.parquet"),
                                    "--out", str(tmp_path / "out"), "--reviews-per-product", "1", "--run-date",
-                                   "2024-05-02", "--since", "2024-05-01", "--allow-empty"])
+                                   "2024-05-02", "--since", "2024-05-01", "--allow-empty", "--no-watermark"])
     assert res.exit_code == 0, res.output
     part2 = tmp_path / "out" / "run_date=2024-05-02"
     man = json.loads((part2 / "manifest.json").read_text())["summary"]["counts"]
@@ -373,7 +373,7 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
 def test_all_invalid_catalog_fails_cleanly_and_allow_empty_accepts(ray_local, tiny_model, tmp_path):
     pd.DataFrame({"product_id": [None, "a", "b"], "title": ["x", None, ""]}).to_parquet(tmp_path / "bad.parquet")
     args = ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "bad.parquet"), "--out",
-            str(tmp_path / "out"), "--run-date", DATE]
+            str(tmp_path / "out"), "--run-date", DATE, "--no-watermark"]
     res = CliRunner().invoke(app, args)
     part = tmp_path / "out" / f"run_date={DATE}"
     assert res.exit_code == 2 and "error: " in res.output and "no valid product" in res.output

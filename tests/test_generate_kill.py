@@ -29,7 +29,7 @@ PER_SHARD = 2
 # The tiny model emits partial UTF-8 in most reviews; keep them so the comparison covers real rows.
 JOB_FLAGS = ["--preset", "bigbasket", "--run-date", DATE, "--seed", str(SEED), "--reviews-per-product", "2",
              "--products-per-shard", str(PER_SHARD), "--keep-broken-text", "--min-score", "0",
-             "--num-actors", "1"]
+             "--num-actors", "1", "--no-watermark"]
 
 
 def _catalog(dir_: Path, n: int) -> Path:

@@ -87,10 +87,21 @@ def generate(
                                                      "output shard (default: 256)"),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="finish with _SUCCESS even when no product is "
                                      "valid or no review passes the filter (default: exit 2 without _SUCCESS)"),
+    watermark_key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help="file of secret watermark "
+                                                      "keys, one per line, the first signing (default: "
+                                                      "$REVIEWGEN_WATERMARK_KEY_FILE, else the key in "
+                                                      "$REVIEWGEN_WATERMARK_KEY). Every review is signed and only "
+                                                      "reviews detectable at the threshold are accepted (reject "
+                                                      "reason watermark_weak); the manifest records the key id, "
+                                                      "never the key"),
+    no_watermark: bool = typer.Option(False, "--no-watermark", help="run without a watermark key (recorded in the "
+                                      "manifest and the run id); without a key and without this flag the job "
+                                      "refuses to run"),
 ):
     """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
     parquet under OUT/run_date=YYYY-MM-DD/."""
     from reviewgen.core.config import ConfigError
+    from reviewgen.core.watermark import Watermark, WatermarkKeyError
     from reviewgen.generate.catalog import CatalogError
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.run import GenerationError
@@ -110,9 +121,17 @@ def generate(
             "catalog.rating_column": rating_column, "sharding.products_per_shard": products_per_shard,
             "sharding.num_actors": num_actors, "allow_empty": True if allow_empty else None}
         cfg = load_generate_config(config, overrides)
+        if no_watermark and watermark_key_file:
+            raise ConfigError("--no-watermark and --watermark-key-file are mutually exclusive")
+        wm = None if no_watermark else Watermark.from_env(watermark_key_file)
+        if wm is None and not no_watermark:
+            raise ConfigError("no watermark key: set REVIEWGEN_WATERMARK_KEY or REVIEWGEN_WATERMARK_KEY_FILE, or pass "
+                              "--watermark-key-file (or --no-watermark to generate unwatermarked reviews)")
+        log(f"watermark: signing key id {wm.key_id}" if wm else "watermark: off (--no-watermark)")
         from reviewgen.generate.pipeline import run_generation
 
-        run_generation(str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log)
-    except (GenerationError, CatalogError, ConfigError) as e:
+        run_generation(str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log,
+                       watermark=wm)
+    except (GenerationError, CatalogError, ConfigError, WatermarkKeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2)

@@ -24,24 +24,38 @@ def sample(
     top_k: int = typer.Option(0, "--top-k", help="Top-k cut (0 = off)."),
     seed: int = typer.Option(0, "--seed", help="(title, index, seed) always gives the same review."),
     score: bool = typer.Option(True, help="Also print the calibrated p_human of each review."),
+    watermark_key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help="File of secret "
+                                                      "watermark keys, one per line, the first signing. The "
+                                                      "reviews are watermarked whenever a key is configured: "
+                                                      "this file, else $REVIEWGEN_WATERMARK_KEY_FILE or "
+                                                      "$REVIEWGEN_WATERMARK_KEY."),
 ):
     """Write reviews for one product."""
     from reviewgen.core.checkpoint import CheckpointError, load_checkpoint
+    from reviewgen.core.watermark import Watermark, WatermarkKeyError
     from reviewgen.score.scorer import Scorer
     from reviewgen.core.sampling import generate_texts
     from reviewgen.core.tokenizer import Condition
 
     try:
         ck = load_checkpoint(model)
-    except CheckpointError as e:
+        wm = Watermark.from_env(watermark_key_file)
+    except (CheckpointError, WatermarkKeyError) as e:
         fail(e)
+    if wm is not None:
+        log(f"watermark: signing key id {wm.key_id}")
     cond = Condition(title=title, category=category, rating=rating, sentiment=sentiment, language=language)
     texts = generate_texts(ck.generator, ck.tokenizer, [cond] * n, [f"{title}:{i}" for i in range(n)], seed=seed,
-                           temperature=temperature, top_p=top_p, top_k=top_k)
-    scores = Scorer(model).score([{"text": t, "product_title": title, "category": category, "rating": rating,
-                                   "language": language} for t in texts])["p_human"] if score else [None] * n
-    for i, (t, p) in enumerate(zip(texts, scores)):
-        log(f"[{i}]" + (f" p_human={p:.3f}" if p is not None and p == p else "") + f" {t}")
+                           temperature=temperature, top_p=top_p, top_k=top_k, watermark=wm)
+    res = {"p_human": [None] * n, "watermark_z": [None] * n}
+    if score:
+        scorer = Scorer(model)
+        scorer.watermark = wm
+        res = scorer.score([{"text": t, "product_title": title, "category": category, "rating": rating,
+                             "language": language} for t in texts])
+    for i, (t, p, z) in enumerate(zip(texts, res["p_human"], res["watermark_z"])):
+        log(f"[{i}]" + (f" p_human={p:.3f}" if p is not None and p == p else "")
+            + (f" watermark_z={z:.1f}" if z is not None else "") + f" {t}")
 def score(
     model: Path = typer.Option(..., "--model", help="Model directory."),
     input: Path = typer.Option(..., "--input", help="Parquet, CSV or JSONL with a text column and optional "
@@ -50,17 +64,28 @@ def score(
                                 "rating_pred, the signals (d_prob, mean_logprob, mean_log_rank, binoculars) and "
                                 "score_reason (why p_human is null)."),
     text_column: str = typer.Option("text", help="Name of the review text column."),
+    watermark_key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help="File of secret "
+                                                      "watermark keys, one per line (current and older keys); "
+                                                      "default: $REVIEWGEN_WATERMARK_KEY_FILE, else "
+                                                      "$REVIEWGEN_WATERMARK_KEY (+ $REVIEWGEN_WATERMARK_OLD_KEYS). "
+                                                      "Adds the columns watermark_z (the best key's z-score) and "
+                                                      "ours (the watermark detected at its threshold); null "
+                                                      "without a key."),
 ):
     """Score reviews in a file: how likely each is human-written (calibrated)."""
     from reviewgen.core.checkpoint import CheckpointError
+    from reviewgen.core.watermark import Watermark, WatermarkKeyError
     from reviewgen.data.io import read_table, write_table
     from reviewgen.score.scorer import Scorer
 
     try:
         df = read_table(input)
-        out = Scorer(model).score_frame(df, text_column=text_column)
+        scorer = Scorer(model)
+        if watermark_key_file is not None:
+            scorer.watermark = Watermark.from_env(watermark_key_file)
+        out = scorer.score_frame(df, text_column=text_column)
         write_table(out, output)
-    except (CheckpointError, *USER_ERRORS) as e:
+    except (CheckpointError, WatermarkKeyError, *USER_ERRORS) as e:
         fail(e)
     unscored = int(out["p_human"].isna().sum())
     log(f"scored {len(out) - unscored} reviews -> {output} (mean p_human {out['p_human'].mean():.3f}"

@@ -6,7 +6,7 @@ TGI load (no `transformers` import needed to write it):
     model.safetensors         the generator's weights in Hugging Face names (float32)
     tokenizer.json            the run's tokenizer, reviewgen's condition tokens as added special tokens
     tokenizer_config.json     PreTrainedTokenizerFast with <bos>/<eos>/<pad>/<unk> and the other specials
-    README.md                 model card: the prompt layout, with an example
+    README.md                 model card: the prompt layout, with an example, and how to watermark generations
 
 Only the generator is exported (the discriminator and calibration stay in the reviewgen model directory).
 """
@@ -137,4 +137,26 @@ print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
 With vLLM or `ray.data.llm`, pass the ids as the prompt (`{{"prompt_token_ids": ids}}`) with
 `max_tokens={R}` and `stop_token_ids=[{tok.eos_id}]`.
+
+## Watermark
+
+reviewgen's own sampler signs every review with a keyed green-list watermark (Kirchenbauer et al. 2023)
+whenever a secret key is configured: after each token, a keyed hash splits the vocabulary into a green
+share and a red rest, and the green logits get a bias. `reviewgen score` and the scoring endpoint detect it
+from the text alone (`signals.watermark_z`, `flags.ours`), with the key and this tokenizer. These weights
+carry no watermark by themselves: to sign what `generate` writes, pass reviewgen's logits processor
+(no key is stored here; it comes from `REVIEWGEN_WATERMARK_KEY` or a key file):
+
+```python
+from reviewgen.core.watermark import Watermark, WatermarkLogitsProcessor
+
+wm = Watermark.from_env()  # or Watermark.from_env(key_file=PATH)
+out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens={R},
+                     logits_processor=[WatermarkLogitsProcessor(wm)])
+```
+
+transformers applies it before its temperature, top-k and top-p warpers, so the bias acts divided by the
+temperature. The guarantee has limits: a review rewritten by a person or another model loses the
+watermark, a very short review carries too few tokens to detect, and anyone holding the key can both
+detect and forge it, so the key must stay secret.
 """

@@ -18,6 +18,7 @@ import torch
 from reviewgen.core.device import inference_autocast, inference_dtype
 from reviewgen.core.models import Generator, unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
+from reviewgen.core.watermark import Watermark
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 PRECISIONS = ("auto", "fp32")
@@ -166,11 +167,17 @@ def _pick_from_head(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams
     return tok
 
 
-def pick_tokens(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Choose one token per row from `logits` [B, V] with uniforms `u` [B]."""
+def pick_tokens(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams, watermark: Watermark | None = None,
+                prev: torch.Tensor | None = None) -> torch.Tensor:
+    """Choose one token per row from `logits` [B, V] with uniforms `u` [B]. A `watermark` adds its green-list
+    bias after each row's previous token `prev` [B]: after the temperature, before top-k and top-p (so the
+    bias means the same at every temperature, and the cuts see the biased distribution)."""
     if params.temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        return (logits if watermark is None else watermark.bias_logits(logits.float(), prev)).argmax(dim=-1)
+    scaled = logits.float() / params.temperature
+    if watermark is not None:
+        scaled = watermark.bias_logits(scaled, prev)
+    probs = torch.softmax(scaled, dim=-1)
     if params.top_k <= 0 and params.top_p >= 1.0:
         # plain sampling needs no sort: inverse CDF over the vocabulary order is just as exact
         cdf = torch.cumsum(probs, dim=-1)
@@ -190,12 +197,13 @@ COMPACT_BELOW = 0.75
 @torch.no_grad()
 def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, eos_id: int, pad_id: int,
            uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           use_cache: bool = True) -> torch.Tensor:
+           use_cache: bool = True, watermark: Watermark | None = None) -> torch.Tensor:
     """Sample reviews for `prefixes` [B, P]. Returns [B, max_new_tokens] ids, <pad> after <eos>.
 
     `uniforms` [B, max_new_tokens] fixes the randomness per row (see counter_uniforms); otherwise they are
     drawn from `generator`. Finished rows are masked, and dropped from the batch (and the cache) once fewer
-    than COMPACT_BELOW of the rows are live, so a batch costs about what its live rows cost.
+    than COMPACT_BELOW of the rows are live, so a batch costs about what its live rows cost. `watermark`:
+    see pick_tokens; the first review token's previous token is the prefix's last (<sep>).
     """
     model = unwrap(model)
     was_training = model.training
@@ -223,11 +231,12 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
             cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None, max_len=P + R)
             logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         seq = prefixes
+        prev = prefixes[:, -1]
         for t in range(R):
             if not use_cache:
                 logits = model(seq[rows], logits_from=seq.shape[1] - 1)[:, -1]
             u = uniforms[t] if rows.shape[0] == B else uniforms[t, rows]
-            tok = pick_tokens(logits, u, params)
+            tok = pick_tokens(logits, u, params, watermark, prev)
             if n_live == rows.shape[0]:
                 out[rows, t] = tok
             else:
@@ -245,6 +254,7 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
                 rows, tok, live = rows[keep], tok[keep], live[keep]
                 if use_cache:
                     cache.select(keep)
+            prev = tok
             if use_cache:
                 logits = decode(tok[:, None], cache=cache, pos=P + t)[:, -1]
     model.train(was_training)
@@ -254,9 +264,11 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
 def generate_texts(G, tok: ReviewTokenizer, conds: Sequence[Condition], keys: Sequence[str] | None = None, *,
                    seed: int = 0, row_seeds: Sequence[int] | None = None, temperature: float, top_p: float = 1.0,
                    top_k: int = 0, batch_size: int = 64, device="cpu",
-                   max_new_tokens: int | None = None, compile_decode: bool = False) -> list[str]:
+                   max_new_tokens: int | None = None, compile_decode: bool = False,
+                   watermark: Watermark | None = None) -> list[str]:
     """Sample one review per condition. Each row's randomness is fixed by `row_seeds[i]`, or else by
-    `keys[i]` (e.g. product_id:index) with `seed`. `compile_decode`: see SamplingParams."""
+    `keys[i]` (e.g. product_id:index) with `seed`. `compile_decode`: see SamplingParams. `watermark`: bias
+    every step with its signing key (None: the unwatermarked sampler, token for token)."""
     if row_seeds is None:
         if keys is None:
             raise ValueError("generate_texts needs keys or row_seeds")
@@ -267,6 +279,7 @@ def generate_texts(G, tok: ReviewTokenizer, conds: Sequence[Condition], keys: Se
     for s in range(0, len(conds), batch_size):
         pre = tok.encode_prefixes(conds[s:s + batch_size]).to(device)
         ids = sample(G, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                     uniforms=counter_uniforms(row_seeds[s:s + batch_size], params.max_new_tokens))
+                     uniforms=counter_uniforms(row_seeds[s:s + batch_size], params.max_new_tokens),
+                     watermark=watermark)
         texts.extend(tok.decode_reviews(ids.cpu()))
     return texts

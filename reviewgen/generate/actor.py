@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +23,7 @@ from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.device import pick_device
 from reviewgen.core.sampling import generate_texts, row_seed
 from reviewgen.core.tokenizer import Condition
+from reviewgen.core.watermark import Watermark
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.generate.run import STATS_KEY, draw_rating, review_id, shard_file, write_atomic
 from reviewgen.infra.storage import filesystem
@@ -33,7 +34,7 @@ REVIEW_FIELDS = [("product_id", pa.string()), ("review_id", pa.string()), ("revi
                  ("rating", pa.int64()), ("text", pa.string()), ("score", pa.float64()),
                  ("model_version", pa.string()), ("run_id", pa.string()), ("seed", pa.int64()),
                  ("generated_at", pa.string()), ("language", pa.string()), ("title", pa.string()),
-                 ("category", pa.string())]
+                 ("category", pa.string()), ("watermark_z", pa.float64()), ("watermark_key_id", pa.string())]
 REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("product_id", pa.string()),
                            ("review_id", pa.string()), ("review_index", pa.int64()), ("source_file", pa.string()),
                            ("text", pa.string()), ("score", pa.float64()), ("raw", pa.string()),
@@ -56,6 +57,9 @@ class ShardJob:
     model_dir: str
     partition: str
     rating_distribution: tuple[float, ...]
+    # sign every review with this watermark's first key (None: unwatermarked, as --no-watermark chose); its
+    # repr shows key ids only, so the job's repr in a Ray error does not show the key
+    watermark: Watermark | None = None
 
 
 class GeneratorActor:
@@ -69,7 +73,12 @@ class GeneratorActor:
         self.tok = self.ckpt.tokenizer
         # the same p_human as the scoring endpoint and `reviewgen score`
         self.scorer = Scorer.from_checkpoint(self.ckpt, str(self.device))
-        self.filter = ReviewFilter.for_model(self.cfg.filter, self.tok, self.ckpt.ngram_path)
+        # detect with the signing key alone, and accept only reviews that carry it at the threshold
+        wm = job.watermark
+        self.watermark = Watermark(wm.keys[:1], wm.config) if wm is not None else None
+        self.scorer.watermark = self.watermark
+        fc = replace(self.cfg.filter, require_watermark=True) if wm is not None else self.cfg.filter
+        self.filter = ReviewFilter.for_model(fc, self.tok, self.ckpt.ngram_path)
         self.fs, self.part = filesystem(job.partition)
         cdf = np.cumsum(np.asarray(job.rating_distribution, dtype=np.float64))
         self.cdf = cdf / cdf[-1]
@@ -85,10 +94,14 @@ class GeneratorActor:
     def judge(self, conds: list[Condition], texts: list[str]) -> tuple[list[float | None], list[str | None]]:
         """(p_human, reject reason or None) per generated review: the scorer's p_human, then the one
         ReviewFilter; a text the scorer cannot score (no words, ...) is rejected with the scorer's reason, in
-        the order the scoring endpoint reports (`Verdict.reasons_with`)."""
+        the order the scoring endpoint reports (`Verdict.reasons_with`). The watermark's z-scores of the last
+        call are kept in `last_watermark` (z, key id per review; None when unwatermarked)."""
         scored = self.scorer.score_texts(conds, texts, batch_size=self.cfg.sampling.batch_size)
         scores = [None if np.isnan(x) else float(x) for x in scored["p_human"]]
-        verdicts = self.filter.check(texts, languages=[c.language for c in conds], scores=scores)
+        self.last_watermark = [(float(z) if np.isfinite(z) else None, k)
+                               for z, k in zip(scored["watermark_z"], scored["watermark_key_id"])]
+        verdicts = self.filter.check(texts, languages=[c.language for c in conds], scores=scores,
+                                     watermark_ours=scored["ours"])
         return scores, [next(iter(v.reasons_with(unscorable)), None)
                         for v, unscorable in zip(verdicts, scored["reason"])]
 
@@ -105,13 +118,13 @@ class GeneratorActor:
         seeds = [row_seed(pr["product_id"], i, s.seed) for pr, i in rows]
         texts = generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=s.temperature,
                                top_p=s.top_p, batch_size=s.batch_size, device=self.device,
-                               compile_decode=s.compile_decode)
+                               compile_decode=s.compile_decode, watermark=self.watermark)
         t1 = time.perf_counter()
         scores, why_not = self.judge(conds, texts)
         t2 = time.perf_counter()
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         keep, rejects = [], []
-        for (pr, i), r, text, sc, why in zip(rows, ratings, texts, scores, why_not):
+        for (pr, i), r, text, sc, why, (wz, wk) in zip(rows, ratings, texts, scores, why_not, self.last_watermark):
             rid = review_id(run_id, pr["product_id"], i)
             if why:
                 rejects.append({"stage": "filter", "reason": why, "product_id": pr["product_id"],
@@ -122,7 +135,7 @@ class GeneratorActor:
             rec = {"product_id": pr["product_id"], "review_id": rid, "review_index": i, "rating": r, "text": text,
                    "score": sc, "model_version": self.job.model_version, "run_id": run_id, "seed": s.seed,
                    "generated_at": now, "language": pr["language"], "title": pr["title"],
-                   "category": pr.get("category")}
+                   "category": pr.get("category"), "watermark_z": wz, "watermark_key_id": wk}
             rec.update({c: None if pr.get(c) is None else str(pr.get(c)) for c in keep_cols})
             keep.append(rec)
         t3 = time.perf_counter()

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.context import DataContext, ShuffleStrategy
 
+from reviewgen.core.watermark import Watermark
 from reviewgen.generate import catalog as cat
 from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
 from reviewgen.generate.config import GenerateConfig
@@ -182,9 +183,15 @@ def _num_actors(cfg: GenerateConfig, pending: int) -> tuple[int, dict[str, Any]]
 
 def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Path,
                    config: GenerateConfig | None = None, *, run_date: str | None = None, since: str | None = None,
-                   force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   force: bool = False, log: Callable[[str], None] = print,
+                   watermark: Watermark | None = None) -> dict[str, Any]:
     """Generate `config.sampling.reviews_per_product` reviews for every valid catalog product into
     OUT/run_date=DATE/.
+
+    `watermark`: sign every review with its first key and accept only reviews whose watermark is detectable
+    at its threshold (filter rule `watermark_weak`); the run's settings (run.json, manifest.json, run id)
+    record its key id, never the key. None: an unwatermarked run, recorded as such (the `reviewgen
+    generate` command refuses that unless --no-watermark is given).
 
     Idempotent (a finished identical run is a no-op; `force` regenerates), resumable (finished shards
     are kept), incremental (`since` = a previous run date or partition dir: only new/changed products).
@@ -209,7 +216,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
     part = join(out_path, f"run_date={run_date}")
     since_uri = resolve_since(str(out), since) if since else None
     prev_products, prev_run = since_run(since_uri) if since_uri else (None, None)
-    settings = identity_settings(cfg, mapping, dist, prev_run)
+    settings = identity_settings(cfg, mapping, dist, prev_run, watermark.lineage() if watermark else None)
     run_id = run_identity(run_date, model_version, settings, inputs)
 
     state, manifest = start_state(fs, part, run_id, force)
@@ -226,7 +233,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
     ensure_ray(log=log)
     with DataContext.current(_scoped_context()):
         summary = _execute(cfg, model_dir, model_version, fs, part, run_id, run_date, inputs, mapping, dist,
-                           prev_products, log, t_start)
+                           prev_products, log, t_start, watermark)
     summary_doc = {"run_id": run_id, "run_date": run_date, "inputs": inputs,
                    "model": {"dir": str(Path(model_dir).resolve()), "version": model_version,
                              "data_hash": model["meta"].get("data_hash"), "rating_distribution_source": dist_src,
@@ -249,7 +256,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
 
 def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, run_id: str, run_date: str,
              inputs: list[dict], mapping: dict, dist: list[float], prev_products: str | None,
-             log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+             log: Callable[[str], None], t_start: float, watermark: Watermark | None = None) -> dict[str, Any]:
     keep = list(cfg.catalog.keep_columns)
     schema = cat.stage_schema(keep)
     opts = dict(keep_columns=keep, language_column=cfg.catalog.language_column,
@@ -313,7 +320,8 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
     stage_t: Counter = Counter()
     if pending:
         num_actors, res = _num_actors(cfg, len(pending))
-        job = ShardJob(cfg, run_id, model_version, str(Path(model_dir).resolve()), _uri(fs, part), tuple(dist))
+        job = ShardJob(cfg, run_id, model_version, str(Path(model_dir).resolve()), _uri(fs, part), tuple(dist),
+                       watermark)
         columns = list(dict.fromkeys(["product_id", "title", "category", "language", "target_rating",
                                       "source_file", "source_row", *keep]))
         todo = ray.data.read_parquet(_uri(fs, stage)).map_batches(_todo_block, batch_size=None, batch_format="pandas",

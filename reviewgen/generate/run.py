@@ -69,15 +69,17 @@ def n_shards_for(n_products: int, products_per_shard: int) -> int:
 
 
 def identity_settings(cfg: GenerateConfig, mapping: dict, distribution: Sequence[float],
-                      since_run: str | None) -> dict[str, Any]:
-    """The settings that shape a run's output (batch size and the actor pool do not)."""
+                      since_run: str | None, watermark: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings that shape a run's output (batch size and the actor pool do not). `watermark`: the
+    watermark's lineage (scheme, settings, signing key id; never the key), or None for an unwatermarked run,
+    recorded as "off" so that it shows in the manifest and gives another run id."""
     s = cfg.sampling
     return {"reviews_per_product": s.reviews_per_product, "seed": s.seed, "temperature": s.temperature,
             "top_p": s.top_p, "rating_distribution": list(distribution), "filter": dataclasses.asdict(cfg.filter),
             "mapping": mapping, "keep_columns": list(cfg.catalog.keep_columns),
             "language_column": cfg.catalog.language_column, "default_language": cfg.catalog.language,
             "rating_column": cfg.catalog.rating_column, "products_per_shard": cfg.sharding.products_per_shard,
-            "since_run": since_run,
+            "since_run": since_run, "watermark": watermark or "off",
             # only when on, so that the ids of runs made before the setting existed stay the same
             **({"compile_decode": True} if s.compile_decode else {})}
 

@@ -19,7 +19,8 @@ from reviewgen.core.text import PII_KINDS, detect_language, find_pii
 from reviewgen.core.tokenizer import ReviewTokenizer
 
 # Checked in this order; a rejected review's reason is the first that applies.
-REASONS = ("empty", "broken_text", "too_short", "too_long", "pii", "language_mismatch", "memorized", "low_score")
+REASONS = ("empty", "broken_text", "too_short", "too_long", "pii", "language_mismatch", "memorized", "low_score",
+           "watermark_weak")
 # Cleaning replaces PII in training text with these, so a model can learn to write them.
 PII_PLACEHOLDERS = ("<email>", "<url>", "<phone>", "<handle>")
 
@@ -38,6 +39,9 @@ class FilterConfig:
     check_pii: bool = True
     check_copy: bool = True
     check_language: bool = True
+    # reject a review whose watermark is not detected at its threshold (rule watermark_weak): the nightly job
+    # turns it on when it signs, so every accepted review is detectable as ours
+    require_watermark: bool = False
 
     def __post_init__(self) -> None:
         for name in ("min_tokens", "min_chars"):
@@ -114,10 +118,12 @@ class ReviewFilter:
 
     def check(self, texts: Sequence[str | None], *, languages: Sequence[str | None] | None = None,
               scores: Sequence[float | None] | None = None,
-              token_ids: Sequence[Sequence[int]] | None = None) -> list[Verdict]:
+              token_ids: Sequence[Sequence[int]] | None = None,
+              watermark_ours: Sequence[bool | None] | None = None) -> list[Verdict]:
         """One verdict per text. `languages`: each review's expected language (None: not checked);
         `scores`: calibrated p_human (None: not checked); `token_ids`: the review tokens when the caller
-        already has them (else the texts are tokenised here, in one batch)."""
+        already has them (else the texts are tokenised here, in one batch); `watermark_ours`: whether each
+        review's watermark is detected (`Watermark.z_scores(...).ours`), needed when `require_watermark` is on."""
         n = len(texts)
         texts = ["" if t is None else str(t) for t in texts]
         languages = languages if languages is not None else [None] * n
@@ -126,9 +132,13 @@ class ReviewFilter:
             token_ids = self.tok.review_token_lists(texts) if n else []
         if not (len(languages) == len(scores) == len(token_ids) == n):
             raise ValueError("ReviewFilter.check: texts, languages, scores and token_ids differ in length")
-        return [self._one(t, lang, sc, ids) for t, lang, sc, ids in zip(texts, languages, scores, token_ids)]
+        if self.config.require_watermark and (watermark_ours is None or len(watermark_ours) != n):
+            raise ValueError("ReviewFilter.check: require_watermark is on, so every text needs its watermark_ours")
+        wm = watermark_ours if watermark_ours is not None else [None] * n
+        return [self._one(t, lang, sc, ids, w) for t, lang, sc, ids, w in zip(texts, languages, scores, token_ids, wm)]
 
-    def _one(self, text: str, lang: str | None, score: float | None, ids: Sequence[int]) -> Verdict:
+    def _one(self, text: str, lang: str | None, score: float | None, ids: Sequence[int],
+             watermark_ours: bool | None = None) -> Verdict:
         c, reasons = self.config, []
         stripped = text.strip()
         if not stripped:
@@ -150,5 +160,7 @@ class ReviewFilter:
             reasons.append("memorized")
         if score is not None and score < c.min_score:
             reasons.append("low_score")
+        if c.require_watermark and not watermark_ours:
+            reasons.append("watermark_weak")
         return Verdict(tuple(reasons), len(ids), detected, span, self.copy_threshold if span is not None else None,
                        pii if pii is None else {k: int(pii.get(k, 0)) for k in PII_KINDS})

@@ -97,6 +97,9 @@ class ScorerDeployment:
                 "detector": self.scorer.mode,
                 "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.copy_threshold}
                 if index is not None else None,
+                "watermark": {"key_ids": list(self.scorer.watermark.key_ids),
+                              "threshold_z": self.scorer.watermark.config.threshold_z}
+                if self.scorer.watermark is not None else None,
                 "tokenizer": {"prefix_len": self.scorer.tok.prefix_len,
                               "max_review_len": self.scorer.tok.max_review_len},
                 "config": self.cfg.public_dict()}
