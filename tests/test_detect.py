@@ -330,3 +330,48 @@ def test_a_floored_combiner_round_trips_and_old_readers_refuse_it(tmp_path):
     assert np.allclose(Detector.from_dict(d).logit(x, ["en"] * 6), z, equal_nan=True)
     with pytest.raises(CombinerError, match="floor"):
         Combiner.from_dict(dict(d, floor=0.5))
+
+
+def test_out_of_domain_moves_a_human_claim_to_the_prior_on_a_hand_built_shift(tmp_path):
+    """Signals far from every human fit row get out_of_domain 1 and p_human 0.5 where the combiner would
+    claim a human; typical human rows stay in the domain; a machine verdict stands wherever it is."""
+    from reviewgen.score.combiner import DOMAIN_FORMAT, fit_domain
+
+    rng = np.random.default_rng(0)
+    human = {"a": rng.normal(0, 1, 400), "b": rng.normal(0, 1, 400)}
+    machine = {"a": rng.normal(-3, 1, 400), "b": rng.normal(0, 1, 400)}
+    sig = {k: np.r_[human[k], machine[k]] for k in human}
+    y = np.r_[np.ones(400), np.zeros(400)]
+    c = fit_combiner(sig, y, ("a", "b"), l2=1e-3)
+    domain, radius = fit_domain(sig, y, ("a", "b"), 0.99)
+    assert abs(domain["a"][0]) < 0.2 and 0.8 < domain["a"][1] < 1.2 and radius > 1.0
+    d = replace(c, domain=domain, domain_radius=radius)
+    fresh = {"a": rng.normal(0, 1, 2000), "b": rng.normal(0, 1, 2000)}
+    assert (d.out_of_domain(fresh) > 0).mean() < 0.03  # new human rows: in the domain
+    assert np.allclose(d.predict(fresh)[d.out_of_domain(fresh) == 0], c.predict(fresh)[d.out_of_domain(fresh) == 0])
+    far = {"a": np.full(5, 9.0), "b": np.full(5, 9.0)}  # "more human than human" on a, far off on b
+    assert c.predict(far).min() > 0.99
+    assert np.allclose(d.out_of_domain(far), 1.0) and np.allclose(d.predict(far), 0.5)
+    far_machine = {"a": np.full(5, -12.0), "b": np.full(5, 0.0)}
+    assert np.allclose(d.predict(far_machine), c.predict(far_machine)) and d.predict(far_machine).max() < 0.01
+    # plain data with its own format tag; an older reader's formats do not cover it
+    doc = json.loads(d.to_json())
+    assert doc["format"] == DOMAIN_FORMAT and Combiner.from_dict(doc).out_of_domain(far).tolist() == [1.0] * 5
+    with pytest.raises(CombinerError, match="positive radius"):
+        Combiner.from_dict({**doc, "domain_radius": 0.0})
+
+
+def test_machine_thresholds_accuse_at_most_their_share_of_humans():
+    from reviewgen.core.metrics import machine_threshold, tpr_at_fpr
+    from reviewgen.score.calibration import machine_thresholds
+
+    rng = np.random.default_rng(1)
+    h, m = rng.uniform(0, 1, 1000), rng.uniform(0, 0.2, 500)
+    t = machine_threshold(h, 0.01)
+    assert (h < t).mean() <= 0.01 and (h <= t).mean() >= 0.01
+    assert tpr_at_fpr(np.r_[np.ones(1000), np.zeros(500)], np.r_[h, m], 0.01) == pytest.approx((m < t).mean())
+    th = machine_thresholds(np.r_[h, h[:100] * 0.5], ["en"] * 1000 + ["zh"] * 100)
+    assert set(th) == {"*", "en", "zh"} and th["en"]["machine_1pct"] == pytest.approx(t)
+    assert th["zh"]["machine_1pct"] < th["zh"]["machine_5pct"]
+    with pytest.raises(ValueError, match="finite"):
+        machine_threshold([0.5, float("nan")], 0.01)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from reviewgen.cli.evaluate import log_evaluation, train_ood_model
 from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.encoding import conditions
+from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.quality import match_diversity, split_eval_rows
 from reviewgen.evaluate.run import EvalConfig, run_evaluation
@@ -34,9 +37,44 @@ def evaluated(tiny_model, prepared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_report")
     # the out-of-family generator, as `reviewgen evaluate` trains it when no --ood-model is given
     ood = train_ood_model(prepared_data, out / "ood_model", tiny_model, fast=True)
-    result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.7, 1.2), n_products=8),
+    fakes = _fakes_file(tiny_model, prepared_data, out / "fakes.parquet")
+    result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.7, 1.2), n_products=8,
+                                                                  fakes=str(fakes)),
                             ood_model_dir=ood, log=lambda *_: None)
     return model, out, result
+
+
+def _fakes_file(model: Path, data: Path, path: Path) -> Path:
+    """Another generator's labelled reviews: the out-of-family stand-in is the MLE checkpoint at top-k 5."""
+    test = load_split(data, "test")
+    test = test[test["language"] == "en"].head(120)
+    mle = load_checkpoint(model / "mle")
+    machine = generate_texts(mle.generator, mle.tokenizer, conditions(test), [f"f{i}" for i in range(len(test))],
+                             temperature=1.0, top_k=5)
+    pd.DataFrame({"text": test["text"].astype(str).tolist() + machine, "is_generated": [0] * len(test) + [1] * len(test),
+                  "language": test["language"].tolist() * 2,
+                  "hotel_name": test["product_id"].astype(str).tolist() * 2}).to_parquet(path)
+    return path
+
+
+def test_the_fakes_file_is_judged_per_language_and_length_bin(evaluated) -> None:
+    _, out, r = evaluated
+    f = r["scorer"]["fakes"]
+    assert f["rows"] == 240 and list(f["languages"]) == ["en"]
+    for lang, m in f["languages"].items():
+        assert m["n_human"] + m["n_machine"] + m["unscored"] == 240 and 0.0 <= m["auroc"] <= 1.0
+        assert len(m["length_bins"]) >= 2 and sum(b["n"] for b in m["length_bins"]) == m["n_human"] + m["n_machine"]
+        assert m["worst_bin_auroc"] == min(b["auroc"] for b in m["length_bins"] if b["auroc"] is not None)
+        assert 0.0 <= m["confident_human"] <= 1.0 and 0.0 <= m["tpr_1pct_fpr"] <= m["tpr_5pct_fpr"] <= 1.0
+    assert "fakes file fakes.parquet" in r["targets"]["scorer_detection"]["detail"]
+    # the calibrate path: fitted on half of the file's groups, reported on the other half's reviews
+    cal = f["calibrate"]
+    assert cal["evaluation"] == "held-out hotel_name half", cal
+    en = next(x for x in cal["languages"] if x["language"] == "en")
+    assert en["adapted"] and en["rows"] < 240 and 0.0 <= en["auroc"] <= 1.0
+    assert "Another generator's reviews" in (out / "report.md").read_text()
+    for s in r["scorer"]["settings"].values():  # every source reports its catch rate at 1% / 5% FPR
+        assert 0.0 <= s["calibrated"]["tpr_1pct_fpr"] <= s["calibrated"]["tpr_5pct_fpr"] <= 1.0
 
 
 def test_report_files_are_complete(evaluated) -> None:
@@ -173,6 +211,15 @@ def test_targets_follow_matched_diversity() -> None:
     del r4["scorer"]["settings"]["ood@T=1,top_k=40"]
     t4 = check_targets(r4)["scorer_detection"]
     assert t4["status"] == "NOT MET" and "no out-of-family model" in t4["detail"]
+    # the verdict is the worst source: another generator's reviews, every language and length bin
+    r5 = copy.deepcopy(r)
+    good = {"auroc": 0.9, "worst_bin_auroc": 0.75, "confident_human": 0.01}
+    r5["scorer"]["fakes"] = {"file": "x/f.parquet", "languages": {"en": dict(good), "zh": dict(good)}}
+    assert check_targets(r5)["scorer_detection"]["status"] == "MET"
+    for key, bad in (("auroc", 0.79), ("worst_bin_auroc", 0.69), ("confident_human", 0.06)):
+        r6 = copy.deepcopy(r5)
+        r6["scorer"]["fakes"]["languages"]["zh"][key] = bad
+        assert check_targets(r6)["scorer_detection"]["status"] == "NOT MET", key
 
 
 def test_sample_fakes_spreads_over_generators_and_temperatures(tiny_model, prepared_data) -> None:

@@ -194,3 +194,27 @@ def test_ray_train_workers_start_from_the_same_base(ray_local, prepared_data, ti
     meta = json.loads((two / "meta.json").read_text())
     assert meta["base"] == json.loads((one / "meta.json").read_text())["base"]
     assert json.loads((two / "runs" / "init" / "setup" / "setup.json").read_text())["base"]["path"] == str(d.resolve())
+
+
+def test_a_base_whose_statistics_overflow_still_gives_a_model(prepared_data, tmp_path):
+    """A random base with weights scaled so far that the scorer's statistics overflow: the training run must
+    still write its model; the non-finite signals are counted and left out of the detector fit, or, where
+    nothing is left to fit, the model scores with D alone and says why."""
+    from reviewgen.score.scorer import Scorer
+
+    d = _base(tmp_path / "hot", "gpt2")
+    state = {}
+    from safetensors.torch import load_file, save_file
+    for f in d.glob("*.safetensors"):
+        state = load_file(f)
+        save_file({k: v * 1e19 if k.endswith("wte.weight") else v for k, v in state.items()}, f)
+    out = tmp_path / "m"
+    r = _train(["--data", str(prepared_data), "--out", str(out), "--init-from", str(d)])
+    assert r.exit_code == 0, r.output
+    calib = json.loads((out / "calibration.json").read_text())
+    assert calib.get("nonfinite_signals") or calib.get("detector_error"), calib.keys()
+    scorer = Scorer(out)
+    if "detector_error" in calib:
+        assert scorer.mode.startswith("discriminator-only (detector fit failed")
+    res = scorer.score([{"text": "Works well and the battery lasts.", "language": "en"}])
+    assert res["reason"] == [None]

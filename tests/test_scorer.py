@@ -79,7 +79,9 @@ def test_the_replica_result_carries_signals(scorer) -> None:
                                       {"text": "\U0001F600" * 50}])
     ok, bad = res
     assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
-    assert all(isinstance(v, float) and math.isfinite(v) for v in ok["signals"].values())
+    # every model signal is a number; watermark_z is null without a watermark key (tests/test_watermark.py)
+    assert all(isinstance(v, float) and math.isfinite(v) for k, v in ok["signals"].items() if k != "watermark_z")
+    assert ok["signals"]["watermark_z"] is None
     assert ok["signals"]["mean_logprob"] < 0.0 < ok["signals"]["mean_log_rank"]
     assert bad["p_human"] is None and bad["signals"] is None and bad["reasons"][0] == "no_words"
 
@@ -204,3 +206,27 @@ def test_weights_cast_once_for_inference_give_the_same_scores(tiny_model, scorer
     a, b = scorer.score(reviews), plain.score(reviews)
     for k in ("p_human", "logit", *REPORTED_SIGNALS):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_the_stored_thresholds_flag_machine_reviews(tiny_model, prepared_data) -> None:
+    """calibration.json stores p_human thresholds for 1% and 5% false accusations of the validation humans;
+    the scorer flags each review against its language's, in score_texts, score_frame and the replica."""
+    import pandas as pd
+
+    calib = json.loads((tiny_model / "calibration.json").read_text())
+    th = calib["thresholds"]
+    assert ANY_LANGUAGE in th and all(0.0 <= t["machine_1pct"] <= t["machine_5pct"] <= 1.0 for t in th.values())
+    sc = Scorer(tiny_model, device="cpu")
+    rows = load_split(prepared_data, "test").head(40)
+    res = sc.score_texts(conditions(rows), rows["text"].astype(str).tolist())
+    for i, (p, lang) in enumerate(zip(res["p_human"], rows["language"])):
+        t = th.get(lang, th[ANY_LANGUAGE])
+        assert res["machine_1pct"][i] == bool(p < t["machine_1pct"]) and res["machine_5pct"][i] == bool(p < t["machine_5pct"])
+    sc.thresholds = {ANY_LANGUAGE: {"machine_1pct": 1.0, "machine_5pct": 0.0}}  # flag all / none
+    out = sc.score_frame(pd.DataFrame({"text": ["Soft and warm, true to size.", None], "language": ["en", "en"]}))
+    assert out["machine_1pct"].tolist()[0] is True and out["machine_5pct"].tolist()[0] is False
+    assert out["machine_1pct"].isna().tolist() == [False, True]
+    flt = ReviewFilter(FilterConfig(check_copy=False), sc.tok)
+    r = score_reviews(sc, flt, [{"text": "Soft and warm, true to size.", "language": "en"}])[0]
+    assert r["flags"]["machine_1pct"] is True and r["flags"]["machine_5pct"] is False
+    assert 0.0 <= r["signals"]["out_of_domain"] <= 1.0

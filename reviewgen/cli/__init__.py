@@ -1,4 +1,4 @@
-"""`reviewgen` command line: prepare, train, sample, score, evaluate, generate, serve, export, demo.
+"""`reviewgen` command line: prepare, train, sample, score, calibrate, evaluate, generate, serve, export, demo.
 
 One module per command group; each holds plain functions that this module registers on the Typer app.
 Heavy imports (torch, ray) happen inside the commands so that `--help` stays fast.
@@ -14,7 +14,7 @@ import os
 
 import typer
 
-from reviewgen.cli import data, demo, evaluate, generate, model, serve, train
+from reviewgen.cli import calibrate, data, demo, evaluate, generate, model, serve, train
 from reviewgen.infra import console
 
 LOG_DIR_ENV = "RG_LOG_DIR"
@@ -66,6 +66,7 @@ app.command()(train.train)
 app.command()(model.sample)
 app.command()(model.score)
 app.command()(model.export)
+app.command()(calibrate.calibrate)
 app.command()(evaluate.evaluate)
 app.command(**generate.COMMAND_SETTINGS)(generate.generate)
 app.command()(serve.serve)

@@ -35,6 +35,13 @@ def evaluate(
     ood_model: Optional[Path] = typer.Option(None, "--ood-model", help="Model directory of a different generator "
                                              "for the scorer's out-of-family check [default: a small one trained "
                                              "here on half the train products, cached in OUT/ood_model]."),
+    fakes: Optional[Path] = typer.Option(None, "--fakes", help="Labelled reviews of a generator the scorer never "
+                                         "saw (parquet/CSV/JSONL: text, is_generated 0/1, optional language and "
+                                         "hotel_name/product_title): the scorer is judged on it per language and "
+                                         "per length bin, and its verdict is the worst source [default: "
+                                         "../shared/data/fakes_maideup_gpt4_hotels.parquet when present]."),
+    use_fakes: bool = typer.Option(True, "--fakes-check/--no-fakes-check", help="Read the fakes file (on by "
+                                   "default when one is given or found)."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Log the metrics to MLflow at this URI "
                                                "(e.g. file:./mlruns) and attach the report and plots as artifacts. "
@@ -51,7 +58,7 @@ def evaluate(
                          samples_per_product=samples_per_product, scorer_reviews=scorer_reviews,
                          seeds=tuple(int(s) for s in floats(seeds)),
                          top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
-                         fast=fast, device=device)
+                         fast=fast, device=device, fakes=_fakes_path(fakes, use_fakes))
         if ood_model is None:
             ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
         # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
@@ -62,6 +69,15 @@ def evaluate(
     except (CheckpointError, DataError, TrackingError, *USER_ERRORS) as e:
         fail(e)
     log(f"report written to {out}")
+
+
+def _fakes_path(fakes: Path | None, enabled: bool) -> str | None:
+    from reviewgen.evaluate.world import resolve_fakes
+
+    path = resolve_fakes(fakes, enabled)
+    if path is None and enabled:
+        log("no fakes file given or found: the scorer is judged on our own generators only")
+    return None if path is None else str(path)
 
 
 def log_evaluation(tracker, model: Path, data: Path, cfg, result: dict, out: Path) -> None:

@@ -208,8 +208,9 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # lexical-*.npz: the models of calibration.json's "adapted" entry (`reviewgen calibrate`)
     for name in ("config.json", *WEIGHT_FILES, "reference.safetensors", "tokenizer.json", "calibration.json",
-                 "ngrams.npy", "wordlm.npz"):
+                 "ngrams.npy", "wordlm.npz", *sorted(f.name for f in src.glob("lexical[-_]*.npz"))):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)
     meta = {k: v for k, v in ck_meta.items() if k not in ("created_at",)}

@@ -144,6 +144,27 @@ def log_loss(y_true: Any, p: Any, eps: float = 1e-12) -> float:
     return float(-np.mean(y * np.log(s) + (1.0 - y) * np.log1p(-s)))
 
 
+def machine_threshold(p_human_of_humans: Any, fpr: float) -> float:
+    """The p_human below which a review is flagged as machine-written so that at most `fpr` of these human
+    reviews are flagged (a false accusation): the k-th smallest of them, k = floor(fpr * n), flagged by
+    `p < threshold` (strictly, so ties with it are not flagged)."""
+    h = np.sort(np.asarray(p_human_of_humans, dtype=np.float64).ravel())
+    if h.size == 0 or not np.isfinite(h).all():
+        raise ValueError("machine_threshold: need finite p_human of at least one human review")
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"machine_threshold: fpr must be in [0, 1), got {fpr}")
+    return float(h[int(np.floor(fpr * h.size))])
+
+
+def tpr_at_fpr(y_true: Any, p: Any, fpr: float) -> float:
+    """Share of machine-written rows (y = 0) flagged at the `machine_threshold` of the human rows (y = 1)
+    for false-accusation rate `fpr`: the catch rate at that operating point."""
+    y, s = _check_binary(y_true, p, "tpr_at_fpr")
+    if y.all() or not y.any():
+        raise ValueError("tpr_at_fpr: y_true must contain both classes")
+    return float((s[y == 0] < machine_threshold(s[y == 1], fpr)).mean())
+
+
 def ece_floor(p: Any, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
     """The ECE a perfectly calibrated scorer reads on these scores: the mean `ece` over label sets drawn as
     Bernoulli(p). ECE is biased upwards on a finite sample (every bin's accuracy is a noisy estimate): for

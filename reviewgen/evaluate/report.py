@@ -158,6 +158,7 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
            "calibrate the scorer." if meta.get("out_of_family") else "none given (no out-of-family check)."), "",
         f"Calibration: {json.dumps(_calibration_summary(r['calibration']), default=json_default)}", "",
         _scorer_table(r), "",
+        _fakes_table(r), "",
         "AUROC of each signal alone (oriented by its known direction; human = positive):", "",
         _signal_table(r), "",
         "## Copying and PII", "",
@@ -193,6 +194,42 @@ def _scorer_table(r: dict[str, Any]) -> str:
                          s.get("source", "own"), name, m["auroc"], m["accuracy"], m["f1"], m["ece"],
                          m.get("ece_floor"), m["brier"]])
     return _table(["setting", "source", "scorer", "AUROC", "accuracy", "F1", "ECE", "ECE floor", "Brier"], rows)
+
+
+def _fakes_table(r: dict[str, Any]) -> str:
+    """The scorer on another generator's labelled reviews (`--fakes`), per language and length bin."""
+    f = r["scorer"].get("fakes")
+    if not f:
+        return "No fakes file of another generator was read (`--fakes`)."
+    rows = [[lang, m["n_human"], m["n_machine"], m["auroc"], m["worst_bin_auroc"],
+             " / ".join(_length_bin(b) for b in m["length_bins"]),
+             m["tpr_1pct_fpr"], m["tpr_5pct_fpr"], m["flagged_1pct"], m["humans_flagged_1pct"], m["ece"],
+             m["confident_human"], m["out_of_domain_machine"], m["out_of_domain_human"]]
+            for lang, m in f["languages"].items()]
+    return (f"Another generator's reviews, never fitted on: `{f['file']}` ({f['rows']} rows). TPR at 1%/5% FPR of "
+            "the file's own humans; flagged: by the model's stored 1% threshold (machine reviews, and humans "
+            "falsely accused).\n\n" + _table(["language", "humans", "machine", "AUROC", "worst length bin",
+                                                  "AUROC by length (chars)", "TPR@1%", "TPR@5%", "flagged 1%",
+                                                  "humans flagged 1%", "ECE", "machine p_human>=0.9",
+                                                  "out-of-domain (machine)", "out-of-domain (human)"], rows)
+            + "\n\n" + _calibrate_lines(f.get("calibrate")))
+
+
+def _calibrate_lines(cal: dict[str, Any] | None) -> str:
+    """`reviewgen calibrate` on the fakes file: fitted on half its groups, reported on the other half."""
+    if not cal:
+        return "No calibrate check: the fakes file has no group column (hotel_name, product_title, product_id)."
+    if "skipped" in cal:
+        return f"Calibrate check skipped: {cal['skipped']}"
+    rows = [[x["language"], x["rows"], x["adapted"], x["auroc"], x["tpr_1pct"], x["tpr_5pct"], x["ece"],
+             x["zero_shot_auroc"]] for x in cal["languages"]]
+    return (f"`reviewgen calibrate` with the file's labels, {cal['evaluation']} (fitted on the other half):\n\n"
+            + _table(["language", "rows", "adapted", "AUROC", "TPR@1%", "TPR@5%", "ECE", "zero-shot AUROC"], rows))
+
+
+def _length_bin(b: dict[str, Any]) -> str:
+    auc = "-" if b["auroc"] is None else f"{b['auroc']:.3f}"
+    return f"{b['chars'][0]}-{b['chars'][1]}: {auc}"
 
 
 def _signal_table(r: dict[str, Any]) -> str:

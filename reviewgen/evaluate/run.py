@@ -29,6 +29,7 @@ from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, 
 from reviewgen.evaluate.report import read_history, write_report
 from reviewgen.evaluate.scorer_eval import extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
+from reviewgen.evaluate.world import fakes_section
 from reviewgen.score.scorer import Scorer
 
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
@@ -54,6 +55,7 @@ class EvalConfig:
     nll_rows: int | None = None  # test reviews for NLL (None: all)
     fast: bool = False  # smoke-test settings, see `resolved`
     device: str | None = None
+    fakes: str | None = None  # labelled reviews of another generator (`reviewgen.evaluate.world`); None: none
 
     def __post_init__(self) -> None:
         if not self.temperatures or not self.seeds:
@@ -172,6 +174,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     scorer_m, scorer_extra = scorer_section(ck, scorer, conds + x_conds, human + extra["text"].astype(str).tolist(),
                                             keys + x_keys, sc_samples, temperatures, train, c.n_baseline_train,
                                             seeds[0], dev, log, ood=ood)
+    if c.fakes is not None:
+        scorer_m["fakes"] = fakes_section(scorer, c.fakes, log)
     result: dict[str, Any] = {
         "meta": run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p,
                          copy_span, fast, emb, pool_note, str(dev)),

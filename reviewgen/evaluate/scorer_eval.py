@@ -15,7 +15,7 @@ import pandas as pd
 from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions
-from reviewgen.core.metrics import accuracy, auroc, brier, ece, ece_floor, f1, roc_curve
+from reviewgen.core.metrics import accuracy, auroc, brier, ece, ece_floor, f1, roc_curve, tpr_at_fpr
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
@@ -88,9 +88,11 @@ def extra_scorer_rows(test: pd.DataFrame, ev: pd.DataFrame, n: int, seed: int = 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """AUROC, accuracy, F1, ECE, the ECE a perfectly calibrated scorer would read on the same rows
-    (`reviewgen.core.metrics.ece_floor`), Brier (positive class = human)."""
+    (`reviewgen.core.metrics.ece_floor`), Brier (positive class = human), and the share of machine rows
+    caught at 1% and 5% false accusations of these human rows."""
     return {"auroc": auroc(y, p), "accuracy": accuracy(y, p), "f1": f1(y, p), "ece": ece(y, p),
-            "ece_floor": ece_floor(p), "brier": brier(y, p)}
+            "ece_floor": ece_floor(p), "brier": brier(y, p), "tpr_1pct_fpr": tpr_at_fpr(y, p, 0.01),
+            "tpr_5pct_fpr": tpr_at_fpr(y, p, 0.05)}
 
 
 def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: int, log: Log) -> Any:

@@ -3,6 +3,7 @@ copying), each judged MET, NOT MET or N/A from the metrics dict."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from reviewgen.evaluate.quality import MODELS, mean_of
@@ -78,11 +79,13 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     au_ood = min((s["calibrated"]["auroc"] for s in ood), default=None)
     ok = au >= 0.95 and ec <= 0.05 and (au_ood is not None and au_ood >= 0.85)
     floor = max((s["calibrated"].get("ece_floor") or 0.0) for _, s in rows)
-    out["scorer_detection"] = {"status": _status(ok), "detail":
+    world_ok, world = _fakes_check(r["scorer"].get("fakes"))
+    out["scorer_detection"] = {"status": _status(ok and world_ok is not False), "detail":
                                f"p_human over GAN temperatures: worst AUROC {au:.4f} (need >= 0.95), worst ECE {ec:.4f} "
                                f"(need <= 0.05; a perfectly calibrated scorer would read up to {floor:.4f} on these "
                                f"rows); out-of-family generator (top-k {OOD_TOP_K}): AUROC {_f(au_ood)} "
-                               "(need >= 0.85" + ("; no out-of-family model was given)" if au_ood is None else ")")}
+                               "(need >= 0.85" + ("; no out-of-family model was given)" if au_ood is None else ")")
+                               + f"; {world}"}
 
     # 5. copying: accepted output, every GAN setting
     acr = max(mean_of(s.get("accepted_copy_rate")) or 0.0 for s in sw["gan"].values())
@@ -91,6 +94,20 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
                       f"worst accepted-output copy rate over GAN temperatures {acr:.4f} (need <= 0.01); before the output filter "
                       f"{raw:.4f} of raw samples copy >= {r['meta']['copy_span']} training tokens and are rejected"}
     return out
+
+
+def _fakes_check(fakes: dict[str, Any] | None) -> tuple[bool | None, str]:
+    """Another generator's reviews (`--fakes`), every language: AUROC >= 0.80 and >= 0.70 in every length
+    bin, and at most 5% of its machine reviews scored p_human >= 0.9. None when no fakes file was read."""
+    if not fakes or not fakes.get("languages"):
+        return None, "no fakes file was read (--fakes)"
+    oks, parts = [], []
+    for lang, m in fakes["languages"].items():
+        wb = m.get("worst_bin_auroc")
+        oks.append(m["auroc"] >= 0.80 and wb is not None and wb >= 0.70 and m["confident_human"] <= 0.05)
+        parts.append(f"[{lang}] AUROC {m['auroc']:.4f} (need >= 0.80), worst length bin {_f(wb)} (need >= 0.70), "
+                     f"machine reviews at p_human >= 0.9 {m['confident_human']:.4f} (need <= 0.05)")
+    return all(oks), f"fakes file {Path(fakes['file']).name}: " + "; ".join(parts)
 
 
 def _f(x: float | None, nd: int = 4) -> str:

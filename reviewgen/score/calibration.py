@@ -73,6 +73,7 @@ than 0.01. Spreading the fit's temperatures evenly over 0.7-1.3 (`CALIBRATION_TE
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -80,12 +81,12 @@ import numpy as np
 import pandas as pd
 
 from reviewgen.core.encoding import conditions
-from reviewgen.core.metrics import auroc, ece, log_loss
+from reviewgen.core.metrics import auroc, ece, log_loss, machine_threshold
 from reviewgen.core.models import unwrap
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.score.combiner import (ANY_LANGUAGE, Candidate, Combiner, Detector, base_signal, fit_combiner,
-                                     select_combiner)
+                                     fit_domain, select_combiner)
 from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.score.signals import review_signals
 from reviewgen.score.wordlm import WordNgramLM
@@ -145,6 +146,9 @@ CALIBRATION_ROWS = 1000
 # 0.044-0.045 to 0.038-0.040, and the out-of-family AUROC rose from 0.968 to 0.970-0.972
 L2_SCALES = (1.0, 0.3, 0.1, 0.03, 0.01)
 L2_TOLERANCE = 1e-3
+# the share of the fit set's human rows inside the detector's domain (`Combiner.out_of_domain`); None: no
+# domain, p_human claims human authorship wherever the combiner says so
+DOMAIN_QUANTILE: float | None = 0.99
 # a language gets its own combiner with at least this many human and this many machine-written rows
 MIN_LANGUAGE_ROWS = 40
 DETECTOR_CANDIDATES = (
@@ -225,16 +229,68 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
     all_conds = conds + fake_conds
     sig = review_signals(D, G, tok, all_conds, real_texts + fake_texts, ref=ref, wordlm=wordlm, device=device)
     labels = np.r_[np.ones(len(real_texts)), np.zeros(len(fake_texts))]
+    keep, nonfinite = finite_rows(sig)
+    sig = {k: np.asarray(v)[keep] for k, v in sig.items()}
+    labels, all_conds = labels[keep], [c for c, k in zip(all_conds, keep) if k]
+    groups = [g for g, k in zip(groups, keep) if k]
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"calibrate: no human or no machine-written row has finite signals "
+                         f"(non-finite counts: {nonfinite})")
     logits = sig["d_logit"]
     calib: dict[str, Any] = fit_platt(logits, labels)
     settings = [as_setting(s) for s in temperatures]
+    calib.update(nonfinite_signals=nonfinite, rows_left_out=int((~keep).sum()))
     calib.update(n=int(len(labels)), temperatures=sorted({s.temperature for s in settings}),
                  settings=[s.label for s in settings],
                  ece_raw=ece(labels, apply_calibration(logits, None)), ece=ece(labels, apply_calibration(logits, calib)))
     calib["bias"] += prior_shift(labels)
+    langs = [c.language for c in all_conds]
     if G is not None:
-        calib["detector"] = fit_detector(sig, labels, groups, [c.language for c in all_conds], seed=seed).to_dict()
+        detector = fit_detector(sig, labels, groups, langs, seed=seed)
+        calib["detector"] = detector.to_dict()
+        p_human = 1.0 / (1.0 + np.exp(-detector.logit(sig, langs)))
+    else:
+        p_human = apply_calibration(logits, calib)
+    calib["thresholds"] = machine_thresholds(p_human[labels == 1], [x for x, y in zip(langs, labels) if y == 1])
     return calib
+
+
+# the false-accusation rates whose p_human thresholds calibration.json stores (`machine_thresholds`)
+FALSE_ACCUSATION_RATES = {"machine_1pct": 0.01, "machine_5pct": 0.05}
+
+
+def machine_thresholds(p_human: np.ndarray, languages: Sequence[str | None]) -> dict[str, dict[str, float]]:
+    """p_human thresholds that flag `FALSE_ACCUSATION_RATES` of these human reviews as machine-written:
+    per language with at least `MIN_LANGUAGE_ROWS` reviews, and pooled (`ANY_LANGUAGE`)."""
+    p = np.asarray(p_human, dtype=np.float64)
+    langs = np.asarray(["" if x is None else x for x in languages], dtype=object)
+    ok = np.isfinite(p)
+    out = {}
+    for lang in [ANY_LANGUAGE, *sorted(set(langs[ok]) - {""})]:
+        rows = ok if lang == ANY_LANGUAGE else ok & (langs == lang)
+        if rows.sum() >= (1 if lang == ANY_LANGUAGE else MIN_LANGUAGE_ROWS):
+            out[lang] = {k: machine_threshold(p[rows], r) for k, r in FALSE_ACCUSATION_RATES.items()}
+    return out
+
+
+def finite_rows(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows whose every usable signal is finite, and how many non-finite values each signal had. A signal
+    that is NaN on every row was not computed (e.g. no word model) and is ignored. One that overflows on
+    some rows (a badly scaled base model) leaves those rows out of the fit instead of failing it; one that
+    is non-finite on most rows is made NaN everywhere, so the fit chooses among candidates without it."""
+    n = len(next(iter(signals.values()))) if signals else 0
+    keep = np.ones(n, dtype=bool)
+    counts = {}
+    for k, v in signals.items():
+        x = np.asarray(v, dtype=np.float64)
+        fin = np.isfinite(x)
+        if fin.any() and not fin.all():
+            counts[k] = int((~fin).sum())
+            if fin.mean() >= 0.5:
+                keep &= fin
+            else:
+                signals[k] = np.full(n, np.nan)
+    return keep, counts
 
 
 def prior_shift(labels: np.ndarray) -> float:
@@ -305,7 +361,11 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     info = dict(combiner.info, fit_auroc=auroc(labels[ok], p[ok]), fit_ece=ece(labels[ok], p[ok]),
                 fit_ece_before_platt=ece_before, platt=platt, prior_shift=shift, sources=sorted(set(machine)))
     # the shift applies to the logit of the bounded probability, so it is an offset after the bounds
-    return replace(combiner, offset=shift, info=info)
+    combiner = replace(combiner, offset=shift, info=info)
+    if DOMAIN_QUANTILE is None:
+        return combiner
+    domain, radius = fit_domain(signals, labels, sorted({base_signal(f) for f in combiner.features}), DOMAIN_QUANTILE)
+    return replace(combiner, domain=domain, domain_radius=radius)
 
 
 def choose_l2(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,
@@ -351,9 +411,16 @@ def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=Non
                     temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = CALIBRATION_ROWS,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """The training-end calibration: `calibrate` against samples from G and the MLE reference `ref`, with
-    the detector over G's (and the reference's) LM statistics and the word statistics under `wordlm`."""
-    calib = calibrate(D, tok, val_df, [G] + ([ref] if ref is not None and ref is not G else []), G=G, ref=ref,
-                      wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows)
+    the detector over G's (and the reference's) LM statistics and the word statistics under `wordlm`.
+    It never raises: a failed fit is logged with its traceback and gives D's raw logit, with the reason
+    under "detector_error" (the scorer reports it as its mode), so the trained model is still written."""
+    try:
+        calib = calibrate(D, tok, val_df, [G] + ([ref] if ref is not None and ref is not G else []), G=G, ref=ref,
+                          wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows)
+    except Exception as e:  # noqa: BLE001 - a failed scorer fit must never lose the trained model
+        reason = f"{type(e).__name__}: {e}"
+        log(f"scorer calibration failed; the model will score with D alone ({reason})\n{traceback.format_exc()}")
+        return {"scale": 1.0, "bias": 0.0, "detector_error": reason}
     log(f"scorer calibration: D Platt scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
         f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f} on {calib['n']} validation reviews/samples; "
         f"detector {describe_detector(calib['detector'])}")

@@ -23,7 +23,10 @@ from reviewgen.core.metrics import auroc
 FORMAT = "reviewgen-detector/1"
 # a combiner with a floor, a ceiling or a logit offset: a reader of FORMAT alone would ignore them
 FLOOR_FORMAT = "reviewgen-combiner/2"
-COMBINER_FORMATS = (FORMAT, FLOOR_FORMAT)
+# a combiner with a domain (`Combiner.out_of_domain`): a reader of the formats above would claim certainty
+# where the fit set never was
+DOMAIN_FORMAT = "reviewgen-combiner/3"
+COMBINER_FORMATS = (FORMAT, FLOOR_FORMAT, DOMAIN_FORMAT)
 DETECTOR_FORMAT = "reviewgen-detector/2"
 ANY_LANGUAGE = "*"
 
@@ -60,6 +63,10 @@ class Combiner:
     floor: float = 0.0
     ceiling: float = 1.0
     offset: float = 0.0
+    # signal -> (centre, spread) of the fit set's human rows, and the RMS z-distance from that centre that
+    # `domain_quantile` of them stay within (see `out_of_domain`); empty: no domain check
+    domain: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    domain_radius: float = 0.0
 
     def matrix(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """The [N, F] feature matrix in this combiner's order; a missing signal is an error naming it."""
@@ -87,7 +94,23 @@ class Combiner:
                 log_f, log_c, log_span = np.log(self.floor), np.log1p(-self.ceiling), np.log(self.ceiling - self.floor)
             z[fin] = np.logaddexp(log_f, log_span - np.logaddexp(0.0, -zf)) - \
                 np.logaddexp(log_c, log_span - np.logaddexp(0.0, zf))
-        return z + self.offset
+        z = z + self.offset
+        if self.domain:
+            # a claim of human authorship needs human-like signals: outside the fit set's human rows it moves
+            # toward the 1:1 prior (logit 0); a machine verdict stands, as the fit set's machine rows lie there
+            z = np.where(z > 0, z * (1.0 - self.out_of_domain(signals)), z)
+        return z
+
+    def out_of_domain(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
+        """How far each review's signals lie outside the fit set's human rows, in [0, 1]: 0 within
+        `domain_radius` (the RMS z-distance most human fit rows stay within), rising linearly to 1 at twice
+        it. NaN where a signal is; zeros without a domain."""
+        n = len(next(iter(signals.values()))) if signals else 0
+        if not self.domain:
+            return np.zeros(n)
+        z2 = np.stack([((np.asarray(signals[k], dtype=np.float64) - c) / s) ** 2 for k, (c, s) in self.domain.items()])
+        d = np.sqrt(z2.mean(0))
+        return np.clip(d / self.domain_radius - 1.0, 0.0, 1.0)
 
     def predict(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """p_human per review."""
@@ -98,8 +121,10 @@ class Combiner:
         d = asdict(self)
         d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k]) for k in ("features", "mean", "scale", "weights"))
         d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
+        d["domain"] = {k: [float(v[0]), float(v[1])] for k, v in d["domain"].items()}
         d["info"] = json.loads(json.dumps(d["info"], default=float))
-        d["format"] = FORMAT if (self.floor, self.ceiling, self.offset) == (0.0, 1.0, 0.0) else FLOOR_FORMAT
+        d["format"] = DOMAIN_FORMAT if self.domain else \
+            (FORMAT if (self.floor, self.ceiling, self.offset) == (0.0, 1.0, 0.0) else FLOOR_FORMAT)
         return d
 
     def to_json(self) -> str:
@@ -130,7 +155,9 @@ class Combiner:
             c = cls(tuple(d["features"]), tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
                     tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}),
                     {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()},
-                    float(d.get("floor", 0.0)), float(d.get("ceiling", 1.0)), float(d.get("offset", 0.0)))
+                    float(d.get("floor", 0.0)), float(d.get("ceiling", 1.0)), float(d.get("offset", 0.0)),
+                    {k: (float(v[0]), float(v[1])) for k, v in d.get("domain", {}).items()},
+                    float(d.get("domain_radius", 0.0)))
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise CombinerError(f"{source}: missing or malformed field ({e!r})") from e
         if not (0.0 <= c.floor < 0.5 < c.ceiling <= 1.0 and np.isfinite(c.offset)):
@@ -138,6 +165,8 @@ class Combiner:
                                 f"{c.floor}, ceiling {c.ceiling}, offset {c.offset}")
         if not len(c.features) == len(c.mean) == len(c.scale) == len(c.weights):
             raise CombinerError(f"{source}: features, mean, scale and weights differ in length")
+        if c.domain and not (c.domain_radius > 0 and all(v[1] > 0 for v in c.domain.values())):
+            raise CombinerError(f"{source}: a domain needs a positive radius and positive spreads")
         if {base_signal(f) for f in c.features if f.startswith("sq:")} - set(c.centers):
             raise CombinerError(f"{source}: a two-sided 'sq:' feature has no centre")
         return c
@@ -172,6 +201,15 @@ class Detector:
             out[rows] = self.combiners[lang].logit({k: np.asarray(v)[rows] for k, v in signals.items()})
         return out
 
+    def out_of_domain(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
+        """`Combiner.out_of_domain` per review, each from its language's combiner."""
+        langs = np.asarray([lang if lang in self.combiners else ANY_LANGUAGE for lang in languages], dtype=object)
+        out = np.full(len(langs), np.nan)
+        for lang in set(langs):
+            rows = langs == lang
+            out[rows] = self.combiners[lang].out_of_domain({k: np.asarray(v)[rows] for k, v in signals.items()})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data with a format tag."""
         return {"format": DETECTOR_FORMAT, "by_language": {k: c.to_dict() for k, c in self.combiners.items()},
@@ -189,6 +227,21 @@ class Detector:
         if not isinstance(by, Mapping) or ANY_LANGUAGE not in by:
             raise CombinerError(f"{source}: 'by_language' must map languages to combiners, {ANY_LANGUAGE!r} included")
         return cls({str(k): Combiner.from_dict(v, f"{source} [{k}]") for k, v in by.items()}, d.get("info", {}))
+
+
+def fit_domain(signals: Mapping[str, np.ndarray], labels: np.ndarray, names: Sequence[str],
+               quantile: float = 0.99) -> tuple[dict[str, tuple[float, float]], float]:
+    """The human rows' centre and spread of each signal in `names` (median and 1.4826 MAD, robust to the
+    odd outlier) and the `quantile` of their RMS z-distance from it: `Combiner.domain` and `domain_radius`."""
+    y = np.asarray(labels)
+    x = np.stack([np.asarray(signals[k], dtype=np.float64) for k in names], 1)[y == 1]
+    x = x[np.isfinite(x).all(1)]
+    if len(x) < 10:
+        raise CombinerError(f"fit_domain: {len(x)} human rows with finite signals; need at least 10")
+    c = np.median(x, 0)
+    s = np.maximum(1.4826 * np.median(np.abs(x - c), 0), 1e-6)
+    d = np.sqrt((((x - c) / s) ** 2).mean(1))
+    return {k: (float(ci), float(si)) for k, ci, si in zip(names, c, s)}, float(max(np.quantile(d, quantile), 1e-6))
 
 
 def fit_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequence[str], *,

@@ -25,8 +25,10 @@ from reviewgen.core.device import cast_matmul_weights, inference_dtype, pick_dev
 from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
+from reviewgen.core.watermark import Watermark
+from reviewgen.score.adapted import AdaptedDetector
 from reviewgen.score.platt import apply_calibration
-from reviewgen.score.combiner import CombinerError, Detector
+from reviewgen.score.combiner import ANY_LANGUAGE, CombinerError, Detector
 from reviewgen.score.detect import head_weights
 from reviewgen.score.signals import SIGNALS, review_signals
 from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordLMError, WordNgramLM
@@ -35,7 +37,12 @@ from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordLMError, W
 MAX_SCORABLE_CHARS = 4000
 UNSCORABLE = ("empty", "too_long", "no_words", "repetitive")
 # the per-review signals reported beside p_human (API `signals` object, `reviewgen score` columns)
-REPORTED_SIGNALS = ("d_prob", "mean_logprob", "mean_log_rank", "binoculars")
+# out_of_domain: how far the review's signals lie from the detector's human fit rows, 0 (typical) to 1
+# (p_human is then moved to the prior instead of claiming human authorship); NaN without a detector
+# (watermark_z: the keyed watermark's z-score, `Scorer.watermark_fields`)
+REPORTED_SIGNALS = ("d_prob", "mean_logprob", "mean_log_rank", "binoculars", "out_of_domain", "watermark_z")
+# flagged as machine-written at the threshold that accuses 1% / 5% of the human validation reviews
+MACHINE_FLAGS = ("machine_1pct", "machine_5pct")
 
 
 def unscorable_reason(text: Any) -> str | None:
@@ -111,14 +118,24 @@ class Scorer:
         self.calibration = ckpt.calibration
         self.version = ckpt.version
         self.ngram_path = ckpt.ngram_path
+        # watermark keys from the environment (reviewgen.core.watermark); None: the watermark fields stay null
+        self.watermark: Watermark | None = Watermark.from_env()
         self.ref = reference_network(ckpt, self.device)
         # cast once: the networks do not change during a scorer's life
         self._heads = head_weights(self.G, self.ref, inference_dtype(self.device))
         self.wordlm: WordNgramLM | None = None
         self.detector: Detector | None = None
-        doc = (self.calibration or {}).get("detector")
+        # p_human thresholds per language (`calibration.machine_thresholds`); only for the p_human they were
+        # fitted on, so a detector model that falls back to D alone has none
+        calib = self.calibration or {}
+        self.thresholds: dict[str, dict[str, float]] = {} if "detector" in calib else dict(calib.get("thresholds") or {})
+        # a shop's own labels (`reviewgen calibrate`): per language, over the zero-shot logit and a lexical model
+        self.adapted = AdaptedDetector.load(ckpt.path, calib["adapted"]) if calib.get("adapted") else None
+        doc = calib.get("detector")
         if doc is None:
-            self.mode = "discriminator-only (model predates LM statistics)"
+            err = (self.calibration or {}).get("detector_error")
+            self.mode = f"discriminator-only (detector fit failed: {err})" if err else \
+                "discriminator-only (model predates LM statistics)"
             return
         if self.ref is None:
             self.mode = "discriminator-only (model has no reference.safetensors)"
@@ -136,23 +153,30 @@ class Scorer:
             except WordLMError as e:
                 raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
         self.detector = detector
+        self.thresholds = dict((self.calibration or {}).get("thresholds") or {})
         self.mode = f"detector: {', '.join(detector.features)}" + (
-            f" (per language: {', '.join(sorted(detector.combiners))})" if len(detector.combiners) > 1 else "")
+            f" (per language: {', '.join(sorted(detector.combiners))})" if len(detector.combiners) > 1 else "") + (
+            f"; adapted to labels for {', '.join(self.adapted.languages)}" if self.adapted is not None else "")
 
     def score_texts(self, conds: Sequence[Condition], texts: Sequence[str | None],
                     batch_size: int = 64) -> dict[str, Any]:
         """Score texts under their conditions: {"p_human" [N] (NaN where unscorable), "logit" [N] (the
-        combined logit, or D's raw logit without a detector), "rating_pred" [N] (-1 where unscorable),
-        "reason": [N] (None or one of `UNSCORABLE`), and every `REPORTED_SIGNALS` and
-        `reviewgen.score.signals.SIGNALS` name -> [N] (NaN where unscorable)}."""
+        combined logit, or D's raw logit without a detector; the adapted one where `reviewgen calibrate`
+        adapted the review's language), "zero_shot_logit" [N] (the logit before that adaptation), "rating_pred" [N] (-1 where unscorable),
+        "reason": [N] (None or one of `UNSCORABLE`), `MACHINE_FLAGS` [N] (bool, None where unknown), and every `REPORTED_SIGNALS` and
+        `reviewgen.score.signals.SIGNALS` name -> [N] (NaN where unscorable), and the watermark's
+        "watermark_key_id" and "ours" (`watermark_fields`: for every text, scorable or not)}."""
         n = len(texts)
         if len(conds) != n:
             raise ValueError(f"score_texts: {len(conds)} conditions for {n} texts")
         reasons = [unscorable_reason(t) for t in texts]
         ok = [i for i, r in enumerate(reasons) if r is None]
         out: dict[str, Any] = {"p_human": np.full(n, np.nan), "logit": np.full(n, np.nan),
+                               "zero_shot_logit": np.full(n, np.nan),
                                "rating_pred": np.full(n, -1, dtype=np.int64), "reason": reasons,
-                               **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)}}
+                               **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)},
+                               **{k: [None] * n for k in MACHINE_FLAGS}}
+        out.update(self.watermark_fields(texts))
         if not ok:
             return out
         ok_conds = [conds[i] for i in ok]
@@ -164,13 +188,43 @@ class Scorer:
         if self.detector is not None:
             logit = self.detector.logit(sig, [c.language for c in ok_conds])
             p = 1.0 / (1.0 + np.exp(-logit))
+            out["out_of_domain"][ok] = self.detector.out_of_domain(sig, [c.language for c in ok_conds])
         else:
             logit, p = sig["d_logit"], d_prob
+        out["zero_shot_logit"][ok] = logit
+        if self.adapted is not None:
+            za = self.adapted.logit([str(texts[i]) for i in ok], sig, logit, [c.language for c in ok_conds])
+            logit = np.where(np.isfinite(za), za, logit)
+            p = np.where(np.isfinite(za), 1.0 / (1.0 + np.exp(-za)), p)
         out["p_human"][ok], out["logit"][ok], out["rating_pred"][ok] = p, logit, sig["rating_pred"]
         out["d_prob"][ok] = d_prob
+        out.update(self._flags(p, [c.language for c in ok_conds], ok, n))
         for k in SIGNALS:
             out[k][ok] = sig[k]
         return out
+
+    def _flags(self, p: np.ndarray, languages: Sequence[str | None], rows: Sequence[int], n: int) -> dict[str, list]:
+        """`MACHINE_FLAGS` per text: p_human below its language's (else the pooled) threshold; None where
+        unscorable or where the model stores no threshold."""
+        out: dict[str, list] = {k: [None] * n for k in MACHINE_FLAGS}
+        for i, pi, lang in zip(rows, p, languages):
+            own = self.adapted.thresholds(lang) if self.adapted is not None else None
+            t = dict(zip(MACHINE_FLAGS, own)) if own is not None else \
+                (self.thresholds.get(lang or "") or self.thresholds.get(ANY_LANGUAGE))
+            if t is not None and math.isfinite(pi):
+                for k in MACHINE_FLAGS:
+                    out[k][i] = bool(pi < t[k]) if k in t else None
+        return out
+
+    def watermark_fields(self, texts: Sequence[str | None]) -> dict[str, Any]:
+        """{"watermark_z" [N] (NaN: nothing to score), "watermark_key_id" [N], "ours" [N]} from the keys in
+        `self.watermark`: the best key's z, and ours when the watermark is detected at its threshold
+        (`Detection.ours`). Without a key z is NaN and the others None: never guessed. No model runs."""
+        n = len(texts)
+        if self.watermark is None:
+            return {"watermark_z": np.full(n, np.nan), "watermark_key_id": [None] * n, "ours": [None] * n}
+        det = self.watermark.detect_texts(self.tok, texts)
+        return {"watermark_z": det.z.astype(np.float64), "watermark_key_id": det.key_id, "ours": det.ours}
 
     def score(self, reviews: Sequence[dict[str, Any]], batch_size: int = 64) -> dict[str, Any]:
         """`score_texts` for API-style review dicts (text, product_title?, category?, rating?, language?)."""
@@ -192,5 +246,8 @@ class Scorer:
         out["rating_pred"] = pd.array([None if r < 0 else int(r) for r in res["rating_pred"]], dtype="Int64")
         for k in REPORTED_SIGNALS:
             out[k] = res[k]
+        for k in MACHINE_FLAGS:
+            out[k] = pd.array(res[k], dtype="boolean")
+        out["ours"] = pd.array(res["ours"], dtype="boolean")
         out["score_reason"] = res["reason"]
         return out

@@ -122,6 +122,11 @@ class Flags(BaseModel):
     copied: bool | None = Field(None, description="copy_span >= the copy threshold; null if disabled")
     pii: dict[str, int] | None = Field(None, description="PII counts by kind; null if disabled")
     has_pii: bool | None = None
+    machine_1pct: bool | None = Field(None, description="p_human below the threshold that flags 1% of the model's "
+                                      "human validation reviews; null when unscored or the model has no threshold")
+    machine_5pct: bool | None = Field(None, description="the same at 5% false accusations")
+    ours: bool | None = Field(None, description="our generator's keyed watermark is detected at its threshold "
+                              "(see signals.watermark_z); null when the endpoint has no watermark key")
 
 
 class Signals(BaseModel):
@@ -130,6 +135,11 @@ class Signals(BaseModel):
     mean_log_rank: float | None = Field(None, description="mean log(1 + rank) of each token under the generator")
     binoculars: float | None = Field(None, description="log-perplexity over the generator/reference cross-entropy; "
                                      "null when the model has no reference network")
+    out_of_domain: float | None = Field(None, description="how far the review's signals lie from the human reviews "
+                                        "the detector was fitted on: 0 typical, 1 far (p_human is then moved "
+                                        "toward 0.5 rather than claim human authorship); null without a detector")
+    watermark_z: float | None = Field(None, description="z-score of the keyed watermark (green tokens over "
+                                      "chance), the best over the configured keys; null without a key")
 
 
 class ReviewScore(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.score.filter import FilterConfig, ReviewFilter
-from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
+from reviewgen.score.scorer import MACHINE_FLAGS, REPORTED_SIGNALS, Scorer
 from reviewgen.serve.config import ServeConfig
 
 
@@ -42,7 +42,8 @@ def score_reviews(scorer: Scorer, review_filter: ReviewFilter, reviews: Sequence
         why = res["reason"][i]
         out.append({"p_human": p, "rating_pred": None if why else int(res["rating_pred"][i]),
                     "signals": None if why else {k: _num(res[k][i]) for k in REPORTED_SIGNALS},
-                    "flags": v.flags(), "reasons": v.reasons_with(why)})
+                    "flags": {**v.flags(), **{k: res[k][i] for k in MACHINE_FLAGS}, "ours": res["ours"][i]},
+                    "reasons": v.reasons_with(why)})
     return out
 
 
