@@ -54,9 +54,17 @@ runs/prepared/stats.json: | install
 	$(BIN)/reviewgen prepare --out runs/prepared
 submit-train: install runs/prepared/stats.json
 	cluster/scripts/submit.sh train --data $(CURDIR)/runs/prepared --out $(CURDIR)/runs/cluster-train --config $(TRAIN_CONFIG) --num-workers 2 --storage-path $(CURDIR)/runs/ray-results --name reviewgen-train $(TRAIN_ARGS)
+# The nightly job signs every review and refuses to run without a watermark key: WATERMARK_KEY_FILE (default:
+# $REVIEWGEN_WATERMARK_KEY_FILE) is passed as --watermark-key-file, an absolute path readable where the job's
+# driver runs (the head node), outside the repo (the job uploads the working dir). GEN_ARGS=--no-watermark
+# runs unwatermarked instead (recorded in the manifest and the run id).
+WATERMARK_KEY_FILE ?= $(REVIEWGEN_WATERMARK_KEY_FILE)
+WM_KEY_PATH = $(if $(WATERMARK_KEY_FILE),$(abspath $(WATERMARK_KEY_FILE)))
 submit-nightly: install
-	@test -n "$(DATE)" || { echo "usage: make submit-nightly DATE=YYYY-MM-DD" >&2; exit 2; }
-	cluster/scripts/submit.sh nightly $(DATE) --model $(CURDIR)/runs/cluster-train --catalog $(CATALOG) --preset $(CATALOG_PRESET) --out $(CURDIR)/runs/generated --reviews-per-product 3 $(GEN_ARGS)
+	@test -n "$(DATE)" || { echo "usage: make submit-nightly DATE=YYYY-MM-DD WATERMARK_KEY_FILE=/abs/keys" >&2; exit 2; }
+	@test -n "$(WM_KEY_PATH)$(findstring --no-watermark,$(GEN_ARGS))" || { echo "make submit-nightly: no watermark key: set WATERMARK_KEY_FILE=/abs/path/to/keys (one key per line, the first signs), or GEN_ARGS=--no-watermark" >&2; exit 2; }
+	@case "$(WM_KEY_PATH)" in "$(CURDIR)"/*) echo "make submit-nightly: WATERMARK_KEY_FILE is inside the repo, whose working dir the job uploads: keep keys outside it" >&2; exit 2;; esac
+	cluster/scripts/submit.sh nightly $(DATE) --model $(CURDIR)/runs/cluster-train --catalog $(CATALOG) --preset $(CATALOG_PRESET) --out $(CURDIR)/runs/generated --reviews-per-product 3 $(if $(WM_KEY_PATH),--watermark-key-file $(WM_KEY_PATH)) $(GEN_ARGS)
 deploy-scorer: install
 	MODEL_DIR=$(or $(MODEL_DIR),$(CURDIR)/runs/cluster-train) cluster/scripts/deploy_scorer.sh
 

@@ -24,7 +24,7 @@ from typing import Any
 
 BENCHES = ("sampling", "train", "train_rate", "generate", "serve", "score", "watermark")
 TIMEOUT_S = {"sampling": 1200, "train": 1800, "train_rate": 1800, "generate": 3600, "serve": 1800, "score": 1800,
-             "watermark": 900}
+             "watermark": 1800}
 
 
 def _child(name: str, quick: bool, threads: int | None, result_path: str) -> None:

@@ -226,6 +226,27 @@ def test_raycronjob_schema() -> None:
     assert template["shutdownAfterJobFinishes"] is True
 
 
+@pytest.mark.parametrize("label", ["raycronjob-nightly", "cronjob-fallback-template"])
+def test_nightly_head_reads_the_watermark_key_from_a_secret(label: str) -> None:
+    # the nightly job refuses to run without a key: the head (where the driver runs) gets the key file from
+    # a mounted Secret through REVIEWGEN_WATERMARK_KEY_FILE; the workers neither mount it nor name it
+    spec = dict(ray_cluster_specs())[label]
+    head = spec["headGroupSpec"]["template"]["spec"]
+    secrets = {v["name"] for v in head["volumes"] if v.get("secret", {}).get("secretName")}
+    (c,) = head["containers"]
+    path = {e["name"]: e.get("value") for e in c.get("env", [])}.get("REVIEWGEN_WATERMARK_KEY_FILE")
+    assert path, f"{label}: the head has no REVIEWGEN_WATERMARK_KEY_FILE"
+    assert any(m["name"] in secrets and m.get("readOnly") and path.startswith(m["mountPath"].rstrip("/") + "/")
+               for m in c["volumeMounts"]), f"{label}: {path} is not on a read-only Secret mount"
+    for group, pod in pod_specs(spec):
+        if group != "head":
+            assert not any("secret" in v for v in pod.get("volumes", [])), f"{label}/{group}"
+    job = load_one(KUBERAY / "raycronjob-nightly.yaml")["spec"]["jobTemplate"] if label == "raycronjob-nightly" \
+        else fallback_rayjob()["spec"]
+    # not in the runtime env: the workers' scorers would try to read a file they do not have
+    assert "WATERMARK" not in job["runtimeEnvYAML"] and "--no-watermark" not in job["entrypoint"]
+
+
 # --- Serve ---------------------------------------------------------------------------------
 
 

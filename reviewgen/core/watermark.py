@@ -66,10 +66,11 @@ class WatermarkConfig:
     tokens; `threshold_z`: a text is ours when the chance of so many green tokens in an unwatermarked text (the
     exact binomial tail) is at most the standard normal tail at this z (with K keys tried, K times that);
     `dedupe_pairs`: score each distinct (previous, token) pair once, so a repeated phrase cannot inflate z.
-    Generation and detection must use the same gamma."""
+    Generation and detection must use the same gamma. The defaults were chosen on a measured (gamma, delta)
+    grid: see the README's watermark section and bench/results/watermark/."""
 
     gamma: float = 0.25
-    delta: float = 2.0
+    delta: float = 4.0
     threshold_z: float = 4.0
     dedupe_pairs: bool = True
 
