@@ -63,9 +63,8 @@ def generate(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="reviews per sampler batch inside an actor "
                                              "[default: 64]"),
     compile_decode: bool = typer.Option(False, "--compile-decode", help="torch.compile each actor's per-token "
-                                        "decode step: 6-12 s of compile per actor, then 5-18% faster sampling "
-                                        "on the bench CPU; the reviews differ from eager ones (part of the run's "
-                                        "identity)"),
+                                        "decode step: a compile per actor, then faster sampling; the reviews "
+                                        "differ from eager ones (part of the run's identity)"),
     num_actors: Optional[int] = typer.Option(None, "--num-actors", help="generator actors (default: GPUs, else "
                                              "CPUs/2)"),
     language_column: Optional[str] = typer.Option(None, "--language-column", help="catalog column holding each "

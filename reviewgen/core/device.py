@@ -36,8 +36,8 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 
 def inference_autocast(device: torch.device):
     """The autocast context for forward passes that only read the models (scoring): bf16 on CUDA, and on
-    a CPU with native bf16 matrix units (there the scorer's forwards ran 2.6x faster than in fp32, and its
-    statistics moved by about 1e-3); plain fp32 elsewhere. Training keeps `reviewgen.core.losses.autocast_for`."""
+    a CPU with native bf16 matrix units (there the scorer's forwards run much faster than in fp32, and its
+    statistics barely move); plain fp32 elsewhere. Training keeps `reviewgen.core.losses.autocast_for`."""
     dtype = inference_dtype(device)
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
@@ -46,8 +46,8 @@ def cast_matmul_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Store the weights and biases of `module`'s nn.Linear layers in `dtype`, in place, for a module that
     only ever runs under `inference_autocast` to that dtype. Autocast then takes them as they are, with the
     same rounding it would apply; otherwise it casts every weight at every call, since it keeps its casts
-    only within one autocast region and never in inference mode (casting once took a one-review scoring
-    call of the `make demo` model from 8.3 to 6.0 ms on one thread). Returns `module`."""
+    only within one autocast region and never in inference mode (for a small model, those casts are a
+    large share of a one-review scoring call). Returns `module`."""
     if dtype == torch.float32:
         return module
     for m in module.modules():

@@ -32,7 +32,7 @@ class Tokens:
 
 
 def autocast_for(device: torch.device):
-    """Training's precision: bf16 autocast on CUDA, plain fp32 on CPU (CPU bf16 training is unmeasured here;
+    """Training's precision: bf16 autocast on CUDA, plain fp32 on CPU (bf16 training on CPU is not validated;
     forwards that only read the models use `reviewgen.core.device.inference_autocast`)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

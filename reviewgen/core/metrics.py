@@ -167,9 +167,8 @@ def tpr_at_fpr(y_true: Any, p: Any, fpr: float) -> float:
 
 def ece_floor(p: Any, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
     """The ECE a perfectly calibrated scorer reads on these scores: the mean `ece` over label sets drawn as
-    Bernoulli(p). ECE is biased upwards on a finite sample (every bin's accuracy is a noisy estimate): for
-    the `make demo` model's p_human it came to 0.022-0.033 on 300 + 300 rows and 0.011-0.018 on
-    1,090 + 1,090, so a measured ECE means little unless read beside it."""
+    Bernoulli(p). ECE is biased upwards on a finite sample (every bin's accuracy is a noisy estimate), the
+    more so the fewer the rows, so an ECE means little unless read beside it."""
     s = np.asarray(p, dtype=np.float64)
     _check_prob(s, "ece_floor")
     rng = np.random.default_rng(seed)

@@ -129,9 +129,9 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
-# Inference on CPU over at most this many positions uses `_explicit_attention`: a review's scoring forward
-# (prefix + review, about 70 positions) ran 25-30% faster in it than in scaled_dot_product_attention's
-# CPU kernel, and its [T, T] scores are small.
+# Inference on CPU over at most this many positions uses `_explicit_attention`: at a review's scoring length
+# (prefix + review) it is faster than scaled_dot_product_attention's CPU kernel, which is tiled for long
+# queries, and its [T, T] scores are small.
 SHORT_ATTENTION = 128
 
 
@@ -140,9 +140,9 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     """scaled_dot_product_attention without dropout, as two batched matmuls: q [B, H, Tq, hd], k and v
     [B, H_kv, Tk, hd]; `attn_mask` None or boolean (True = attend) of shape [B or 1, 1, Tq or 1, Tk], the
     same for every head (the discriminator's key-padding mask). On CPU, the SDPA kernel is tiled for long
-    queries and cost more than these both in a decode step (one query over the cache: 16% of the 6x384
-    sampling bench's step time under bf16) and at scoring lengths. The query heads sharing a key/value head
-    are folded into the matmul's rows, as enable_gqa groups them (head h reads kv head h // (H / H_kv))."""
+    queries and costs more than these both in a decode step (one query over the cache) and at scoring
+    lengths. The query heads sharing a key/value head are folded into the matmul's rows, as enable_gqa
+    groups them (head h reads kv head h // (H / H_kv))."""
     B, H, Tq, hd = q.shape
     kv, Tk = k.shape[1], k.shape[2]
     g = H // kv
@@ -193,8 +193,8 @@ class Block(nn.Module):
 
 class KVCache:
     """Preallocated keys/values, one zeroed [B, n_kv_head, max_len, head_dim] tensor per layer (per-layer
-    tensors, not one stacked buffer: torch.compile copied the whole stacked buffer at each in-place write
-    into a view of it, which made a compiled decode step 6x slower than eager)."""
+    tensors, not one stacked buffer: torch.compile copies the whole stacked buffer at each in-place write
+    into a view of it, which makes a compiled decode step far slower than eager)."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
                  device, dtype):
@@ -208,9 +208,8 @@ class KVCache:
         """Write k, v [B, H_kv, T, head_dim] at `pos`; return the keys and values to attend over, and a key
         mask (True = attend) or None. A prefill gets the filled slice and None. A one-token step gets the
         whole buffer and a [1, 1, 1, max_len] mask of the filled positions: the buffer is contiguous, while a
-        batched matmul over a slice of it copied the slice first. At the 6x384 sampling bench's shapes (bf16)
-        the masked whole buffer (88 positions) took 12-14% less time than the slice at positions 56-87 and
-        as long at position 24, and its shapes stay fixed from step to step."""
+        batched matmul over a slice of it copies the slice first, so the masked whole buffer costs no more
+        than the slice, and its shapes stay fixed from step to step."""
         T = k.shape[2]
         keys, values = self.k[layer], self.v[layer]
         keys[:, :, pos:pos + T] = k

@@ -29,10 +29,9 @@ class SamplingParams:
     """What to sample (length, temperature, top-k, top-p) and how to run the per-token step.
 
     `compile_decode` runs each single-token decode step through `torch.compile(..., dynamic=True,
-    fullgraph=True)`; the prefill stays eager. Off by default: on CPU the bench measured it at 1.05-1.18x
-    eager's speed (both sizes, fp32 and bf16), after 6-12 s of compile per process, and there its tokens differed
-    from eager's, since inductor's fused kernels round differently; the per-row-seed guarantee then holds
-    among compiled runs only. On CUDA it is unmeasured here.
+    fullgraph=True)`; the prefill stays eager. Off by default: on CPU its gain is small next to the compile
+    it costs each process, and its tokens differ from eager's, since inductor's fused kernels round
+    differently; the per-row-seed guarantee then holds among compiled runs only.
 
     `precision`: "auto" runs the forwards under `reviewgen.core.device.inference_autocast` (bf16 on CUDA and on
     CPUs with native bf16, fp32 elsewhere); "fp32" always in fp32. The per-row-seed guarantee holds within
@@ -106,7 +105,7 @@ def _pick_sorted(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams) -
     Ties do not change the sorted values, so every sum the rule reads is the same. The picked position k
     names a value v, and the token is the (k - #{p > v})-th index, in index order, among the entries equal
     to v (usually the only one); both counts are binary searches in the sorted values. NumPy's SIMD sort of
-    float32 (x86-simd-sort) takes 40% of the time of sorting (value, index) keys, and the sort is most of a
+    float32 (x86-simd-sort) is much faster than sorting (value, index) keys, and the sort is most of a
     step's sampling cost where the head cannot decide (flat distributions: high temperature, top-p)."""
     if probs.device.type != "cpu" or probs.dtype != torch.float32 or probs.dim() != 2:
         return _pick_reference(probs, u, params)
@@ -192,8 +191,7 @@ COMPACT_BELOW = 0.75
 
 
 # no_grad, not inference_mode: autocast keeps its low-precision copy of a weight (one that requires grad)
-# for the whole call only outside inference mode; inside it, every decode step cast every weight again
-# (a fifth of the 6x384 sampling bench's time under bf16, in the profiler)
+# for the whole call only outside inference mode; inside it, every decode step would cast every weight again
 @torch.no_grad()
 def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, eos_id: int, pad_id: int,
            uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None,

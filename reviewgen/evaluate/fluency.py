@@ -4,7 +4,7 @@
   the number of characters those review tokens spell. Models with different vocabularies compare on it;
   nats per token do not.
 * Real-word rate: the share of lowercase alphabetic words (`[a-z]+` after lowercasing) in generated
-  English text that occur in the training split's text (human test reviews score about 0.98).
+  English text that occur in the training split's text (human test reviews score close to 1).
 * TSTR (train on synthetic, test on real): the TF-IDF + logistic-regression condition classifiers of
   `reviewgen.evaluate.quality` trained on generated reviews of unseen products, labelled with the rating and
   category they were generated for, and tested on the real reviews of those products; beside the same

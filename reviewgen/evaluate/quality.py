@@ -113,7 +113,7 @@ class ConditionClassifiers:
         from sklearn.pipeline import make_pipeline
 
         def pipe():
-            # Capped features/iterations: the LR fit dominated evaluation time on 2 shared CPU cores.
+            # Capped features/iterations: uncapped, the LR fit dominates evaluation time on a small CPU.
             return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2,
                                                  max_features=20000, sublinear_tf=True),
                                  LogisticRegression(max_iter=300, tol=1e-3, C=2.0))

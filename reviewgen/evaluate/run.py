@@ -43,7 +43,7 @@ class EvalConfig:
     n_products: int = 150  # about how many unseen test products to evaluate
     samples_per_product: int = 2  # real reviews (conditions) per product
     # test reviews the scorer section reads at least (the evaluated ones, then others drawn at random): its
-    # ECE needs more rows than the quality sweep, as a perfectly calibrated scorer reads 0.026-0.034 on 300
+    # ECE needs more rows than the quality sweep, as ECE is biased upwards on few rows (`ece_floor`)
     scorer_reviews: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)  # generation seeds; metrics are mean ± sd over them
     top_p: float = 1.0

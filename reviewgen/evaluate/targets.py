@@ -15,7 +15,7 @@ def _status(ok: bool | None) -> str:
 
 
 def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The issue's targets, each {"status": MET|NOT MET|N/A, "detail": str, ...} ."""
+    """The evaluation's targets, each {"status": MET|NOT MET|N/A, "detail": str, ...} ."""
     mt, h, sw = r["matched"], r["human"], r["sweep"]
     g_t, m_t = mt["gan"]["temperature"], mt["mle"]["temperature"]
     g, m = sw["gan"][f"{g_t:g}"], sw["mle"][f"{m_t:g}"]
@@ -74,7 +74,7 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
                      f"over GAN temperatures: worst AUROC {au:.4f} (need >= 0.99), worst ECE {ec:.4f} (need <= 0.03), "
                      f"smallest accuracy margin over TF-IDF+LR {margin:+.4f} (need >= +0.02)"}
 
-    # 4b. the detector (issue 11): own generator's samples, and a generator the scorer never saw
+    # 4b. the detector: own generator's samples, and a generator the scorer never saw
     ood = [s for s in r["scorer"]["settings"].values() if s.get("source") == "out_of_family"]
     au_ood = min((s["calibrated"]["auroc"] for s in ood), default=None)
     ok = au >= 0.95 and ec <= 0.05 and (au_ood is not None and au_ood >= 0.85)

@@ -20,55 +20,36 @@ combination relies on a relation that is reversed in its fit set.
 
 Why two-sided features. "Machine text is more probable" (GLTR, Binoculars) holds for a generator at least as
 good as the observer model, sampling at T <= 1 or with top-k / top-p. It is reversed for a weaker generator
-or a high temperature: that text is *less* probable than human text under G. Measured on a demo-config model
-(G after 400 MLE steps) against 300 real test reviews, mean log-rank alone gave AUROC 0.93 against G's own
-top-k 40 samples but 0.08 against its T=1.3 samples and 0.12 against a smaller out-of-family generator's
-top-k 40 samples, and a one-sided LM combiner 0.94 / 0.04 / 0.12. Human text sits in a band, so the
-candidates add "sq:" features (`reviewgen.score.combiner.Combiner`): the squared distance of log-rank, log-prob
-and the Binoculars ratio from the human centre. With them the LM combiner reached 0.94 / 0.89 / 0.72, and
-with length and D's logit 0.93 / 0.88 / 0.85 (D alone: 0.82 / 0.64 / 0.82), which the held-out-source
-selection also picked. D stays a candidate but not the first one: against fluent text from a stronger
-generator it is the weakest signal.
+or a high temperature: that text is *less* probable than human text under G, so a one-sided statistic
+calls it human. Human text sits in a band, so the candidates add "sq:" features
+(`reviewgen.score.combiner.Combiner`): the squared distance of log-rank, log-prob and the Binoculars ratio
+from the human centre, which count against p_human on either side of it. D stays a candidate but not the
+first one: against fluent text from a stronger generator it is the weakest signal.
 
 Why word n-grams and one combiner per language. G's own samples at T=1 are exactly as predictable to G as
-G expects, and so is human text to a calibrated G: on the `make demo` model every LM statistic above gave
-AUROC 0.55-0.67 for G's T=1 samples against 300 real test reviews, and the candidates above 0.48-0.54. The
-word trigram model of the training reviews (`reviewgen.score.wordlm`) is a second model of another
-family: the share of seen word triples alone gave 0.90 against G at T=1 and 0.86 against the
-out-of-family generator. With the word statistics and the Fast-DetectGPT discrepancy, one shared combiner
-reached 0.92 against G at T=1 and 0.98 against the out-of-family generator. The validation split is mostly
-Chinese and the test split mostly English, and the two languages' signals live on different scales, so
-each language with enough validation rows (`MIN_LANGUAGE_ROWS`) gets its own combiner, with an L2 prior of
-fixed strength (`Candidate.per_row`) so that a small language is not fitted to perfectly separated,
-overconfident weights; `mixed_script` was added after the per-language fits showed Chinese as the weak
-side. `reviewgen evaluate` on that model then measured AUROC 0.953-0.994 over G's temperatures 0.6-1.3,
-0.958 against the out-of-family generator, and per-temperature ECE 0.046-0.065. (The Platt step fitted in
-sample gave 0.043-0.064; on out-of-fold logits with hard 0/1 targets 0.039-0.058, but a tiny model's
-perfectly separated fit set then scored real reviews p_human = 1.0, which Platt's smoothed targets prevent.)
-
-The strength of each combiner's L2 is then chosen by cross-validation (`choose_l2`): the candidates' own
-strength, fixed before the per-language fits existed, held back the languages whose fit sets could carry
-more (figures at `L2_SCALES`).
+G expects, and so is human text to a calibrated G, so no statistic of G alone separates them. The word
+trigram model of the training reviews (`reviewgen.score.wordlm`) is a second model of another family: it
+catches what the observer LM misses, and so does the Fast-DetectGPT discrepancy. The validation split is
+mostly Chinese and the test split mostly English, and the two languages' signals live on different scales,
+so each language with enough validation rows (`MIN_LANGUAGE_ROWS`) gets its own combiner, with an L2 prior
+of fixed strength (`Candidate.per_row`) so that a small language is not fitted to perfectly separated,
+overconfident weights; `mixed_script` is there for Chinese, the weaker side of the per-language fits. The
+strength of each combiner's L2 is then chosen by cross-validation (`choose_l2`, `L2_SCALES`).
 
 What limits the ECE. One p_human serves every sampling setting, and they want different maps: against
 T=0.6 samples the middle of the scale holds almost only humans, against T=1.0 samples it holds many
-machine reviews. With three machine reviews per human, on 1,090 test reviews the worst per-temperature ECE
-was 0.057-0.060 over three draws of the fit samples, always at T=1.0 (where a perfectly calibrated scorer
-would read about 0.018). Measured and rejected: a Platt step fitted on the hardest settings only (T=1.0
-fell to 0.034-0.048, T=0.6 and T=1.3 rose to 0.06-0.09), a minimax Platt step over the settings
-(0.072-0.084), isotonic maps (0.059-0.073), a probability floor (that trial's details were not kept), and
-pooling English (76 validation reviews) into the shared combiner (0.096-0.109).
+machine reviews. So the worst per-temperature ECE sits at the hardest setting, and a map fitted to one
+setting is worse at the others.
 
-Why a fitted floor and ceiling. The reliability bins then showed where the error sat: the lowest bin (p_human
-about 0.01, half of all rows against T=0.6 samples) held 4-6% humans at every temperature, short generic
-reviews such as "Bought for my wife. Great product. Easy to set up and use." that read exactly like machine
-text. A logistic map claims near-certainty for them. The Platt step therefore fits
-p = f + (c - f) * sigmoid(a * z + b), a logistic model robust to such look-alikes, with the floor f and the
-ceiling c fitted by likelihood beside a and b (`fit_platt(floor=True)`). On the `make demo` model, over all
-1,355 test reviews, with six machine reviews per human, the worst per-temperature ECE was 0.048-0.057 over
-three draws of the fit samples without them and 0.043-0.048 over six draws with them; AUROC moved by less
-than 0.01. Spreading the fit's temperatures evenly over 0.7-1.3 (`CALIBRATION_TEMPERATURES`) then gave
-0.040-0.045 over four draws, and the lowest AUROC over G's temperatures rose from 0.953-0.960 to 0.962-0.963.
+Why a fitted floor and ceiling. Some human reviews are short and generic ("Bought for my wife. Great
+product. Easy to set up and use.") and read exactly like machine text; a logistic map claims
+near-certainty for them. The Platt step therefore fits p = f + (c - f) * sigmoid(a * z + b), a logistic
+model robust to such look-alikes, with the floor f and the ceiling c fitted by likelihood beside a and b
+(`fit_platt(floor=True)`). It is fitted on out-of-fold logits with Platt's smoothed targets: with hard 0/1
+targets a small, perfectly separated fit set would score real reviews p_human = 1.0. Its temperatures are
+spread evenly over 0.7-1.3 (`CALIBRATION_TEMPERATURES`), so that the map favours no one setting.
+
+The figures behind these choices are in docs/results/design_notes.md.
 """
 
 from __future__ import annotations
@@ -112,8 +93,8 @@ class SamplingSetting:
             (f",top_p={self.top_p:g}" if self.top_p < 1.0 else "")
 
 
-# evenly over 0.7-1.3: with 0.7, 1.0 and 1.3 alone, three of the five settings sampled at T=1.0 (plain, top-k,
-# top-p), and the map favoured T=1.0 over the ends of the range, whose per-temperature ECE was then the worst
+# evenly over 0.7-1.3: the top-k and top-p settings also sample at T=1.0, so fewer temperatures would let
+# T=1.0 dominate the fit and leave the ends of the range the worst calibrated
 CALIBRATION_TEMPERATURES = (0.7, 0.85, 1.0, 1.15, 1.3)
 DETECTOR_SETTINGS = (*(SamplingSetting(t) for t in CALIBRATION_TEMPERATURES), SamplingSetting(1.0, top_k=40),
                      SamplingSetting(1.0, top_p=0.9))
@@ -126,24 +107,20 @@ FAST_DETECT = ("fast_detect", "sq:fast_detect")
 FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_share": -1, "top10_share": -1,
                  "binoculars": 1, "fast_detect": -1, "mixed_script": -1, "trigram_seen": 1, "bigram_seen": 1, "ngram_logprob": 1,
                  **{f: -1 for f in (*TWO_SIDED, "sq:ngram_logprob", "sq:trigram_seen", "sq:fast_detect")}}
-# machine-written reviews sampled per real one for the fit: the combiner's machine side covers five sampling
-# settings from two generators. On the `make demo` model, three per review made the worst per-temperature ECE
-# of `reviewgen evaluate` 0.058 instead of 0.060-0.064 (one per review); with the floored Platt step, six per
-# review gave 0.043-0.048 over six draws of the fit samples against 0.040-0.052 for three (all 1,355 test
-# reviews); the 1,665 more samples take about 7 s to draw and score on the demo model
+# machine-written reviews sampled per real one for the fit: the combiner's machine side covers every sampling
+# setting of two generators, so each needs enough rows; more steady the worst per-temperature ECE, at the cost
+# of the time to draw and score them
 FAKES_PER_REVIEW = 6
 # L2 on the scale of that Platt step: negligible for a scale of a few units (the mean log loss is ~0.1)
 PLATT_SCALE_L2 = 1e-4
-# validation reviews the training-end fit reads at most: all of the demo's 555, so that its English combiner
-# sees every one of the 76 English reviews (at 384 it saw about 53), as `reviewgen evaluate`'s refit does
+# validation reviews the training-end fit reads at most: more than the demo's whole validation split, so that
+# a small language's combiner (the demo's English) sees every one of its reviews, as `reviewgen evaluate`'s
+# refit does
 CALIBRATION_ROWS = 1000
 # the L2 strengths `choose_l2` tries, as multiples of a candidate's own, strongest first, and how much more
 # out-of-fold log loss it accepts for a stronger one. The candidates' L2 keeps the weights' proportions robust
-# to generators outside the fit set, but it was set before the per-language fits and held them back: on the
-# `make demo` model every fit set (English, 76 validation reviews; Chinese, 479; pooled) chose 0.1 or 0.3. Over
-# two draws of the fit samples, on all 1,355 test reviews against G at T 0.7/0.9/1.1/1.3 (two sample seeds
-# each), the lowest AUROC rose from 0.955-0.956 to 0.963-0.968 (always at T=0.9), the worst ECE fell from
-# 0.044-0.045 to 0.038-0.040, and the out-of-family AUROC rose from 0.968 to 0.970-0.972
+# to generators outside the fit set, but it was set before the per-language fits, and a language whose fit set
+# can carry more should get a weaker prior: cross-validation picks the multiple per fit set
 L2_SCALES = (1.0, 0.3, 0.1, 0.03, 0.01)
 L2_TOLERANCE = 1e-3
 # the share of the fit set's human rows inside the detector's domain (`Combiner.out_of_domain`); None: no

@@ -147,8 +147,8 @@ def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
 
 def head_weights(G, ref, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """G's and `ref`'s LM-head weights cast to `dtype` (a copy when they differ), for `batch_lm_statistics`:
-    a tied head stays fp32 for the embedding lookup, so without these each batch casts it again (casting
-    once took a one-review scoring call of the `make demo` model from 6.0 to 5.4 ms on one thread)."""
+    a tied head stays fp32 for the embedding lookup, so without these each batch casts it again (for a
+    small model, a noticeable share of a one-review scoring call)."""
     G = unwrap(G)
     return G.lm_head.weight.to(dtype), (unwrap(ref).lm_head.weight.to(dtype) if ref is not None else None)
 

@@ -24,8 +24,8 @@ SIGNALS = ("d_logit", *STATISTICS, "log_tokens", *WORD_STATISTICS)
 
 def _eval(net):
     """`net` unwrapped, in eval mode. One already in it (a scorer's) is left alone: Module.eval walks
-    every submodule, and for three networks that was an eighth of a one-review scoring call of the bench's
-    0.05M-parameter model."""
+    every submodule, and for three networks of a small model that walk is a noticeable share of a one-review
+    scoring call."""
     net = unwrap(net)
     if net.training:
         net.eval()

@@ -165,8 +165,8 @@ class GANTrainer:
         """Start D's encoder from the pretrained LM (embeddings, blocks, final norm) when the shapes match.
 
         A D trained from scratch on a few thousand examples learns slowly; the LM's features already
-        know the language (measured on the demo data: 0.78 vs 0.69 held-out accuracy after 300 vs 200
-        warm-up steps). Heads stay freshly initialised."""
+        know the language, so D reaches a better held-out accuracy in fewer warm-up steps. Heads stay
+        freshly initialised."""
         g = {k: v for k, v in self.G.state_dict().items() if k != "lm_head.weight"}
         d = self.D.state_dict()
         if any(k not in d or d[k].shape != v.shape for k, v in g.items()):
