@@ -191,9 +191,10 @@ def _scorer_table(r: dict[str, Any]) -> str:
             m = s[kind]
             name = {"calibrated": "p_human", "discriminator": "D (Platt)", "uncalibrated": "D (raw)"}.get(kind, kind)
             rows.append([f"human vs {label}" + ("" if s["in_calibration"] else " (not in calibration)"),
-                         s.get("source", "own"), name, m["auroc"], m["accuracy"], m["f1"], m["ece"],
-                         m.get("ece_floor"), m["brier"]])
-    return _table(["setting", "source", "scorer", "AUROC", "accuracy", "F1", "ECE", "ECE floor", "Brier"], rows)
+                         s.get("source", "own"), name, m["auroc"], m.get("tpr_1pct_fpr"), m.get("tpr_5pct_fpr"),
+                         m["accuracy"], m["f1"], m["ece"], m.get("ece_floor"), m["brier"]])
+    return _table(["setting", "source", "scorer", "AUROC", "TPR@1%FPR", "TPR@5%FPR", "accuracy", "F1", "ECE",
+                   "ECE floor", "Brier"], rows)
 
 
 def _fakes_table(r: dict[str, Any]) -> str:

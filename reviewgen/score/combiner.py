@@ -232,14 +232,16 @@ class Detector:
 def fit_domain(signals: Mapping[str, np.ndarray], labels: np.ndarray, names: Sequence[str],
                quantile: float = 0.99) -> tuple[dict[str, tuple[float, float]], float]:
     """The human rows' centre and spread of each signal in `names` (median and 1.4826 MAD, robust to the
-    odd outlier) and the `quantile` of their RMS z-distance from it: `Combiner.domain` and `domain_radius`."""
+    odd outlier; the standard deviation where most rows share one value, as `mixed_script` does) and the
+    `quantile` of their RMS z-distance from it: `Combiner.domain` and `domain_radius`."""
     y = np.asarray(labels)
     x = np.stack([np.asarray(signals[k], dtype=np.float64) for k in names], 1)[y == 1]
     x = x[np.isfinite(x).all(1)]
     if len(x) < 10:
         raise CombinerError(f"fit_domain: {len(x)} human rows with finite signals; need at least 10")
     c = np.median(x, 0)
-    s = np.maximum(1.4826 * np.median(np.abs(x - c), 0), 1e-6)
+    mad = 1.4826 * np.median(np.abs(x - c), 0)
+    s = np.maximum(np.where(mad > 1e-6, mad, x.std(0)), 1e-6)
     d = np.sqrt((((x - c) / s) ** 2).mean(1))
     return {k: (float(ci), float(si)) for k, ci, si in zip(names, c, s)}, float(max(np.quantile(d, quantile), 1e-6))
 
