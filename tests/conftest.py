@@ -82,3 +82,14 @@ def serve_base(ray_local):
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs seconds."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,13 +19,7 @@ from reviewgen.core.watermark import Watermark, WatermarkKey, WatermarkLogitsPro
 KEY_A, KEY_B = "a-secret-key-for-tests-0001", "another-secret-key-for-tests-2"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clean_tokens(tok: ReviewTokenizer) -> list[int]:

@@ -194,20 +194,18 @@ class Detector:
 
     def logit(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
         """The combined logit per review, each from its language's combiner."""
-        langs = np.asarray([lang if lang in self.combiners else ANY_LANGUAGE for lang in languages], dtype=object)
-        out = np.full(len(langs), np.nan)
-        for lang in set(langs):
-            rows = langs == lang
-            out[rows] = self.combiners[lang].logit({k: np.asarray(v)[rows] for k, v in signals.items()})
-        return out
+        return self._per_language(Combiner.logit, signals, languages)
 
     def out_of_domain(self, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
         """`Combiner.out_of_domain` per review, each from its language's combiner."""
+        return self._per_language(Combiner.out_of_domain, signals, languages)
+
+    def _per_language(self, fn, signals: Mapping[str, np.ndarray], languages: Sequence[str | None]) -> np.ndarray:
         langs = np.asarray([lang if lang in self.combiners else ANY_LANGUAGE for lang in languages], dtype=object)
         out = np.full(len(langs), np.nan)
         for lang in set(langs):
             rows = langs == lang
-            out[rows] = self.combiners[lang].out_of_domain({k: np.asarray(v)[rows] for k, v in signals.items()})
+            out[rows] = fn(self.combiners[lang], {k: np.asarray(v)[rows] for k, v in signals.items()})
         return out
 
     def to_dict(self) -> dict[str, Any]:
