@@ -375,3 +375,32 @@ def test_machine_thresholds_accuse_at_most_their_share_of_humans():
     assert th["zh"]["machine_1pct"] < th["zh"]["machine_5pct"]
     with pytest.raises(ValueError, match="finite"):
         machine_threshold([0.5, float("nan")], 0.01)
+
+
+def test_thresholds_from_out_of_fold_scores_keep_to_their_share_of_new_humans():
+    """A small fit set that a combiner separates in sample puts every human near p = 1, so a threshold taken
+    there accuses far more new humans than its share; the out-of-fold one does not."""
+    from reviewgen.core.metrics import machine_threshold
+    from reviewgen.score.calibration import oof_thresholds, out_of_fold_logits, prior_shift
+    from reviewgen.score.combiner import Candidate
+    from reviewgen.score.platt import apply_calibration, fit_platt
+
+    rng = np.random.default_rng(3)
+    names = tuple(f"f{i}" for i in range(40))
+
+    def draw(n, shift):
+        return {k: rng.normal(shift if k == "f0" else 0.0, 1.0, n) for k in names}
+
+    h, m = draw(40, 0.8), draw(240, -0.8)
+    sig, y = {k: np.r_[h[k], m[k]] for k in names}, np.r_[np.ones(40), np.zeros(240)]
+    shift = prior_shift(y)
+    z = out_of_fold_logits(sig, y, Candidate("noisy", names, 1e-4), seed=0)
+    platt = fit_platt(z, y, smooth_targets=True, floor=True)
+    oof = oof_thresholds(z, y, platt, shift)
+    c = fit_combiner(sig, y, names, l2=1e-4)
+    naive = machine_threshold(1.0 / (1.0 + np.exp(-(c.logit(sig)[y == 1] + shift))), 0.05)
+    new = draw(4000, 0.8)
+    assert (1.0 / (1.0 + np.exp(-(c.logit(new) + shift))) < naive).mean() > 0.15  # 3x its share or more
+    q = np.clip(apply_calibration(c.logit(new), platt), 1e-12, 1 - 1e-12)  # the scorer's Platt-scaled p_human
+    p_new = 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) + shift)))
+    assert oof["machine_1pct"] <= oof["machine_5pct"] and (p_new < oof["machine_5pct"]).mean() <= 0.05

@@ -225,10 +225,11 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
     if G is not None:
         detector = fit_detector(sig, labels, groups, langs, seed=seed)
         calib["detector"] = detector.to_dict()
-        p_human = 1.0 / (1.0 + np.exp(-detector.logit(sig, langs)))
+        calib["thresholds"] = {lang: c.info["thresholds"] for lang, c in detector.combiners.items()
+                               if c.info.get("thresholds")}
     else:
-        p_human = apply_calibration(logits, calib)
-    calib["thresholds"] = machine_thresholds(p_human[labels == 1], [x for x, y in zip(langs, labels) if y == 1])
+        calib["thresholds"] = machine_thresholds(apply_calibration(logits, calib)[labels == 1],
+                                                 [x for x, y in zip(langs, labels) if y == 1])
     return calib
 
 
@@ -336,13 +337,24 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     p = combiner.predict(signals)
     shift = prior_shift(labels[ok])
     info = dict(combiner.info, fit_auroc=auroc(labels[ok], p[ok]), fit_ece=ece(labels[ok], p[ok]),
-                fit_ece_before_platt=ece_before, platt=platt, prior_shift=shift, sources=sorted(set(machine)))
+                fit_ece_before_platt=ece_before, platt=platt, prior_shift=shift, sources=sorted(set(machine)),
+                thresholds=oof_thresholds(z, labels, platt, shift))
     # the shift applies to the logit of the bounded probability, so it is an offset after the bounds
     combiner = replace(combiner, offset=shift, info=info)
     if DOMAIN_QUANTILE is None:
         return combiner
     domain, radius = fit_domain(signals, labels, sorted({base_signal(f) for f in combiner.features}), DOMAIN_QUANTILE)
     return replace(combiner, domain=domain, domain_radius=radius)
+
+
+def oof_thresholds(z: np.ndarray, labels: np.ndarray, platt: dict[str, float], shift: float) -> dict[str, float]:
+    """`FALSE_ACCUSATION_RATES` thresholds on the out-of-fold p_human of the human rows (Platt-scaled, under
+    the 1:1 prior): in-sample p_human of a small, well-separated fit set is near 1 for every human, and a
+    threshold taken there would accuse far more than its share of new human reviews."""
+    q = np.clip(apply_calibration(z, platt), 1e-12, 1 - 1e-12)
+    p = 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) + shift)))
+    h = p[(np.asarray(labels) == 1) & np.isfinite(p)]
+    return {k: machine_threshold(h, r) for k, r in FALSE_ACCUSATION_RATES.items()} if len(h) else {}
 
 
 def choose_l2(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,
