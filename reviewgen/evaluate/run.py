@@ -175,7 +175,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
                                             keys + x_keys, sc_samples, temperatures, train, c.n_baseline_train,
                                             seeds[0], dev, log, ood=ood)
     if c.fakes is not None:
-        scorer_m["fakes"] = fakes_section(scorer, c.fakes, log)
+        scorer_m["fakes"] = fakes_section(scorer, c.fakes, seed=seeds[0], log=log)
     result: dict[str, Any] = {
         "meta": run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p,
                          copy_span, fast, emb, pool_note, str(dev)),
