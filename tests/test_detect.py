@@ -363,7 +363,7 @@ def test_out_of_domain_moves_a_human_claim_to_the_prior_on_a_hand_built_shift(tm
 
 def test_machine_thresholds_accuse_at_most_their_share_of_humans():
     from reviewgen.core.metrics import machine_threshold, tpr_at_fpr
-    from reviewgen.score.calibration import machine_thresholds
+    from reviewgen.score.thresholds import machine_thresholds
 
     rng = np.random.default_rng(1)
     h, m = rng.uniform(0, 1, 1000), rng.uniform(0, 0.2, 500)
@@ -381,7 +381,8 @@ def test_thresholds_from_out_of_fold_scores_keep_to_their_share_of_new_humans():
     """A small fit set that a combiner separates in sample puts every human near p = 1, so a threshold taken
     there accuses far more new humans than its share; the out-of-fold one does not."""
     from reviewgen.core.metrics import machine_threshold
-    from reviewgen.score.calibration import oof_thresholds, out_of_fold_logits, prior_shift
+    from reviewgen.score.calibration import out_of_fold_logits, prior_shift
+    from reviewgen.score.thresholds import oof_thresholds
     from reviewgen.score.combiner import Candidate
     from reviewgen.score.platt import apply_calibration, fit_platt
 

@@ -30,7 +30,8 @@ from reviewgen.core.checkpoint import content_version
 from reviewgen.core.metrics import auroc, ece, machine_threshold, tpr_at_fpr
 from reviewgen.core.text import detect_language
 from reviewgen.score.adapted import LEXICAL, THRESHOLD_KEYS, ZERO_SHOT, AdaptedDetector, LanguageModel, sha256_file
-from reviewgen.score.calibration import FALSE_ACCUSATION_RATES, prior_shift
+from reviewgen.score.calibration import prior_shift
+from reviewgen.score.thresholds import FALSE_ACCUSATION_RATES
 from reviewgen.score.combiner import fit_combiner
 from reviewgen.score.lexical import HashedCounts, LexicalSettings, fit_lexical, hash_counts
 from reviewgen.score.platt import fit_platt

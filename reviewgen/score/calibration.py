@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from reviewgen.core.encoding import conditions
-from reviewgen.core.metrics import auroc, ece, log_loss, machine_threshold
+from reviewgen.core.metrics import auroc, ece, log_loss
 from reviewgen.core.models import unwrap
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
@@ -70,6 +70,7 @@ from reviewgen.score.combiner import (ANY_LANGUAGE, Candidate, Combiner, Detecto
                                      fit_domain, select_combiner)
 from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.score.signals import review_signals
+from reviewgen.score.thresholds import machine_thresholds, oof_thresholds
 from reviewgen.score.wordlm import WordNgramLM
 
 
@@ -229,26 +230,8 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
                                if c.info.get("thresholds")}
     else:
         calib["thresholds"] = machine_thresholds(apply_calibration(logits, calib)[labels == 1],
-                                                 [x for x, y in zip(langs, labels) if y == 1])
+                                                 [x for x, y in zip(langs, labels) if y == 1], MIN_LANGUAGE_ROWS)
     return calib
-
-
-# the false-accusation rates whose p_human thresholds calibration.json stores (`machine_thresholds`)
-FALSE_ACCUSATION_RATES = {"machine_1pct": 0.01, "machine_5pct": 0.05}
-
-
-def machine_thresholds(p_human: np.ndarray, languages: Sequence[str | None]) -> dict[str, dict[str, float]]:
-    """p_human thresholds that flag `FALSE_ACCUSATION_RATES` of these human reviews as machine-written:
-    per language with at least `MIN_LANGUAGE_ROWS` reviews, and pooled (`ANY_LANGUAGE`)."""
-    p = np.asarray(p_human, dtype=np.float64)
-    langs = np.asarray(["" if x is None else x for x in languages], dtype=object)
-    ok = np.isfinite(p)
-    out = {}
-    for lang in [ANY_LANGUAGE, *sorted(set(langs[ok]) - {""})]:
-        rows = ok if lang == ANY_LANGUAGE else ok & (langs == lang)
-        if rows.sum() >= (1 if lang == ANY_LANGUAGE else MIN_LANGUAGE_ROWS):
-            out[lang] = {k: machine_threshold(p[rows], r) for k, r in FALSE_ACCUSATION_RATES.items()}
-    return out
 
 
 def finite_rows(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, int]]:
@@ -345,16 +328,6 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
         return combiner
     domain, radius = fit_domain(signals, labels, sorted({base_signal(f) for f in combiner.features}), DOMAIN_QUANTILE)
     return replace(combiner, domain=domain, domain_radius=radius)
-
-
-def oof_thresholds(z: np.ndarray, labels: np.ndarray, platt: dict[str, float], shift: float) -> dict[str, float]:
-    """`FALSE_ACCUSATION_RATES` thresholds on the out-of-fold p_human of the human rows (Platt-scaled, under
-    the 1:1 prior): in-sample p_human of a small, well-separated fit set is near 1 for every human, and a
-    threshold taken there would accuse far more than its share of new human reviews."""
-    q = np.clip(apply_calibration(z, platt), 1e-12, 1 - 1e-12)
-    p = 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) + shift)))
-    h = p[(np.asarray(labels) == 1) & np.isfinite(p)]
-    return {k: machine_threshold(h, r) for k, r in FALSE_ACCUSATION_RATES.items()} if len(h) else {}
 
 
 def choose_l2(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,

@@ -125,7 +125,7 @@ class Scorer:
         self._heads = head_weights(self.G, self.ref, inference_dtype(self.device))
         self.wordlm: WordNgramLM | None = None
         self.detector: Detector | None = None
-        # p_human thresholds per language (`calibration.machine_thresholds`); only for the p_human they were
+        # p_human thresholds per language (`reviewgen.score.thresholds`); only for the p_human they were
         # fitted on, so a detector model that falls back to D alone has none
         calib = self.calibration or {}
         self.thresholds: dict[str, dict[str, float]] = {} if "detector" in calib else dict(calib.get("thresholds") or {})
