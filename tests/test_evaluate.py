@@ -47,31 +47,31 @@ def evaluated(tiny_model, prepared_data, tmp_path_factory):
 def _fakes_file(model: Path, data: Path, path: Path) -> Path:
     """Another generator's labelled reviews: the out-of-family stand-in is the MLE checkpoint at top-k 5."""
     test = load_split(data, "test")
-    test = test[test["language"] == "en"].head(120)
+    test = test[test["language"] == "en"].head(200)
     mle = load_checkpoint(model / "mle")
     machine = generate_texts(mle.generator, mle.tokenizer, conditions(test), [f"f{i}" for i in range(len(test))],
                              temperature=1.0, top_k=5)
     pd.DataFrame({"text": test["text"].astype(str).tolist() + machine, "is_generated": [0] * len(test) + [1] * len(test),
                   "language": test["language"].tolist() * 2,
-                  "hotel_name": test["product_id"].astype(str).tolist() * 2}).to_parquet(path)
+                  "hotel_name": [f"h{i % 10}" for i in range(len(test))] * 2}).to_parquet(path)
     return path
 
 
 def test_the_fakes_file_is_judged_per_language_and_length_bin(evaluated) -> None:
     _, out, r = evaluated
     f = r["scorer"]["fakes"]
-    assert f["rows"] == 240 and list(f["languages"]) == ["en"]
+    assert f["rows"] == 400 and list(f["languages"]) == ["en"]
     for lang, m in f["languages"].items():
-        assert m["n_human"] + m["n_machine"] + m["unscored"] == 240 and 0.0 <= m["auroc"] <= 1.0
+        assert m["n_human"] + m["n_machine"] + m["unscored"] == 400 and 0.0 <= m["auroc"] <= 1.0
         assert len(m["length_bins"]) >= 2 and sum(b["n"] for b in m["length_bins"]) == m["n_human"] + m["n_machine"]
         assert m["worst_bin_auroc"] == min(b["auroc"] for b in m["length_bins"] if b["auroc"] is not None)
         assert 0.0 <= m["confident_human"] <= 1.0 and 0.0 <= m["tpr_1pct_fpr"] <= m["tpr_5pct_fpr"] <= 1.0
     assert "fakes file fakes.parquet" in r["targets"]["scorer_detection"]["detail"]
     # the calibrate path: fitted on half of the file's groups, reported on the other half's reviews
     cal = f["calibrate"]
-    assert cal["evaluation"] == "held-out hotel_name half", cal
+    assert cal.get("evaluation") == "held-out hotel_name half", cal
     en = next(x for x in cal["languages"] if x["language"] == "en")
-    assert en["adapted"] and en["rows"] < 240 and 0.0 <= en["auroc"] <= 1.0
+    assert en["adapted"] and en["rows"] < 400 and 0.0 <= en["auroc"] <= 1.0
     assert "Another generator's reviews" in (out / "report.md").read_text()
     for s in r["scorer"]["settings"].values():  # every source reports its catch rate at 1% / 5% FPR
         assert 0.0 <= s["calibrated"]["tpr_1pct_fpr"] <= s["calibrated"]["tpr_5pct_fpr"] <= 1.0

@@ -186,7 +186,9 @@ def test_readyz_is_503_when_the_model_fails_to_load(serve_base, tiny_model, tmp_
             serve.run(build_app(broken, CFG), name="broken", route_prefix="/broken", blocking=False)
         r = httpx.get(f"{serve_base}/broken/readyz", timeout=30)
         assert r.status_code == 503, r.text
-        assert r.json()["error"]["code"] == "not_ready" and "no model replica running" in r.json()["error"]["message"]
+        msg = r.json()["error"]["message"]
+        # the failed replica may still be stopping when the probe arrives (seen on a loaded machine)
+        assert r.json()["error"]["code"] == "not_ready" and ("no model replica running" in msg or "stopping" in msg), msg
         assert httpx.get(f"{serve_base}/broken/healthz", timeout=10).status_code == 200
     finally:
         serve.delete("broken")
