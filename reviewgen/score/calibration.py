@@ -124,9 +124,8 @@ CALIBRATION_ROWS = 1000
 # can carry more should get a weaker prior: cross-validation picks the multiple per fit set
 L2_SCALES = (1.0, 0.3, 0.1, 0.03, 0.01)
 L2_TOLERANCE = 1e-3
-# the share of the fit set's human rows inside the detector's domain (`Combiner.out_of_domain`); None: no
-# domain, p_human claims human authorship wherever the combiner says so
-DOMAIN_QUANTILE: float | None = 0.99
+# the share of the fit set's human rows inside the detector's domain (`Combiner.out_of_domain`)
+DOMAIN_QUANTILE = 0.99
 # a language gets its own combiner with at least this many human and this many machine-written rows
 MIN_LANGUAGE_ROWS = 40
 DETECTOR_CANDIDATES = (
@@ -207,8 +206,7 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
     all_conds = conds + fake_conds
     sig = review_signals(D, G, tok, all_conds, real_texts + fake_texts, ref=ref, wordlm=wordlm, device=device)
     labels = np.r_[np.ones(len(real_texts)), np.zeros(len(fake_texts))]
-    keep, nonfinite = finite_rows(sig)
-    sig = {k: np.asarray(v)[keep] for k, v in sig.items()}
+    sig, keep, nonfinite = finite_rows(sig)
     labels, all_conds = labels[keep], [c for c, k in zip(all_conds, keep) if k]
     groups = [g for g, k in zip(groups, keep) if k]
     if len(np.unique(labels)) < 2:
@@ -234,24 +232,24 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
     return calib
 
 
-def finite_rows(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, int]]:
-    """Rows whose every usable signal is finite, and how many non-finite values each signal had. A signal
+def finite_rows(signals: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    """The signals on the rows whose every usable signal is finite, that row mask, and how many non-finite
+    values each signal had. A signal
     that is NaN on every row was not computed (e.g. no word model) and is ignored. One that overflows on
     some rows (a badly scaled base model) leaves those rows out of the fit instead of failing it; one that
     is non-finite on most rows is made NaN everywhere, so the fit chooses among candidates without it."""
     n = len(next(iter(signals.values()))) if signals else 0
     keep = np.ones(n, dtype=bool)
-    counts = {}
+    counts, out = {}, dict(signals)
     for k, v in signals.items():
-        x = np.asarray(v, dtype=np.float64)
-        fin = np.isfinite(x)
+        fin = np.isfinite(np.asarray(v, dtype=np.float64))
         if fin.any() and not fin.all():
             counts[k] = int((~fin).sum())
             if fin.mean() >= 0.5:
                 keep &= fin
             else:
-                signals[k] = np.full(n, np.nan)
-    return keep, counts
+                out[k] = np.full(n, np.nan)
+    return {k: np.asarray(v)[keep] for k, v in out.items()}, keep, counts
 
 
 def prior_shift(labels: np.ndarray) -> float:
@@ -323,11 +321,8 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
                 fit_ece_before_platt=ece_before, platt=platt, prior_shift=shift, sources=sorted(set(machine)),
                 thresholds=oof_thresholds(z, labels, platt, shift))
     # the shift applies to the logit of the bounded probability, so it is an offset after the bounds
-    combiner = replace(combiner, offset=shift, info=info)
-    if DOMAIN_QUANTILE is None:
-        return combiner
     domain, radius = fit_domain(signals, labels, sorted({base_signal(f) for f in combiner.features}), DOMAIN_QUANTILE)
-    return replace(combiner, domain=domain, domain_radius=radius)
+    return replace(combiner, offset=shift, info=info, domain=domain, domain_radius=radius)
 
 
 def choose_l2(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,

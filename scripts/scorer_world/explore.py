@@ -20,9 +20,12 @@ def fit(fit_sources, domain_q=0.99, candidates=None):
     v = df[(df.source == "val_human") | df.source.isin(fit_sources)]
     y = (v.label == 1).astype(float).to_numpy()
     groups = ["human" if s == "val_human" else group(s) for s in v.source]
-    C.DOMAIN_QUANTILE = domain_q
+    C.DOMAIN_QUANTILE = domain_q or 0.99
     if candidates is not None: C.DETECTOR_CANDIDATES = candidates
-    return C.fit_detector(S(v), y, groups, v.language.tolist())
+    det = C.fit_detector(S(v), y, groups, v.language.tolist())
+    if domain_q is None:  # the variant without the out-of-domain measure
+        det = replace(det, combiners={k: replace(c, domain={}, domain_radius=0.0) for k, c in det.combiners.items()})
+    return det
 def p_of(det, d):
     return 1 / (1 + np.exp(-det.logit(S(d), d.language.tolist())))
 def report(det, name=""):
