@@ -58,7 +58,8 @@ def test_phases_advance_and_adversarial_step_changes_both_models(setup):
     assert tr.phase == "adv"
     g0, d0, ref0 = params_of(tr.G), params_of(tr.D), params_of(tr.ref)
     res = tr.train_step(next(batches))
-    assert res.phase == "adv" and {"pg_loss", "kl", "reward", "d_loss", "d_acc"} <= set(res.metrics)
+    assert res.phase == "adv" and {"pg_loss", "kl", "reward", "r_rating", "r_category", "d_loss",
+                                   "d_acc"} <= set(res.metrics)
     assert not torch.equal(g0, params_of(tr.G))
     assert not torch.equal(d0, params_of(tr.D))
     assert torch.equal(ref0, params_of(tr.ref))  # the KL anchor stays frozen
@@ -67,6 +68,64 @@ def test_phases_advance_and_adversarial_step_changes_both_models(setup):
     assert tr.phase == "done"
     with pytest.raises(RuntimeError):
         tr.train_step(next(batches))
+
+
+class ToyClassifier(torch.nn.Module):
+    """A frozen 'classifier' for the condition-reward test: the logit of class 0 (the target) grows with the
+    share of review tokens with an even id."""
+
+    def __init__(self, prefix_len, pad_id, n_ratings=5, n_categories=8):
+        super().__init__()
+        self.P, self.pad, self.shape = prefix_len, pad_id, (n_ratings, n_categories)
+
+    def forward(self, full):
+        from reviewgen.core.models import DiscriminatorOutput
+
+        review = full[:, self.P:]
+        keep = review != self.pad
+        frac = ((review % 2 == 0) & keep).float().sum(1) / keep.float().sum(1).clamp_min(1)
+        logits = [torch.cat([8 * frac[:, None], torch.full((len(full), n - 1), 4.0)], 1) for n in self.shape]
+        return DiscriminatorOutput(torch.zeros(review.shape), torch.zeros(len(full)), *logits)
+
+    def target_prob(self, full, term):
+        out = self(full)
+        return (out.rating_logits if term == "rating" else out.category_logits).softmax(-1)[:, 0].mean().item()
+
+
+@pytest.mark.parametrize("term", ["rating", "category"])
+def test_each_condition_reward_raises_the_target_probability(setup, term):
+    """A few adversarial steps with only one condition term (no anchors) raise the frozen classifier's
+    probability of the target class; the realness-only run, same seed and steps, does not move it as much."""
+    gains = {}
+    for weight in (0.0, 5.0):
+        tr, batches = new_trainer(setup, mle_steps=15, lr_g=3e-3, disc_warmup_steps=1, adv_steps=40,
+                                  kl_coef=0.0, mle_coef=0.0, lr_g_adv=1e-2, seq_reward_weight=0.0,
+                                  rating_reward_weight=weight if term == "rating" else 0.0,
+                                  category_reward_weight=weight if term == "category" else 0.0)
+        while tr.phase != "adv":
+            tr.train_step(next(batches))
+        tr.cond = ToyClassifier(tr.tk.prefix_len, tr.tk.pad_id)
+        probe = next(batches)["ids"][:, :tr.tk.prefix_len]
+        before = tr.cond.target_prob(tr.sample_fakes(probe, 4), term)
+        for _ in range(20):
+            b = next(batches)
+            b = dict(b, rating=torch.zeros_like(b["rating"]), category=torch.zeros_like(b["category"]))
+            m = tr.train_step(b).metrics
+            assert f"r_{term}" in m
+        gains[weight] = tr.cond.target_prob(tr.sample_fakes(probe, 4), term) - before
+    assert gains[5.0] > 0.05 and gains[5.0] > gains[0.0] + 0.05, gains
+
+
+def test_terminal_reward_lands_on_each_rows_last_token():
+    """Returns are terminal at the last token and gamma^k * terminal k tokens earlier; the group baseline
+    then subtracts the mean over the rows still writing at that position."""
+    from reviewgen.core.losses import add_terminal, group_advantages
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    r = add_terminal(torch.zeros(2, 4), mask, torch.tensor([1.0, -2.0]), gamma=0.5)
+    adv = group_advantages(r, mask, group_size=2, gamma=0.5)
+    # returns: row 0 [0.25, 0.5, 1, 0], row 1 [-1, -2, 0, 0]
+    assert torch.allclose(adv, torch.tensor([[0.625, 1.25, 0.0, 0.0], [-0.625, -1.25, 0.0, 0.0]]))
 
 
 def test_group_baseline_has_zero_mean_per_prompt():
@@ -93,6 +152,9 @@ def test_save_load_identical_outputs_and_resume(setup, tmp_path):
     tr2, batches2 = new_trainer(setup, mle_steps=3, disc_warmup_steps=2, adv_steps=4)
     batches2.load_state_dict(tr2.resume_from(tmp_path / "ck")["loader"])
     assert (tr2.phase, tr2.step, tr2.global_step) == (tr.phase, tr.step, tr.global_step)
+    # the condition rewards' frozen judge comes back as it was frozen, not as D is now
+    assert tr2.cond is not None and torch.equal(params_of(tr2.cond), params_of(tr.cond))
+    assert not torch.equal(params_of(tr2.cond), params_of(tr2.D))
     s1, s2 = tr.opt_g.state_dict()["state"], tr2.opt_g.state_dict()["state"]
     assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
     batches.load_state_dict(batches2.state_dict())

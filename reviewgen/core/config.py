@@ -122,6 +122,10 @@ class TrainConfig:
     sample_top_p: float = 1.0
     gamma: float = 0.95  # discount for per-token return-to-go
     seq_reward_weight: float = 0.5  # mixes the sequence-level D score into every token's reward
+    # condition rewards at each review's end: log p(target rating / category) under D's heads frozen at the
+    # end of D's warm-up (0 turns a term off; both 0 = realness only)
+    rating_reward_weight: float = 0.5
+    category_reward_weight: float = 0.5
     kl_coef: float = 0.05  # KL anchor to the frozen MLE generator
     mle_coef: float = 0.5  # MLE anchor on real reviews, against collapse
     d_steps_per_g_step: int = 1

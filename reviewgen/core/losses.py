@@ -141,6 +141,35 @@ def dense_rewards(D, full: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> tuple[
     return r * mask, mask
 
 
+@torch.no_grad()
+def condition_rewards(C, full: torch.Tensor, rating: torch.Tensor, category: torch.Tensor,
+                      cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """Per-row reward for writing the review that was asked for: the weighted log-probability, under the
+    frozen classifier C (D's rating and category heads frozen at the end of D's warm-up), of the target
+    rating and category. Rows without a target (rating or category -100) get 0 for that term. C is frozen so
+    that G cannot chase a target that moves with it."""
+    out = C(full)
+    terms = {}
+    total = torch.zeros(full.shape[0], device=full.device)
+    for name, logits, target, w in (("rating", out.rating_logits, rating, cfg.rating_reward_weight),
+                                    ("category", out.category_logits, category, cfg.category_reward_weight)):
+        has = target >= 0
+        lp = torch.log_softmax(logits.float(), -1).gather(1, target.clamp_min(0)[:, None]).squeeze(1) * has
+        terms[f"r_{name}"] = float(lp.sum() / has.sum().clamp_min(1))
+        total += w * lp
+    return total, terms
+
+
+def add_terminal(rewards: torch.Tensor, mask: torch.Tensor, terminal: torch.Tensor, gamma: float) -> torch.Tensor:
+    """`rewards` with a per-row reward at each row's last review token, scaled by 1 / (1 - gamma) so that
+    after `group_advantages`' (1 - gamma) scaling it adds exactly `terminal` to the last token's return and
+    gamma^k * terminal to the token k steps earlier."""
+    last = (mask.sum(1).long() - 1).clamp_min(0)
+    bonus = torch.zeros_like(rewards)
+    bonus.scatter_(1, last[:, None], (terminal / (1 - gamma))[:, None].to(rewards.dtype))
+    return rewards + bonus * mask
+
+
 def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float) -> torch.Tensor:
     """Discounted return-to-go per token minus the group-mean return at the same position.
 
@@ -160,16 +189,18 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
 
 
 def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, cfg: TrainConfig,
-                     tk: Tokens) -> dict:
+                     tk: Tokens, *, terminal: torch.Tensor | None = None) -> dict:
     """One policy-gradient step on G.
 
     `fake_full` holds `group_size` samples per prompt (rows grouped consecutively). The loss is
-    REINFORCE with dense per-token D rewards and a group-mean baseline, plus a KL anchor to the frozen
-    MLE generator `ref` and an MLE anchor on the real rows of `batch`.
+    REINFORCE with dense per-token D rewards (plus an optional per-row `terminal` reward at each review's
+    end, such as `condition_rewards`) and a group-mean baseline, plus a KL anchor to the frozen MLE
+    generator `ref` and an MLE anchor on the real rows of `batch`.
     """
     real = batch["ids"]
     n_fake = fake_full.shape[0]
-    rewards, mask = dense_rewards(D, fake_full, cfg, tk)
+    realness, mask = dense_rewards(D, fake_full, cfg, tk)
+    rewards = realness if terminal is None else add_terminal(realness, mask, terminal, cfg.gamma)
     adv = group_advantages(rewards, mask, cfg.group_size, cfg.gamma)
     with autocast_for(real.device):
         both = torch.cat([fake_full, real])
@@ -189,5 +220,5 @@ def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, cfg: 
     gnorm = clip_and_step(G, opt, cfg.grad_clip)
     n_tok = mask.sum()
     return {"g_loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(), "g_mle": mle.item(),
-            "reward": float(rewards.sum() / n_tok.clamp_min(1)), "fake_len": float(mask.sum(1).float().mean()),
+            "reward": float(realness.sum() / n_tok.clamp_min(1)), "fake_len": float(mask.sum(1).float().mean()),
             "g_grad_norm": gnorm, "tokens": int(n_tok + real_mask.sum())}

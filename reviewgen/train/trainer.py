@@ -24,7 +24,7 @@ from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import to_tensor, build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.hf_import import HFImportError, HFInit, init_from_hf
-from reviewgen.core.losses import Tokens, adversarial_step, disc_step, mle_step
+from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
@@ -113,6 +113,7 @@ class GANTrainer:
         self.opt_g = torch.optim.AdamW(self.G.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, betas=(0.9, 0.95))
         self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=t.lr_d, weight_decay=t.d_weight_decay, betas=(0.5, 0.999))
         self.ref: Generator | None = None
+        self.cond: Discriminator | None = None  # D frozen at the end of its warm-up: the condition rewards' judge
         self.tk = Tokens(pad_id=tok.pad_id, eos_id=tok.eos_id, prefix_len=cfg.tokenizer.prefix_len)
         self.phase, self.step, self.global_step = "mle", 0, 0
         T = cfg.tokenizer.prefix_len + cfg.tokenizer.max_review_len
@@ -160,6 +161,12 @@ class GANTrainer:
         if phase == "adv":
             for g in self.opt_g.param_groups:
                 g["lr"] = self.cfg.train.lr_g_adv
+            if self.cond is None and self._uses_conditions():
+                self.cond = copy.deepcopy(self.D).eval().requires_grad_(False)
+
+    def _uses_conditions(self) -> bool:
+        t = self.cfg.train
+        return t.rating_reward_weight != 0 or t.category_reward_weight != 0
 
     def _init_discriminator_from_generator(self) -> bool:
         """Start D's encoder from the pretrained LM (embeddings, blocks, final norm) when the shapes match.
@@ -253,7 +260,9 @@ class GANTrainer:
             # workers' prompts is then exactly the single-process choice (split-invariant)
             prompts = batch["ids"][:: t.group_size][:n_prompts, :P]
             fake = self.sample_fakes(prompts, repeats=t.group_size)
-            m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, t, self.tk)
+            terminal, terms = self._condition_rewards(batch, fake)
+            m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, t, self.tk, terminal=terminal)
+            m.update(terms)
             for _ in range(t.d_steps_per_g_step):
                 d_fake = self._replay_mix(fake[: batch["ids"].shape[0]])
                 m.update(disc_step(self.d, self.opt_d, batch, d_fake, t, self.tk))
@@ -270,6 +279,20 @@ class GANTrainer:
             self._skip_empty_phases()
         return StepResult(phase, step, m, done)
 
+    def _condition_rewards(self, batch: dict[str, torch.Tensor], fake: torch.Tensor):
+        """The terminal condition reward of each fake row (targets: its prompt's rating and category), and
+        each term's mean log-probability for the log; (None, {}) when the condition weights are 0."""
+        if self.cond is None:
+            return None, {}
+        g = self.cfg.train.group_size
+        n = fake.shape[0] // g
+
+        def targets(x):
+            return x[::g][:n].repeat_interleave(g)
+
+        return condition_rewards(self.cond, fake, targets(batch["rating"]), targets(batch["category"]),
+                                 self.cfg.train)
+
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self, run_state: dict | None = None) -> dict[str, Any]:
         """Everything needed to resume, as tensors and primitives (loads with weights_only=True).
@@ -280,6 +303,7 @@ class GANTrainer:
             "rng_cpu": self.rng.get_state(),
             "rng_cuda": [self.cuda_rng_state] if self._cuda else [],
             "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(), "replay_n": self.replay_n,
+            "cond": None if self.cond is None else self.cond.state_dict(),
             "run": run_state or {},
         }
 
@@ -297,6 +321,10 @@ class GANTrainer:
         self.rng.set_state(s["rng_cpu"])
         if s.get("rng_cuda") and self._cuda:
             self.cuda_rng_state = s["rng_cuda"][0]
+        if s.get("cond") is not None:
+            self.cond = copy.deepcopy(self.D)
+            self.cond.load_state_dict(s["cond"])
+            self.cond.eval().requires_grad_(False)
         rep = s["replay"]
         self.replay[: len(rep)] = rep
         self.replay_n = int(s["replay_n"])
