@@ -88,7 +88,7 @@ def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, 
     # the latest step's time: phases cost very differently per step, so a run-long average misleads
     rate = m.get("step_time_s") or elapsed / max(1, step)
     eta = remaining_steps * rate
-    keys = ("g_loss", "pg_loss", "kl", "reward", "d_loss", "d_acc", "val_nll")
+    keys = ("g_loss", "pg_loss", "kl", "reward", "r_rating", "r_category", "d_loss", "d_acc", "val_nll")
     parts = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
     budget = f" budget left {max(0.0, budget_left) / 60:.1f} min" if budget_left is not None else ""
     return (f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} "
