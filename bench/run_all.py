@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("sampling", "train", "train_rate", "generate", "serve", "score", "watermark")
+BENCHES = ("sampling", "train", "train_rate", "generate", "serve", "score", "watermark", "lora")
 TIMEOUT_S = {"sampling": 1200, "train": 1800, "train_rate": 1800, "generate": 3600, "serve": 1800, "score": 1800,
-             "watermark": 1800}
+             "watermark": 1800, "lora": 3600}
 
 
 def _child(name: str, quick: bool, threads: int | None, result_path: str) -> None:
@@ -312,8 +312,14 @@ def _md_watermark(x: dict[str, Any]) -> list[str]:
     return markdown(x)
 
 
+def _md_lora(x: dict[str, Any]) -> list[str]:
+    from bench.bench_lora import render_md as lora_md
+
+    return lora_md(x).splitlines()[2:]  # without its own title
+
+
 RENDER = {"sampling": _md_sampling, "train": _md_train, "train_rate": _md_train_rate, "generate": _md_generate,
-          "serve": _md_serve, "score": _md_score, "watermark": _md_watermark}
+          "serve": _md_serve, "score": _md_score, "watermark": _md_watermark, "lora": _md_lora}
 
 
 def main(argv: list[str] | None = None) -> int:

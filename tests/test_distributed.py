@@ -119,13 +119,18 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: dict) -> None:
         os.kill(killed["pid"], signal.SIGKILL)
 
 
+LORA = {"generator.lora.rank": 4, "discriminator.lora.rank": 4, "discriminator.n_layer": 2}  # D on G's base
+
+
 @pytest.mark.timeout(400)
 def test_lost_worker_resumes_from_latest_checkpoint(ray_local, prepared_data, tiny_config, tmp_path):
+    """With LoRA adapters on G and D (one shared base): a lost worker's run resumes from its latest
+    checkpoint, and the final model samples, scores and exports (merged, and as PEFT adapters)."""
     out = tmp_path / "out"
     killed: dict = {}
     # long enough (in steps) that the kill lands mid-run; a checkpoint every 20 steps
     cfg = _cfg(tiny_config, 4, mle_steps=400, disc_warmup_steps=3, adv_steps=3, checkpoint_every=20,
-               eval_every=50, log_every=50)
+               eval_every=50, log_every=50).override(LORA)
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(out / "runs" / "ft", killed))
     killer.start()
     final = run_distributed_training(_job(prepared_data, out, num_workers=2, name="ft", max_failures=1,
@@ -141,6 +146,29 @@ def test_lost_worker_resumes_from_latest_checkpoint(ray_local, prepared_data, ti
     meta = json.loads((final / "meta.json").read_text())
     assert meta["global_step"] == 406 and meta["complete"] and len(meta["version"]) == 16
     assert (out / "mle" / "train_state.pt").is_file()
+    _assert_lora_model_works(final, tmp_path)
+
+
+def _assert_lora_model_works(final: Path, tmp_path: Path) -> None:
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.core.hf_adapters import export_adapters
+    from reviewgen.core.hf_export import export_hf
+    from reviewgen.core.lora import lora_layers
+    from reviewgen.core.sampling import generate_texts
+    from reviewgen.core.tokenizer import Condition
+    from reviewgen.score.scorer import Scorer
+
+    assert json.loads((final / "meta.json").read_text())["lora_base"]["kind"] == "file"
+    ck = load_checkpoint(final)
+    assert any(m.lora_B.abs().sum() > 0 for _, m in lora_layers(ck.generator))  # the adapters trained
+    assert ck.discriminator.tok_emb.weight.data_ptr() == ck.generator.tok_emb.weight.data_ptr()
+    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0, temperature=1.0)
+    assert len(texts) == 1
+    res = Scorer(final).score([{"text": "Works well and the battery lasts.", "language": "en"}])
+    assert 0.0 <= res["p_human"][0] <= 1.0
+    assert (export_hf(final, tmp_path / "hf") / "model.safetensors").is_file()
+    peft_dir = export_adapters(final, tmp_path / "adapters")
+    assert json.loads((peft_dir / "adapter_config.json").read_text())["target_modules"] == ["c_attn", "c_fc", "c_proj"]
 
 
 @pytest.mark.timeout(300)

@@ -270,3 +270,68 @@ def test_gpt2_hub_layout_without_prefix_and_with_mask_buffers(gpt2_dir):
     save_file(dict(sd, **{"h.0.attn.c_proj.lora": torch.zeros(2)}), str(f))
     with pytest.raises(HFImportError, match=r"model\.safetensors: unexpected tensor 'h\.0\.attn\.c_proj\.lora'"):
         _load(gpt2_dir)
+
+
+# -- LoRA adapters on an imported base -------------------------------------------------------------
+
+def _lora_cfg() -> RunConfig:
+    return _run_cfg().override({"generator.lora.rank": 4, "generator.lora.alpha": 8.0, "discriminator.lora.rank": 4})
+
+
+def test_lora_merge_and_peft_adapters_match_transformers(base, tmp_path):
+    """Adapters trained (here: randomised) on an imported base: the merged export and the PEFT adapter
+    directory on the exported base both give our LoRA generator's logits in transformers."""
+    from reviewgen.core.checkpoint import BaseMismatchError
+    from reviewgen.core.hf_adapters import export_adapters
+    from reviewgen.core.lora import lora_layers
+
+    family, d, hf, vocab = base
+    own_base = tmp_path / "base"
+    shutil.copytree(d, own_base)
+    init = init_from_hf(own_base, _lora_cfg())
+    G = init.generator.eval()
+    x = torch.randint(0, vocab, (2, P + R), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(G(x)[..., :vocab], _base_of(init)(x)[..., :vocab])  # fresh: the base
+        g = torch.Generator().manual_seed(5)
+        for _, m in lora_layers(G):
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.2)
+    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"], tokenizer=init.tokenizer,
+                              generator=G, discriminator=init.discriminator, meta={"base": init.meta})
+    assert json.loads((run_dir / "meta.json").read_text())["lora_base"]["kind"] == "hf"
+    ours = load_checkpoint(run_dir).generator.eval()
+    tok = init.tokenizer
+    x = tok.encode_examples([Condition("Fire HD 8", "Tablets", 5), Condition("Echo", "Speakers", 1)],
+                            ["Great tablet.", "Broke."])
+    with torch.no_grad():
+        want = ours(x)
+        assert torch.equal(want, G(x))
+        merged = transformers.AutoModelForCausalLM.from_pretrained(export_hf(run_dir, tmp_path / "hf")).eval()
+        assert (merged(x).logits - want).abs().max().item() < ATOL
+    out = export_adapters(run_dir, tmp_path / "adapters", with_base=True)
+    doc = json.loads((out / "adapter_config.json").read_text())
+    expect = {"gpt2": ["c_attn", "c_fc", "c_proj"]}.get(
+        family, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"])
+    assert doc["peft_type"] == "LORA" and doc["r"] == 4 and doc["lora_alpha"] == 8.0 and doc["target_modules"] == expect
+    from safetensors.torch import load_file
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    assert all(k.startswith("base_model.model.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in tensors)
+    try:
+        import peft
+    except ImportError:  # schema check only
+        peft = None
+    if peft is not None:
+        back = transformers.AutoModelForCausalLM.from_pretrained(out / "base")
+        lora = peft.PeftModel.from_pretrained(back, out).eval()
+        with torch.no_grad():
+            assert (lora(x).logits - want).abs().max().item() < ATOL
+    # the base the adapters were trained on is verified by hash
+    weights = sorted(own_base.glob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(BaseMismatchError, match="sha256|cannot be read"):
+        load_checkpoint(run_dir)
+
+
+def _base_of(init):
+    from reviewgen.core.models import base_view
+    return base_view(init.generator)

@@ -98,20 +98,35 @@ def export(
                                 "generate and serve jobs (serving files + content-hash version). hf: the "
                                 "generator as a Hugging Face model directory (config.json, model.safetensors, "
                                 "tokenizer with the condition tokens, README.md with the prompt layout) that "
-                                "transformers, vLLM and ray.data.llm load."),
+                                "transformers, vLLM and ray.data.llm load. A LoRA generator's adapters are merged "
+                                "into full weights."),
+    adapters: bool = typer.Option(False, "--adapters", help="With --format hf and a LoRA model: write the "
+                                  "adapters alone as a PEFT adapter directory (adapter_model.safetensors, "
+                                  "adapter_config.json with Hugging Face module names) instead of merging."),
+    with_base: bool = typer.Option(False, "--with-base", help="With --adapters: also write OUT/base, the base "
+                                   "model (with reviewgen's vocabulary) the adapters load onto."),
 ):
     """Export a trained model: for the generate and serve jobs, or (--format hf) for Hugging Face tools."""
     from reviewgen.core.checkpoint import CheckpointError, export_model
     from reviewgen.core.hf import HFFormatError
+    from reviewgen.core.hf_adapters import export_adapters
     from reviewgen.core.hf_export import export_hf
 
     if format_ not in ("reviewgen", "hf"):
         fail(ValueError(f"--format must be reviewgen or hf, got {format_!r}"))
+    if (adapters or with_base) and format_ != "hf":
+        fail(ValueError("--adapters and --with-base need --format hf"))
     try:
-        d = export_hf(model, out) if format_ == "hf" else export_model(model, out)
+        if adapters:
+            d = export_adapters(model, out, with_base=with_base)
+        else:
+            d = export_hf(model, out) if format_ == "hf" else export_model(model, out)
     except (CheckpointError, HFFormatError, *USER_ERRORS) as e:
         fail(e)
-    if format_ == "hf":
+    if adapters:
+        log(f"exported {d} (PEFT LoRA adapters: load with peft.PeftModel.from_pretrained onto the base"
+            f"{' in ' + str(d / 'base') if with_base else ''})")
+    elif format_ == "hf":
         log(f"exported {d} (Hugging Face format: load with transformers.AutoModelForCausalLM.from_pretrained)")
     else:
         log(f"exported {d} (version {json.loads((d / 'meta.json').read_text())['version']})")

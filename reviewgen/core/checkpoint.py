@@ -3,6 +3,10 @@
     config.json, generator.safetensors, discriminator.safetensors, [reference.safetensors],
     tokenizer.json, [train_state.pt], [calibration.json], [ngrams.npy], [wordlm.npz], meta.json
 
+With LoRA adapters (generator.lora.rank > 0) the weight files hold the adapters (and D's heads) only, and
+meta.json's "lora_base" names the frozen base, verified on load (see reviewgen.core.base_ref); the
+reference network is that base, so there is no reference.safetensors.
+
 meta.json is written last, so a directory without it is an interrupted write, not a checkpoint.
 """
 
@@ -19,7 +23,9 @@ from typing import Any
 
 import torch
 
+from reviewgen.core.base_ref import BASE_FILE, BaseRefError, own_state, read_base, write_base
 from reviewgen.core.config import ConfigError, RunConfig
+from reviewgen.core.lora import is_adapter_key, share_base
 from reviewgen.core.models import Discriminator, Generator, unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError
 
@@ -29,6 +35,10 @@ WEIGHT_FILES = ("generator.safetensors", "discriminator.safetensors")
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete, or corrupt; the message names the file."""
+
+
+class BaseMismatchError(CheckpointError):
+    """A LoRA model's base weights are missing or differ (by hash) from the ones its adapters were trained on."""
 
 
 @dataclass
@@ -78,7 +88,7 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def content_version(path: Path) -> str:
     """A content hash over config and weights: the exported model's version id."""
     h = hashlib.sha256()
-    for name in ("config.json", *WEIGHT_FILES, "calibration.json", "wordlm.npz"):
+    for name in ("config.json", *WEIGHT_FILES, BASE_FILE, "calibration.json", "wordlm.npz"):
         f = path / name
         if f.is_file():
             with open(f, "rb") as fh:
@@ -101,8 +111,13 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(
         {"format": FORMAT_VERSION, "run": config.to_dict(), "categories": list(categories)}, indent=2))
-    save_file(_state(generator), str(tmp / "generator.safetensors"))
-    save_file(_state(discriminator), str(tmp / "discriminator.safetensors"))
+    meta = dict(meta or {})
+    lora_g, lora_d = config.generator.lora.enabled, config.discriminator.lora.enabled
+    if lora_g:  # the adapters, and a verified reference to the base they sit on
+        meta["lora_base"] = write_base(tmp, generator, meta.get("base"))
+        reference = None  # the reference is the base itself
+    save_file(own_state(generator) if lora_g else _state(generator), str(tmp / "generator.safetensors"))
+    save_file(own_state(discriminator) if lora_d else _state(discriminator), str(tmp / "discriminator.safetensors"))
     if reference is not None:
         ref = _untied(reference) if isinstance(reference, dict) else _state(reference)
         save_file({k: v.detach().to("cpu").contiguous() for k, v in ref.items()}, str(tmp / "reference.safetensors"))
@@ -115,7 +130,6 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
         shutil.copyfile(ngram_file, tmp / "ngrams.npy")
     if wordlm_file is not None and Path(wordlm_file).is_file():
         shutil.copyfile(wordlm_file, tmp / "wordlm.npz")
-    meta = dict(meta or {})
     meta.update(format=FORMAT_VERSION, version=content_version(tmp), created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     # Move files in one by one rather than renaming the directory: a run directory keeps its
@@ -123,7 +137,7 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
     # so a crash in between leaves no directory that looks complete.
     final.mkdir(parents=True, exist_ok=True)
     (final / "meta.json").unlink(missing_ok=True)
-    for name in ("reference.safetensors", "train_state.pt", "calibration.json", "ngrams.npy", "wordlm.npz"):
+    for name in ("reference.safetensors", BASE_FILE, "train_state.pt", "calibration.json", "ngrams.npy", "wordlm.npz"):
         if not (tmp / name).exists():
             (final / name).unlink(missing_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda f: f.name == "meta.json"):
@@ -141,7 +155,9 @@ def _read_json(p: Path) -> dict:
         raise CheckpointError(f"{p}: corrupt JSON ({e})") from e
 
 
-def _load_weights(model: torch.nn.Module, p: Path, device) -> None:
+def _load_weights(model: torch.nn.Module, p: Path, device, own_only: bool = False) -> None:
+    """Load `p` into `model`; with `own_only` (a LoRA model) the file holds the adapters and heads only, and
+    the base tensors it lacks are already in place."""
     from safetensors.torch import load_file
 
     if not p.is_file():
@@ -153,6 +169,9 @@ def _load_weights(model: torch.nn.Module, p: Path, device) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = getattr(getattr(model, "arch", None), "tie_embeddings", False)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if own_only:
+        heads = getattr(model, "HEADS", ())
+        missing = [k for k in missing if is_adapter_key(k) or k.startswith(heads)]
     if missing or unexpected:
         raise CheckpointError(f"{p}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
@@ -178,13 +197,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tra
         raise CheckpointError(str(e)) from e
     gen = Generator(config.generator)
     disc = Discriminator(config.discriminator, config.tokenizer.prefix_len, tok.pad_id)
-    _load_weights(gen, p / "generator.safetensors", device)
-    _load_weights(disc, p / "discriminator.safetensors", device)
+    base = _load_base(p, meta, config, gen, disc, device) if config.generator.lora.enabled else None
+    _load_weights(gen, p / "generator.safetensors", device, own_only=base is not None)
+    _load_weights(disc, p / "discriminator.safetensors", device, own_only=config.discriminator.lora.enabled)
     gen.to(device).eval()
     disc.to(device).eval()
     calib = _read_json(p / "calibration.json") if (p / "calibration.json").is_file() else None
-    ref = None
-    if (p / "reference.safetensors").is_file():
+    ref = base
+    if base is None and (p / "reference.safetensors").is_file():
         try:
             ref = load_file(str(p / "reference.safetensors"), device=str(device))
         except Exception as e:
@@ -200,6 +220,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tra
                       reference_state=ref, train_state=state)
 
 
+def _load_base(p: Path, meta: dict, config: RunConfig, gen: Generator, disc: Discriminator,
+               device) -> dict[str, torch.Tensor]:
+    """Put the verified base of LoRA directory `p` into `gen` (and share it with D when D has adapters);
+    returns G's base tensors (the reference network's weights)."""
+    t = config.tokenizer
+    try:
+        base = read_base(p, meta.get("lora_base"), t.prefix_len, t.max_review_len, device)
+    except BaseRefError as e:
+        raise BaseMismatchError(str(e)) from e
+    missing, unexpected = gen.load_state_dict(base, strict=False)
+    missing = [k for k in missing if not is_adapter_key(k) and not (k == "lm_head.weight" and gen.arch.tie_embeddings)]
+    if missing or unexpected:
+        raise BaseMismatchError(f"{p}: the base does not fit the generator (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
+    gen.to(device)
+    if config.discriminator.lora.enabled:
+        share_base(gen, disc)
+    # the reference network's weights: the base tensors G holds (no second copy)
+    return {k: v for k, v in gen.state_dict().items() if not is_adapter_key(k)}
+
+
 def export_model(src: str | Path, dst: str | Path) -> Path:
     """Copy the serving files of a checkpoint (no optimizer state; the scorer's reference network included)
     to a model directory named by nothing but its content: the generate and score jobs take this directory."""
@@ -209,7 +250,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # lexical-*.npz: the models of calibration.json's "adapted" entry (`reviewgen calibrate`)
-    for name in ("config.json", *WEIGHT_FILES, "reference.safetensors", "tokenizer.json", "calibration.json",
+    for name in ("config.json", *WEIGHT_FILES, BASE_FILE, "reference.safetensors", "tokenizer.json", "calibration.json",
                  "ngrams.npy", "wordlm.npz", *sorted(f.name for f in src.glob("lexical[-_]*.npz"))):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)

@@ -54,6 +54,39 @@ class TokenizerConfig:
     max_review_len: int = 96  # review tokens incl. <eos>, right-padded
 
 
+LORA_TARGETS = ("qkv", "proj", "mlp_in", "mlp_out")  # fused q|k|v, attention output, MLP in (gate|up) and out
+LORA_BASE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) on a trunk's projections; rank 0 = off (full fine-tuning). With
+    adapters on, the base weights (embeddings, norms, every projection) are frozen and only the adapters
+    (and D's heads) train; the generator, its reference and the discriminator then share one base."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input
+    targets: tuple[str, ...] = LORA_TARGETS  # which projections of every block get an adapter
+    base_dtype: str = "float32"  # "bfloat16": the blocks' frozen matmul weights stored in bf16
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.rank < 0:
+            raise ValueError(f"lora.rank must be >= 0, got {self.rank}")
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad or (self.rank and not self.targets):
+            raise ValueError(f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, got {list(self.targets)}")
+        if self.base_dtype not in LORA_BASE_DTYPES:
+            raise ValueError(f"lora.base_dtype must be one of {list(LORA_BASE_DTYPES)}, got {self.base_dtype!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 @dataclass(frozen=True)
 class ArchConfig:
     """Architecture family switches shared by the generator and the discriminator (one trunk class)."""
@@ -74,6 +107,8 @@ class ArchConfig:
     qkv_bias: bool | None = None  # q/k/v biases only (Qwen2 = llama + qkv_bias); None = bias
     tie_embeddings: bool = True  # output head shares the token embedding
     gelu_approximate: str = "none"  # "tanh" for GPT-2 checkpoints (their "gelu_new")
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters on the blocks' projections (rank 0 = off)
+    gradient_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
     def __post_init__(self):
         check_arch(self)
@@ -142,6 +177,23 @@ class TrainConfig:
     ngram_n: int = 8  # memorisation index window
 
 
+# the fields that fix a trunk's weights: D can share G's frozen base only when they all agree
+TRUNK_FIELDS = ("arch", "n_kv_head", "norm", "norm_eps", "mlp", "intermediate_size", "pos", "rope_theta", "rope_scaling",
+                "bias", "qkv_bias", "gelu_approximate", "vocab_size", "block_size", "n_layer", "n_head", "d_model")
+
+
+def check_shared_base(g: GeneratorConfig, d: DiscriminatorConfig) -> None:
+    """ConfigError unless D's adapters can sit on G's frozen base: D's LoRA needs G's, and the same trunk."""
+    if not d.lora.enabled:
+        return
+    if not g.lora.enabled:
+        raise ConfigError("discriminator.lora.rank > 0 needs generator.lora.rank > 0 (D's adapters sit on G's base)")
+    diff = [k for k in TRUNK_FIELDS if getattr(g, k) != getattr(d, k)]
+    if diff:
+        raise ConfigError(f"discriminator.lora: D shares G's base, so discriminator.{diff[0]}={getattr(d, diff[0])!r} "
+                          f"must equal generator.{diff[0]}={getattr(g, diff[0])!r}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The whole configuration of a training run."""
@@ -171,6 +223,7 @@ class RunConfig:
                 raise ConfigError(f"{name}.d_model={sec.d_model} must be divisible by n_head={sec.n_head}")
             if sec.n_layer < 1:
                 raise ConfigError(f"{name}.n_layer must be >= 1")
+        check_shared_base(self.generator, self.discriminator)
         t = self.train
         for key in ("batch_size", "group_size"):
             if getattr(t, key) < 1:

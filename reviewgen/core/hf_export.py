@@ -9,6 +9,8 @@ TGI load (no `transformers` import needed to write it):
     README.md                 model card: the prompt layout, with an example, and how to watermark generations
 
 Only the generator is exported (the discriminator and calibration stay in the reviewgen model directory).
+A generator trained with LoRA adapters is exported with its adapters merged into full weights (or, with
+`merge=False`, as its base alone: the base its adapters load onto; see reviewgen.core.hf_adapters).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from typing import Any
 
 from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.hf import fused_sizes, model_type_of, to_hf, weight_rules, write_config
+from reviewgen.core.lora import is_adapter_key, merged_state_dict
 from reviewgen.core.tokenizer import (BOS, CAT, EOS, LANGS, MAX_CATEGORY_TOKENS, PAD, SENTIMENTS, SEP,
                                       SPECIAL_TOKENS, TITLE, UNK, Condition)
 
 EXAMPLE = Condition(title="Fire HD 8 Tablet, 32 GB", category="Tablets", rating=5, language="en")
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
+def export_hf(model_dir: str | Path, out_dir: str | Path, *, merge: bool = True) -> Path:
     """Write the generator of reviewgen model (or checkpoint) directory `model_dir` as a Hugging Face model
     directory `out_dir` (replaced if it exists; written to a temp dir and renamed). Returns `out_dir`.
 
@@ -42,7 +45,8 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     model_type = model_type_of(a, f"{src / 'config.json'}: generator")
     config = write_config(model_type, a, n_layer=gc.n_layer, d_model=gc.d_model, vocab_size=gc.vocab_size,
                           block_size=gc.block_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
-    state = {k: v.detach().to("cpu").float() for k, v in G.state_dict().items()}
+    full = merged_state_dict(G) if merge else {k: v for k, v in G.state_dict().items() if not is_adapter_key(k)}
+    state = {k: v.detach().to("cpu").float() for k, v in full.items()}
     weights = to_hf(weight_rules(model_type, gc.n_layer, a.tie_embeddings), state, fused_sizes(a, gc.n_layer),
                     prefix="transformer." if model_type == "gpt2" else "")
 

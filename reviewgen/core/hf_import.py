@@ -26,6 +26,7 @@ import torch
 
 from reviewgen.core.config import GeneratorConfig, RunConfig
 from reviewgen.core.hf import HFFormatError, IGNORED_SUFFIXES, from_hf, hf_key, read_config, weight_rules
+from reviewgen.core.lora import is_adapter_key
 from reviewgen.core.models import Discriminator, Generator
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError, read_tokenizer_file
 
@@ -206,7 +207,7 @@ def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int) -> H
 
 def _load(model: torch.nn.Module, state: dict[str, torch.Tensor], allowed_missing: tuple[str, ...], where) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(allowed_missing)]
+    missing = [k for k in missing if not k.startswith(allowed_missing) and not is_adapter_key(k)]  # adapters: fresh
     if missing or unexpected:
         raise HFImportError(f"{where}: the base weights do not fit {type(model).__name__} "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

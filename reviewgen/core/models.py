@@ -3,14 +3,17 @@ encoder with per-token, sequence, rating and category heads)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from reviewgen.core.config import LLAMA3_ROPE_KEYS, DiscriminatorConfig, GeneratorConfig
+from reviewgen.core.config import LLAMA3_ROPE_KEYS, DiscriminatorConfig, GeneratorConfig, LoRAConfig
+from reviewgen.core.lora import cast_base, freeze_base, init_adapters, is_adapter_key, linear, share_base
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,7 @@ class Arch:
     """A trunk's architecture switches with the family defaults filled in (one model file, a few
     switches, as litgpt does). gpt2: learned positions, LayerNorm, GELU MLP, biases. llama: rotary
     positions, RMSNorm, SwiGLU MLP, no biases, optional grouped-query attention. Qwen2 is llama with
-    q/k/v biases."""
+    q/k/v biases. `lora` (rank > 0) puts adapters on the chosen projections and freezes the rest."""
 
     n_head: int
     n_kv_head: int
@@ -34,6 +37,7 @@ class Arch:
     qkv_bias: bool
     tie_embeddings: bool
     gelu_approximate: str
+    lora: LoRAConfig = LoRAConfig()
 
     @classmethod
     def of(cls, cfg: GeneratorConfig | DiscriminatorConfig) -> "Arch":
@@ -48,7 +52,7 @@ class Arch:
                    intermediate_size=width, pos=cfg.pos or ("rope" if llama else "learned"),
                    rope_theta=cfg.rope_theta, bias=bias,
                    rope_scaling=tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS) if cfg.rope_scaling else None, qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
-                   tie_embeddings=cfg.tie_embeddings, gelu_approximate=cfg.gelu_approximate)
+                   tie_embeddings=cfg.tie_embeddings, gelu_approximate=cfg.gelu_approximate, lora=cfg.lora)
 
 
 def _norm(a: Arch, d_model: int) -> nn.Module:
@@ -88,8 +92,8 @@ class SelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = a.n_head, a.n_kv_head, a.head_dim
         # one fused projection, laid out [q | k | v] (k and v have n_kv_head heads each)
         self.sizes = (a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim)
-        self.qkv = nn.Linear(d_model, sum(self.sizes), bias=a.qkv_bias)
-        self.proj = nn.Linear(a.n_head * a.head_dim, d_model, bias=a.bias)
+        self.qkv = linear(d_model, sum(self.sizes), a.qkv_bias, a.lora, "qkv" in a.lora.targets)
+        self.proj = linear(a.n_head * a.head_dim, d_model, a.bias, a.lora, "proj" in a.lora.targets)
         self.gqa = a.n_kv_head != a.n_head
         self.dropout = dropout
 
@@ -160,10 +164,10 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), with gate and up fused into one matmul laid out [gate | up]."""
 
-    def __init__(self, d_model: int, width: int, bias: bool):
+    def __init__(self, d_model: int, width: int, bias: bool, lora: LoRAConfig = LoRAConfig()):
         super().__init__()
-        self.gate_up = nn.Linear(d_model, 2 * width, bias=bias)
-        self.down = nn.Linear(width, d_model, bias=bias)
+        self.gate_up = linear(d_model, 2 * width, bias, lora, "mlp_in" in lora.targets)
+        self.down = linear(width, d_model, bias, lora, "mlp_out" in lora.targets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -179,11 +183,12 @@ class Block(nn.Module):
         self.attn = SelfAttention(d_model, a, dropout)
         self.ln2 = _norm(a, d_model)
         if a.mlp == "swiglu":
-            self.mlp = SwiGLU(d_model, a.intermediate_size, a.bias)
+            self.mlp = SwiGLU(d_model, a.intermediate_size, a.bias, a.lora)
         else:
-            self.mlp = nn.Sequential(nn.Linear(d_model, a.intermediate_size, bias=a.bias),
+            targets = a.lora.targets
+            self.mlp = nn.Sequential(linear(d_model, a.intermediate_size, a.bias, a.lora, "mlp_in" in targets),
                                      nn.GELU(approximate=a.gelu_approximate),
-                                     nn.Linear(a.intermediate_size, d_model, bias=a.bias))
+                                     linear(a.intermediate_size, d_model, a.bias, a.lora, "mlp_out" in targets))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, **attn_kwargs):
@@ -230,12 +235,15 @@ RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.2.weight", "mlp.down.weight")
 
 def _init_weights(module: nn.Module, n_layer: int) -> None:
     for name, p in module.named_parameters():
+        if is_adapter_key(name):
+            continue  # drawn last, so the base's initial weights do not depend on the adapters
         if p.dim() >= 2:
             # residual projections are scaled down so the residual stream's variance stays flat with depth
             std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
         elif name.endswith("bias"):
             nn.init.zeros_(p)
+    init_adapters(module)
 
 
 class _Trunk(nn.Module):
@@ -259,6 +267,23 @@ class _Trunk(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.d_model, a, cfg.dropout) for _ in range(cfg.n_layer))
         self.ln_f = _norm(a, cfg.d_model)
 
+    def _adapt(self, trainable_prefixes: tuple[str, ...] = ()) -> None:
+        """With adapters on: freeze the base (all but the adapters and `trainable_prefixes`), optionally
+        storing the blocks' matmul weights in bf16."""
+        lora = self.arch.lora
+        if lora.enabled:
+            freeze_base(self, trainable_prefixes)
+            if lora.base_dtype == "bfloat16":
+                cast_base(self.blocks, torch.bfloat16)
+
+    def _block(self, block: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """One block; with gradient checkpointing (training, no KV cache) its activations are recomputed in
+        the backward pass instead of kept."""
+        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled() \
+                and kwargs.get("cache") is None:
+            return checkpoint(block, x, use_reentrant=False, **kwargs)
+        return block(x, **kwargs)
+
     def embed(self, idx: torch.Tensor, pos: int = 0):
         """Embeddings of `idx` [B, T] at positions pos..pos+T-1, and the rotary tables for those positions
         (None with learned positions)."""
@@ -278,6 +303,7 @@ class Generator(_Trunk):
         _init_weights(self, cfg.n_layer)
         if self.arch.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # fewer parameters, better small-data LM
+        self._adapt()
 
     def forward(self, idx: torch.Tensor, *, logits_from: int = 0, cache: KVCache | None = None,
                 pos: int = 0) -> torch.Tensor:
@@ -294,7 +320,7 @@ class Generator(_Trunk):
             raise ValueError(f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}")
         x, rope = self.embed(idx, pos)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=True, cache=cache, layer=i, pos=pos, rope=rope)
+            x = self._block(block, x, causal=True, cache=cache, layer=i, pos=pos, rope=rope)
         return self.ln_f(x[:, start:])
 
     def new_cache(self, batch: int, device, dtype=None, max_len: int | None = None) -> KVCache:
@@ -318,6 +344,8 @@ class Discriminator(_Trunk):
     """Bidirectional encoder over prefix + review. Reads discrete tokens: it learns on the same text it
     will score later (no Gumbel-softmax relaxation)."""
 
+    HEADS = ("token_head.", "seq_head.", "rating_head.", "category_head.")  # trained even on a frozen base
+
     def __init__(self, cfg: DiscriminatorConfig, prefix_len: int, pad_id: int):
         super().__init__(cfg)
         self.prefix_len = prefix_len
@@ -328,6 +356,7 @@ class Discriminator(_Trunk):
         self.rating_head = nn.Linear(2 * cfg.d_model, cfg.n_ratings)
         self.category_head = nn.Linear(2 * cfg.d_model, cfg.n_categories)
         _init_weights(self, cfg.n_layer)
+        self._adapt(self.HEADS)
 
     def forward(self, idx: torch.Tensor) -> DiscriminatorOutput:
         B, T = idx.shape
@@ -335,7 +364,7 @@ class Discriminator(_Trunk):
         attn_mask = keep[:, None, None, :]
         x, rope = self.embed(idx)
         for block in self.blocks:
-            x = block(x, causal=False, attn_mask=attn_mask, rope=rope)
+            x = self._block(block, x, causal=False, attn_mask=attn_mask, rope=rope)
         x = self.ln_f(x)
         P = self.prefix_len
         review, review_keep = x[:, P:], keep[:, P:].unsqueeze(-1).to(x.dtype)
@@ -347,6 +376,15 @@ class Discriminator(_Trunk):
             rating_logits=self.rating_head(pooled),
             category_logits=self.category_head(pooled),
         )
+
+
+def base_view(G: Generator) -> Generator:
+    """A Generator without adapters whose every tensor is `G`'s base tensor (no copy): G with its adapters
+    disabled, as a module of its own. Frozen, in eval mode."""
+    with torch.device("meta"):  # no memory and no random init: every tensor is replaced by G's below
+        ref = Generator(dataclasses.replace(G.cfg, lora=LoRAConfig()))
+    share_base(G, ref)
+    return ref.eval().requires_grad_(False)
 
 
 def count_params(model: nn.Module) -> int:

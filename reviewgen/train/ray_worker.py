@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.hf_import import HFImportError, load_hf_base
+from reviewgen.core.lora import ddp_ignore_frozen
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.progress import send as send_progress
 from reviewgen.infra.tracking import Tracker
@@ -160,6 +161,7 @@ def _batches(c: dict, cfg: RunConfig, rank: int, world: int, device,
 def _wrap(module: torch.nn.Module, name: str) -> torch.nn.Module:
     # D has no buffers; skipping their broadcast also keeps D's step free of extra collectives
     kw = {"broadcast_buffers": False} if name == "discriminator" else None
+    ddp_ignore_frozen(module)  # a LoRA base: DDP carries the adapters (and D's heads) only
     return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=kw)
 
 

@@ -19,13 +19,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from reviewgen.core.base_ref import own_state
 from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import to_tensor, build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.hf_import import HFImportError, HFInit, init_from_hf
 from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
-from reviewgen.core.models import Discriminator, Generator, count_params
+from reviewgen.core.lora import is_adapter_key, merged_state_dict, share_base, shared_copy
+from reviewgen.core.models import Discriminator, Generator, base_view, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.data.corpus import load_split
@@ -89,6 +91,10 @@ class StepResult:
     phase_done: bool
 
 
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class GANTrainer:
     """Models, optimizers and phase state of one training run (one worker's view under DDP)."""
 
@@ -105,13 +111,17 @@ class GANTrainer:
         with torch.random.fork_rng(devices=self._cuda):
             torch.manual_seed(cfg.train.seed)  # scoped: model init draws from the forked global RNG
             self.G = Generator(cfg.generator).to(self.device)
-            self.D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, tok.pad_id).to(self.device)
+            self.D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, tok.pad_id)
+            if self.shared_base:  # D's trunk is G's frozen base: one storage of the base weights
+                share_base(self.G, self.D)
+            self.D = self.D.to(self.device)
             self.cuda_rng_state = torch.cuda.get_rng_state(self.device) if self._cuda else None
         wrap = wrap or (lambda m, name: m)
         self.g, self.d = wrap(self.G, "generator"), wrap(self.D, "discriminator")
         t = cfg.train
-        self.opt_g = torch.optim.AdamW(self.G.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, betas=(0.9, 0.95))
-        self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=t.lr_d, weight_decay=t.d_weight_decay, betas=(0.5, 0.999))
+        # only what trains (all of a full model; adapters and heads on a LoRA base) gets optimizer state
+        self.opt_g = torch.optim.AdamW(_trainable(self.G), lr=t.lr_g, weight_decay=t.weight_decay, betas=(0.9, 0.95))
+        self.opt_d = torch.optim.AdamW(_trainable(self.D), lr=t.lr_d, weight_decay=t.d_weight_decay, betas=(0.5, 0.999))
         self.ref: Generator | None = None
         self.cond: Discriminator | None = None  # D frozen at the end of its warm-up: the condition rewards' judge
         self.tk = Tokens(pad_id=tok.pad_id, eos_id=tok.eos_id, prefix_len=cfg.tokenizer.prefix_len)
@@ -128,15 +138,30 @@ class GANTrainer:
         first step; every worker of a run must load the same weights."""
         missing, unexpected = self.G.load_state_dict(generator_state, strict=False)
         # a tied head is the embedding, so a base state may leave it out
-        missing = [k for k in missing if not (k == "lm_head.weight" and self.G.arch.tie_embeddings)]
+        missing = [k for k in missing if not (k == "lm_head.weight" and self.G.arch.tie_embeddings)
+                   and not is_adapter_key(k)]  # adapters start fresh on the base
         if missing or unexpected:
             raise HFImportError(f"base {base.get('path')}: its weights do not fit the generator "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         if not self._init_discriminator_from_generator():
             raise HFImportError(f"base {base.get('path')}: the discriminator's shape differs from the base's")
-        if self.ref is not None:  # no MLE phase (mle_steps 0): the base itself is the reference
+        if self.ref is not None and not self.lora:  # no MLE phase: the base itself is the reference
             self.ref.load_state_dict(self.G.state_dict())
         self.base = dict(base)
+
+    @property
+    def lora(self) -> bool:
+        """G trains adapters on a frozen base; its reference is that base (G with the adapters disabled)."""
+        return self.cfg.generator.lora.enabled
+
+    @property
+    def shared_base(self) -> bool:
+        """D's adapters sit on G's frozen base too (the same tensors)."""
+        return self.cfg.discriminator.lora.enabled
+
+    def _new_reference(self) -> Generator:
+        # the frozen MLE generator; on a LoRA base, the base itself with no copy
+        return base_view(self.G) if self.lora else copy.deepcopy(self.G).eval().requires_grad_(False)
 
     # -- phases ----------------------------------------------------------------------------------
     def phase_length(self, phase: str | None = None) -> int:
@@ -155,14 +180,14 @@ class GANTrainer:
         self.phase, self.step = phase, 0
         if phase in ("disc", "adv") and self.ref is None:
             # the frozen MLE generator: KL anchor target and the baseline the GAN must beat
-            self.ref = copy.deepcopy(self.G).eval().requires_grad_(False)
+            self.ref = self._new_reference()
             if self.cfg.train.d_init_from_generator:
                 self._init_discriminator_from_generator()
         if phase == "adv":
             for g in self.opt_g.param_groups:
                 g["lr"] = self.cfg.train.lr_g_adv
             if self.cond is None and self._uses_conditions():
-                self.cond = copy.deepcopy(self.D).eval().requires_grad_(False)
+                self.cond = shared_copy(self.D).eval().requires_grad_(False)
 
     def _uses_conditions(self) -> bool:
         t = self.cfg.train
@@ -174,7 +199,10 @@ class GANTrainer:
         A D trained from scratch on a few thousand examples learns slowly; the LM's features already
         know the language, so D reaches a better held-out accuracy in fewer warm-up steps. Heads stay
         freshly initialised."""
-        g = {k: v for k, v in self.G.state_dict().items() if k != "lm_head.weight"}
+        if self.shared_base:
+            return True  # D's trunk already is G's base
+        sd = merged_state_dict(self.G) if self.lora else self.G.state_dict()
+        g = {k: v for k, v in sd.items() if k != "lm_head.weight" and not is_adapter_key(k)}
         d = self.D.state_dict()
         if any(k not in d or d[k].shape != v.shape for k, v in g.items()):
             return False
@@ -303,7 +331,7 @@ class GANTrainer:
             "rng_cpu": self.rng.get_state(),
             "rng_cuda": [self.cuda_rng_state] if self._cuda else [],
             "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(), "replay_n": self.replay_n,
-            "cond": None if self.cond is None else self.cond.state_dict(),
+            "cond": None if self.cond is None else (own_state(self.cond) if self.shared_base else self.cond.state_dict()),
             "run": run_state or {},
         }
 
@@ -311,7 +339,9 @@ class GANTrainer:
                         reference_sd: dict | None) -> None:
         self.G.load_state_dict(generator_sd, strict=False)
         self.D.load_state_dict(discriminator_sd)
-        if reference_sd is not None:
+        if reference_sd is not None and self.lora:  # the reference is the base G already holds
+            self.ref = base_view(self.G)
+        elif reference_sd is not None:
             self.ref = Generator(self.cfg.generator).to(self.device)
             self.ref.load_state_dict(reference_sd, strict=False)
             self.ref.eval().requires_grad_(False)
@@ -322,8 +352,8 @@ class GANTrainer:
         if s.get("rng_cuda") and self._cuda:
             self.cuda_rng_state = s["rng_cuda"][0]
         if s.get("cond") is not None:
-            self.cond = copy.deepcopy(self.D)
-            self.cond.load_state_dict(s["cond"])
+            self.cond = shared_copy(self.D)  # on a LoRA base, only its adapters and heads are stored
+            self.cond.load_state_dict(s["cond"], strict=not self.shared_base)
             self.cond.eval().requires_grad_(False)
         rep = s["replay"]
         self.replay[: len(rep)] = rep
@@ -350,7 +380,10 @@ class GANTrainer:
                                train_state=self.state_dict(run_state))
 
     def describe(self) -> str:
-        return (f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params, "
+        lora = (f", LoRA: {sum(p.numel() for p in _trainable(self.G)) / 1e6:.3f}M trainable in G, "
+                f"{sum(p.numel() for p in _trainable(self.D)) / 1e6:.3f}M in D"
+                f"{' (one shared base)' if self.shared_base else ''}") if self.lora else ""
+        return (f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params{lora}, "
                 f"device {self.device}")
 
 
