@@ -17,7 +17,8 @@ from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.encoding import conditions
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
-from reviewgen.evaluate.quality import match_diversity, split_eval_rows
+from reviewgen.evaluate.matching import match_at_diversity
+from reviewgen.evaluate.quality import split_eval_rows
 from reviewgen.evaluate.run import EvalConfig, run_evaluation
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.infra.tracking import Tracker
@@ -25,7 +26,7 @@ from reviewgen.score.calibration import sample_fakes
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
         "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
-SECTIONS = ("## Compute budget", "## Targets", "## Quality and diversity", "## Test NLL", "## Condition match",
+SECTIONS = ("## Compute budget", "## Targets", "## Matched diversity", "## Quality and diversity", "## Test NLL", "## Condition match",
             "## Scorer", "## Copying and PII", "## Example generations for unseen products", "## Plots")
 
 
@@ -40,7 +41,7 @@ def evaluated(tiny_model, prepared_data, tmp_path_factory):
     fakes = _fakes_file(tiny_model, prepared_data, out / "fakes.parquet")
     result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.7, 1.2), n_products=8,
                                                                   fakes=str(fakes)),
-                            ood_model_dir=ood, log=lambda *_: None)
+                            ood_model_dir=ood, compare={"realness": tiny_model / "mle"}, log=lambda *_: None)
     return model, out, result
 
 
@@ -81,7 +82,11 @@ def test_report_files_are_complete(evaluated) -> None:
     _, out, result = evaluated
     saved = json.loads((out / "metrics.json").read_text())
     assert {"meta", "calibration", "nll", "human", "sweep", "matched", "scorer", "targets", "plots"} <= set(saved)
-    assert set(saved["sweep"]) == {"gan", "mle"} and set(saved["sweep"]["gan"]) == {"0.7", "1.2"}
+    assert list(saved["sweep"]) == ["gan", "mle", "realness"] and set(saved["sweep"]["gan"]) == {"0.7", "1.2"}
+    # the compared model is swept on the same rows and sits in the matched-diversity table
+    assert set(saved["matched"]["points"]) == {"gan", "mle", "realness"} and "realness" in saved["nll"]
+    assert saved["meta"]["compared"]["realness"]["model_dir"].endswith("mle")
+    assert all(s["model"] in ("gan", "mle", "ood") for s in saved["scorer"]["settings"].values())
     report = (out / "report.md").read_text()
     for section in SECTIONS:
         assert section in report, section
@@ -174,11 +179,13 @@ def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
     def cell(v):
         return {"mean": v, "sd": 0.0, "values": [v]}
 
-    def model(sb, bleu, fed, mauve):
-        return {f"{t}": {"self_bleu4": cell(s), "bleu4": cell(bleu), "fed": cell(fed), "mauve": cell(mauve),
+    def model(sb, mauve, cat, pol, title):
+        return {f"{t}": {"self_bleu4": cell(s), "bleu4": cell(0.1), "fed": cell(0.5), "mauve": cell(mauve),
+                         "category_acc": cell(cat), "polarity_agreement": cell(pol), "title_relevance": cell(title),
                          "distinct2": cell(0.5), "rating_acc": cell(0.7), "copy_rate": cell(0.02),
                          "accepted_copy_rate": cell(0.0)} for t, s in sb.items()}
-    sweep = {"gan": model(gan_sb4, 0.20, 0.5, 0.8), "mle": model({"0.8": 0.35, "1.2": 0.29}, 0.15, 1.0, 0.6)}
+    sweep = {"gan": model(gan_sb4, 0.8, 0.50, 0.80, 0.30),
+             "mle": model({"0.8": 0.35, "1.2": 0.29}, 0.6, 0.40, 0.70, 0.30)}
     gm = {"calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97}, "tfidf_lr": {"accuracy": 0.90}}
     om = {"calibrated": {"auroc": 0.90, "ece": 0.08, "accuracy": 0.80}, "tfidf_lr": {"accuracy": 0.70}}
     return {"sweep": sweep, "human": {"self_bleu4": human_sb4, "distinct2": 0.5, "rating_acc": 0.71},
@@ -188,18 +195,31 @@ def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
                                                          "source": "out_of_family", **om}}}}
 
 
+def _with_matched(r: dict) -> dict:
+    r["matched"] = match_at_diversity(r["sweep"], r["human"]["self_bleu4"]).to_dict()
+    return r
+
+
 def test_targets_follow_matched_diversity() -> None:
-    r = _fake_result({"0.8": 0.40, "1.2": 0.31})
-    r["matched"] = match_diversity(r["sweep"], r["human"]["self_bleu4"], [0.8, 1.2])
-    assert r["matched"]["gan"]["temperature"] == 1.2 and r["matched"]["gan"]["within"]
+    r = _with_matched(_fake_result({"0.8": 0.40, "1.2": 0.28}))
+    assert r["matched"]["target_is_human"] and r["matched"]["points"]["gan"]["reached"]
     t = check_targets(r)
     assert all(v["status"] == "MET" for v in t.values()), t
-    # GAN too repetitive at every temperature: no matched point, so dominance cannot be claimed
-    r2 = _fake_result({"0.8": 0.45, "1.2": 0.36})
-    r2["matched"] = match_diversity(r2["sweep"], 0.30, [0.8, 1.2])
+    assert "Reported, not judged: BLEU-4" in t["gan_dominates_mle"]["detail"]  # NLL and BLEU no longer judged
+    # GAN too repetitive at every temperature: no common point, so dominance cannot be claimed
+    r2 = _with_matched(_fake_result({"0.8": 0.45, "1.2": 0.36}))
     t2 = check_targets(r2)
-    assert t2["gan_dominates_mle"]["status"] == "NOT MET" and "no temperature within" in t2["gan_dominates_mle"]["detail"]
+    d2 = t2["gan_dominates_mle"]
+    assert d2["status"] == "NOT MET" and "no common Self-BLEU-4" in d2["detail"]
     assert t2["no_collapse"]["status"] == "NOT MET"
+    # each goal of the GAN over the MLE baseline decides the verdict on its own
+    for key, value in (("mauve", 0.61), ("category_acc", 0.44), ("polarity_agreement", 0.74), ("title_relevance", 0.29),
+                       ("accepted_copy_rate", 0.02), ("distinct2", 0.44)):
+        r5 = _fake_result({"0.8": 0.40, "1.2": 0.28})
+        for entry in r5["sweep"]["gan"].values():
+            entry[key]["mean"] = value
+        t5 = check_targets(_with_matched(r5))["gan_dominates_mle"]
+        assert t5["status"] == "NOT MET" and list(t5["checks"].values()).count("NOT MET") == 1, (key, t5)
     # a weaker scorer than TF-IDF fails the scorer target
     r3 = copy.deepcopy(r)
     r3["scorer"]["settings"]["gan@T=1"]["tfidf_lr"]["accuracy"] = 0.96

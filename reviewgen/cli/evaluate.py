@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -18,6 +18,11 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Report directory: metrics.json, report.md, PNG plots."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="MLE-only checkpoint to compare against "
                                             "[default: MODEL/mle]."),
+    compare: Optional[List[str]] = typer.Option(None, "--compare", help="NAME=DIR: another model directory to "
+                                                "compare at matched diversity on the same unseen products, e.g. "
+                                                "an ablation (a GAN trained with the realness reward only). "
+                                                "Repeatable; shown beside MLE and GAN in the report's matched-"
+                                                "diversity table (not in the scorer or fluency sections)."),
     temperatures: str = typer.Option("0.6,0.8,1.0,1.2,1.3", "--temperatures", help="Sampling temperatures of the sweep."),
     products: int = typer.Option(150, "--products", help="About how many unseen test products to evaluate."),
     samples_per_product: int = typer.Option(2, "--samples-per-product", help="Real reviews (conditions) per product."),
@@ -47,7 +52,8 @@ def evaluate(
                                                "(e.g. file:./mlruns) and attach the report and plots as artifacts. "
                                                "Needs `pip install 'reviewgen[track]'`. Off by default."),
 ):
-    """Evaluate the GAN against its MLE baseline on unseen products, the scorer, copying and PII; write a report."""
+    """Evaluate the GAN against its MLE baseline (and any --compare models) at matched diversity on unseen
+    products, the scorer, copying and PII; write a report."""
     from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.data.sources import DataError
     from reviewgen.evaluate.run import EvalConfig, run_evaluation
@@ -59,16 +65,31 @@ def evaluate(
                          seeds=tuple(int(s) for s in floats(seeds)),
                          top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
                          fast=fast, device=device, fakes=_fakes_path(fakes, use_fakes))
+        compared = parse_compare(compare or [])
         if ood_model is None:
             ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
         # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
         tracker = Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
-        result = run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model, log=log)
+        result = run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model,
+                                compare=compared, log=log)
         if tracker is not None:
             log_evaluation(tracker, model, data, cfg, result, out)
     except (CheckpointError, DataError, TrackingError, *USER_ERRORS) as e:
         fail(e)
     log(f"report written to {out}")
+
+
+def parse_compare(items: list[str]) -> dict[str, Path]:
+    """`--compare NAME=DIR` values as {name: directory}; a repeated name or a value without "=" is an error."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise typer.BadParameter(f"--compare expects NAME=DIR, got {item!r}")
+        if name.strip() in out:
+            raise typer.BadParameter(f"--compare: name {name.strip()!r} given twice")
+        out[name.strip()] = Path(path.strip())
+    return out
 
 
 def _fakes_path(fakes: Path | None, enabled: bool) -> str | None:

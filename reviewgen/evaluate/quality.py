@@ -1,5 +1,6 @@
 """Generated-text quality on unseen products: which test rows are evaluated, their BLEU reference pools,
-text and embedding metrics, the condition classifiers, aggregation over seeds and matched diversity.
+text and embedding metrics, the condition classifiers and aggregation over seeds (matched diversity:
+`reviewgen.evaluate.matching`).
 
 Protocol (chosen so every number is comparable across models, temperatures and the human reference):
 * Test products are split, per language, into *evaluated* and *reference* products (at most half are
@@ -22,7 +23,7 @@ import pandas as pd
 from reviewgen.core.metrics import mean_sd
 from reviewgen.evaluate import text_metrics as TM
 
-MODELS = ("gan", "mle")
+MODELS = ("gan", "mle")  # the evaluated model and its MLE baseline; `--compare` models join the sweep only
 Log = Callable[[str], None]
 
 
@@ -103,30 +104,54 @@ def quality_metrics(texts: Sequence[str], langs: Sequence[str], pools: Sequence[
     return out
 
 
+def polarity_label(rating: Any, sentiment: Any) -> str | None:
+    """The polarity a row asks for: 1-2 stars negative, 4-5 positive, 3 none; without a star rating (Chinese
+    rows) its sentiment label when that is positive or negative."""
+    if rating is not None and not pd.isna(rating):
+        r = int(rating)
+        return "negative" if r <= 2 else "positive" if r >= 4 else None
+    return sentiment if sentiment in ("positive", "negative") else None
+
+
+def _text_classifier(balanced: bool = False) -> Any:
+    """TF-IDF char 1-3-grams (so Chinese works too) + logistic regression. Capped features/iterations:
+    uncapped, the LR fit dominates evaluation time on a small CPU."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, max_features=20000,
+                                         sublinear_tf=True),
+                         LogisticRegression(max_iter=300, tol=1e-3, C=2.0,
+                                            class_weight="balanced" if balanced else None))
+
+
 class ConditionClassifiers:
-    """TF-IDF (char 1-3-grams, so Chinese works too) + logistic regression trained on real TRAIN reviews:
-    rating (English rows with a star rating) and category (all rows)."""
+    """TF-IDF + logistic regression trained on real TRAIN reviews: rating (rows with a star rating),
+    category (all rows) and, per language, polarity (`polarity_label`; class-balanced, as most reviews are
+    positive and an always-positive judge would not tell a generator that ignores the condition apart)."""
 
     def __init__(self, train: pd.DataFrame, max_rows: int = 6000, seed: int = 0):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-
-        def pipe():
-            # Capped features/iterations: uncapped, the LR fit dominates evaluation time on a small CPU.
-            return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2,
-                                                 max_features=20000, sublinear_tf=True),
-                                 LogisticRegression(max_iter=300, tol=1e-3, C=2.0))
-
         tr = train.sample(n=min(len(train), max_rows), random_state=seed)
         rated = tr[tr["rating"].notna()]
-        self.rating = pipe().fit(rated["text"].astype(str), rated["rating"].astype(int)) if rated["rating"].nunique() > 1 else None
-        self.category = pipe().fit(tr["text"].astype(str), tr["category"].astype(str)) if tr["category"].nunique() > 1 else None
+        self.rating = (_text_classifier().fit(rated["text"].astype(str), rated["rating"].astype(int))
+                       if rated["rating"].nunique() > 1 else None)
+        self.category = (_text_classifier().fit(tr["text"].astype(str), tr["category"].astype(str))
+                         if tr["category"].nunique() > 1 else None)
         self.categories = set(tr["category"].astype(str))
+        self.polarity: dict[str, Any] = {}
+        if "language" in tr and "sentiment" in tr:
+            pol = pd.Series([polarity_label(r, s) for r, s in zip(tr["rating"], tr["sentiment"])], index=tr.index)
+            for lang, rows in tr[pol.notna()].groupby("language"):
+                y = pol[rows.index]
+                if y.nunique() > 1:
+                    self.polarity[str(lang)] = _text_classifier(balanced=True).fit(rows["text"].astype(str), y)
 
-    def score(self, texts: Sequence[str], ratings: Sequence[Any], categories: Sequence[str]) -> dict[str, Any]:
+    def score(self, texts: Sequence[str], ratings: Sequence[Any], categories: Sequence[str],
+              sentiments: Sequence[Any] | None = None, languages: Sequence[str] | None = None) -> dict[str, Any]:
         """Accuracy/MAE against the given (target) ratings and categories; rows without a star rating
-        or with a category unseen in training are left out of that metric."""
+        or with a category unseen in training are left out of that metric. With `sentiments` and
+        `languages`, also the polarity agreement (`polarity_score`)."""
         texts = [str(t) for t in texts]
         out: dict[str, Any] = {}
         r_idx = [i for i, r in enumerate(ratings) if r is not None and not pd.isna(r)]
@@ -140,7 +165,28 @@ class ConditionClassifiers:
             pred = self.category.predict([texts[i] for i in c_idx])
             out.update(category_acc=float(np.mean([p == str(categories[i]) for p, i in zip(pred, c_idx)])),
                        category_n=len(c_idx))
+        if sentiments is not None and languages is not None:
+            out.update(self.polarity_score(texts, ratings, sentiments, languages))
         return out
+
+    def polarity_score(self, texts: Sequence[str], ratings: Sequence[Any], sentiments: Sequence[Any],
+                       languages: Sequence[str]) -> dict[str, Any]:
+        """Share of rows whose predicted polarity is the target one (`polarity_agreement`), its mean
+        per-class recall (`polarity_balanced`) and the rows judged; rows without a target polarity or
+        without a classifier for their language are left out."""
+        pred, true = [], []
+        for lang in sorted(set(map(str, languages))):
+            idx = [i for i, x in enumerate(languages) if str(x) == lang
+                   and polarity_label(ratings[i], sentiments[i]) is not None]
+            if lang in self.polarity and idx:
+                pred += list(self.polarity[lang].predict([str(texts[i]) for i in idx]))
+                true += [polarity_label(ratings[i], sentiments[i]) for i in idx]
+        if not true:
+            return {}
+        ok = np.array(pred) == np.array(true)
+        recall = [float(ok[np.array(true) == c].mean()) for c in sorted(set(true))]
+        return {"polarity_agreement": float(ok.mean()), "polarity_balanced": float(np.mean(recall)),
+                "polarity_n": len(true)}
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -185,13 +231,3 @@ def embedding_metrics(x: np.ndarray | None, against: np.ndarray | None, title: n
 def mean_of(entry: dict[str, Any] | None) -> float | None:
     """The "mean" of an aggregated metric entry, or None when it is missing."""
     return None if not entry else entry.get("mean")
-
-
-def match_diversity(sweep: dict[str, Any], human_sb4: float, temperatures: Sequence[float], tol: float = 0.02) -> dict[str, Any]:
-    """Per model, the temperature whose mean Self-BLEU-4 is closest to the human texts'."""
-    out: dict[str, Any] = {"human_self_bleu4": human_sb4, "tolerance": tol}
-    for name, by_t in sweep.items():
-        best = min(temperatures, key=lambda t: abs(mean_of(by_t[f"{t:g}"].get("self_bleu4")) - human_sb4))
-        sb = mean_of(by_t[f"{best:g}"]["self_bleu4"])
-        out[name] = {"temperature": best, "self_bleu4": sb, "diff": sb - human_sb4, "within": abs(sb - human_sb4) <= tol}
-    return out

@@ -20,7 +20,11 @@ from reviewgen.score.filter import ReviewFilter
 
 QUALITY_COLUMNS = ("bleu2", "bleu3", "bleu4", "bleu5", "self_bleu2", "self_bleu3", "self_bleu4", "distinct1",
                    "distinct2", "distinct3", "fed", "mauve", "title_relevance", "length")
-CONDITION_COLUMNS = ("rating_acc", "rating_mae", "category_acc")
+CONDITION_COLUMNS = ("rating_acc", "rating_mae", "polarity_agreement", "polarity_balanced", "category_acc")
+# the matched-diversity comparison (each metric interpolated at the temperature of the common Self-BLEU-4)
+MATCHED_COLUMNS = ("self_bleu4", "mauve", "category_acc", "polarity_agreement", "polarity_balanced",
+                   "title_relevance", "rating_acc", "rating_mae", "bleu4", "fed", "distinct2", "copy_rate",
+                   "accepted_copy_rate")
 FILTER_COLUMNS = ("copy_rate", "reject_rate", "accepted_copy_rate", *(f"pii_{k}" for k in PII_KINDS), "empty_rate")
 
 
@@ -46,10 +50,41 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _sweep_table(r: dict[str, Any], columns: Sequence[str]) -> str:
     rows = [["human (test)", *[r["human"].get(c) for c in columns]]]
-    for name in MODELS:
+    for name in r["sweep"]:
         for t, m in r["sweep"][name].items():
             rows.append([f"{name.upper()} T={t}", *[m.get(c) for c in columns]])
     return _table(["texts", *columns], rows)
+
+
+def _matched_text(r: dict[str, Any]) -> str:
+    """How the matched point was chosen."""
+    mt = r["matched"]
+    if not mt["common"]:
+        how = ("the GAN and MLE Self-BLEU-4 ranges over the sampled temperatures do not overlap, so there is no "
+               "common point; each model is shown at the value of its own range closest to the human one")
+    elif mt["target_is_human"]:
+        how = f"both GAN and MLE reach the human Self-BLEU-4 {mt['human_self_bleu4']:.4f}"
+    else:
+        how = (f"not both GAN and MLE reach the human Self-BLEU-4 {mt['human_self_bleu4']:.4f} over the sampled "
+               f"temperatures; the closest value both reach is {mt['target_self_bleu4']:.4f}")
+    return (f"Every model is compared where its mean Self-BLEU-4 over seeds equals one target value: {how}. Its "
+            "temperature there, and every metric, is interpolated linearly between the two sampled temperatures "
+            "around it (reached = no: the model's curve misses the target; shown at its closest sampled "
+            "temperature). The GAN-vs-MLE target reads this table; test NLL does not depend on temperature.")
+
+
+def _matched_table(r: dict[str, Any]) -> str:
+    """MLE, the compared models, then the GAN, at matched diversity; the human texts as the ceiling."""
+    pts = r["matched"]["points"]
+    order = ["mle", *[n for n in pts if n not in MODELS], "gan"]
+    rows = [["human (test)", "-", "-", *[r["human"].get(c) for c in MATCHED_COLUMNS], "-"]]
+    for n in order:
+        p = pts[n]
+        seg = p["segment"]
+        where = f"{p['temperature']:.3f}" + (f" ({seg[0]:g}-{seg[1]:g})" if seg[0] != seg[1] else "")
+        rows.append([n.upper(), where, "yes" if p["reached"] else "no",
+                     *[p["metrics"].get(c) for c in MATCHED_COLUMNS], r["nll"].get(n)])
+    return _table(["model", "T (between)", "reached", *MATCHED_COLUMNS, "test NLL"], rows)
 
 
 def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samples: dict, clf: ConditionClassifiers,
@@ -58,7 +93,7 @@ def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samp
     hist = [dict(row, step=row.get("global_step", row.get("step"))) for row in read_history(model_dir / "metrics.jsonl")]
     files.append(P.plot_training_curves(hist, out / "training_curves.png"))
     curves = {name.upper(): [(mean_of(m["self_bleu4"]), mean_of(m.get("bleu4")) or 0.0, float(t))
-                             for t, m in r["sweep"][name].items()] for name in MODELS}
+                             for t, m in r["sweep"][name].items()] for name in r["sweep"]}
     h = r["human"]
     files.append(P.plot_quality_diversity(curves, (h["self_bleu4"], h.get("bleu4", 0.0)), out / "quality_diversity.png"))
     files.append(P.plot_roc(extra["roc"], out / "scorer_roc.png"))
@@ -73,7 +108,8 @@ def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samp
     files.append(P.plot_score_histograms(groups, out / "scorer_histograms.png"))
     langs = ev["language"].tolist()
     lens = lambda texts: [len(tokenize_for_bleu(t, lang)) for t, lang in zip(texts, langs)]  # noqa: E731
-    gen = {f"{n.upper()} T={r['matched'][n]['temperature']:g}": samples[(n, r["matched"][n]["temperature"])] for n in MODELS}
+    gen = {f"{n.upper()} T={p['nearest_sampled']:g}": samples[(n, p["nearest_sampled"])]
+           for n, p in r["matched"]["points"].items()}
     files.append(P.plot_distributions(lens(ev["text"].astype(str)), {k: lens(v) for k, v in gen.items()},
                                       out / "length_distribution.png", "review length (BLEU tokens)"))
     rated = [i for i, x in enumerate(ev["rating"]) if not pd.isna(x)]
@@ -103,8 +139,8 @@ def _examples(ev: pd.DataFrame, samples: dict, matched: dict, review_filter: Rev
             cond = f"rating {int(row['rating'])}" if not pd.isna(row["rating"]) else f"sentiment {row['sentiment']}"
             parts.append(f"**{row['product_title']}** ({lang}, {row['category']}, {cond})\n")
             parts.append(f"- real: {row['text']}")
-            for n in MODELS:
-                t = matched[n]["temperature"]
+            for n, point in matched["points"].items():
+                t = point["nearest_sampled"]
                 text = samples[(n, t)][i]
                 reasons = review_filter.check([text], languages=[lang])[0].reasons
                 tag = f" _(rejected: {', '.join(reasons)})_" if reasons else ""
@@ -123,7 +159,9 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "# reviewgen evaluation report", "",
         f"Model `{meta['model_dir']}` (version {meta['model_version']}) vs its MLE-only checkpoint "
         f"`{meta['baseline_dir']}`, on {meta['data']['evaluated_reviews']} reviews of "
-        f"{meta['data']['evaluated_products']} test-split products never seen in training.", "",
+        f"{meta['data']['evaluated_products']} test-split products never seen in training."
+        + "".join(f" Compared as well: {n.upper()} `{c['model_dir']}` (version {c['version']})."
+                  for n, c in meta.get("compared", {}).items()), "",
         "## Compute budget", "",
         f"- evaluation wall time: {meta['wall_time_s']:.0f} s on {meta['device']}"
         + (" (fast mode)" if meta["fast"] else ""),
@@ -135,9 +173,9 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         f"- temperatures {meta['temperatures']}, seeds {meta['seeds']} (mean ± sd over seeds), top-p {meta['top_p']}", "",
         "## Targets", "",
         _table(["target", "status", "detail"], [[k, v["status"], v["detail"]] for k, v in tg.items()]), "",
-        f"Matched diversity: human Self-BLEU-4 {r['matched']['human_self_bleu4']:.4f}; "
-        + "; ".join(f"{n.upper()} closest at T={r['matched'][n]['temperature']:g} "
-                    f"({r['matched'][n]['diff']:+.4f}{'' if r['matched'][n]['within'] else ', outside ±0.02'})" for n in MODELS), "",
+        "## Matched diversity", "",
+        _matched_text(r), "",
+        _matched_table(r), "",
         "## Quality and diversity", "",
         "BLEU against real test reviews of other unseen products with the same language, category and rating "
         "(human row: the real reviews of the evaluated products against the same pools). FED/MAUVE compare with "
@@ -146,10 +184,13 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         f"Embeddings: {'all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)' if meta['embeddings_available'] else 'unavailable, FED/MAUVE/title relevance are null'}; "
         f"MAUVE package {'available' if meta['mauve_available'] else 'unavailable'}.", "",
         "## Test NLL (teacher forced, all test reviews, nats/token)", "",
-        _table(["model", "NLL"], [[n.upper(), r["nll"][n]] for n in MODELS]), "",
+        _table(["model", "NLL"], [[n.upper(), v] for n, v in r["nll"].items()]), "",
         "## Condition match", "",
         "TF-IDF + logistic regression trained only on real train reviews; generated reviews are scored against "
-        "the rating/category they were asked for.", "",
+        "the rating/category they were asked for. Polarity: 1-2 stars negative, 4-5 positive (3 left out); rows "
+        "without a star rating (Chinese) by their sentiment label; one class-balanced classifier per language. "
+        "Agreement is the share of rows of the asked polarity, balanced the mean of its per-class recalls; the "
+        "human row is the ceiling these classifiers allow.", "",
         _sweep_table(r, CONDITION_COLUMNS), "",
         "## Scorer", "",
         f"p_human: {r['scorer'].get('mode', 'discriminator-only')}. Out-of-family generator: "
@@ -173,7 +214,8 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         *[f"![{name}]({name})" for name in r["plots"]], "",
         "## Protocol notes", "",
         f"- {meta['reference_pools']}.",
-        "- GAN and MLE samples share per-row random numbers (same keys and seeds).",
+        "- GAN, MLE and compared models' samples share per-row random numbers (same keys and seeds).",
+        "- Example texts and the length/rating plots use each model's sampled temperature nearest its matched one.",
         "- Scorer settings marked in_calibration=False were never used to fit the scorer (D's Platt calibration "
         "and the detector); the out-of-family generator never is.",
     ]

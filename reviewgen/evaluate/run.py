@@ -12,7 +12,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.device import pick_device
@@ -24,8 +24,9 @@ from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filter_verdicts
 from reviewgen.evaluate.fluency import fluency_markdown, fluency_section
 from reviewgen.evaluate.jsonio import write_json_atomic
+from reviewgen.evaluate.matching import match_at_diversity
 from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, Log, aggregate, embedding_metrics,
-                                        match_diversity, quality_metrics, reference_pools, split_eval_rows)
+                                        quality_metrics, reference_pools, split_eval_rows)
 from reviewgen.evaluate.report import read_history, write_report
 from reviewgen.evaluate.scorer_eval import extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
@@ -81,11 +82,14 @@ class EvalConfig:
 
 def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: EvalConfig | None = None,
                    *, baseline_dir: str | Path | None = None, ood_model_dir: str | Path | None = None,
-                   log: Log = print) -> dict[str, Any]:
+                   compare: Mapping[str, str | Path] | None = None, log: Log = print) -> dict[str, Any]:
     """Evaluate model_dir (GAN) against baseline_dir (default model_dir/mle) on unseen test products and
     write OUT_DIR/{metrics.json, report.md, *.png}. `ood_model_dir`: a model directory of a different
     generator that the scorer is never fitted on, for the scorer's out-of-family check (None: no check).
+    `compare`: more named model directories (an ablation), swept and compared at matched diversity beside
+    GAN and MLE on the same rows (quality, conditions, copying and NLL; not the scorer or fluency sections).
     Returns the metrics dict (as in metrics.json)."""
+    compare = check_compare_names(compare or {})
     c = (config or EvalConfig()).resolved()
     temperatures, seeds, top_p, copy_span, fast = list(c.temperatures), list(c.seeds), c.top_p, c.copy_span, c.fast
     t0 = time.time()
@@ -97,7 +101,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     if c.recalibrate:
         calib = refit_calibration(model_dir, data_dir, checkpoints=[model_dir, baseline_dir], device=str(dev),
                                   max_rows=64 if fast else None, log=log)
-    ck = {"gan": load_checkpoint(model_dir, dev), "mle": load_checkpoint(baseline_dir, dev)}
+    ck = {"gan": load_checkpoint(model_dir, dev), "mle": load_checkpoint(baseline_dir, dev),
+          **{name: load_checkpoint(path, dev) for name, path in compare.items()}}
     tok = ck["gan"].tokenizer
     calib = calib or ck["gan"].calibration
     scorer = Scorer.from_checkpoint(ck["gan"], str(dev))
@@ -119,10 +124,11 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         bs = m.config.train.batch_size
         tk = Tokens(pad_id=m.tokenizer.pad_id, eos_id=m.tokenizer.eos_id, prefix_len=m.tokenizer.prefix_len)
         nll[name] = val_nll(m.generator, fixed_batches(data, bs, math.ceil(len(nll_df) / bs), dev), tk)
-    log(f"test NLL on {len(nll_df)} reviews: GAN {nll['gan']:.4f}, MLE {nll['mle']:.4f} nats/token")
+    log(f"test NLL on {len(nll_df)} reviews: " + ", ".join(f"{n} {v:.4f}" for n, v in nll.items()) + " nats/token")
 
     clf = ConditionClassifiers(train, max_rows=c.classifier_rows)
     ratings, cats = ev["rating"].tolist(), ev["category"].astype(str).tolist()
+    sentiments = ev["sentiment"].tolist()
     review_filter = evaluation_filter(tok, ck["gan"].ngram_path, copy_span)
 
     emb = Embedder(c.embeddings, log)
@@ -135,33 +141,22 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         m = quality_metrics(texts, langs, pools)
         e = emb(texts)
         m.update(embedding_metrics(e, h_emb, title_emb))
-        cls = clf.score(texts, ratings, cats)
+        cls = clf.score(texts, ratings, cats, sentiments, langs)
         m.update({k: v for k, v in cls.items() if k != "rating_pred"})
         m.update(filter_metrics(filter_verdicts(review_filter, texts, langs), texts))
         return m
 
     human_m = quality_metrics(human, langs, pools)
     human_m.update(embedding_metrics(h_emb, r_emb, title_emb))
-    human_m.update({k: v for k, v in clf.score(human, ratings, cats).items() if k != "rating_pred"})
+    human_m.update({k: v for k, v in clf.score(human, ratings, cats, sentiments, langs).items() if k != "rating_pred"})
     human_m["copy_rate"] = filter_metrics(filter_verdicts(review_filter, human, langs), human)["copy_rate"]
 
-    sweep: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
-    samples: dict[tuple[str, float], list[str]] = {}
-    for name in MODELS:
-        for temp in temperatures:
-            runs = []
-            for seed in seeds:
-                t1 = time.time()
-                texts = generate_texts(ck[name].generator, tok, conds, keys, seed=seed, temperature=temp,
-                                       top_p=top_p, device=dev)
-                if seed == seeds[0]:
-                    samples[(name, temp)] = texts
-                runs.append(full_metrics(texts))
-                log(f"  {name} T={temp:g} seed={seed}: BLEU-4 {runs[-1].get('bleu4', float('nan')):.4f} "
-                    f"Self-BLEU-4 {runs[-1]['self_bleu4']:.4f} ({time.time() - t1:.1f}s)")
-            sweep[name][f"{temp:g}"] = aggregate(runs)
+    def sample(name: str, temp: float, seed: int) -> list[str]:
+        return generate_texts(ck[name].generator, ck[name].tokenizer, conds, keys, seed=seed, temperature=temp,
+                              top_p=top_p, device=dev)
 
-    matched = match_diversity(sweep, human_m["self_bleu4"], temperatures)
+    sweep, samples = sweep_models(list(ck), sample, temperatures, seeds, full_metrics, log)
+    matched = match_at_diversity(sweep, human_m["self_bleu4"], anchors=MODELS)
     extra = extra_scorer_rows(test, ev, c.scorer_reviews)
     x_conds, x_keys = conditions(extra), [f"{pid}:scorer:{i}" for i, pid in enumerate(extra["product_id"])]
     if len(extra):
@@ -170,7 +165,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     sc_samples = {(name, temp): texts + (generate_texts(ck[name].generator, tok, x_conds, x_keys, seed=seeds[0],
                                                         temperature=temp, top_p=top_p, device=dev)
                                          if len(extra) else [])
-                  for (name, temp), texts in samples.items()}
+                  for (name, temp), texts in samples.items() if name in MODELS}
     scorer_m, scorer_extra = scorer_section(ck, scorer, conds + x_conds, human + extra["text"].astype(str).tolist(),
                                             keys + x_keys, sc_samples, temperatures, train, c.n_baseline_train,
                                             seeds[0], dev, log, ood=ood)
@@ -183,17 +178,20 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         "nll": nll,
         "human": human_m,
         "sweep": sweep,
-        "matched": matched,
+        "matched": matched.to_dict(),
         "scorer": scorer_m,
         "classifiers": {"note": "TF-IDF char 1-3-gram + logistic regression trained on real train reviews"},
     }
     result["meta"]["nll_reviews"] = len(nll_df)
+    result["meta"]["compared"] = {name: {"model_dir": str(path), "version": ck[name].version}
+                                  for name, path in compare.items()}
     result["meta"]["out_of_family"] = None if ood is None else {
         "model_dir": str(ood_model_dir), "version": ood.version, "generator_params": count_params(ood.generator),
         "generator_config": ood.config.to_dict()["generator"], "seed": ood.config.train.seed,
         "trained_on": ood.meta.get("trained_on", ood.meta.get("data_hash"))}
     # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
-    result["fluency"] = fluency_section(ck, samples, ev, test, train, load_split(data_dir, "val"), clf,
+    result["fluency"] = fluency_section({n: ck[n] for n in MODELS}, samples, ev, test, train,
+                                        load_split(data_dir, "val"), clf,
                                         tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
     result["targets"] = check_targets(result)
     result["meta"]["wall_time_s"] = time.time() - t0
@@ -204,6 +202,42 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     write_json_atomic(out_dir / "metrics.json", result)
     log(f"report written to {out_dir} in {time.time() - t0:.0f}s")
     return result
+
+
+def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
+    """The `compare` models as {name: directory}; a name must be a plain word other than the built-in
+    gan, mle, human and ood, and the directory must exist (checked before the long evaluation starts)."""
+    out = {}
+    for name, path in compare.items():
+        if not name.replace("_", "").replace("-", "").isalnum() or name.lower() in (*MODELS, "human", "ood"):
+            raise ValueError(f"evaluate: compare model name {name!r} must be a plain word other than "
+                             "gan, mle, human and ood")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"evaluate: compare model {name!r}: no model directory at {path}")
+        out[name] = Path(path)
+    return out
+
+
+def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]], temperatures: list[float],
+                 seeds: list[int], score: Callable[[list[str]], dict[str, Any]],
+                 log: Log) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, float], list[str]]]:
+    """Per model and temperature, `score` of `sample(name, temperature, seed)` aggregated over seeds
+    ({model: {"T": {metric: {"mean", "sd", "values"}}}}), and the first seed's texts per (model, T)."""
+    sweep: dict[str, dict[str, Any]] = {n: {} for n in names}
+    samples: dict[tuple[str, float], list[str]] = {}
+    for name in names:
+        for temp in temperatures:
+            runs = []
+            for seed in seeds:
+                t1 = time.time()
+                texts = sample(name, temp, seed)
+                if seed == seeds[0]:
+                    samples[(name, temp)] = texts
+                runs.append(score(texts))
+                log(f"  {name} T={temp:g} seed={seed}: BLEU-4 {runs[-1].get('bleu4', float('nan')):.4f} "
+                    f"Self-BLEU-4 {runs[-1]['self_bleu4']:.4f} ({time.time() - t1:.1f}s)")
+            sweep[name][f"{temp:g}"] = aggregate(runs)
+    return sweep, samples
 
 
 def run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p, copy_span,
