@@ -66,7 +66,8 @@ def _worker(c: dict) -> None:
 
     from reviewgen.core.config import RunConfig
     from reviewgen.core.tokenizer import ReviewTokenizer
-    from reviewgen.train.trainer import GANTrainer, TensorBatches
+    from reviewgen.train.batches import TensorBatches
+    from reviewgen.train.trainer import GANTrainer
 
     torch.set_num_threads(c["threads"])
     ctx = ray.train.get_context()
@@ -129,7 +130,8 @@ def gpu_section(quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"status": "not measured (no GPU lent)"}
     from reviewgen.core.models import count_params
-    from reviewgen.train.trainer import GANTrainer, TensorBatches
+    from reviewgen.train.batches import TensorBatches
+    from reviewgen.train.trainer import GANTrainer
 
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k.lower() in name.lower()), None)

@@ -52,7 +52,8 @@ def inprocess_steps(setup: dict[str, Any], threads: int, warmup: int, steps: int
     """`train_step` timed in this process, no Ray: loss tokens/s and positions/s."""
     import torch
 
-    from reviewgen.train.trainer import GANTrainer, TensorBatches
+    from reviewgen.train.batches import TensorBatches
+    from reviewgen.train.trainer import GANTrainer
 
     torch.set_num_threads(threads)
     cfg = setup["cfg"].override({"train.mle_steps": warmup + steps + 1})

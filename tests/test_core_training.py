@@ -16,7 +16,8 @@ from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
 from reviewgen.score.scorer import Scorer
 from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
-from reviewgen.train.trainer import GANTrainer, TensorBatches
+from reviewgen.train.batches import TensorBatches
+from reviewgen.train.trainer import GANTrainer
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from reviewgen.core.config import ConfigError, DiscriminatorConfig, GeneratorCon
 from reviewgen.core.lora import adapters_disabled, ddp_ignore_frozen, is_adapter_key, lora_layers, merged_state_dict
 from reviewgen.core.models import Discriminator, Generator
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.train.trainer import GANTrainer, TensorBatches
+from reviewgen.train.batches import TensorBatches
+from reviewgen.train.trainer import GANTrainer
 
 P, R = 12, 10
 TEXTS = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",

@@ -33,7 +33,8 @@ from reviewgen.infra.progress import send as send_progress
 from reviewgen.infra.tracking import Tracker
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text
 from reviewgen.train.loop import LoopSettings, StepLog, run_loop
-from reviewgen.train.trainer import GANTrainer, TensorBatches
+from reviewgen.train.batches import TensorBatches
+from reviewgen.train.trainer import GANTrainer
 
 # metrics summed over ranks (the rest are averaged)
 SUMMED = {"tokens", "tokens_per_s", "samples_per_s"}

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from reviewgen.core.base_ref import own_state
 from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
-from reviewgen.core.encoding import to_tensor, build_categories, encode_frame, fit_tokenizer, fixed_batches
+from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.hf_import import HFImportError, HFInit, init_from_hf
 from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.lora import is_adapter_key, merged_state_dict, share_base, shared_copy
@@ -31,54 +30,11 @@ from reviewgen.core.models import Discriminator, Generator, base_view, count_par
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.data.corpus import load_split
+from reviewgen.train.batches import TensorBatches
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.loop import LocalSink, LoopSettings, run_loop
 
 PHASES = ("mle", "disc", "adv", "done")
-
-
-# -- data -> tensors ---------------------------------------------------------------------------------
-
-class TensorBatches:
-    """Seeded, resumable shuffling batches over in-memory tensors.
-
-    With `world_size > 1`, each rank takes its contiguous slice of the same global batch, so N workers
-    with batch B/N see exactly the rows one worker with batch B sees."""
-
-    def __init__(self, data: dict[str, np.ndarray], batch_size: int, seed: int, device="cpu",
-                 rank: int = 0, world_size: int = 1):
-        self.data = {k: to_tensor(v) for k, v in data.items()}
-        self.n = len(next(iter(self.data.values())))
-        if self.n == 0:
-            raise ValueError("no training rows")
-        self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
-        self.rank, self.world = rank, world_size
-        self.epoch, self.pos = 0, 0
-        self._perm = self._permutation()
-
-    def _permutation(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        global_bs = self.batch_size * self.world
-        if self.pos + global_bs > self.n:
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._perm = self._permutation()
-        idx = self._perm[self.pos:self.pos + global_bs].repeat(math.ceil(global_bs / self.n))[:global_bs]
-        self.pos += global_bs
-        idx = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return {k: v[idx].to(self.device) for k, v in self.data.items()}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
-        self._perm = self._permutation()
 
 
 # -- the trainer -------------------------------------------------------------------------------------
