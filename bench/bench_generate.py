@@ -69,7 +69,8 @@ def bench_model(log=print) -> Path:
 
     tmp = CACHE / "gen_tiny_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    train_local(prepared_data(), tmp, RunConfig.from_yaml(BENCH_DIR.parent / "configs" / "tiny.yaml"), log=lambda *_: None)
+    train_local(prepared_data(), tmp, RunConfig.from_yaml(BENCH_DIR.parent / "configs" / "tiny.yaml"),
+                log=lambda *_: None)
     tmp.rename(MODEL_DIR)
     log(f"bench model trained -> {MODEL_DIR}")
     return MODEL_DIR
@@ -78,10 +79,9 @@ def bench_model(log=print) -> Path:
 def synthetic_catalog(n_rows: int, n_valid: int, path: Path) -> Path:
     """n_valid unique products (BigBasket titles), then rows alternating: no title / a duplicate id."""
     import numpy as np
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    import pandas as pd
 
     from reviewgen.data.corpus import sample_data_dir
 
@@ -145,12 +145,11 @@ def in_process_rate(model: Path, catalog: Path, n_products: int) -> dict[str, An
     """reviews/s of GeneratorActor.write_shard (generate, score, filter, write) in this process with one
     torch thread, on the catalog's first n_products valid products in shards of PRODUCTS_PER_SHARD."""
     import pandas as pd
+    import torch
 
     from reviewgen.generate.actor import GeneratorActor, ShardJob
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.run import DEFAULT_RATING_DISTRIBUTION
-
-    import torch
 
     cfg = load_generate_config(None, {"sampling.reviews_per_product": REVIEWS_PER_PRODUCT,
                                       "filter.reject_broken_text": False, "sharding.cpus_per_actor": 1})

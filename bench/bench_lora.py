@@ -172,7 +172,8 @@ def measure_memory(shape_name: str, rank: int) -> dict[str, Any]:
               for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
     params = sum(storages.values())
     grads = sum(p.numel() * p.element_size() for p in trainable)
-    return {"shape": shape_name, "rank": rank, "judge": getattr(tr, "cond", None) is not None, "params": params, "grads": grads, "optimizer": opt,
+    return {"shape": shape_name, "rank": rank, "judge": getattr(tr, "cond", None) is not None,
+            "params": params, "grads": grads, "optimizer": opt,
             "total": params + grads + opt, "trainable": sum(p.numel() for p in trainable),
             "rss_before_models_mb": rss0 / 1024, "rss_after_models_mb": rss_models / 1024,
             "step_peak_rss_mb": peak.peak / 1024, "process_peak_rss_mb": _rss_kb("VmHWM") / 1024,
@@ -215,7 +216,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     check = {m: {k: measured[m][k] / state_bytes(SHAPES["0.5B"], r, judge=measured[m]["judge"])[k]
                  for k in ("params", "grads", "optimizer")} for m, r in (("full", 0), ("lora", LORA_RANK))}
     # a GPU worker at the LoRA configs' batch (8 rows, group 4: 16 rows in G's step, 48 + 128 tokens)
-    acts = {name: {"plain": activation_bytes(s, 16, 176, 128, False), "checkpointed": activation_bytes(s, 16, 176, 128, True)}
+    acts = {name: {"plain": activation_bytes(s, 16, 176, 128, False),
+                   "checkpointed": activation_bytes(s, 16, 176, 128, True)}
             for name, s in SHAPES.items()}
     steps = 2 if quick else 5
     speed = {m: _in_child("measure_demo_speed", r, steps) for m, r in (("full", 0), ("lora", LORA_RANK))}
@@ -239,32 +241,39 @@ def render_md(res: dict[str, Any]) -> str:
     gb = lambda b: f"{b / GIB:.2f}"  # noqa: E731
     m, f = res["measured_0.5B"], res["formula"]
     out = [f"# LoRA (rank {res['lora_rank']}) vs full fine-tuning, GAN loop, CPU, random weights", "",
-           "## Measured: one adversarial step at the Qwen2-0.5B shape (G step + D step; batch 4, group 2, 16+16 tokens)", "",
-           "| mode | trainable params | params GiB | grads GiB | AdamW GiB | params+grads+opt GiB | step peak RSS GiB | process peak RSS GiB | step s |",
+           "## Measured: one adversarial step at the Qwen2-0.5B shape "
+           "(G step + D step; batch 4, group 2, 16+16 tokens)", "",
+           "| mode | trainable params | params GiB | grads GiB | AdamW GiB | params+grads+opt GiB "
+           "| step peak RSS GiB | process peak RSS GiB | step s |",
            "|---|---|---|---|---|---|---|---|---|"]
     for k in ("full", "lora"):
         x = m[k]
-        out.append(f"| {k} | {x['trainable'] / 1e6:.2f}M | {gb(x['params'])} | {gb(x['grads'])} | {gb(x['optimizer'])} | "
-                   f"{gb(x['total'])} | {x['step_peak_rss_mb'] / 1024:.2f} | {x['process_peak_rss_mb'] / 1024:.2f} | {x['step_s']:.1f} |")
+        out.append(f"| {k} | {x['trainable'] / 1e6:.2f}M | {gb(x['params'])} | {gb(x['grads'])} | "
+                   f"{gb(x['optimizer'])} | {gb(x['total'])} | {x['step_peak_rss_mb'] / 1024:.2f} | "
+                   f"{x['process_peak_rss_mb'] / 1024:.2f} | {x['step_s']:.1f} |")
     g = res["goals"]
     out += ["", f"LoRA / full: trainable parameters {100 * g['trainable_ratio']:.2f}% (goal <= 2%), "
                 f"params+grads+optimizer bytes {100 * g['state_ratio']:.1f}% (goal <= 35%).", "",
             "Formula / measured at 0.5B: " + "; ".join(
-                f"{k}: " + ", ".join(f"{n} {v:.4f}" for n, v in c.items()) for k, c in res["formula_check_0.5B"].items()), "",
+                f"{k}: " + ", ".join(f"{n} {v:.4f}" for n, v in c.items())
+                for k, c in res["formula_check_0.5B"].items()), "",
             "## Projected per worker (bench.bench_lora.state_bytes; GiB)", "",
-            "| shape | full: params+grads+opt | LoRA fp32 base | LoRA bf16 base | LoRA trainable | G-step activations, batch 8 x group 4 (plain / checkpointed) | LoRA bf16 + checkpointed total |",
+            "| shape | full: params+grads+opt | LoRA fp32 base | LoRA bf16 base | LoRA trainable "
+            "| G-step activations, batch 8 x group 4 (plain / checkpointed) | LoRA bf16 + checkpointed total |",
             "|---|---|---|---|---|---|---|"]
     for name in SHAPES:
         a = res["activations_gpu_batch8"][name]
         tot = f[name]["lora_bf16"]["total"] + a["checkpointed"]
-        out.append(f"| {name} | {gb(f[name]['full']['total'])} | {gb(f[name]['lora']['total'])} | {gb(f[name]['lora_bf16']['total'])} | "
-                   f"{f[name]['lora']['trainable'] / 1e6:.1f}M | {gb(a['plain'])} / {gb(a['checkpointed'])} | {gb(tot)} |")
+        out.append(f"| {name} | {gb(f[name]['full']['total'])} | {gb(f[name]['lora']['total'])} | "
+                   f"{gb(f[name]['lora_bf16']['total'])} | {f[name]['lora']['trainable'] / 1e6:.1f}M | "
+                   f"{gb(a['plain'])} / {gb(a['checkpointed'])} | {gb(tot)} |")
     s = res["demo_speed"]
     out += ["", "## Step time on configs/demo.yaml's shape (adversarial step, mean of "
                 f"{s['full']['steps']} after one warm-up)", "",
             "| mode | trainable params | step s |", "|---|---|---|"]
     out += [f"| {k} | {s[k]['trainable'] / 1e6:.2f}M | {s[k]['step_s']:.2f} |" for k in ("full", "lora")]
-    out += ["", "LoRA's D takes G's shape there (4 layers, width 256) to share G's base; full uses demo's D (3 layers, width 192)."]
+    out += ["", "LoRA's D takes G's shape there (4 layers, width 256) to share G's base; "
+            "full uses demo's D (3 layers, width 192)."]
     return "\n".join(out) + "\n"
 
 

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from bench.bench_generate import DATA_DIR, bench_model, model_description
+from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.device import cpu_has_native_bf16
 from reviewgen.core.encoding import conditions
 from reviewgen.core.losses import autocast_for
 from reviewgen.data.corpus import load_split
 from reviewgen.score.platt import apply_calibration
-from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.score.scorer import Scorer
 from reviewgen.score.signals import review_signals
 
@@ -90,7 +90,8 @@ def main(quick: bool = False, model: str | None = None, data: str | None = None)
     rb = _rate(before, len(texts), repeats)
     ra = _rate(after, len(texts), repeats)
     rd = _rate(d_alone_now, len(texts), repeats)
-    return {"model": model_description(model), "mode": scorer.mode, "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
+    return {"model": model_description(model), "mode": scorer.mode,
+            "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch_threads": torch.get_num_threads(), "before_reviews_per_s": round(rb, 1),
             "after_reviews_per_s": round(ra, 1), "d_alone_now_reviews_per_s": round(rd, 1),

@@ -37,11 +37,10 @@ CONFIG = "demo.yaml"
 def _setup(config_name: str, mle_steps: int | None = None) -> dict[str, Any]:
     """Config, tokenizer (as JSON, so workers rebuild it like run_distributed_training does), categories
     and the encoded train split, fitted once in the driver on the carried sample."""
-    from reviewgen.core.config import RunConfig
-    from reviewgen.data.corpus import load_split
-    from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer
-
     from bench.bench_generate import BENCH_DIR, prepared_data
+    from reviewgen.core.config import RunConfig
+    from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer
+    from reviewgen.data.corpus import load_split
 
     train_df = load_split(prepared_data(), "train")
     cfg = RunConfig.from_yaml(BENCH_DIR.parent / "configs" / config_name)
@@ -61,7 +60,6 @@ def _worker(c: dict) -> None:
     import ray.train.torch
     import torch
     import torch.distributed as dist
-
     from tokenizers import Tokenizer
 
     from reviewgen.core.config import RunConfig

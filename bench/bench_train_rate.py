@@ -15,7 +15,8 @@ bench's): MLE-phase loss tokens/s (non-pad review tokens, what the loss is taken
 Goals: the demo's run >= 80% of the bench's 1-worker figure; 1-worker Ray Train timed steps >= 90% of
 in-process timed steps. The runs go one after another (each needs the whole machine); the two timed
 figures alternate, take by take, and each keeps its best (on a shared machine the load moves by the
-minute, so only figures taken side by side compare); the load average is recorded around each. Run: python -m bench.bench_train_rate [--quick]
+minute, so only figures taken side by side compare); the load average is recorded around each.
+Run: python -m bench.bench_train_rate [--quick]
 """
 
 from __future__ import annotations
@@ -108,11 +109,10 @@ def main(quick: bool = False) -> dict[str, Any]:
     import ray
     import torch
 
-    from reviewgen.core.config import RunConfig
-    from reviewgen.infra.runtime import ensure_ray
-
     from bench.bench_generate import BENCH_DIR, prepared_data
     from bench.bench_train import _setup, run_workers
+    from reviewgen.core.config import RunConfig
+    from reviewgen.infra.runtime import ensure_ray
 
     threads = torch.get_num_threads()
     warmup, steps = (3, 15) if quick else (5, 40)

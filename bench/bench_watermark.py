@@ -269,7 +269,8 @@ def main(quick: bool = False, with_mauve: bool | None = None) -> dict:
 
         t = time.perf_counter()
         fp = false_positives(load_checkpoint(DEMO_MODEL).tokenizer, SHARED)
-        out["real"] = {"model": str(DEMO_MODEL), "false_positives": fp, "false_positives_s": round(time.perf_counter() - t, 1),
+        out["real"] = {"model": str(DEMO_MODEL), "false_positives": fp,
+                       "false_positives_s": round(time.perf_counter() - t, 1),
                        "grid": grid(REVIEWS[quick], (not quick) if with_mauve is None else with_mauve)}
     return dict(out, loadavg_before=load0, loadavg_after=os.getloadavg())
 
@@ -294,8 +295,9 @@ def grid_markdown(g: dict, fp: dict) -> list[str]:
              "Chinese) replaced by random words of real reviews, by the review's length as written; truncated: "
              f"the reviews of {CUT}+ tokens cut to {CUT} tokens.", "",
              "False positives on every real review of ../shared/data: " + "; ".join(
-                 f"gamma {gm}: " + ", ".join(f"{lang} {v['ours']} of {v['reviews']:,} (z {v['z_mean']} +- {v['z_std']}, "
-                                             f"max {v['z_max']})" for lang, v in by.items())
+                 f"gamma {gm}: " + ", ".join(f"{lang} {v['ours']} of {v['reviews']:,} "
+                                             f"(z {v['z_mean']} +- {v['z_std']}, max {v['z_max']})"
+                                             for lang, v in by.items())
                  for gm, by in fp.items()) + "."]
     bins = [b for b, _, _ in BINS]
     for lang, res in g["languages"].items():
@@ -313,18 +315,19 @@ def grid_markdown(g: dict, fp: dict) -> list[str]:
                          f"{_p(r['replaced_25pct']['>=40']['rate'])} | {_p(r[f'truncated_{CUT}_tokens']['rate'])} |")
         lines += ["", f"**{lang}: fluency and nightly acceptance** (deltas against plain; accepted: the nightly "
                   "scorer + filter, with the watermark_weak rule when watermarked)", "",
-                  "| setting | tokens | NLL nats/token (delta) | bits/char (delta) | real-word rate (delta) | MAUVE (delta) "
-                  "| accepted (delta, points) | watermark_weak | watermark_weak only | other rejects |",
+                  "| setting | tokens | NLL nats/token (delta) | bits/char (delta) | real-word rate (delta) "
+                  "| MAUVE (delta) | accepted (delta, points) | watermark_weak | watermark_weak only | other rejects |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in res.items():
             v, nl, ng = r["vs_plain"], r["nll_reference"] or {}, r["nightly"]
             other = 1 - ng["accepted"] - ng["watermark_weak_only"]
-            lines.append(f"| {name} | {r['mean_tokens']:.1f} | {_n(nl.get('nats_per_token'))} ({_n(v['nats_per_token'], 3, True)}) | "
+            lines.append(f"| {name} | {r['mean_tokens']:.1f} | "
+                         f"{_n(nl.get('nats_per_token'))} ({_n(v['nats_per_token'], 3, True)}) | "
                          f"{_n(nl.get('bits_per_char'))} ({_n(v['bits_per_char'], 3, True)}) | "
                          f"{_n(r['real_word_rate'])} ({_n(v['real_word_rate'], 3, True)}) | "
                          f"{_n(r.get('mauve'))} ({_n(v['mauve'], 3, True)}) | {_p(ng['accepted'])} "
-                         f"({_p(v['accepted'], 1, True)}) | {_p(ng['watermark_weak'])} | {_p(ng['watermark_weak_only'])} | "
-                         f"{_p(other)} |")
+                         f"({_p(v['accepted'], 1, True)}) | {_p(ng['watermark_weak'])} | "
+                         f"{_p(ng['watermark_weak_only'])} | {_p(other)} |")
         plain = {k: v["detected_under_gamma"] for k, v in res.items() if "detected_under_gamma" in v}
         lines += ["", "Unwatermarked reviews flagged ours: " + "; ".join(
             f"{k}: " + ", ".join(f"gamma {gm} {_p(x)}" for gm, x in d.items()) for k, d in plain.items()) + "."]

@@ -71,8 +71,8 @@ def run_one(name: str, quick: bool, threads: int | None, log=print) -> dict[str,
         if res_path.is_file():
             out = json.loads(res_path.read_text())
         else:
-            out = {"bench": name, "ok": False, "date": _now(), "exit": rc, "wall_s": round(wall, 1), "output_tail": tail,
-                   "loadavg_after": os.getloadavg()}
+            out = {"bench": name, "ok": False, "date": _now(), "exit": rc, "wall_s": round(wall, 1),
+                   "output_tail": tail, "loadavg_after": os.getloadavg()}
     log(f"[{name}] {'ok' if out['ok'] else 'FAILED (exit ' + str(out.get('exit')) + ')'} in {wall:.0f}s")
     return out
 
@@ -146,7 +146,8 @@ def _md_sampling(x: dict[str, Any]) -> list[str]:
     for name, c in x["cases"].items():
         for k, v in c["methods"].items():
             out.append(f"| {name} | {k} | {v.get('precision', 'fp32')} | {_f(v['reviews_per_s'])} | "
-                       f"{_f(v['tokens_per_s'], 0)} | {_f(v['achieved_gflops'])} | {_f(v['fraction_of_matmul_peak'], 3)} |")
+                       f"{_f(v['tokens_per_s'], 0)} | {_f(v['achieved_gflops'])} | "
+                       f"{_f(v['fraction_of_matmul_peak'], 3)} |")
         if "speedup_fp32_vs_hf_fp32" in c:
             goals.append(f"- {name}: ours / HF both in fp32 {c['speedup_fp32_vs_hf_fp32']:.2f}x; ours at its default "
                          f"precision ({c['default_precision']}) / HF's default (fp32) "
@@ -177,7 +178,8 @@ def _md_train(x: dict[str, Any]) -> list[str]:
            "|---|---|---|---|---|---|"]
     for k in ("1_worker", "2_workers"):
         r = c[k]
-        out.append(f"| {r['workers']} | {r['threads_per_worker']} | {', '.join(_f(t, 0) for t in r['tokens_per_s_per_worker'])} | "
+        out.append(f"| {r['workers']} | {r['threads_per_worker']} | "
+                   f"{', '.join(_f(t, 0) for t in r['tokens_per_s_per_worker'])} | "
                    f"{_f(r['tokens_per_s_total'], 0)} | {_f(r['step_time_s'], 3)} | "
                    f"{', '.join(_f(t, 0) for t in r['worker_peak_rss_mb'])} |")
     out += ["", f"Scaling efficiency (2-worker total / (2 x 1-worker)): **{c['scaling_efficiency']:.2f}**.", "",
@@ -228,10 +230,11 @@ def _md_generate(x: dict[str, Any]) -> list[str]:
     g = x["goals"]
     out += ["", f"In-process generate + score + filter + write: {_f(i['reviews_per_s'])} reviews/s on 1 thread, "
             f"{_f(i['reviews_per_s_same_cores'])} for the pipeline's {i['pipeline_actors']} actors' cores.",
-            f"Driver RSS ratio (largest / smallest catalog): {x['driver_rss_ratio']} (goal <= {g['driver_rss_ratio_max']}: "
-            f"{'met' if x['driver_rss_goal_met'] else 'NOT met'}).",
+            f"Driver RSS ratio (largest / smallest catalog): {x['driver_rss_ratio']} "
+            f"(goal <= {g['driver_rss_ratio_max']}: {'met' if x['driver_rss_goal_met'] else 'NOT met'}).",
             f"Overhead end to end: {x['overhead_end_to_end']}; generate stage only: {x['overhead_generate_stage']} "
-            f"(goal <= {g['overhead_max']:.0%} on the smallest catalog: {'met' if x['overhead_goal_met'] else 'NOT met'}).",
+            f"(goal <= {g['overhead_max']:.0%} on the smallest catalog: "
+            f"{'met' if x['overhead_goal_met'] else 'NOT met'}).",
             x["note"], ""]
     return out
 

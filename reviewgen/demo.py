@@ -142,7 +142,8 @@ def _write_report(out: Path, stats: dict, model_dir: Path, summary: dict, review
     meta = json.loads((Path(model_dir) / "meta.json").read_text())
     rwr = fluency["real_word_rate"]
     lines = ["# reviewgen demo report", "",
-             f"Model `{meta.get('version')}`; validation NLL {meta.get('metrics', {}).get('val_nll', float('nan')):.3f} "
+             f"Model `{meta.get('version')}`; "
+             f"validation NLL {meta.get('metrics', {}).get('val_nll', float('nan')):.3f} "
              f"nats/token. Data hash `{str(stats.get('data_hash', ''))[:12]}`.", "",
              f"Real-word rate of the generated English reviews (share of their `[a-z]+` words found in the "
              f"training text; human reviews: about 0.98): {'–' if rwr is None else f'{rwr:.3f}'} over "
@@ -155,7 +156,8 @@ def _write_report(out: Path, stats: dict, model_dir: Path, summary: dict, review
         for r in grp.itertuples():
             lines.append(f"- ★{'' if pd.isna(r.rating) else int(r.rating)} score={r.score:.2f}: {r.text}")
         lines.append("")
-    lines += ["## Scores from the Serve endpoint", "", "| source | p_human | rating_pred | text |", "|---|---:|---:|---|"]
+    lines += ["## Scores from the Serve endpoint", "",
+              "| source | p_human | rating_pred | text |", "|---|---:|---:|---|"]
     for i, (p, s) in enumerate(zip(payload, scored)):
         src = "human" if i < n_real else "generated"
         text = p["text"].replace("|", "/")[:80]

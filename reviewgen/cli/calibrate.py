@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from reviewgen.cli.common import log, fail, USER_ERRORS
+from reviewgen.cli.common import USER_ERRORS, fail, log
 
 
 def read_labels(path: Path, text_column: str = "text"):

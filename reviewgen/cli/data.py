@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import log, fail, USER_ERRORS
+from reviewgen.cli.common import USER_ERRORS, fail, log
 
 
 def prepare(
@@ -17,11 +17,13 @@ def prepare(
     seed: int = typer.Option(0, help="Seed of the product-level split (a product's reviews all land on one side)."),
     val_frac: float = typer.Option(0.1, help="Fraction of products in the validation split."),
     test_frac: float = typer.Option(0.1, help="Fraction of products in the test split (never trained on)."),
-    max_reviews_per_product: Optional[int] = typer.Option(None, help="Cap per product (counted as 'product_cap' drops)."),
+    max_reviews_per_product: Optional[int] = typer.Option(None,
+                                                          help="Cap per product (counted as 'product_cap' drops)."),
     max_text_chars: int = typer.Option(4000, help="Longer review texts are dropped (counted as 'text_too_long')."),
 ):
     """Load review corpora, clean them (HTML, boilerplate, PII), split by product, write parquet splits."""
-    from reviewgen.data.corpus import prepare as _prepare, review_sources, sample_data_dir
+    from reviewgen.data.corpus import prepare as _prepare
+    from reviewgen.data.corpus import review_sources, sample_data_dir
     from reviewgen.data.sources import DataError
 
     try:

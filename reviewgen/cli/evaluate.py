@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import log, fail, USER_ERRORS, floats
+from reviewgen.cli.common import USER_ERRORS, fail, floats, log
 
 
 def evaluate(
@@ -23,7 +23,8 @@ def evaluate(
                                                 "an ablation (a GAN trained with the realness reward only). "
                                                 "Repeatable; shown beside MLE and GAN in the report's matched-"
                                                 "diversity table (not in the scorer or fluency sections)."),
-    temperatures: str = typer.Option("0.6,0.8,1.0,1.2,1.3", "--temperatures", help="Sampling temperatures of the sweep."),
+    temperatures: str = typer.Option("0.6,0.8,1.0,1.2,1.3", "--temperatures",
+                                     help="Sampling temperatures of the sweep."),
     products: int = typer.Option(150, "--products", help="About how many unseen test products to evaluate."),
     samples_per_product: int = typer.Option(2, "--samples-per-product", help="Real reviews (conditions) per product."),
     scorer_reviews: int = typer.Option(1000, "--scorer-reviews", help="Test reviews the scorer section reads at "
@@ -33,7 +34,8 @@ def evaluate(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass for the sweep."),
     copy_span: int = typer.Option(8, "--copy-span", help="Minimum copied training span (tokens) counted as a copy."),
     recalibrate: bool = typer.Option(True, "--recalibrate/--no-recalibrate", help="Refit the scorer calibration on "
-                                     "real val reviews vs several checkpoints and temperatures first (stored in the model)."),
+                                     "real val reviews vs several checkpoints and temperatures first "
+                                     "(stored in the model)."),
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="FED, MAUVE and title relevance from "
                                     "the offline MiniLM package (reported null when off or not installed)."),
     fast: bool = typer.Option(False, "--fast", help="Smoke-test settings: 1 seed, 2 temperatures, few products."),

@@ -14,7 +14,6 @@ import typer
 from reviewgen.cli.common import floats, log
 
 
-
 class CatalogsCommand(typer.core.TyperCommand):
     """`--catalog a b --catalog c`: click takes one value per flag, so every value that follows a
     --catalog flag is given its own flag before parsing; input order (which decides the first occurrence

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from reviewgen.cli.common import log, fail, USER_ERRORS
+from reviewgen.cli.common import USER_ERRORS, fail, log
 
 
 def sample(
@@ -32,10 +32,10 @@ def sample(
 ):
     """Write reviews for one product."""
     from reviewgen.core.checkpoint import CheckpointError, load_checkpoint
-    from reviewgen.core.watermark import Watermark, WatermarkKeyError
-    from reviewgen.score.scorer import Scorer
     from reviewgen.core.sampling import generate_texts
     from reviewgen.core.tokenizer import Condition
+    from reviewgen.core.watermark import Watermark, WatermarkKeyError
+    from reviewgen.score.scorer import Scorer
 
     try:
         ck = load_checkpoint(model)
@@ -60,9 +60,9 @@ def score(
     model: Path = typer.Option(..., "--model", help="Model directory."),
     input: Path = typer.Option(..., "--input", help="Parquet, CSV or JSONL with a text column and optional "
                                "product_title/title, category, rating, language."),
-    output: Path = typer.Option(..., "--output", help="Output file (format from its extension): the input plus p_human, "
-                                "rating_pred, the signals (d_prob, mean_logprob, mean_log_rank, binoculars) and "
-                                "score_reason (why p_human is null)."),
+    output: Path = typer.Option(..., "--output", help="Output file (format from its extension): the input plus "
+                                "p_human, rating_pred, the signals (d_prob, mean_logprob, mean_log_rank, binoculars) "
+                                "and score_reason (why p_human is null)."),
     text_column: str = typer.Option("text", help="Name of the review text column."),
     watermark_key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help="File of secret "
                                                       "watermark keys, one per line (current and older keys); "

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import log, fail, USER_ERRORS
+from reviewgen.cli.common import USER_ERRORS, fail, log
 
 
 def serve(
@@ -28,9 +28,9 @@ def serve(
     Ctrl-C (SIGINT) or SIGTERM drains in-flight requests, then stops the app (and Serve and Ray, when this
     command started them)."""
     from reviewgen.core.config import parse_set_options
-    from reviewgen.serve.config import ServeConfig
     from reviewgen.infra.console import quiet_ray_loggers
     from reviewgen.serve.app import run_server
+    from reviewgen.serve.config import ServeConfig
 
     quiet_ray_loggers()  # importing ray.serve attaches Serve's own console handler
 

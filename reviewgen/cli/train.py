@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import log, fail, USER_ERRORS
+from reviewgen.cli.common import USER_ERRORS, fail, log
 
 
 def train(
@@ -88,7 +88,8 @@ def train(
 
                 job.validate()
                 if job.resume_from:
-                    raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
+                    raise TrainJobError("--resume-from needs --num-workers >= 1; "
+                                        "in-process mode resumes from OUT/state")
                 final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
                                     device=job.device or ("cuda" if job.use_gpu else None), log=log,
                                     stop_after_phase=job.stop_after_phase, init_from=job.init_from,

@@ -1,1 +1,3 @@
-"""Core: config, tokenizer, models, sampling, losses, checkpoints. Plain PyTorch; imports no Ray and nothing above it."""
+"""Core: config, tokenizer, models, sampling, losses, checkpoints.
+
+Plain PyTorch; imports no Ray and nothing above it."""

@@ -130,7 +130,8 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
         shutil.copyfile(ngram_file, tmp / "ngrams.npy")
     if wordlm_file is not None and Path(wordlm_file).is_file():
         shutil.copyfile(wordlm_file, tmp / "wordlm.npz")
-    meta.update(format=FORMAT_VERSION, version=content_version(tmp), created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    meta.update(format=FORMAT_VERSION, version=content_version(tmp),
+                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     # Move files in one by one rather than renaming the directory: a run directory keeps its
     # sub-directories (mle/, state/) beside the model files. meta.json goes first out and last in,
@@ -173,7 +174,8 @@ def _load_weights(model: torch.nn.Module, p: Path, device, own_only: bool = Fals
         heads = getattr(model, "HEADS", ())
         missing = [k for k in missing if is_adapter_key(k) or k.startswith(heads)]
     if missing or unexpected:
-        raise CheckpointError(f"{p}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(f"{p}: weights do not match the config "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, train_state: bool = False) -> Checkpoint:

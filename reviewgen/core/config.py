@@ -40,7 +40,8 @@ def check_arch(cfg) -> None:
             raise ValueError(f"{key}={getattr(cfg, key)!r} is not one of {[a for a in allowed if a]}")
     scaling = cfg.rope_scaling
     if scaling is not None and (not isinstance(scaling, dict) or set(scaling) != set(LLAMA3_ROPE_KEYS)):
-        raise ValueError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, got {scaling!r}")
+        raise ValueError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, "
+                         f"got {scaling!r}")
     kv = cfg.n_kv_head
     if kv is not None and (kv < 1 or cfg.n_head % kv):
         raise ValueError(f"n_kv_head={kv} must divide n_head={cfg.n_head}")
@@ -76,7 +77,8 @@ class LoRAConfig:
             raise ValueError(f"lora.rank must be >= 0, got {self.rank}")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad or (self.rank and not self.targets):
-            raise ValueError(f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, got {list(self.targets)}")
+            raise ValueError(f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, "
+                             f"got {list(self.targets)}")
         if self.base_dtype not in LORA_BASE_DTYPES:
             raise ValueError(f"lora.base_dtype must be one of {list(LORA_BASE_DTYPES)}, got {self.base_dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -178,8 +180,9 @@ class TrainConfig:
 
 
 # the fields that fix a trunk's weights: D can share G's frozen base only when they all agree
-TRUNK_FIELDS = ("arch", "n_kv_head", "norm", "norm_eps", "mlp", "intermediate_size", "pos", "rope_theta", "rope_scaling",
-                "bias", "qkv_bias", "gelu_approximate", "vocab_size", "block_size", "n_layer", "n_head", "d_model")
+TRUNK_FIELDS = ("arch", "n_kv_head", "norm", "norm_eps", "mlp", "intermediate_size", "pos", "rope_theta",
+                "rope_scaling", "bias", "qkv_bias", "gelu_approximate", "vocab_size", "block_size", "n_layer",
+                "n_head", "d_model")
 
 
 def check_shared_base(g: GeneratorConfig, d: DiscriminatorConfig) -> None:

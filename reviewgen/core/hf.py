@@ -86,7 +86,8 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
                 raise HFFormatError(f"{where}: {key}={cfg[key]!r} is not supported (only {ok})")
         d = int(_field(cfg, "n_embd", where))
         fields = dict(arch="gpt2", n_layer=int(_field(cfg, "n_layer", where)), n_head=int(_field(cfg, "n_head", where)),
-                      d_model=d, n_kv_head=None, norm="layernorm", norm_eps=float(_field(cfg, "layer_norm_epsilon", where, 1e-5)),
+                      d_model=d, n_kv_head=None, norm="layernorm",
+                      norm_eps=float(_field(cfg, "layer_norm_epsilon", where, 1e-5)),
                       mlp="gelu", intermediate_size=int(_field(cfg, "n_inner", where, 4 * d)), pos="learned",
                       bias=True, qkv_bias=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
                       gelu_approximate=GPT2_GELU[act])
@@ -100,7 +101,8 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
                 raise HFFormatError(f"{where}: {key}=true is not supported")
         d, heads = int(_field(cfg, "hidden_size", where)), int(_field(cfg, "num_attention_heads", where))
         if cfg.get("head_dim") not in (None, d // heads):
-            raise HFFormatError(f"{where}: head_dim={cfg['head_dim']} is not supported (only hidden_size / num_attention_heads)")
+            raise HFFormatError(f"{where}: head_dim={cfg['head_dim']} is not supported "
+                                "(only hidden_size / num_attention_heads)")
         # transformers >= 5 nests the rotary settings in rope_parameters; older files have rope_theta and rope_scaling
         rope = dict(cfg.get("rope_scaling") or {}, **(cfg.get("rope_parameters") or {}))
         rope_type = rope.get("rope_type") or rope.get("type") or "default"
@@ -128,7 +130,8 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
     except ValueError as e:  # e.g. num_key_value_heads not dividing num_attention_heads
         raise HFFormatError(f"{where}: {e}") from e
     return BaseConfig(model_type=mt, fields=fields, vocab_size=int(_field(cfg, "vocab_size", where)),
-                      max_positions=max_pos, bos_id=_first(cfg.get("bos_token_id")), eos_id=_first(cfg.get("eos_token_id")))
+                      max_positions=max_pos, bos_id=_first(cfg.get("bos_token_id")),
+                      eos_id=_first(cfg.get("eos_token_id")))
 
 
 def model_type_of(a: Arch, where: str) -> str:
@@ -167,7 +170,8 @@ def write_config(model_type: str, a: Arch, *, n_layer: int, d_model: int, vocab_
 def _rope_config(a: Arch) -> dict[str, Any]:
     # both spellings: transformers >= 5 reads rope_parameters, older readers (e.g. vLLM's) rope_theta/rope_scaling
     scaling = dict(zip(LLAMA3_ROPE_KEYS, a.rope_scaling), rope_type="llama3") if a.rope_scaling else None
-    scaling = scaling and dict(scaling, original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+    scaling = scaling and dict(scaling,
+                               original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
     return {"rope_theta": a.rope_theta, "rope_scaling": scaling,
             "rope_parameters": dict(scaling or {"rope_type": "default"}, rope_theta=a.rope_theta)}
 

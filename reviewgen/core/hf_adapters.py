@@ -14,7 +14,6 @@ c_attn is fused in Hugging Face too, and its Conv1D layers are marked fan_in_fan
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -44,7 +43,8 @@ def adapter_tensors(G, model_type: str) -> tuple[dict[str, torch.Tensor], list[s
         pieces = B.split([sizes[n] for n in rule.theirs], dim=0) if len(rule.theirs) > 1 else (B,)
         for hf_name, b in zip(rule.theirs, pieces):
             module = hf_name.removesuffix(".weight")
-            out[f"{prefix}{module}.lora_A.weight"] = A.clone()  # one copy per module: safetensors stores no shared tensors
+            # one copy per module: safetensors stores no shared tensors
+            out[f"{prefix}{module}.lora_A.weight"] = A.clone()
             out[f"{prefix}{module}.lora_B.weight"] = b.contiguous()
             targets.add(module.rsplit(".", 1)[-1])
     return out, sorted(targets)
@@ -77,7 +77,8 @@ def export_adapters(model_dir: str | Path, out_dir: str | Path, *, with_base: bo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    base_name = str(dst.resolve() / "base") if with_base else str(base.get("path", "")) if base.get("kind") == "hf" else ""
+    base_name = (str(dst.resolve() / "base") if with_base
+                 else str(base.get("path", "")) if base.get("kind") == "hf" else "")
     _write_json(tmp / "adapter_config.json", adapter_config(ck.config.generator.lora, targets, model_type, base_name))
     tok.save(tmp / "tokenizer.json")
     _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))

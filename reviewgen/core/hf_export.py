@@ -24,8 +24,20 @@ from typing import Any
 from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.hf import fused_sizes, model_type_of, to_hf, weight_rules, write_config
 from reviewgen.core.lora import is_adapter_key, merged_state_dict
-from reviewgen.core.tokenizer import (BOS, CAT, EOS, LANGS, MAX_CATEGORY_TOKENS, PAD, SENTIMENTS, SEP,
-                                      SPECIAL_TOKENS, TITLE, UNK, Condition)
+from reviewgen.core.tokenizer import (
+    BOS,
+    CAT,
+    EOS,
+    LANGS,
+    MAX_CATEGORY_TOKENS,
+    PAD,
+    SENTIMENTS,
+    SEP,
+    SPECIAL_TOKENS,
+    TITLE,
+    UNK,
+    Condition,
+)
 
 EXAMPLE = Condition(title="Fire HD 8 Tablet, 32 GB", category="Tablets", rating=5, language="en")
 
@@ -72,7 +84,8 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 def _tokenizer_config(max_len: int) -> dict[str, Any]:
     extra = [t for t in SPECIAL_TOKENS if t not in (PAD, BOS, EOS, UNK)]
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-            "unk_token": UNK, "model_max_length": max_len, "padding_side": "left", "clean_up_tokenization_spaces": False,
+            "unk_token": UNK, "model_max_length": max_len, "padding_side": "left",
+            "clean_up_tokenization_spaces": False,
             # transformers >= 5 reads extra_special_tokens, older versions additional_special_tokens
             "extra_special_tokens": extra, "additional_special_tokens": extra}
 

@@ -107,7 +107,8 @@ def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, c
     tok = _row_mean(tok, mask).mean()
     # divide by the row count, not the labelled count, so equal worker splits average exactly
     aux = (F.cross_entropy(out.rating_logits[:n_real].float(), rating, ignore_index=-100, reduction="sum")
-           + F.cross_entropy(out.category_logits[:n_real].float(), category, ignore_index=-100, reduction="sum")) / n_real
+           + F.cross_entropy(out.category_logits[:n_real].float(), category, ignore_index=-100,
+                             reduction="sum")) / n_real
     loss = seq + cfg.token_loss_weight * tok + cfg.aux_loss_weight * aux
     with torch.no_grad():
         pred = out.seq_logits > 0

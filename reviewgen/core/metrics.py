@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------------------------
 # Classifier metrics (positive class = 1 = human-written)
 

@@ -51,7 +51,9 @@ class Arch:
                    norm=cfg.norm or ("rmsnorm" if llama else "layernorm"), norm_eps=cfg.norm_eps, mlp=mlp,
                    intermediate_size=width, pos=cfg.pos or ("rope" if llama else "learned"),
                    rope_theta=cfg.rope_theta, bias=bias,
-                   rope_scaling=tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS) if cfg.rope_scaling else None, qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
+                   rope_scaling=(tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS)
+                                 if cfg.rope_scaling else None),
+                   qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
                    tie_embeddings=cfg.tie_embeddings, gelu_approximate=cfg.gelu_approximate, lora=cfg.lora)
 
 

@@ -140,7 +140,8 @@ class ReviewTokenizer:
         ids = self._ids(texts)
         out = np.full((len(texts), self.max_review_len), self.pad_id, dtype=np.int64)
         for i, seq in enumerate(ids):
-            seq = seq[: self.max_review_len - 1] + [self.eos_id] if len(seq) < self.max_review_len else seq[: self.max_review_len]
+            seq = (seq[: self.max_review_len - 1] + [self.eos_id] if len(seq) < self.max_review_len
+                   else seq[: self.max_review_len])
             out[i, : len(seq)] = seq
         return torch.from_numpy(out)
 

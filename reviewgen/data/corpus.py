@@ -12,8 +12,15 @@ from typing import Callable
 
 import pandas as pd
 
-from reviewgen.data.sources import (REVIEW_COLUMNS, SPLITS, STR_COLUMNS, DataError, detect_corpus, load_corpus,
-                                    read_parquet)
+from reviewgen.data.sources import (
+    REVIEW_COLUMNS,
+    SPLITS,
+    STR_COLUMNS,
+    DataError,
+    detect_corpus,
+    load_corpus,
+    read_parquet,
+)
 
 
 def _bucket(product_id: str, seed: int) -> float:

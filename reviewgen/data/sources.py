@@ -168,7 +168,7 @@ def _amazon_category(categories: object) -> str:
     if best == 0:
         return "Electronics"
     # Accessory keywords are common in device listings too, so they only win when clearly ahead.
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], [l for l, _ in _AMAZON_CATEGORIES].index(kv[0])))
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], [c for c, _ in _AMAZON_CATEGORIES].index(kv[0])))
     label = ranked[0][0]
     if label == "Accessories" and len(ranked) > 1 and ranked[1][1] * 2 >= ranked[0][1]:
         label = ranked[1][0]

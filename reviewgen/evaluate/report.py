@@ -90,12 +90,14 @@ def _matched_table(r: dict[str, Any]) -> str:
 def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samples: dict, clf: ConditionClassifiers,
            extra: dict[str, Any]) -> list[str]:
     files = []
-    hist = [dict(row, step=row.get("global_step", row.get("step"))) for row in read_history(model_dir / "metrics.jsonl")]
+    hist = [dict(row, step=row.get("global_step", row.get("step")))
+            for row in read_history(model_dir / "metrics.jsonl")]
     files.append(P.plot_training_curves(hist, out / "training_curves.png"))
     curves = {name.upper(): [(mean_of(m["self_bleu4"]), mean_of(m.get("bleu4")) or 0.0, float(t))
                              for t, m in r["sweep"][name].items()] for name in r["sweep"]}
     h = r["human"]
-    files.append(P.plot_quality_diversity(curves, (h["self_bleu4"], h.get("bleu4", 0.0)), out / "quality_diversity.png"))
+    files.append(P.plot_quality_diversity(curves, (h["self_bleu4"], h.get("bleu4", 0.0)),
+                                          out / "quality_diversity.png"))
     files.append(P.plot_roc(extra["roc"], out / "scorer_roc.png"))
     y, p = np.concatenate(extra["pooled"][0]), np.concatenate(extra["pooled"][1])
     files.append(P.plot_reliability(reliability_bins(y, p), out / "scorer_reliability.png"))
@@ -155,6 +157,8 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
     r["plots"] = _plots(r, out, model_dir, ev, samples, clf, scorer_extra)
     meta, tg = r["meta"], r["targets"]
     tw = meta["train_wall_time_s"]
+    embeddings = ("all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)" if meta["embeddings_available"]
+                  else "unavailable, FED/MAUVE/title relevance are null")
     lines = [
         "# reviewgen evaluation report", "",
         f"Model `{meta['model_dir']}` (version {meta['model_version']}) vs its MLE-only checkpoint "
@@ -168,9 +172,11 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         f"- training wall time (metrics.jsonl): {'unknown' if tw is None else f'{tw:.0f} s'}; steps "
         f"{meta['train_steps']}, batch size {meta['batch_size']} per worker",
         f"- generator {meta['generator_params'] / 1e6:.2f}M parameters ({meta['generator_config']}); "
-        f"discriminator {meta['discriminator_params'] / 1e6:.2f}M ({meta['discriminator_config']}); tokenizer {meta['tokenizer']}",
+        f"discriminator {meta['discriminator_params'] / 1e6:.2f}M ({meta['discriminator_config']}); "
+        f"tokenizer {meta['tokenizer']}",
         f"- data: {meta['data']}",
-        f"- temperatures {meta['temperatures']}, seeds {meta['seeds']} (mean ± sd over seeds), top-p {meta['top_p']}", "",
+        f"- temperatures {meta['temperatures']}, seeds {meta['seeds']} (mean ± sd over seeds), "
+        f"top-p {meta['top_p']}", "",
         "## Targets", "",
         _table(["target", "status", "detail"], [[k, v["status"], v["detail"]] for k, v in tg.items()]), "",
         "## Matched diversity", "",
@@ -181,7 +187,7 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "(human row: the real reviews of the evaluated products against the same pools). FED/MAUVE compare with "
         "the real reviews of the same products (human row: against reviews of the reference products).", "",
         _sweep_table(r, QUALITY_COLUMNS), "",
-        f"Embeddings: {'all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)' if meta['embeddings_available'] else 'unavailable, FED/MAUVE/title relevance are null'}; "
+        f"Embeddings: {embeddings}; "
         f"MAUVE package {'available' if meta['mauve_available'] else 'unavailable'}.", "",
         "## Test NLL (teacher forced, all test reviews, nats/token)", "",
         _table(["model", "NLL"], [[n.upper(), v] for n, v in r["nll"].items()]), "",

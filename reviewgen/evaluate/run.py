@@ -4,11 +4,10 @@ scorer against baselines, the production output filter on generated text, and a 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-
 import math
 import time
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,17 @@ from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filt
 from reviewgen.evaluate.fluency import fluency_markdown, fluency_section
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.matching import match_at_diversity
-from reviewgen.evaluate.quality import (MODELS, ConditionClassifiers, Embedder, Log, aggregate, embedding_metrics,
-                                        quality_metrics, reference_pools, split_eval_rows)
+from reviewgen.evaluate.quality import (
+    MODELS,
+    ConditionClassifiers,
+    Embedder,
+    Log,
+    aggregate,
+    embedding_metrics,
+    quality_metrics,
+    reference_pools,
+    split_eval_rows,
+)
 from reviewgen.evaluate.report import read_history, write_report
 from reviewgen.evaluate.scorer_eval import extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
@@ -249,7 +257,8 @@ def run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temper
     return {
         "model_dir": str(model_dir), "baseline_dir": str(baseline_dir), "data_dir": str(data_dir),
         "model_version": ck["gan"].version, "baseline_version": ck["mle"].version, "device": device,
-        "generator_params": count_params(ck["gan"].generator), "discriminator_params": count_params(ck["gan"].discriminator),
+        "generator_params": count_params(ck["gan"].generator),
+        "discriminator_params": count_params(ck["gan"].discriminator),
         "generator_config": {k: v for k, v in cfg.to_dict()["generator"].items()},
         "discriminator_config": {k: v for k, v in cfg.to_dict()["discriminator"].items()},
         "tokenizer": {"vocab_size": ck["gan"].tokenizer.vocab_size, "prefix_len": ck["gan"].tokenizer.prefix_len,

@@ -20,8 +20,15 @@ from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import MODELS, Log
-from reviewgen.score.calibration import (CALIBRATION_TEMPERATURES, DETECTOR_SETTINGS, FEATURE_SIGNS, SamplingSetting,
-                                        calibrate, describe_detector, sample_fakes)
+from reviewgen.score.calibration import (
+    CALIBRATION_TEMPERATURES,
+    DETECTOR_SETTINGS,
+    FEATURE_SIGNS,
+    SamplingSetting,
+    calibrate,
+    describe_detector,
+    sample_fakes,
+)
 from reviewgen.score.platt import apply_calibration
 from reviewgen.score.scorer import Scorer, reference_network
 from reviewgen.score.signals import SIGNALS
@@ -53,7 +60,8 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     if ref is None and len(gens) > 1:
         ref, ref_file = gens[1], ckpts[1] / "generator.safetensors"
     built = main.wordlm_path is None
-    wordlm = build_wordlm(load_split(data_dir, "train")["text"].astype(str).tolist(), seed) if built else WordNgramLM.load(main.wordlm_path)
+    wordlm = (build_wordlm(load_split(data_dir, "train")["text"].astype(str).tolist(), seed) if built
+              else WordNgramLM.load(main.wordlm_path))
     calib = calibrate(main.discriminator, main.tokenizer, load_split(data_dir, "val"), gens, G=main.generator,
                       ref=ref, wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows,
                       key_prefix="recal")

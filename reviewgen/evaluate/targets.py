@@ -57,9 +57,10 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     floor = max((s["calibrated"].get("ece_floor") or 0.0) for _, s in rows)
     world_ok, world = _fakes_check(r["scorer"].get("fakes"))
     out["scorer_detection"] = {"status": _status(ok and world_ok is not False), "detail":
-                               f"p_human over GAN temperatures: worst AUROC {au:.4f} (need >= 0.95), worst ECE {ec:.4f} "
-                               f"(need <= 0.05; a perfectly calibrated scorer would read up to {floor:.4f} on these "
-                               f"rows); out-of-family generator (top-k {OOD_TOP_K}): AUROC {_f(au_ood)} "
+                               f"p_human over GAN temperatures: worst AUROC {au:.4f} (need >= 0.95), "
+                               f"worst ECE {ec:.4f} (need <= 0.05; a perfectly calibrated scorer would read up to "
+                               f"{floor:.4f} on these rows); out-of-family generator (top-k {OOD_TOP_K}): "
+                               f"AUROC {_f(au_ood)} "
                                "(need >= 0.85" + ("; no out-of-family model was given)" if au_ood is None else ")")
                                + f"; {world}"}
 
@@ -67,8 +68,9 @@ def check_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     acr = max(mean_of(s.get("accepted_copy_rate")) or 0.0 for s in sw["gan"].values())
     raw = max(mean_of(s.get("copy_rate")) or 0.0 for s in sw["gan"].values())
     out["copying"] = {"status": _status(acr <= 0.01), "detail":
-                      f"worst accepted-output copy rate over GAN temperatures {acr:.4f} (need <= 0.01); before the output filter "
-                      f"{raw:.4f} of raw samples copy >= {r['meta']['copy_span']} training tokens and are rejected"}
+                      f"worst accepted-output copy rate over GAN temperatures {acr:.4f} (need <= 0.01); "
+                      f"before the output filter {raw:.4f} of raw samples copy >= {r['meta']['copy_span']} "
+                      "training tokens and are rejected"}
     return out
 
 

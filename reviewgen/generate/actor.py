@@ -145,7 +145,8 @@ class GeneratorActor:
         stats = {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep),
                  "rejects_by_reason": dict(sorted(reasons.items()))}
         # rejects first, reviews last: the reviews file (with the counts in its footer) marks the shard done
-        write_atomic(self.fs, shard_file(self.part, "rejects", shard), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+        write_atomic(self.fs, shard_file(self.part, "rejects", shard),
+                     pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
         schema = review_schema(keep_cols).with_metadata({STATS_KEY: json.dumps(stats).encode()})
         write_atomic(self.fs, shard_file(self.part, "reviews", shard), pa.Table.from_pylist(keep, schema=schema))
         t4 = time.perf_counter()

@@ -48,10 +48,26 @@ from reviewgen.core.watermark import Watermark
 from reviewgen.generate import catalog as cat
 from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
 from reviewgen.generate.config import GenerateConfig
-from reviewgen.generate.run import (GenerationError, identity_settings, join, list_files, list_inputs, model_info,
-                                    n_shards_for, rating_distribution, remove_stale_temps, resolve_run_date,
-                                    resolve_since, run_identity, shard_of, shard_stats, since_run, start_state,
-                                    summary_table, write_atomic)
+from reviewgen.generate.run import (
+    GenerationError,
+    identity_settings,
+    join,
+    list_files,
+    list_inputs,
+    model_info,
+    n_shards_for,
+    rating_distribution,
+    remove_stale_temps,
+    resolve_run_date,
+    resolve_since,
+    run_identity,
+    shard_of,
+    shard_stats,
+    since_run,
+    start_state,
+    summary_table,
+    write_atomic,
+)
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.infra.storage import exists, filesystem
 
@@ -246,8 +262,9 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
     empty = c["products_valid"] == 0 or (c["reviews_generated"] > 0 and c["reviews_accepted"] == 0)
     log(summary_table(summary))
     if empty and not cfg.allow_empty:
+        why = "no valid product in the catalog" if c["products_valid"] == 0 else "no review passed the filter"
         raise GenerationError(
-            f"{part}: {'no valid product in the catalog' if c['products_valid'] == 0 else 'no review passed the filter'}"
+            f"{part}: {why}"
             f" ({c['products_in']} rows in, {c['reviews_generated']} reviews generated); rejects and manifest.json "
             "are written, _SUCCESS is not (--allow-empty accepts an empty run)")
     write_atomic(fs, join(part, "_SUCCESS"), b"")

@@ -157,7 +157,8 @@ def rating_distribution(model: dict[str, Any], override: Sequence[float] | None)
         src, dist = "option", list(override)
     elif isinstance(model["meta"].get("rating_distribution"), (list, dict)):
         d = model["meta"]["rating_distribution"]
-        src, dist = "model", [float(d.get(str(k), d.get(k, 0))) for k in range(1, 6)] if isinstance(d, dict) else list(d)
+        src, dist = "model", ([float(d.get(str(k), d.get(k, 0))) for k in range(1, 6)] if isinstance(d, dict)
+                              else list(d))
     else:
         src, dist = "default (sample en corpus)", list(DEFAULT_RATING_DISTRIBUTION)
     if len(dist) != 5 or any(not math.isfinite(x) or x < 0 for x in dist) or sum(dist) <= 0:

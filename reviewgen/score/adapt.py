@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -31,12 +31,12 @@ from reviewgen.core.metrics import auroc, ece, machine_threshold, tpr_at_fpr
 from reviewgen.core.text import detect_language
 from reviewgen.score.adapted import LEXICAL, THRESHOLD_KEYS, ZERO_SHOT, AdaptedDetector, LanguageModel, sha256_file
 from reviewgen.score.calibration import prior_shift
-from reviewgen.score.thresholds import FALSE_ACCUSATION_RATES
 from reviewgen.score.combiner import fit_combiner
 from reviewgen.score.lexical import HashedCounts, LexicalSettings, fit_lexical, hash_counts
 from reviewgen.score.platt import fit_platt
 from reviewgen.score.scorer import Scorer, review_conditions
 from reviewgen.score.signals import SIGNALS
+from reviewgen.score.thresholds import FALSE_ACCUSATION_RATES
 
 LABEL_COLUMN = "is_generated"
 # a language needs this many human and this many machine-written rows for its own adapted model
@@ -82,7 +82,10 @@ def check_labels(df: pd.DataFrame, source: str, text_column: str = "text") -> pd
     texts = text.astype(str).tolist()
     lang = df["language"] if "language" in df.columns else pd.Series([None] * len(df), index=df.index)
     title = next((df[c] for c in ("product_title", "title") if c in df.columns), None)
-    strings = (lambda col: [x if isinstance(x, str) else None for x in col] if col is not None else None)
+
+    def strings(col):
+        return [x if isinstance(x, str) else None for x in col] if col is not None else None
+
     return pd.DataFrame({
         "text": texts, "label": (1 - label.to_numpy()).astype(np.int64),
         "language": [str(x).strip().lower() if isinstance(x, str) and x.strip() else detect_language(t)
@@ -136,7 +139,9 @@ class AdaptReport:
 
     def lines(self) -> list[str]:
         """One line per language, for the console."""
-        fmt = (lambda x: "n/a" if x is None else f"{x:.3f}")
+        def fmt(x):
+            return "n/a" if x is None else f"{x:.3f}"
+
         out = []
         for r in self.languages:
             head = f"[{r.language}] {r.rows} rows ({r.human} human, {r.machine} machine):"

@@ -66,8 +66,16 @@ from reviewgen.core.metrics import auroc, ece, log_loss
 from reviewgen.core.models import unwrap
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.score.combiner import (ANY_LANGUAGE, Candidate, Combiner, Detector, base_signal, fit_combiner,
-                                     fit_domain, select_combiner)
+from reviewgen.score.combiner import (
+    ANY_LANGUAGE,
+    Candidate,
+    Combiner,
+    Detector,
+    base_signal,
+    fit_combiner,
+    fit_domain,
+    select_combiner,
+)
 from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.score.signals import review_signals
 from reviewgen.score.thresholds import machine_thresholds, oof_thresholds
@@ -106,7 +114,8 @@ FAST_DETECT = ("fast_detect", "sq:fast_detect")
 # +1: larger means more likely human-written. A two-sided feature grows with the distance from typical human
 # text, in either direction, so it always counts against p_human.
 FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_share": -1, "top10_share": -1,
-                 "binoculars": 1, "fast_detect": -1, "mixed_script": -1, "trigram_seen": 1, "bigram_seen": 1, "ngram_logprob": 1,
+                 "binoculars": 1, "fast_detect": -1, "mixed_script": -1, "trigram_seen": 1, "bigram_seen": 1,
+                 "ngram_logprob": 1,
                  **{f: -1 for f in (*TWO_SIDED, "sq:ngram_logprob", "sq:trigram_seen", "sq:fast_detect")}}
 # machine-written reviews sampled per real one for the fit: the combiner's machine side covers every sampling
 # setting of two generators, so each needs enough rows; more steady the worst per-temperature ECE, at the cost
@@ -181,7 +190,8 @@ def sample_fakes(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequenc
 
 def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequence[Any], *, G=None, ref=None,
               wordlm: WordNgramLM | None = None, seed: int = 0,
-              temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = CALIBRATION_ROWS,
+              temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
+              max_rows: int | None = CALIBRATION_ROWS,
               key_prefix: str = "calib", fakes_per_review: int = FAKES_PER_REVIEW) -> dict[str, Any]:
     """Fit the scorer on real validation reviews (up to `max_rows`; None: all) against `fakes_per_review`
     samples per review from `generators` over the sampling settings `temperatures` (`sample_fakes`). The
@@ -218,7 +228,8 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
     calib.update(nonfinite_signals=nonfinite, rows_left_out=int((~keep).sum()))
     calib.update(n=int(len(labels)), temperatures=sorted({s.temperature for s in settings}),
                  settings=[s.label for s in settings],
-                 ece_raw=ece(labels, apply_calibration(logits, None)), ece=ece(labels, apply_calibration(logits, calib)))
+                 ece_raw=ece(labels, apply_calibration(logits, None)),
+                 ece=ece(labels, apply_calibration(logits, calib)))
     calib["bias"] += prior_shift(labels)
     langs = [c.language for c in all_conds]
     if G is not None:
@@ -365,7 +376,8 @@ def out_of_fold_logits(signals: dict[str, np.ndarray], labels: np.ndarray, candi
 
 def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=None,
                     wordlm: WordNgramLM | None = None, seed: int = 0,
-                    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, max_rows: int | None = CALIBRATION_ROWS,
+                    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
+                    max_rows: int | None = CALIBRATION_ROWS,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """The training-end calibration: `calibrate` against samples from G and the MLE reference `ref`, with
     the detector over G's (and the reference's) LM statistics and the word statistics under `wordlm`.

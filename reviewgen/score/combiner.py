@@ -119,7 +119,8 @@ class Combiner:
     def to_dict(self) -> dict[str, Any]:
         """Plain data with a format tag (what `to_json` writes and `from_dict` reads)."""
         d = asdict(self)
-        d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k]) for k in ("features", "mean", "scale", "weights"))
+        d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k])
+                                                              for k in ("features", "mean", "scale", "weights"))
         d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
         d["domain"] = {k: [float(v[0]), float(v[1])] for k, v in d["domain"].items()}
         d["info"] = json.loads(json.dumps(d["info"], default=float))

@@ -27,11 +27,12 @@ from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
 from reviewgen.core.watermark import Watermark
 from reviewgen.score.adapted import AdaptedDetector
-from reviewgen.score.platt import apply_calibration
 from reviewgen.score.combiner import ANY_LANGUAGE, CombinerError, Detector
 from reviewgen.score.detect import head_weights
+from reviewgen.score.platt import apply_calibration
 from reviewgen.score.signals import SIGNALS, review_signals
-from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordLMError, WordNgramLM
+from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS
+from reviewgen.score.wordlm import WordLMError, WordNgramLM
 
 # `reviewgen prepare` drops longer reviews, so no model was trained or calibrated on one
 MAX_SCORABLE_CHARS = 4000
@@ -128,7 +129,8 @@ class Scorer:
         # p_human thresholds per language (`reviewgen.score.thresholds`); only for the p_human they were
         # fitted on, so a detector model that falls back to D alone has none
         calib = self.calibration or {}
-        self.thresholds: dict[str, dict[str, float]] = {} if "detector" in calib else dict(calib.get("thresholds") or {})
+        self.thresholds: dict[str, dict[str, float]] = ({} if "detector" in calib
+                                                        else dict(calib.get("thresholds") or {}))
         # a shop's own labels (`reviewgen calibrate`): per language, over the zero-shot logit and a lexical model
         self.adapted = AdaptedDetector.load(ckpt.path, calib["adapted"]) if calib.get("adapted") else None
         doc = calib.get("detector")
@@ -162,8 +164,9 @@ class Scorer:
                     batch_size: int = 64) -> dict[str, Any]:
         """Score texts under their conditions: {"p_human" [N] (NaN where unscorable), "logit" [N] (the
         combined logit, or D's raw logit without a detector; the adapted one where `reviewgen calibrate`
-        adapted the review's language), "zero_shot_logit" [N] (the logit before that adaptation), "rating_pred" [N] (-1 where unscorable),
-        "reason": [N] (None or one of `UNSCORABLE`), `MACHINE_FLAGS` [N] (bool, None where unknown), and every `REPORTED_SIGNALS` and
+        adapted the review's language), "zero_shot_logit" [N] (the logit before that adaptation),
+        "rating_pred" [N] (-1 where unscorable), "reason": [N] (None or one of `UNSCORABLE`), `MACHINE_FLAGS` [N]
+        (bool, None where unknown), and every `REPORTED_SIGNALS` and
         `reviewgen.score.signals.SIGNALS` name -> [N] (NaN where unscorable), and the watermark's
         "watermark_key_id" and "ours" (`watermark_fields`: for every text, scorable or not)}."""
         n = len(texts)

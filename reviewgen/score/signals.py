@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from reviewgen.core.device import inference_autocast
+from reviewgen.core.encoding import length_batches
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.core.encoding import length_batches
 from reviewgen.score.detect import STATISTICS, LMStatistics, batch_lm_statistics
-from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS, WordNgramLM
+from reviewgen.score.wordlm import STATISTICS as WORD_STATISTICS
+from reviewgen.score.wordlm import WordNgramLM
 
 # The names `review_signals` returns, besides rating_pred: D's sequence logit, the LM statistics under G
 # (the Binoculars ratio against the reference), length (log review tokens, incl. <eos>), and the word n-gram

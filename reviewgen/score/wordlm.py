@@ -178,7 +178,8 @@ class WordNgramLM:
         except (OSError, KeyError, ValueError) as e:
             raise WordLMError(f"{path}: unreadable word n-gram model ({e})") from e
         for k, (keys, counts) in tables.items():
-            if keys.dtype != np.uint64 or keys.shape != counts.shape or (keys.size > 1 and not (keys[1:] > keys[:-1]).all()):
+            malformed = keys.dtype != np.uint64 or keys.shape != counts.shape
+            if malformed or (keys.size > 1 and not (keys[1:] > keys[:-1]).all()):
                 raise WordLMError(f"{path}: table {k!r} is not sorted unique uint64 keys with one count each")
         return cls(tables, total=int(meta[1]), vocab=int(meta[2]))
 

@@ -8,9 +8,9 @@ by `build_serve_config()` via scripts/build_serve_config.py). The HTTP API lives
 Model updates: deploying the same app name with a new `model_dir` (`serve deploy`, `reviewgen serve --model
 NEW` against a running cluster, or a RayService serveConfigV2 change) is a rolling update of the model
 deployment only. Serve starts each replacement before its old replica stops (max_surge_percent), and the
-old replica finishes its queue first (graceful_shutdown_*). A request that an old replica rejects while quiescing is routed to another replica
-by Serve, and one whose replica dies is retried by the ingress. Each response names the model_version that
-scored it.
+old replica finishes its queue first (graceful_shutdown_*). A request that an old replica rejects while
+quiescing is routed to another replica by Serve, and one whose replica dies is retried by the ingress. Each
+response names the model_version that scored it.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def replica_filter(cfg: ServeConfig, scorer: Scorer) -> ReviewFilter:
     return ReviewFilter(filter_config(cfg, index.n if index is not None else None), scorer.tok, index)
 
 
-def score_reviews(scorer: Scorer, review_filter: ReviewFilter, reviews: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def score_reviews(scorer: Scorer, review_filter: ReviewFilter,
+                  reviews: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One result per review dict: p_human, rating_pred, the scorer's `signals`, the filter's `flags` and its
     `reasons` (the review's own `language`, when given, is the one checked). A review the scorer cannot
     judge gets null p_human, rating_pred and signals, and the scorer's reason ahead of the filter's."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from reviewgen.core.losses import val_nll

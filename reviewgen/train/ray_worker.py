@@ -30,10 +30,10 @@ from reviewgen.core.hf_import import HFImportError, load_hf_base
 from reviewgen.core.lora import ddp_ignore_frozen
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.progress import send as send_progress
-from reviewgen.infra.tracking import Tracker
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text
-from reviewgen.train.loop import LoopSettings, StepLog, run_loop
+from reviewgen.infra.tracking import Tracker
 from reviewgen.train.batches import TensorBatches
+from reviewgen.train.loop import LoopSettings, StepLog, run_loop
 from reviewgen.train.trainer import GANTrainer
 
 # metrics summed over ranks (the rest are averaged)

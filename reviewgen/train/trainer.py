@@ -24,8 +24,8 @@ from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.hf_import import HFImportError, HFInit, init_from_hf
-from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.lora import is_adapter_key, merged_state_dict, share_base, shared_copy
+from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, base_view, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
@@ -287,7 +287,8 @@ class GANTrainer:
             "rng_cpu": self.rng.get_state(),
             "rng_cuda": [self.cuda_rng_state] if self._cuda else [],
             "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(), "replay_n": self.replay_n,
-            "cond": None if self.cond is None else (own_state(self.cond) if self.shared_base else self.cond.state_dict()),
+            "cond": (None if self.cond is None
+                     else (own_state(self.cond) if self.shared_base else self.cond.state_dict())),
             "run": run_state or {},
         }
 
