@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo eval bench lint clean serve-config cluster-up cluster-down submit-train submit-nightly deploy-scorer
+.PHONY: install test demo eval ablation bench lint clean serve-config cluster-up cluster-down submit-train submit-nightly deploy-scorer
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,19 @@ eval: install
 	test -f runs/demo/model/meta.json || $(BIN)/reviewgen demo --out runs/demo
 	$(BIN)/reviewgen evaluate --model runs/demo/model --data runs/demo/data --out runs/demo/eval \
 		--products 40 --seeds 0,1,2 --temperatures 0.7,0.9,1.1,1.3
+
+## make ablation: a realness-only GAN branched off the demo's MLE checkpoint (same MLE, same steps), evaluated
+## beside the demo's GAN (realness + condition rewards) and its MLE at matched diversity (run `make demo` first)
+ablation: install
+	test -f runs/demo/model/mle/meta.json || $(BIN)/reviewgen demo --out runs/demo
+	$(BIN)/python scripts/gan_ablation/branch.py runs/demo/model/mle runs/demo/data runs/demo/ablation/realness \
+		train.rating_reward_weight=0 train.category_reward_weight=0
+	$(BIN)/reviewgen evaluate --model runs/demo/model --data runs/demo/data --out runs/demo/ablation/eval \
+		--products 40 --seeds 0,1,2 --temperatures 0.7,0.9,1.1,1.3 --compare realness=runs/demo/ablation/realness
+
+## make lint: ruff (pyflakes, pycodestyle, import order; settings in pyproject.toml)
+lint: install
+	$(BIN)/ruff check reviewgen tests bench jobs scripts
 
 ## make bench: throughput/memory benchmarks, figures written to bench/results/
 bench: install
