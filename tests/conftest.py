@@ -20,6 +20,22 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # A watermark key in the developer's shell would sign and detect in every test: tests set their own.
 for _name in ("REVIEWGEN_WATERMARK_KEY", "REVIEWGEN_WATERMARK_KEY_FILE", "REVIEWGEN_WATERMARK_OLD_KEYS"):
     os.environ.pop(_name, None)
+# One intra-op thread for the whole suite: the tiny models gain nothing from OpenMP threads, and with Ray's
+# processes on the same 2 cores the spinning threads cost far more than they save (a tiny train_local's
+# scorer calibration: ~5x slower with 2 threads on a busy machine). The env var reaches the subprocesses
+# (jobs, the demo, cluster scripts); Ray Train workers and generation actors still set their own counts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_torch_thread():
+    """torch may already be imported (with its default thread count) before this conftest runs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
