@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reviewgen.generate import catalog as cat
 from reviewgen.data.corpus import sample_data_dir
+from reviewgen.generate import catalog as cat
 
 
 def _one(row: dict, mapping=None, **kw) -> dict:
@@ -54,7 +54,8 @@ def test_language_and_rating_columns():
     ok = _one({"product_id": "a", "title": "x", "lang": "ZH", "stars": 4.0},
               language_column="lang", rating_column="stars")
     assert (ok["status"], ok["language"], ok["target_rating"]) == ("ok", "zh", 4)
-    assert _one({"product_id": "a", "title": "x", "lang": "fr"}, language_column="lang")["reason"] == "unsupported_language"
+    row = {"product_id": "a", "title": "x", "lang": "fr"}
+    assert _one(row, language_column="lang")["reason"] == "unsupported_language"
     assert _one({"product_id": "a", "title": "x", "stars": 9}, rating_column="stars")["reason"] == "invalid_rating"
     assert _one({"product_id": "a", "title": "x", "stars": None}, rating_column="stars")["target_rating"] is None
 

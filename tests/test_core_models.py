@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reviewgen.core import sampling
 from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
 from reviewgen.core.models import Discriminator, Generator
-from reviewgen.core import sampling
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer, review_mask
 
@@ -46,7 +46,8 @@ def test_prefix_layout_keeps_conditions_and_truncates_title(tok):
     pre = tok.encode_prefixes([cond])[0].tolist()
     assert len(pre) == P and pre[-1] == tok.sep_id
     assert tok.special["<rating_4>"] in pre and tok.special["<lang_en>"] in pre and tok.bos_id in pre
-    zh = tok.encode_prefixes([Condition(title="平板", category="平板", sentiment="negative", language="zh")])[0].tolist()
+    zh_cond = Condition(title="平板", category="平板", sentiment="negative", language="zh")
+    zh = tok.encode_prefixes([zh_cond])[0].tolist()
     assert tok.special["<sent_negative>"] in zh and tok.special["<lang_zh>"] in zh
 
 
@@ -197,8 +198,8 @@ def test_chinese_target_rating_becomes_sentiment():
 
 # parameter names of checkpoints written before the architecture families: they must keep loading
 OLD_GPT2_NAMES = (["tok_emb.weight", "pos_emb.weight"]
-                  + [f"blocks.{i}.{m}.{w}" for i in range(2) for m in ("ln1", "attn.qkv", "attn.proj", "ln2", "mlp.0", "mlp.2")
-                     for w in ("weight", "bias")]
+                  + [f"blocks.{i}.{m}.{w}" for i in range(2)
+                     for m in ("ln1", "attn.qkv", "attn.proj", "ln2", "mlp.0", "mlp.2") for w in ("weight", "bias")]
                   + ["ln_f.weight", "ln_f.bias", "lm_head.weight"])
 
 
@@ -340,6 +341,7 @@ def test_sampling_precision_is_checked():
 def test_short_attention_equals_sdpa(kv, causal):
     """The CPU inference path's explicit attention, with grouped heads and a key-padding mask."""
     import torch.nn.functional as F
+
     from reviewgen.core.models import _explicit_attention as _short_attention
 
     g = torch.Generator().manual_seed(kv)

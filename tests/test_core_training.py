@@ -10,12 +10,12 @@ import torch
 
 from reviewgen.core.checkpoint import CheckpointError, export_model, load_checkpoint
 from reviewgen.core.config import ConfigError, RunConfig
-from reviewgen.data.corpus import load_split
+from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.losses import val_nll
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
-from reviewgen.score.scorer import Scorer
+from reviewgen.data.corpus import load_split
 from reviewgen.score.platt import apply_calibration, fit_platt
-from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
+from reviewgen.score.scorer import Scorer
 from reviewgen.train.batches import TensorBatches
 from reviewgen.train.trainer import GANTrainer
 
@@ -194,7 +194,7 @@ def test_tiny_model_layout_and_meta(tiny_model):
     assert (tiny_model / "mle" / "meta.json").is_file() and (tiny_model / "state" / "train_state.pt").is_file()
     meta = json.loads((tiny_model / "meta.json").read_text())
     assert len(meta["version"]) == 16 and meta["role"] == "final"
-    phases = {json.loads(l)["phase"] for l in (tiny_model / "metrics.jsonl").read_text().splitlines()}
+    phases = {json.loads(line)["phase"] for line in (tiny_model / "metrics.jsonl").read_text().splitlines()}
     assert phases == {"mle", "disc", "adv"}
 
 
@@ -300,10 +300,10 @@ def test_trainer_leaves_the_global_rng_alone_and_owns_its_own(setup):
 
 def test_time_boxed_train_leaves_a_model_that_samples_and_reruns_continue(prepared_data, tmp_path):
     """`reviewgen train --max-minutes` (tiny) stops in the MLE phase and still leaves a usable model."""
+    from conftest import TINY_CONFIG
     from typer.testing import CliRunner
 
     from reviewgen.cli import app
-    from conftest import TINY_CONFIG
 
     out = tmp_path / "m"
     args = ["train", "--data", str(prepared_data), "--out", str(out), "--config", str(TINY_CONFIG),
@@ -324,7 +324,8 @@ def test_time_boxed_train_leaves_a_model_that_samples_and_reruns_continue(prepar
     assert r.exit_code == 0, r.output
     steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["global_step"] for s in steps] == list(range(1, len(steps) + 1)), "each step logged once"
-    assert steps[-1]["resumes"] == 1 and json.loads((out / "meta.json").read_text())["global_step"] > meta["global_step"]
+    assert steps[-1]["resumes"] == 1
+    assert json.loads((out / "meta.json").read_text())["global_step"] > meta["global_step"]
 
 
 def test_set_and_yaml_job_section_reach_the_configs(tmp_path):

@@ -180,7 +180,8 @@ def test_split_by_product():
     df = _toy(200)
     s = split_by_product(df, seed=1)
     sides = {k: set(v["product_id"]) for k, v in s.items()}
-    assert not (sides["train"] & sides["val"]) and not (sides["train"] & sides["test"]) and not (sides["val"] & sides["test"])
+    assert not (sides["train"] & sides["val"]) and not (sides["train"] & sides["test"])
+    assert not (sides["val"] & sides["test"])
     assert sum(len(v) for v in s.values()) == len(df)
     assert 5 < len(sides["test"]) < 40 and 5 < len(sides["val"]) < 40
     # row order does not matter
@@ -202,7 +203,8 @@ def test_prepare_and_load_split(tmp_path):
         rating=[(i % 5) + 1 for i in range(30)], division_name=["General"] * 30,
         department_name=["Tops"] * 30, class_name=["Knits"] * 30))
     zh = _write(tmp_path, "zh_extra.parquet", {"category": ["水果"] * 20, "category_en": ["fruit"] * 20,
-                                              "label": [i % 2 for i in range(20)], "review": [f"好吃{i}" for i in range(20)]})
+                                              "label": [i % 2 for i in range(20)],
+                                              "review": [f"好吃{i}" for i in range(20)]})
     logs: list[str] = []
     out = tmp_path / "prepared"
     stats = prepare([src, zh], out, seed=0, val_frac=0.2, test_frac=0.2, log=logs.append)

@@ -101,7 +101,8 @@ def test_fast_detect_discrepancy_by_hand():
     var = 0.8 * math.log(0.8) ** 2 + 0.2 * math.log(0.2) ** 2 - mu ** 2
     assert math.isclose(s.fast_detect[0], R * (math.log(0.8) - mu) / math.sqrt(R * var), rel_tol=1e-5)
     # the unlikely token every time is more surprising than G expects: negative
-    assert lm_statistics(logits, torch.ones(1, R, dtype=torch.long), torch.ones(1, R, dtype=torch.bool)).fast_detect[0] < 0
+    stats = lm_statistics(logits, torch.ones(1, R, dtype=torch.long), torch.ones(1, R, dtype=torch.bool))
+    assert stats.fast_detect[0] < 0
     # with a reference, the expectation is over the reference's next-token distribution
     ref = torch.log(torch.tensor([0.5, 0.5])).expand(1, R, 2).clone()
     r = lm_statistics(logits, targets, torch.ones(1, R, dtype=torch.bool), ref_logits=ref)
@@ -131,8 +132,8 @@ def test_detector_scores_each_language_with_its_own_combiner():
 def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
     from reviewgen.core.metrics import auroc
     from reviewgen.score.calibration import out_of_fold_logits
-    from reviewgen.score.platt import fit_platt
     from reviewgen.score.combiner import Candidate
+    from reviewgen.score.platt import fit_platt
 
     rng = np.random.default_rng(1)
     n = 60  # few rows, many noise features: an in-sample fit separates them better than new rows
@@ -287,8 +288,8 @@ def test_a_floor_keeps_lookalike_human_reviews_from_scores_near_zero():
     says so, the plain one claims near-certainty, and the floor also lowers the ECE on new rows."""
     from reviewgen.core.metrics import ece
     from reviewgen.score.calibration import fit_language_combiner
-    from reviewgen.score.platt import fit_platt
     from reviewgen.score.combiner import Candidate
+    from reviewgen.score.platt import fit_platt
 
     rng = np.random.default_rng(5)
     sig, y = _with_lookalike_humans(rng, 3000, 0.06)
@@ -382,9 +383,9 @@ def test_thresholds_from_out_of_fold_scores_keep_to_their_share_of_new_humans():
     there accuses far more new humans than its share; the out-of-fold one does not."""
     from reviewgen.core.metrics import machine_threshold
     from reviewgen.score.calibration import out_of_fold_logits, prior_shift
-    from reviewgen.score.thresholds import oof_thresholds
     from reviewgen.score.combiner import Candidate
     from reviewgen.score.platt import apply_calibration, fit_platt
+    from reviewgen.score.thresholds import oof_thresholds
 
     rng = np.random.default_rng(3)
     names = tuple(f"f{i}" for i in range(40))

@@ -162,7 +162,8 @@ def _assert_lora_model_works(final: Path, tmp_path: Path) -> None:
     ck = load_checkpoint(final)
     assert any(m.lora_B.abs().sum() > 0 for _, m in lora_layers(ck.generator))  # the adapters trained
     assert ck.discriminator.tok_emb.weight.data_ptr() == ck.generator.tok_emb.weight.data_ptr()
-    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0, temperature=1.0)
+    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0,
+                           temperature=1.0)
     assert len(texts) == 1
     res = Scorer(final).score([{"text": "Works well and the battery lasts.", "language": "en"}])
     assert 0.0 <= res["p_human"][0] <= 1.0
@@ -188,7 +189,8 @@ def test_time_budget_stops_all_workers_together_with_a_usable_model(ray_local, p
     assert (meta["phase"], meta["complete"], meta["global_step"]) == ("mle", False, 1)
     assert json.loads((out / "state" / "meta.json").read_text())["global_step"] == 1
     ck = load_checkpoint(final)
-    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0, temperature=1.0)
+    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0,
+                           temperature=1.0)
     assert len(texts) == 1 and ck.calibration is not None and ck.ngram_path is not None
 
 

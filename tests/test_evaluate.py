@@ -26,8 +26,9 @@ from reviewgen.score.calibration import sample_fakes
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
         "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
-SECTIONS = ("## Compute budget", "## Targets", "## Matched diversity", "## Quality and diversity", "## Test NLL", "## Condition match",
-            "## Scorer", "## Copying and PII", "## Example generations for unseen products", "## Plots")
+SECTIONS = ("## Compute budget", "## Targets", "## Matched diversity", "## Quality and diversity", "## Test NLL",
+            "## Condition match", "## Scorer", "## Copying and PII", "## Example generations for unseen products",
+            "## Plots")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def _fakes_file(model: Path, data: Path, path: Path) -> Path:
     mle = load_checkpoint(model / "mle")
     machine = generate_texts(mle.generator, mle.tokenizer, conditions(test), [f"f{i}" for i in range(len(test))],
                              temperature=1.0, top_k=5)
-    pd.DataFrame({"text": test["text"].astype(str).tolist() + machine, "is_generated": [0] * len(test) + [1] * len(test),
+    pd.DataFrame({"text": test["text"].astype(str).tolist() + machine,
+                  "is_generated": [0] * len(test) + [1] * len(test),
                   "language": test["language"].tolist() * 2,
                   "hotel_name": [f"h{i % 10}" for i in range(len(test))] * 2}).to_parquet(path)
     return path

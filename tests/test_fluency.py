@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from reviewgen.core.tokenizer import ReviewTokenizer
-from reviewgen.evaluate.fluency import (bits_per_char, fluency_markdown, fluency_section, real_word_rate, tstr,
-                                        vocabulary, words)
+from reviewgen.evaluate.fluency import (
+    bits_per_char,
+    fluency_markdown,
+    fluency_section,
+    real_word_rate,
+    tstr,
+    vocabulary,
+    words,
+)
 from reviewgen.evaluate.quality import ConditionClassifiers
 
 P, R = 12, 16

@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from typer.testing import CliRunner
 
 from reviewgen.cli import app
@@ -107,7 +106,8 @@ def test_good_rows_generate_reviews_with_contract(messy_run):
     assert gen["review_id"].is_unique
     assert gen["rating"].between(1, 5).all() and gen["score"].between(0, 1).all()
     run_id = messy_run["summary"]["run_id"]
-    assert all(r == review_id(run_id, p, i) for r, p, i in zip(gen["review_id"], gen["product_id"], gen["review_index"]))
+    ids = zip(gen["review_id"], gen["product_id"], gen["review_index"])
+    assert all(r == review_id(run_id, p, i) for r, p, i in ids)
     title = gen.loc[gen["product_id"] == "g7", "title"]
     assert title.empty or title.iloc[0] == "Desk lamp with dimmer"
     man = json.loads((part / "manifest.json").read_text())
@@ -283,7 +283,8 @@ def test_duplicate_ids_first_occurrence_by_file_and_row_wins(ray_local, tiny_mod
     # b.parquet comes first on the command line, so its row 2 beats every row of a.parquet; within a file
     # the lower row wins; a rejected row (no title) never blocks a later valid one
     pd.DataFrame({"product_id": ["u1", "x", "y", "x", "z"],
-                  "title": ["Alpha", "x from a, row 1", "y from a", "x from a, row 3", None]}).to_parquet(tmp_path / "a.parquet")
+                  "title": ["Alpha", "x from a, row 1", "y from a", "x from a, row 3", None]}
+                 ).to_parquet(tmp_path / "a.parquet")
     pd.DataFrame({"product_id": ["z", "q", "x", "y", "y"],
                   "title": ["z from b", "Quill", "x from b, row 2", "y from b, row 3", "y from b, row 4"]}).to_parquet(
         tmp_path / "b.parquet")
@@ -333,7 +334,8 @@ class _RowLimit:
             def wrapped_iter(ds, *a, _orig=orig, _name=name, **kw):
                 n = 0
                 for item in _orig(ds, *a, **kw):
-                    n += 1 if _name == "iter_rows" else len(next(iter(item.values())) if isinstance(item, dict) else item)
+                    rows = next(iter(item.values())) if isinstance(item, dict) else item
+                    n += 1 if _name == "iter_rows" else len(rows)
                     self.check(_name, n)
                     yield item
             monkeypatch.setattr(rd.Dataset, name, wrapped_iter)
@@ -358,8 +360,8 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
     before = (ctx.execution_options.preserve_order, ctx.shuffle_strategy)
     limit = _RowLimit(100)
     limit.install(monkeypatch)
-    s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out", cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE,
-                       **QUIET)
+    s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out",
+                       cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE, **QUIET)
     c = s["counts"]
     assert c["products_in"] == n and c["products_valid"] == 20
     assert c["catalog_rejects_by_reason"] == {"missing_id": 1000, "duplicate_id": 1980}

@@ -140,8 +140,9 @@ def test_export_round_trip_through_transformers(base, tmp_path):
     family, d, hf, vocab = base
     init = init_from_hf(d, _run_cfg())
     assert init.config.finalize(init.tokenizer.vocab_size) == init.config  # consistent as the trainer finalizes it
-    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"], tokenizer=init.tokenizer,
-                              generator=init.generator, discriminator=init.discriminator, meta={"base": init.meta})
+    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"],
+                              tokenizer=init.tokenizer, generator=init.generator, discriminator=init.discriminator,
+                              meta={"base": init.meta})
     out = export_hf(run_dir, tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert back.config.model_type == MODEL_TYPE[family]
@@ -235,7 +236,8 @@ def test_missing_and_misshapen_tensors(gpt2_dir):
     with pytest.raises(HFImportError, match=r"tensor 'h\.1\.mlp\.c_fc\.weight' is missing from model\.safetensors"):
         _load(gpt2_dir)
     save_file(dict(sd, **{key: torch.zeros(32, 100)}), str(f))
-    with pytest.raises(HFImportError, match=r"model\.safetensors: tensor h\.1\.mlp\.c_fc\.weight \(32, 100\) has the wrong shape"):
+    with pytest.raises(HFImportError,
+                       match=r"model\.safetensors: tensor h\.1\.mlp\.c_fc\.weight \(32, 100\) has the wrong shape"):
         _load(gpt2_dir)
     (gpt2_dir / "tokenizer.json").unlink()
     with pytest.raises(HFImportError, match=r"tokenizer\.json"):
@@ -246,7 +248,8 @@ def test_sharded_weights_load(gpt2_dir):
     from safetensors.torch import load_file, save_file
     sd = load_file(str(gpt2_dir / "model.safetensors"))
     keys = sorted(sd)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
     for name, ks in shards.items():
         save_file({k: sd[k] for k in ks}, str(gpt2_dir / name))
     (gpt2_dir / "model.safetensors").unlink()
@@ -255,7 +258,8 @@ def test_sharded_weights_load(gpt2_dir):
     b = _load(gpt2_dir)
     assert b.meta()["weight_files"] == sorted(shards)
     (gpt2_dir / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(HFImportError, match="index.json: names weight file model-00002-of-00002.safetensors, which is missing"):
+    with pytest.raises(HFImportError,
+                       match="index.json: names weight file model-00002-of-00002.safetensors, which is missing"):
         _load(gpt2_dir)
 
 
@@ -296,8 +300,9 @@ def test_lora_merge_and_peft_adapters_match_transformers(base, tmp_path):
         g = torch.Generator().manual_seed(5)
         for _, m in lora_layers(G):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.2)
-    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"], tokenizer=init.tokenizer,
-                              generator=G, discriminator=init.discriminator, meta={"base": init.meta})
+    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"],
+                              tokenizer=init.tokenizer, generator=G, discriminator=init.discriminator,
+                              meta={"base": init.meta})
     assert json.loads((run_dir / "meta.json").read_text())["lora_base"]["kind"] == "hf"
     ours = load_checkpoint(run_dir).generator.eval()
     tok = init.tokenizer

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+from conftest import ROOT, TINY_CONFIG
+from test_hf import _hf_model, _tokenizer_json
 from typer.testing import CliRunner
 
-from conftest import ROOT, TINY_CONFIG
 from reviewgen.cli import app
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition
-from test_hf import _hf_model, _tokenizer_json
 
 ATOL = 1e-4
 # every phase, a few steps each (the tiny config's own schedule), tiny batches

@@ -12,7 +12,14 @@ import torch
 import torch.distributed as dist
 
 from reviewgen.core.checkpoint import BaseMismatchError, load_checkpoint
-from reviewgen.core.config import ConfigError, DiscriminatorConfig, GeneratorConfig, LoRAConfig, RunConfig, TokenizerConfig
+from reviewgen.core.config import (
+    ConfigError,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    LoRAConfig,
+    RunConfig,
+    TokenizerConfig,
+)
 from reviewgen.core.lora import adapters_disabled, ddp_ignore_frozen, is_adapter_key, lora_layers, merged_state_dict
 from reviewgen.core.models import Discriminator, Generator
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
@@ -114,7 +121,8 @@ def _trainable_of(model) -> list[torch.nn.Parameter]:
 
 
 def _base_tensors(model) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if not is_adapter_key(n) and not n.startswith(Discriminator.HEADS)}
+    return {n: p for n, p in model.named_parameters()
+            if not is_adapter_key(n) and not n.startswith(Discriminator.HEADS)}
 
 
 @pytest.fixture(scope="module")

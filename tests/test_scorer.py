@@ -15,8 +15,8 @@ from reviewgen.core.encoding import conditions
 from reviewgen.data.corpus import load_split
 from reviewgen.score.calibration import DETECTOR_SETTINGS, sample_fakes
 from reviewgen.score.combiner import ANY_LANGUAGE, Combiner, Detector
-from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
 from reviewgen.score.filter import FilterConfig, ReviewFilter
+from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
 from reviewgen.serve.scoring import score_reviews
 
 
@@ -221,7 +221,8 @@ def test_the_stored_thresholds_flag_machine_reviews(tiny_model, prepared_data) -
     res = sc.score_texts(conditions(rows), rows["text"].astype(str).tolist())
     for i, (p, lang) in enumerate(zip(res["p_human"], rows["language"])):
         t = th.get(lang, th[ANY_LANGUAGE])
-        assert res["machine_1pct"][i] == bool(p < t["machine_1pct"]) and res["machine_5pct"][i] == bool(p < t["machine_5pct"])
+        assert res["machine_1pct"][i] == bool(p < t["machine_1pct"])
+        assert res["machine_5pct"][i] == bool(p < t["machine_5pct"])
     sc.thresholds = {ANY_LANGUAGE: {"machine_1pct": 1.0, "machine_5pct": 0.0}}  # flag all / none
     out = sc.score_frame(pd.DataFrame({"text": ["Soft and warm, true to size.", None], "language": ["en", "en"]}))
     assert out["machine_1pct"].tolist()[0] is True and out["machine_5pct"].tolist()[0] is False

@@ -190,7 +190,8 @@ def test_unavailable_backend_is_503_with_retry_after_and_bad_requests_never_reac
     client = TestClient(make_api(backend, ServeConfig(), token=None))
     r = client.post("/v1/score", json={"reviews": [{"text": "fine"}]})
     assert r.status_code == 503 and r.headers["retry-after"] == "2"
-    assert r.json() == {"error": {"status": 503, "code": "unavailable", "message": "the model replica was lost 2 times"}}
+    lost = "the model replica was lost 2 times"
+    assert r.json() == {"error": {"status": 503, "code": "unavailable", "message": lost}}
     assert backend.calls == 1
     for bad in ({"reviews": [{"text": ""}]}, {"reviews": []}, {"nope": 1}):
         assert client.post("/v1/score", json=bad).status_code == 422

@@ -1,6 +1,7 @@
 """Tests for reviewgen.core.text: cleaning, promo stripping and PII masking (English and Chinese)."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reviewgen.core.text import PII_KINDS, clean_text, find_pii, mask_pii, strip_promo
 

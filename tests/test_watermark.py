@@ -18,8 +18,14 @@ from reviewgen.core.config import GeneratorConfig
 from reviewgen.core.models import Generator
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, generate_texts, row_seed, sample
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.core.watermark import (Watermark, WatermarkConfig, WatermarkKey, WatermarkKeyError,
-                                      WatermarkLogitsProcessor, load_keys)
+from reviewgen.core.watermark import (
+    Watermark,
+    WatermarkConfig,
+    WatermarkKey,
+    WatermarkKeyError,
+    WatermarkLogitsProcessor,
+    load_keys,
+)
 
 P, R = 16, 20
 KEY_A, KEY_B = "a-secret-key-for-tests-0001", "another-secret-key-for-tests-2"

@@ -185,7 +185,8 @@ def test_nightly_actor_signs_and_accepts_only_detectable_reviews(tiny_model, tmp
     counts = json.loads(table.schema.metadata[STATS_KEY])
     reviews = table.to_pandas()
     assert stats["generated"] == 18 and counts["accepted"] == len(reviews) > 0
-    assert (reviews["watermark_z"] >= wm.config.threshold_z).all() and all(wm.detect_texts(actor.tok, reviews["text"]).ours)
+    assert (reviews["watermark_z"] >= wm.config.threshold_z).all()
+    assert all(wm.detect_texts(actor.tok, reviews["text"]).ours)
     assert set(reviews["watermark_key_id"]) == {wm.key_id}
     rejects = pq.read_table(tmp_path / "rejects" / "filter-part-00000.parquet").to_pandas()
     # the tiny model's partial UTF-8 leaves many reviews too weak to detect: both verdicts occur
@@ -214,8 +215,9 @@ def test_exported_model_with_the_processor_is_detected(tiny_model, tmp_path):
     params = SamplingParams(tok.max_review_len, temperature=0.0, precision="fp32")
     ours = sample(ck.generator, ids, params, eos_id=-1, pad_id=tok.pad_id, watermark=wm)
     with torch.no_grad():
-        greedy = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tok.max_review_len,
-                             min_new_tokens=tok.max_review_len, eos_token_id=None, pad_token_id=tok.pad_id,
+        greedy = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=tok.max_review_len, min_new_tokens=tok.max_review_len, eos_token_id=None,
+                             pad_token_id=tok.pad_id,
                              logits_processor=[WatermarkLogitsProcessor(wm)])[:, ids.shape[1]:]
     assert torch.equal(ours, greedy)
     # sampled, restricted to whole-word tokens so that the text reads back as the same tokens (the tiny model
