@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from reviewgen.core.config import GeneratorConfig, RunConfig
-from reviewgen.core.hf import HFFormatError, IGNORED_SUFFIXES, from_hf, hf_key, read_config, weight_rules
+from reviewgen.core.hf import IGNORED_SUFFIXES, HFFormatError, from_hf, hf_key, read_config, weight_rules
 from reviewgen.core.lora import is_adapter_key
 from reviewgen.core.models import Discriminator, Generator
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError, read_tokenizer_file
