@@ -5,6 +5,7 @@ exported back and reloaded by transformers. Offline: nothing is fetched."""
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import re
 import shutil
@@ -107,7 +108,12 @@ def test_greedy_kv_cache_sampling_equals_transformers_generate(base):
     G = init_from_hf(d, _run_cfg()).generator
     prompts = torch.randint(1, vocab, (3, P), generator=torch.Generator().manual_seed(1))
     ours = sample(G, prompts, SamplingParams(R, temperature=0.0, precision="fp32"), eos_id=-1, pad_id=0)
+    # transformers decodes over the same grown vocabulary: the added tokens' rows copied in
+    hf = copy.deepcopy(hf)
+    hf.resize_token_embeddings(G.tok_emb.weight.shape[0])
     with torch.no_grad():
+        hf.get_input_embeddings().weight.copy_(G.tok_emb.weight)
+        hf.get_output_embeddings().weight.copy_(G.lm_head.weight)
         theirs = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False, max_new_tokens=R,
                              min_new_tokens=R, eos_token_id=None, pad_token_id=0)[:, P:]
     assert torch.equal(ours, theirs)
@@ -123,12 +129,17 @@ def test_new_tokens_are_special_and_start_from_the_base(base):
     assert tok.tok.encode("<rating_5>", add_special_tokens=False).ids == [rating]
     emb = b.state["tok_emb.weight"]
     base_emb = hf.get_input_embeddings().weight.detach()
-    assert torch.allclose(emb[rating], base_emb[:vocab].mean(0), atol=1e-6)
+    ids = torch.arange(vocab, tok.vocab_size)
+    new = emb[vocab:][(ids != tok.eos_id) & (ids != tok.bos_id)]  # the added rows but <bos> and <eos>
+    assert torch.cdist(new, new).add(torch.eye(len(new)) * 1e9).min() > 0  # distinct: a frozen embedding tells
+    spread = base_emb[:vocab].std(0)  # them apart; and typical: within the base's spread of its mean
+    assert ((new.mean(0) - base_emb[:vocab].mean(0)).abs() < spread).all()
+    assert 0.7 < (new.std(0) / spread).mean() < 1.3
     assert torch.equal(emb[tok.eos_id], base_emb[0])  # <eos> starts as the base's end of text
     assert torch.equal(emb[:vocab], base_emb[:vocab])
     if family == "llama":  # untied: the output head grows the same way
         head, base_head = b.state["lm_head.weight"], hf.get_output_embeddings().weight.detach()
-        assert torch.allclose(head[rating], base_head[:vocab].mean(0), atol=1e-6)
+        assert not torch.equal(head[rating], emb[rating]) and torch.isfinite(head[vocab:]).all()
         assert torch.equal(head[tok.eos_id], base_head[0])
     else:
         assert "lm_head.weight" not in b.state

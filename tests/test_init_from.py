@@ -85,6 +85,30 @@ def test_init_from_starts_from_the_base_weights(base, prepared_data, tmp_path):
     assert diff < ATOL
 
 
+def test_new_condition_tokens_start_distinct_and_alike_on_every_worker(base, tiny_config):
+    """The added markers (ratings, categories, languages) get distinct rows, the same on every load: under
+    LoRA the embedding stays frozen, so identical rows would leave G unable to tell a 1-star from a 5-star
+    request."""
+    from reviewgen.core.hf_import import init_from_hf
+
+    family, d = base
+    a, b = init_from_hf(d, tiny_config()), init_from_hf(d, tiny_config())
+    tok = a.tokenizer
+    emb = a.generator.tok_emb.weight.detach()
+    assert torch.equal(emb, b.generator.tok_emb.weight.detach())
+    stars = [tok.tok.token_to_id(f"<rating_{r}>") for r in range(1, 6)]
+    assert all(i is not None for i in stars), stars
+    rows = emb[stars]
+    gaps = torch.cdist(rows, rows) + torch.eye(5) * 1e9
+    assert gaps.min() > 0.5 * emb[: min(stars)].std(0).norm(), gaps.min()
+    # so G's next-token distribution already depends on the requested rating before any training
+    x = torch.randint(0, min(stars), (1, 12), generator=torch.Generator().manual_seed(0))
+    one, five = x.clone(), x.clone()
+    one[0, 5], five[0, 5] = stars[0], stars[4]
+    with torch.no_grad():
+        assert (a.generator.eval()(one)[0, -1] - a.generator(five)[0, -1]).abs().max() > 1e-3
+
+
 def test_without_an_mle_phase_the_base_is_the_reference(base):
     """mle_steps 0: the trainer enters the disc phase at construction; the KL reference and D's trunk must
     still be the base, not the random init."""

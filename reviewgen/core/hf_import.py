@@ -8,7 +8,8 @@ Vocabulary. The base tokenizer is kept, and reviewgen's special tokens (<pad>, <
 language, rating, sentiment, category and title markers) are added to it as new special tokens, so the base
 tokens keep their ids and meaning. The embedding (and an untied output head) gets one row per tokenizer id:
 rows some bases keep beyond their tokenizer (padding up to a round size) are dropped, and the new tokens'
-rows start at the mean embedding, except <bos> and <eos>, which start as copies of the base's own
+rows start as distinct typical rows (the mean embedding plus seeded noise at the base's per-dimension spread),
+except <bos> and <eos>, which start as copies of the base's own
 beginning- and end-of-text rows when config.json names them: the base then already knows where a review
 starts and, above all, when to stop. Nothing is ever downloaded: the directory must exist locally.
 """
@@ -135,7 +136,12 @@ def _expected_shapes(fields: dict[str, Any], vocab: int, block: int) -> dict[str
 def _grow_vocab(w: torch.Tensor, tok: ReviewTokenizer, n_base: int, base_ids: dict[str, int | None]) -> torch.Tensor:
     rows = torch.empty(tok.vocab_size, w.shape[1], dtype=w.dtype)
     rows[:n_base] = w[:n_base]
-    rows[n_base:] = w[:n_base].mean(dim=0)
+    # a typical row each: the base's mean plus seeded noise at its per-dimension spread. Distinct rows matter:
+    # under LoRA the embedding stays frozen, and identical rows would make every rating, category and
+    # language marker look the same to G. The fixed seed gives every worker the same weights.
+    base = w[:n_base].float()
+    noise = torch.randn(tok.vocab_size - n_base, w.shape[1], generator=torch.Generator().manual_seed(0))
+    rows[n_base:] = (base.mean(dim=0) + noise * base.std(dim=0)).to(w.dtype)
     for ours, theirs in ((tok.bos_id, base_ids["bos"]), (tok.eos_id, base_ids["eos"])):
         if ours >= n_base and theirs is not None and 0 <= theirs < n_base:
             rows[ours] = w[theirs]
