@@ -113,16 +113,16 @@ def test_without_an_mle_phase_the_base_is_the_reference(base):
     """mle_steps 0: the trainer enters the disc phase at construction; the KL reference and D's trunk must
     still be the base, not the random init."""
     from reviewgen.core.config import RunConfig
-    from reviewgen.core.hf_import import init_from_hf
+    from reviewgen.core.hf_import import init_from_hf, load_hf_base
     from reviewgen.train.trainer import GANTrainer, run_setup
 
     _, d = base
     cfg = RunConfig.from_yaml(TINY_CONFIG).override({"train.mle_steps": 0})
     init = init_from_hf(d, cfg)
     cfg, tok, cats = run_setup(pd.DataFrame({"category": ["a", "b"]}), cfg, init)
-    tr = GANTrainer(cfg, tok, cats)
+    t = cfg.tokenizer
+    tr = GANTrainer(cfg, tok, cats, base=load_hf_base(d, prefix_len=t.prefix_len, max_review_len=t.max_review_len))
     assert tr.phase == "disc" and tr.ref is not None
-    tr.start_from_base(init.generator.state_dict(), init.meta)
     for k, v in init.generator.state_dict().items():
         assert torch.equal(tr.ref.state_dict()[k], v) and torch.equal(tr.G.state_dict()[k], v)
     assert torch.equal(tr.D.state_dict()["tok_emb.weight"], init.generator.state_dict()["tok_emb.weight"])

@@ -233,3 +233,38 @@ def test_checkpoint_round_trip_and_base_hash_mismatch(trained, tok, tmp_path):
     (d / "base.safetensors").unlink()
     with pytest.raises(BaseMismatchError, match="missing"):
         load_checkpoint(d)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_models_built_from_a_base_take_its_tensors_and_draw_only_what_it_lacks(family):
+    """G built on the meta device holds the base's very tensors (no random-init copy), computes the base's
+    logits with fresh adapters, and D's trunk is the same storage with fresh heads."""
+    from reviewgen.core.build import discriminator_on, generator_from_state
+
+    torch.manual_seed(0)
+    base = Generator(_gen_cfg(family)).eval()
+    tied = base.arch.tie_embeddings
+    state = {k: v.clone() for k, v in base.state_dict().items() if k != "lm_head.weight" or not tied}
+    ptrs = {k: v.data_ptr() for k, v in state.items()}
+    G = generator_from_state(_gen_cfg(family, lora=LORA), state).eval()
+    assert state == {}  # G took every tensor
+    assert all(dict(G.named_parameters())[k].data_ptr() == p for k, p in ptrs.items())
+    assert not any(t.is_meta for t in [*G.parameters(), *G.buffers()])
+    x = torch.randint(0, 64, (3, P + R), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(G(x), base(x))
+    D = discriminator_on(G, _gen_cfg(family, cls=DiscriminatorConfig, lora=LORA, n_categories=3), P, 0)
+    assert D.blocks[0].attn.qkv.weight.data_ptr() == G.blocks[0].attn.qkv.weight.data_ptr()
+    heads = {n for n, p in D.named_parameters() if n.startswith(Discriminator.HEADS)}
+    trainable = {n for n, p in D.named_parameters() if p.requires_grad}
+    assert heads and heads <= trainable and all(is_adapter_key(n) or n in heads for n in trainable)
+    assert D.seq_head.weight.std() > 0 and torch.isfinite(D(x).seq_logits).all()
+
+
+def test_a_base_missing_a_weight_is_refused_not_drawn_at_random():
+    from reviewgen.core.build import generator_from_state
+
+    state = dict(Generator(_gen_cfg("llama")).state_dict())
+    del state["blocks.1.mlp.down.weight"]
+    with pytest.raises(ValueError, match="blocks.1.mlp.down.weight"):
+        generator_from_state(_gen_cfg("llama", lora=LORA), state)

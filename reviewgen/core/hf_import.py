@@ -17,6 +17,7 @@ starts and, above all, when to stop. Nothing is ever downloaded: the directory m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from reviewgen.core.build import discriminator_on, generator_from_state
 from reviewgen.core.config import GeneratorConfig, RunConfig
 from reviewgen.core.hf import IGNORED_SUFFIXES, HFFormatError, from_hf, hf_key, read_config, weight_rules
 from reviewgen.core.lora import is_adapter_key
@@ -47,7 +49,7 @@ class HFBase:
     model_type: str  # "gpt2" | "llama" | "qwen2"
     fields: dict[str, Any]  # GeneratorConfig/DiscriminatorConfig fields (architecture, shape, vocab_size)
     max_positions: int  # longest sequence the base supports (learned positions cannot grow)
-    state: dict[str, torch.Tensor]  # Generator state dict in our names, vocabulary grown for the new tokens
+    state: dict[str, torch.Tensor]  # Generator state in our names, vocabulary grown; {} when read without weights
     tokenizer: ReviewTokenizer
     sha256: str  # over the weight files, in name order
 
@@ -59,14 +61,32 @@ class HFBase:
 
 @dataclass
 class HFInit:
-    """A run ready to train from a base: its config (architecture sections from the base), tokenizer, and
-    both models with the base weights (D takes the trunk; its heads are new)."""
+    """A run ready to train from a base: its config (architecture sections from the base), tokenizer, the
+    base itself, and both models on first use. G takes the base's tensors (`base.state` is then empty); D's
+    trunk shares them under LoRA, else copies them; D's heads are new."""
 
     config: RunConfig
     tokenizer: ReviewTokenizer
-    generator: Generator
-    discriminator: Discriminator
-    meta: dict[str, Any]  # put under meta.json's "base" key
+    base: HFBase  # its state is empty when read with weights=False
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Put under meta.json's "base" key."""
+        return self.base.meta()
+
+    @functools.cached_property
+    def generator(self) -> Generator:
+        return generator_from_state(self.config.generator, self.base.state)
+
+    @functools.cached_property
+    def discriminator(self) -> Discriminator:
+        cfg, G = self.config, self.generator
+        if cfg.discriminator.lora.enabled:
+            return discriminator_on(G, cfg.discriminator, cfg.tokenizer.prefix_len, self.tokenizer.pad_id)
+        D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, self.tokenizer.pad_id)
+        trunk = {k: v for k, v in G.state_dict().items() if k != "lm_head.weight" and not is_adapter_key(k)}
+        _load(D, trunk, allowed_missing=Discriminator.HEADS, where=self.base.path)  # a copy: D trains its own
+        return D
 
 
 def _directory(path: str | Path) -> Path:
@@ -148,8 +168,9 @@ def _grow_vocab(w: torch.Tensor, tok: ReviewTokenizer, n_base: int, base_ids: di
     return rows
 
 
-def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int) -> HFBase:
-    """Read a local Hugging Face model directory (gpt2, llama or qwen2) into reviewgen's terms.
+def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int, weights: bool = True) -> HFBase:
+    """Read a local Hugging Face model directory (gpt2, llama or qwen2) into reviewgen's terms: its config,
+    tokenizer and weight hash, and with `weights` its tensors (in the files' dtype; each consumer casts).
 
     Raises HFImportError naming the file and the field or tensor when the directory is missing (or a Hub
     name was given: nothing is downloaded), unsupported, or does not match its config."""
@@ -177,6 +198,15 @@ def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int) -> H
         raise HFImportError(f"{p / 'tokenizer.json'}: {n_base} tokens, but config.json vocab_size is "
                             f"{base.vocab_size}: the embedding has no row for some token ids")
     files = _weight_files(p)
+    fields = dict(base.fields, vocab_size=tok.vocab_size)
+    state = _read_state(p, base, files, tok, n_base, block) if weights else {}
+    return HFBase(path=p, model_type=base.model_type, fields=fields, max_positions=base.max_positions,
+                  state=state, tokenizer=tok, sha256=_sha256(files))
+
+
+def _read_state(p: Path, base, files: list[Path], tok: ReviewTokenizer, n_base: int,
+                block: int) -> dict[str, torch.Tensor]:
+    """The base's tensors in our names, checked against its config, the vocabulary grown for our tokens."""
     tensors, origin = _read_tensors(files, base.model_type)
     tied = base.fields["tie_embeddings"]
     rules = weight_rules(base.model_type, base.fields["n_layer"], tied)
@@ -205,10 +235,7 @@ def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int) -> H
     base_ids = {"bos": base.bos_id, "eos": base.eos_id}
     for key in ("tok_emb.weight",) + (() if tied else ("lm_head.weight",)):
         state[key] = _grow_vocab(state[key].float(), tok, n_base, base_ids)
-    state = {k: v.float() for k, v in state.items()}  # trained in fp32 (autocast on GPU), whatever the base dtype
-    fields = dict(base.fields, vocab_size=tok.vocab_size)
-    return HFBase(path=p, model_type=base.model_type, fields=fields, max_positions=base.max_positions,
-                  state=state, tokenizer=tok, sha256=_sha256(files))
+    return state
 
 
 def _load(model: torch.nn.Module, state: dict[str, torch.Tensor], allowed_missing: tuple[str, ...], where) -> None:
@@ -219,21 +246,16 @@ def _load(model: torch.nn.Module, state: dict[str, torch.Tensor], allowed_missin
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def init_from_hf(path: str | Path, cfg: RunConfig) -> HFInit:
+def init_from_hf(path: str | Path, cfg: RunConfig, *, weights: bool = True) -> HFInit:
     """Everything `train --init-from DIR` needs: `cfg` with its generator and discriminator sections taking
     the base's architecture and shape (dropout, D's heads and the rest are kept), the base tokenizer with
-    reviewgen's tokens, G holding the base weights and D holding the base trunk (fresh heads), and the
-    meta.json record of the base. Raises HFImportError (see load_hf_base)."""
+    reviewgen's tokens, the base, and G and D built from it on first use. `weights=False` reads only the
+    config and tokenizer (a driver that sets a run up; its workers read the weights). Raises HFImportError
+    (see load_hf_base)."""
     t = cfg.tokenizer
-    base = load_hf_base(path, prefix_len=t.prefix_len, max_review_len=t.max_review_len)
-    block = t.prefix_len + t.max_review_len
-    shape = dict(base.fields, block_size=block)
+    base = load_hf_base(path, prefix_len=t.prefix_len, max_review_len=t.max_review_len, weights=weights)
+    shape = dict(base.fields, block_size=t.prefix_len + t.max_review_len)
     run = dataclasses.replace(cfg, tokenizer=dataclasses.replace(t, vocab_size=base.tokenizer.vocab_size),
                               generator=dataclasses.replace(cfg.generator, **shape),
                               discriminator=dataclasses.replace(cfg.discriminator, **shape))
-    G = Generator(run.generator)
-    _load(G, base.state, allowed_missing=("lm_head.weight",), where=base.path)
-    D = Discriminator(run.discriminator, t.prefix_len, base.tokenizer.pad_id)
-    trunk = {k: v for k, v in base.state.items() if k != "lm_head.weight"}
-    _load(D, trunk, allowed_missing=("token_head.", "seq_head.", "rating_head.", "category_head."), where=base.path)
-    return HFInit(config=run, tokenizer=base.tokenizer, generator=G, discriminator=D, meta=base.meta())
+    return HFInit(config=run, tokenizer=base.tokenizer, base=base)

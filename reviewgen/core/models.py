@@ -235,10 +235,11 @@ class KVCache:
 RESIDUAL_PROJECTIONS = ("attn.proj.weight", "mlp.2.weight", "mlp.down.weight")
 
 
-def _init_weights(module: nn.Module, n_layer: int) -> None:
+def init_weights(module: nn.Module, n_layer: int, only: set[str] | None = None) -> None:
+    """Draw a fresh model's weights (all, or the parameters named in `only`), then its adapters."""
     for name, p in module.named_parameters():
-        if is_adapter_key(name):
-            continue  # drawn last, so the base's initial weights do not depend on the adapters
+        if is_adapter_key(name) or (only is not None and name not in only):
+            continue  # adapters are drawn last, so the base's initial weights do not depend on them
         if p.dim() >= 2:
             # residual projections are scaled down so the residual stream's variance stays flat with depth
             std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
@@ -302,7 +303,7 @@ class Generator(_Trunk):
     def __init__(self, cfg: GeneratorConfig):
         super().__init__(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        _init_weights(self, cfg.n_layer)
+        init_weights(self, cfg.n_layer)
         if self.arch.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # fewer parameters, better small-data LM
         self._adapt()
@@ -357,7 +358,7 @@ class Discriminator(_Trunk):
         self.seq_head = nn.Linear(2 * cfg.d_model, 1)
         self.rating_head = nn.Linear(2 * cfg.d_model, cfg.n_ratings)
         self.category_head = nn.Linear(2 * cfg.d_model, cfg.n_categories)
-        _init_weights(self, cfg.n_layer)
+        init_weights(self, cfg.n_layer)
         self._adapt(self.HEADS)
 
     def forward(self, idx: torch.Tensor) -> DiscriminatorOutput:

@@ -71,7 +71,7 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df,
                                 run_cfg.tokenizer.max_review_len)
         log(f"run {job.run_name!r} exists in {job.storage}: continuing it with its stored config and tokenizer")
         return run_cfg, tok, list(d["categories"]), d.get("base")
-    init = init_from_hf(job.init_from, cfg) if job.init_from is not None else None
+    init = init_from_hf(job.init_from, cfg, weights=False) if job.init_from is not None else None
     cfg, tok, categories = run_setup(train_df, cfg, init)
     base = init.meta if init is not None else None
     if base is not None:

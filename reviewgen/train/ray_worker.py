@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
-from reviewgen.core.hf_import import HFImportError, load_hf_base
+from reviewgen.core.hf_import import HFBase, HFImportError, load_hf_base
 from reviewgen.core.lora import ddp_ignore_frozen
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.progress import send as send_progress
@@ -166,14 +166,14 @@ def _wrap(module: torch.nn.Module, name: str) -> torch.nn.Module:
     return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=kw)
 
 
-def _start_from_base(trainer: GANTrainer, base: dict) -> None:
-    """Load the --init-from base on this worker, checking it is the one the driver set the run up from."""
-    t = trainer.cfg.tokenizer
+def _base(cfg: RunConfig, base: dict) -> HFBase:
+    """Read the --init-from base on this worker, checking it is the one the driver set the run up from."""
+    t = cfg.tokenizer
     hf = load_hf_base(base["path"], prefix_len=t.prefix_len, max_review_len=t.max_review_len)
     if hf.sha256 != base["sha256"]:
         raise HFImportError(f"{base['path']}: the base weights on this worker differ from the driver's "
                             f"(sha256 {hf.sha256[:12]} vs {base['sha256'][:12]}); every node must see the same files")
-    trainer.start_from_base(hf.state, base)
+    return hf
 
 
 def train_loop(c: dict) -> dict:
@@ -185,16 +185,16 @@ def train_loop(c: dict) -> dict:
     cfg = RunConfig.from_dict(c["cfg"])
     tok = shipped_tokenizer(c["tok_json"], cfg.tokenizer.prefix_len, cfg.tokenizer.max_review_len)
     device = ray.train.torch.get_device()
-    trainer = GANTrainer(cfg, tok, c["categories"], device, wrap=_wrap, rank=rank, world_size=world)
-    run: dict = {}
     ckpt = ray.train.get_checkpoint()
+    fresh = ckpt is None and not c["resume_from"]  # else a checkpoint holds every weight
+    base = _base(cfg, c["base"]) if fresh and c.get("base") else None
+    trainer = GANTrainer(cfg, tok, c["categories"], device, wrap=_wrap, rank=rank, world_size=world, base=base)
+    run: dict = {}
     if ckpt is not None:  # a restart after a failure, or the same run started again: it wins over --resume-from
         with ckpt.as_directory() as d:
             run = trainer.resume_from(d)
     elif c["resume_from"]:
         run = trainer.resume_from(c["resume_from"])
-    elif c.get("base"):
-        _start_from_base(trainer, c["base"])
     batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
     # rank 0 logs to the driver's MLflow run (reviewgen.infra.tracking), when one was started
     tracker = Tracker.attach(*c["tracking"]) if c.get("tracking") and rank == 0 else None

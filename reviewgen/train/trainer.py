@@ -19,11 +19,12 @@ from typing import Any, Callable
 import torch
 
 from reviewgen.core.base_ref import own_state
+from reviewgen.core.build import discriminator_on, generator_from_state
 from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
-from reviewgen.core.hf_import import HFImportError, HFInit, init_from_hf
+from reviewgen.core.hf_import import HFBase, HFImportError, HFInit, init_from_hf
 from reviewgen.core.lora import is_adapter_key, merged_state_dict, share_base, shared_copy
 from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, base_view, count_params
@@ -56,7 +57,10 @@ class GANTrainer:
 
     def __init__(self, cfg: RunConfig, tok: ReviewTokenizer, categories: list[str], device="cpu", *,
                  wrap: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, base: HFBase | None = None):
+        """`base`: start G from a pretrained base's weights (G takes its tensors, with no random-init copy)
+        and D from its trunk; its record goes into every checkpoint's meta.json. Every worker of a run
+        must pass the same base."""
         self.cfg, self.tok, self.categories = cfg, tok, categories
         self.device = torch.device(device)
         self.rank, self.world = rank, world_size
@@ -66,11 +70,9 @@ class GANTrainer:
         self._cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=self._cuda):
             torch.manual_seed(cfg.train.seed)  # scoped: model init draws from the forked global RNG
-            self.G = Generator(cfg.generator).to(self.device)
-            self.D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, tok.pad_id)
-            if self.shared_base:  # D's trunk is G's frozen base: one storage of the base weights
-                share_base(self.G, self.D)
-            self.D = self.D.to(self.device)
+            self.G, self.D = self._new_models(base)
+            if base is not None and not self._init_discriminator_from_generator():
+                raise HFImportError(f"base {base.path}: the discriminator's shape differs from the base's")
             self.cuda_rng_state = torch.cuda.get_rng_state(self.device) if self._cuda else None
         wrap = wrap or (lambda m, name: m)
         self.g, self.d = wrap(self.G, "generator"), wrap(self.D, "discriminator")
@@ -85,25 +87,24 @@ class GANTrainer:
         T = cfg.tokenizer.prefix_len + cfg.tokenizer.max_review_len
         self.replay = torch.zeros((t.replay_size, T), dtype=torch.long)
         self.replay_n = 0
-        self.base: dict[str, Any] | None = None  # meta.json's record of a pretrained base (--init-from)
+        self.base: dict[str, Any] | None = base.meta() if base is not None else None  # meta.json's "base"
         self._skip_empty_phases()
 
-    def start_from_base(self, generator_state: dict[str, torch.Tensor], base: dict[str, Any]) -> None:
-        """Start G from a pretrained base's weights (our names, e.g. `HFBase.state`) and D from its trunk;
-        `base` (path, architecture, weight hash) goes into every checkpoint's meta.json. Call before the
-        first step; every worker of a run must load the same weights."""
-        missing, unexpected = self.G.load_state_dict(generator_state, strict=False)
-        # a tied head is the embedding, so a base state may leave it out
-        missing = [k for k in missing if not (k == "lm_head.weight" and self.G.arch.tie_embeddings)
-                   and not is_adapter_key(k)]  # adapters start fresh on the base
-        if missing or unexpected:
-            raise HFImportError(f"base {base.get('path')}: its weights do not fit the generator "
-                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if not self._init_discriminator_from_generator():
-            raise HFImportError(f"base {base.get('path')}: the discriminator's shape differs from the base's")
-        if self.ref is not None and not self.lora:  # no MLE phase: the base itself is the reference
-            self.ref.load_state_dict(self.G.state_dict())
-        self.base = dict(base)
+    def _new_models(self, base: HFBase | None) -> tuple[Generator, Discriminator]:
+        """G and D drawn fresh, or G holding `base` and D starting from its trunk (shared under LoRA)."""
+        cfg, dev = self.cfg, self.device
+        D_args = (cfg.discriminator, cfg.tokenizer.prefix_len, self.tok.pad_id)
+        if base is None:
+            G, D = Generator(cfg.generator), Discriminator(*D_args)
+            if self.shared_base:  # D's trunk is G's frozen base: one storage of the base weights
+                share_base(G, D)
+            return G.to(dev), D.to(dev)
+        try:
+            G = generator_from_state(cfg.generator, base.state)
+            D = discriminator_on(G, *D_args) if self.shared_base else Discriminator(*D_args)
+        except ValueError as e:
+            raise HFImportError(f"base {base.path}: its weights do not fit the models ({e})") from e
+        return G.to(dev), D.to(dev)
 
     @property
     def lora(self) -> bool:
@@ -384,9 +385,8 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
         ck = None
         init = init_from_hf(init_from, cfg) if init_from is not None else None
         cfg, tok, categories = run_setup(train_df, cfg, init)
-    trainer = GANTrainer(cfg, tok, categories, dev)
-    if ck is None and init is not None:
-        trainer.start_from_base(init.generator.state_dict(), init.meta)
+    trainer = GANTrainer(cfg, tok, categories, dev, base=init.base if init is not None else None)
+    if init is not None:
         log(f"starting from base {init.meta['path']} ({init.meta['model_type']}, sha256 {init.meta['sha256'][:12]})")
     val_batches = fixed_batches(encode_frame(val_df, tok, categories), cfg.train.batch_size, cfg.train.val_batches, dev)
     loader = TensorBatches(encode_frame(train_df, tok, categories), cfg.train.batch_size, cfg.train.seed, dev)
