@@ -3,7 +3,7 @@ weights, same batch, prefix and new tokens, its own KV cache), in one process wi
 
 Ours and HF alternate, repeat by repeat, and each keeps its best time: on a shared machine the load moves,
 so figures taken side by side in the same run are what the ratios rest on. Each runs in fp32 and, where the
-sampler's default precision is bf16 (`reviewgen.core.device.inference_autocast`: CUDA, or a CPU with native
+sampler's default precision is bf16 (`reviewgen.core.device.inference_dtype`: CUDA, or a CPU with native
 bf16), under the same bf16 autocast too, so every ratio compares equal precisions. The goals are read on
 the default precision against HF at that precision; ours at the default against HF's own default (fp32) is
 reported beside them. The matmul peak of each precision is measured in the same process (a large torch.mm),

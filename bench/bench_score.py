@@ -25,9 +25,8 @@ import torch
 
 from bench.bench_generate import DATA_DIR, bench_model, model_description
 from reviewgen.core.checkpoint import load_checkpoint
-from reviewgen.core.device import cpu_has_native_bf16
+from reviewgen.core.device import autocast, cpu_has_native_bf16, training_dtype
 from reviewgen.core.encoding import conditions
-from reviewgen.core.losses import autocast_for
 from reviewgen.data.corpus import load_split
 from reviewgen.score.platt import apply_calibration
 from reviewgen.score.scorer import Scorer
@@ -43,7 +42,7 @@ def old_scorer(D, tok, conds, texts, calibration, batch_size: int = BATCH):
     logits = []
     for s in range(0, len(texts), batch_size):
         ids = tok.encode_examples(conds[s:s + batch_size], texts[s:s + batch_size])
-        with autocast_for(ids.device):
+        with autocast(ids.device, training_dtype(ids.device)):
             logits.append(D(ids).seq_logits.float())
     return apply_calibration(torch.cat(logits).numpy(), calibration)
 

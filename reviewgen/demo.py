@@ -12,6 +12,7 @@ from typing import Callable
 import pandas as pd
 
 from reviewgen.evaluate.fluency import real_word_rate, vocabulary
+from reviewgen.infra.storage import write_local_atomic
 
 # The demo model's sampling temperature (top-p 0.95, the nightly job's default): a little below 1.0, where the
 # small demo model writes more real English words.
@@ -164,5 +165,5 @@ def _write_report(out: Path, stats: dict, model_dir: Path, summary: dict, review
         lines.append(f"| {src} | {s['p_human']:.3f} | {s.get('rating_pred', '')} | {text} |")
     lines += ["", "## Generation summary", "", "```", json.dumps(summary, indent=2, default=str)[:4000], "```"]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_local_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -173,6 +173,7 @@ def test_run_identity_and_start_state_without_ray(tmp_path):
 
     from reviewgen.generate import run
     from reviewgen.generate.config import GenerateConfig
+    from reviewgen.infra.storage import write_atomic
 
     fs, part = pafs.LocalFileSystem(), str(tmp_path / "run_date=2024-01-01")
     inputs = [{"path": "a.parquet", "checksum": "sha256:1"}]
@@ -181,16 +182,16 @@ def test_run_identity_and_start_state_without_ray(tmp_path):
     assert rid == run.run_identity("2024-01-01", "v1", dict(settings), list(inputs))
     assert rid != run.run_identity("2024-01-01", "v1", dict(settings, seed=1), inputs)
     assert run.start_state(fs, part, rid, force=False) == ("resume", None)  # nothing there yet
-    run.write_atomic(fs, run.join(part, "run.json"), json.dumps({"run_id": "other"}).encode())
+    write_atomic(fs, run.join(part, "run.json"), json.dumps({"run_id": "other"}).encode())
     assert run.start_state(fs, part, rid, force=False)[0] == "fresh" and not (tmp_path / "run_date=2024-01-01").exists()
-    run.write_atomic(fs, run.join(part, "manifest.json"), json.dumps({"run_id": rid, "summary": {}}).encode())
-    run.write_atomic(fs, run.join(part, "_SUCCESS"), b"")
+    write_atomic(fs, run.join(part, "manifest.json"), json.dumps({"run_id": rid, "summary": {}}).encode())
+    write_atomic(fs, run.join(part, "_SUCCESS"), b"")
     assert run.start_state(fs, part, rid, force=False)[0] == "noop"
     with pytest.raises(run.GenerationError, match="--force"):
         run.start_state(fs, part, "another", force=False)
     # a shard's counts live in its reviews file's footer
     schema = pa.schema([("x", pa.int64())]).with_metadata({run.STATS_KEY: json.dumps({"accepted": 2}).encode()})
-    run.write_atomic(fs, run.shard_file(part, "reviews", 7), pa.table({"x": [1, 2]}, schema=schema))
+    write_atomic(fs, run.shard_file(part, "reviews", 7), pa.table({"x": [1, 2]}, schema=schema))
     assert run.shard_stats(fs, part) == {7: {"accepted": 2}}
     assert {run.shard_of(f"p{i}", 4) for i in range(50)} == {0, 1, 2, 3}
     assert run.review_id(rid, "p1", 0) == run.review_id(rid, "p1", 0) != run.review_id(rid, "p1", 1)

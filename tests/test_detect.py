@@ -267,12 +267,16 @@ def test_inference_precision_follows_the_hardware(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    with device.inference_autocast(cpu):
+    with device.autocast(cpu, device.inference_dtype(cpu)):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        # training keeps fp32 on CPU, also inside an inference region
+        with device.autocast(cpu, device.training_dtype(cpu)):
+            assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
-    with device.inference_autocast(cpu):
+    with device.autocast(cpu, device.inference_dtype(cpu)):
         assert not torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")  # nothing left behind
+    assert device.training_dtype(torch.device("cuda")) == torch.bfloat16 == device.inference_dtype(torch.device("cuda"))
 
 
 def _with_lookalike_humans(rng, n: int, share: float):

@@ -3,6 +3,7 @@ same verdicts from each of its users (the Serve replica, `reviewgen evaluate`) o
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from reviewgen.core.checkpoint import load_checkpoint
@@ -106,6 +107,16 @@ def test_flags_planted_copy_and_passes_novel_text(model_parts) -> None:
     planted, novel = f.check([f"{NOVEL} {review} {NOVEL}", NOVEL], languages=["en", "en"])
     assert planted.reasons == ("memorized",) and planted.copy_span >= 8 and planted.copied
     assert novel.accepted and novel.copy_span < 8 and novel.copied is False
+
+
+def test_judge_reads_the_scorers_result_and_puts_its_reason_first(tok):
+    f = ReviewFilter(FilterConfig(min_score=0.5, check_copy=False, require_watermark=True), tok)
+    text = "a fine little speaker for the price"
+    scored = {"p_human": np.array([0.9, 0.2, np.nan]), "reason": [None, None, "no_words"], "ours": [True, True, False]}
+    judged = f.judge(scored, [text] * 3, ["en"] * 3)
+    assert [j.p_human for j in judged] == [0.9, 0.2, None]
+    assert [j.reasons for j in judged] == [(), ("low_score",), ("no_words", "watermark_weak")]
+    assert [j.verdict.reasons for j in judged] == [(), ("low_score",), ("watermark_weak",)]
 
 
 @pytest.mark.parametrize("text,kind", [

@@ -15,14 +15,16 @@ import os
 import typer
 
 from reviewgen.cli import calibrate, data, demo, evaluate, generate, model, serve, train
+from reviewgen.cli.common import is_cli_exit, report_error
 from reviewgen.infra import console
 
 LOG_DIR_ENV = "RG_LOG_DIR"
 
 
 class _Group(typer.core.TyperGroup):
-    """Accepts `--verbose`/`-v` after the command name too (`reviewgen demo --verbose`), and turns an
-    unexpected error into one console line naming the log file that holds its traceback."""
+    """Accepts `--verbose`/`-v` after the command name too (`reviewgen demo --verbose`), and sends every
+    command's errors through `common.report_error`: a named error is one line, anything else one line naming
+    the log file that holds its traceback."""
 
     def parse_args(self, ctx, args):  # noqa: D102 - click API
         if "--" in args:
@@ -36,14 +38,10 @@ class _Group(typer.core.TyperGroup):
     def invoke(self, ctx):  # noqa: D102 - click API
         try:
             return super().invoke(ctx)
-        except Exception as e:  # noqa: BLE001 - anything but the CLI's own exits is a bug or an environment problem
-            con = console.active()
-            if con.verbose or isinstance(e, (typer.Exit, typer.Abort)) or \
-                    type(e).__module__.split(".")[0] in ("typer", "click"):
+        except Exception as e:  # noqa: BLE001 - every command's errors take the one path in common.report_error
+            if is_cli_exit(e):
                 raise
-            console.log_exception(e)
-            typer.secho(f"error: {type(e).__name__}: {e}{con.where()}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=1) from None
+            report_error(e)
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

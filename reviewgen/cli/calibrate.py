@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from reviewgen.cli.common import USER_ERRORS, fail, log
+from reviewgen.cli.common import log
 
 
 def read_labels(path: Path, text_column: str = "text"):
@@ -34,21 +34,17 @@ def calibrate(
 ):
     """Adapt the scorer to labelled reviews (word and character n-grams stacked on the scorer's signals),
     report out-of-fold AUROC, TPR at 1% and 5% FPR and ECE per language, and write a new model version."""
-    from reviewgen.core.checkpoint import CheckpointError
     from reviewgen.score.adapt import check_output_dir, fit_adapted, score_labels, write_adapted_model
     from reviewgen.score.scorer import Scorer
 
-    try:
-        check_output_dir(model, out)
-        frame = read_labels(labels, text_column)
-        scorer = Scorer(model)
-        log(f"scoring {len(frame)} labelled reviews with {model} (version {scorer.version}) ...")
-        data = score_labels(scorer, frame)
-        log(f"fitting the adapted detector ({folds}-fold cross-validation) ...")
-        detector, report = fit_adapted(data, folds=folds, seed=seed, source=str(labels))
-        version = write_adapted_model(model, out, detector, report, labels)
-    except (CheckpointError, *USER_ERRORS) as e:
-        fail(e)
+    check_output_dir(model, out)
+    frame = read_labels(labels, text_column)
+    scorer = Scorer(model)
+    log(f"scoring {len(frame)} labelled reviews with {model} (version {scorer.version}) ...")
+    data = score_labels(scorer, frame)
+    log(f"fitting the adapted detector ({folds}-fold cross-validation) ...")
+    detector, report = fit_adapted(data, folds=folds, seed=seed, source=str(labels))
+    version = write_adapted_model(model, out, detector, report, labels)
     for line in report.lines():
         log(line)
     log(f"wrote {out} (version {version}, adapted from {scorer.version}; languages "

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import USER_ERRORS, fail, log
+from reviewgen.cli.common import log
 
 
 def prepare(
@@ -24,12 +24,8 @@ def prepare(
     """Load review corpora, clean them (HTML, boilerplate, PII), split by product, write parquet splits."""
     from reviewgen.data.corpus import prepare as _prepare
     from reviewgen.data.corpus import review_sources, sample_data_dir
-    from reviewgen.data.sources import DataError
 
-    try:
-        srcs = list(inputs) if inputs else review_sources(sample_data_dir())
-        stats = _prepare(srcs, out, seed=seed, val_frac=val_frac, test_frac=test_frac,
-                         max_reviews_per_product=max_reviews_per_product, max_text_chars=max_text_chars, log=log)
-    except (DataError, *USER_ERRORS) as e:
-        fail(e)
+    srcs = list(inputs) if inputs else review_sources(sample_data_dir())
+    stats = _prepare(srcs, out, seed=seed, val_frac=val_frac, test_frac=test_frac,
+                     max_reviews_per_product=max_reviews_per_product, max_text_chars=max_text_chars, log=log)
     log(f"wrote {out} (data_hash {stats.get('data_hash', '?')[:12]})")

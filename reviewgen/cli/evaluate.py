@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import USER_ERRORS, fail, floats, log
+from reviewgen.cli.common import floats, log
 
 
 def evaluate(
@@ -56,28 +56,23 @@ def evaluate(
 ):
     """Evaluate the GAN against its MLE baseline (and any --compare models) at matched diversity on unseen
     products, the scorer, copying and PII; write a report."""
-    from reviewgen.core.checkpoint import CheckpointError
-    from reviewgen.data.sources import DataError
     from reviewgen.evaluate.run import EvalConfig, run_evaluation
-    from reviewgen.infra.tracking import Tracker, TrackingError
+    from reviewgen.infra.tracking import Tracker
 
-    try:
-        cfg = EvalConfig(temperatures=floats(temperatures), n_products=products,
-                         samples_per_product=samples_per_product, scorer_reviews=scorer_reviews,
-                         seeds=tuple(int(s) for s in floats(seeds)),
-                         top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
-                         fast=fast, device=device, fakes=_fakes_path(fakes, use_fakes))
-        compared = parse_compare(compare or [])
-        if ood_model is None:
-            ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
-        # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
-        tracker = Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
-        result = run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model,
-                                compare=compared, log=log)
-        if tracker is not None:
-            log_evaluation(tracker, model, data, cfg, result, out)
-    except (CheckpointError, DataError, TrackingError, *USER_ERRORS) as e:
-        fail(e)
+    cfg = EvalConfig(temperatures=floats(temperatures), n_products=products,
+                     samples_per_product=samples_per_product, scorer_reviews=scorer_reviews,
+                     seeds=tuple(int(s) for s in floats(seeds)),
+                     top_p=top_p, copy_span=copy_span, recalibrate=recalibrate, embeddings=embeddings,
+                     fast=fast, device=device, fakes=_fakes_path(fakes, use_fakes))
+    compared = parse_compare(compare or [])
+    if ood_model is None:
+        ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
+    # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
+    tracker = Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
+    result = run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model,
+                            compare=compared, log=log)
+    if tracker is not None:
+        log_evaluation(tracker, model, data, cfg, result, out)
     log(f"report written to {out}")
 
 

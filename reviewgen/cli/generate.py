@@ -99,37 +99,31 @@ def generate(
     """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
     parquet under OUT/run_date=YYYY-MM-DD/."""
     from reviewgen.core.config import ConfigError
-    from reviewgen.core.watermark import Watermark, WatermarkKeyError
-    from reviewgen.generate.catalog import CatalogError
+    from reviewgen.core.watermark import Watermark
     from reviewgen.generate.config import load_generate_config
-    from reviewgen.generate.run import GenerationError
 
-    try:
-        if mapping and preset:
-            raise ConfigError("--mapping and --preset are mutually exclusive")
-        overrides = {
-            "sampling.reviews_per_product": reviews_per_product, "sampling.seed": seed,
-            "sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.batch_size": batch_size,
-            "sampling.compile_decode": True if compile_decode else None,
-            "sampling.rating_distribution": floats(rating_dist) if rating_dist else None,
-            "filter.min_score": min_score, "filter.max_copy_span": max_copy_span, "filter.min_tokens": min_tokens,
-            "filter.max_chars": max_chars, "filter.reject_broken_text": False if keep_broken_text else None,
-            "catalog.mapping": mapping or preset, "catalog.keep_columns": keep_columns,
-            "catalog.language_column": language_column, "catalog.language": language,
-            "catalog.rating_column": rating_column, "sharding.products_per_shard": products_per_shard,
-            "sharding.num_actors": num_actors, "allow_empty": True if allow_empty else None}
-        cfg = load_generate_config(config, overrides)
-        if no_watermark and watermark_key_file:
-            raise ConfigError("--no-watermark and --watermark-key-file are mutually exclusive")
-        wm = None if no_watermark else Watermark.from_env(watermark_key_file)
-        if wm is None and not no_watermark:
-            raise ConfigError("no watermark key: set REVIEWGEN_WATERMARK_KEY or REVIEWGEN_WATERMARK_KEY_FILE, or pass "
-                              "--watermark-key-file (or --no-watermark to generate unwatermarked reviews)")
-        log(f"watermark: signing key id {wm.key_id}" if wm else "watermark: off (--no-watermark)")
-        from reviewgen.generate.pipeline import run_generation
+    if mapping and preset:
+        raise ConfigError("--mapping and --preset are mutually exclusive")
+    overrides = {
+        "sampling.reviews_per_product": reviews_per_product, "sampling.seed": seed,
+        "sampling.temperature": temperature, "sampling.top_p": top_p, "sampling.batch_size": batch_size,
+        "sampling.compile_decode": True if compile_decode else None,
+        "sampling.rating_distribution": floats(rating_dist) if rating_dist else None,
+        "filter.min_score": min_score, "filter.max_copy_span": max_copy_span, "filter.min_tokens": min_tokens,
+        "filter.max_chars": max_chars, "filter.reject_broken_text": False if keep_broken_text else None,
+        "catalog.mapping": mapping or preset, "catalog.keep_columns": keep_columns,
+        "catalog.language_column": language_column, "catalog.language": language,
+        "catalog.rating_column": rating_column, "sharding.products_per_shard": products_per_shard,
+        "sharding.num_actors": num_actors, "allow_empty": True if allow_empty else None}
+    cfg = load_generate_config(config, overrides)
+    if no_watermark and watermark_key_file:
+        raise ConfigError("--no-watermark and --watermark-key-file are mutually exclusive")
+    wm = None if no_watermark else Watermark.from_env(watermark_key_file)
+    if wm is None and not no_watermark:
+        raise ConfigError("no watermark key: set REVIEWGEN_WATERMARK_KEY or REVIEWGEN_WATERMARK_KEY_FILE, or pass "
+                          "--watermark-key-file (or --no-watermark to generate unwatermarked reviews)")
+    log(f"watermark: signing key id {wm.key_id}" if wm else "watermark: off (--no-watermark)")
+    from reviewgen.generate.pipeline import run_generation
 
-        run_generation(str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log,
-                       watermark=wm)
-    except (GenerationError, CatalogError, ConfigError, WatermarkKeyError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2)
+    run_generation(str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log,
+                   watermark=wm)

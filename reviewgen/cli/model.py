@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from reviewgen.cli.common import USER_ERRORS, fail, log
+from reviewgen.cli.common import log
 
 
 def sample(
@@ -31,17 +31,14 @@ def sample(
                                                       "$REVIEWGEN_WATERMARK_KEY."),
 ):
     """Write reviews for one product."""
-    from reviewgen.core.checkpoint import CheckpointError, load_checkpoint
+    from reviewgen.core.checkpoint import load_checkpoint
     from reviewgen.core.sampling import generate_texts
     from reviewgen.core.tokenizer import Condition
-    from reviewgen.core.watermark import Watermark, WatermarkKeyError
+    from reviewgen.core.watermark import Watermark
     from reviewgen.score.scorer import Scorer
 
-    try:
-        ck = load_checkpoint(model)
-        wm = Watermark.from_env(watermark_key_file)
-    except (CheckpointError, WatermarkKeyError) as e:
-        fail(e)
+    ck = load_checkpoint(model)
+    wm = Watermark.from_env(watermark_key_file)
     if wm is not None:
         log(f"watermark: signing key id {wm.key_id}")
     cond = Condition(title=title, category=category, rating=rating, sentiment=sentiment, language=language)
@@ -73,20 +70,16 @@ def score(
                                                       "without a key."),
 ):
     """Score reviews in a file: how likely each is human-written (calibrated)."""
-    from reviewgen.core.checkpoint import CheckpointError
-    from reviewgen.core.watermark import Watermark, WatermarkKeyError
+    from reviewgen.core.watermark import Watermark
     from reviewgen.data.io import read_table, write_table
     from reviewgen.score.scorer import Scorer
 
-    try:
-        df = read_table(input)
-        scorer = Scorer(model)
-        if watermark_key_file is not None:
-            scorer.watermark = Watermark.from_env(watermark_key_file)
-        out = scorer.score_frame(df, text_column=text_column)
-        write_table(out, output)
-    except (CheckpointError, WatermarkKeyError, *USER_ERRORS) as e:
-        fail(e)
+    df = read_table(input)
+    scorer = Scorer(model)
+    if watermark_key_file is not None:
+        scorer.watermark = Watermark.from_env(watermark_key_file)
+    out = scorer.score_frame(df, text_column=text_column)
+    write_table(out, output)
     unscored = int(out["p_human"].isna().sum())
     log(f"scored {len(out) - unscored} reviews -> {output} (mean p_human {out['p_human'].mean():.3f}"
         + (f"; {unscored} not scored: {dict(out['score_reason'].value_counts())}" if unscored else "") + ")")
@@ -107,22 +100,19 @@ def export(
                                    "model (with reviewgen's vocabulary) the adapters load onto."),
 ):
     """Export a trained model: for the generate and serve jobs, or (--format hf) for Hugging Face tools."""
-    from reviewgen.core.checkpoint import CheckpointError, export_model
-    from reviewgen.core.hf import HFFormatError
+    from reviewgen.core.checkpoint import export_model
+    from reviewgen.core.config import ConfigError
     from reviewgen.core.hf_adapters import export_adapters
     from reviewgen.core.hf_export import export_hf
 
     if format_ not in ("reviewgen", "hf"):
-        fail(ValueError(f"--format must be reviewgen or hf, got {format_!r}"))
+        raise ConfigError(f"--format must be reviewgen or hf, got {format_!r}")
     if (adapters or with_base) and format_ != "hf":
-        fail(ValueError("--adapters and --with-base need --format hf"))
-    try:
-        if adapters:
-            d = export_adapters(model, out, with_base=with_base)
-        else:
-            d = export_hf(model, out) if format_ == "hf" else export_model(model, out)
-    except (CheckpointError, HFFormatError, *USER_ERRORS) as e:
-        fail(e)
+        raise ConfigError("--adapters and --with-base need --format hf")
+    if adapters:
+        d = export_adapters(model, out, with_base=with_base)
+    else:
+        d = export_hf(model, out) if format_ == "hf" else export_model(model, out)
     if adapters:
         log(f"exported {d} (PEFT LoRA adapters: load with peft.PeftModel.from_pretrained onto the base"
             f"{' in ' + str(d / 'base') if with_base else ''})")

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import USER_ERRORS, fail, log
+from reviewgen.cli.common import log
 
 
 def serve(
@@ -34,8 +34,5 @@ def serve(
 
     quiet_ray_loggers()  # importing ray.serve attaches Serve's own console handler
 
-    try:
-        cfg = (ServeConfig.from_yaml(config) if config else ServeConfig()).with_overrides(parse_set_options(set_))
-        run_server(str(model), host=host, port=port, config=cfg, blocking=not detach, log=log)
-    except USER_ERRORS as e:
-        fail(e)
+    cfg = (ServeConfig.from_yaml(config) if config else ServeConfig()).with_overrides(parse_set_options(set_))
+    run_server(str(model), host=host, port=port, config=cfg, blocking=not detach, log=log)

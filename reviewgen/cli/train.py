@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from reviewgen.cli.common import USER_ERRORS, fail, log
+from reviewgen.cli.common import log
 
 
 def train(
@@ -60,48 +60,41 @@ def train(
                                                "default."),
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
-    from reviewgen.core.checkpoint import CheckpointError
-    from reviewgen.core.config import ConfigError
-    from reviewgen.data.sources import DataError
-    from reviewgen.infra.tracking import TrackingError
     from reviewgen.train.job import TrainJobError, load_train_job
 
+    cfg, job = load_train_job(config, set_, job_flags={
+        "data_dir": data, "out": out, "max_minutes": max_minutes, "num_workers": num_workers,
+        "use_gpu": use_gpu or None, "storage_path": storage_path, "name": name, "max_failures": max_failures,
+        "keep_checkpoints": keep_checkpoints, "resume_from": resume_from, "cpus_per_worker": cpus_per_worker,
+        "data_loader": data_loader, "stop_after_phase": stop_after_phase, "device": device,
+        "tracking_uri": tracking_uri,
+        "init_from": init_from,
+    }, run_flags={"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
+                  "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
+    tracker = _start_tracking(job, cfg)
+    ok = False
     try:
-        cfg, job = load_train_job(config, set_, job_flags={
-            "data_dir": data, "out": out, "max_minutes": max_minutes, "num_workers": num_workers,
-            "use_gpu": use_gpu or None, "storage_path": storage_path, "name": name, "max_failures": max_failures,
-            "keep_checkpoints": keep_checkpoints, "resume_from": resume_from, "cpus_per_worker": cpus_per_worker,
-            "data_loader": data_loader, "stop_after_phase": stop_after_phase, "device": device,
-            "tracking_uri": tracking_uri,
-            "init_from": init_from,
-        }, run_flags={"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
-                      "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
-        tracker = _start_tracking(job, cfg)
-        ok = False
-        try:
-            if job.num_workers > 0:
-                from reviewgen.train.distributed import run_distributed_training
+        if job.num_workers > 0:
+            from reviewgen.train.distributed import run_distributed_training
 
-                final = run_distributed_training(job, cfg, log=log, tracker=tracker)
-            else:
-                from reviewgen.train.trainer import train_local
+            final = run_distributed_training(job, cfg, log=log, tracker=tracker)
+        else:
+            from reviewgen.train.trainer import train_local
 
-                job.validate()
-                if job.resume_from:
-                    raise TrainJobError("--resume-from needs --num-workers >= 1; "
-                                        "in-process mode resumes from OUT/state")
-                final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
-                                    device=job.device or ("cuda" if job.use_gpu else None), log=log,
-                                    stop_after_phase=job.stop_after_phase, init_from=job.init_from,
-                                    tracker=tracker)
-            ok = True
-        finally:
-            if tracker is not None:
-                if ok:
-                    tracker.set_tags(_model_tags(final))
-                tracker.finish(ok)
-    except (ConfigError, DataError, CheckpointError, TrainJobError, TrackingError, *USER_ERRORS) as e:
-        fail(e)
+            job.validate()
+            if job.resume_from:
+                raise TrainJobError("--resume-from needs --num-workers >= 1; "
+                                    "in-process mode resumes from OUT/state")
+            final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
+                                device=job.device or ("cuda" if job.use_gpu else None), log=log,
+                                stop_after_phase=job.stop_after_phase, init_from=job.init_from,
+                                tracker=tracker)
+        ok = True
+    finally:
+        if tracker is not None:
+            if ok:
+                tracker.set_tags(_model_tags(final))
+            tracker.finish(ok)
     log(f"done: {final}")
 
 

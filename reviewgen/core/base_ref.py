@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.hf_import import HFImportError, load_hf_base
 from reviewgen.core.lora import is_adapter_key
 from reviewgen.core.models import unwrap
@@ -28,7 +29,7 @@ from reviewgen.core.models import unwrap
 BASE_FILE = "base.safetensors"
 
 
-class BaseRefError(ValueError):
+class BaseRefError(ReviewgenError, ValueError):
     """The base weights a LoRA model directory names are missing or differ from the ones it was trained on."""
 
 

@@ -25,6 +25,7 @@ import torch
 
 from reviewgen.core.base_ref import BASE_FILE, BaseRefError, own_state, read_base, write_base
 from reviewgen.core.config import ConfigError, RunConfig
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.lora import is_adapter_key, share_base
 from reviewgen.core.models import Discriminator, Generator, unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 WEIGHT_FILES = ("generator.safetensors", "discriminator.safetensors")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReviewgenError, ValueError):
     """A checkpoint directory is missing, incomplete, or corrupt; the message names the file."""
 
 

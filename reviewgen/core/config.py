@@ -19,11 +19,13 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from reviewgen.core.errors import ReviewgenError
+
 T = TypeVar("T")
 JOB_SECTION = "job"  # the run YAML's optional section for the train job's settings
 
 
-class ConfigError(ValueError):
+class ConfigError(ReviewgenError, ValueError):
     """A configuration value or file is invalid; the message names the key or file."""
 
 
@@ -34,17 +36,17 @@ LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_m
 
 
 def check_arch(cfg) -> None:
-    """ValueError naming the architecture field of a Generator/DiscriminatorConfig that is invalid."""
+    """ConfigError naming the architecture field of a Generator/DiscriminatorConfig that is invalid."""
     for key, allowed in ARCH_CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise ValueError(f"{key}={getattr(cfg, key)!r} is not one of {[a for a in allowed if a]}")
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is not one of {[a for a in allowed if a]}")
     scaling = cfg.rope_scaling
     if scaling is not None and (not isinstance(scaling, dict) or set(scaling) != set(LLAMA3_ROPE_KEYS)):
-        raise ValueError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, "
-                         f"got {scaling!r}")
+        raise ConfigError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, "
+                          f"got {scaling!r}")
     kv = cfg.n_kv_head
     if kv is not None and (kv < 1 or cfg.n_head % kv):
-        raise ValueError(f"n_kv_head={kv} must divide n_head={cfg.n_head}")
+        raise ConfigError(f"n_kv_head={kv} must divide n_head={cfg.n_head}")
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,15 @@ class LoRAConfig:
     def __post_init__(self):
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.rank < 0:
-            raise ValueError(f"lora.rank must be >= 0, got {self.rank}")
+            raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad or (self.rank and not self.targets):
-            raise ValueError(f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, "
-                             f"got {list(self.targets)}")
+            raise ConfigError(f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, "
+                              f"got {list(self.targets)}")
         if self.base_dtype not in LORA_BASE_DTYPES:
-            raise ValueError(f"lora.base_dtype must be one of {list(LORA_BASE_DTYPES)}, got {self.base_dtype!r}")
+            raise ConfigError(f"lora.base_dtype must be one of {list(LORA_BASE_DTYPES)}, got {self.base_dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def enabled(self) -> bool:
@@ -308,9 +310,7 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, source: str
                   else _coerce(v, default, where))
     try:
         return cls(**out)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
+    except (TypeError, ValueError) as e:  # a section's own checks: name the section
         raise ConfigError(f"{source}: {e}") from e
 
 

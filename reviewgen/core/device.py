@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from functools import lru_cache
 
 import torch
@@ -27,24 +26,32 @@ def cpu_has_native_bf16() -> bool:
 
 
 def inference_dtype(device: torch.device) -> torch.dtype:
-    """The dtype `inference_autocast` computes in on `device` (for buffers that must match it, such as a
-    KV cache, and weights cast once ahead of many products)."""
+    """The dtype forwards that only read the models (sampling, scoring) compute in on `device`: bf16 on CUDA
+    and on a CPU with native bf16 matrix units, where it is much faster and the scorer's statistics barely
+    move; fp32 elsewhere. Buffers that must match it (a KV cache, weights cast ahead of many products) use
+    it too."""
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
         return torch.bfloat16
     return torch.float32
 
 
-def inference_autocast(device: torch.device):
-    """The autocast context for forward passes that only read the models (scoring): bf16 on CUDA, and on
-    a CPU with native bf16 matrix units (there the scorer's forwards run much faster than in fp32, and its
-    statistics barely move); plain fp32 elsewhere. Training keeps `reviewgen.core.losses.autocast_for`."""
-    dtype = inference_dtype(device)
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+def training_dtype(device: torch.device) -> torch.dtype:
+    """The dtype training computes in on `device`: bf16 on CUDA, fp32 on CPU (bf16 training on CPU is not
+    validated)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The one autocast region of the package: matmuls in `dtype` on `device` (`inference_dtype` or
+    `training_dtype`); float32 means autocast off, also inside an enclosing region."""
+    if dtype == torch.float32:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def cast_matmul_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Store the weights and biases of `module`'s nn.Linear layers in `dtype`, in place, for a module that
-    only ever runs under `inference_autocast` to that dtype. Autocast then takes them as they are, with the
+    only ever runs under `autocast` to that dtype. Autocast then takes them as they are, with the
     same rounding it would apply; otherwise it casts every weight at every call, since it keeps its casts
     only within one autocast region and never in inference mode (for a small model, those casts are a
     large share of a one-review scoring call). Returns `module`."""

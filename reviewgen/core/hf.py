@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from reviewgen.core.config import LLAMA3_ROPE_KEYS, GeneratorConfig
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.models import Arch
 
 MODEL_TYPES = ("gpt2", "llama", "qwen2")
@@ -30,7 +31,7 @@ GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
-class HFFormatError(ValueError):
+class HFFormatError(ReviewgenError, ValueError):
     """A Hugging Face config or weight set that reviewgen cannot use; the message names the field or tensor."""
 
 

@@ -28,6 +28,7 @@ import torch
 
 from reviewgen.core.build import discriminator_on, generator_from_state
 from reviewgen.core.config import GeneratorConfig, RunConfig
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.hf import IGNORED_SUFFIXES, HFFormatError, from_hf, hf_key, read_config, weight_rules
 from reviewgen.core.lora import is_adapter_key
 from reviewgen.core.models import Discriminator, Generator
@@ -36,7 +37,7 @@ from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError, read_token
 INDEX_FILE = "model.safetensors.index.json"
 
 
-class HFImportError(ValueError):
+class HFImportError(ReviewgenError, ValueError):
     """A base model directory that is missing, unsupported or mismatched; the message names the file and
     the field or tensor."""
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from reviewgen.core.config import TrainConfig
+from reviewgen.core.device import autocast, training_dtype
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import review_mask
 
@@ -29,14 +30,6 @@ class Tokens:
     pad_id: int
     eos_id: int
     prefix_len: int
-
-
-def autocast_for(device: torch.device):
-    """Training's precision: bf16 autocast on CUDA, plain fp32 on CPU (bf16 training on CPU is not validated;
-    forwards that only read the models use `reviewgen.core.device.inference_autocast`)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def _row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,7 +65,7 @@ def clip_and_step(model, opt, clip: float) -> float:
 def mle_step(G, opt, batch: dict, cfg: TrainConfig, tk: Tokens) -> dict:
     """One MLE step on real reviews."""
     ids = batch["ids"]
-    with autocast_for(ids.device):
+    with autocast(ids.device, training_dtype(ids.device)):
         loss, (nll_sum, n_tok) = mle_loss(G, ids, tk)
     loss.backward()
     gnorm = clip_and_step(G, opt, cfg.grad_clip)
@@ -120,7 +113,7 @@ def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, c
 
 def disc_step(D, opt, batch: dict, fake: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> dict:
     """One D step: real rows of `batch` against `fake` full rows (prefix + sampled review)."""
-    with autocast_for(fake.device):
+    with autocast(fake.device, training_dtype(fake.device)):
         loss, m = disc_loss(D, batch["ids"], fake, batch["rating"], batch["category"], cfg, tk)
     loss.backward()
     m["d_grad_norm"] = clip_and_step(D, opt, cfg.grad_clip)
@@ -203,7 +196,7 @@ def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, cfg: 
     realness, mask = dense_rewards(D, fake_full, cfg, tk)
     rewards = realness if terminal is None else add_terminal(realness, mask, terminal, cfg.gamma)
     adv = group_advantages(rewards, mask, cfg.group_size, cfg.gamma)
-    with autocast_for(real.device):
+    with autocast(real.device, training_dtype(real.device)):
         both = torch.cat([fake_full, real])
         targets = both[:, tk.prefix_len:]
         logp = token_logprobs(review_logits(G, both, tk.prefix_len), targets)

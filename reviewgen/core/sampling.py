@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.core.device import inference_autocast, inference_dtype
+from reviewgen.core.config import ConfigError
+from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.models import Generator, unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.core.watermark import Watermark
@@ -33,8 +34,8 @@ class SamplingParams:
     it costs each process, and its tokens differ from eager's, since inductor's fused kernels round
     differently; the per-row-seed guarantee then holds among compiled runs only.
 
-    `precision`: "auto" runs the forwards under `reviewgen.core.device.inference_autocast` (bf16 on CUDA and on
-    CPUs with native bf16, fp32 elsewhere); "fp32" always in fp32. The per-row-seed guarantee holds within
+    `precision`: "auto" runs the forwards under `reviewgen.core.device.autocast` to `inference_dtype` (bf16 on
+    CUDA and on CPUs with native bf16, fp32 elsewhere); "fp32" always in fp32. The per-row-seed guarantee holds within
     one precision on one kind of hardware."""
 
     max_new_tokens: int
@@ -46,7 +47,7 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def row_seed(product_id: str, index: int, seed: int) -> int:
@@ -223,7 +224,7 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
     # code object and guards, so later calls reuse it, and nothing is stored on the model or the module
     decode = torch.compile(model.forward, dynamic=True, fullgraph=True) if params.compile_decode else model
     auto = params.precision == "auto"
-    with inference_autocast(device) if auto else contextlib.nullcontext():
+    with autocast(device, inference_dtype(device)) if auto else contextlib.nullcontext():
         if use_cache:
             # the cache holds keys and values in the dtype the projections produce
             cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None, max_len=P + R)

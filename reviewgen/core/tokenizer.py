@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from reviewgen.core.errors import ReviewgenError
+
 PAD, BOS, EOS, SEP, UNK, TITLE, CAT = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>", "<title>", "<cat>"
 LANGS = ("en", "zh")
 SENTIMENTS = ("positive", "negative", "neutral")
@@ -29,7 +31,7 @@ SPECIAL_TOKENS = (
 MAX_CATEGORY_TOKENS = 8
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ReviewgenError, ValueError):
     """The tokenizer file is missing or unusable."""
 
 

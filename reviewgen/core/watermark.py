@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from reviewgen.core.errors import ReviewgenError
+
 KEY_ENV = "REVIEWGEN_WATERMARK_KEY"
 OLD_KEYS_ENV = "REVIEWGEN_WATERMARK_OLD_KEYS"
 KEY_FILE_ENV = "REVIEWGEN_WATERMARK_KEY_FILE"
@@ -56,7 +58,7 @@ def _int32(x: torch.Tensor) -> torch.Tensor:
     return (((x & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000).to(torch.int32)
 
 
-class WatermarkKeyError(ValueError):
+class WatermarkKeyError(ReviewgenError, ValueError):
     """A watermark key is missing, unreadable or too short."""
 
 

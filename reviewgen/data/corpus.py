@@ -12,6 +12,7 @@ from typing import Callable
 
 import pandas as pd
 
+from reviewgen.core.errors import InputError
 from reviewgen.data.sources import (
     REVIEW_COLUMNS,
     SPLITS,
@@ -34,7 +35,7 @@ def split_by_product(
     """Split rows into train/val/test by a hash of (seed, product_id): each product on one side,
     independent of row order and of which other products are present."""
     if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
-        raise ValueError(f"bad split fractions val={val_frac} test={test_frac}")
+        raise InputError(f"bad split fractions val={val_frac} test={test_frac}")
     u = df["product_id"].map(lambda p: _bucket(str(p), seed))
     side = u.map(lambda x: "test" if x < test_frac else "val" if x < test_frac + val_frac else "train")
     return {s: df[side == s].reset_index(drop=True) for s in SPLITS}

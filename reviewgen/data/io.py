@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from reviewgen.core.errors import InputError, MissingInputError
+
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
@@ -13,15 +15,15 @@ def table_format(path: str | Path) -> str:
     """parquet, csv or jsonl, from the file extension."""
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unsupported file type; use one of {sorted(FORMATS)}")
+        raise InputError(f"{path}: unsupported file type; use one of {sorted(FORMATS)}")
     return fmt
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a parquet, CSV or JSONL file; raise ValueError naming the file when it cannot be read."""
+    """Read a parquet, CSV or JSONL file; raise InputError (MissingInputError when it is absent) naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"input file not found: {p}")
+        raise MissingInputError(f"input file not found: {p}")
     fmt = table_format(p)
     try:
         if fmt == "parquet":
@@ -30,7 +32,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_csv(p)
         return pd.read_json(p, lines=True)
     except Exception as e:  # pyarrow/pandas raise many types for corrupt input
-        raise ValueError(f"{p}: cannot read as {fmt} ({type(e).__name__}: {e})") from e
+        raise InputError(f"{p}: cannot read as {fmt} ({type(e).__name__}: {e})") from e
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Callable
 import pandas as pd
 import pyarrow.parquet as pq
 
+from reviewgen.core.errors import InputError
 from reviewgen.core.text import clean_text, mask_pii, strip_promo
 
 REVIEW_COLUMNS: list[str] = [
@@ -62,7 +63,7 @@ _AMAZON_CATEGORIES = [
 ]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file is unreadable or does not follow the expected schema (message names file/row/column)."""
 
 
@@ -347,7 +348,7 @@ def load_corpus(
     if corpus not in _STAGERS:
         raise DataError(f"{path}: unknown corpus {corpus!r} (known: {', '.join(CORPORA)})")
     if max_reviews_per_product is not None and max_reviews_per_product < 1:
-        raise ValueError("max_reviews_per_product must be >= 1 or None")
+        raise InputError("max_reviews_per_product must be >= 1 or None")
     df = _read(path, corpus)
     _check_text_column(df, _TEXT_COL[corpus], path)
     staged = _STAGERS[corpus](df, path)

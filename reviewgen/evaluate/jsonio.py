@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reviewgen.infra.storage import write_local_atomic
 
 
 def json_default(o: Any) -> Any:
@@ -24,7 +25,6 @@ def json_default(o: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` through a temporary file, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=json_default))
-    os.replace(tmp, path)
+    """Write `obj` as indented JSON to `path` atomically (`reviewgen.infra.storage.write_atomic`), so readers
+    never see half a file."""
+    write_local_atomic(path, json.dumps(obj, indent=2, default=json_default))

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from reviewgen.core.errors import InputError
 from reviewgen.core.metrics import mean_sd
 from reviewgen.evaluate import text_metrics as TM
 
@@ -59,7 +60,7 @@ def split_eval_rows(test: pd.DataFrame, n_products: int, samples_per_product: in
     ev = pd.concat(ev_parts).sort_values(["language", "product_id"], kind="stable").reset_index(drop=True)
     ref = pd.concat(ref_parts).reset_index(drop=True)
     if ev.empty or ref.empty:
-        raise ValueError(f"test split too small to evaluate: {len(ev)} evaluated rows, {len(ref)} reference rows")
+        raise InputError(f"test split too small to evaluate: {len(ev)} evaluated rows, {len(ref)} reference rows")
     return ev, ref
 
 

@@ -15,6 +15,7 @@ from reviewgen.evaluate import plots as P
 from reviewgen.evaluate.jsonio import json_default
 from reviewgen.evaluate.quality import MODELS, ConditionClassifiers, mean_of
 from reviewgen.evaluate.text_metrics import tokenize_for_bleu
+from reviewgen.infra.storage import write_local_atomic
 from reviewgen.score.combiner import Detector
 from reviewgen.score.filter import ReviewFilter
 
@@ -226,7 +227,7 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "and the detector); the out-of-family generator never is.",
     ]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_local_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.config import ConfigError
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
+from reviewgen.core.errors import MissingInputError
 from reviewgen.core.losses import Tokens, val_nll
 from reviewgen.core.models import count_params
 from reviewgen.core.sampling import generate_texts
@@ -39,6 +41,7 @@ from reviewgen.evaluate.report import read_history, write_report
 from reviewgen.evaluate.scorer_eval import extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.evaluate.world import fakes_section
+from reviewgen.infra.storage import write_local_atomic
 from reviewgen.score.scorer import Scorer
 
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
@@ -68,11 +71,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not self.temperatures or not self.seeds:
-            raise ValueError("evaluate: need at least one temperature and one seed")
+            raise ConfigError("evaluate: need at least one temperature and one seed")
         if self.n_products < 1 or self.samples_per_product < 1:
-            raise ValueError("evaluate: n_products and samples_per_product must be >= 1")
+            raise ConfigError("evaluate: n_products and samples_per_product must be >= 1")
         if self.scorer_reviews < 0:
-            raise ValueError("evaluate: scorer_reviews must be >= 0")
+            raise ConfigError("evaluate: scorer_reviews must be >= 0")
 
     def resolved(self) -> EvalConfig:
         """The settings actually used: with `fast`, one seed, the lowest and highest temperature, <= 16
@@ -205,8 +208,8 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     result["meta"]["wall_time_s"] = time.time() - t0
     write_report(result, out_dir, model_dir=model_dir, ev=ev, samples=samples, clf=clf, review_filter=review_filter,
                  scorer_extra=scorer_extra)
-    with open(out_dir / "report.md", "a") as fh:
-        fh.write("\n" + fluency_markdown(result["fluency"]))
+    report = out_dir / "report.md"
+    write_local_atomic(report, report.read_text() + "\n" + fluency_markdown(result["fluency"]))
     write_json_atomic(out_dir / "metrics.json", result)
     log(f"report written to {out_dir} in {time.time() - t0:.0f}s")
     return result
@@ -218,10 +221,10 @@ def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
     out = {}
     for name, path in compare.items():
         if not name.replace("_", "").replace("-", "").isalnum() or name.lower() in (*MODELS, "human", "ood"):
-            raise ValueError(f"evaluate: compare model name {name!r} must be a plain word other than "
-                             "gan, mle, human and ood")
+            raise ConfigError(f"evaluate: compare model name {name!r} must be a plain word other than "
+                              "gan, mle, human and ood")
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"evaluate: compare model {name!r}: no model directory at {path}")
+            raise MissingInputError(f"evaluate: compare model {name!r}: no model directory at {path}")
         out[name] = Path(path)
     return out
 

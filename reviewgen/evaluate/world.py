@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from reviewgen.core.errors import MissingInputError
 from reviewgen.core.metrics import auroc, ece, tpr_at_fpr
 from reviewgen.data.io import read_table
 from reviewgen.score.adapt import LabelsError, check_labels, score_labels, split_report
@@ -157,6 +158,6 @@ def resolve_fakes(path: Path | None, enabled: bool = True) -> Path | None:
         return None
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--fakes {path}: no such file")
+            raise MissingInputError(f"--fakes {path}: no such file")
         return Path(path)
     return DEFAULT_FAKES if DEFAULT_FAKES.is_file() else None

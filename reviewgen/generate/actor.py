@@ -25,8 +25,8 @@ from reviewgen.core.sampling import generate_texts, row_seed
 from reviewgen.core.tokenizer import Condition
 from reviewgen.core.watermark import Watermark
 from reviewgen.generate.config import GenerateConfig
-from reviewgen.generate.run import STATS_KEY, draw_rating, review_id, shard_file, write_atomic
-from reviewgen.infra.storage import filesystem
+from reviewgen.generate.run import STATS_KEY, draw_rating, review_id, shard_file
+from reviewgen.infra.storage import filesystem, write_atomic
 from reviewgen.score.filter import ReviewFilter
 from reviewgen.score.scorer import Scorer
 
@@ -92,18 +92,15 @@ class GeneratorActor:
         return pd.DataFrame([stats], columns=list(STATS_COLUMNS))
 
     def judge(self, conds: list[Condition], texts: list[str]) -> tuple[list[float | None], list[str | None]]:
-        """(p_human, reject reason or None) per generated review: the scorer's p_human, then the one
-        ReviewFilter; a text the scorer cannot score (no words, ...) is rejected with the scorer's reason, in
-        the order the scoring endpoint reports (`Verdict.reasons_with`). The watermark's z-scores of the last
-        call are kept in `last_watermark` (z, key id per review; None when unwatermarked)."""
+        """(p_human, reject reason or None) per generated review, as `ReviewFilter.judge` decides for the
+        scoring endpoint too: a text the scorer cannot score (no words, ...) is rejected with the scorer's
+        reason first. The watermark's z-scores of the last call are kept in `last_watermark` (z, key id per
+        review; None when unwatermarked)."""
         scored = self.scorer.score_texts(conds, texts, batch_size=self.cfg.sampling.batch_size)
-        scores = [None if np.isnan(x) else float(x) for x in scored["p_human"]]
         self.last_watermark = [(float(z) if np.isfinite(z) else None, k)
                                for z, k in zip(scored["watermark_z"], scored["watermark_key_id"])]
-        verdicts = self.filter.check(texts, languages=[c.language for c in conds], scores=scores,
-                                     watermark_ours=scored["ours"])
-        return scores, [next(iter(v.reasons_with(unscorable)), None)
-                        for v, unscorable in zip(verdicts, scored["reason"])]
+        judged = self.filter.judge(scored, texts, [c.language for c in conds])
+        return [j.p_human for j in judged], [j.reasons[0] if j.reasons else None for j in judged]
 
     def write_shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
         """Generate, score, filter and write one shard's reviews and rejects; returns its counts and times."""

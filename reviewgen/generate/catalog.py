@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.text import clean_text
 from reviewgen.core.tokenizer import LANGS
 from reviewgen.infra.storage import filesystem
@@ -59,7 +60,7 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "catalogs"
 _PRICE_RE = re.compile(r"^[^\d\-+]*([-+]?\d[\d,]*(?:\.\d+)?)\s*[^\d]*$")
 
 
-class CatalogError(ValueError):
+class CatalogError(ReviewgenError, ValueError):
     """A mapping or catalog option is invalid; the message names the file/field."""
 
 

@@ -66,10 +66,9 @@ from reviewgen.generate.run import (
     since_run,
     start_state,
     summary_table,
-    write_atomic,
 )
 from reviewgen.infra.runtime import ensure_ray
-from reviewgen.infra.storage import exists, filesystem
+from reviewgen.infra.storage import exists, filesystem, write_atomic
 
 PRODUCT_SCHEMA = pa.schema([("product_id", pa.string()), ("attr_hash", pa.string()), ("shard", pa.int64()),
                             ("generate", pa.bool_()), ("source_file", pa.string()), ("source_row", pa.int64())])

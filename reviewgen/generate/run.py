@@ -18,18 +18,17 @@ import datetime as dt
 import hashlib
 import json
 import math
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.sampling import row_seed
 from reviewgen.generate.config import GenerateConfig
-from reviewgen.infra.storage import exists, filesystem
+from reviewgen.infra.storage import TMP_PREFIX, exists, filesystem
 
 # Rating distribution (1..5 stars) of the carried sample's English reviews (data/sample, 6,858 reviews),
 # used when the model directory does not carry its training corpus's distribution.
@@ -37,7 +36,7 @@ DEFAULT_RATING_DISTRIBUTION = (0.033, 0.031, 0.059, 0.220, 0.657)
 STATS_KEY = b"reviewgen.shard_stats"  # parquet footer key of a shard's counts
 
 
-class GenerationError(RuntimeError):
+class GenerationError(ReviewgenError, RuntimeError):
     """The run cannot proceed (bad option, conflicting partition, missing input); the message says why."""
 
 
@@ -174,19 +173,6 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def write_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Table) -> None:
-    """Write to a temp name beside the target, then rename (atomic on local/NFS; object stores PUT whole)."""
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
-    if isinstance(data, pa.Table):
-        pq.write_table(data, tmp, filesystem=fs)
-    else:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-    fs.move(tmp, path)
-
-
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
     """A JSON file's object, or None when it is missing or unreadable."""
     try:
@@ -206,7 +192,7 @@ def remove_stale_temps(fs: pafs.FileSystem, part: str) -> None:
     """Delete temp files that a killed earlier attempt left mid-write (every shard is done by now, so no
     writer of this run still owns one): a finished partition holds only its real files."""
     for sub in ("reviews", "rejects", "products"):
-        for p in list_files(fs, join(part, sub), ".tmp-"):
+        for p in list_files(fs, join(part, sub), TMP_PREFIX):
             fs.delete_file(p)
 
 

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from reviewgen.core.errors import ReviewgenError
+
 EXTRA_HINT = "install the tracking extra: pip install 'reviewgen[track]' (MLflow)"
 # MLflow 3 refuses its file store unless this is set; a local `file:` store is what the flag documents.
 _FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(ReviewgenError, RuntimeError):
     """Tracking was asked for but cannot work (extra missing, bad URI); the message says what to do."""
 
 

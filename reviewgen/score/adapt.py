@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from reviewgen.core.checkpoint import content_version
+from reviewgen.core.errors import InputError
 from reviewgen.core.metrics import auroc, ece, machine_threshold, tpr_at_fpr
 from reviewgen.core.text import detect_language
 from reviewgen.score.adapted import LEXICAL, THRESHOLD_KEYS, ZERO_SHOT, AdaptedDetector, LanguageModel, sha256_file
@@ -48,7 +49,7 @@ FPRS = tuple(FALSE_ACCUSATION_RATES[k] for k in THRESHOLD_KEYS)
 ZERO_SHOT_LOGIT = "zero_shot_logit"
 
 
-class LabelsError(ValueError):
+class LabelsError(InputError):
     """A labels file cannot be used; the message names the file and the column or row."""
 
 
@@ -328,9 +329,9 @@ def check_output_dir(model_dir: str | Path, out_dir: str | Path) -> None:
     """Refuse an output directory that is the model directory or already holds files."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
-        raise ValueError(f"--out {out_dir} is the model directory itself; write the adapted model elsewhere")
+        raise InputError(f"--out {out_dir} is the model directory itself; write the adapted model elsewhere")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"--out {out_dir} already exists and is not empty; choose a new directory")
+        raise InputError(f"--out {out_dir} already exists and is not empty; choose a new directory")
 
 
 def write_adapted_model(model_dir: str | Path, out_dir: str | Path, detector: AdaptedDetector, report: AdaptReport,

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.score.combiner import Combiner, CombinerError
 from reviewgen.score.lexical import LexicalError, LexicalModel
 
@@ -31,7 +32,7 @@ THRESHOLD_KEYS = ("machine_1pct", "machine_5pct")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9-]{1,32}")
 
 
-class AdaptError(ValueError):
+class AdaptError(ReviewgenError, ValueError):
     """An "adapted" entry or one of its files is missing, altered or malformed; the message names it."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.metrics import auroc
 
 FORMAT = "reviewgen-detector/1"
@@ -31,7 +32,7 @@ DETECTOR_FORMAT = "reviewgen-detector/2"
 ANY_LANGUAGE = "*"
 
 
-class CombinerError(ValueError):
+class CombinerError(ReviewgenError, ValueError):
     """A detector file is missing a field or does not match the signals offered to it."""
 
 

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.core.device import inference_autocast, inference_dtype
+from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, review_mask
 
@@ -160,7 +160,7 @@ def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None,
     `heads`: G's and ref's LM-head weights already in the inference dtype (`head_weights`), for a caller
     scoring many batches with the same networks; otherwise they are cast here.
 
-    One forward of G's trunk (and of `ref`'s) under `inference_autocast`; the vocabulary projection then
+    One forward of G's trunk (and of `ref`'s) under `autocast` to the inference dtype; the vocabulary projection then
     runs only at review tokens, a cache-sized chunk at a time, so the [B, R, V] logits never exist whole.
     The statistics are fp32. Under bf16 each target's own logit is recomputed in fp32, so that rounding
     cannot tie it with its neighbours and flatter its rank."""
@@ -170,7 +170,7 @@ def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None,
     G = unwrap(G)
     ref = unwrap(ref) if ref is not None else None
     dev = ids.device
-    with inference_autocast(dev):
+    with autocast(dev, inference_dtype(dev)):
         hg = G.features(ids[:, :-1], start=P - 1)[mask]
         hr = ref.features(ids[:, :-1], start=P - 1)[mask] if ref is not None else None
     dtype = inference_dtype(dev)

@@ -10,10 +10,12 @@ evaluation counts the same verdicts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from reviewgen.core.config import ConfigError
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.core.text import PII_KINDS, detect_language, find_pii
 from reviewgen.core.tokenizer import ReviewTokenizer
@@ -46,13 +48,13 @@ class FilterConfig:
     def __post_init__(self) -> None:
         for name in ("min_tokens", "min_chars"):
             if getattr(self, name) < 0:
-                raise ValueError(f"filter: {name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"filter: {name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_tokens", "max_chars", "max_copy_span"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"filter: {name} must be >= 1 or unset, got {v}")
+                raise ConfigError(f"filter: {name} must be >= 1 or unset, got {v}")
         if not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"filter: min_score must be within [0, 1], got {self.min_score}")
+            raise ConfigError(f"filter: min_score must be within [0, 1], got {self.min_score}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,16 @@ class Verdict:
         return {"copy_span": self.copy_span, "copied": self.copied, "pii": self.pii, "has_pii": self.has_pii}
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A scored review's fate: its p_human (None when the scorer could not judge it), the filter's verdict,
+    and every reason it fails, the scorer's own first (empty when accepted)."""
+
+    p_human: float | None
+    verdict: Verdict
+    reasons: tuple[str, ...]
+
+
 class ReviewFilter:
     """Applies `FilterConfig` with one model's tokenizer and training n-gram index (None: no copy check)."""
 
@@ -105,7 +117,7 @@ class ReviewFilter:
         span = config.max_copy_span
         if self.ngrams is not None:
             if span is not None and span < self.ngrams.n:
-                raise ValueError(f"filter: max_copy_span {span} is below the model's n-gram size {self.ngrams.n}")
+                raise ConfigError(f"filter: max_copy_span {span} is below the model's n-gram size {self.ngrams.n}")
             span = span or self.ngrams.n
         self.copy_threshold = span
 
@@ -115,6 +127,16 @@ class ReviewFilter:
         """A filter for a model directory's tokenizer and `ngrams.npy` (None or absent: no copy check)."""
         index = NGramIndex.load(ngram_path) if (config.check_copy and ngram_path is not None) else None
         return cls(config, tokenizer, index)
+
+    def judge(self, scored: Mapping[str, Any], texts: Sequence[str | None],
+              languages: Sequence[str | None]) -> list[Judged]:
+        """The filter over the scorer's result for the same texts (`Scorer.score_texts`): p_human (None
+        where not finite) meets min_score, the watermark's detection ("ours") meets require_watermark, and
+        the scorer's unscorable reason leads the reasons. The nightly job and the scoring endpoint both
+        judge this way, so their verdicts on one review agree."""
+        p_human = [float(p) if math.isfinite(p) else None for p in scored["p_human"]]
+        verdicts = self.check(texts, languages=languages, scores=p_human, watermark_ours=scored["ours"])
+        return [Judged(p, v, tuple(v.reasons_with(why))) for p, v, why in zip(p_human, verdicts, scored["reason"])]
 
     def check(self, texts: Sequence[str | None], *, languages: Sequence[str | None] | None = None,
               scores: Sequence[float | None] | None = None,

@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from reviewgen.core.errors import ReviewgenError
+
 FORMAT = "reviewgen-lexical/1"
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # one CJK character, or a run of letters/digits that holds none
@@ -33,7 +35,7 @@ _PRIME = _U64(0x100000001B3)  # the FNV-1a 64-bit prime: the polynomial's base
 _SPACE = _U64(ord(" "))
 
 
-class LexicalError(ValueError):
+class LexicalError(ReviewgenError, ValueError):
     """A lexical model file is unreadable or does not match its settings."""
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.device import cast_matmul_weights, inference_dtype, pick_device
+from reviewgen.core.errors import InputError
 from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition
@@ -90,7 +91,7 @@ class Scorer:
     calibration, n-gram index path (`ngram_path`, for the output filter's copy check) and `mode`: how p_human
     is computed ("detector: ..." or "discriminator-only (...)"). A scorer built from a model directory owns its
     networks (`D`, `G`, `ref`), which hold their matmul weights (all but the LM heads) in the inference dtype:
-    run them only under `reviewgen.core.device.inference_autocast`, as the scoring path does."""
+    run them only under `reviewgen.core.device.autocast` to that dtype, as the scoring path does."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.device = pick_device(device)
@@ -237,7 +238,7 @@ class Scorer:
         """The input frame plus p_human, rating_pred, the `REPORTED_SIGNALS` columns and score_reason (why
         p_human is null; null when scored). Unscorable rows keep null scores."""
         if text_column not in df.columns:
-            raise ValueError(f"input has no {text_column!r} column (columns: {list(df.columns)})")
+            raise InputError(f"input has no {text_column!r} column (columns: {list(df.columns)})")
         rows = []
         for rec in df.to_dict("records"):
             rows.append({"text": rec.get(text_column), "product_title": rec.get("product_title", rec.get("title")),

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reviewgen.core.device import inference_autocast
+from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.encoding import length_batches
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
@@ -34,7 +34,7 @@ def _eval(net):
 
 
 def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with inference_autocast(ids.device):
+    with autocast(ids.device, inference_dtype(ids.device)):
         out = D(ids)
     return out.seq_logits.float().cpu(), out.rating_logits.argmax(-1).cpu() + 1
 

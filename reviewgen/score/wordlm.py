@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.memorization import window_hashes
 
 FORMAT = 1
@@ -48,7 +49,7 @@ _TABLES = ("uni", "bi", "tri", "ctx1", "ctx2")
 MAX_REVIEWS = 200_000
 
 
-class WordLMError(ValueError):
+class WordLMError(ReviewgenError, ValueError):
     """A wordlm.npz file is unreadable or malformed (the message names the file)."""
 
 

@@ -35,16 +35,14 @@ def score_reviews(scorer: Scorer, review_filter: ReviewFilter,
     `reasons` (the review's own `language`, when given, is the one checked). A review the scorer cannot
     judge gets null p_human, rating_pred and signals, and the scorer's reason ahead of the filter's."""
     res = scorer.score(reviews, batch_size=max(64, len(reviews)))
-    p_human = [None if not math.isfinite(p) else float(p) for p in res["p_human"]]
-    verdicts = review_filter.check([r.get("text") for r in reviews], languages=[r.get("language") for r in reviews],
-                                   scores=p_human)
+    judged = review_filter.judge(res, [r.get("text") for r in reviews], [r.get("language") for r in reviews])
     out = []
-    for i, (p, v) in enumerate(zip(p_human, verdicts)):
+    for i, j in enumerate(judged):
         why = res["reason"][i]
-        out.append({"p_human": p, "rating_pred": None if why else int(res["rating_pred"][i]),
+        out.append({"p_human": j.p_human, "rating_pred": None if why else int(res["rating_pred"][i]),
                     "signals": None if why else {k: _num(res[k][i]) for k in REPORTED_SIGNALS},
-                    "flags": {**v.flags(), **{k: res[k][i] for k in MACHINE_FLAGS}, "ours": res["ours"][i]},
-                    "reasons": v.reasons_with(why)})
+                    "flags": {**j.verdict.flags(), **{k: res[k][i] for k in MACHINE_FLAGS}, "ours": res["ours"][i]},
+                    "reasons": list(j.reasons)})
     return out
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from reviewgen.core.encoding import to_tensor
+from reviewgen.core.errors import InputError
 
 
 class TensorBatches:
@@ -21,7 +22,7 @@ class TensorBatches:
         self.data = {k: to_tensor(v) for k, v in data.items()}
         self.n = len(next(iter(self.data.values())))
         if self.n == 0:
-            raise ValueError("no training rows")
+            raise InputError("no training rows")
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
         self.rank, self.world = rank, world_size
         self.epoch, self.pos = 0, 0

@@ -42,7 +42,7 @@ from reviewgen.core.hf_import import init_from_hf
 from reviewgen.data.corpus import load_split
 from reviewgen.infra.progress import ProgressRelay
 from reviewgen.infra.runtime import ensure_ray
-from reviewgen.infra.storage import exists, filesystem, read_text, write_text
+from reviewgen.infra.storage import exists, filesystem, read_text, write_local_atomic, write_text
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.job import TrainJobConfig, TrainJobError
 from reviewgen.train.ray_worker import download_dir, encode_batch, shipped_tokenizer, train_loop
@@ -177,7 +177,7 @@ def _export(job: TrainJobConfig, checkpoint, out: Path, train_df, val_df, log) -
         download_dir(fs, f"{run}/mle_baseline", out / "mle")
     metrics = read_text(fs, f"{run}/metrics.jsonl")
     if metrics is not None:
-        (out / "metrics.jsonl").write_text(metrics)
+        write_local_atomic(out / "metrics.jsonl", metrics)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(checkpoint.to_directory(str(Path(tmp) / "ckpt")))
         shutil.rmtree(out / "state", ignore_errors=True)

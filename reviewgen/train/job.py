@@ -19,6 +19,7 @@ from reviewgen.core.config import (
     read_yaml_mapping,
     with_overrides,
 )
+from reviewgen.core.errors import ReviewgenError
 
 DATA_LOADERS = ("ray_data", "sharded_memory")
 # schemes pyarrow.fs (and so Ray Train storage) understands without extra plugins
@@ -27,7 +28,7 @@ STOP_PHASES = ("mle", "disc", "adv")
 DEFAULT_NAME = "reviewgen-train"
 
 
-class TrainJobError(ValueError):
+class TrainJobError(ReviewgenError, ValueError):
     """A training job is misconfigured; raised before Ray is touched where possible."""
 
 
