@@ -7,6 +7,9 @@ for a frozen LoRA base), and only what the base lacks (adapters, D's heads) is a
 
     G = generator_from_state(cfg.generator, base.state)            # G takes base.state's tensors
     D = discriminator_on(G, cfg.discriminator, prefix_len, pad_id)  # D's trunk is G's base: one storage
+
+A model directory loads the same way: its weight files (with a LoRA directory, the base plus the adapters)
+are moved into models built on the meta device.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict({k: state.pop(k).to(want[k].dtype) for k in list(state)}, strict=False, assign=True)
 
 
-def _materialize(model: nn.Module, n_layer: int, fresh_ok: tuple[str, ...] = ()) -> None:
-    """Allocate on the host every parameter still on the meta device (adapters, and names starting with
-    `fresh_ok`) and draw it as a fresh model would; a base weight still missing is a ValueError."""
+def _materialize(model: nn.Module, n_layer: int, fresh_ok: tuple[str, ...] | None) -> None:
+    """Allocate on the host every parameter still on the meta device and draw it as a fresh model would:
+    adapters and names starting with `fresh_ok` may start fresh (None: nothing may); any other missing
+    weight is a ValueError."""
     fresh = set()
     for name, p in list(model.named_parameters()):
         if p.is_meta:
-            if not (is_adapter_key(name) or name.startswith(fresh_ok)):
+            if fresh_ok is None or not (is_adapter_key(name) or name.startswith(fresh_ok)):
                 raise ValueError(f"no weight for {name!r} in the state {type(model).__name__} was built from")
             owner, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(owner), leaf,
@@ -52,22 +56,33 @@ def _materialize(model: nn.Module, n_layer: int, fresh_ok: tuple[str, ...] = ())
         model.rope_cos, model.rope_sin = rope_tables(model.cfg.block_size, a.head_dim, a.rope_theta, a.rope_scaling)
 
 
-def generator_from_state(cfg: GeneratorConfig, state: dict[str, torch.Tensor]) -> Generator:
+def generator_from_state(cfg: GeneratorConfig, state: dict[str, torch.Tensor], *,
+                         complete: bool = False) -> Generator:
     """G holding `state` (our names; a tied head may be left out), which it empties: G takes the tensors.
-    Adapters, if configured, start fresh; a base weight missing from `state` is a ValueError."""
+    Adapters missing from `state` start fresh unless `complete`; a missing base weight is a ValueError."""
     with torch.device("meta"):
         G = Generator(cfg)
     _assign(G, state)
     if G.arch.tie_embeddings:
         G.lm_head.weight = G.tok_emb.weight
-    _materialize(G, cfg.n_layer)
+    _materialize(G, cfg.n_layer, None if complete else ())
     return G
+
+
+def discriminator_from_state(cfg: DiscriminatorConfig, prefix_len: int, pad_id: int, state: dict[str, torch.Tensor],
+                             *, share_with: Generator | None = None, complete: bool = False) -> Discriminator:
+    """D holding `state` (which it empties), its trunk first made `share_with`'s base tensors when given
+    (D's adapters then sit on G's base); heads and adapters missing from `state` start fresh unless
+    `complete`."""
+    with torch.device("meta"):
+        D = Discriminator(cfg, prefix_len, pad_id)
+    if share_with is not None:
+        share_base(share_with, D)
+    _assign(D, state)
+    _materialize(D, cfg.n_layer, None if complete else Discriminator.HEADS)
+    return D
 
 
 def discriminator_on(G: Generator, cfg: DiscriminatorConfig, prefix_len: int, pad_id: int) -> Discriminator:
     """D whose trunk is G's frozen base (the same tensors), with fresh heads and adapters."""
-    with torch.device("meta"):
-        D = Discriminator(cfg, prefix_len, pad_id)
-    share_base(G, D)
-    _materialize(D, cfg.n_layer, Discriminator.HEADS)
-    return D
+    return discriminator_from_state(cfg, prefix_len, pad_id, {}, share_with=G)

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from reviewgen.core.base_ref import BASE_FILE, BaseRefError, own_state, read_base, write_base
+from reviewgen.core.build import discriminator_from_state, generator_from_state
 from reviewgen.core.config import ConfigError, RunConfig
 from reviewgen.core.errors import ReviewgenError
-from reviewgen.core.lora import is_adapter_key, share_base
+from reviewgen.core.lora import is_adapter_key
 from reviewgen.core.models import Discriminator, Generator, unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError
 
@@ -157,26 +158,48 @@ def _read_json(p: Path) -> dict:
         raise CheckpointError(f"{p}: corrupt JSON ({e})") from e
 
 
-def _load_weights(model: torch.nn.Module, p: Path, device, own_only: bool = False) -> None:
-    """Load `p` into `model`; with `own_only` (a LoRA model) the file holds the adapters and heads only, and
-    the base tensors it lacks are already in place."""
+def _read_weights(p: Path, device) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not p.is_file():
         raise CheckpointError(f"checkpoint file missing: {p}")
     try:
-        sd = load_file(str(p), device=str(device))
+        return load_file(str(p), device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise CheckpointError(f"{p}: corrupt weights ({e})") from e
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = getattr(getattr(model, "arch", None), "tie_embeddings", False)
-    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
-    if own_only:
-        heads = getattr(model, "HEADS", ())
-        missing = [k for k in missing if is_adapter_key(k) or k.startswith(heads)]
-    if missing or unexpected:
-        raise CheckpointError(f"{p}: weights do not match the config "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def _build_models(p: Path, meta: dict, config: RunConfig, tok: ReviewTokenizer,
+                  device) -> tuple[Generator, Discriminator, dict[str, torch.Tensor] | None]:
+    """G and D built around the directory's weights with no random-init copy (`reviewgen.core.build`); with
+    LoRA, G's file holds its adapters and the verified base is read beside them, shared with D when D has
+    adapters too. Returns the models and, with LoRA, G's base tensors (the reference network)."""
+    lora_g, lora_d = config.generator.lora.enabled, config.discriminator.lora.enabled
+    g_state = _read_weights(p / "generator.safetensors", device)
+    if lora_g:
+        g_state = {**_read_base(p, meta, config, device), **g_state}
+    try:
+        gen = generator_from_state(config.generator, g_state, complete=True)
+    except ValueError as e:
+        err = BaseMismatchError if lora_g else CheckpointError
+        raise err(f"{p / 'generator.safetensors'}: weights do not match the config ({e})") from e
+    d_state = _read_weights(p / "discriminator.safetensors", device)
+    try:
+        disc = discriminator_from_state(config.discriminator, config.tokenizer.prefix_len, tok.pad_id, d_state,
+                                        share_with=gen if lora_d else None, complete=True)
+    except ValueError as e:
+        raise CheckpointError(f"{p / 'discriminator.safetensors'}: weights do not match the config ({e})") from e
+    base = {k: v for k, v in gen.state_dict().items() if not is_adapter_key(k)} if lora_g else None
+    return gen, disc, base
+
+
+def _read_base(p: Path, meta: dict, config: RunConfig, device) -> dict[str, torch.Tensor]:
+    """The verified base a LoRA directory names; BaseMismatchError when it is missing or changed."""
+    t = config.tokenizer
+    try:
+        return read_base(p, meta.get("lora_base"), t.prefix_len, t.max_review_len, device)
+    except BaseRefError as e:
+        raise BaseMismatchError(str(e)) from e
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, train_state: bool = False) -> Checkpoint:
@@ -198,11 +221,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tra
         tok = ReviewTokenizer.load(p / "tokenizer.json", config.tokenizer.prefix_len, config.tokenizer.max_review_len)
     except TokenizerError as e:
         raise CheckpointError(str(e)) from e
-    gen = Generator(config.generator)
-    disc = Discriminator(config.discriminator, config.tokenizer.prefix_len, tok.pad_id)
-    base = _load_base(p, meta, config, gen, disc, device) if config.generator.lora.enabled else None
-    _load_weights(gen, p / "generator.safetensors", device, own_only=base is not None)
-    _load_weights(disc, p / "discriminator.safetensors", device, own_only=config.discriminator.lora.enabled)
+    gen, disc, base = _build_models(p, meta, config, tok, device)
     gen.to(device).eval()
     disc.to(device).eval()
     calib = _read_json(p / "calibration.json") if (p / "calibration.json").is_file() else None
@@ -221,27 +240,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tra
     return Checkpoint(path=p, config=config, categories=list(cfg_doc.get("categories", [])), tokenizer=tok,
                       generator=gen, discriminator=disc, meta=meta, calibration=calib,
                       reference_state=ref, train_state=state)
-
-
-def _load_base(p: Path, meta: dict, config: RunConfig, gen: Generator, disc: Discriminator,
-               device) -> dict[str, torch.Tensor]:
-    """Put the verified base of LoRA directory `p` into `gen` (and share it with D when D has adapters);
-    returns G's base tensors (the reference network's weights)."""
-    t = config.tokenizer
-    try:
-        base = read_base(p, meta.get("lora_base"), t.prefix_len, t.max_review_len, device)
-    except BaseRefError as e:
-        raise BaseMismatchError(str(e)) from e
-    missing, unexpected = gen.load_state_dict(base, strict=False)
-    missing = [k for k in missing if not is_adapter_key(k) and not (k == "lm_head.weight" and gen.arch.tie_embeddings)]
-    if missing or unexpected:
-        raise BaseMismatchError(f"{p}: the base does not fit the generator (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
-    gen.to(device)
-    if config.discriminator.lora.enabled:
-        share_base(gen, disc)
-    # the reference network's weights: the base tensors G holds (no second copy)
-    return {k: v for k, v in gen.state_dict().items() if not is_adapter_key(k)}
 
 
 def export_model(src: str | Path, dst: str | Path) -> Path:

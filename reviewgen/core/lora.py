@@ -74,9 +74,12 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
 
 
-def init_adapters(model: nn.Module) -> None:
-    """A as nn.Linear's default (Kaiming uniform, as PEFT does), B zero: a fresh adapter adds nothing."""
-    for _, m in lora_layers(model):
+def init_adapters(model: nn.Module, only: set[str] | None = None) -> None:
+    """A as nn.Linear's default (Kaiming uniform, as PEFT does), B zero: a fresh adapter adds nothing.
+    `only`: the layers whose `NAME.lora_A` is in it (default all)."""
+    for name, m in lora_layers(model):
+        if only is not None and f"{name}.lora_A" not in only:
+            continue
         nn.init.kaiming_uniform_(m.lora_A, a=math.sqrt(5))
         nn.init.zeros_(m.lora_B)
 

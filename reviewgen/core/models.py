@@ -246,7 +246,7 @@ def init_weights(module: nn.Module, n_layer: int, only: set[str] | None = None) 
             nn.init.normal_(p, mean=0.0, std=std)
         elif name.endswith("bias"):
             nn.init.zeros_(p)
-    init_adapters(module)
+    init_adapters(module, only)
 
 
 class _Trunk(nn.Module):
