@@ -8,7 +8,9 @@
 2. The same bytes for the 0.5B, 1.5B and 7B Qwen2.5 shapes by formula (`state_bytes`), checked against (1);
    plus an activation estimate for a GPU worker at the LoRA configs' batch size (bf16 autocast), to show
    what fits a GPU.
-3. Step time of full vs LoRA on configs/demo.yaml's shape (LoRA's D takes G's shape to share its base).
+3. Peak host RSS of setting a LoRA trainer up from a base in memory: built on the meta device with the base's
+   tensors moved in, against drawing G and D at random and copying the base in.
+4. Step time of full vs LoRA on configs/demo.yaml's shape.
 
 Run: python -m bench.bench_lora [--quick] [--out bench/results/lora]; `make bench` runs it through
 bench.run_all, and a full (not quick) run also writes bench/results/lora/results.{json,md}.
@@ -141,14 +143,14 @@ def _batch(cfg, seed: int):
             "category": torch.randint(0, cfg.discriminator.n_categories, (n,), generator=g)}
 
 
-def _trainer(cfg):
+def _trainer(cfg, base=None):
     import torch
 
     from reviewgen.train.trainer import GANTrainer
 
     tok = types.SimpleNamespace(pad_id=0, eos_id=1)  # the step needs only these ids
     torch.manual_seed(0)
-    return GANTrainer(cfg, tok, [f"c{i}" for i in range(cfg.discriminator.n_categories)])
+    return GANTrainer(cfg, tok, [f"c{i}" for i in range(cfg.discriminator.n_categories)], base=base)
 
 
 def measure_memory(shape_name: str, rank: int) -> dict[str, Any]:
@@ -178,6 +180,35 @@ def measure_memory(shape_name: str, rank: int) -> dict[str, Any]:
             "rss_before_models_mb": rss0 / 1024, "rss_after_models_mb": rss_models / 1024,
             "step_peak_rss_mb": peak.peak / 1024, "process_peak_rss_mb": _rss_kb("VmHWM") / 1024,
             "step_s": step_s}
+
+
+def measure_build(shape_name: str, lean: bool) -> dict[str, Any]:
+    """Peak RSS of setting a LoRA (bf16 base) trainer up from a base at `shape_name` whose weights are already
+    in memory in bf16, as read from safetensors: `lean` builds on the meta device and moves the base's tensors
+    in (`GANTrainer(base=...)`); otherwise G and D are drawn at random first and the base copied into G (the
+    earlier path). In this process: run it in a fresh one."""
+    import torch
+
+    from reviewgen.core.models import Generator
+
+    cfg = _run_config(SHAPES[shape_name], LORA_RANK, prefix=16, review=16, batch=4, group=2)
+    cfg = cfg.override({"generator.lora.base_dtype": "bfloat16", "discriminator.lora.base_dtype": "bfloat16"})
+    with torch.device("meta"):
+        names = {k: (v.shape, v.dtype) for k, v in Generator(cfg.generator).state_dict().items()
+                 if "lora_" not in k and not (k == "lm_head.weight" and cfg.generator.tie_embeddings)}
+    state = {k: torch.zeros(shape, dtype=torch.bfloat16) for k, (shape, _) in names.items()}
+    rss0 = _rss_kb()
+    with PeakRSS() as peak:
+        if lean:
+            base = types.SimpleNamespace(state=state, path=Path("base"), meta=lambda: {"path": "base"})
+            tr = _trainer(cfg, base=base)
+        else:
+            tr = _trainer(cfg)
+            tr.G.load_state_dict(state, strict=False)
+        del state
+    base_bytes = sum(p.numel() * p.element_size() for p in tr.G.parameters() if not p.requires_grad)
+    return {"shape": shape_name, "lean": lean, "rss_base_in_memory_mb": rss0 / 1024,
+            "peak_rss_mb": peak.peak / 1024, "after_mb": _rss_kb() / 1024, "base_bytes": base_bytes}
 
 
 def measure_demo_speed(rank: int, steps: int) -> dict[str, Any]:
@@ -219,13 +250,15 @@ def main(quick: bool = False) -> dict[str, Any]:
     acts = {name: {"plain": activation_bytes(s, 16, 176, 128, False),
                    "checkpointed": activation_bytes(s, 16, 176, 128, True)}
             for name, s in SHAPES.items()}
+    build = {m: _in_child("measure_build", "0.5B", lean) for m, lean in (("random_then_load", False),
+                                                                        ("meta_assign", True))}
     steps = 2 if quick else 5
     speed = {m: _in_child("measure_demo_speed", r, steps) for m, r in (("full", 0), ("lora", LORA_RANK))}
     f, lo = measured["full"], measured["lora"]
     goals = {"trainable_ratio": lo["trainable"] / f["trainable"], "state_ratio": lo["total"] / f["total"],
              "7B_lora_bf16_checkpointed_gb": (formula["7B"]["lora_bf16"]["total"] + acts["7B"]["checkpointed"]) / GIB}
     res = {"lora_rank": LORA_RANK, "measured_0.5B": measured, "formula": formula, "formula_check_0.5B": check,
-           "activations_gpu_batch8": acts, "demo_speed": speed, "goals": goals}
+           "activations_gpu_batch8": acts, "build_from_base_0.5B": build, "demo_speed": speed, "goals": goals}
     if not quick:
         write(res, ROOT / "bench" / "results" / "lora")
     return res
@@ -267,13 +300,20 @@ def render_md(res: dict[str, Any]) -> str:
         out.append(f"| {name} | {gb(f[name]['full']['total'])} | {gb(f[name]['lora']['total'])} | "
                    f"{gb(f[name]['lora_bf16']['total'])} | {f[name]['lora']['trainable'] / 1e6:.1f}M | "
                    f"{gb(a['plain'])} / {gb(a['checkpointed'])} | {gb(tot)} |")
+    out += ["", "## Setting a LoRA (bf16 base) trainer up from a base already read into memory (0.5B shape)", "",
+            "Host RSS on top of the base's own bf16 tensors, in GiB and as a multiple of the frozen base's bytes. "
+            "meta_assign adds only what the model keeps in fp32 (the embedding here, cast from bf16), the "
+            "adapters and D's heads; random_then_load first draws a whole G and D at random.", "",
+            "| path | peak RSS GiB | peak over the read base GiB | over base, x base bytes |", "|---|---|---|---|"]
+    for k, x in res["build_from_base_0.5B"].items():
+        over = (x["peak_rss_mb"] - x["rss_base_in_memory_mb"]) * 1024 ** 2
+        out.append(f"| {k} | {x['peak_rss_mb'] / 1024:.2f} | {over / GIB:.2f} | {over / x['base_bytes']:.2f} |")
     s = res["demo_speed"]
     out += ["", "## Step time on configs/demo.yaml's shape (adversarial step, mean of "
                 f"{s['full']['steps']} after one warm-up)", "",
             "| mode | trainable params | step s |", "|---|---|---|"]
     out += [f"| {k} | {s[k]['trainable'] / 1e6:.2f}M | {s[k]['step_s']:.2f} |" for k in ("full", "lora")]
-    out += ["", "LoRA's D takes G's shape there (4 layers, width 256) to share G's base; "
-            "full uses demo's D (3 layers, width 192)."]
+    out += ["", "G and D have the same shape there, so both modes run the same models."]
     return "\n".join(out) + "\n"
 
 
