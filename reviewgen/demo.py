@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,13 +45,27 @@ def _score_over_http(url: str, reviews: list[dict], token: str | None = None) ->
         return json.loads(r.read())["results"]
 
 
+@dataclass(frozen=True)
+class _DemoResults:
+    """What the demo report shows: data and model, generated reviews, Serve's scores and stage timings."""
+
+    stats: dict
+    model_dir: Path
+    summary: dict
+    reviews: pd.DataFrame
+    titles: pd.Series
+    payload: list[dict]
+    scored: list[dict]
+    n_real: int
+    times: dict[str, float]
+    fluency: dict
+
+
 def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick: bool = False,
              port: int = 8123, log: Callable[[str], None] = print) -> Path:
     """Run the whole pipeline and write OUT/report.md; returns its path."""
 
-    from reviewgen.core.config import RunConfig
-    from reviewgen.data.corpus import load_split, prepare, review_sources, sample_data_dir
-    from reviewgen.infra.console import quiet_ray_loggers
+    from reviewgen.data.corpus import prepare, review_sources, sample_data_dir
     from reviewgen.infra.runtime import ensure_ray
 
     out = Path(out).resolve()
@@ -68,6 +83,36 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
 
     log(f"== 2/5 train on Ray Train ({num_workers} worker(s)): MLE -> discriminator warm-up -> adversarial")
     t = time.time()
+    model_dir = _train(out, data_dir, config, num_workers=num_workers, quick=quick, log=log)
+    times["train_s"] = time.time() - t
+
+    log("== 3/5 generate on Ray Data for products the model never saw")
+    t = time.time()
+    catalog, summary, run_date = _generate(out, data_dir, model_dir, log)
+    times["generate_s"] = time.time() - t
+    reviews = pd.read_parquet(out / "generated" / f"run_date={run_date}" / "reviews")
+    fluency = _english_fluency(reviews, data_dir)
+
+    log("== 4/5 score through the Ray Serve endpoint")
+    t = time.time()
+    titles, payload, scored, n_real = _score_through_serve(data_dir, model_dir, catalog, reviews, port)
+    times["serve_s"] = time.time() - t
+    times["total_s"] = time.time() - t0
+
+    log("== 5/5 report")
+    report = _write_report(out, _DemoResults(stats, model_dir, summary, reviews, titles, payload, scored, n_real,
+                                             times, fluency))
+    _log_samples(reviews, titles, fluency, log)
+    log(f"demo finished in {times['total_s'] / 60:.1f} min; report: {report}")
+    return report
+
+
+def _train(out: Path, data_dir: Path, config: str | Path, *, num_workers: int, quick: bool,
+           log: Callable[[str], None]) -> Path:
+    """Train the demo model on Ray Train from `config` (`quick`: a few steps of each phase); returns its
+    model directory."""
+    from reviewgen.core.config import RunConfig
+
     cfg = RunConfig.from_yaml(config)
     if quick:
         cfg = cfg.override({"train.mle_steps": 40, "train.disc_warmup_steps": 10, "train.adv_steps": 10,
@@ -79,11 +124,13 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     job = TrainJobConfig(data_dir=data_dir, out=out / "model", num_workers=num_workers,
                          cpus_per_worker=max(1, (os.cpu_count() or 1) // num_workers),
                          storage_path=str(out / "ray_results"), name="demo")
-    model_dir = run_distributed_training(job, cfg, log=log)
-    times["train_s"] = time.time() - t
+    return run_distributed_training(job, cfg, log=log)
 
-    log("== 3/5 generate on Ray Data for products the model never saw")
-    t = time.time()
+
+def _generate(out: Path, data_dir: Path, model_dir: Path,
+              log: Callable[[str], None]) -> tuple[Path, dict, str]:
+    """Generate three reviews for each product of the unseen demo catalog on Ray Data. Returns the catalog,
+    the run summary and the run date (the output partition)."""
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.pipeline import run_generation
 
@@ -93,15 +140,25 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
                                          "sampling.temperature": DEMO_TEMPERATURE})
     summary = run_generation(str(model_dir), [str(catalog)], str(out / "generated"), gen_cfg, run_date=run_date,
                              force=True, log=log)
-    times["generate_s"] = time.time() - t
-    reviews = pd.read_parquet(out / "generated" / f"run_date={run_date}" / "reviews")
-    fluency = real_word_rate(reviews.loc[reviews["language"] == "en", "text"].astype(str).tolist(),
-                             vocabulary(load_split(data_dir, "train")["text"].astype(str)))
+    return catalog, summary, run_date
 
-    log("== 4/5 score through the Ray Serve endpoint")
-    t = time.time()
+
+def _english_fluency(reviews: pd.DataFrame, data_dir: Path) -> dict:
+    """The real-word rate of the generated English reviews against the training text's vocabulary."""
+    from reviewgen.data.corpus import load_split
+
+    return real_word_rate(reviews.loc[reviews["language"] == "en", "text"].astype(str).tolist(),
+                          vocabulary(load_split(data_dir, "train")["text"].astype(str)))
+
+
+def _score_through_serve(data_dir: Path, model_dir: Path, catalog: Path, reviews: pd.DataFrame,
+                         port: int) -> tuple[pd.Series, list[dict], list[dict], int]:
+    """Start Ray Serve with the scorer and score a few real test reviews, then a few generated ones, over
+    HTTP. Returns the catalog titles by product, the payload, its scores and how many rows are real."""
     from ray import serve
 
+    from reviewgen.data.corpus import load_split
+    from reviewgen.infra.console import quiet_ray_loggers
     from reviewgen.serve.app import build_app
 
     quiet_ray_loggers()  # importing ray.serve attaches Serve's own console handler
@@ -120,12 +177,11 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
                    "rating": None if pd.isna(r.rating) else int(r.rating)} for r in gen_rows.itertuples()])
     scored = _score_over_http(f"http://127.0.0.1:{port}/v1/score", payload)
     serve.shutdown()
-    times["serve_s"] = time.time() - t
-    times["total_s"] = time.time() - t0
+    return titles, payload, scored, len(real)
 
-    log("== 5/5 report")
-    report = _write_report(out, stats, model_dir, summary, reviews, titles, payload, scored, len(real), times,
-                           fluency)
+
+def _log_samples(reviews: pd.DataFrame, titles: pd.Series, fluency: dict, log: Callable[[str], None]) -> None:
+    """Log the generated reviews of two products per language, and the real-word rate of the English ones."""
     for lang, grp in reviews.groupby("language"):
         for pid, rows in list(grp.groupby("product_id", sort=False))[:2]:
             log(f"[{lang}] {titles.get(pid, pid)}")
@@ -133,37 +189,35 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
                 log(f"    ★{'' if pd.isna(r.rating) else int(r.rating)} p_human={r.score:.2f}  {r.text}")
     if fluency["real_word_rate"] is not None:
         log(f"real-word rate of the generated English: {fluency['real_word_rate']:.3f} ({fluency['words']} words)")
-    log(f"demo finished in {times['total_s'] / 60:.1f} min; report: {report}")
-    return report
 
 
-def _write_report(out: Path, stats: dict, model_dir: Path, summary: dict, reviews: pd.DataFrame,
-                  titles: pd.Series, payload: list[dict], scored: list[dict], n_real: int,
-                  times: dict[str, float], fluency: dict) -> Path:
-    meta = json.loads((Path(model_dir) / "meta.json").read_text())
-    rwr = fluency["real_word_rate"]
+def _write_report(out: Path, d: _DemoResults) -> Path:
+    """OUT/report.md: the model, the real-word rate, stage timings, the generated reviews, Serve's scores and
+    the generation summary."""
+    meta = json.loads((Path(d.model_dir) / "meta.json").read_text())
+    rwr = d.fluency["real_word_rate"]
     lines = ["# reviewgen demo report", "",
              f"Model `{meta.get('version')}`; "
              f"validation NLL {meta.get('metrics', {}).get('val_nll', float('nan')):.3f} "
-             f"nats/token. Data hash `{str(stats.get('data_hash', ''))[:12]}`.", "",
+             f"nats/token. Data hash `{str(d.stats.get('data_hash', ''))[:12]}`.", "",
              f"Real-word rate of the generated English reviews (share of their `[a-z]+` words found in the "
              f"training text; human reviews: about 0.98): {'–' if rwr is None else f'{rwr:.3f}'} over "
-             f"{fluency['words']} words.", "",
+             f"{d.fluency['words']} words.", "",
              "## Timings (s)", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {k[:-2]} | {v:.1f} |" for k, v in times.items()]
+    lines += [f"| {k[:-2]} | {v:.1f} |" for k, v in d.times.items()]
     lines += ["", "## Generated reviews for products the model never trained on", ""]
-    for pid, grp in reviews.groupby("product_id", sort=False):
-        lines.append(f"**{titles.get(pid, pid)}** (`{pid}`)")
+    for pid, grp in d.reviews.groupby("product_id", sort=False):
+        lines.append(f"**{d.titles.get(pid, pid)}** (`{pid}`)")
         for r in grp.itertuples():
             lines.append(f"- ★{'' if pd.isna(r.rating) else int(r.rating)} score={r.score:.2f}: {r.text}")
         lines.append("")
     lines += ["## Scores from the Serve endpoint", "",
               "| source | p_human | rating_pred | text |", "|---|---:|---:|---|"]
-    for i, (p, s) in enumerate(zip(payload, scored)):
-        src = "human" if i < n_real else "generated"
+    for i, (p, s) in enumerate(zip(d.payload, d.scored)):
+        src = "human" if i < d.n_real else "generated"
         text = p["text"].replace("|", "/")[:80]
         lines.append(f"| {src} | {s['p_human']:.3f} | {s.get('rating_pred', '')} | {text} |")
-    lines += ["", "## Generation summary", "", "```", json.dumps(summary, indent=2, default=str)[:4000], "```"]
+    lines += ["", "## Generation summary", "", "```", json.dumps(d.summary, indent=2, default=str)[:4000], "```"]
     path = out / "report.md"
     write_local_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -113,7 +113,7 @@ def test_fluency_section_and_report(tok):
     train = _reviews(40)
     samples = {("gan", 0.8): ev["text"].tolist(), ("gan", 1.0): ["lovv itt"] * 8}
     f = fluency_section({"gan": Ck()}, samples, ev, test, train, _frame(TEXTS[:5], ["en"] * 3 + ["zh", "en"]),
-                        ConditionClassifiers(train), tstr_temperature=0.85)
+                        real_clf=ConditionClassifiers(train), tstr_temperature=0.85)
     assert f["human"]["real_word_rate"] == 1.0
     assert f["gan"]["real_word_rate"]["0.8"]["real_word_rate"] == 1.0
     assert f["gan"]["real_word_rate"]["1"] == {"real_word_rate": 0.0, "words": 16}

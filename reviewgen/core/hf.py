@@ -77,53 +77,7 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
     mt = cfg.get("model_type")
     if mt not in MODEL_TYPES:
         raise HFFormatError(f"{where}: model_type {mt!r} is not supported; supported: {list(MODEL_TYPES)}")
-    if mt == "gpt2":
-        act = _field(cfg, "activation_function", where, "gelu_new")
-        if act not in GPT2_GELU:
-            raise HFFormatError(f"{where}: activation_function {act!r} is not supported; supported: {list(GPT2_GELU)}")
-        for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                        ("add_cross_attention", False)):
-            if cfg.get(key, ok) != ok:
-                raise HFFormatError(f"{where}: {key}={cfg[key]!r} is not supported (only {ok})")
-        d = int(_field(cfg, "n_embd", where))
-        fields = dict(arch="gpt2", n_layer=int(_field(cfg, "n_layer", where)), n_head=int(_field(cfg, "n_head", where)),
-                      d_model=d, n_kv_head=None, norm="layernorm",
-                      norm_eps=float(_field(cfg, "layer_norm_epsilon", where, 1e-5)),
-                      mlp="gelu", intermediate_size=int(_field(cfg, "n_inner", where, 4 * d)), pos="learned",
-                      bias=True, qkv_bias=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-                      gelu_approximate=GPT2_GELU[act])
-        max_pos = int(_field(cfg, "n_positions", where))
-    else:
-        act = _field(cfg, "hidden_act", where, "silu")
-        if act != "silu":
-            raise HFFormatError(f"{where}: hidden_act {act!r} is not supported (only 'silu')")
-        for key in ("attention_bias", "mlp_bias"):
-            if cfg.get(key):
-                raise HFFormatError(f"{where}: {key}=true is not supported")
-        d, heads = int(_field(cfg, "hidden_size", where)), int(_field(cfg, "num_attention_heads", where))
-        if cfg.get("head_dim") not in (None, d // heads):
-            raise HFFormatError(f"{where}: head_dim={cfg['head_dim']} is not supported "
-                                "(only hidden_size / num_attention_heads)")
-        # transformers >= 5 nests the rotary settings in rope_parameters; older files have rope_theta and rope_scaling
-        rope = dict(cfg.get("rope_scaling") or {}, **(cfg.get("rope_parameters") or {}))
-        rope_type = rope.get("rope_type") or rope.get("type") or "default"
-        if rope_type not in ("default", "llama3"):
-            raise HFFormatError(f"{where}: rope scaling {rope_type!r} is not supported (only default and llama3)")
-        missing = [k for k in LLAMA3_ROPE_KEYS if k not in rope]
-        if rope_type == "llama3" and missing:
-            raise HFFormatError(f"{where}: llama3 rope scaling lacks {missing}")
-        scaling = {k: rope[k] for k in LLAMA3_ROPE_KEYS} if rope_type == "llama3" else None
-        if cfg.get("use_sliding_window"):
-            raise HFFormatError(f"{where}: use_sliding_window=true is not supported")
-        fields = dict(arch="llama", n_layer=int(_field(cfg, "num_hidden_layers", where)), n_head=heads, d_model=d,
-                      n_kv_head=int(_field(cfg, "num_key_value_heads", where, heads)), norm="rmsnorm",
-                      norm_eps=float(_field(cfg, "rms_norm_eps", where, 1e-6)), mlp="swiglu",
-                      intermediate_size=int(_field(cfg, "intermediate_size", where)), pos="rope",
-                      rope_theta=float(rope.get("rope_theta") or _field(cfg, "rope_theta", where, 10000.0)),
-                      rope_scaling=scaling,
-                      bias=False, qkv_bias=mt == "qwen2", tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                      gelu_approximate="none")
-        max_pos = int(_field(cfg, "max_position_embeddings", where))
+    fields, d, max_pos = _gpt2_fields(cfg, where) if mt == "gpt2" else _llama_fields(cfg, where, mt)
     if d % fields["n_head"]:
         raise HFFormatError(f"{where}: hidden size {d} is not divisible by the number of heads {fields['n_head']}")
     try:
@@ -133,6 +87,61 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
     return BaseConfig(model_type=mt, fields=fields, vocab_size=int(_field(cfg, "vocab_size", where)),
                       max_positions=max_pos, bos_id=_first(cfg.get("bos_token_id")),
                       eos_id=_first(cfg.get("eos_token_id")))
+
+
+def _gpt2_fields(cfg: Mapping[str, Any], where: str) -> tuple[dict[str, Any], int, int]:
+    """A GPT-2 config.json as (generator fields, hidden size, max positions); HFFormatError for the
+    activations and attention options our GPT-2 block does not compute."""
+    act = _field(cfg, "activation_function", where, "gelu_new")
+    if act not in GPT2_GELU:
+        raise HFFormatError(f"{where}: activation_function {act!r} is not supported; supported: {list(GPT2_GELU)}")
+    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                    ("add_cross_attention", False)):
+        if cfg.get(key, ok) != ok:
+            raise HFFormatError(f"{where}: {key}={cfg[key]!r} is not supported (only {ok})")
+    d = int(_field(cfg, "n_embd", where))
+    fields = dict(arch="gpt2", n_layer=int(_field(cfg, "n_layer", where)), n_head=int(_field(cfg, "n_head", where)),
+                  d_model=d, n_kv_head=None, norm="layernorm",
+                  norm_eps=float(_field(cfg, "layer_norm_epsilon", where, 1e-5)),
+                  mlp="gelu", intermediate_size=int(_field(cfg, "n_inner", where, 4 * d)), pos="learned",
+                  bias=True, qkv_bias=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                  gelu_approximate=GPT2_GELU[act])
+    return fields, d, int(_field(cfg, "n_positions", where))
+
+
+def _llama_fields(cfg: Mapping[str, Any], where: str, mt: str) -> tuple[dict[str, Any], int, int]:
+    """A Llama or Qwen2 config.json as (generator fields, hidden size, max positions); HFFormatError for the
+    activations, biases, head sizes, rope scalings and sliding windows our Llama block does not compute."""
+    act = _field(cfg, "hidden_act", where, "silu")
+    if act != "silu":
+        raise HFFormatError(f"{where}: hidden_act {act!r} is not supported (only 'silu')")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            raise HFFormatError(f"{where}: {key}=true is not supported")
+    d, heads = int(_field(cfg, "hidden_size", where)), int(_field(cfg, "num_attention_heads", where))
+    if cfg.get("head_dim") not in (None, d // heads):
+        raise HFFormatError(f"{where}: head_dim={cfg['head_dim']} is not supported "
+                            "(only hidden_size / num_attention_heads)")
+    # transformers >= 5 nests the rotary settings in rope_parameters; older files have rope_theta and rope_scaling
+    rope = dict(cfg.get("rope_scaling") or {}, **(cfg.get("rope_parameters") or {}))
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type not in ("default", "llama3"):
+        raise HFFormatError(f"{where}: rope scaling {rope_type!r} is not supported (only default and llama3)")
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in rope]
+    if rope_type == "llama3" and missing:
+        raise HFFormatError(f"{where}: llama3 rope scaling lacks {missing}")
+    scaling = {k: rope[k] for k in LLAMA3_ROPE_KEYS} if rope_type == "llama3" else None
+    if cfg.get("use_sliding_window"):
+        raise HFFormatError(f"{where}: use_sliding_window=true is not supported")
+    fields = dict(arch="llama", n_layer=int(_field(cfg, "num_hidden_layers", where)), n_head=heads, d_model=d,
+                  n_kv_head=int(_field(cfg, "num_key_value_heads", where, heads)), norm="rmsnorm",
+                  norm_eps=float(_field(cfg, "rms_norm_eps", where, 1e-6)), mlp="swiglu",
+                  intermediate_size=int(_field(cfg, "intermediate_size", where)), pos="rope",
+                  rope_theta=float(rope.get("rope_theta") or _field(cfg, "rope_theta", where, 10000.0)),
+                  rope_scaling=scaling,
+                  bias=False, qkv_bias=mt == "qwen2", tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                  gelu_approximate="none")
+    return fields, d, int(_field(cfg, "max_position_embeddings", where))
 
 
 def model_type_of(a: Arch, where: str) -> str:

@@ -37,6 +37,7 @@ from reviewgen.core.tokenizer import (
     TITLE,
     UNK,
     Condition,
+    ReviewTokenizer,
 )
 
 EXAMPLE = Condition(title="Fire HD 8 Tablet, 32 GB", category="Tablets", rating=5, language="en")
@@ -93,10 +94,18 @@ def _tokenizer_config(max_len: int) -> dict[str, Any]:
 def model_card(ck: Checkpoint, model_type: str) -> str:
     """README.md for the exported directory: what the model is and how to build its prompt."""
     tok = ck.tokenizer
-    P, R = tok.prefix_len, tok.max_review_len
     ids = tok.encode_prefixes([EXAMPLE])[0].tolist()
     n_pad = sum(1 for i in ids if i == tok.pad_id)
-    text = tok.tok.decode(ids, skip_special_tokens=False)
+    prompt = tok.tok.decode(ids, skip_special_tokens=False).replace(PAD, "").strip()
+    return (_card_layout(ck, model_type, ids, n_pad, prompt) + _card_use(tok, n_pad, prompt)
+            + _card_watermark(tok.max_review_len))
+
+
+def _card_layout(ck: Checkpoint, model_type: str, ids: list[int], n_pad: int, prompt: str) -> str:
+    """The card's header and prompt layout: where the model comes from and the one token layout it was
+    trained on, with the example prompt `prompt` (`n_pad` pads, then the text; token ids `ids`)."""
+    tok = ck.tokenizer
+    P, R = tok.prefix_len, tok.max_review_len
     base = ck.meta.get("base") or {}
     origin = (f"fine-tuned from `{base.get('path')}` ({base.get('model_type')}, weights sha256 "
               f"`{str(base.get('sha256', ''))[:16]}…`)" if base else "trained from scratch")
@@ -130,11 +139,17 @@ The model then writes the review (at most {R} tokens) and ends it with `{EOS}`.
 
 Example: title "{EXAMPLE.title}", category "{EXAMPLE.category}", rating {EXAMPLE.rating} gives {n_pad} pads, then
 
-    {text.replace(PAD, "").strip()}
+    {prompt}
 
-that is, `prompt = {PAD!r} * {n_pad} + {text.replace(PAD, "").strip()!r}`, token ids `{ids}`.
+that is, `prompt = {PAD!r} * {n_pad} + {prompt!r}`, token ids `{ids}`.
 
-## Use
+"""
+
+
+def _card_use(tok: ReviewTokenizer, n_pad: int, prompt: str) -> str:
+    """The card's usage section: the example prompt through transformers, vLLM and `ray.data.llm`."""
+    P, R = tok.prefix_len, tok.max_review_len
+    return f"""## Use
 
 Encode the prompt text with `add_special_tokens=False` (or send the token ids above), and attend to every
 prompt token, pads included: the model saw its pads during training, and the review starts at position {P}.
@@ -145,7 +160,7 @@ import torch
 
 tok = AutoTokenizer.from_pretrained(DIR)
 model = AutoModelForCausalLM.from_pretrained(DIR)
-prompt = {PAD!r} * {n_pad} + {text.replace(PAD, "").strip()!r}
+prompt = {PAD!r} * {n_pad} + {prompt!r}
 ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids  # {P} tokens
 out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.9,
                      max_new_tokens={R})
@@ -155,7 +170,13 @@ print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 With vLLM or `ray.data.llm`, pass the ids as the prompt (`{{"prompt_token_ids": ids}}`) with
 `max_tokens={R}` and `stop_token_ids=[{tok.eos_id}]`.
 
-## Watermark
+"""
+
+
+def _card_watermark(R: int) -> str:
+    """The card's watermark section: how reviewgen's sampler signs reviews and how to sign with these weights
+    (`R`: the longest review in tokens)."""
+    return f"""## Watermark
 
 reviewgen's own sampler signs every review with a keyed green-list watermark (Kirchenbauer et al. 2023)
 whenever a secret key is configured: after each token, a keyed hash splits the vocabulary into a green

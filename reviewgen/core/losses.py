@@ -86,7 +86,7 @@ def val_nll(G, batches, tk: Tokens) -> float:
     return tot / max(n, 1)
 
 
-def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, category: torch.Tensor,
+def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, category: torch.Tensor, *,
               cfg: TrainConfig, tk: Tokens) -> tuple[torch.Tensor, dict]:
     """Sequence + per-token real/fake BCE, plus rating/category CE on real rows (AC-GAN style)."""
     ids = torch.cat([real, fake])
@@ -114,7 +114,7 @@ def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, c
 def disc_step(D, opt, batch: dict, fake: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> dict:
     """One D step: real rows of `batch` against `fake` full rows (prefix + sampled review)."""
     with autocast(fake.device, training_dtype(fake.device)):
-        loss, m = disc_loss(D, batch["ids"], fake, batch["rating"], batch["category"], cfg, tk)
+        loss, m = disc_loss(D, batch["ids"], fake, batch["rating"], batch["category"], cfg=cfg, tk=tk)
     loss.backward()
     m["d_grad_norm"] = clip_and_step(D, opt, cfg.grad_clip)
     m.setdefault("tokens", int((batch["ids"] != tk.pad_id).sum() + (fake != tk.pad_id).sum()))
@@ -182,8 +182,8 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
     return ((g - base) * m).view(B, R)
 
 
-def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, cfg: TrainConfig,
-                     tk: Tokens, *, terminal: torch.Tensor | None = None) -> dict:
+def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, *, cfg: TrainConfig,
+                     tk: Tokens, terminal: torch.Tensor | None = None) -> dict:
     """One policy-gradient step on G.
 
     `fake_full` holds `group_size` samples per prompt (rows grouped consecutively). The loss is

@@ -203,7 +203,7 @@ class KVCache:
     tensors, not one stacked buffer: torch.compile copies the whole stacked buffer at each in-place write
     into a view of it, which makes a compiled decode step far slower than eager)."""
 
-    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, *,
                  device, dtype):
         shape = (batch, n_head, max_len, head_dim)
         # zeroed, not empty: a one-token step reads the unfilled tail too (masked out; see `append`), and
@@ -332,7 +332,7 @@ class Generator(_Trunk):
         a = self.arch
         dtype = dtype or self.tok_emb.weight.dtype
         n = min(max_len or self.cfg.block_size, self.cfg.block_size)
-        return KVCache(self.cfg.n_layer, batch, a.n_kv_head, n, a.head_dim, device, dtype)
+        return KVCache(self.cfg.n_layer, batch, a.n_kv_head, n, a.head_dim, device=device, dtype=dtype)
 
 
 @dataclass

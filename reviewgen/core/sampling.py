@@ -191,6 +191,26 @@ def pick_tokens(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams, w
 COMPACT_BELOW = 0.75
 
 
+def _step_uniforms(model: Generator, prefixes: torch.Tensor, R: int, uniforms: torch.Tensor | None,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """The uniforms [R, B] of `R` decode steps, step-major so each step reads one contiguous row: the given
+    per-row `uniforms` [B, R], or else drawn from `generator`. ValueError when prefix and review overrun the
+    model's block."""
+    B, P = prefixes.shape
+    if P + R > model.cfg.block_size:
+        raise ValueError(f"prefix {P} + max_new_tokens {R} exceeds block_size {model.cfg.block_size}")
+    if uniforms is None:
+        uniforms = torch.rand(B, R, generator=generator, dtype=torch.float64)
+    return uniforms.to(prefixes.device).t().contiguous()
+
+
+def _decoder(model: Generator, params: SamplingParams):
+    """The callable of the cached decode steps: the model, or its forward compiled when `compile_decode`.
+    A fresh wrapper per call, not a cached one: Dynamo keys its compiled code on Generator.forward's code
+    object and guards, so later calls reuse it, and nothing is stored on the model or the module."""
+    return torch.compile(model.forward, dynamic=True, fullgraph=True) if params.compile_decode else model
+
+
 # no_grad, not inference_mode: autocast keeps its low-precision copy of a weight (one that requires grad)
 # for the whole call only outside inference mode; inside it, every decode step would cast every weight again
 @torch.no_grad()
@@ -210,19 +230,12 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
     device = prefixes.device
     B, P = prefixes.shape
     R = params.max_new_tokens
-    if P + R > model.cfg.block_size:
-        raise ValueError(f"prefix {P} + max_new_tokens {R} exceeds block_size {model.cfg.block_size}")
-    if uniforms is None:
-        uniforms = torch.rand(B, R, generator=generator, dtype=torch.float64)
-    # step-major, so each step reads one contiguous row of uniforms
-    uniforms = uniforms.to(device).t().contiguous()
+    uniforms = _step_uniforms(model, prefixes, R, uniforms, generator)
     out = torch.full((B, R), pad_id, dtype=torch.long, device=device)
     rows = torch.arange(B, device=device)  # batch row -> output row
     live = torch.ones(B, dtype=torch.bool, device=device)
     n_live = B
-    # a fresh wrapper per call, not a cached one: Dynamo keys its compiled code on Generator.forward's
-    # code object and guards, so later calls reuse it, and nothing is stored on the model or the module
-    decode = torch.compile(model.forward, dynamic=True, fullgraph=True) if params.compile_decode else model
+    decode = _decoder(model, params)
     auto = params.precision == "auto"
     with autocast(device, inference_dtype(device)) if auto else contextlib.nullcontext():
         if use_cache:

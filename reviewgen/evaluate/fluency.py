@@ -109,7 +109,7 @@ def tstr(generated: pd.DataFrame, real_test: pd.DataFrame, real: ConditionClassi
 # -- the evaluate section ----------------------------------------------------------------------------------
 
 def fluency_section(checkpoints: dict[str, Any], samples: dict[tuple[str, float], list[str]], ev: pd.DataFrame,
-                    test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, real_clf: ConditionClassifiers, *,
+                    test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, *, real_clf: ConditionClassifiers,
                     tstr_temperature: float, classifier_rows: int = 6000,
                     device: str | torch.device = "cpu") -> dict[str, Any]:
     """metrics.json's "fluency": per model, validation bits per character per language, the real-word rate

@@ -88,8 +88,8 @@ def _matched_table(r: dict[str, Any]) -> str:
     return _table(["model", "T (between)", "reached", *MATCHED_COLUMNS, "test NLL"], rows)
 
 
-def _plots(r: dict[str, Any], out: Path, model_dir: Path, ev: pd.DataFrame, samples: dict, clf: ConditionClassifiers,
-           extra: dict[str, Any]) -> list[str]:
+def _plots(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFrame, samples: dict,
+           clf: ConditionClassifiers, extra: dict[str, Any]) -> list[str]:
     files = []
     hist = [dict(row, step=row.get("global_step", row.get("step")))
             for row in read_history(model_dir / "metrics.jsonl")]
@@ -155,12 +155,18 @@ def _examples(ev: pd.DataFrame, samples: dict, matched: dict, review_filter: Rev
 def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFrame, samples: dict,
                  clf: ConditionClassifiers, review_filter: ReviewFilter, scorer_extra: dict[str, Any]) -> Path:
     """Write the PNG plots and report.md into `out`; records the plot names in r["plots"]."""
-    r["plots"] = _plots(r, out, model_dir, ev, samples, clf, scorer_extra)
-    meta, tg = r["meta"], r["targets"]
+    r["plots"] = _plots(r, out, model_dir=model_dir, ev=ev, samples=samples, clf=clf, extra=scorer_extra)
+    lines = [*_intro_lines(r), *_results_lines(r), *_scorer_lines(r), *_copying_lines(r, ev, samples, review_filter)]
+    path = out / "report.md"
+    write_local_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _intro_lines(r: dict[str, Any]) -> list[str]:
+    """The report's title, what was evaluated on which rows, and the compute budget."""
+    meta = r["meta"]
     tw = meta["train_wall_time_s"]
-    embeddings = ("all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)" if meta["embeddings_available"]
-                  else "unavailable, FED/MAUVE/title relevance are null")
-    lines = [
+    return [
         "# reviewgen evaluation report", "",
         f"Model `{meta['model_dir']}` (version {meta['model_version']}) vs its MLE-only checkpoint "
         f"`{meta['baseline_dir']}`, on {meta['data']['evaluated_reviews']} reviews of "
@@ -178,6 +184,15 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         f"- data: {meta['data']}",
         f"- temperatures {meta['temperatures']}, seeds {meta['seeds']} (mean ± sd over seeds), "
         f"top-p {meta['top_p']}", "",
+    ]
+
+
+def _results_lines(r: dict[str, Any]) -> list[str]:
+    """The targets, the matched-diversity comparison, quality and diversity, test NLL and condition match."""
+    meta, tg = r["meta"], r["targets"]
+    embeddings = ("all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)" if meta["embeddings_available"]
+                  else "unavailable, FED/MAUVE/title relevance are null")
+    return [
         "## Targets", "",
         _table(["target", "status", "detail"], [[k, v["status"], v["detail"]] for k, v in tg.items()]), "",
         "## Matched diversity", "",
@@ -199,6 +214,13 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "Agreement is the share of rows of the asked polarity, balanced the mean of its per-class recalls; the "
         "human row is the ceiling these classifiers allow.", "",
         _sweep_table(r, CONDITION_COLUMNS), "",
+    ]
+
+
+def _scorer_lines(r: dict[str, Any]) -> list[str]:
+    """The scorer section: its mode, the out-of-family generator, the calibration, and its tables."""
+    meta = r["meta"]
+    return [
         "## Scorer", "",
         f"p_human: {r['scorer'].get('mode', 'discriminator-only')}. Out-of-family generator: "
         + (f"`{meta['out_of_family']['model_dir']}` ({meta['out_of_family']['generator_params'] / 1e6:.2f}M "
@@ -209,6 +231,13 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         _fakes_table(r), "",
         "AUROC of each signal alone (oriented by its known direction; human = positive):", "",
         _signal_table(r), "",
+    ]
+
+
+def _copying_lines(r: dict[str, Any], ev: pd.DataFrame, samples: dict, review_filter: ReviewFilter) -> list[str]:
+    """Copying and PII under the production filter, example generations, the plots and the protocol notes."""
+    meta = r["meta"]
+    return [
         "## Copying and PII", "",
         f"Copy = a span of >= {review_filter.copy_threshold} tokens found in the training reviews (hashed n-gram "
         f"index); accepted = passes the production output filter (`reviewgen.score.filter`: no copy, no PII, "
@@ -226,9 +255,6 @@ def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFr
         "- Scorer settings marked in_calibration=False were never used to fit the scorer (D's Platt calibration "
         "and the detector); the out-of-family generator never is.",
     ]
-    path = out / "report.md"
-    write_local_atomic(path, "\n".join(lines) + "\n")
-    return path
 
 
 def _scorer_table(r: dict[str, Any]) -> str:

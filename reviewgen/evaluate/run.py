@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from reviewgen.core.checkpoint import load_checkpoint
+import pandas as pd
+import torch
+
+from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.config import ConfigError
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
@@ -21,6 +24,7 @@ from reviewgen.core.errors import MissingInputError
 from reviewgen.core.losses import Tokens, val_nll
 from reviewgen.core.models import count_params
 from reviewgen.core.sampling import generate_texts
+from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filter_verdicts
 from reviewgen.evaluate.fluency import fluency_markdown, fluency_section
@@ -38,7 +42,7 @@ from reviewgen.evaluate.quality import (
     split_eval_rows,
 )
 from reviewgen.evaluate.report import read_history, write_report
-from reviewgen.evaluate.scorer_eval import extra_scorer_rows, refit_calibration, scorer_section
+from reviewgen.evaluate.scorer_eval import ScorerRows, extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.evaluate.world import fakes_section
 from reviewgen.infra.storage import write_local_atomic
@@ -91,6 +95,47 @@ class EvalConfig:
                                    classifier_rows=min(c.classifier_rows, 1500), nll_rows=min(c.nll_rows or 256, 256))
 
 
+@dataclass(frozen=True)
+class EvalPaths:
+    """Where one evaluation reads and writes: the GAN, its baseline, the data, the report directory, the
+    compared models by name and the out-of-family generator (None: no check)."""
+
+    model_dir: Path
+    baseline_dir: Path
+    data_dir: str | Path
+    out_dir: Path
+    compare: dict[str, Path]
+    ood_model_dir: str | Path | None
+
+
+@dataclass(frozen=True)
+class EvalModels:
+    """The loaded checkpoints by name (gan, mle, then the compared ones), the calibration in force, the
+    scorer, and the out-of-family checkpoint (None: no check)."""
+
+    ck: dict[str, Checkpoint]
+    calib: dict[str, Any] | None
+    scorer: Scorer
+    ood: Checkpoint | None
+
+
+@dataclass(frozen=True)
+class EvalRows:
+    """The splits and the evaluated test rows with what each model is asked for: reference pools,
+    conditions, languages, per-row sampling keys and the human texts of the same rows."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    ev: pd.DataFrame
+    ref: pd.DataFrame
+    pools: list
+    pool_note: str
+    conds: list[Condition]
+    langs: list[str]
+    keys: list[str]
+    human: list[str]
+
+
 def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: EvalConfig | None = None,
                    *, baseline_dir: str | Path | None = None, ood_model_dir: str | Path | None = None,
                    compare: Mapping[str, str | Path] | None = None, log: Log = print) -> dict[str, Any]:
@@ -102,90 +147,23 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     Returns the metrics dict (as in metrics.json)."""
     compare = check_compare_names(compare or {})
     c = (config or EvalConfig()).resolved()
-    temperatures, seeds, top_p, copy_span, fast = list(c.temperatures), list(c.seeds), c.top_p, c.copy_span, c.fast
     t0 = time.time()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    baseline_dir = Path(baseline_dir) if baseline_dir else model_dir / "mle"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = EvalPaths(Path(model_dir), Path(baseline_dir) if baseline_dir else Path(model_dir) / "mle", data_dir,
+                      Path(out_dir), compare, ood_model_dir)
+    paths.out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(c.device)
-    calib = None
-    if c.recalibrate:
-        calib = refit_calibration(model_dir, data_dir, checkpoints=[model_dir, baseline_dir], device=str(dev),
-                                  max_rows=64 if fast else None, log=log)
-    ck = {"gan": load_checkpoint(model_dir, dev), "mle": load_checkpoint(baseline_dir, dev),
-          **{name: load_checkpoint(path, dev) for name, path in compare.items()}}
-    tok = ck["gan"].tokenizer
-    calib = calib or ck["gan"].calibration
-    scorer = Scorer.from_checkpoint(ck["gan"], str(dev))
-    ood = load_checkpoint(ood_model_dir, dev) if ood_model_dir is not None else None
-    train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
-    ev, ref = split_eval_rows(test, c.n_products, c.samples_per_product)
-    pools, pool_note = reference_pools(ev, ref)
-    conds, langs = conditions(ev), ev["language"].tolist()
-    keys = [f"{pid}:{i}" for i, pid in enumerate(ev["product_id"])]
-    human = ev["text"].astype(str).tolist()
-    log(f"evaluating on {len(ev)} test reviews of {ev['product_id'].nunique()} unseen products "
-        f"({dict(Counter(langs))}); {len(temperatures)} temperatures x {len(seeds)} seeds; {pool_note}")
-
-    # test NLL (teacher forced, all test reviews; independent of temperature)
-    nll = {}
-    nll_df = test if c.nll_rows is None or len(test) <= c.nll_rows else test.sample(n=c.nll_rows, random_state=0)
-    for name, m in ck.items():
-        data = encode_frame(nll_df, m.tokenizer, m.categories)
-        bs = m.config.train.batch_size
-        tk = Tokens(pad_id=m.tokenizer.pad_id, eos_id=m.tokenizer.eos_id, prefix_len=m.tokenizer.prefix_len)
-        nll[name] = val_nll(m.generator, fixed_batches(data, bs, math.ceil(len(nll_df) / bs), dev), tk)
-    log(f"test NLL on {len(nll_df)} reviews: " + ", ".join(f"{n} {v:.4f}" for n, v in nll.items()) + " nats/token")
-
-    clf = ConditionClassifiers(train, max_rows=c.classifier_rows)
-    ratings, cats = ev["rating"].tolist(), ev["category"].astype(str).tolist()
-    sentiments = ev["sentiment"].tolist()
-    review_filter = evaluation_filter(tok, ck["gan"].ngram_path, copy_span)
-
-    emb = Embedder(c.embeddings, log)
-    h_emb = emb(human)
-    title_emb = emb(ev["product_title"].astype(str).tolist())
-    ref_sample = ref.sample(n=min(len(ref), len(ev)), random_state=0)["text"].astype(str).tolist()
-    r_emb = emb(ref_sample)
-
-    def full_metrics(texts: list[str]) -> dict[str, Any]:
-        m = quality_metrics(texts, langs, pools)
-        e = emb(texts)
-        m.update(embedding_metrics(e, h_emb, title_emb))
-        cls = clf.score(texts, ratings, cats, sentiments, langs)
-        m.update({k: v for k, v in cls.items() if k != "rating_pred"})
-        m.update(filter_metrics(filter_verdicts(review_filter, texts, langs), texts))
-        return m
-
-    human_m = quality_metrics(human, langs, pools)
-    human_m.update(embedding_metrics(h_emb, r_emb, title_emb))
-    human_m.update({k: v for k, v in clf.score(human, ratings, cats, sentiments, langs).items() if k != "rating_pred"})
-    human_m["copy_rate"] = filter_metrics(filter_verdicts(review_filter, human, langs), human)["copy_rate"]
-
-    def sample(name: str, temp: float, seed: int) -> list[str]:
-        return generate_texts(ck[name].generator, ck[name].tokenizer, conds, keys, seed=seed, temperature=temp,
-                              top_p=top_p, device=dev)
-
-    sweep, samples = sweep_models(list(ck), sample, temperatures, seeds, full_metrics, log)
+    models = _load_models(paths, c, dev, log)
+    rows = _eval_rows(data_dir, c, log)
+    nll, nll_reviews = _test_nll(models.ck, rows.test, c.nll_rows, dev, log)
+    metrics = _TextMetrics(rows, c, models.ck["gan"], log)
+    human_m = metrics.human()
+    sweep, samples = _sweep(models.ck, rows, c, dev, metrics, log)
     matched = match_at_diversity(sweep, human_m["self_bleu4"], anchors=MODELS)
-    extra = extra_scorer_rows(test, ev, c.scorer_reviews)
-    x_conds, x_keys = conditions(extra), [f"{pid}:scorer:{i}" for i, pid in enumerate(extra["product_id"])]
-    if len(extra):
-        log(f"the scorer reads {len(extra)} more test reviews ({dict(Counter(extra['language']))}), "
-            f"{len(ev) + len(extra)} in all")
-    sc_samples = {(name, temp): texts + (generate_texts(ck[name].generator, tok, x_conds, x_keys, seed=seeds[0],
-                                                        temperature=temp, top_p=top_p, device=dev)
-                                         if len(extra) else [])
-                  for (name, temp), texts in samples.items() if name in MODELS}
-    scorer_m, scorer_extra = scorer_section(ck, scorer, conds + x_conds, human + extra["text"].astype(str).tolist(),
-                                            keys + x_keys, sc_samples, temperatures, train, c.n_baseline_train,
-                                            seeds[0], dev, log, ood=ood)
-    if c.fakes is not None:
-        scorer_m["fakes"] = fakes_section(scorer, c.fakes, seed=seeds[0], log=log)
+    scorer_m, scorer_extra = _scorer_results(models, rows, samples, c, dev, log)
     result: dict[str, Any] = {
-        "meta": run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p,
-                         copy_span, fast, emb, pool_note, str(dev)),
-        "calibration": calib,
+        "meta": run_meta(paths, models, rows, c, embeddings_available=bool(metrics.emb.available), device=str(dev),
+                         nll_reviews=nll_reviews),
+        "calibration": models.calib,
         "nll": nll,
         "human": human_m,
         "sweep": sweep,
@@ -193,26 +171,132 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
         "scorer": scorer_m,
         "classifiers": {"note": "TF-IDF char 1-3-gram + logistic regression trained on real train reviews"},
     }
-    result["meta"]["nll_reviews"] = len(nll_df)
-    result["meta"]["compared"] = {name: {"model_dir": str(path), "version": ck[name].version}
-                                  for name, path in compare.items()}
-    result["meta"]["out_of_family"] = None if ood is None else {
-        "model_dir": str(ood_model_dir), "version": ood.version, "generator_params": count_params(ood.generator),
-        "generator_config": ood.config.to_dict()["generator"], "seed": ood.config.train.seed,
-        "trained_on": ood.meta.get("trained_on", ood.meta.get("data_hash"))}
     # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
-    result["fluency"] = fluency_section({n: ck[n] for n in MODELS}, samples, ev, test, train,
-                                        load_split(data_dir, "val"), clf,
+    result["fluency"] = fluency_section({n: models.ck[n] for n in MODELS}, samples, rows.ev, rows.test, rows.train,
+                                        load_split(data_dir, "val"), real_clf=metrics.clf,
                                         tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
     result["targets"] = check_targets(result)
     result["meta"]["wall_time_s"] = time.time() - t0
-    write_report(result, out_dir, model_dir=model_dir, ev=ev, samples=samples, clf=clf, review_filter=review_filter,
-                 scorer_extra=scorer_extra)
-    report = out_dir / "report.md"
+    write_report(result, paths.out_dir, model_dir=paths.model_dir, ev=rows.ev, samples=samples, clf=metrics.clf,
+                 review_filter=metrics.review_filter, scorer_extra=scorer_extra)
+    report = paths.out_dir / "report.md"
     write_local_atomic(report, report.read_text() + "\n" + fluency_markdown(result["fluency"]))
-    write_json_atomic(out_dir / "metrics.json", result)
-    log(f"report written to {out_dir} in {time.time() - t0:.0f}s")
+    write_json_atomic(paths.out_dir / "metrics.json", result)
+    log(f"report written to {paths.out_dir} in {time.time() - t0:.0f}s")
     return result
+
+
+def _load_models(paths: EvalPaths, c: EvalConfig, dev: torch.device, log: Log) -> EvalModels:
+    """Refit the scorer calibration first (when `c.recalibrate`), so the scorer loaded after it reads the
+    refit; then every checkpoint the evaluation samples from."""
+    calib = None
+    if c.recalibrate:
+        calib = refit_calibration(paths.model_dir, paths.data_dir, checkpoints=[paths.model_dir, paths.baseline_dir],
+                                  device=str(dev), max_rows=64 if c.fast else None, log=log)
+    ck = {"gan": load_checkpoint(paths.model_dir, dev), "mle": load_checkpoint(paths.baseline_dir, dev),
+          **{name: load_checkpoint(path, dev) for name, path in paths.compare.items()}}
+    scorer = Scorer.from_checkpoint(ck["gan"], str(dev))
+    ood = load_checkpoint(paths.ood_model_dir, dev) if paths.ood_model_dir is not None else None
+    return EvalModels(ck, calib or ck["gan"].calibration, scorer, ood)
+
+
+def _eval_rows(data_dir: str | Path, c: EvalConfig, log: Log) -> EvalRows:
+    """The evaluated rows of unseen test products and their reference pools (`split_eval_rows`)."""
+    train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
+    ev, ref = split_eval_rows(test, c.n_products, c.samples_per_product)
+    pools, pool_note = reference_pools(ev, ref)
+    conds, langs = conditions(ev), ev["language"].tolist()
+    keys = [f"{pid}:{i}" for i, pid in enumerate(ev["product_id"])]
+    log(f"evaluating on {len(ev)} test reviews of {ev['product_id'].nunique()} unseen products "
+        f"({dict(Counter(langs))}); {len(c.temperatures)} temperatures x {len(c.seeds)} seeds; {pool_note}")
+    return EvalRows(train, test, ev, ref, pools, pool_note, conds, langs, keys, ev["text"].astype(str).tolist())
+
+
+def _test_nll(ck: dict[str, Checkpoint], test: pd.DataFrame, nll_rows: int | None, dev: torch.device,
+              log: Log) -> tuple[dict[str, float], int]:
+    """Each model's teacher-forced test NLL (nats/token; independent of temperature) on all test reviews, or
+    on `nll_rows` of them drawn at random; and how many reviews it read."""
+    nll = {}
+    nll_df = test if nll_rows is None or len(test) <= nll_rows else test.sample(n=nll_rows, random_state=0)
+    for name, m in ck.items():
+        data = encode_frame(nll_df, m.tokenizer, m.categories)
+        bs = m.config.train.batch_size
+        tk = Tokens(pad_id=m.tokenizer.pad_id, eos_id=m.tokenizer.eos_id, prefix_len=m.tokenizer.prefix_len)
+        nll[name] = val_nll(m.generator, fixed_batches(data, bs, math.ceil(len(nll_df) / bs), dev), tk)
+    log(f"test NLL on {len(nll_df)} reviews: " + ", ".join(f"{n} {v:.4f}" for n, v in nll.items()) + " nats/token")
+    return nll, len(nll_df)
+
+
+class _TextMetrics:
+    """The per-text metrics of the sweep on the evaluated rows: quality, embeddings, condition match and the
+    production filter. Built once, as the condition classifiers and the human embeddings are shared."""
+
+    def __init__(self, rows: EvalRows, c: EvalConfig, gan: Checkpoint, log: Log):
+        self.rows = rows
+        self.clf = ConditionClassifiers(rows.train, max_rows=c.classifier_rows)
+        self.review_filter = evaluation_filter(gan.tokenizer, gan.ngram_path, c.copy_span)
+        self.emb = Embedder(c.embeddings, log)
+        self.h_emb = self.emb(rows.human)
+        self.title_emb = self.emb(rows.ev["product_title"].astype(str).tolist())
+        ref_sample = rows.ref.sample(n=min(len(rows.ref), len(rows.ev)), random_state=0)["text"].astype(str).tolist()
+        self.r_emb = self.emb(ref_sample)
+
+    def _conditions(self, texts: list[str]) -> dict[str, Any]:
+        ev = self.rows.ev
+        cls = self.clf.score(texts, ev["rating"].tolist(), ev["category"].astype(str).tolist(),
+                             ev["sentiment"].tolist(), self.rows.langs)
+        return {k: v for k, v in cls.items() if k != "rating_pred"}
+
+    def __call__(self, texts: list[str]) -> dict[str, Any]:
+        """Every metric of generated `texts` (one per evaluated row)."""
+        m = quality_metrics(texts, self.rows.langs, self.rows.pools)
+        m.update(embedding_metrics(self.emb(texts), self.h_emb, self.title_emb))
+        m.update(self._conditions(texts))
+        m.update(filter_metrics(filter_verdicts(self.review_filter, texts, self.rows.langs), texts))
+        return m
+
+    def human(self) -> dict[str, Any]:
+        """The same metrics of the real reviews (embeddings against the reference products' reviews)."""
+        human, langs = self.rows.human, self.rows.langs
+        m = quality_metrics(human, langs, self.rows.pools)
+        m.update(embedding_metrics(self.h_emb, self.r_emb, self.title_emb))
+        m.update(self._conditions(human))
+        m["copy_rate"] = filter_metrics(filter_verdicts(self.review_filter, human, langs), human)["copy_rate"]
+        return m
+
+
+def _sweep(ck: dict[str, Checkpoint], rows: EvalRows, c: EvalConfig, dev: torch.device,
+           score: Callable[[list[str]], dict[str, Any]],
+           log: Log) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, float], list[str]]]:
+    """`sweep_models` over every loaded model, each sampling the evaluated rows with its own tokenizer."""
+    def sample(name: str, temp: float, seed: int) -> list[str]:
+        return generate_texts(ck[name].generator, ck[name].tokenizer, rows.conds, rows.keys, seed=seed,
+                              temperature=temp, top_p=c.top_p, device=dev)
+
+    return sweep_models(list(ck), sample, list(c.temperatures), list(c.seeds), score, log)
+
+
+def _scorer_results(models: EvalModels, rows: EvalRows, samples: dict[tuple[str, float], list[str]], c: EvalConfig,
+                    dev: torch.device, log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`scorer_section` on the evaluated rows plus the extra test reviews the scorer reads (sampled at the
+    first seed), and the `--fakes` file when given."""
+    ck, tok, seed = models.ck, models.ck["gan"].tokenizer, c.seeds[0]
+    extra = extra_scorer_rows(rows.test, rows.ev, c.scorer_reviews)
+    x_conds, x_keys = conditions(extra), [f"{pid}:scorer:{i}" for i, pid in enumerate(extra["product_id"])]
+    if len(extra):
+        log(f"the scorer reads {len(extra)} more test reviews ({dict(Counter(extra['language']))}), "
+            f"{len(rows.ev) + len(extra)} in all")
+    sc_samples = {(name, temp): texts + (generate_texts(ck[name].generator, tok, x_conds, x_keys, seed=seed,
+                                                        temperature=temp, top_p=c.top_p, device=dev)
+                                         if len(extra) else [])
+                  for (name, temp), texts in samples.items() if name in MODELS}
+    scorer_rows = ScorerRows(rows.conds + x_conds, rows.human + extra["text"].astype(str).tolist(), rows.keys + x_keys)
+    scorer_m, scorer_extra = scorer_section(ck, models.scorer, scorer_rows, sc_samples,
+                                            temperatures=list(c.temperatures), train=rows.train,
+                                            n_base=c.n_baseline_train, seed=seed, dev=dev, log=log, ood=models.ood)
+    if c.fakes is not None:
+        scorer_m["fakes"] = fakes_section(models.scorer, c.fakes, seed=seed, log=log)
+    return scorer_m, scorer_extra
 
 
 def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
@@ -251,14 +335,16 @@ def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]
     return sweep, samples
 
 
-def run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temperatures, seeds, top_p, copy_span,
-             fast, emb, pool_note, device) -> dict[str, Any]:
-    """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol."""
-    history = read_history(Path(model_dir) / "metrics.jsonl")
+def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig, *, embeddings_available: bool,
+             device: str, nll_reviews: int) -> dict[str, Any]:
+    """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol, and the
+    compared and out-of-family models."""
+    history = read_history(paths.model_dir / "metrics.jsonl")
+    ck, train, test, ev = models.ck, rows.train, rows.test, rows.ev
     cfg = ck["gan"].config
     mauve_ok = importlib.util.find_spec("mauve") is not None
     return {
-        "model_dir": str(model_dir), "baseline_dir": str(baseline_dir), "data_dir": str(data_dir),
+        "model_dir": str(paths.model_dir), "baseline_dir": str(paths.baseline_dir), "data_dir": str(paths.data_dir),
         "model_version": ck["gan"].version, "baseline_version": ck["mle"].version, "device": device,
         "generator_params": count_params(ck["gan"].generator),
         "discriminator_params": count_params(ck["gan"].discriminator),
@@ -273,8 +359,21 @@ def run_meta(model_dir, baseline_dir, data_dir, ck, train, test, ev, ref, temper
         "data": {"train_reviews": len(train), "train_products": int(train["product_id"].nunique()),
                  "test_reviews": len(test), "test_products": int(test["product_id"].nunique()),
                  "evaluated_reviews": len(ev), "evaluated_products": int(ev["product_id"].nunique()),
-                 "reference_reviews": len(ref), "evaluated_by_language": dict(Counter(ev["language"]))},
-        "temperatures": list(temperatures), "seeds": list(seeds), "top_p": top_p, "copy_span": copy_span,
-        "fast": fast, "embeddings_available": bool(emb.available), "mauve_available": mauve_ok,
-        "reference_pools": pool_note,
+                 "reference_reviews": len(rows.ref), "evaluated_by_language": dict(Counter(ev["language"]))},
+        "temperatures": list(c.temperatures), "seeds": list(c.seeds), "top_p": c.top_p, "copy_span": c.copy_span,
+        "fast": c.fast, "embeddings_available": embeddings_available, "mauve_available": mauve_ok,
+        "reference_pools": rows.pool_note,
+        "nll_reviews": nll_reviews,
+        "compared": {name: {"model_dir": str(path), "version": ck[name].version}
+                     for name, path in paths.compare.items()},
+        "out_of_family": _out_of_family_meta(paths.ood_model_dir, models.ood),
     }
+
+
+def _out_of_family_meta(model_dir: str | Path | None, ood: Checkpoint | None) -> dict[str, Any] | None:
+    """The out-of-family generator's directory, version, size, config, seed and training data (None: none)."""
+    if ood is None:
+        return None
+    return {"model_dir": str(model_dir), "version": ood.version, "generator_params": count_params(ood.generator),
+            "generator_config": ood.config.to_dict()["generator"], "seed": ood.config.train.seed,
+            "trained_on": ood.meta.get("trained_on", ood.meta.get("data_hash"))}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import accuracy, auroc, brier, ece, ece_floor, f1, roc_curve, tpr_at_fpr
 from reviewgen.core.sampling import generate_texts
+from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import MODELS, Log
@@ -113,7 +115,7 @@ def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: in
     rows = train.sample(n=min(len(train), 2 * n), random_state=seed)
     real, fake_rows = rows.iloc[: len(rows) // 2], rows.iloc[len(rows) // 2:]
     fake, _ = sample_fakes([ck[name].generator for name in MODELS], ck["gan"].tokenizer, conditions(fake_rows),
-                           CALIBRATION_TEMPERATURES, seed, "tfidf")
+                           CALIBRATION_TEMPERATURES, seed=seed, key_prefix="tfidf")
     clf = make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
                         LogisticRegression(max_iter=1000, C=4.0))
     clf.fit(real["text"].astype(str).tolist() + fake, np.r_[np.ones(len(real)), np.zeros(len(fake))])
@@ -132,14 +134,22 @@ def _signal_aurocs(y: np.ndarray, sig: dict[str, np.ndarray]) -> dict[str, float
     return out
 
 
-def scorer_section(ck, scorer: Scorer, conds, human, keys, samples, temperatures, train, n_base, seed, dev,
-                   log, ood: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Scorer metrics per source and sampling setting, against the same real test reviews: the scorer's
-    p_human ("calibrated"), D alone (Platt "discriminator", raw "uncalibrated"), a TF-IDF baseline, and each
-    signal alone; plus raw arrays for plots. `ood`: the checkpoint of a generator the scorer never saw,
-    sampled at top-k 40 (source "out_of_family"; every other source is "own")."""
-    tok = ck["gan"].tokenizer
-    baseline = tfidf_real_vs_fake(ck, train, n_base, seed, log)
+@dataclass(frozen=True)
+class ScorerRows:
+    """The real test reviews the scorer section reads: each row's condition, its human text and the key
+    that fixes its sampling randomness."""
+
+    conds: list[Condition]
+    human: list[str]
+    keys: list[str]
+
+
+def _sampling_settings(ck: dict[str, Any], rows: ScorerRows, samples: dict[tuple[str, float], list[str]],
+                       temperatures: Sequence[float], *, seed: int, dev: Any,
+                       ood: Any = None) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """Per sampling setting label, its settings and texts: the sweep's own samples, the GAN at the unseen
+    decodings (top-p, top-k 40), and the out-of-family generator at top-k 40 when given."""
+    tok, conds, keys = ck["gan"].tokenizer, rows.conds, rows.keys
     settings: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for name in MODELS:
         for t in temperatures:
@@ -155,6 +165,19 @@ def scorer_section(ck, scorer: Scorer, conds, human, keys, samples, temperatures
                                top_k=OOD_TOP_K, device=dev)
         settings[f"ood@T=1,top_k={OOD_TOP_K}"] = ({"model": "ood", "temperature": 1.0, "top_k": OOD_TOP_K,
                                                   "top_p": 1.0}, texts)
+    return settings
+
+
+def scorer_section(ck: dict[str, Any], scorer: Scorer, rows: ScorerRows, samples: dict[tuple[str, float], list[str]],
+                   *, temperatures: Sequence[float], train: pd.DataFrame, n_base: int, seed: int, dev: Any, log: Log,
+                   ood: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Scorer metrics per source and sampling setting, against the same real test reviews: the scorer's
+    p_human ("calibrated"), D alone (Platt "discriminator", raw "uncalibrated"), a TF-IDF baseline, and each
+    signal alone; plus raw arrays for plots. `ood`: the checkpoint of a generator the scorer never saw,
+    sampled at top-k 40 (source "out_of_family"; every other source is "own")."""
+    conds, human = rows.conds, rows.human
+    baseline = tfidf_real_vs_fake(ck, train, n_base, seed, log)
+    settings = _sampling_settings(ck, rows, samples, temperatures, seed=seed, dev=dev, ood=ood)
     calib = scorer.calibration or {}
     fitted = set(calib.get("settings") or [f"T={t:g}" for t in calib.get("temperatures", [])])
     h = scorer.score_texts(conds, human)

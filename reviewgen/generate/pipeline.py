@@ -30,16 +30,14 @@ rejects and manifest but no ``_SUCCESS`` and fails, unless ``allow_empty``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray.data.context import DataContext, ShuffleStrategy
@@ -47,6 +45,7 @@ from ray.data.context import DataContext, ShuffleStrategy
 from reviewgen.core.watermark import Watermark
 from reviewgen.generate import catalog as cat
 from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
+from reviewgen.generate.blocks import PRODUCT_SCHEMA, as_previous, read_pieces, resolve_block, split_rows, todo_block
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.generate.run import (
     GenerationError,
@@ -61,7 +60,6 @@ from reviewgen.generate.run import (
     resolve_run_date,
     resolve_since,
     run_identity,
-    shard_of,
     shard_stats,
     since_run,
     start_state,
@@ -70,82 +68,7 @@ from reviewgen.generate.run import (
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.infra.storage import exists, filesystem, write_atomic
 
-PRODUCT_SCHEMA = pa.schema([("product_id", pa.string()), ("attr_hash", pa.string()), ("shard", pa.int64()),
-                            ("generate", pa.bool_()), ("source_file", pa.string()), ("source_row", pa.int64())])
-TALLY_DTYPES = {"status": "object", "reason": "object", "generate": "bool", "n": "int64"}
 ROWS_PER_PARTITION = 100_000  # dedupe shuffle: partitions = rows / this (1..200)
-
-
-# -- block functions (run in Ray tasks) ---------------------------------------------------------------
-
-def _read_pieces(batch: dict, mapping: dict, opts: dict):
-    for i in range(len(batch["path"])):
-        err = batch["error"][i]
-        yield from cat.read_piece(str(batch["path"][i]), int(batch["file_index"][i]), int(batch["row_group"][i]),
-                                  int(batch["first_row"][i]), None if err is None or err == "" else str(err),
-                                  mapping, **opts)
-
-
-def _as_previous(prev: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A previous run's (product_id, attr_hash) rows in the stage schema, marked status "previous"."""
-    n = prev.num_rows
-    cols = {f.name: pa.nulls(n, f.type) for f in schema}
-    cols.update(product_id=prev["product_id"], attr_hash=prev["attr_hash"], dkey=prev["product_id"],
-                status=pa.array(["previous"] * n, pa.string()))
-    return pa.table(cols, schema=schema)
-
-
-def _resolve_block(df: pd.DataFrame, schema: pa.Schema, stage_uri: str) -> pd.DataFrame:
-    """One hash partition (every row of an id is here): duplicates rejected, first (file, row) wins;
-    `generate` = valid and new or changed since the previous run. Writes the partition's rows to the
-    work dir under a name fixed by its content (a retried task rewrites the same file) and returns its
-    tally of (status, reason, generate) counts."""
-    previous = df["status"] == "previous"
-    prev_hash = dict(zip(df.loc[previous, "product_id"], df.loc[previous, "attr_hash"]))
-    cur = cat.mark_duplicates(df[~previous])
-    if cur.empty:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in TALLY_DTYPES.items()})
-    ok = cur["status"] == "ok"
-    cur["generate"] = ok & pd.Series([prev_hash.get(p) != h for p, h in zip(cur["product_id"], cur["attr_hash"])],
-                                     index=cur.index, dtype=bool)
-    cur["target_rating"] = cur["target_rating"].astype("Int64")
-    name = hashlib.sha256(cur[["file_index", "source_row"]].to_numpy(dtype="int64").tobytes()).hexdigest()[:20]
-    fs, stage = filesystem(stage_uri)
-    write_atomic(fs, join(stage, f"rows-{name}.parquet"),
-                 pa.Table.from_pandas(cur[schema.names], schema=schema, preserve_index=False))
-    t = cur.assign(reason=cur["reason"].fillna("")).groupby(["status", "reason", "generate"]).size()
-    return t.reset_index(name="n").astype(TALLY_DTYPES)
-
-
-def _split_rows(batch: dict, n_shards: int, run_id: str, part_uri: str) -> pd.DataFrame:
-    """Per work-dir file: valid rows (with their shard) -> products/, rejected rows -> rejects/, each
-    written atomically under the file's name; returns the distinct shards that have products."""
-    fs, part = filesystem(part_uri)
-    shards: set[int] = set()
-    for path in batch["path"]:
-        path = str(path)
-        src_fs, src = filesystem(path)
-        df = pq.read_table(src, filesystem=src_fs).to_pandas()
-        stem = path.rsplit("/", 1)[1][5:-8]
-        ok = df[df["status"] == "ok"]
-        shard = [shard_of(p, n_shards) if g else -1 for p, g in zip(ok["product_id"], ok["generate"])]
-        shards.update(shard)
-        write_atomic(fs, join(part, "products", f"products-{stem}.parquet"), pa.Table.from_pandas(
-            ok.assign(shard=shard)[PRODUCT_SCHEMA.names], schema=PRODUCT_SCHEMA, preserve_index=False))
-        bad = df[df["status"] != "ok"]
-        rej = pd.DataFrame({"stage": ["read" if r == "unreadable_file" else "catalog" for r in bad["reason"]],
-                            "reason": bad["reason"], "product_id": bad["product_id"], "review_id": None,
-                            "review_index": None, "source_file": bad["source_file"], "text": None, "score": None,
-                            "raw": bad["raw"], "run_id": run_id, "source_row": bad["source_row"]})
-        write_atomic(fs, join(part, "rejects", f"catalog-{stem}.parquet"),
-                     pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False))
-    return pd.DataFrame({"shard": sorted(shards - {-1})}, dtype="int64")
-
-
-def _todo_block(df: pd.DataFrame, n_shards: int, skip: frozenset, columns: list[str]) -> pd.DataFrame:
-    todo = df[(df["status"] == "ok") & df["generate"].fillna(False).astype(bool)]
-    todo = todo.assign(shard=[shard_of(p, n_shards) for p in todo["product_id"]])
-    return todo[~todo["shard"].isin(skip)][[*columns, "shard"]]
 
 
 # -- driver helpers -----------------------------------------------------------------------------------
@@ -196,6 +119,41 @@ def _num_actors(cfg: GenerateConfig, pending: int) -> tuple[int, dict[str, Any]]
 
 # -- the run ------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one run reads: its settings, model, output partition and identity, its inputs
+    with the catalog mapping and rating distribution, the previous run's products (for --since) and the
+    watermark."""
+
+    cfg: GenerateConfig
+    model_dir: str | Path
+    model_version: str
+    fs: Any
+    part: str
+    run_id: str
+    run_date: str
+    inputs: list[dict]
+    mapping: dict
+    dist: list[float]
+    prev_products: str | None
+    watermark: Watermark | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The catalog's tallies after reading, and the shards: all that have products, those a previous
+    attempt finished, and those still to generate."""
+
+    n_in: int
+    n_valid: int
+    n_todo: int
+    catalog_reasons: Counter
+    n_shards: int
+    expected: set[int]
+    done: set[int]
+    pending: list[int]
+
+
 def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Path,
                    config: GenerateConfig | None = None, *, run_date: str | None = None, since: str | None = None,
                    force: bool = False, log: Callable[[str], None] = print,
@@ -216,14 +174,9 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
     t_start = time.perf_counter()
     cfg = config or GenerateConfig()
     run_date = resolve_run_date(run_date)
-    keep = list(cfg.catalog.keep_columns)
-    clash = set(keep) & {n for n, _ in REVIEW_FIELDS}
-    if clash:
-        raise GenerationError(f"--keep-columns {sorted(clash)} clash with output columns")
+    _check_keep_columns(cfg)
     model_version, model, ngram_n = model_info(model_dir)
-    span = cfg.filter.max_copy_span
-    if ngram_n is not None and span is not None and cfg.filter.check_copy and span < ngram_n:
-        raise GenerationError(f"--max-copy-span {span} is below the model's n-gram size {ngram_n}")
+    _check_copy_span(cfg, ngram_n)
     dist, dist_src = rating_distribution(model, cfg.sampling.rating_distribution)
     mapping = cat.resolve_mapping(cfg.catalog.mapping)
     inputs = list_inputs([str(c) for c in catalogs])
@@ -246,9 +199,10 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
         {"run_id": run_id, "run_date": run_date, "model_version": model_version, "settings": settings},
         indent=2, default=str).encode())
     ensure_ray(log=log)
+    run = _Run(cfg, model_dir, model_version, fs, part, run_id, run_date, inputs, mapping, dist, prev_products,
+               watermark)
     with DataContext.current(_scoped_context()):
-        summary = _execute(cfg, model_dir, model_version, fs, part, run_id, run_date, inputs, mapping, dist,
-                           prev_products, log, t_start, watermark)
+        summary = _execute(run, log, t_start)
     summary_doc = {"run_id": run_id, "run_date": run_date, "inputs": inputs,
                    "model": {"dir": str(Path(model_dir).resolve()), "version": model_version,
                              "data_hash": model["meta"].get("data_hash"), "rating_distribution_source": dist_src,
@@ -257,32 +211,76 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
                    "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     remove_stale_temps(fs, part)
     write_atomic(fs, join(part, "manifest.json"), json.dumps(summary_doc, indent=2, default=str).encode())
-    c = summary["counts"]
-    empty = c["products_valid"] == 0 or (c["reviews_generated"] > 0 and c["reviews_accepted"] == 0)
     log(summary_table(summary))
-    if empty and not cfg.allow_empty:
-        why = "no valid product in the catalog" if c["products_valid"] == 0 else "no review passed the filter"
-        raise GenerationError(
-            f"{part}: {why}"
-            f" ({c['products_in']} rows in, {c['reviews_generated']} reviews generated); rejects and manifest.json "
-            "are written, _SUCCESS is not (--allow-empty accepts an empty run)")
-    write_atomic(fs, join(part, "_SUCCESS"), b"")
+    _finish(run, summary)
     return summary
 
 
-def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, run_id: str, run_date: str,
-             inputs: list[dict], mapping: dict, dist: list[float], prev_products: str | None,
-             log: Callable[[str], None], t_start: float, watermark: Watermark | None = None) -> dict[str, Any]:
+def _check_keep_columns(cfg: GenerateConfig) -> None:
+    """GenerationError when a kept catalog column would overwrite a column of the output reviews."""
+    clash = set(cfg.catalog.keep_columns) & {n for n, _ in REVIEW_FIELDS}
+    if clash:
+        raise GenerationError(f"--keep-columns {sorted(clash)} clash with output columns")
+
+
+def _check_copy_span(cfg: GenerateConfig, ngram_n: int | None) -> None:
+    """GenerationError when the copy check's span is below the model's n-gram size: the index cannot see
+    shorter copies, so such a span would promise a check the run cannot make."""
+    span = cfg.filter.max_copy_span
+    if ngram_n is not None and span is not None and cfg.filter.check_copy and span < ngram_n:
+        raise GenerationError(f"--max-copy-span {span} is below the model's n-gram size {ngram_n}")
+
+
+def _finish(run: _Run, summary: dict[str, Any]) -> None:
+    """Write _SUCCESS, last; GenerationError instead when the run is empty (no valid product, or no review
+    passed the filter) and the config does not allow that."""
+    c = summary["counts"]
+    empty = c["products_valid"] == 0 or (c["reviews_generated"] > 0 and c["reviews_accepted"] == 0)
+    if empty and not run.cfg.allow_empty:
+        why = "no valid product in the catalog" if c["products_valid"] == 0 else "no review passed the filter"
+        raise GenerationError(
+            f"{run.part}: {why}"
+            f" ({c['products_in']} rows in, {c['reviews_generated']} reviews generated); rejects and manifest.json "
+            "are written, _SUCCESS is not (--allow-empty accepts an empty run)")
+    write_atomic(run.fs, join(run.part, "_SUCCESS"), b"")
+
+
+def _execute(run: _Run, log: Callable[[str], None], t_start: float) -> dict[str, Any]:
+    """The stages of a run that is not a no-op, timed: read and dedupe, plan the shards, generate, count."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    stage, tally = _read_catalog(run, log)
+    timings["read_validate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plan = _plan_shards(run, stage, tally)
+    timings["plan"] = time.perf_counter() - t0
+    log(f"catalog: {plan.n_in} rows -> {plan.n_valid} valid, {plan.n_in - plan.n_valid} rejected; {plan.n_todo} "
+        f"products to generate in {plan.n_shards} shards ({len(plan.done)} already done, {len(plan.pending)} pending)")
+    t0 = time.perf_counter()
+    stage_t = _generate_shards(run, plan, stage, log)
+    timings["generate_stage"] = time.perf_counter() - t0
+    for k in ("generate", "score", "filter", "write"):
+        timings[f"actor_{k}"] = float(stage_t.get(f"t_{k}", 0.0))
+    t0 = time.perf_counter()
+    counts = _final_counts(run, plan, stage_t)
+    timings["finalize"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    gen_t = timings["generate_stage"]
+    return {"run_id": run.run_id, "run_date": run.run_date, "partition": run.part, "noop": False,
+            "model_version": run.model_version, "counts": counts,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "reviews_per_s": round(counts["reviews_generated_this_invocation"] / gen_t, 2) if gen_t > 0 else 0.0}
+
+
+def _read_catalog(run: _Run, log: Callable[[str], None]) -> tuple[str, Counter]:
+    """Read, validate and dedupe (comparing with --since) into _work/catalog/, every row with its final
+    status; the tasks return only per-partition tallies. Returns (the work dir, the tally)."""
+    cfg, fs, part = run.cfg, run.fs, run.part
     keep = list(cfg.catalog.keep_columns)
     schema = cat.stage_schema(keep)
     opts = dict(keep_columns=keep, language_column=cfg.catalog.language_column,
                 default_language=cfg.catalog.language, rating_column=cfg.catalog.rating_column)
-    timings: dict[str, float] = {}
-
-    # 1. read, validate, dedupe (and compare with --since) -> _work/catalog/, every row with its final status;
-    #    the tasks return only per-partition tallies
-    t0 = time.perf_counter()
-    tasks, footer_rows = _read_plan(inputs, log)
+    tasks, footer_rows = _read_plan(run.inputs, log)
     stage = join(part, "_work", "catalog")
     for d in (stage, join(part, "products")):
         if exists(fs, d):
@@ -292,21 +290,24 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
     tally: Counter = Counter()
     if tasks:
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
-            _read_pieces, batch_size=1, batch_format="numpy", fn_args=(mapping, opts))
-        if prev_products:
-            ds = ds.union(ray.data.read_parquet(prev_products).select_columns(["product_id", "attr_hash"]).map_batches(
-                _as_previous, batch_size=None, batch_format="pyarrow", fn_args=(schema,)))
+            read_pieces, batch_size=1, batch_format="numpy", fn_args=(run.mapping, opts))
+        if run.prev_products:
+            ds = ds.union(ray.data.read_parquet(run.prev_products).select_columns(["product_id", "attr_hash"])
+                          .map_batches(as_previous, batch_size=None, batch_format="pyarrow", fn_args=(schema,)))
         parts = max(1, min(200, footer_rows // ROWS_PER_PARTITION + 1))
         # a hash repartition by key emits each partition as unsplit blocks (what map_groups relies on), so
-        # one call of _resolve_block sees every row of an id and dedupes it vectorised, not per group
+        # one call of resolve_block sees every row of an id and dedupes it vectorised, not per group
         tallies = ds.repartition(parts, keys=["dkey"]).map_batches(
-            _resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema, _uri(fs, stage)))
+            resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema, _uri(fs, stage)))
         for t in tallies.iter_rows():  # a few rows per partition
             tally[(t["status"], t["reason"], bool(t["generate"]))] += int(t["n"])
-    timings["read_validate"] = time.perf_counter() - t0
+    return stage, tally
 
-    # 2. counts, then products/ (with shards) and rejects/catalog-*.parquet, one task per work file
-    t0 = time.perf_counter()
+
+def _plan_shards(run: _Run, stage: str, tally: Counter) -> _Plan:
+    """Counts from the tally, then products/ (with shards) and rejects/catalog-*.parquet, one task per
+    work file; the shards already written by an earlier attempt are done."""
+    fs, part = run.fs, run.part
     n_in = sum(tally.values())
     n_valid = sum(n for (s, _, _), n in tally.items() if s == "ok")
     n_todo = sum(n for (s, _, g), n in tally.items() if s == "ok" and g)
@@ -314,70 +315,70 @@ def _execute(cfg: GenerateConfig, model_dir, model_version: str, fs, part: str, 
     for (s, r, _), n in tally.items():
         if s != "ok":
             catalog_reasons[r] += n
-    n_shards = n_shards_for(n_todo, cfg.sharding.products_per_shard)
+    n_shards = n_shards_for(n_todo, run.cfg.sharding.products_per_shard)
     work_files = list_files(fs, stage, "rows-")
     expected: set[int] = set()
     if work_files:
         split = ray.data.from_items([{"path": _uri(fs, p)} for p in work_files], override_num_blocks=len(work_files))
-        for r in split.map_batches(_split_rows, batch_size=1, batch_format="numpy",
-                                   fn_args=(n_shards, run_id, _uri(fs, part))).iter_rows():
+        for r in split.map_batches(split_rows, batch_size=1, batch_format="numpy",
+                                   fn_args=(n_shards, run.run_id, _uri(fs, part))).iter_rows():
             expected.add(int(r["shard"]))
     else:  # nothing was read: the tables still exist, empty, with their schemas
         write_atomic(fs, join(part, "products", "products-empty.parquet"), PRODUCT_SCHEMA.empty_table())
         write_atomic(fs, join(part, "rejects", "catalog-empty.parquet"), REJECT_SCHEMA.empty_table())
     done = set(shard_stats(fs, part)) & expected
-    pending = sorted(expected - done)
-    timings["plan"] = time.perf_counter() - t0
-    log(f"catalog: {n_in} rows -> {n_valid} valid, {n_in - n_valid} rejected; {n_todo} products to generate "
-        f"in {n_shards} shards ({len(done)} already done, {len(pending)} pending)")
+    return _Plan(n_in, n_valid, n_todo, catalog_reasons, n_shards, expected, done, sorted(expected - done))
 
-    # 3. generate: one map_groups call per shard on the actor pool
-    t0 = time.perf_counter()
+
+def _generate_shards(run: _Run, plan: _Plan, stage: str, log: Callable[[str], None]) -> Counter:
+    """One map_groups call per pending shard on the actor pool; returns the actors' summed stage timings
+    and review counts."""
     stage_t: Counter = Counter()
-    if pending:
-        num_actors, res = _num_actors(cfg, len(pending))
-        job = ShardJob(cfg, run_id, model_version, str(Path(model_dir).resolve()), _uri(fs, part), tuple(dist),
-                       watermark)
-        columns = list(dict.fromkeys(["product_id", "title", "category", "language", "target_rating",
-                                      "source_file", "source_row", *keep]))
-        todo = ray.data.read_parquet(_uri(fs, stage)).map_batches(_todo_block, batch_size=None, batch_format="pandas",
-                                fn_args=(n_shards, frozenset(done), columns))
-        stats = todo.groupby("shard", num_partitions=max(1, min(len(pending), 4 * num_actors))).map_groups(
-            GeneratorActor, compute=ray.data.ActorPoolStrategy(size=num_actors), fn_constructor_args=(job,),
-            batch_format="pandas", **res)
-        log(f"generating: {len(pending)} shards on {num_actors} actor(s) ({'GPU' if 'num_gpus' in res else 'CPU'})")
-        for row in stats.iter_rows():  # one small stats row per shard
-            stage_t.update({k: row[k] for k in ("generated", "t_generate", "t_score", "t_filter", "t_write")})
-    timings["generate_stage"] = time.perf_counter() - t0
-    for k in ("generate", "score", "filter", "write"):
-        timings[f"actor_{k}"] = float(stage_t.get(f"t_{k}", 0.0))
+    if not plan.pending:
+        return stage_t
+    keep = list(run.cfg.catalog.keep_columns)
+    num_actors, res = _num_actors(run.cfg, len(plan.pending))
+    job = ShardJob(run.cfg, run.run_id, run.model_version, str(Path(run.model_dir).resolve()),
+                   _uri(run.fs, run.part), tuple(run.dist), run.watermark)
+    columns = list(dict.fromkeys(["product_id", "title", "category", "language", "target_rating",
+                                  "source_file", "source_row", *keep]))
+    todo = ray.data.read_parquet(_uri(run.fs, stage)).map_batches(
+        todo_block, batch_size=None, batch_format="pandas", fn_args=(plan.n_shards, frozenset(plan.done), columns))
+    stats = todo.groupby("shard", num_partitions=max(1, min(len(plan.pending), 4 * num_actors))).map_groups(
+        GeneratorActor, compute=ray.data.ActorPoolStrategy(size=num_actors), fn_constructor_args=(job,),
+        batch_format="pandas", **res)
+    log(f"generating: {len(plan.pending)} shards on {num_actors} actor(s) "
+        f"({'GPU' if 'num_gpus' in res else 'CPU'})")
+    for row in stats.iter_rows():  # one small stats row per shard
+        stage_t.update({k: row[k] for k in ("generated", "t_generate", "t_score", "t_filter", "t_write")})
+    return stage_t
 
-    # 4. counts from the shard files' footers
-    t0 = time.perf_counter()
+
+def _final_counts(run: _Run, plan: _Plan, stage_t: Counter) -> dict[str, Any]:
+    """The run's counts from the shard files' footers; GenerationError when a shard has no output or the
+    rows do not add up. Removes the work dir."""
+    fs, part = run.fs, run.part
     per_shard = shard_stats(fs, part)
-    missing = sorted(expected - set(per_shard))
+    missing = sorted(plan.expected - set(per_shard))
     if missing:
         raise GenerationError(f"shards {missing[:10]} have no output after the generation stage; rerun to resume")
     reasons = Counter()
-    for s in expected:
+    for s in plan.expected:
         reasons.update(per_shard[s].get("rejects_by_reason", {}))
-    accepted = sum(per_shard[s]["accepted"] for s in expected)
+    accepted = sum(per_shard[s]["accepted"] for s in plan.expected)
     fs.delete_dir(join(part, "_work"))
-    if not expected:  # no shard: an empty reviews table still gives readers the directory and its schema
-        write_atomic(fs, join(part, "reviews", "empty.parquet"), review_schema(keep).empty_table())
+    if not plan.expected:  # no shard: an empty reviews table still gives readers the directory and its schema
+        write_atomic(fs, join(part, "reviews", "empty.parquet"),
+                     review_schema(list(run.cfg.catalog.keep_columns)).empty_table())
+    n_in, n_valid, n_todo = plan.n_in, plan.n_valid, plan.n_todo
     counts = {"products_in": n_in, "products_valid": n_valid, "products_rejected": n_in - n_valid,
-              "products_unchanged": n_valid - n_todo, "products_to_generate": n_todo, "shards": n_shards,
-              "shards_resumed": len(done), "files_unreadable": catalog_reasons.get("unreadable_file", 0),
+              "products_unchanged": n_valid - n_todo, "products_to_generate": n_todo, "shards": plan.n_shards,
+              "shards_resumed": len(plan.done), "files_unreadable": plan.catalog_reasons.get("unreadable_file", 0),
               "reviews_generated": accepted + sum(reasons.values()), "reviews_accepted": accepted,
               "reviews_rejected": sum(reasons.values()),
               "reviews_generated_this_invocation": int(stage_t.get("generated", 0)),
-              "catalog_rejects_by_reason": dict(sorted(catalog_reasons.items())),
+              "catalog_rejects_by_reason": dict(sorted(plan.catalog_reasons.items())),
               "review_rejects_by_reason": dict(sorted(reasons.items()))}
     if counts["products_in"] != counts["products_valid"] + counts["products_rejected"]:
         raise GenerationError(f"row accounting failed: {counts}")
-    timings["finalize"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    gen_t = timings["generate_stage"]
-    return {"run_id": run_id, "run_date": run_date, "partition": part, "noop": False, "model_version": model_version,
-            "counts": counts, "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "reviews_per_s": round(counts["reviews_generated_this_invocation"] / gen_t, 2) if gen_t > 0 else 0.0}
+    return counts

@@ -156,7 +156,7 @@ def as_setting(s: float | SamplingSetting) -> SamplingSetting:
 
 
 def sample_fake_sources(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],
-                        settings: Sequence[float | SamplingSetting], seed: int, key_prefix: str,
+                        settings: Sequence[float | SamplingSetting], *, seed: int, key_prefix: str,
                         n: int | None = None) -> list[tuple[int, SamplingSetting, list[str], list[Condition]]]:
     """`sample_fakes` kept apart by source: [(generator index, setting, texts, conditions)]."""
     if not conds or not generators or not settings:
@@ -177,14 +177,14 @@ def sample_fake_sources(generators: Sequence[Any], tok: ReviewTokenizer, conds: 
 
 
 def sample_fakes(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],
-                 temperatures: Sequence[float | SamplingSetting], seed: int, key_prefix: str,
+                 temperatures: Sequence[float | SamplingSetting], *, seed: int, key_prefix: str,
                  n: int | None = None) -> tuple[list[str], list[Condition]]:
     """`n` generated reviews (default: one per condition) spread evenly over every (generator, sampling
     setting) pair, each for a condition taken in turn from `conds`: the negatives of the scorer's
     calibration and of evaluation's TF-IDF baseline. A setting is a `SamplingSetting` or a plain
     temperature. Sample i of pair (g, s) is keyed `{key_prefix}:{g}:{s}:{i}`, so the same call gives the
     same texts. Each generator samples on its own device."""
-    parts = sample_fake_sources(generators, tok, conds, temperatures, seed, key_prefix, n)
+    parts = sample_fake_sources(generators, tok, conds, temperatures, seed=seed, key_prefix=key_prefix, n=n)
     return [t for p in parts for t in p[2]], [c for p in parts for c in p[3]]
 
 
@@ -205,7 +205,7 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
         raise ValueError("calibrate: no validation reviews to calibrate on")
     conds = conditions(df)
     real_texts = df["text"].astype(str).tolist()
-    parts = sample_fake_sources(generators, tok, conds, temperatures, seed, key_prefix,
+    parts = sample_fake_sources(generators, tok, conds, temperatures, seed=seed, key_prefix=key_prefix,
                                 n=max(1, fakes_per_review) * len(conds))
     fake_texts = [t for p in parts for t in p[2]]
     fake_conds = [c for p in parts for c in p[3]]

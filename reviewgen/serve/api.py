@@ -160,11 +160,9 @@ class ScoreResponse(BaseModel):
     results: list[ReviewScore]
 
 
-def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> FastAPI:
-    """The FastAPI app for one replica; `token` turns on bearer auth for all but /healthz and /readyz."""
-    _, ScoreRequest = make_models(cfg)
-    app = FastAPI(title="reviewgen scorer", version="1",
-                  description="Scores product reviews: calibrated p_human, predicted rating, copy/PII flags.")
+def _add_error_handlers(app: FastAPI) -> None:
+    """Answer validation errors, HTTP errors and an unavailable backend in the one error body of the API
+    (`error_response`), with the fields at fault and, where a retry helps, Retry-After."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -182,13 +180,22 @@ def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> Fast
                   if exc.status_code in (400, 413) else None)
         return error_response(exc.status_code, code, str(exc.detail), fields, headers=getattr(exc, "headers", None))
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+
+def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> FastAPI:
+    """The FastAPI app for one replica; `token` turns on bearer auth for all but /healthz and /readyz."""
+    _, ScoreRequest = make_models(cfg)
+    app = FastAPI(title="reviewgen scorer", version="1",
+                  description="Scores product reviews: calibrated p_human, predicted rating, copy/PII flags.")
+
+    _add_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.get("/readyz")
     async def readyz():

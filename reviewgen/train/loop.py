@@ -82,7 +82,7 @@ class StepLog:
         self._write("\n".join(self.lines) + ("\n" if self.lines else ""))
 
 
-def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int,
+def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int, *,
                     budget_left: float | None = None) -> str:
     """One progress line: phase, step, losses, throughput, ETA (and the time budget left, if any)."""
     # the latest step's time: phases cost very differently per step, so a run-long average misleads
@@ -134,7 +134,7 @@ def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict],
             if res.step % t.log_every == 0 or res.phase_done:
                 sink.progress(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
                                               time.time() - t0, total - trainer.global_step,
-                                              None if deadline is None else deadline - time.time()))
+                                              budget_left=None if deadline is None else deadline - time.time()))
         out_of_time = deadline is not None and sink.agree(time.time() > deadline)
         baseline = res.phase_done and res.phase == "mle"
         if baseline or res.phase_done or res.step % t.checkpoint_every == 0 or out_of_time:

@@ -75,7 +75,7 @@ def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
 class RayTrainSink:
     """Ray Train reporting for `run_loop`: rank 0 owns the step log (in storage) and the checkpoints."""
 
-    def __init__(self, rank: int, world: int, device, storage: str, name: str, keep_through_step: int,
+    def __init__(self, rank: int, world: int, device, storage: str, name: str, *, keep_through_step: int,
                  relay=None, tracker=None):
         self.is_chief, self.world, self.device = rank == 0, world, device
         self.relay = relay  # the driver's console (reviewgen.infra.progress); None: the worker's log
@@ -198,8 +198,8 @@ def train_loop(c: dict) -> dict:
     batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
     # rank 0 logs to the driver's MLflow run (reviewgen.infra.tracking), when one was started
     tracker = Tracker.attach(*c["tracking"]) if c.get("tracking") and rank == 0 else None
-    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], trainer.global_step, c.get("progress"),
-                        tracker)
+    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], keep_through_step=trainer.global_step,
+                        relay=c.get("progress"), tracker=tracker)
     val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
     settings = LoopSettings(deadline=c["deadline"], stop_after_phase=c["stop_after_phase"], data_hash=c["data_hash"],
                             resumes=int(run.get("resumes", -1)) + 1 if run else 0,

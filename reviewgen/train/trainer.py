@@ -246,7 +246,8 @@ class GANTrainer:
             prompts = batch["ids"][:: t.group_size][:n_prompts, :P]
             fake = self.sample_fakes(prompts, repeats=t.group_size)
             terminal, terms = self._condition_rewards(batch, fake)
-            m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, t, self.tk, terminal=terminal)
+            m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, cfg=t, tk=self.tk,
+                                 terminal=terminal)
             m.update(terms)
             for _ in range(t.d_steps_per_g_step):
                 d_fake = self._replay_mix(fake[: batch["ids"].shape[0]])
