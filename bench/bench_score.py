@@ -1,4 +1,4 @@
-"""In-process scoring throughput (issue 11): the scorer before (D alone, Platt-calibrated) and after (D, G
+"""In-process scoring throughput: the scorer before (D alone, Platt-calibrated) and after (D, G
 and the MLE reference, combined by the detector), on the same real reviews, model and batches.
 
 Before = D over fixed-width batches in input order + `apply_calibration`, exactly what `Scorer.score`

@@ -2,7 +2,7 @@
 bench_sampling (same random models, batch, prefix and new tokens, default precision), detection throughput on
 token sequences with the z-scores of unrelated random sequences as a check of the null, and, when the `make
 demo` model (runs/demo/model) and the shared corpora (../shared/data) are there, the (gamma, delta) grid that
-chose the defaults (issue 24, point 6), per language:
+chose the defaults, per language:
 
 - false positives on every real review of ../shared/data at each gamma (delta plays no part in detection);
 - the demo model's reviews of test-split conditions, sampled as the nightly job samples (GenerateConfig's
@@ -372,7 +372,7 @@ if __name__ == "__main__":
                 "wall_s": round(time.perf_counter() - t0, 1), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
         (out / "results.json").write_text(json.dumps(dict(meta, result=res), indent=2, default=str))
         (out / "results.md").write_text("\n".join(
-            ["# Watermark bench (issue 24)", "", f"`{cmd}` at {meta['date']}, {meta['wall_s']} s, torch threads "
+            ["# Watermark bench", "", f"`{cmd}` at {meta['date']}, {meta['wall_s']} s, torch threads "
              f"{res['torch_threads']}, load average {res['loadavg_before'][0]:.2f} -> {res['loadavg_after'][0]:.2f}.",
              ""] + markdown(res)) + "\n")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
