@@ -1,4 +1,4 @@
-"""Nightly generation at catalog scale (issue 10): driver peak memory and end-to-end reviews/s of the
+"""Nightly generation at catalog scale: driver peak memory and end-to-end reviews/s of the
 streaming Ray Data pipeline, against the in-process rate of the same generate + score + filter + write.
 
 Catalogs of 10^4 and 10^6 rows (10^3 and 10^5 with --quick): `valid` unique products (10^4 by default;

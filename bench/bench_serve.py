@@ -1,4 +1,4 @@
-"""Ray Serve scoring measured against Serve's own ceiling (issue 14), and under failure (issue 15).
+"""Ray Serve scoring measured against Serve's own ceiling, and under failure.
 
 In one run, on one local Ray, with one client (Python threads, one keep-alive httpx connection each, a
 fixed duration per level):
@@ -14,10 +14,10 @@ fixed duration per level):
 Levels: single-review requests at concurrency 1, 8 and 32 on the no-op and ours; 32-review requests at
 concurrency 8 on ours; single-review requests at concurrency 1 on the unbatched path.
 
-Goals (issue 14): ours >= 80% of the no-op's request rate at each concurrency; ours' p50 at concurrency 1
+Goals: ours >= 80% of the no-op's request rate at each concurrency; ours' p50 at concurrency 1
 within 3 ms of the unbatched path's; 32-review requests reach >= 70% of the in-process reviews/s.
 
-Failure events (issue 15), two model replicas, concurrency 8, single reviews, 30 s (10 s with --quick):
+Failure events, two model replicas, concurrency 8, single reviews, 30 s (10 s with --quick):
 `ray.kill` of one model replica a third of the way in; a rollout to another model version (same weights,
 another calibration bias) a third of the way in. Goals: success 100% (>= 99.9% at the least) and p99
 during the event window (from the event until 10 s after it ends) <= 3x the steady p99 (before it).

@@ -1,4 +1,4 @@
-"""Ray Train data-parallel throughput (issue 4): MLE-phase tokens/s for 1 and 2 workers, scaling efficiency.
+"""Ray Train data-parallel throughput: MLE-phase tokens/s for 1 and 2 workers, scaling efficiency.
 
 Each run is a small `TorchTrainer` whose workers build the same `GANTrainer` as `train_local` (G and D
 wrapped by `ray.train.torch.prepare_model`, i.e. DDP over gloo on CPU), run `WARMUP` MLE steps, then time

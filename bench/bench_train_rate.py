@@ -1,4 +1,4 @@
-"""Training at the rate the hardware gives (issue 14): the real entry points against timed steps.
+"""Training at the rate the hardware gives: the real entry points against timed steps.
 
 On configs/demo.yaml's model, batch and data, with every process on the same torch thread count T (the
 bench's): MLE-phase loss tokens/s (non-pad review tokens, what the loss is taken over) of
