@@ -1,4 +1,4 @@
-"""End to end on a real local two-node Ray cluster (issue 7): the operator's scripts, in order.
+"""End to end on a real local two-node Ray cluster: the operator's scripts, in order.
 
 cluster_up.sh (head + 1 worker, token auth) -> submit.sh train (Ray Train, 2 workers) -> submit.sh nightly
 (Ray Data generation against the trained model; a second submission for the same date is a no-op) ->
