@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
-from reviewgen.core.lora import is_adapter_key, share_base
+from reviewgen.core.lora import has_adapters, is_adapter_key, merged_state_dict, share_base
 from reviewgen.core.models import Discriminator, Generator, init_weights, rope_tables
 
 
@@ -86,3 +86,9 @@ def discriminator_from_state(cfg: DiscriminatorConfig, prefix_len: int, pad_id: 
 def discriminator_on(G: Generator, cfg: DiscriminatorConfig, prefix_len: int, pad_id: int) -> Discriminator:
     """D whose trunk is G's frozen base (the same tensors), with fresh heads and adapters."""
     return discriminator_from_state(cfg, prefix_len, pad_id, {}, share_with=G)
+
+
+def trunk_state(G: Generator) -> dict[str, torch.Tensor]:
+    """G's weights a discriminator of its own (not sharing G's base) starts from: adapters merged in, no LM head."""
+    sd = merged_state_dict(G) if has_adapters(G) else G.state_dict()
+    return {k: v for k, v in sd.items() if k != "lm_head.weight"}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from reviewgen.core.build import discriminator_on, generator_from_state
+from reviewgen.core.build import discriminator_on, generator_from_state, trunk_state
 from reviewgen.core.config import GeneratorConfig, RunConfig
 from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.hf import IGNORED_SUFFIXES, HFFormatError, from_hf, hf_key, read_config, weight_rules
@@ -85,8 +85,7 @@ class HFInit:
         if cfg.discriminator.lora.enabled:
             return discriminator_on(G, cfg.discriminator, cfg.tokenizer.prefix_len, self.tokenizer.pad_id)
         D = Discriminator(cfg.discriminator, cfg.tokenizer.prefix_len, self.tokenizer.pad_id)
-        trunk = {k: v for k, v in G.state_dict().items() if k != "lm_head.weight" and not is_adapter_key(k)}
-        _load(D, trunk, allowed_missing=Discriminator.HEADS, where=self.base.path)  # a copy: D trains its own
+        _load(D, trunk_state(G), allowed_missing=Discriminator.HEADS, where=self.base.path)  # a copy: D trains its own
         return D
 
 

@@ -19,13 +19,13 @@ from typing import Any, Callable
 import torch
 
 from reviewgen.core.base_ref import own_state
-from reviewgen.core.build import discriminator_on, generator_from_state
+from reviewgen.core.build import discriminator_on, generator_from_state, trunk_state
 from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.hf_import import HFBase, HFImportError, HFInit, init_from_hf
-from reviewgen.core.lora import is_adapter_key, merged_state_dict, share_base, shared_copy
+from reviewgen.core.lora import share_base, shared_copy
 from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, base_view, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
@@ -158,8 +158,7 @@ class GANTrainer:
         freshly initialised."""
         if self.shared_base:
             return True  # D's trunk already is G's base
-        sd = merged_state_dict(self.G) if self.lora else self.G.state_dict()
-        g = {k: v for k, v in sd.items() if k != "lm_head.weight" and not is_adapter_key(k)}
+        g = trunk_state(self.G)
         d = self.D.state_dict()
         if any(k not in d or d[k].shape != v.shape for k, v in g.items()):
             return False
