@@ -10,6 +10,7 @@ from reviewgen.core.config import DiscriminatorConfig, GeneratorConfig
 from reviewgen.core.models import Discriminator, Generator
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer, review_mask
+from tests.recompute import sample_recompute
 
 P, R = 16, 12
 
@@ -89,8 +90,8 @@ def test_kv_cache_matches_full_recompute_greedy(tok, family):
     pre = tok.encode_prefixes([Condition("Echo Dot", "Smart Speakers", r) for r in (1, 3, 5, 4)])
     # fp32: the cache is exact there; under bf16 a recompute rounds differently (checked below)
     params = SamplingParams(max_new_tokens=R, temperature=0.0, precision="fp32")
-    a = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, use_cache=True)
-    b = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, use_cache=False)
+    a = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    b = sample_recompute(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id)
     assert torch.equal(a, b)
 
 
@@ -100,8 +101,8 @@ def test_kv_cache_matches_full_recompute_sampled(tok, family):
     pre = tok.encode_prefixes([Condition("Kindle", "E-Readers", r) for r in (2, 5)])
     params = SamplingParams(max_new_tokens=R, temperature=1.0, top_p=0.9, top_k=50, precision="fp32")
     u = counter_uniforms([1, 2], R)
-    a = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u, use_cache=True)
-    b = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u, use_cache=False)
+    a = sample(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
+    b = sample_recompute(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
     assert torch.equal(a, b)
 
 

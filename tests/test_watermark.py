@@ -26,6 +26,7 @@ from reviewgen.core.watermark import (
     WatermarkLogitsProcessor,
     load_keys,
 )
+from tests.recompute import sample_recompute
 
 P, R = 16, 20
 KEY_A, KEY_B = "a-secret-key-for-tests-0001", "another-secret-key-for-tests-2"
@@ -213,7 +214,9 @@ def test_watermarked_sampling_is_deterministic_and_detectable(tok):
 
     plain, signed = run(None), run(a)
     assert torch.equal(signed, run(a)) and torch.equal(signed[3:4], run(a, slice(3, 4)))  # per row, any batch
-    assert torch.equal(signed, run(a, use_cache=False))  # the bias follows each row's own previous token
+    recomputed = sample_recompute(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                  uniforms=counter_uniforms(seeds, R), watermark=a)
+    assert torch.equal(signed, recomputed)  # the bias follows each row's own previous token
     assert not torch.equal(signed, plain) and not torch.equal(signed, run(b))
     ids = _review_ids(signed, tok.eos_id, tok.pad_id)
     z_a, z_b = a.z_scores(ids, first_prev=tok.sep_id).z, a.z_scores(_review_ids(plain, tok.eos_id, tok.pad_id),

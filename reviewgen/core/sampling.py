@@ -216,7 +216,7 @@ def _decoder(model: Generator, params: SamplingParams):
 @torch.no_grad()
 def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, eos_id: int, pad_id: int,
            uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           use_cache: bool = True, watermark: Watermark | None = None) -> torch.Tensor:
+           watermark: Watermark | None = None) -> torch.Tensor:
     """Sample reviews for `prefixes` [B, P]. Returns [B, max_new_tokens] ids, <pad> after <eos>.
 
     `uniforms` [B, max_new_tokens] fixes the randomness per row (see counter_uniforms); otherwise they are
@@ -238,23 +238,17 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
     decode = _decoder(model, params)
     auto = params.precision == "auto"
     with autocast(device, inference_dtype(device)) if auto else contextlib.nullcontext():
-        if use_cache:
-            # the cache holds keys and values in the dtype the projections produce
-            cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None, max_len=P + R)
-            logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
-        seq = prefixes
+        # the cache holds keys and values in the dtype the projections produce
+        cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None, max_len=P + R)
+        logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         prev = prefixes[:, -1]
         for t in range(R):
-            if not use_cache:
-                logits = model(seq[rows], logits_from=seq.shape[1] - 1)[:, -1]
             u = uniforms[t] if rows.shape[0] == B else uniforms[t, rows]
             tok = pick_tokens(logits, u, params, watermark, prev)
             if n_live == rows.shape[0]:
                 out[rows, t] = tok
             else:
                 out[rows[live], t] = tok[live]
-            if not use_cache:
-                seq = torch.cat([seq, out[:, t:t + 1]], dim=1)
             if t == R - 1:
                 break
             live &= tok != eos_id
@@ -264,11 +258,9 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
             if n_live < COMPACT_BELOW * rows.shape[0]:
                 keep = live.nonzero().squeeze(-1)
                 rows, tok, live = rows[keep], tok[keep], live[keep]
-                if use_cache:
-                    cache.select(keep)
+                cache.select(keep)
             prev = tok
-            if use_cache:
-                logits = decode(tok[:, None], cache=cache, pos=P + t)[:, -1]
+            logits = decode(tok[:, None], cache=cache, pos=P + t)[:, -1]
     model.train(was_training)
     return out
 

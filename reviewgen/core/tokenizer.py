@@ -181,12 +181,6 @@ def read_tokenizer_file(path: str | Path):
         raise TokenizerError(f"{p}: not a valid tokenizer.json ({e})") from e
 
 
-def review_lengths(review_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """Number of review tokens up to and including <eos> (or up to the first pad)."""
-    valid = review_mask(review_ids, eos_id, pad_id)
-    return valid.sum(dim=1)
-
-
 def review_mask(review_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
     """Bool mask of the tokens that belong to each review: everything up to and including <eos>."""
     is_end = (review_ids == eos_id) | (review_ids == pad_id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from reviewgen.core.config import ConfigError, config_from_dict, config_from_yaml, with_overrides
+from reviewgen.core.config import ConfigError, config_from_yaml, with_overrides
 from reviewgen.score.filter import FilterConfig
 
 # contract columns the reviews table already carries: a pass-through of them would clash
@@ -111,8 +111,3 @@ def load_generate_config(path: str | Path | None = None, overrides: Mapping[str,
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e)) from e
-
-
-def config_of(values: Mapping[str, Any], source: str = "<dict>") -> GenerateConfig:
-    """`GenerateConfig` from nested dicts (unknown keys rejected)."""
-    return config_from_dict(GenerateConfig, values, source)
