@@ -399,6 +399,12 @@ def test_config_file_and_flags(ray_local, tiny_model, tmp_path):
     good.write_text("sampling: {reviews_per_product: 2, seed: 5}\nfilter: {min_score: 0.3}\n")
     c = load_generate_config(good, {"sampling.seed": 9, "filter.min_tokens": None})
     assert (c.sampling.reviews_per_product, c.sampling.seed, c.filter.min_score, c.filter.min_tokens) == (2, 9, 0.3, 3)
+    # YAML, then --set, then the per-field flags
+    c2 = load_generate_config(good, {"sampling.seed": 9}, sets=["sampling.seed=7", "filter.min_score=0.5"])
+    assert (c2.sampling.reviews_per_product, c2.sampling.seed, c2.filter.min_score) == (2, 9, 0.5)
+    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
+                                   str(tmp_path), "--set", "sampling.reviews_per_prodcut=2"])
+    assert res.exit_code == 2 and "reviews_per_prodcut" in res.output
     with pytest.raises(GenerationError, match="not found"):
         run_generation(tiny_model, [str(tmp_path / "missing.parquet")], tmp_path / "o", c, **QUIET)
 

@@ -1,7 +1,7 @@
 """`reviewgen generate` (and `python jobs/generate.py`): the nightly Ray Data job.
 
-Settings come from `--config FILE` (a `GenerateConfig` YAML; unknown keys are errors) and are overridden
-by the flags given; a flag left out keeps the file's value or the default named in its help.
+Settings come from `--config FILE` (a `GenerateConfig` YAML; unknown keys are errors), then `--set KEY=VALUE`,
+then the flags given; a flag left out keeps the earlier value or the default named in its help.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def generate(
                                       "flag repeated"),
     out: str = typer.Option(..., "--out", help="output root; the run writes OUT/run_date=YYYY-MM-DD/"),
     config: Optional[Path] = typer.Option(None, "--config", help="GenerateConfig YAML (sampling, filter, catalog, "
-                                          "sharding, allow_empty); the flags below override it"),
+                                          "sharding, allow_empty); --set and the flags below override it"),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override one GenerateConfig field, "
+                                   "repeatable, e.g. --set sampling.seed=7 --set filter.check_pii=false (after "
+                                   "--config, before the other flags)."),
     reviews_per_product: Optional[int] = typer.Option(None, "--reviews-per-product",
                                                       help="reviews generated per product (K) (default: 3)"),
     run_date: Optional[str] = typer.Option(None, "--run-date", help="partition date YYYY-MM-DD (default: today, UTC)"),
@@ -115,7 +118,7 @@ def generate(
         "catalog.language_column": language_column, "catalog.language": language,
         "catalog.rating_column": rating_column, "sharding.products_per_shard": products_per_shard,
         "sharding.num_actors": num_actors, "allow_empty": True if allow_empty else None}
-    cfg = load_generate_config(config, overrides)
+    cfg = load_generate_config(config, overrides, sets=set_)
     if no_watermark and watermark_key_file:
         raise ConfigError("--no-watermark and --watermark-key-file are mutually exclusive")
     wm = None if no_watermark else Watermark.from_env(watermark_key_file)

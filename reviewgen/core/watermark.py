@@ -68,8 +68,8 @@ class WatermarkConfig:
     tokens; `threshold_z`: a text is ours when the chance of so many green tokens in an unwatermarked text (the
     exact binomial tail) is at most the standard normal tail at this z (with K keys tried, K times that);
     `dedupe_pairs`: score each distinct (previous, token) pair once, so a repeated phrase cannot inflate z.
-    Generation and detection must use the same gamma. The defaults were chosen on a measured (gamma, delta)
-    grid: see the README's watermark section and bench/results/watermark/."""
+    Generation and detection must use the same gamma. The defaults come from the (gamma, delta) grid of
+    the watermark bench: see the README's watermark section and bench/results/watermark/."""
 
     gamma: float = 0.25
     delta: float = 4.0

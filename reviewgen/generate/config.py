@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from reviewgen.core.config import ConfigError, config_from_yaml, with_overrides
+from reviewgen.core.config import ConfigError, config_from_yaml, parse_set_options, with_overrides
 from reviewgen.score.filter import FilterConfig
 
 # contract columns the reviews table already carries: a pass-through of them would clash
@@ -102,10 +102,12 @@ class GenerateConfig:
 
 
 def load_generate_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                         source: str = "flag") -> GenerateConfig:
-    """`GenerateConfig` from a YAML file (or the defaults) with dotted overrides applied (None skipped)."""
+                         source: str = "flag", *, sets: Sequence[str] = ()) -> GenerateConfig:
+    """`GenerateConfig` in the order every command reads its settings: the YAML file (or the defaults), then
+    `--set KEY=VALUE` items, then the per-field flags' dotted `overrides` (None: the flag was not given)."""
     cfg = config_from_yaml(GenerateConfig, path) if path else GenerateConfig()
     try:
+        cfg = with_overrides(cfg, parse_set_options(sets), "--set")
         return with_overrides(cfg, dict(overrides or {}), source)
     except ValueError as e:  # FilterConfig and the sections validate in __post_init__
         if isinstance(e, ConfigError):
