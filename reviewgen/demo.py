@@ -194,11 +194,13 @@ def _log_samples(reviews: pd.DataFrame, titles: pd.Series, fluency: dict, log: C
 def _write_report(out: Path, d: _DemoResults) -> Path:
     """OUT/report.md: the model, the real-word rate, stage timings, the generated reviews, Serve's scores and
     the generation summary."""
-    meta = json.loads((Path(d.model_dir) / "meta.json").read_text())
+    from reviewgen.core.checkpoint import read_meta
+
+    meta = read_meta(d.model_dir)
     rwr = d.fluency["real_word_rate"]
     lines = ["# reviewgen demo report", "",
-             f"Model `{meta.get('version')}`; "
-             f"validation NLL {meta.get('metrics', {}).get('val_nll', float('nan')):.3f} "
+             f"Model `{meta.version}`; "
+             f"validation NLL {meta.metrics.get('val_nll', float('nan')):.3f} "
              f"nats/token. Data hash `{str(d.stats.get('data_hash', ''))[:12]}`.", "",
              f"Real-word rate of the generated English reviews (share of their `[a-z]+` words found in the "
              f"training text; human reviews: about 0.98): {'–' if rwr is None else f'{rwr:.3f}'} over "

@@ -122,9 +122,9 @@ def test_detector_scores_each_language_with_its_own_combiner():
     assert z.tolist() == [2.0, -2.0, 0.0, 0.0]
     again = Detector.from_dict(json.loads(json.dumps(det.to_dict())))
     assert again.logit({"x": np.zeros(2)}, ["zh", "en"]).tolist() == [-2.0, 2.0]
-    # a calibration.json from before per-language detectors: one combiner for every language
-    old = Detector.from_dict(const(1.5).to_dict())
-    assert set(old.combiners) == {ANY_LANGUAGE} and old.logit({"x": np.zeros(1)}, ["en"]).tolist() == [1.5]
+    # a bare combiner is not a detector document: refused, naming the source and the format it needs
+    with pytest.raises(CombinerError, match="calibration.json: format 'reviewgen-combiner/3' is not 'reviewgen-det"):
+        Detector.from_dict(const(1.5).to_dict(), source="calibration.json")
     with pytest.raises(CombinerError, match="by_language"):
         Detector.from_dict({"format": "reviewgen-detector/2", "by_language": {"en": const(0.0).to_dict()}})
 
@@ -314,8 +314,8 @@ def test_a_floor_keeps_lookalike_human_reviews_from_scores_near_zero():
     assert ece(y_new, p) < ece(y_new, p0)
 
 
-def test_a_floored_combiner_round_trips_and_old_readers_refuse_it(tmp_path):
-    from reviewgen.score.combiner import FLOOR_FORMAT, FORMAT, Detector
+def test_a_floored_combiner_round_trips_and_other_formats_are_refused(tmp_path):
+    from reviewgen.score.combiner import COMBINER_FORMAT, Detector
 
     c = Combiner(("mean_log_rank",), (0.0,), (1.0,), (2.0,), 0.5, floor=0.02, ceiling=0.99, offset=math.log(3))
     x = {"mean_log_rank": np.array([-40.0, -1.0, 0.0, 3.0, 40.0, np.nan])}
@@ -329,10 +329,13 @@ def test_a_floored_combiner_round_trips_and_old_readers_refuse_it(tmp_path):
     assert only_floor.logit(x)[4] > 40 * 2 - 1  # no ceiling: unbounded above
     d = c.to_dict()
     plain = Combiner(c.features, c.mean, c.scale, c.weights, c.bias)
-    assert d["format"] == FLOOR_FORMAT and plain.to_dict()["format"] == FORMAT
+    assert d["format"] == plain.to_dict()["format"] == COMBINER_FORMAT  # one tag, whatever the fields
     back = Combiner.from_dict(json.loads(json.dumps(d)))
     assert np.allclose(back.logit(x), z, equal_nan=True)
-    assert np.allclose(Detector.from_dict(d).logit(x, ["en"] * 6), z, equal_nan=True)
+    assert np.allclose(Detector({"*": back}).logit(x, ["en"] * 6), z, equal_nan=True)
+    for old in ("reviewgen-detector/1", "reviewgen-combiner/2"):  # tags of a combiner no release wrote
+        with pytest.raises(CombinerError, match=f"combiner.json: format '{old}' is not"):
+            Combiner.from_dict(dict(d, format=old), source="combiner.json")
     with pytest.raises(CombinerError, match="floor"):
         Combiner.from_dict(dict(d, floor=0.5))
 
@@ -340,7 +343,7 @@ def test_a_floored_combiner_round_trips_and_old_readers_refuse_it(tmp_path):
 def test_out_of_domain_moves_a_human_claim_to_the_prior_on_a_hand_built_shift(tmp_path):
     """Signals far from every human fit row get out_of_domain 1 and p_human 0.5 where the combiner would
     claim a human; typical human rows stay in the domain; a machine verdict stands wherever it is."""
-    from reviewgen.score.combiner import DOMAIN_FORMAT, fit_domain
+    from reviewgen.score.combiner import COMBINER_FORMAT, fit_domain
 
     rng = np.random.default_rng(0)
     human = {"a": rng.normal(0, 1, 400), "b": rng.normal(0, 1, 400)}
@@ -359,9 +362,9 @@ def test_out_of_domain_moves_a_human_claim_to_the_prior_on_a_hand_built_shift(tm
     assert np.allclose(d.out_of_domain(far), 1.0) and np.allclose(d.predict(far), 0.5)
     far_machine = {"a": np.full(5, -12.0), "b": np.full(5, 0.0)}
     assert np.allclose(d.predict(far_machine), c.predict(far_machine)) and d.predict(far_machine).max() < 0.01
-    # plain data with its own format tag; an older reader's formats do not cover it
+    # plain data with the combiner's format tag
     doc = json.loads(d.to_json())
-    assert doc["format"] == DOMAIN_FORMAT and Combiner.from_dict(doc).out_of_domain(far).tolist() == [1.0] * 5
+    assert doc["format"] == COMBINER_FORMAT and Combiner.from_dict(doc).out_of_domain(far).tolist() == [1.0] * 5
     with pytest.raises(CombinerError, match="positive radius"):
         Combiner.from_dict({**doc, "domain_radius": 0.0})
 

@@ -3,7 +3,7 @@ split, matched-diversity selection, target checks, calibration refit) behave as 
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,17 +12,21 @@ import mlflow
 import pandas as pd
 import pytest
 
-from reviewgen.cli.evaluate import log_evaluation, train_ood_model
 from reviewgen.core.checkpoint import content_version, load_checkpoint
 from reviewgen.core.encoding import conditions
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
+from reviewgen.evaluate.fluency import Fluency
 from reviewgen.evaluate.matching import match_at_diversity
 from reviewgen.evaluate.quality import split_eval_rows
+from reviewgen.evaluate.results import EvalResult, QualityPoint, RunMeta, ScorerResult, Sweep, as_json
 from reviewgen.evaluate.run import EvalConfig, run_evaluation
 from reviewgen.evaluate.targets import check_targets
+from reviewgen.evaluate.tracking import log_evaluation
+from reviewgen.evaluate.world import FakesLanguage, FakesSection, LengthBin
 from reviewgen.infra.tracking import Tracker
 from reviewgen.score.calibration import sample_fakes
+from reviewgen.train.twin import train_ood_model
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
         "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
@@ -62,28 +66,36 @@ def _fakes_file(model: Path, data: Path, path: Path) -> Path:
 
 def test_the_fakes_file_is_judged_per_language_and_length_bin(evaluated) -> None:
     _, out, r = evaluated
-    f = r["scorer"]["fakes"]
-    assert f["rows"] == 400 and list(f["languages"]) == ["en"]
-    for lang, m in f["languages"].items():
-        assert m["n_human"] + m["n_machine"] + m["unscored"] == 400 and 0.0 <= m["auroc"] <= 1.0
-        assert len(m["length_bins"]) >= 2 and sum(b["n"] for b in m["length_bins"]) == m["n_human"] + m["n_machine"]
-        assert m["worst_bin_auroc"] == min(b["auroc"] for b in m["length_bins"] if b["auroc"] is not None)
-        assert 0.0 <= m["confident_human"] <= 1.0 and 0.0 <= m["tpr_1pct_fpr"] <= m["tpr_5pct_fpr"] <= 1.0
-    assert "fakes file fakes.parquet" in r["targets"]["scorer_detection"]["detail"]
+    f = r.scorer.fakes
+    assert f.rows == 400 and list(f.languages) == ["en"]
+    for lang, m in f.languages.items():
+        assert m.n_human + m.n_machine + m.unscored == 400 and 0.0 <= m.auroc <= 1.0
+        assert len(m.length_bins) >= 2 and sum(b.n for b in m.length_bins) == m.n_human + m.n_machine
+        assert m.worst_bin_auroc == min(b.auroc for b in m.length_bins if b.auroc is not None)
+        assert 0.0 <= m.confident_human <= 1.0 and 0.0 <= m.tpr_1pct_fpr <= m.tpr_5pct_fpr <= 1.0
+    assert "fakes file fakes.parquet" in r.targets["scorer_detection"].detail
+    # metrics.json holds the same section, each language with its worst length bin
+    saved = json.loads((out / "metrics.json").read_text())["scorer"]["fakes"]
+    assert saved["languages"]["en"]["worst_bin_auroc"] == f.languages["en"].worst_bin_auroc
     # the calibrate path: fitted on half of the file's groups, reported on the other half's reviews
-    cal = f["calibrate"]
+    cal = f.calibrate
     assert cal.get("evaluation") == "held-out hotel_name half", cal
     en = next(x for x in cal["languages"] if x["language"] == "en")
     assert en["adapted"] and en["rows"] < 400 and 0.0 <= en["auroc"] <= 1.0
     assert "Another generator's reviews" in (out / "report.md").read_text()
-    for s in r["scorer"]["settings"].values():  # every source reports its catch rate at 1% / 5% FPR
+    for s in r.scorer.settings.values():  # every source reports its catch rate at 1% / 5% FPR
         assert 0.0 <= s["calibrated"]["tpr_1pct_fpr"] <= s["calibrated"]["tpr_5pct_fpr"] <= 1.0
 
 
 def test_report_files_are_complete(evaluated) -> None:
     _, out, result = evaluated
     saved = json.loads((out / "metrics.json").read_text())
-    assert {"meta", "calibration", "nll", "human", "sweep", "matched", "scorer", "targets", "plots"} <= set(saved)
+    assert list(saved) == ["meta", "calibration", "nll", "human", "sweep", "matched", "scorer", "classifiers",
+                           "fluency", "targets", "plots"]
+    assert saved == json.loads(json.dumps(result.to_dict()))  # metrics.json is the result's one JSON form
+    assert list(saved["meta"])[-3:] == ["compared", "out_of_family", "wall_time_s"]
+    assert set(saved["fluency"]) == {"human", "tstr_temperature", "validation_reviews", "gan", "mle"}
+    assert saved["plots"] == list(result.plots) and len(result.plots) == len(PNGS)
     assert list(saved["sweep"]) == ["gan", "mle", "realness"] and set(saved["sweep"]["gan"]) == {"0.7", "1.2"}
     # the compared model is swept on the same rows and sits in the matched-diversity table
     assert set(saved["matched"]["points"]) == {"gan", "mle", "realness"} and "realness" in saved["nll"]
@@ -92,6 +104,8 @@ def test_report_files_are_complete(evaluated) -> None:
     report = (out / "report.md").read_text()
     for section in SECTIONS:
         assert section in report, section
+    # the fluency section is part of the one rendering, after the protocol notes
+    assert report.index("## Protocol notes") < report.index("## Fluency and usefulness")
     for name in PNGS:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
@@ -100,15 +114,15 @@ def test_report_files_are_complete(evaluated) -> None:
 
 def test_metric_values_are_sane(evaluated) -> None:
     _, _, r = evaluated
-    h = r["human"]
+    h = r.human
     assert 0.0 <= h["self_bleu4"] <= 1.0 and 0.0 < h["distinct1"] <= 1.0
     for name in ("gan", "mle"):
-        m = r["sweep"][name]["0.7"]
-        assert 0.0 <= m["bleu4"]["mean"] <= 1.0 and 0.0 <= m["copy_rate"]["mean"] <= 1.0
-        assert m["accepted_copy_rate"]["mean"] == 0.0  # the filter rejects every copy it finds
-        assert m["fed"]["mean"] is None or m["fed"]["mean"] >= 0.0  # None when embeddings are unavailable
-        assert r["nll"][name] > 0.0
-    settings = r["scorer"]["settings"]
+        m = r.sweep.points[name]["0.7"]
+        assert 0.0 <= m.mean("bleu4") <= 1.0 and 0.0 <= m.mean("copy_rate") <= 1.0
+        assert m.mean("accepted_copy_rate") == 0.0  # the filter rejects every copy it finds
+        assert m.mean("fed") is None or m.mean("fed") >= 0.0  # None when embeddings are unavailable
+        assert r.nll[name] > 0.0
+    settings = r.scorer.settings
     unseen = [s for s in settings.values() if not s["in_calibration"] and s["top_p"] < 1.0]
     assert len(unseen) == 1 and unseen[0]["temperature"] == 0.9
     assert settings["gan@T=0.7"]["in_calibration"] and not settings["gan@T=1.2"]["in_calibration"]
@@ -120,13 +134,13 @@ def test_metric_values_are_sane(evaluated) -> None:
     # the out-of-family generator: its own source, never in the scorer's fit, judged by its own target
     ood = [k for k, s in settings.items() if s["source"] == "out_of_family"]
     assert ood == ["ood@T=1,top_k=40"] and not settings[ood[0]]["in_calibration"]
-    assert r["meta"]["out_of_family"]["seed"] == 17 and r["scorer"]["mode"].startswith("detector: ")
-    assert "out-of-family generator (top-k 40): AUROC 0." in r["targets"]["scorer_detection"]["detail"]
-    assert {t["status"] for t in r["targets"].values()} <= {"MET", "NOT MET", "N/A"}
-    assert r["meta"]["data"]["evaluated_by_language"].keys() == {"en", "zh"}
+    assert r.meta.out_of_family.seed == 17 and r.scorer.section["mode"].startswith("detector: ")
+    assert "out-of-family generator (top-k 40): AUROC 0." in r.targets["scorer_detection"].detail
+    assert {t.status for t in r.targets.values()} <= {"MET", "NOT MET", "N/A"}
+    assert r.meta.data["evaluated_by_language"].keys() == {"en", "zh"}
     # the scorer reads more test reviews than the quality sweep (--scorer-reviews, 48 in --fast)
-    n_eval = sum(r["meta"]["data"]["evaluated_by_language"].values())
-    assert n_eval < 48 and r["scorer"]["n_human"] == 48
+    n_eval = sum(r.meta.data["evaluated_by_language"].values())
+    assert n_eval < 48 and r.scorer.section["n_human"] == 48
 
 
 def test_extra_scorer_rows_are_other_unseen_test_reviews(prepared_data) -> None:
@@ -145,7 +159,7 @@ def test_calibration_refit_updates_model_version(evaluated) -> None:
     model, _, r = evaluated
     calib = json.loads((model / "calibration.json").read_text())
     meta = json.loads((model / "meta.json").read_text())
-    assert calib["source"].startswith("refit_calibration") and calib == r["calibration"]
+    assert calib["source"].startswith("refit_calibration") and calib == as_json(r.calibration)
     assert len(calib["checkpoints"]) == 2 and calib["temperatures"] == [0.7, 0.85, 1.0, 1.15, 1.3]
     assert "T=1,top_k=40" in calib["settings"] and "T=1,top_p=0.9" in calib["settings"]
     assert calib["detector"]["format"] == "reviewgen-detector/2" and (model / "reference.safetensors").is_file()
@@ -177,71 +191,76 @@ def test_split_eval_rows_keeps_products_disjoint(prepared_data) -> None:
         assert (short == available[short.index]).all()
 
 
-def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30) -> dict:
-    def cell(v):
-        return {"mean": v, "sd": 0.0, "values": [v]}
+def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30, gan: dict[str, float] | None = None,
+                 tfidf_accuracy: float = 0.90, ood_auroc: float | None = 0.90,
+                 fakes: FakesSection | None = None) -> EvalResult:
+    """An `EvalResult` with what the targets read: a GAN sweep (its metrics overridden by `gan`), an MLE
+    sweep, human metrics, NLL, the copy span and a scorer section (no out-of-family setting when
+    `ood_auroc` is None)."""
+    def model(name, sb, mauve, cat, pol, title, over=None):
+        def point(t, s):
+            m = {"self_bleu4": s, "bleu4": 0.1, "fed": 0.5, "mauve": mauve, "category_acc": cat,
+                 "polarity_agreement": pol, "title_relevance": title, "distinct2": 0.5, "rating_acc": 0.7,
+                 "copy_rate": 0.02, "accepted_copy_rate": 0.0, **(over or {})}
+            return QualityPoint(name, t, {k: {"mean": v, "sd": 0.0, "values": [v]} for k, v in m.items()})
+        return {t: point(t, s) for t, s in sb.items()}
 
-    def model(sb, mauve, cat, pol, title):
-        return {f"{t}": {"self_bleu4": cell(s), "bleu4": cell(0.1), "fed": cell(0.5), "mauve": cell(mauve),
-                         "category_acc": cell(cat), "polarity_agreement": cell(pol), "title_relevance": cell(title),
-                         "distinct2": cell(0.5), "rating_acc": cell(0.7), "copy_rate": cell(0.02),
-                         "accepted_copy_rate": cell(0.0)} for t, s in sb.items()}
-    sweep = {"gan": model(gan_sb4, 0.8, 0.50, 0.80, 0.30),
-             "mle": model({"0.8": 0.35, "1.2": 0.29}, 0.6, 0.40, 0.70, 0.30)}
-    gm = {"calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97}, "tfidf_lr": {"accuracy": 0.90}}
-    om = {"calibrated": {"auroc": 0.90, "ece": 0.08, "accuracy": 0.80}, "tfidf_lr": {"accuracy": 0.70}}
-    return {"sweep": sweep, "human": {"self_bleu4": human_sb4, "distinct2": 0.5, "rating_acc": 0.71},
-            "nll": {"gan": 3.0, "mle": 2.95}, "meta": {"copy_span": 8},
-            "scorer": {"settings": {"gan@T=1": {"model": "gan", "top_p": 1.0, "top_k": 0, "source": "own", **gm},
-                                    "ood@T=1,top_k=40": {"model": "ood", "top_p": 1.0, "top_k": 40,
-                                                         "source": "out_of_family", **om}}}}
+    sweep = Sweep({"gan": model("gan", gan_sb4, 0.8, 0.50, 0.80, 0.30, gan),
+                   "mle": model("mle", {"0.8": 0.35, "1.2": 0.29}, 0.6, 0.40, 0.70, 0.30)})
+    human = {"self_bleu4": human_sb4, "distinct2": 0.5, "rating_acc": 0.71}
+    settings = {"gan@T=1": {"model": "gan", "top_p": 1.0, "top_k": 0, "source": "own",
+                            "calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97},
+                            "tfidf_lr": {"accuracy": tfidf_accuracy}}}
+    if ood_auroc is not None:
+        settings["ood@T=1,top_k=40"] = {"model": "ood", "top_p": 1.0, "top_k": 40, "source": "out_of_family",
+                                        "calibrated": {"auroc": ood_auroc, "ece": 0.08, "accuracy": 0.80},
+                                        "tfidf_lr": {"accuracy": 0.70}}
+    meta = RunMeta(**{**{f.name: None for f in dataclasses.fields(RunMeta)}, "copy_span": 8})
+    return EvalResult(meta=meta, calibration=None, nll={"gan": 3.0, "mle": 2.95}, human=human, sweep=sweep,
+                      matched=match_at_diversity(sweep.to_dict(), human_sb4),
+                      scorer=ScorerResult({"settings": settings}, fakes),
+                      fluency=Fluency(human={}, tstr_temperature=1.0, validation_reviews=0, models={}))
 
 
-def _with_matched(r: dict) -> dict:
-    r["matched"] = match_at_diversity(r["sweep"], r["human"]["self_bleu4"]).to_dict()
-    return r
+def _fakes(**bad: float) -> FakesSection:
+    """A fakes file's section with an English and a Chinese language that meet the fakes check, but for `bad`
+    (auroc, worst_bin_auroc or confident_human) in Chinese."""
+    def lang(name, auroc=0.9, worst_bin_auroc=0.75, confident_human=0.01):
+        bins = (LengthBin([0, 10], 10, 5, worst_bin_auroc), LengthBin([10, 90], 10, 5, 0.99))
+        return FakesLanguage(name, 10, 10, 0, auroc, 0.05, 0.5, 0.7, None, None, None, None, confident_human,
+                             None, None, bins)
+    return FakesSection("x/f.parquet", 40, {"en": lang("en"), "zh": lang("zh", **bad)}, None)
 
 
 def test_targets_follow_matched_diversity() -> None:
-    r = _with_matched(_fake_result({"0.8": 0.40, "1.2": 0.28}))
-    assert r["matched"]["target_is_human"] and r["matched"]["points"]["gan"]["reached"]
+    r = _fake_result({"0.8": 0.40, "1.2": 0.28})
+    assert r.matched.target_is_human and r.matched.points["gan"].reached
     t = check_targets(r)
-    assert all(v["status"] == "MET" for v in t.values()), t
-    assert "Reported, not judged: BLEU-4" in t["gan_dominates_mle"]["detail"]  # NLL and BLEU no longer judged
+    assert all(v.status == "MET" for v in t.values()), t
+    assert "Reported, not judged: BLEU-4" in t["gan_dominates_mle"].detail  # NLL and BLEU no longer judged
+    assert [k for k, v in t.items() if v.checks is not None] == ["gan_dominates_mle"]
     # GAN too repetitive at every temperature: no common point, so dominance cannot be claimed
-    r2 = _with_matched(_fake_result({"0.8": 0.45, "1.2": 0.36}))
-    t2 = check_targets(r2)
+    t2 = check_targets(_fake_result({"0.8": 0.45, "1.2": 0.36}))
     d2 = t2["gan_dominates_mle"]
-    assert d2["status"] == "NOT MET" and "no common Self-BLEU-4" in d2["detail"]
-    assert t2["no_collapse"]["status"] == "NOT MET"
+    assert d2.status == "NOT MET" and "no common Self-BLEU-4" in d2.detail
+    assert t2["no_collapse"].status == "NOT MET"
     # each goal of the GAN over the MLE baseline decides the verdict on its own
     for key, value in (("mauve", 0.61), ("category_acc", 0.44), ("polarity_agreement", 0.74), ("title_relevance", 0.29),
                        ("accepted_copy_rate", 0.02), ("distinct2", 0.44)):
-        r5 = _fake_result({"0.8": 0.40, "1.2": 0.28})
-        for entry in r5["sweep"]["gan"].values():
-            entry[key]["mean"] = value
-        t5 = check_targets(_with_matched(r5))["gan_dominates_mle"]
-        assert t5["status"] == "NOT MET" and list(t5["checks"].values()).count("NOT MET") == 1, (key, t5)
+        t5 = check_targets(_fake_result({"0.8": 0.40, "1.2": 0.28}, gan={key: value}))["gan_dominates_mle"]
+        assert t5.status == "NOT MET" and list(t5.checks.values()).count("NOT MET") == 1, (key, t5)
     # a weaker scorer than TF-IDF fails the scorer target
-    r3 = copy.deepcopy(r)
-    r3["scorer"]["settings"]["gan@T=1"]["tfidf_lr"]["accuracy"] = 0.96
-    assert check_targets(r3)["scorer"]["status"] == "NOT MET"
+    assert check_targets(_fake_result({"0.8": 0.40, "1.2": 0.28}, tfidf_accuracy=0.96))["scorer"].status == "NOT MET"
     # the detector target needs the out-of-family check, and at least 0.85 there
-    r4 = copy.deepcopy(r)
-    r4["scorer"]["settings"]["ood@T=1,top_k=40"]["calibrated"]["auroc"] = 0.80
-    assert check_targets(r4)["scorer_detection"]["status"] == "NOT MET"
-    del r4["scorer"]["settings"]["ood@T=1,top_k=40"]
-    t4 = check_targets(r4)["scorer_detection"]
-    assert t4["status"] == "NOT MET" and "no out-of-family model" in t4["detail"]
+    r4 = _fake_result({"0.8": 0.40, "1.2": 0.28}, ood_auroc=0.80)
+    assert check_targets(r4)["scorer_detection"].status == "NOT MET"
+    t4 = check_targets(_fake_result({"0.8": 0.40, "1.2": 0.28}, ood_auroc=None))["scorer_detection"]
+    assert t4.status == "NOT MET" and "no out-of-family model" in t4.detail
     # the verdict is the worst source: another generator's reviews, every language and length bin
-    r5 = copy.deepcopy(r)
-    good = {"auroc": 0.9, "worst_bin_auroc": 0.75, "confident_human": 0.01}
-    r5["scorer"]["fakes"] = {"file": "x/f.parquet", "languages": {"en": dict(good), "zh": dict(good)}}
-    assert check_targets(r5)["scorer_detection"]["status"] == "MET"
+    assert check_targets(_fake_result({"0.8": 0.40, "1.2": 0.28}, fakes=_fakes()))["scorer_detection"].status == "MET"
     for key, bad in (("auroc", 0.79), ("worst_bin_auroc", 0.69), ("confident_human", 0.06)):
-        r6 = copy.deepcopy(r5)
-        r6["scorer"]["fakes"]["languages"]["zh"][key] = bad
-        assert check_targets(r6)["scorer_detection"]["status"] == "NOT MET", key
+        r6 = _fake_result({"0.8": 0.40, "1.2": 0.28}, fakes=_fakes(**{key: bad}))
+        assert check_targets(r6)["scorer_detection"].status == "NOT MET", key
 
 
 def test_sample_fakes_spreads_over_generators_and_temperatures(tiny_model, prepared_data) -> None:
@@ -263,11 +282,12 @@ def test_evaluation_is_logged_to_the_tracking_store(evaluated, tmp_path) -> None
     model, out, result = evaluated
     uri = f"file:{tmp_path / 'mlruns'}"
     tracker = Tracker.start(uri, "reviewgen-evaluate", "eval")
-    log_evaluation(tracker, model, out, EvalConfig(fast=True), result, out)
+    log_evaluation(tracker, result, EvalConfig(fast=True), out)
     client = mlflow.tracking.MlflowClient(uri)
     run = client.get_run(tracker.run_id)
     assert run.data.params["eval.fast"] == "True" and run.info.status == "FINISHED"
     assert len(run.data.metrics) > 20 and all(isinstance(v, float) for v in run.data.metrics.values())
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id, "report")}
     assert {"report/report.md", "report/metrics.json", "report/scorer_roc.png"} <= artifacts
-    assert run.data.tags["model_version"] == result["meta"]["model_version"]
+    assert run.data.tags["model_version"] == result.meta.model_version
+    assert run.data.params["model"] == str(model)

@@ -15,7 +15,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
+from reviewgen.core.checkpoint import Meta, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig, TokenizerConfig
 from reviewgen.core.hf_export import EXAMPLE, export_hf
 from reviewgen.core.hf_import import HFImportError, init_from_hf, load_hf_base
@@ -153,7 +153,7 @@ def test_export_round_trip_through_transformers(base, tmp_path):
     assert init.config.finalize(init.tokenizer.vocab_size) == init.config  # consistent as the trainer finalizes it
     run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"],
                               tokenizer=init.tokenizer, generator=init.generator, discriminator=init.discriminator,
-                              meta={"base": init.meta})
+                              meta=Meta(base=init.meta))
     out = export_hf(run_dir, tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert back.config.model_type == MODEL_TYPE[family]
@@ -313,7 +313,7 @@ def test_lora_merge_and_peft_adapters_match_transformers(base, tmp_path):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.2)
     run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"],
                               tokenizer=init.tokenizer, generator=G, discriminator=init.discriminator,
-                              meta={"base": init.meta})
+                              meta=Meta(base=init.meta))
     assert json.loads((run_dir / "meta.json").read_text())["lora_base"]["kind"] == "hf"
     ours = load_checkpoint(run_dir).generator.eval()
     tok = init.tokenizer

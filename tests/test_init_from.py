@@ -50,17 +50,17 @@ def test_train_init_from_runs_every_phase_and_the_model_samples(base, prepared_d
     assert "starting from base" in r.output
     ck = load_checkpoint(out)
     meta = ck.meta
-    assert meta["complete"] and meta["phase"] == "done"
+    assert meta.complete and meta.phase == "done"
     hf_cfg = json.loads((d / "config.json").read_text())
-    assert meta["base"]["path"] == str(d.resolve()) and meta["base"]["model_type"] == family
-    assert len(meta["base"]["sha256"]) == 64
+    assert meta.base["path"] == str(d.resolve()) and meta.base["model_type"] == family
+    assert len(meta.base["sha256"]) == 64
     # the base tokenizer with our specials replaced BPE training; the shape is the base's
     assert ck.tokenizer.vocab_size > 300 and ck.tokenizer.tok.token_to_id("<rating_5>") is not None
     assert ck.config.generator.arch == ("gpt2" if family == "gpt2" else "llama")
     assert ck.config.generator.d_model == hf_cfg.get("n_embd", hf_cfg.get("hidden_size")) == 32
     assert ck.config.discriminator.d_model == 32
     for sub in ("mle", "state"):  # the MLE baseline and the resumable state remember the base too
-        assert json.loads((out / sub / "meta.json").read_text())["base"]["sha256"] == meta["base"]["sha256"]
+        assert json.loads((out / sub / "meta.json").read_text())["base"]["sha256"] == meta.base["sha256"]
     steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["phase"] for s in steps] == ["mle"] * 3 + ["disc"] * 2 + ["adv"] * 2
     texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5, language="en")] * 2,

@@ -1,5 +1,6 @@
 """The package's shape: stages import only downwards, core imports no Ray, nothing imports the trainer
-to generate or score, and there are no import cycles (function-local imports included)."""
+to generate or score, commands import only the stages they run, and there are no import cycles
+(function-local imports included)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,25 @@ ALLOWED = {
 }
 # Modules every layer may import (infra included): they import nothing of the package themselves.
 EVERYWHERE = {"reviewgen.core.errors"}
+# The command modules (cli/) sit on top: each parses its options and calls the stages its command runs, so
+# beside the shared base (core, infra, cli.common) it imports only those stages' layers.
+COMMAND_STAGES = {
+    "reviewgen.cli": {"cli"},  # registers the commands
+    "reviewgen.cli.common": set(),
+    "reviewgen.cli.calibrate": {"data", "score"},
+    "reviewgen.cli.data": {"data"},
+    "reviewgen.cli.demo": {"demo"},
+    "reviewgen.cli.evaluate": {"evaluate", "train"},
+    "reviewgen.cli.generate": {"generate"},
+    "reviewgen.cli.model": {"data", "score"},
+    "reviewgen.cli.serve": {"serve"},
+    "reviewgen.cli.train": {"train"},
+}
+COMMAND_BASE = {"core", "infra"}
+# The trainer, its loop and its drivers: only `reviewgen train` runs them; another command that needs a model
+# trained calls a train-stage entry made for it (the evaluation's out-of-family generator: train.twin).
+TRAINING_INTERNALS = ("reviewgen.train.trainer", "reviewgen.train.loop", "reviewgen.train.distributed",
+                      "reviewgen.train.ray_worker", "reviewgen.train.batches", "reviewgen.train.export")
 
 
 def _modules() -> dict[str, Path]:
@@ -61,6 +81,29 @@ def test_stages_import_only_downwards():
             if layer is not None and layer not in ALLOWED[parts[1]] and t not in EVERYWHERE:
                 bad.append(f"{name} -> {t}")
     assert not bad, "imports against the layering:\n" + "\n".join(sorted(bad))
+
+
+def test_commands_import_only_the_stages_they_run():
+    mods = _modules()
+    commands = sorted(m for m in mods if m == "reviewgen.cli" or m.startswith("reviewgen.cli."))
+    assert set(commands) == set(COMMAND_STAGES), "a new command module: list its stages in COMMAND_STAGES"
+    bad = []
+    for name in commands:
+        allowed = COMMAND_STAGES[name] | COMMAND_BASE
+        for t in _imports(name, mods[name], set(mods)):
+            layer = t.split(".")[1] if t.count(".") else None
+            if t == "reviewgen.cli.common" or t in EVERYWHERE or layer in allowed:
+                continue
+            bad.append(f"{name} -> {t}")
+    assert not bad, "a command imports a stage it does not run:\n" + "\n".join(sorted(bad))
+
+
+def test_only_the_train_command_runs_the_trainer():
+    mods = _modules()
+    commands = sorted(m for m in mods if m.startswith("reviewgen.cli.") and m != "reviewgen.cli.train")
+    bad = [f"{name} -> {t}" for name in commands
+           for t in sorted(_imports(name, mods[name], set(mods))) if t.startswith(TRAINING_INTERNALS)]
+    assert not bad, "a command runs the trainer's internals itself:\n" + "\n".join(bad)
 
 
 def test_modules_every_layer_imports_import_nothing_of_the_package():

@@ -7,6 +7,7 @@ counts and deadlines; everything stays on loopback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reviewgen.core.checkpoint import content_version
+from reviewgen.core.checkpoint import read_calibration, write_calibration
 from reviewgen.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +47,8 @@ def _wait_ready(url: str, timeout: float = 90) -> None:
 def _model_variant(src: Path, dst: Path) -> Path:
     """A copy of `src` with another calibration bias, so its content-hash version differs."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mle", "state"))
-    calib = json.loads((dst / "calibration.json").read_text())
-    calib["bias"] = float(calib.get("bias", 0.0)) + 0.25
-    (dst / "calibration.json").write_text(json.dumps(calib))
-    meta = json.loads((dst / "meta.json").read_text())
-    meta["version"] = content_version(dst)
-    (dst / "meta.json").write_text(json.dumps(meta))
+    calib = read_calibration(dst)
+    write_calibration(dst, dataclasses.replace(calib, bias=calib.bias + 0.25))
     return dst
 
 

@@ -57,6 +57,7 @@ def evaluate(
     """Evaluate the GAN against its MLE baseline (and any --compare models) at matched diversity on unseen
     products, the scorer, copying and PII; write a report."""
     from reviewgen.evaluate.run import EvalConfig, run_evaluation
+    from reviewgen.evaluate.tracking import log_evaluation
     from reviewgen.infra.tracking import Tracker
 
     cfg = EvalConfig(temperatures=floats(temperatures), n_products=products,
@@ -66,13 +67,15 @@ def evaluate(
                      fast=fast, device=device, fakes=_fakes_path(fakes, use_fakes))
     compared = parse_compare(compare or [])
     if ood_model is None:
-        ood_model = train_ood_model(data, out / "ood_model", model, fast=fast)
+        from reviewgen.train.twin import train_ood_model
+
+        ood_model = train_ood_model(data, out / "ood_model", model, fast=fast, log=log)
     # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
     tracker = Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
     result = run_evaluation(model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model,
                             compare=compared, log=log)
     if tracker is not None:
-        log_evaluation(tracker, model, data, cfg, result, out)
+        log_evaluation(tracker, result, cfg, out)
     log(f"report written to {out}")
 
 
@@ -96,54 +99,3 @@ def _fakes_path(fakes: Path | None, enabled: bool) -> str | None:
     if path is None and enabled:
         log("no fakes file given or found: the scorer is judged on our own generators only")
     return None if path is None else str(path)
-
-
-def log_evaluation(tracker, model: Path, data: Path, cfg, result: dict, out: Path) -> None:
-    """Log an evaluation to its tracking run: settings as params, every numeric metric, the model version
-    as a tag, and the report directory (report.md, metrics.json, plots) as artifacts."""
-    tracker.log_params({"model": str(model), "data": str(data), "eval": vars(cfg)})
-    tracker.log_metrics({k: v for k, v in result.items() if k != "meta"}, step=0)
-    tracker.log_artifacts(out, artifact_path="report")
-    tracker.set_tags({"model_version": result.get("meta", {}).get("model_version")})
-    tracker.finish()
-
-
-# A generator the scorer never saw: another size, seed and tokenizer, trained on another set of products.
-OOD_CONFIG = {"tokenizer": {"vocab_size": 1000, "prefix_len": 24},
-              "generator": {"n_layer": 2, "n_head": 2, "d_model": 96, "dropout": 0.0},
-              "discriminator": {"n_layer": 1, "n_head": 2, "d_model": 32, "dropout": 0.0, "n_categories": 8},
-              "train": {"batch_size": 32, "mle_steps": 400, "disc_warmup_steps": 0, "adv_steps": 0, "seed": 17,
-                        "warmup_steps": 20, "eval_every": 100, "checkpoint_every": 400, "val_batches": 2,
-                        "log_every": 100}}
-
-
-def train_ood_model(data: Path, out: Path, model: Path, fast: bool = False, mle_steps: int | None = None) -> Path:
-    """Train (or reuse, when OUT/meta.json exists) the out-of-family generator: `OOD_CONFIG` with the
-    evaluated model's review length, MLE only (`mle_steps`, default the config's; 30 when `fast`), on a
-    random half of the train split's products."""
-    import json
-
-    from reviewgen.core.config import RunConfig
-    from reviewgen.data.corpus import load_split
-    from reviewgen.train.trainer import train_local
-
-    if (out / "meta.json").is_file():
-        log(f"out-of-family generator: reusing {out}")
-        return out
-    doc = json.loads((model / "config.json").read_text())["run"]
-    cfg = RunConfig.from_dict({**OOD_CONFIG, "tokenizer": {**OOD_CONFIG["tokenizer"],
-                                                           "max_review_len": doc["tokenizer"]["max_review_len"]}},
-                              source="OOD_CONFIG")
-    steps = mle_steps or (30 if fast else cfg.train.mle_steps)
-    cfg = cfg.override({"train.mle_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps})
-    train = load_split(data, "train")
-    products = train["product_id"].drop_duplicates().sample(frac=0.5, random_state=17)
-    ood_data = out / "data"
-    ood_data.mkdir(parents=True, exist_ok=True)
-    train[train["product_id"].isin(products)].to_parquet(ood_data / "train.parquet", index=False)
-    load_split(data, "val").to_parquet(ood_data / "val.parquet", index=False)
-    g = cfg.generator
-    log(f"out-of-family generator: training {g.n_layer} layers x {g.d_model} for {steps} MLE steps on "
-        f"{products.size} train products -> {out}")
-    train_local(ood_data, out, cfg, log=lambda *_: None)
-    return out

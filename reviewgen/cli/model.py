@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -45,8 +44,8 @@ def sample(
     texts = generate_texts(ck.generator, ck.tokenizer, [cond] * n, [f"{title}:{i}" for i in range(n)], seed=seed,
                            temperature=temperature, top_p=top_p, top_k=top_k, watermark=wm)
     res = {"p_human": [None] * n, "watermark_z": [None] * n}
-    if score:
-        scorer = Scorer(model)
+    if score:  # the scorer reads the checkpoint loaded above, not a second copy from disk
+        scorer = Scorer.from_checkpoint(ck)
         scorer.watermark = wm
         res = scorer.score([{"text": t, "product_title": title, "category": category, "rating": rating,
                              "language": language} for t in texts])
@@ -100,7 +99,7 @@ def export(
                                    "model (with reviewgen's vocabulary) the adapters load onto."),
 ):
     """Export a trained model: for the generate and serve jobs, or (--format hf) for Hugging Face tools."""
-    from reviewgen.core.checkpoint import export_model
+    from reviewgen.core.checkpoint import export_model, read_meta
     from reviewgen.core.config import ConfigError
     from reviewgen.core.hf_adapters import export_adapters
     from reviewgen.core.hf_export import export_hf
@@ -119,4 +118,4 @@ def export(
     elif format_ == "hf":
         log(f"exported {d} (Hugging Face format: load with transformers.AutoModelForCausalLM.from_pretrained)")
     else:
-        log(f"exported {d} (version {json.loads((d / 'meta.json').read_text())['version']})")
+        log(f"exported {d} (version {read_meta(d).version})")

@@ -112,8 +112,8 @@ def _start_tracking(job, cfg):
 
 def _model_tags(model_dir) -> dict:
     """The written model's version, phase and completeness, from its meta.json."""
-    import json
+    from reviewgen.core.checkpoint import read_meta
 
-    meta = json.loads((Path(model_dir) / "meta.json").read_text())
-    return {"model_version": meta.get("version"), "phase": meta.get("phase"), "complete": meta.get("complete"),
+    meta = read_meta(model_dir)
+    return {"model_version": meta.version, "phase": meta.phase, "complete": meta.complete,
             "model_dir": str(Path(model_dir).resolve())}

@@ -72,7 +72,7 @@ def export_adapters(model_dir: str | Path, out_dir: str | Path, *, with_base: bo
                             "export it without --adapters")
     model_type = model_type_of(G.arch, f"{src / 'config.json'}: generator")
     tensors, targets = adapter_tensors(G, model_type)
-    base = (ck.meta.get("lora_base") or {})
+    base = ck.meta.lora_base or {}
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

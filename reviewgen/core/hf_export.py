@@ -106,7 +106,7 @@ def _card_layout(ck: Checkpoint, model_type: str, ids: list[int], n_pad: int, pr
     trained on, with the example prompt `prompt` (`n_pad` pads, then the text; token ids `ids`)."""
     tok = ck.tokenizer
     P, R = tok.prefix_len, tok.max_review_len
-    base = ck.meta.get("base") or {}
+    base = ck.meta.base or {}
     origin = (f"fine-tuned from `{base.get('path')}` ({base.get('model_type')}, weights sha256 "
               f"`{str(base.get('sha256', ''))[:16]}…`)" if base else "trained from scratch")
     ratings = " ".join(f"`<rating_{k}>`" for k in range(1, 6))

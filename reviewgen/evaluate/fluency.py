@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -108,13 +109,49 @@ def tstr(generated: pd.DataFrame, real_test: pd.DataFrame, real: ConditionClassi
 
 # -- the evaluate section ----------------------------------------------------------------------------------
 
-def fluency_section(checkpoints: dict[str, Any], samples: dict[tuple[str, float], list[str]], ev: pd.DataFrame,
-                    test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, *, real_clf: ConditionClassifiers,
-                    tstr_temperature: float, classifier_rows: int = 6000,
-                    device: str | torch.device = "cpu") -> dict[str, Any]:
-    """metrics.json's "fluency": per model, validation bits per character per language, the real-word rate
-    of its generated English at each sampled temperature (human test reviews beside it), and TSTR at the
-    sampled temperature nearest `tstr_temperature`.
+@dataclass(frozen=True)
+class ModelFluency:
+    """One model's fluency: validation bits per character per language (`bits_per_char`), the real-word
+    rate of its generated English per sampled temperature key (`real_word_rate`), and TSTR (`tstr`; None
+    when the model has no sample at the TSTR temperature)."""
+
+    val_bits_per_char: Mapping[str, Mapping[str, Any]]
+    real_word_rate: Mapping[str, Mapping[str, Any]]
+    tstr: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Fluency:
+    """The fluency section: the human test reviews' real-word rate, the sampled temperature TSTR ran at, the
+    validation reviews read, and each model's `ModelFluency` (in the order the models were given)."""
+
+    human: Mapping[str, Any]
+    tstr_temperature: float
+    validation_reviews: int
+    models: Mapping[str, ModelFluency]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (metrics.json's "fluency"): the models sit beside the shared keys, by name."""
+        return {"human": dict(self.human), "tstr_temperature": self.tstr_temperature,
+                "validation_reviews": self.validation_reviews,
+                **{name: asdict(m) for name, m in self.models.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fluency:
+        """The inverse of `to_dict`: every entry holding val_bits_per_char is a model."""
+        models = {k: ModelFluency(v["val_bits_per_char"], v["real_word_rate"], v.get("tstr"))
+                  for k, v in d.items() if isinstance(v, Mapping) and "val_bits_per_char" in v}
+        return cls(human=d["human"], tstr_temperature=d["tstr_temperature"],
+                   validation_reviews=d["validation_reviews"], models=models)
+
+
+def fluency_result(checkpoints: dict[str, Any], samples: dict[tuple[str, float], list[str]], ev: pd.DataFrame,
+                   test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, *, real_clf: ConditionClassifiers,
+                   tstr_temperature: float, classifier_rows: int = 6000,
+                   device: str | torch.device = "cpu") -> Fluency:
+    """Per model, validation bits per character per language, the real-word rate of its generated English at
+    each sampled temperature (human test reviews beside it), and TSTR at the sampled temperature nearest
+    `tstr_temperature`.
 
     `samples[(model, temperature)]` are generated texts for the rows of `ev` (evaluated test rows);
     `real_clf` the condition classifiers trained on real training reviews."""
@@ -123,49 +160,55 @@ def fluency_section(checkpoints: dict[str, Any], samples: dict[tuple[str, float]
     temps = sorted({t for _, t in samples})
     t_tstr = min(temps, key=lambda t: abs(t - tstr_temperature))
     real_test = test[test["product_id"].isin(set(ev["product_id"]))]
-    out: dict[str, Any] = {
-        "human": real_word_rate(ev["text"].astype(str).iloc[en].tolist(), vocab),
-        "tstr_temperature": t_tstr, "validation_reviews": len(val),
-    }
+    models = {}
     for name, ck in checkpoints.items():
         bpc = bits_per_char(ck.generator, ck.tokenizer, val, ck.config.train.batch_size, device)
         rwr = {f"{t:g}": real_word_rate([samples[(name, t)][i] for i in en], vocab)
                for t in temps if (name, t) in samples}
         gen = ev.assign(text=samples[(name, t_tstr)]) if (name, t_tstr) in samples else None
-        out[name] = {"val_bits_per_char": bpc, "real_word_rate": rwr,
-                     "tstr": tstr(gen, real_test, real_clf, classifier_rows) if gen is not None else None}
-    return out
+        models[name] = ModelFluency(bpc, rwr, tstr(gen, real_test, real_clf, classifier_rows) if gen is not None
+                                    else None)
+    return Fluency(human=real_word_rate(ev["text"].astype(str).iloc[en].tolist(), vocab), tstr_temperature=t_tstr,
+                   validation_reviews=len(val), models=models)
+
+
+def fluency_section(checkpoints: dict[str, Any], samples: dict[tuple[str, float], list[str]], ev: pd.DataFrame,
+                    test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, **kw: Any) -> dict[str, Any]:
+    """`fluency_result` in its JSON form (metrics.json's "fluency"), for callers that want the plain dict."""
+    return fluency_result(checkpoints, samples, ev, test, train, val, **kw).to_dict()
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def fluency_markdown(f: dict[str, Any]) -> str:
-    """The report.md section for `fluency_section`'s result."""
-    models = [k for k, v in f.items() if isinstance(v, dict) and "val_bits_per_char" in v]
-    langs = sorted({lang for m in models for lang in f[m]["val_bits_per_char"]})
-    temps = sorted({t for m in models for t in f[m]["real_word_rate"]}, key=float)
+def fluency_markdown(f: Fluency | Mapping[str, Any]) -> str:
+    """The report.md section for a `Fluency` (or its `to_dict` form)."""
+    f = f if isinstance(f, Fluency) else Fluency.from_dict(f)
+    models = f.models
+    langs = sorted({lang for m in models.values() for lang in m.val_bits_per_char})
+    temps = sorted({t for m in models.values() for t in m.real_word_rate}, key=float)
     lines = ["## Fluency and usefulness (tokenizer-independent)", "",
-             f"Validation bits per character ({f['validation_reviews']} validation reviews; lower is better):", "",
+             f"Validation bits per character ({f.validation_reviews} validation reviews; lower is better):", "",
              "| model | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
-    for m in models:
-        bpc = f[m]["val_bits_per_char"]
-        lines.append(f"| {m} | " + " | ".join(_fmt(bpc.get(lang, {}).get("bits_per_char")) for lang in langs) + " |")
+    for name, m in models.items():
+        bpc = m.val_bits_per_char
+        lines.append(f"| {name} | " + " | ".join(_fmt(bpc.get(lang, {}).get("bits_per_char")) for lang in langs)
+                     + " |")
     lines += ["", "Real-word rate of generated English (share of `[a-z]+` words found in the training text; "
-              f"human test reviews: {_fmt(f['human']['real_word_rate'])} over {f['human']['words']} words):", "",
+              f"human test reviews: {_fmt(f.human.get('real_word_rate'))} over {f.human.get('words')} words):", "",
               "| model | " + " | ".join(f"T={t}" for t in temps) + " |", "|---|" + "---|" * len(temps)]
-    for m in models:
-        r = f[m]["real_word_rate"]
-        lines.append(f"| {m} | " + " | ".join(_fmt(r.get(t, {}).get("real_word_rate")) for t in temps) + " |")
-    lines += ["", f"TSTR at T={f['tstr_temperature']:g}: TF-IDF+LR classifiers trained on generated reviews of "
+    for name, m in models.items():
+        r = m.real_word_rate
+        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(t, {}).get("real_word_rate")) for t in temps) + " |")
+    lines += ["", f"TSTR at T={f.tstr_temperature:g}: TF-IDF+LR classifiers trained on generated reviews of "
               "the evaluated test products (labelled with the conditions they were generated for) vs trained on "
               "real training reviews, both tested on the real reviews of those products:", "",
               "| model | trained on | rating acc | rating MAE | category acc |", "|---|---|---|---|---|"]
-    for m in models:
-        t = f[m]["tstr"] or {}
+    for name, m in models.items():
+        t = m.tstr or {}
         for src in ("synthetic", "real"):
             s = t.get(src) or {}
-            lines.append(f"| {m} | {src} | {_fmt(s.get('rating_acc'))} | {_fmt(s.get('rating_mae'))} | "
+            lines.append(f"| {name} | {src} | {_fmt(s.get('rating_acc'))} | {_fmt(s.get('rating_mae'))} | "
                          f"{_fmt(s.get('category_acc'))} |")
     return "\n".join(lines) + "\n"

@@ -1,20 +1,29 @@
-"""The evaluation report: PNG plots and report.md from the metrics dict `run_evaluation` builds."""
+"""The evaluation report: PNG plots and report.md rendered from the `EvalResult` `run_evaluation` builds.
+
+The plots are written first (`write_plots`), as the report lists their names; report.md is then rendered
+from the finished result in one piece (`render_report`) and written once (`write_report`)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from reviewgen.core.checkpoint import Calibration
 from reviewgen.core.metrics import reliability_bins
 from reviewgen.core.text import PII_KINDS
 from reviewgen.evaluate import plots as P
+from reviewgen.evaluate.fluency import fluency_markdown
 from reviewgen.evaluate.jsonio import json_default
-from reviewgen.evaluate.quality import MODELS, ConditionClassifiers, mean_of
+from reviewgen.evaluate.matching import MatchedDiversity
+from reviewgen.evaluate.quality import MODELS, ConditionClassifiers
+from reviewgen.evaluate.results import EvalResult, ScorerResult
 from reviewgen.evaluate.text_metrics import tokenize_for_bleu
+from reviewgen.evaluate.world import LengthBin
 from reviewgen.infra.storage import write_local_atomic
 from reviewgen.score.combiner import Detector
 from reviewgen.score.filter import ReviewFilter
@@ -49,73 +58,83 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _sweep_table(r: dict[str, Any], columns: Sequence[str]) -> str:
-    rows = [["human (test)", *[r["human"].get(c) for c in columns]]]
-    for name in r["sweep"]:
-        for t, m in r["sweep"][name].items():
-            rows.append([f"{name.upper()} T={t}", *[m.get(c) for c in columns]])
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report shows beside the results: the model directory (its training history), the evaluated
+    rows, the first seed's texts per (model, temperature), the condition classifiers, the production filter
+    and the scorer's raw arrays for its plots (`scorer_section`'s second value)."""
+
+    model_dir: Path
+    ev: pd.DataFrame
+    samples: Mapping[tuple[str, float], list[str]]
+    clf: ConditionClassifiers
+    review_filter: ReviewFilter
+    scorer_extra: Mapping[str, Any]
+
+
+def _sweep_table(r: EvalResult, columns: Sequence[str]) -> str:
+    rows = [["human (test)", *[r.human.get(c) for c in columns]]]
+    for name, by_t in r.sweep.points.items():
+        for t, p in by_t.items():
+            rows.append([f"{name.upper()} T={t}", *[p.metrics.get(c) for c in columns]])
     return _table(["texts", *columns], rows)
 
 
-def _matched_text(r: dict[str, Any]) -> str:
+def _matched_text(mt: MatchedDiversity) -> str:
     """How the matched point was chosen."""
-    mt = r["matched"]
-    if not mt["common"]:
+    if not mt.common:
         how = ("the GAN and MLE Self-BLEU-4 ranges over the sampled temperatures do not overlap, so there is no "
                "common point; each model is shown at the value of its own range closest to the human one")
-    elif mt["target_is_human"]:
-        how = f"both GAN and MLE reach the human Self-BLEU-4 {mt['human_self_bleu4']:.4f}"
+    elif mt.target_is_human:
+        how = f"both GAN and MLE reach the human Self-BLEU-4 {mt.human_self_bleu4:.4f}"
     else:
-        how = (f"not both GAN and MLE reach the human Self-BLEU-4 {mt['human_self_bleu4']:.4f} over the sampled "
-               f"temperatures; the closest value both reach is {mt['target_self_bleu4']:.4f}")
+        how = (f"not both GAN and MLE reach the human Self-BLEU-4 {mt.human_self_bleu4:.4f} over the sampled "
+               f"temperatures; the closest value both reach is {mt.target_self_bleu4:.4f}")
     return (f"Every model is compared where its mean Self-BLEU-4 over seeds equals one target value: {how}. Its "
             "temperature there, and every metric, is interpolated linearly between the two sampled temperatures "
             "around it (reached = no: the model's curve misses the target; shown at its closest sampled "
             "temperature). The GAN-vs-MLE target reads this table; test NLL does not depend on temperature.")
 
 
-def _matched_table(r: dict[str, Any]) -> str:
+def _matched_table(r: EvalResult) -> str:
     """MLE, the compared models, then the GAN, at matched diversity; the human texts as the ceiling."""
-    pts = r["matched"]["points"]
+    pts = r.matched.points
     order = ["mle", *[n for n in pts if n not in MODELS], "gan"]
-    rows = [["human (test)", "-", "-", *[r["human"].get(c) for c in MATCHED_COLUMNS], "-"]]
+    rows = [["human (test)", "-", "-", *[r.human.get(c) for c in MATCHED_COLUMNS], "-"]]
     for n in order:
         p = pts[n]
-        seg = p["segment"]
-        where = f"{p['temperature']:.3f}" + (f" ({seg[0]:g}-{seg[1]:g})" if seg[0] != seg[1] else "")
-        rows.append([n.upper(), where, "yes" if p["reached"] else "no",
-                     *[p["metrics"].get(c) for c in MATCHED_COLUMNS], r["nll"].get(n)])
+        lo, hi = p.segment
+        where = f"{p.temperature:.3f}" + (f" ({lo:g}-{hi:g})" if lo != hi else "")
+        rows.append([n.upper(), where, "yes" if p.reached else "no",
+                     *[p.metrics.get(c) for c in MATCHED_COLUMNS], r.nll.get(n)])
     return _table(["model", "T (between)", "reached", *MATCHED_COLUMNS, "test NLL"], rows)
 
 
-def _plots(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFrame, samples: dict,
-           clf: ConditionClassifiers, extra: dict[str, Any]) -> list[str]:
-    files = []
+def _matched_texts(r: EvalResult, samples: Mapping[tuple[str, float], list[str]]) -> dict[str, list[str]]:
+    """Each model's texts at its sampled temperature nearest the matched one, labelled "GAN T=0.8"."""
+    return {f"{n.upper()} T={p.nearest_sampled:g}": samples[(n, p.nearest_sampled)]
+            for n, p in r.matched.points.items()}
+
+
+def write_plots(r: EvalResult, out: Path, inputs: ReportInputs) -> list[str]:
+    """Write the report's PNGs into `out` (training curves, quality vs diversity, the scorer's, length and
+    rating distributions); returns their file names in report order."""
     hist = [dict(row, step=row.get("global_step", row.get("step")))
-            for row in read_history(model_dir / "metrics.jsonl")]
-    files.append(P.plot_training_curves(hist, out / "training_curves.png"))
-    curves = {name.upper(): [(mean_of(m["self_bleu4"]), mean_of(m.get("bleu4")) or 0.0, float(t))
-                             for t, m in r["sweep"][name].items()] for name in r["sweep"]}
-    h = r["human"]
-    files.append(P.plot_quality_diversity(curves, (h["self_bleu4"], h.get("bleu4", 0.0)),
+            for row in read_history(inputs.model_dir / "metrics.jsonl")]
+    files = [P.plot_training_curves(hist, out / "training_curves.png")]
+    curves = {name.upper(): [(p.mean("self_bleu4"), p.mean("bleu4") or 0.0, float(p.temperature))
+                             for p in r.sweep.of(name)] for name in r.sweep.points}
+    files.append(P.plot_quality_diversity(curves, (r.human["self_bleu4"], r.human.get("bleu4", 0.0)),
                                           out / "quality_diversity.png"))
-    files.append(P.plot_roc(extra["roc"], out / "scorer_roc.png"))
-    y, p = np.concatenate(extra["pooled"][0]), np.concatenate(extra["pooled"][1])
-    files.append(P.plot_reliability(reliability_bins(y, p), out / "scorer_reliability.png"))
-    groups = {"human": extra["human_p"]}
-    for name in MODELS:
-        groups[f"{name.upper()} (all T)"] = np.concatenate([v for k, v in extra["gen_p"].items()
-                                                            if k.startswith(name + "@T=") and "," not in k])
-    groups.update({k: v for k, v in extra["gen_p"].items() if "," in k})  # top-k / top-p and out-of-family
-    groups = {k: np.asarray(v)[np.isfinite(v)] for k, v in groups.items()}
-    files.append(P.plot_score_histograms(groups, out / "scorer_histograms.png"))
+    files += _scorer_plots(inputs.scorer_extra, out)
+    ev = inputs.ev
     langs = ev["language"].tolist()
     lens = lambda texts: [len(tokenize_for_bleu(t, lang)) for t, lang in zip(texts, langs)]  # noqa: E731
-    gen = {f"{n.upper()} T={p['nearest_sampled']:g}": samples[(n, p["nearest_sampled"])]
-           for n, p in r["matched"]["points"].items()}
+    gen = _matched_texts(r, inputs.samples)
     files.append(P.plot_distributions(lens(ev["text"].astype(str)), {k: lens(v) for k, v in gen.items()},
                                       out / "length_distribution.png", "review length (BLEU tokens)"))
     rated = [i for i, x in enumerate(ev["rating"]) if not pd.isna(x)]
+    clf = inputs.clf
     if clf.rating is not None and rated:
         pick = lambda texts: clf.rating.predict([str(texts[i]) for i in rated]).astype(int)  # noqa: E731
         real, gens = pick(ev["text"].tolist()), {k: pick(v) for k, v in gen.items()}
@@ -126,77 +145,93 @@ def _plots(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFrame, s
     return [f.name for f in files]
 
 
-def _examples(ev: pd.DataFrame, samples: dict, matched: dict, review_filter: ReviewFilter, per_lang: int = 3) -> str:
-    parts = []
+def _scorer_plots(extra: Mapping[str, Any], out: Path) -> list[Path]:
+    """The scorer's ROC curves, reliability diagram and p_human histograms from its raw arrays."""
+    files = [P.plot_roc(extra["roc"], out / "scorer_roc.png")]
+    y, p = np.concatenate(extra["pooled"][0]), np.concatenate(extra["pooled"][1])
+    files.append(P.plot_reliability(reliability_bins(y, p), out / "scorer_reliability.png"))
+    gen_p = extra["gen_p"]
+    groups = {"human": extra["human_p"]}
+    for name in MODELS:
+        groups[f"{name.upper()} (all T)"] = np.concatenate([v for k, v in gen_p.items()
+                                                            if k.startswith(name + "@T=") and "," not in k])
+    groups.update({k: v for k, v in gen_p.items() if "," in k})  # top-k / top-p and out-of-family
+    groups = {k: np.asarray(v)[np.isfinite(v)] for k, v in groups.items()}
+    files.append(P.plot_score_histograms(groups, out / "scorer_histograms.png"))
+    return files
+
+
+def _examples(r: EvalResult, inputs: ReportInputs, per_lang: int = 3) -> str:
+    """Up to `per_lang` evaluated rows per language, one per product: the real review and each model's text at
+    its sampled temperature nearest the matched one, with the filter's reasons when it rejects it."""
+    ev, parts = inputs.ev, []
     for lang in ("en", "zh"):
-        sub = ev.index[ev["language"] == lang].tolist()
         seen: set[str] = set()
-        shown = 0
-        for i in sub:
+        for i in ev.index[ev["language"] == lang].tolist():
             pid = ev.at[i, "product_id"]
-            if pid in seen or shown >= per_lang:
+            if pid in seen or len(seen) >= per_lang:
                 continue
             seen.add(pid)
-            shown += 1
             row = ev.loc[i]
             cond = f"rating {int(row['rating'])}" if not pd.isna(row["rating"]) else f"sentiment {row['sentiment']}"
-            parts.append(f"**{row['product_title']}** ({lang}, {row['category']}, {cond})\n")
-            parts.append(f"- real: {row['text']}")
-            for n, point in matched["points"].items():
-                t = point["nearest_sampled"]
-                text = samples[(n, t)][i]
-                reasons = review_filter.check([text], languages=[lang])[0].reasons
+            parts += [f"**{row['product_title']}** ({lang}, {row['category']}, {cond})\n", f"- real: {row['text']}"]
+            for n, point in r.matched.points.items():
+                t = point.nearest_sampled
+                text = inputs.samples[(n, t)][i]
+                reasons = inputs.review_filter.check([text], languages=[lang])[0].reasons
                 tag = f" _(rejected: {', '.join(reasons)})_" if reasons else ""
                 parts.append(f"- {n.upper()} T={t:g}: {text or '(empty)'}{tag}")
             parts.append("")
     return "\n".join(parts) if parts else "(no evaluated rows)"
 
 
-def write_report(r: dict[str, Any], out: Path, *, model_dir: Path, ev: pd.DataFrame, samples: dict,
-                 clf: ConditionClassifiers, review_filter: ReviewFilter, scorer_extra: dict[str, Any]) -> Path:
-    """Write the PNG plots and report.md into `out`; records the plot names in r["plots"]."""
-    r["plots"] = _plots(r, out, model_dir=model_dir, ev=ev, samples=samples, clf=clf, extra=scorer_extra)
-    lines = [*_intro_lines(r), *_results_lines(r), *_scorer_lines(r), *_copying_lines(r, ev, samples, review_filter)]
+def render_report(r: EvalResult, inputs: ReportInputs) -> str:
+    """report.md's text: every section of `r`, the fluency section last; reads `r` and changes nothing."""
+    lines = [*_intro_lines(r), *_results_lines(r), *_scorer_lines(r), *_copying_lines(r, inputs)]
+    return "\n".join(lines) + "\n" + "\n" + fluency_markdown(r.fluency)
+
+
+def write_report(r: EvalResult, out: Path, inputs: ReportInputs) -> Path:
+    """Write report.md into `out` in one piece (`render_report`; the plots `r.plots` names are written
+    already, by `write_plots`)."""
     path = out / "report.md"
-    write_local_atomic(path, "\n".join(lines) + "\n")
+    write_local_atomic(path, render_report(r, inputs))
     return path
 
 
-def _intro_lines(r: dict[str, Any]) -> list[str]:
+def _intro_lines(r: EvalResult) -> list[str]:
     """The report's title, what was evaluated on which rows, and the compute budget."""
-    meta = r["meta"]
-    tw = meta["train_wall_time_s"]
+    meta = r.meta
+    tw = meta.train_wall_time_s
     return [
         "# reviewgen evaluation report", "",
-        f"Model `{meta['model_dir']}` (version {meta['model_version']}) vs its MLE-only checkpoint "
-        f"`{meta['baseline_dir']}`, on {meta['data']['evaluated_reviews']} reviews of "
-        f"{meta['data']['evaluated_products']} test-split products never seen in training."
+        f"Model `{meta.model_dir}` (version {meta.model_version}) vs its MLE-only checkpoint "
+        f"`{meta.baseline_dir}`, on {meta.data['evaluated_reviews']} reviews of "
+        f"{meta.data['evaluated_products']} test-split products never seen in training."
         + "".join(f" Compared as well: {n.upper()} `{c['model_dir']}` (version {c['version']})."
-                  for n, c in meta.get("compared", {}).items()), "",
+                  for n, c in meta.compared.items()), "",
         "## Compute budget", "",
-        f"- evaluation wall time: {meta['wall_time_s']:.0f} s on {meta['device']}"
-        + (" (fast mode)" if meta["fast"] else ""),
+        f"- evaluation wall time: {meta.wall_time_s:.0f} s on {meta.device}" + (" (fast mode)" if meta.fast else ""),
         f"- training wall time (metrics.jsonl): {'unknown' if tw is None else f'{tw:.0f} s'}; steps "
-        f"{meta['train_steps']}, batch size {meta['batch_size']} per worker",
-        f"- generator {meta['generator_params'] / 1e6:.2f}M parameters ({meta['generator_config']}); "
-        f"discriminator {meta['discriminator_params'] / 1e6:.2f}M ({meta['discriminator_config']}); "
-        f"tokenizer {meta['tokenizer']}",
-        f"- data: {meta['data']}",
-        f"- temperatures {meta['temperatures']}, seeds {meta['seeds']} (mean ± sd over seeds), "
-        f"top-p {meta['top_p']}", "",
+        f"{meta.train_steps}, batch size {meta.batch_size} per worker",
+        f"- generator {meta.generator_params / 1e6:.2f}M parameters ({meta.generator_config}); "
+        f"discriminator {meta.discriminator_params / 1e6:.2f}M ({meta.discriminator_config}); "
+        f"tokenizer {meta.tokenizer}",
+        f"- data: {meta.data}",
+        f"- temperatures {meta.temperatures}, seeds {meta.seeds} (mean ± sd over seeds), top-p {meta.top_p}", "",
     ]
 
 
-def _results_lines(r: dict[str, Any]) -> list[str]:
+def _results_lines(r: EvalResult) -> list[str]:
     """The targets, the matched-diversity comparison, quality and diversity, test NLL and condition match."""
-    meta, tg = r["meta"], r["targets"]
-    embeddings = ("all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)" if meta["embeddings_available"]
+    meta = r.meta
+    embeddings = ("all-MiniLM-L6-v2 (English model; Chinese embeddings are weak)" if meta.embeddings_available
                   else "unavailable, FED/MAUVE/title relevance are null")
     return [
         "## Targets", "",
-        _table(["target", "status", "detail"], [[k, v["status"], v["detail"]] for k, v in tg.items()]), "",
+        _table(["target", "status", "detail"], [[k, v.status, v.detail] for k, v in r.targets.items()]), "",
         "## Matched diversity", "",
-        _matched_text(r), "",
+        _matched_text(r.matched), "",
         _matched_table(r), "",
         "## Quality and diversity", "",
         "BLEU against real test reviews of other unseen products with the same language, category and rating "
@@ -204,9 +239,9 @@ def _results_lines(r: dict[str, Any]) -> list[str]:
         "the real reviews of the same products (human row: against reviews of the reference products).", "",
         _sweep_table(r, QUALITY_COLUMNS), "",
         f"Embeddings: {embeddings}; "
-        f"MAUVE package {'available' if meta['mauve_available'] else 'unavailable'}.", "",
+        f"MAUVE package {'available' if meta.mauve_available else 'unavailable'}.", "",
         "## Test NLL (teacher forced, all test reviews, nats/token)", "",
-        _table(["model", "NLL"], [[n.upper(), v] for n, v in r["nll"].items()]), "",
+        _table(["model", "NLL"], [[n.upper(), v] for n, v in r.nll.items()]), "",
         "## Condition match", "",
         "TF-IDF + logistic regression trained only on real train reviews; generated reviews are scored against "
         "the rating/category they were asked for. Polarity: 1-2 stars negative, 4-5 positive (3 left out); rows "
@@ -217,39 +252,37 @@ def _results_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def _scorer_lines(r: dict[str, Any]) -> list[str]:
+def _scorer_lines(r: EvalResult) -> list[str]:
     """The scorer section: its mode, the out-of-family generator, the calibration, and its tables."""
-    meta = r["meta"]
+    ood = r.meta.out_of_family
     return [
         "## Scorer", "",
-        f"p_human: {r['scorer'].get('mode', 'discriminator-only')}. Out-of-family generator: "
-        + (f"`{meta['out_of_family']['model_dir']}` ({meta['out_of_family']['generator_params'] / 1e6:.2f}M "
-           f"parameters, seed {meta['out_of_family']['seed']}), sampled at top-k 40; never used to fit or "
-           "calibrate the scorer." if meta.get("out_of_family") else "none given (no out-of-family check)."), "",
-        f"Calibration: {json.dumps(_calibration_summary(r['calibration']), default=json_default)}", "",
-        _scorer_table(r), "",
-        _fakes_table(r), "",
+        f"p_human: {r.scorer.section.get('mode', 'discriminator-only')}. Out-of-family generator: "
+        + (f"`{ood.model_dir}` ({ood.generator_params / 1e6:.2f}M parameters, seed {ood.seed}), sampled at top-k "
+           "40; never used to fit or calibrate the scorer." if ood else "none given (no out-of-family check)."), "",
+        f"Calibration: {json.dumps(_calibration_summary(r.calibration), default=json_default)}", "",
+        _scorer_table(r.scorer), "",
+        _fakes_table(r.scorer), "",
         "AUROC of each signal alone (oriented by its known direction; human = positive):", "",
-        _signal_table(r), "",
+        _signal_table(r.scorer), "",
     ]
 
 
-def _copying_lines(r: dict[str, Any], ev: pd.DataFrame, samples: dict, review_filter: ReviewFilter) -> list[str]:
+def _copying_lines(r: EvalResult, inputs: ReportInputs) -> list[str]:
     """Copying and PII under the production filter, example generations, the plots and the protocol notes."""
-    meta = r["meta"]
     return [
         "## Copying and PII", "",
-        f"Copy = a span of >= {review_filter.copy_threshold} tokens found in the training reviews (hashed n-gram "
-        f"index); accepted = passes the production output filter (`reviewgen.score.filter`: no copy, no PII, "
+        f"Copy = a span of >= {inputs.review_filter.copy_threshold} tokens found in the training reviews (hashed "
+        "n-gram index); accepted = passes the production output filter (`reviewgen.score.filter`: no copy, no PII, "
         f"not empty, broken, too short or in the wrong language). Human test reviews copy-rate: "
-        f"{r['human'].get('copy_rate', 0.0):.4f}.", "",
+        f"{r.human.get('copy_rate', 0.0):.4f}.", "",
         _sweep_table(r, FILTER_COLUMNS), "",
         "## Example generations for unseen products", "",
-        _examples(ev, samples, r["matched"], review_filter), "",
+        _examples(r, inputs), "",
         "## Plots", "",
-        *[f"![{name}]({name})" for name in r["plots"]], "",
+        *[f"![{name}]({name})" for name in r.plots], "",
         "## Protocol notes", "",
-        f"- {meta['reference_pools']}.",
+        f"- {r.meta.reference_pools}.",
         "- GAN, MLE and compared models' samples share per-row random numbers (same keys and seeds).",
         "- Example texts and the length/rating plots use each model's sampled temperature nearest its matched one.",
         "- Scorer settings marked in_calibration=False were never used to fit the scorer (D's Platt calibration "
@@ -257,9 +290,9 @@ def _copying_lines(r: dict[str, Any], ev: pd.DataFrame, samples: dict, review_fi
     ]
 
 
-def _scorer_table(r: dict[str, Any]) -> str:
+def _scorer_table(scorer: ScorerResult) -> str:
     rows = []
-    for label, s in r["scorer"]["settings"].items():
+    for label, s in scorer.settings.items():
         for kind in ("calibrated", "discriminator", "uncalibrated", "tfidf_lr"):
             if kind not in s:
                 continue
@@ -272,26 +305,25 @@ def _scorer_table(r: dict[str, Any]) -> str:
                    "ECE floor", "Brier"], rows)
 
 
-def _fakes_table(r: dict[str, Any]) -> str:
+def _fakes_table(scorer: ScorerResult) -> str:
     """The scorer on another generator's labelled reviews (`--fakes`), per language and length bin."""
-    f = r["scorer"].get("fakes")
-    if not f:
+    f = scorer.fakes
+    if f is None:
         return "No fakes file of another generator was read (`--fakes`)."
-    rows = [[lang, m["n_human"], m["n_machine"], m["auroc"], m["worst_bin_auroc"],
-             " / ".join(_length_bin(b) for b in m["length_bins"]),
-             m["tpr_1pct_fpr"], m["tpr_5pct_fpr"], m["flagged_1pct"], m["humans_flagged_1pct"], m["ece"],
-             m["confident_human"], m["out_of_domain_machine"], m["out_of_domain_human"]]
-            for lang, m in f["languages"].items()]
-    return (f"Another generator's reviews, never fitted on: `{f['file']}` ({f['rows']} rows). TPR at 1%/5% FPR of "
+    rows = [[lang, m.n_human, m.n_machine, m.auroc, m.worst_bin_auroc,
+             " / ".join(_length_bin(b) for b in m.length_bins), m.tpr_1pct_fpr, m.tpr_5pct_fpr, m.flagged_1pct,
+             m.humans_flagged_1pct, m.ece, m.confident_human, m.out_of_domain_machine, m.out_of_domain_human]
+            for lang, m in f.languages.items()]
+    return (f"Another generator's reviews, never fitted on: `{f.file}` ({f.rows} rows). TPR at 1%/5% FPR of "
             "the file's own humans; flagged: by the model's stored 1% threshold (machine reviews, and humans "
             "falsely accused).\n\n" + _table(["language", "humans", "machine", "AUROC", "worst length bin",
                                                   "AUROC by length (chars)", "TPR@1%", "TPR@5%", "flagged 1%",
                                                   "humans flagged 1%", "ECE", "machine p_human>=0.9",
                                                   "out-of-domain (machine)", "out-of-domain (human)"], rows)
-            + "\n\n" + _calibrate_lines(f.get("calibrate")))
+            + "\n\n" + _calibrate_lines(f.calibrate))
 
 
-def _calibrate_lines(cal: dict[str, Any] | None) -> str:
+def _calibrate_lines(cal: Mapping[str, Any] | None) -> str:
     """`reviewgen calibrate` on the fakes file: fitted on half its groups, reported on the other half."""
     if not cal:
         return "No calibrate check: the fakes file has no group column (hotel_name, product_title, product_id)."
@@ -303,24 +335,25 @@ def _calibrate_lines(cal: dict[str, Any] | None) -> str:
             + _table(["language", "rows", "adapted", "AUROC", "TPR@1%", "TPR@5%", "ECE", "zero-shot AUROC"], rows))
 
 
-def _length_bin(b: dict[str, Any]) -> str:
-    auc = "-" if b["auroc"] is None else f"{b['auroc']:.3f}"
-    return f"{b['chars'][0]}-{b['chars'][1]}: {auc}"
+def _length_bin(b: LengthBin) -> str:
+    auc = "-" if b.auroc is None else f"{b.auroc:.3f}"
+    lo, hi = b.chars
+    return f"{lo}-{hi}: {auc}"
 
 
-def _signal_table(r: dict[str, Any]) -> str:
-    settings = {k: s for k, s in r["scorer"]["settings"].items() if s.get("signals")}
+def _signal_table(scorer: ScorerResult) -> str:
+    settings = {k: s for k, s in scorer.settings.items() if s.get("signals")}
     names = list(next(iter(settings.values()))["signals"]) if settings else []
     return _table(["setting", *names], [[k, *[s["signals"][n] for n in names]] for k, s in settings.items()])
 
 
-def _calibration_summary(calib: dict[str, Any] | None) -> dict[str, Any] | None:
+def _calibration_summary(calib: Calibration | None) -> Mapping[str, Any] | None:
     """The calibration with each language's detector combiner reduced to its features, weights and choice
     (the per-candidate detail stays in metrics.json)."""
-    if not calib or "detector" not in calib:
-        return calib
-    det = Detector.from_dict(calib["detector"])
-    return {**{k: v for k, v in calib.items() if k != "detector"},
+    if calib is None or calib.detector is None:
+        return None if calib is None else calib.to_dict()
+    det = Detector.from_dict(calib.detector)
+    return {**{k: v for k, v in calib.to_dict().items() if k != "detector"},
             "detector": {lang: {"features": list(c.features), "weights": [round(w, 4) for w in c.weights],
                                 "candidate": c.info.get("candidate"),
                                 "worst_held_out_auroc": c.info.get("worst_held_out_auroc"),

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import torch
 
-from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
+from reviewgen.core.checkpoint import Calibration, Checkpoint, load_checkpoint
 from reviewgen.core.config import ConfigError
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
@@ -27,7 +27,7 @@ from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filter_verdicts
-from reviewgen.evaluate.fluency import fluency_markdown, fluency_section
+from reviewgen.evaluate.fluency import fluency_result
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.matching import match_at_diversity
 from reviewgen.evaluate.quality import (
@@ -41,11 +41,11 @@ from reviewgen.evaluate.quality import (
     reference_pools,
     split_eval_rows,
 )
-from reviewgen.evaluate.report import read_history, write_report
+from reviewgen.evaluate.report import ReportInputs, read_history, write_plots, write_report
+from reviewgen.evaluate.results import EvalResult, OutOfFamily, QualityPoint, RunMeta, ScorerResult, Sweep
 from reviewgen.evaluate.scorer_eval import ScorerRows, extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.evaluate.world import fakes_section
-from reviewgen.infra.storage import write_local_atomic
 from reviewgen.score.scorer import Scorer
 
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
@@ -114,7 +114,7 @@ class EvalModels:
     scorer, and the out-of-family checkpoint (None: no check)."""
 
     ck: dict[str, Checkpoint]
-    calib: dict[str, Any] | None
+    calib: Calibration | None
     scorer: Scorer
     ood: Checkpoint | None
 
@@ -138,13 +138,13 @@ class EvalRows:
 
 def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: EvalConfig | None = None,
                    *, baseline_dir: str | Path | None = None, ood_model_dir: str | Path | None = None,
-                   compare: Mapping[str, str | Path] | None = None, log: Log = print) -> dict[str, Any]:
+                   compare: Mapping[str, str | Path] | None = None, log: Log = print) -> EvalResult:
     """Evaluate model_dir (GAN) against baseline_dir (default model_dir/mle) on unseen test products and
     write OUT_DIR/{metrics.json, report.md, *.png}. `ood_model_dir`: a model directory of a different
     generator that the scorer is never fitted on, for the scorer's out-of-family check (None: no check).
     `compare`: more named model directories (an ablation), swept and compared at matched diversity beside
     GAN and MLE on the same rows (quality, conditions, copying and NLL; not the scorer or fluency sections).
-    Returns the metrics dict (as in metrics.json)."""
+    Returns the `EvalResult` (metrics.json is its `to_dict`)."""
     compare = check_compare_names(compare or {})
     c = (config or EvalConfig()).resolved()
     t0 = time.time()
@@ -158,30 +158,23 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     metrics = _TextMetrics(rows, c, models.ck["gan"], log)
     human_m = metrics.human()
     sweep, samples = _sweep(models.ck, rows, c, dev, metrics, log)
-    matched = match_at_diversity(sweep, human_m["self_bleu4"], anchors=MODELS)
-    scorer_m, scorer_extra = _scorer_results(models, rows, samples, c, dev, log)
-    result: dict[str, Any] = {
-        "meta": run_meta(paths, models, rows, c, embeddings_available=bool(metrics.emb.available), device=str(dev),
-                         nll_reviews=nll_reviews),
-        "calibration": models.calib,
-        "nll": nll,
-        "human": human_m,
-        "sweep": sweep,
-        "matched": matched.to_dict(),
-        "scorer": scorer_m,
-        "classifiers": {"note": "TF-IDF char 1-3-gram + logistic regression trained on real train reviews"},
-    }
+    matched = match_at_diversity(sweep.to_dict(), human_m["self_bleu4"], anchors=MODELS)
+    scorer, scorer_extra = _scorer_results(models, rows, samples, c, dev, log)
     # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
-    result["fluency"] = fluency_section({n: models.ck[n] for n in MODELS}, samples, rows.ev, rows.test, rows.train,
-                                        load_split(data_dir, "val"), real_clf=metrics.clf,
-                                        tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
-    result["targets"] = check_targets(result)
-    result["meta"]["wall_time_s"] = time.time() - t0
-    write_report(result, paths.out_dir, model_dir=paths.model_dir, ev=rows.ev, samples=samples, clf=metrics.clf,
-                 review_filter=metrics.review_filter, scorer_extra=scorer_extra)
-    report = paths.out_dir / "report.md"
-    write_local_atomic(report, report.read_text() + "\n" + fluency_markdown(result["fluency"]))
-    write_json_atomic(paths.out_dir / "metrics.json", result)
+    fluency = fluency_result({n: models.ck[n] for n in MODELS}, samples, rows.ev, rows.test, rows.train,
+                             load_split(data_dir, "val"), real_clf=metrics.clf,
+                             tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
+    meta = run_meta(paths, models, rows, c, embeddings_available=bool(metrics.emb.available), device=str(dev),
+                    nll_reviews=nll_reviews)
+    result = EvalResult(meta=meta, calibration=models.calib, nll=nll, human=human_m, sweep=sweep, matched=matched,
+                        scorer=scorer, fluency=fluency)
+    result = dataclasses.replace(result, targets=check_targets(result),
+                                 meta=dataclasses.replace(meta, wall_time_s=time.time() - t0))
+    inputs = ReportInputs(model_dir=paths.model_dir, ev=rows.ev, samples=samples, clf=metrics.clf,
+                          review_filter=metrics.review_filter, scorer_extra=scorer_extra)
+    result = dataclasses.replace(result, plots=tuple(write_plots(result, paths.out_dir, inputs)))
+    write_report(result, paths.out_dir, inputs)
+    write_json_atomic(paths.out_dir / "metrics.json", result.to_dict())
     log(f"report written to {paths.out_dir} in {time.time() - t0:.0f}s")
     return result
 
@@ -266,8 +259,7 @@ class _TextMetrics:
 
 
 def _sweep(ck: dict[str, Checkpoint], rows: EvalRows, c: EvalConfig, dev: torch.device,
-           score: Callable[[list[str]], dict[str, Any]],
-           log: Log) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, float], list[str]]]:
+           score: Callable[[list[str]], dict[str, Any]], log: Log) -> tuple[Sweep, dict[tuple[str, float], list[str]]]:
     """`sweep_models` over every loaded model, each sampling the evaluated rows with its own tokenizer."""
     def sample(name: str, temp: float, seed: int) -> list[str]:
         return generate_texts(ck[name].generator, ck[name].tokenizer, rows.conds, rows.keys, seed=seed,
@@ -277,9 +269,9 @@ def _sweep(ck: dict[str, Checkpoint], rows: EvalRows, c: EvalConfig, dev: torch.
 
 
 def _scorer_results(models: EvalModels, rows: EvalRows, samples: dict[tuple[str, float], list[str]], c: EvalConfig,
-                    dev: torch.device, log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+                    dev: torch.device, log: Log) -> tuple[ScorerResult, dict[str, Any]]:
     """`scorer_section` on the evaluated rows plus the extra test reviews the scorer reads (sampled at the
-    first seed), and the `--fakes` file when given."""
+    first seed), and the `--fakes` file when given; and the raw arrays for the scorer's plots."""
     ck, tok, seed = models.ck, models.ck["gan"].tokenizer, c.seeds[0]
     extra = extra_scorer_rows(rows.test, rows.ev, c.scorer_reviews)
     x_conds, x_keys = conditions(extra), [f"{pid}:scorer:{i}" for i, pid in enumerate(extra["product_id"])]
@@ -294,9 +286,8 @@ def _scorer_results(models: EvalModels, rows: EvalRows, samples: dict[tuple[str,
     scorer_m, scorer_extra = scorer_section(ck, models.scorer, scorer_rows, sc_samples,
                                             temperatures=list(c.temperatures), train=rows.train,
                                             n_base=c.n_baseline_train, seed=seed, dev=dev, log=log, ood=models.ood)
-    if c.fakes is not None:
-        scorer_m["fakes"] = fakes_section(models.scorer, c.fakes, seed=seed, log=log)
-    return scorer_m, scorer_extra
+    fakes = fakes_section(models.scorer, c.fakes, seed=seed, log=log) if c.fakes is not None else None
+    return ScorerResult(scorer_m, fakes), scorer_extra
 
 
 def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
@@ -315,10 +306,10 @@ def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
 
 def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]], temperatures: list[float],
                  seeds: list[int], score: Callable[[list[str]], dict[str, Any]],
-                 log: Log) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, float], list[str]]]:
-    """Per model and temperature, `score` of `sample(name, temperature, seed)` aggregated over seeds
-    ({model: {"T": {metric: {"mean", "sd", "values"}}}}), and the first seed's texts per (model, T)."""
-    sweep: dict[str, dict[str, Any]] = {n: {} for n in names}
+                 log: Log) -> tuple[Sweep, dict[tuple[str, float], list[str]]]:
+    """Per model and temperature, `score` of `sample(name, temperature, seed)` aggregated over seeds (a
+    `QualityPoint` each), and the first seed's texts per (model, T)."""
+    sweep: dict[str, dict[str, QualityPoint]] = {n: {} for n in names}
     samples: dict[tuple[str, float], list[str]] = {}
     for name in names:
         for temp in temperatures:
@@ -331,49 +322,50 @@ def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]
                 runs.append(score(texts))
                 log(f"  {name} T={temp:g} seed={seed}: BLEU-4 {runs[-1].get('bleu4', float('nan')):.4f} "
                     f"Self-BLEU-4 {runs[-1]['self_bleu4']:.4f} ({time.time() - t1:.1f}s)")
-            sweep[name][f"{temp:g}"] = aggregate(runs)
-    return sweep, samples
+            sweep[name][f"{temp:g}"] = QualityPoint(name, f"{temp:g}", aggregate(runs))
+    return Sweep(sweep), samples
 
 
 def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig, *, embeddings_available: bool,
-             device: str, nll_reviews: int) -> dict[str, Any]:
+             device: str, nll_reviews: int) -> RunMeta:
     """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol, and the
-    compared and out-of-family models."""
+    compared and out-of-family models (the wall time is filled in at the end)."""
     history = read_history(paths.model_dir / "metrics.jsonl")
-    ck, train, test, ev = models.ck, rows.train, rows.test, rows.ev
-    cfg = ck["gan"].config
-    mauve_ok = importlib.util.find_spec("mauve") is not None
-    return {
-        "model_dir": str(paths.model_dir), "baseline_dir": str(paths.baseline_dir), "data_dir": str(paths.data_dir),
-        "model_version": ck["gan"].version, "baseline_version": ck["mle"].version, "device": device,
-        "generator_params": count_params(ck["gan"].generator),
-        "discriminator_params": count_params(ck["gan"].discriminator),
-        "generator_config": {k: v for k, v in cfg.to_dict()["generator"].items()},
-        "discriminator_config": {k: v for k, v in cfg.to_dict()["discriminator"].items()},
-        "tokenizer": {"vocab_size": ck["gan"].tokenizer.vocab_size, "prefix_len": ck["gan"].tokenizer.prefix_len,
-                      "max_review_len": ck["gan"].tokenizer.max_review_len},
-        "train_steps": {p: cfg.to_dict()["train"].get(k) for p, k in
-                        (("mle", "mle_steps"), ("disc", "disc_warmup_steps"), ("adv", "adv_steps"))},
-        "batch_size": cfg.train.batch_size,
-        "train_wall_time_s": max((float(r.get("time", 0)) for r in history), default=None),
-        "data": {"train_reviews": len(train), "train_products": int(train["product_id"].nunique()),
-                 "test_reviews": len(test), "test_products": int(test["product_id"].nunique()),
-                 "evaluated_reviews": len(ev), "evaluated_products": int(ev["product_id"].nunique()),
-                 "reference_reviews": len(rows.ref), "evaluated_by_language": dict(Counter(ev["language"]))},
-        "temperatures": list(c.temperatures), "seeds": list(c.seeds), "top_p": c.top_p, "copy_span": c.copy_span,
-        "fast": c.fast, "embeddings_available": embeddings_available, "mauve_available": mauve_ok,
-        "reference_pools": rows.pool_note,
-        "nll_reviews": nll_reviews,
-        "compared": {name: {"model_dir": str(path), "version": ck[name].version}
-                     for name, path in paths.compare.items()},
-        "out_of_family": _out_of_family_meta(paths.ood_model_dir, models.ood),
-    }
+    gan, mle = models.ck["gan"], models.ck["mle"]
+    cfg, tok = gan.config.to_dict(), gan.tokenizer
+    return RunMeta(
+        model_dir=str(paths.model_dir), baseline_dir=str(paths.baseline_dir), data_dir=str(paths.data_dir),
+        model_version=gan.version, baseline_version=mle.version, device=device,
+        generator_params=count_params(gan.generator), discriminator_params=count_params(gan.discriminator),
+        generator_config=dict(cfg["generator"]), discriminator_config=dict(cfg["discriminator"]),
+        tokenizer={"vocab_size": tok.vocab_size, "prefix_len": tok.prefix_len, "max_review_len": tok.max_review_len},
+        train_steps={p: cfg["train"].get(k) for p, k in
+                     (("mle", "mle_steps"), ("disc", "disc_warmup_steps"), ("adv", "adv_steps"))},
+        batch_size=gan.config.train.batch_size,
+        train_wall_time_s=max((float(r.get("time", 0)) for r in history), default=None),
+        data=_data_sizes(rows), temperatures=list(c.temperatures), seeds=list(c.seeds), top_p=c.top_p,
+        copy_span=c.copy_span, fast=c.fast, embeddings_available=embeddings_available,
+        mauve_available=importlib.util.find_spec("mauve") is not None, reference_pools=rows.pool_note,
+        nll_reviews=nll_reviews,
+        compared={name: {"model_dir": str(path), "version": models.ck[name].version}
+                  for name, path in paths.compare.items()},
+        out_of_family=_out_of_family_meta(paths.ood_model_dir, models.ood),
+    )
 
 
-def _out_of_family_meta(model_dir: str | Path | None, ood: Checkpoint | None) -> dict[str, Any] | None:
+def _data_sizes(rows: EvalRows) -> dict[str, Any]:
+    """Reviews and products of the train and test splits and of the evaluated rows, and the reference rows."""
+    train, test, ev = rows.train, rows.test, rows.ev
+    return {"train_reviews": len(train), "train_products": int(train["product_id"].nunique()),
+            "test_reviews": len(test), "test_products": int(test["product_id"].nunique()),
+            "evaluated_reviews": len(ev), "evaluated_products": int(ev["product_id"].nunique()),
+            "reference_reviews": len(rows.ref), "evaluated_by_language": dict(Counter(ev["language"]))}
+
+
+def _out_of_family_meta(model_dir: str | Path | None, ood: Checkpoint | None) -> OutOfFamily | None:
     """The out-of-family generator's directory, version, size, config, seed and training data (None: none)."""
     if ood is None:
         return None
-    return {"model_dir": str(model_dir), "version": ood.version, "generator_params": count_params(ood.generator),
-            "generator_config": ood.config.to_dict()["generator"], "seed": ood.config.train.seed,
-            "trained_on": ood.meta.get("trained_on", ood.meta.get("data_hash"))}
+    return OutOfFamily(model_dir=str(model_dir), version=ood.version, generator_params=count_params(ood.generator),
+                       generator_config=ood.config.to_dict()["generator"], seed=ood.config.train.seed,
+                       trained_on=ood.meta.data_hash)

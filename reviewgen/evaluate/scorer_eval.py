@@ -4,23 +4,21 @@ our own generators and from an out-of-family one the scorer never saw."""
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import content_version, load_checkpoint
+from reviewgen.core.checkpoint import Calibration, load_checkpoint, write_calibration
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import accuracy, auroc, brier, ece, ece_floor, f1, roc_curve, tpr_at_fpr
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
-from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.quality import MODELS, Log
 from reviewgen.score.calibration import (
     CALIBRATION_TEMPERATURES,
@@ -28,7 +26,7 @@ from reviewgen.score.calibration import (
     FEATURE_SIGNS,
     SamplingSetting,
     calibrate,
-    describe_detector,
+    describe_calibration,
     sample_fakes,
 )
 from reviewgen.score.platt import apply_calibration
@@ -44,15 +42,15 @@ OOD_TOP_K = 40
 def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoints: Sequence[str | Path] | None = None,
                       temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, seed: int = 0,
                       max_rows: int | None = None, write: bool = True, device: str | None = None,
-                      log: Log = print) -> dict[str, Any]:
+                      log: Log = print) -> Calibration:
     """Refit the scorer (D's Platt calibration and the detector) on real VAL reviews vs samples from several
     checkpoints (default: the model and its MLE baseline `model_dir/mle`) over the sampling settings, through
     `reviewgen.score.calibration.calibrate`. The detector's reference network is the model's
     reference.safetensors, or else the second checkpoint's generator, whose weights `write` then stores as
     the model's reference.safetensors. The word n-gram model is the model's wordlm.npz, or else one built
-    from the data's train split, which `write` then stores. With `write`, stores calibration.json in
-    `model_dir` and refreshes meta.json's content version. Returns calibrate's dict plus "checkpoints" and
-    "source"."""
+    from the data's train split, which `write` then stores. With `write`, stores the calibration in
+    `model_dir` (`reviewgen.core.checkpoint.write_calibration`: a new content version). Returns calibrate's
+    `Calibration`, its fit naming the checkpoints and the source."""
     model_dir = Path(model_dir)
     dev = pick_device(device)
     ckpts = [Path(c) for c in (checkpoints if checkpoints is not None else [model_dir, model_dir / "mle"])]
@@ -67,20 +65,16 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     calib = calibrate(main.discriminator, main.tokenizer, load_split(data_dir, "val"), gens, G=main.generator,
                       ref=ref, wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows,
                       key_prefix="recal")
-    calib.update(checkpoints=[str(c) for c in ckpts], source="refit_calibration (val split)")
-    log(f"calibration refit: D scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
-        f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f} on {calib['n']} val reviews/samples; detector "
-        f"{describe_detector(calib['detector'])}")
+    fit = replace(calib.fit, checkpoints=tuple(str(c) for c in ckpts), source="refit_calibration (val split)")
+    calib = replace(calib, fit=fit)
+    log(f"calibration refit on val reviews and samples: {describe_calibration(calib)}")
     if write:
         if ref_file is not None and ref_file.is_file():
             shutil.copyfile(ref_file, model_dir / "reference.safetensors")
         if built:
             wordlm.save(model_dir / "wordlm.npz")
-        write_json_atomic(model_dir / "calibration.json", calib)
-        meta = json.loads((model_dir / "meta.json").read_text())
-        meta["version"] = content_version(model_dir)  # the version hash covers calibration.json
-        meta.setdefault("metrics", {})["calibration"] = calib
-        write_json_atomic(model_dir / "meta.json", meta)
+        meta = main.meta
+        write_calibration(model_dir, calib, replace(meta, metrics={**meta.metrics, "calibration": calib.to_dict()}))
     return calib
 
 
@@ -178,11 +172,12 @@ def scorer_section(ck: dict[str, Any], scorer: Scorer, rows: ScorerRows, samples
     conds, human = rows.conds, rows.human
     baseline = tfidf_real_vs_fake(ck, train, n_base, seed, log)
     settings = _sampling_settings(ck, rows, samples, temperatures, seed=seed, dev=dev, ood=ood)
-    calib = scorer.calibration or {}
-    fitted = set(calib.get("settings") or [f"T={t:g}" for t in calib.get("temperatures", [])])
+    fit = scorer.calibration.fit if scorer.calibration is not None else None
+    fitted = set(fit.settings or [f"T={t:g}" for t in fit.temperatures]) if fit is not None else set()
     h = scorer.score_texts(conds, human)
     h_base = baseline.predict_proba(human)[:, 1]
-    out: dict[str, Any] = {"calibration": scorer.calibration, "mode": scorer.mode, "n_human": len(human),
+    out: dict[str, Any] = {"calibration": scorer.calibration.to_dict() if scorer.calibration else None,
+                           "mode": scorer.mode, "n_human": len(human),
                            "settings": {}}
     extra: dict[str, Any] = {"human_p": h["p_human"], "gen_p": {}, "roc": {}, "pooled": ([], [])}
     for label, (info, texts) in settings.items():

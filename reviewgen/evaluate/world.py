@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,16 @@ DEFAULT_FAKES = Path("../shared/data/fakes_maideup_gpt4_hotels.parquet")
 GROUP_COLUMNS = ("hotel_name", "product_title", "product_id")
 LENGTH_BINS = 4  # quantile bins of text length (characters), per language
 CONFIDENT_HUMAN = 0.9  # p_human at or above which a machine review counts as confidently wrong
+
+
+@dataclass(frozen=True)
+class LengthBin:
+    """The scorer within one quantile bin of review length: AUROC is None when the bin holds one class only."""
+
+    chars: list[int]  # [shortest, longest] characters of the bin
+    n: int  # reviews in the bin
+    n_machine: int
+    auroc: float | None
 
 
 @dataclass(frozen=True)
@@ -50,12 +60,33 @@ class FakesLanguage:
     confident_human: float  # machine reviews scored p_human >= CONFIDENT_HUMAN
     out_of_domain_machine: float | None  # mean out-of-domain measure of the machine / human reviews
     out_of_domain_human: float | None
-    length_bins: tuple[dict[str, Any], ...]  # {"chars": [lo, hi], "n": rows, "auroc": float | None}
+    length_bins: tuple[LengthBin, ...]
 
     @property
     def worst_bin_auroc(self) -> float | None:
-        vals = [b["auroc"] for b in self.length_bins if b["auroc"] is not None]
+        """The lowest AUROC over the length bins that hold both classes (None: no such bin)."""
+        vals = [b.auroc for b in self.length_bins if b.auroc is not None]
         return min(vals) if vals else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (metrics.json's scorer.fakes.languages entry), with `worst_bin_auroc`."""
+        return {**asdict(self), "worst_bin_auroc": self.worst_bin_auroc}
+
+
+@dataclass(frozen=True)
+class FakesSection:
+    """The scorer on one fakes file: its path and rows, each language's `FakesLanguage` (languages with one
+    class only are left out), and the `reviewgen calibrate` check (`calibrate_section`; None without groups)."""
+
+    file: str
+    rows: int
+    languages: Mapping[str, FakesLanguage]
+    calibrate: Mapping[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (metrics.json's scorer.fakes)."""
+        return {"file": self.file, "rows": self.rows,
+                "languages": {lang: m.to_dict() for lang, m in self.languages.items()}, "calibrate": self.calibrate}
 
 
 def read_fakes(path: str | Path) -> pd.DataFrame:
@@ -71,14 +102,14 @@ def labelled_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return check_labels(df, source)
 
 
-def _length_bins(y: np.ndarray, p: np.ndarray, chars: np.ndarray) -> tuple[dict[str, Any], ...]:
+def _length_bins(y: np.ndarray, p: np.ndarray, chars: np.ndarray) -> tuple[LengthBin, ...]:
     edges = np.unique(np.quantile(chars, np.linspace(0, 1, LENGTH_BINS + 1)))
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         rows = (chars >= lo) & ((chars <= hi) if hi == edges[-1] else (chars < hi))
         ok = len(np.unique(y[rows])) == 2
-        out.append({"chars": [int(lo), int(hi)], "n": int(rows.sum()), "n_machine": int((y[rows] == 0).sum()),
-                    "auroc": auroc(y[rows], p[rows]) if ok else None})
+        out.append(LengthBin(chars=[int(lo), int(hi)], n=int(rows.sum()), n_machine=int((y[rows] == 0).sum()),
+                             auroc=auroc(y[rows], p[rows]) if ok else None))
     return tuple(out)
 
 
@@ -106,9 +137,9 @@ def language_metrics(lang: str, y: np.ndarray, p: np.ndarray, chars: np.ndarray,
 
 
 def fakes_section(scorer: Scorer, path: str | Path, seed: int = 0,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The scorer on a fakes file, per language: {"file", "rows", "languages": {lang: FakesLanguage as dict},
-    "calibrate": the `reviewgen calibrate` fit on half of the file's groups, tested on the other half}."""
+                  log: Callable[[str], None] = print) -> FakesSection:
+    """The scorer on a fakes file, per language (`FakesLanguage`), and the `reviewgen calibrate` fit on half of
+    the file's groups, tested on the other half (`calibrate_section`)."""
     df = read_fakes(path)
     frame = labelled_frame(df, str(path))
     res = scorer.score_texts(review_conditions(frame.to_dict("records")), frame["text"].tolist())
@@ -116,7 +147,7 @@ def fakes_section(scorer: Scorer, path: str | Path, seed: int = 0,
     y, langs = frame["label"].to_numpy(), frame["language"].to_numpy(dtype=object)
     chars = frame["text"].str.len().to_numpy()
     ood = np.asarray(res["out_of_domain"], dtype=np.float64)
-    out: dict[str, Any] = {"file": str(path), "rows": len(df), "languages": {}}
+    languages: dict[str, FakesLanguage] = {}
     for lang in sorted(set(langs)):
         rows = langs == lang
         ok = rows & np.isfinite(p)
@@ -124,13 +155,12 @@ def fakes_section(scorer: Scorer, path: str | Path, seed: int = 0,
             continue
         m = language_metrics(lang, y[ok], p[ok], chars[ok], {k: np.asarray(res[k], dtype=object)[ok]
                                                                for k in MACHINE_FLAGS}, ood[ok])
-        m = replace(m, unscored=int((rows & ~np.isfinite(p)).sum()))
-        out["languages"][lang] = {**asdict(m), "worst_bin_auroc": m.worst_bin_auroc}
+        m = languages[lang] = replace(m, unscored=int((rows & ~np.isfinite(p)).sum()))
         log(f"fakes [{lang}]: AUROC {m.auroc:.3f} (worst length bin {m.worst_bin_auroc}), TPR at 1%/5% FPR "
             f"{m.tpr_1pct_fpr:.3f}/{m.tpr_5pct_fpr:.3f}, machine reviews with p_human >= {CONFIDENT_HUMAN}: "
             f"{m.confident_human:.3f}")
-    out["calibrate"] = calibrate_section(scorer, df, frame, res, seed, log)
-    return out
+    return FakesSection(file=str(path), rows=len(df), languages=languages,
+                        calibrate=calibrate_section(scorer, df, frame, res, seed, log))
 
 
 def calibrate_section(scorer: Scorer, df: pd.DataFrame, frame: pd.DataFrame, res: dict[str, Any], seed: int,

@@ -175,9 +175,9 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
     cfg = config or GenerateConfig()
     run_date = resolve_run_date(run_date)
     _check_keep_columns(cfg)
-    model_version, model, ngram_n = model_info(model_dir)
+    meta, model_cfg, ngram_n = model_info(model_dir)
     _check_copy_span(cfg, ngram_n)
-    dist, dist_src = rating_distribution(model, cfg.sampling.rating_distribution)
+    dist, dist_src = rating_distribution(meta, cfg.sampling.rating_distribution)
     mapping = cat.resolve_mapping(cfg.catalog.mapping)
     inputs = list_inputs([str(c) for c in catalogs])
     fs, out_path = filesystem(str(out))
@@ -185,7 +185,7 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
     since_uri = resolve_since(str(out), since) if since else None
     prev_products, prev_run = since_run(since_uri) if since_uri else (None, None)
     settings = identity_settings(cfg, mapping, dist, prev_run, watermark.lineage() if watermark else None)
-    run_id = run_identity(run_date, model_version, settings, inputs)
+    run_id = run_identity(run_date, meta.version, settings, inputs)
 
     state, manifest = start_state(fs, part, run_id, force)
     if state == "noop":
@@ -196,17 +196,17 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
         log(f"{part}: starting afresh ({'--force' if force else 'replacing an unfinished different run'})")
 
     write_atomic(fs, join(part, "run.json"), json.dumps(
-        {"run_id": run_id, "run_date": run_date, "model_version": model_version, "settings": settings},
+        {"run_id": run_id, "run_date": run_date, "model_version": meta.version, "settings": settings},
         indent=2, default=str).encode())
     ensure_ray(log=log)
-    run = _Run(cfg, model_dir, model_version, fs, part, run_id, run_date, inputs, mapping, dist, prev_products,
+    run = _Run(cfg, model_dir, meta.version, fs, part, run_id, run_date, inputs, mapping, dist, prev_products,
                watermark)
     with DataContext.current(_scoped_context()):
         summary = _execute(run, log, t_start)
     summary_doc = {"run_id": run_id, "run_date": run_date, "inputs": inputs,
-                   "model": {"dir": str(Path(model_dir).resolve()), "version": model_version,
-                             "data_hash": model["meta"].get("data_hash"), "rating_distribution_source": dist_src,
-                             "config": model["config"].get("run")},
+                   "model": {"dir": str(Path(model_dir).resolve()), "version": meta.version,
+                             "data_hash": meta.data_hash, "rating_distribution_source": dist_src,
+                             "config": model_cfg.to_dict()},
                    "settings": settings, "since": since_uri, "summary": summary,
                    "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     remove_stale_temps(fs, part)

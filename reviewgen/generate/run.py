@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from reviewgen.core.checkpoint import CheckpointError, Meta, is_model_dir, ngram_order, read_meta, read_run_config
+from reviewgen.core.config import RunConfig
 from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.sampling import row_seed
 from reviewgen.generate.config import GenerateConfig
@@ -135,29 +137,24 @@ def list_inputs(catalogs: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
-def model_info(model_dir: str | Path) -> tuple[str, dict[str, Any], int | None]:
-    """(version, {meta, config}, n-gram size or None) of an exported model directory."""
+def model_info(model_dir: str | Path) -> tuple[Meta, RunConfig, int | None]:
+    """(meta, run config, n-gram size or None) of an exported model directory; GenerationError naming the
+    directory and the file when it is not one."""
     p = Path(model_dir)
+    if not is_model_dir(p):
+        raise GenerationError(f"model directory {p}: not found or incomplete (no config.json or meta.json)")
     try:
-        meta = json.loads((p / "meta.json").read_text())
-        config = json.loads((p / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise GenerationError(f"model directory {p}: cannot read meta.json/config.json ({e})") from e
-    n = None
-    if (p / "ngrams.npy").is_file():
-        arr = np.load(p / "ngrams.npy", mmap_mode="r", allow_pickle=False)
-        n = int(arr[0]) if arr.size else None
-    return str(meta.get("version", "unknown")), {"meta": meta, "config": config}, n
+        return read_meta(p), read_run_config(p), ngram_order(p)
+    except CheckpointError as e:
+        raise GenerationError(f"model directory {p}: {e}") from e
 
 
-def rating_distribution(model: dict[str, Any], override: Sequence[float] | None) -> tuple[list[float], str]:
+def rating_distribution(meta: Meta, override: Sequence[float] | None) -> tuple[list[float], str]:
     """(normalised 1..5 star weights, where they came from): the option, else the model's, else the default."""
     if override is not None:
         src, dist = "option", list(override)
-    elif isinstance(model["meta"].get("rating_distribution"), (list, dict)):
-        d = model["meta"]["rating_distribution"]
-        src, dist = "model", ([float(d.get(str(k), d.get(k, 0))) for k in range(1, 6)] if isinstance(d, dict)
-                              else list(d))
+    elif meta.rating_distribution is not None:
+        src, dist = "model", list(meta.rating_distribution)
     else:
         src, dist = "default (sample en corpus)", list(DEFAULT_RATING_DISTRIBUTION)
     if len(dist) != 5 or any(not math.isfinite(x) or x < 0 for x in dist) or sum(dist) <= 0:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import content_version
+from reviewgen.core.checkpoint import META_FILE, Calibration, read_calibration, read_meta, write_calibration
 from reviewgen.core.errors import InputError
 from reviewgen.core.metrics import auroc, ece, machine_threshold, tpr_at_fpr
 from reviewgen.core.text import detect_language
@@ -349,27 +349,24 @@ def write_adapted_model(model_dir: str | Path, out_dir: str | Path, detector: Ad
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads((out_dir / "meta.json").read_text())["version"]
+    return read_meta(out_dir).version
 
 
 def _stale(name: str) -> bool:
     # meta.json is written last; an earlier adaptation's files are replaced, not kept beside the new ones
-    return name in ("meta.json", "adapt_report.json", *TRAINING_DIRS) or \
+    return name in (META_FILE, "adapt_report.json", *TRAINING_DIRS) or \
         (name.startswith(("lexical-", "lexical_")) and name.endswith(".npz"))
 
 
 def _write_adapted(model_dir: Path, tmp: Path, detector: AdaptedDetector, report: AdaptReport, labels: Path) -> None:
+    meta = read_meta(model_dir)
     shutil.copytree(model_dir, tmp, ignore=lambda d, names: [n for n in names if Path(d) == model_dir and _stale(n)])
-    calib = json.loads((tmp / "calibration.json").read_text()) if (tmp / "calibration.json").is_file() else {}
-    doc = detector.to_doc(tmp)
-    doc["labels"] = {"file": labels.name, "sha256": sha256_file(labels), "rows": report.rows,
-                     "dropped": dict(report.dropped),
-                     "by_language": {r.language: {"human": r.human, "machine": r.machine} for r in report.languages}}
-    doc["report"] = report.to_dict()
-    calib["adapted"] = doc
-    (tmp / "calibration.json").write_text(json.dumps(calib, indent=2, default=float))
+    labels_sha256 = sha256_file(labels)
+    by_language = {r.language: {"human": r.human, "machine": r.machine} for r in report.languages}
+    doc = {**detector.to_doc(tmp), "report": report.to_dict(),
+           "labels": {"file": labels.name, "sha256": labels_sha256, "rows": report.rows,
+                      "dropped": dict(report.dropped), "by_language": by_language}}
     (tmp / "adapt_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    meta = json.loads((model_dir / "meta.json").read_text())
-    meta["adapted_from"] = {"version": meta.get("version"), "labels_sha256": doc["labels"]["sha256"]}
-    meta["version"] = content_version(tmp)  # the version hash covers calibration.json
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    # meta.json last, with the content version over the new calibration.json
+    write_calibration(tmp, replace(read_calibration(tmp) or Calibration(), adapted=doc),
+                      replace(meta, adapted_from={"version": meta.version, "labels_sha256": labels_sha256}))

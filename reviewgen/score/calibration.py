@@ -56,11 +56,12 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from reviewgen.core.checkpoint import Calibration, CalibrationFit
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import auroc, ece, log_loss
 from reviewgen.core.models import unwrap
@@ -192,14 +193,14 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
               wordlm: WordNgramLM | None = None, seed: int = 0,
               temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
               max_rows: int | None = CALIBRATION_ROWS,
-              key_prefix: str = "calib", fakes_per_review: int = FAKES_PER_REVIEW) -> dict[str, Any]:
+              key_prefix: str = "calib", fakes_per_review: int = FAKES_PER_REVIEW) -> Calibration:
     """Fit the scorer on real validation reviews (up to `max_rows`; None: all) against `fakes_per_review`
     samples per review from `generators` over the sampling settings `temperatures` (`sample_fakes`). The
     scorer assumes a 1:1 prior, so every fitted logit is shifted back by the fit set's log(machine / human)
     (`prior_shift`). Always D's Platt calibration; with the language model `G` (and the reference `ref`,
     and the training reviews' word n-gram model `wordlm`) also the detector (see the module docstring).
-    Returns {"scale", "bias", "n", "temperatures", "settings", "ece_raw", "ece" (both under the fit set's
-    own prior)[, "detector"]}."""
+    Returns the `Calibration`: D's Platt scaling, how it was fitted (the ECEs under the fit set's own prior),
+    the detector's document (with `G`) and the p_human thresholds."""
     df = val_df.sample(n=max_rows, random_state=seed) if max_rows is not None and len(val_df) > max_rows else val_df
     if df.empty:
         raise ValueError("calibrate: no validation reviews to calibrate on")
@@ -223,24 +224,23 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
         raise ValueError(f"calibrate: no human or no machine-written row has finite signals "
                          f"(non-finite counts: {nonfinite})")
     logits = sig["d_logit"]
-    calib: dict[str, Any] = fit_platt(logits, labels)
+    platt = fit_platt(logits, labels)
     settings = [as_setting(s) for s in temperatures]
-    calib.update(nonfinite_signals=nonfinite, rows_left_out=int((~keep).sum()))
-    calib.update(n=int(len(labels)), temperatures=sorted({s.temperature for s in settings}),
-                 settings=[s.label for s in settings],
-                 ece_raw=ece(labels, apply_calibration(logits, None)),
-                 ece=ece(labels, apply_calibration(logits, calib)))
-    calib["bias"] += prior_shift(labels)
+    fit = CalibrationFit(n=int(len(labels)), temperatures=tuple(sorted({s.temperature for s in settings})),
+                         settings=tuple(s.label for s in settings),
+                         ece_raw=ece(labels, apply_calibration(logits, None)),
+                         ece=ece(labels, apply_calibration(logits, platt)),
+                         nonfinite_signals=dict(nonfinite), rows_left_out=int((~keep).sum()))
+    calib = Calibration(scale=platt["scale"], bias=platt["bias"] + prior_shift(labels), fit=fit)
     langs = [c.language for c in all_conds]
-    if G is not None:
-        detector = fit_detector(sig, labels, groups, langs, seed=seed)
-        calib["detector"] = detector.to_dict()
-        calib["thresholds"] = {lang: c.info["thresholds"] for lang, c in detector.combiners.items()
-                               if c.info.get("thresholds")}
-    else:
-        calib["thresholds"] = machine_thresholds(apply_calibration(logits, calib)[labels == 1],
-                                                 [x for x, y in zip(langs, labels) if y == 1], MIN_LANGUAGE_ROWS)
-    return calib
+    if G is None:
+        return replace(calib, thresholds=machine_thresholds(apply_calibration(logits, calib)[labels == 1],
+                                                            [x for x, y in zip(langs, labels) if y == 1],
+                                                            MIN_LANGUAGE_ROWS))
+    detector = fit_detector(sig, labels, groups, langs, seed=seed)
+    return replace(calib, detector=detector.to_dict(),
+                   thresholds={lang: c.info["thresholds"] for lang, c in detector.combiners.items()
+                               if c.info.get("thresholds")})
 
 
 def finite_rows(signals: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
@@ -378,7 +378,7 @@ def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=Non
                     wordlm: WordNgramLM | None = None, seed: int = 0,
                     temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
                     max_rows: int | None = CALIBRATION_ROWS,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = print) -> Calibration:
     """The training-end calibration: `calibrate` against samples from G and the MLE reference `ref`, with
     the detector over G's (and the reference's) LM statistics and the word statistics under `wordlm`.
     It never raises: a failed fit is logged with its traceback and gives D's raw logit, with the reason
@@ -389,14 +389,20 @@ def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=Non
     except Exception as e:  # noqa: BLE001 - a failed scorer fit must never lose the trained model
         reason = f"{type(e).__name__}: {e}"
         log(f"scorer calibration failed; the model will score with D alone ({reason})\n{traceback.format_exc()}")
-        return {"scale": 1.0, "bias": 0.0, "detector_error": reason}
-    log(f"scorer calibration: D Platt scale={calib['scale']:.3f} bias={calib['bias']:.3f} "
-        f"ECE {calib['ece_raw']:.3f} -> {calib['ece']:.3f} on {calib['n']} validation reviews/samples; "
-        f"detector {describe_detector(calib['detector'])}")
+        return Calibration(detector_error=reason)
+    log(f"scorer calibration on validation reviews and samples: {describe_calibration(calib)}")
     return calib
 
 
-def describe_detector(doc: dict[str, Any]) -> str:
+def describe_calibration(calib: Calibration) -> str:
+    """D's Platt scaling, its fit's ECE and rows, and the detector, on one line."""
+    fit = calib.fit
+    ece_line = f" ECE {fit.ece_raw:.3f} -> {fit.ece:.3f} on {fit.n} rows" if fit is not None else ""
+    det = describe_detector(calib.detector) if calib.detector is not None else f"none ({calib.detector_error})"
+    return f"D Platt scale={calib.scale:.3f} bias={calib.bias:.3f}{ece_line}; detector {det}"
+
+
+def describe_detector(doc: Mapping[str, Any]) -> str:
     """One line per detector: each language's chosen candidate and L2 multiple, held-out-source AUROC and fit
     ECE."""
     det = Detector.from_dict(doc)

@@ -21,13 +21,9 @@ import torch
 from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.metrics import auroc
 
-FORMAT = "reviewgen-detector/1"
-# a combiner with a floor, a ceiling or a logit offset: a reader of FORMAT alone would ignore them
-FLOOR_FORMAT = "reviewgen-combiner/2"
-# a combiner with a domain (`Combiner.out_of_domain`): a reader of the formats above would claim certainty
-# where the fit set never was
-DOMAIN_FORMAT = "reviewgen-combiner/3"
-COMBINER_FORMATS = (FORMAT, FLOOR_FORMAT, DOMAIN_FORMAT)
+# the tag of one combiner's document (a detector's per-language entry, an adapted model's combiner); a
+# document of another version is refused, not read with fields missing
+COMBINER_FORMAT = "reviewgen-combiner/3"
 DETECTOR_FORMAT = "reviewgen-detector/2"
 ANY_LANGUAGE = "*"
 
@@ -125,8 +121,7 @@ class Combiner:
         d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
         d["domain"] = {k: [float(v[0]), float(v[1])] for k, v in d["domain"].items()}
         d["info"] = json.loads(json.dumps(d["info"], default=float))
-        d["format"] = DOMAIN_FORMAT if self.domain else \
-            (FORMAT if (self.floor, self.ceiling, self.offset) == (0.0, 1.0, 0.0) else FLOOR_FORMAT)
+        d["format"] = COMBINER_FORMAT
         return d
 
     def to_json(self) -> str:
@@ -150,9 +145,9 @@ class Combiner:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Combiner":
         """The combiner `to_dict` wrote; errors name `source` and the field."""
-        if not isinstance(d, Mapping) or d.get("format") not in COMBINER_FORMATS:
+        if not isinstance(d, Mapping) or d.get("format") != COMBINER_FORMAT:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
-            raise CombinerError(f"{source}: format {got!r} is neither {FORMAT!r} nor {FLOOR_FORMAT!r}")
+            raise CombinerError(f"{source}: format {got!r} is not {COMBINER_FORMAT!r}")
         try:
             c = cls(tuple(d["features"]), tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
                     tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}),
@@ -178,8 +173,7 @@ class Combiner:
 class Detector:
     """One combiner per review language, and one (`ANY_LANGUAGE`) for the rest: the signals of a Chinese and
     an English review live on different scales (a word n-gram is a character pair in Chinese), so one
-    shared boundary fits neither well. calibration.json's "detector" entry; a file of the older
-    one-combiner format loads as a detector with only the `ANY_LANGUAGE` combiner."""
+    shared boundary fits neither well. calibration.json's "detector" entry."""
 
     combiners: Mapping[str, Combiner]
     info: Mapping[str, Any] = field(default_factory=dict)
@@ -217,12 +211,10 @@ class Detector:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Detector":
-        """The detector `to_dict` wrote, or a single combiner of the older format; errors name `source`."""
-        if isinstance(d, Mapping) and d.get("format") in COMBINER_FORMATS:
-            return cls({ANY_LANGUAGE: Combiner.from_dict(d, source)})
+        """The detector `to_dict` wrote; errors name `source` (a document of another format included)."""
         if not isinstance(d, Mapping) or d.get("format") != DETECTOR_FORMAT:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
-            raise CombinerError(f"{source}: format {got!r} is neither {DETECTOR_FORMAT!r} nor {FORMAT!r}")
+            raise CombinerError(f"{source}: format {got!r} is not {DETECTOR_FORMAT!r}")
         by = d.get("by_language")
         if not isinstance(by, Mapping) or ANY_LANGUAGE not in by:
             raise CombinerError(f"{source}: 'by_language' must map languages to combiners, {ANY_LANGUAGE!r} included")

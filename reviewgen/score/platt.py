@@ -4,8 +4,12 @@ detector's combined logit; `reviewgen.score.calibration` fits both."""
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import torch
+
+from reviewgen.core.checkpoint import Calibration
 
 # the largest floor (and 1 - ceiling) the detector's Platt step may fit (`fit_platt(floor=True)`): the share
 # of reviews whose signals carry no evidence is a few percent, and a floor near 0.5 would flatten every score
@@ -51,9 +55,13 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
     return out
 
 
-def apply_calibration(logits: np.ndarray, calib: dict[str, float] | None) -> np.ndarray:
-    """Calibrated probabilities from raw logits (identity sigmoid without calibration), within the fit's
-    "floor" and "ceiling" where it has them (`fit_platt(floor=True)`)."""
-    a, b = (calib["scale"], calib["bias"]) if calib else (1.0, 0.0)
-    f, c = (calib.get("floor", 0.0), calib.get("ceiling", 1.0)) if calib else (0.0, 1.0)
+def apply_calibration(logits: np.ndarray, calib: Mapping[str, float] | Calibration | None) -> np.ndarray:
+    """Calibrated probabilities from raw logits (identity sigmoid without calibration): `calib` is what
+    `fit_platt` returns, within its "floor" and "ceiling" where it has them (`fit_platt(floor=True)`), or a
+    model directory's `Calibration`, whose D Platt scaling has neither."""
+    if isinstance(calib, Calibration):
+        a, b, f, c = calib.scale, calib.bias, 0.0, 1.0
+    else:
+        a, b = (calib["scale"], calib["bias"]) if calib else (1.0, 0.0)
+        f, c = (calib.get("floor", 0.0), calib.get("ceiling", 1.0)) if calib else (0.0, 1.0)
     return f + (c - f) / (1.0 + np.exp(-(a * np.asarray(logits, dtype=np.float64) + b)))

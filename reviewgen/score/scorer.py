@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
+from reviewgen.core.checkpoint import CALIBRATION_FILE, Checkpoint, load_checkpoint
 from reviewgen.core.device import cast_matmul_weights, inference_dtype, pick_device
 from reviewgen.core.errors import InputError
 from reviewgen.core.models import Generator
@@ -129,14 +129,13 @@ class Scorer:
         self.detector: Detector | None = None
         # p_human thresholds per language (`reviewgen.score.thresholds`); only for the p_human they were
         # fitted on, so a detector model that falls back to D alone has none
-        calib = self.calibration or {}
-        self.thresholds: dict[str, dict[str, float]] = ({} if "detector" in calib
-                                                        else dict(calib.get("thresholds") or {}))
+        calib = self.calibration
+        self.thresholds: dict[str, dict[str, float]] = ({} if calib is None or calib.detector is not None
+                                                        else {k: dict(v) for k, v in calib.thresholds.items()})
         # a shop's own labels (`reviewgen calibrate`): per language, over the zero-shot logit and a lexical model
-        self.adapted = AdaptedDetector.load(ckpt.path, calib["adapted"]) if calib.get("adapted") else None
-        doc = calib.get("detector")
-        if doc is None:
-            err = (self.calibration or {}).get("detector_error")
+        self.adapted = AdaptedDetector.load(ckpt.path, calib.adapted) if calib and calib.adapted else None
+        if calib is None or calib.detector is None:
+            err = calib.detector_error if calib is not None else None
             self.mode = f"discriminator-only (detector fit failed: {err})" if err else \
                 "discriminator-only (model predates LM statistics)"
             return
@@ -144,7 +143,7 @@ class Scorer:
             self.mode = "discriminator-only (model has no reference.safetensors)"
             return
         try:
-            detector = Detector.from_dict(doc, source=str(ckpt.path / "calibration.json"))
+            detector = Detector.from_dict(calib.detector, source=str(ckpt.path / CALIBRATION_FILE))
         except CombinerError as e:
             raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
         if detector.signals & set(WORD_STATISTICS):
@@ -156,7 +155,7 @@ class Scorer:
             except WordLMError as e:
                 raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
         self.detector = detector
-        self.thresholds = dict((self.calibration or {}).get("thresholds") or {})
+        self.thresholds = {k: dict(v) for k, v in calib.thresholds.items()}
         self.mode = f"detector: {', '.join(detector.features)}" + (
             f" (per language: {', '.join(sorted(detector.combiners))})" if len(detector.combiners) > 1 else "") + (
             f"; adapted to labels for {', '.join(self.adapted.languages)}" if self.adapted is not None else "")

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import ray
 from ray import serve
 
+from reviewgen.core.checkpoint import is_model_dir
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.serve.config import TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token
 from reviewgen.serve.ingress import INGRESS_DEPLOYMENT, IngressDeployment
@@ -46,8 +47,8 @@ def build_app(model_dir: str | Path, config: ServeConfig | None = None):
     """The bound Serve application for a model directory (deployment options from the config)."""
     cfg = config or ServeConfig()
     model_dir = Path(model_dir).expanduser().resolve()
-    if not (model_dir / "config.json").is_file():
-        raise ServeConfigError(f"{model_dir}: not a model directory (no config.json); export one first")
+    if not is_model_dir(model_dir):
+        raise ServeConfigError(f"{model_dir}: not a model directory (no config.json or meta.json); export one first")
     opts: dict[str, Any] = {"max_ongoing_requests": cfg.max_ongoing_requests,
                             "ray_actor_options": cfg.ray_actor_options(), **cfg.rollout_options()}
     if cfg.min_replicas == cfg.max_replicas:

@@ -90,10 +90,10 @@ class ScorerDeployment:
 
     def model_info(self) -> dict[str, Any]:
         """Version, calibration, copy index and tokenizer limits of the model this replica serves."""
-        calib = self.scorer.calibration or {}
+        calib = self.scorer.calibration
         index = self.filter.ngrams
         return {"model_version": self.scorer.version, "model_dir": self.model_dir,
-                "calibration": {k: calib[k] for k in ("scale", "bias") if k in calib},
+                "calibration": {"scale": calib.scale, "bias": calib.bias} if calib is not None else {},
                 "detector": self.scorer.mode,
                 "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.copy_threshold}
                 if index is not None else None,

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +46,7 @@ from reviewgen.infra.runtime import ensure_ray
 from reviewgen.infra.storage import exists, filesystem, read_text, write_local_atomic, write_text
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.job import TrainJobConfig, TrainJobError
-from reviewgen.train.ray_worker import download_dir, encode_batch, shipped_tokenizer, train_loop
+from reviewgen.train.ray_worker import WorkerSpec, download_dir, encode_batch, shipped_tokenizer, train_loop
 from reviewgen.train.trainer import GANTrainer, run_setup
 
 READ_COLUMNS = ["product_title", "category", "rating", "sentiment", "language", "text"]
@@ -59,8 +60,8 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df,
     which base weights to load."""
     if job.resume_from is not None:
         ck = load_checkpoint(job.resume_from, "cpu")
-        log(f"starting from checkpoint {job.resume_from} (phase {ck.meta.get('phase')}, step {ck.meta.get('step')})")
-        return ck.config, ck.tokenizer, ck.categories, ck.meta.get("base")
+        log(f"starting from checkpoint {job.resume_from} (phase {ck.meta.phase}, step {ck.meta.step})")
+        return ck.config, ck.tokenizer, ck.categories, dict(ck.meta.base) if ck.meta.base is not None else None
     fs, root = filesystem(job.storage)
     setup = f"{root}/{job.run_name}/setup"
     doc = read_text(fs, f"{setup}/setup.json")
@@ -127,23 +128,19 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
     global_bs = t.batch_size * job.num_workers
     # validation on the global batch size, so val NLL is comparable across worker counts
     val = encode_frame(val_df.head(global_bs * t.val_batches), tok, categories)
-    loop_cfg: dict[str, Any] = {
-        "cfg": cfg.to_dict(), "tok_json": tok.tok.to_str(), "categories": categories,
-        "val": dict(val), "val_batch_size": global_bs,
-        "storage": job.storage, "name": job.run_name, "data_loader": job.data_loader,
-        "resume_from": str(Path(job.resume_from).resolve()) if job.resume_from else None,
-        "stop_after_phase": job.stop_after_phase, "deadline": deadline, "data_hash": data_hash_of(data_dir),
-        "tracking": (tracker.uri, tracker.run_id) if tracker is not None else None,
-        "threads": max(1, int(job.cpus_per_worker)),
-        "base": base,
-    }
+    spec = WorkerSpec(
+        config=cfg, tok_json=tok.tok.to_str(), categories=tuple(categories), val=dict(val), val_batch_size=global_bs,
+        storage=job.storage, name=job.run_name, data_loader=job.data_loader, data_hash=data_hash_of(data_dir),
+        threads=max(1, int(job.cpus_per_worker)), stop_after_phase=job.stop_after_phase, deadline=deadline,
+        resume_from=str(Path(job.resume_from).resolve()) if job.resume_from else None, base=base,
+        tracking=(tracker.uri, tracker.run_id) if tracker is not None else None)
     datasets = None
     if job.data_loader == "sharded_memory":
-        loop_cfg["train_ref"] = ray.put(encode_frame(train_df, tok, categories))
+        spec = replace(spec, train_ref=ray.put(encode_frame(train_df, tok, categories)))
     else:
         ds = ray.data.read_parquet(str(data_dir / "train.parquet"), columns=READ_COLUMNS)
         ds = ds.map_batches(encode_batch, batch_format="pandas", batch_size=512, fn_kwargs={
-            "tok_json": loop_cfg["tok_json"], "prefix_len": cfg.tokenizer.prefix_len,
+            "tok_json": spec.tok_json, "prefix_len": cfg.tokenizer.prefix_len,
             "max_review_len": cfg.tokenizer.max_review_len, "categories": categories})
         datasets = {"train": ds}
     resources = {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {})
@@ -153,7 +150,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
     # workers' progress lines reach this console through the relay, whatever happens to worker logs
     with ProgressRelay(log) as relay:
         trainer = TorchTrainer(
-            train_loop, train_loop_config=loop_cfg | {"progress": relay.handle}, datasets=datasets,
+            train_loop, train_loop_config={"spec": replace(spec, progress=relay.handle)}, datasets=datasets,
             scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
                                                    resources_per_worker=resources),
             run_config=ray.train.RunConfig(

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
-from reviewgen.core.checkpoint import save_checkpoint
+from reviewgen.core.checkpoint import Meta, save_checkpoint
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.losses import val_nll
 from reviewgen.core.memorization import NGramIndex
@@ -52,12 +52,10 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
     save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
                     generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
                     wordlm_file=wordlm_file, reference=ref,
-                    meta={"data_hash": data_hash, "role": "final" if complete else "partial",
-                          "complete": complete, "phase": trainer.phase, "step": trainer.step,
-                          "global_step": trainer.global_step,
-                          "metrics": {"val_nll": final_val, "calibration": calib},
-                          "rating_distribution": rating_distribution(train_df),
-                          **({"base": trainer.base} if trainer.base is not None else {})})
+                    meta=Meta(data_hash=data_hash, role="final" if complete else "partial", complete=complete,
+                              phase=trainer.phase, step=trainer.step, global_step=trainer.global_step,
+                              metrics={"val_nll": final_val, "calibration": calib.to_dict()},
+                              rating_distribution=tuple(rating_distribution(train_df)), base=trainer.base))
     ngram_file.unlink(missing_ok=True)
     wordlm_file.unlink(missing_ok=True)
     what = "final model" if complete else f"partial model (phase {trainer.phase}, step {trainer.step})"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from reviewgen.core.checkpoint import Meta
 from reviewgen.core.losses import val_nll
 
 SUMMARY_KEYS = ("g_loss", "d_loss", "d_acc", "val_nll", "tokens_per_s", "samples_per_s")
@@ -38,8 +39,8 @@ class Sink(Protocol):
     def record(self, rec: dict[str, Any]) -> None:
         """Add one line to the step log (chief only)."""
 
-    def checkpoint(self, trainer, run_state: dict[str, Any], meta: dict[str, Any], summary: dict[str, Any],
-                   baseline_meta: dict[str, Any] | None) -> None:
+    def checkpoint(self, trainer, run_state: dict[str, Any], meta: Meta, summary: dict[str, Any],
+                   baseline_meta: Meta | None) -> None:
         """Persist a resumable checkpoint (every rank calls it, at the same steps); with `baseline_meta`,
         also the MLE baseline."""
 
@@ -113,9 +114,9 @@ def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict],
                    "resumes": settings.resumes, **{k: last.get(k) for k in SUMMARY_KEYS}}
         run_state = {"loader": loader_state(), "resumes": settings.resumes,
                      "elapsed": settings.elapsed + time.time() - t0}
-        base = ({"data_hash": settings.data_hash, "role": "mle_baseline", "metrics": {"val_nll": last_val}}
-                if baseline else None)
-        sink.checkpoint(trainer, run_state, {"data_hash": settings.data_hash, "metrics": summary}, summary, base)
+        base = Meta(data_hash=settings.data_hash, role="mle_baseline", metrics={"val_nll": last_val}) if baseline \
+            else None
+        sink.checkpoint(trainer, run_state, Meta(data_hash=settings.data_hash, metrics=summary), summary, base)
         saved_at = trainer.global_step
 
     while trainer.phase != "done":
@@ -176,8 +177,8 @@ class LocalSink:
     def record(self, rec: dict[str, Any]) -> None:
         self.steps.add(rec)
 
-    def checkpoint(self, trainer, run_state: dict, meta: dict, summary: dict,
-                   baseline_meta: dict | None) -> None:
+    def checkpoint(self, trainer, run_state: dict, meta: Meta, summary: dict,
+                   baseline_meta: Meta | None) -> None:
         trainer.save(self.out / "state", meta=meta, run_state=run_state)
         if baseline_meta is not None:
             trainer.save(self.out / "mle", meta=baseline_meta, run_state=run_state)

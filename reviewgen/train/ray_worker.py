@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,6 +24,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 from tokenizers import Tokenizer
 
+from reviewgen.core.checkpoint import Meta
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.hf_import import HFBase, HFImportError, load_hf_base
@@ -113,8 +114,8 @@ class RayTrainSink:
     def record(self, rec: dict[str, Any]) -> None:
         self.steps.add(rec)
 
-    def checkpoint(self, trainer: GANTrainer, run_state: dict, meta: dict, summary: dict,
-                   baseline_meta: dict | None) -> None:
+    def checkpoint(self, trainer: GANTrainer, run_state: dict, meta: Meta, summary: dict,
+                   baseline_meta: Meta | None) -> None:
         name = f"checkpoint_{trainer.global_step:07d}_a{summary['resumes']}"
         if not self.is_chief:
             ray.train.report(summary, checkpoint_dir_name=name)
@@ -130,12 +131,37 @@ class RayTrainSink:
 
 # -- the worker ---------------------------------------------------------------------------------------------
 
-def _batches(c: dict, cfg: RunConfig, rank: int, world: int, device,
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything the driver hands each Ray Train worker (`train_loop_config={"spec": ...}`), typed on both
+    sides; Ray pickles it once per worker."""
+
+    config: RunConfig
+    tok_json: str  # the run's tokenizer, as tokenizer.json text
+    categories: tuple[str, ...]
+    val: dict[str, np.ndarray]  # encoded validation rows, evaluated on rank 0
+    val_batch_size: int  # the global batch, so val NLL compares across worker counts
+    storage: str  # Ray Train storage path (local, NFS or a pyarrow URI)
+    name: str  # the run name under `storage`
+    data_loader: str  # "ray_data" (a dataset shard) or "sharded_memory" (`train_ref`)
+    data_hash: str
+    threads: int  # intra-op threads: the CPUs this worker reserved
+    resume_from: str | None = None
+    stop_after_phase: str | None = None
+    deadline: float | None = None  # epoch seconds; every rank stops at the same step once past it
+    tracking: tuple[str, str] | None = None  # (MLflow URI, run id) that rank 0 logs to
+    base: dict[str, Any] | None = None  # the --init-from base record fresh workers load
+    train_ref: Any = None  # ObjectRef of the encoded training rows (sharded_memory)
+    progress: Any = None  # the driver's progress relay handle
+
+
+def _batches(s: WorkerSpec, rank: int, world: int, device,
              state: dict) -> tuple[Iterator[dict], Callable[[], dict]]:
     """(iterator over this worker's batches, function returning the loader state to checkpoint)."""
+    cfg = s.config
     b = cfg.train.batch_size
-    if c["data_loader"] == "sharded_memory":
-        tb = TensorBatches(ray.get(c["train_ref"]), b, cfg.train.seed, device, rank, world)
+    if s.data_loader == "sharded_memory":
+        tb = TensorBatches(ray.get(s.train_ref), b, cfg.train.seed, device, rank, world)
         if state:
             tb.load_state_dict(state)
         return tb, tb.state_dict
@@ -178,30 +204,30 @@ def _base(cfg: RunConfig, base: dict) -> HFBase:
 
 def train_loop(c: dict) -> dict:
     """Ray Train worker function: resume if there is a checkpoint, then the one training loop."""
+    s: WorkerSpec = c["spec"]
+    cfg = s.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # intra-op threads = the CPUs this worker reserved (Ray's default for a worker process is 1)
-    torch.set_num_threads(max(1, int(c.get("threads", 1))))
-    cfg = RunConfig.from_dict(c["cfg"])
-    tok = shipped_tokenizer(c["tok_json"], cfg.tokenizer.prefix_len, cfg.tokenizer.max_review_len)
+    torch.set_num_threads(max(1, s.threads))  # Ray's default for a worker process is 1
+    tok = shipped_tokenizer(s.tok_json, cfg.tokenizer.prefix_len, cfg.tokenizer.max_review_len)
     device = ray.train.torch.get_device()
     ckpt = ray.train.get_checkpoint()
-    fresh = ckpt is None and not c["resume_from"]  # else a checkpoint holds every weight
-    base = _base(cfg, c["base"]) if fresh and c.get("base") else None
-    trainer = GANTrainer(cfg, tok, c["categories"], device, wrap=_wrap, rank=rank, world_size=world, base=base)
+    fresh = ckpt is None and not s.resume_from  # else a checkpoint holds every weight
+    base = _base(cfg, s.base) if fresh and s.base else None
+    trainer = GANTrainer(cfg, tok, list(s.categories), device, wrap=_wrap, rank=rank, world_size=world, base=base)
     run: dict = {}
     if ckpt is not None:  # a restart after a failure, or the same run started again: it wins over --resume-from
         with ckpt.as_directory() as d:
             run = trainer.resume_from(d)
-    elif c["resume_from"]:
-        run = trainer.resume_from(c["resume_from"])
-    batches, loader_state = _batches(c, cfg, rank, world, device, run.get("loader", {}))
+    elif s.resume_from:
+        run = trainer.resume_from(s.resume_from)
+    batches, loader_state = _batches(s, rank, world, device, run.get("loader", {}))
     # rank 0 logs to the driver's MLflow run (reviewgen.infra.tracking), when one was started
-    tracker = Tracker.attach(*c["tracking"]) if c.get("tracking") and rank == 0 else None
-    sink = RayTrainSink(rank, world, device, c["storage"], c["name"], keep_through_step=trainer.global_step,
-                        relay=c.get("progress"), tracker=tracker)
-    val_batches = fixed_batches(c["val"], c["val_batch_size"], cfg.train.val_batches, device) if rank == 0 else []
-    settings = LoopSettings(deadline=c["deadline"], stop_after_phase=c["stop_after_phase"], data_hash=c["data_hash"],
+    tracker = Tracker.attach(*s.tracking) if s.tracking and rank == 0 else None
+    sink = RayTrainSink(rank, world, device, s.storage, s.name, keep_through_step=trainer.global_step,
+                        relay=s.progress, tracker=tracker)
+    val_batches = fixed_batches(s.val, s.val_batch_size, cfg.train.val_batches, device) if rank == 0 else []
+    settings = LoopSettings(deadline=s.deadline, stop_after_phase=s.stop_after_phase, data_hash=s.data_hash,
                             resumes=int(run.get("resumes", -1)) + 1 if run else 0,
                             elapsed=float(run.get("elapsed", 0.0)))
     if rank == 0:

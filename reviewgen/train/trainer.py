@@ -12,7 +12,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,7 @@ import torch
 
 from reviewgen.core.base_ref import own_state
 from reviewgen.core.build import discriminator_on, generator_from_state, trunk_state
-from reviewgen.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reviewgen.core.checkpoint import CheckpointError, Meta, is_model_dir, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
@@ -325,14 +325,14 @@ class GANTrainer:
             raise CheckpointError(f"{path}: no train_state.pt, so it cannot be resumed (it is an exported model)")
         self.load_state_dict(ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(),
                              ck.reference_state)
-        self.base = ck.meta.get("base")
+        self.base = dict(ck.meta.base) if ck.meta.base is not None else None
         return dict(ck.train_state.get("run", {}))
 
-    def save(self, path: str | Path, meta: dict | None = None, run_state: dict | None = None) -> Path:
-        """Write a resumable training checkpoint."""
-        meta = dict(meta or {}, phase=self.phase, step=self.step, global_step=self.global_step)
-        if self.base is not None:
-            meta["base"] = self.base
+    def save(self, path: str | Path, meta: Meta | None = None, run_state: dict | None = None) -> Path:
+        """Write a resumable training checkpoint; `meta` is the caller's record, the position and base are added."""
+        meta = meta if meta is not None else Meta()
+        meta = replace(meta, phase=self.phase, step=self.step, global_step=self.global_step,
+                       base=self.base if self.base is not None else meta.base)
         return save_checkpoint(path, config=self.cfg, categories=self.categories, tokenizer=self.tok,
                                generator=self.G, discriminator=self.D, reference=self.ref, meta=meta,
                                train_state=self.state_dict(run_state))
@@ -377,10 +377,10 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
     train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
     state_dir = out / "state"
     init = None
-    if resume and (state_dir / "meta.json").is_file():
+    if resume and is_model_dir(state_dir):
         ck = load_checkpoint(state_dir, "cpu")
         cfg, tok, categories = ck.config, ck.tokenizer, ck.categories
-        log(f"resuming from {state_dir} (phase {ck.meta.get('phase')}, step {ck.meta.get('step')})")
+        log(f"resuming from {state_dir} (phase {ck.meta.phase}, step {ck.meta.step})")
     else:
         ck = None
         init = init_from_hf(init_from, cfg) if init_from is not None else None
