@@ -19,7 +19,6 @@ from reviewgen.core.config import (
     read_yaml_mapping,
     with_overrides,
 )
-from reviewgen.core.errors import ReviewgenError
 
 DATA_LOADERS = ("ray_data", "sharded_memory")
 # schemes pyarrow.fs (and so Ray Train storage) understands without extra plugins
@@ -28,8 +27,9 @@ STOP_PHASES = ("mle", "disc", "adv")
 DEFAULT_NAME = "reviewgen-train"
 
 
-class TrainJobError(ReviewgenError, ValueError):
-    """A training job is misconfigured; raised before Ray is touched where possible."""
+class TrainJobError(ConfigError):
+    """A training job is misconfigured (or, after the fit, produced nothing); raised before Ray is touched where
+    possible. One family with every other settings error, so callers catch `ConfigError` alone."""
 
 
 def _path(v: Any) -> Path | None:
