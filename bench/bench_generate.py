@@ -65,7 +65,7 @@ def bench_model(log=print) -> Path:
     if (MODEL_DIR / "meta.json").is_file():
         return MODEL_DIR
     from reviewgen.core.config import RunConfig
-    from reviewgen.train.trainer import train_local
+    from reviewgen.train.local import train_local
 
     tmp = CACHE / "gen_tiny_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

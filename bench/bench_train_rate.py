@@ -82,7 +82,7 @@ def _with_load(fn, *a, **kw) -> dict[str, Any]:
 def _train_local(data_dir: Path, cfg, out: Path, threads: int) -> dict[str, Any]:
     import torch
 
-    from reviewgen.train.trainer import train_local
+    from reviewgen.train.local import train_local
 
     torch.set_num_threads(threads)
     train_local(data_dir, out, cfg, device="cpu", log=lambda msg: None, resume=False, stop_after_phase="mle")

@@ -58,7 +58,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model(prepared_data, tiny_config, tmp_path_factory) -> Path:
     """A tiny model trained through all three phases (final model dir; mle/ and state/ inside)."""
-    from reviewgen.train.trainer import train_local
+    from reviewgen.train.local import train_local
 
     out = tmp_path_factory.mktemp("tiny_model")
     train_local(prepared_data, out, tiny_config(), log=lambda *_: None)

@@ -343,7 +343,7 @@ def test_short_attention_equals_sdpa(kv, causal):
     """The CPU inference path's explicit attention, with grouped heads and a key-padding mask."""
     import torch.nn.functional as F
 
-    from reviewgen.core.models import _explicit_attention as _short_attention
+    from reviewgen.core.attention import explicit_attention as _short_attention
 
     g = torch.Generator().manual_seed(kv)
     q, k, v = (torch.randn(3, n, 9, 8, generator=g) for n in (4, kv, kv))

@@ -66,7 +66,7 @@ def _assert_same_losses(got: list[dict], ref: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def reference(prepared_data, tiny_config, tmp_path_factory) -> Path:
     """One process, global batch 8, all phases."""
-    from reviewgen.train.trainer import train_local
+    from reviewgen.train.local import train_local
 
     out = tmp_path_factory.mktemp("dist_reference")
     train_local(prepared_data, out, _cfg(tiny_config, 8), log=_quiet)

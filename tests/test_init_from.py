@@ -198,7 +198,7 @@ def test_ray_train_workers_start_from_the_same_base(ray_local, prepared_data, ti
 
     from reviewgen.train.distributed import run_distributed_training
     from reviewgen.train.job import TrainJobConfig
-    from reviewgen.train.trainer import train_local
+    from reviewgen.train.local import train_local
 
     d = _base(tmp_path / "base", "gpt2")
     one = train_local(prepared_data, tmp_path / "one", _cfg(tiny_config, 8, mle_steps=3), init_from=d,

@@ -44,8 +44,9 @@ COMMAND_STAGES = {
 COMMAND_BASE = {"core", "infra"}
 # The trainer, its loop and its drivers: only `reviewgen train` runs them; another command that needs a model
 # trained calls a train-stage entry made for it (the evaluation's out-of-family generator: train.twin).
-TRAINING_INTERNALS = ("reviewgen.train.trainer", "reviewgen.train.loop", "reviewgen.train.distributed",
-                      "reviewgen.train.ray_worker", "reviewgen.train.batches", "reviewgen.train.export")
+TRAINING_INTERNALS = ("reviewgen.train.trainer", "reviewgen.train.local", "reviewgen.train.loop",
+                      "reviewgen.train.distributed", "reviewgen.train.ray_worker", "reviewgen.train.batches",
+                      "reviewgen.train.export")
 
 
 def _modules() -> dict[str, Path]:

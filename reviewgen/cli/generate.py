@@ -7,7 +7,7 @@ then the flags given; a flag left out keeps the earlier value or the default nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -33,71 +33,82 @@ class CatalogsCommand(typer.core.TyperCommand):
 COMMAND_SETTINGS = {"cls": CatalogsCommand}
 
 
+# Each option declared once, as the type of its parameter below.
+Model = Annotated[Path, typer.Option("--model", help="exported model directory (reviewgen export)")]
+Catalogs = Annotated[List[str], typer.Option("--catalog", metavar="PATH", help="catalog parquet file(s) or "
+                                             "directory(ies) (local, NFS, s3://, gs://); several after one flag, or "
+                                             "the flag repeated")]
+Out = Annotated[str, typer.Option("--out", help="output root; the run writes OUT/run_date=YYYY-MM-DD/")]
+Config = Annotated[Optional[Path], typer.Option("--config", help="GenerateConfig YAML (sampling, filter, catalog, "
+                                               "sharding, allow_empty); --set and the flags below override it")]
+Sets = Annotated[List[str], typer.Option("--set", metavar="KEY=VALUE", help="Override one GenerateConfig field, "
+                                         "repeatable, e.g. --set sampling.seed=7 --set filter.check_pii=false (after "
+                                         "--config, before the other flags).")]
+ReviewsPerProduct = Annotated[Optional[int], typer.Option("--reviews-per-product",
+                                                          help="reviews generated per product (K) (default: 3)")]
+RunDate = Annotated[Optional[str], typer.Option("--run-date", help="partition date YYYY-MM-DD (default: today, UTC)")]
+Since = Annotated[Optional[str], typer.Option("--since", help="previous run date or partition dir: only "
+                                              "new/changed products")]
+Force = Annotated[bool, typer.Option("--force", help="regenerate even if this date's partition is complete")]
+ColumnMapping = Annotated[Optional[str], typer.Option("--mapping", help="column-mapping YAML file (see "
+                                                       "configs/catalogs/)")]
+Preset = Annotated[Optional[str], typer.Option("--preset", help="bundled column mapping (bigbasket, flipkart)")]
+KeepColumns = Annotated[Optional[str], typer.Option("--keep-columns", help="comma-separated catalog columns passed "
+                                                    "through to reviews")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="generation seed (same seed + inputs + model = same "
+                                             "reviews) (default: 0)")]
+MinScore = Annotated[Optional[float], typer.Option("--min-score", help="reject reviews with calibrated p_human "
+                                                   "below this (default: 0.0)")]
+MaxCopySpan = Annotated[Optional[int], typer.Option("--max-copy-span", help="reject reviews copying this many "
+                                                    "training tokens (default: 8)")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", help="sampling temperature (default: 1.0)")]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="nucleus sampling mass (default: 0.95)")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="reviews per sampler batch inside an actor "
+                                                  "[default: 64]")]
+CompileDecode = Annotated[bool, typer.Option("--compile-decode", help="torch.compile each actor's per-token decode "
+                                             "step: a compile per actor, then faster sampling; the reviews differ "
+                                             "from eager ones (part of the run's identity)")]
+NumActors = Annotated[Optional[int], typer.Option("--num-actors", help="generator actors (default: GPUs, else "
+                                                  "CPUs/2)")]
+LanguageColumn = Annotated[Optional[str], typer.Option("--language-column", help="catalog column holding each "
+                                                       "product's language")]
+Language = Annotated[Optional[str], typer.Option("--language", help="language when there is no language column "
+                                                 "(en|zh) (default: en)")]
+RatingColumn = Annotated[Optional[str], typer.Option("--rating-column", help="catalog column with the target rating "
+                                                     "(1..5) per row")]
+RatingDist = Annotated[Optional[str], typer.Option("--rating-dist", help="5 comma-separated weights for 1..5 stars "
+                                                   "(default: the model's training distribution, else the sample en "
+                                                   "distribution)")]
+MinTokens = Annotated[Optional[int], typer.Option("--min-tokens", help="reject reviews shorter than this many tokens "
+                                                  "(default: 3)")]
+MaxChars = Annotated[Optional[int], typer.Option("--max-chars", help="reject reviews longer than this many "
+                                                 "characters")]
+KeepBrokenText = Annotated[bool, typer.Option("--keep-broken-text", help="accept reviews containing U+FFFD (a review "
+                                              "cut mid-character); rejected as broken_text by default")]
+ProductsPerShard = Annotated[Optional[int], typer.Option("--products-per-shard", help="products per resumable output "
+                                                         "shard (default: 256)")]
+AllowEmpty = Annotated[bool, typer.Option("--allow-empty", help="finish with _SUCCESS even when no product is valid "
+                                          "or no review passes the filter (default: exit 2 without _SUCCESS)")]
+WatermarkKeyFile = Annotated[Optional[Path], typer.Option(
+    "--watermark-key-file", help="file of secret watermark keys, one per line, the first signing (default: "
+    "$REVIEWGEN_WATERMARK_KEY_FILE, else the key in $REVIEWGEN_WATERMARK_KEY). Every review is signed and only "
+    "reviews detectable at the threshold are accepted (reject reason watermark_weak); the manifest records the key "
+    "id, never the key")]
+NoWatermark = Annotated[bool, typer.Option("--no-watermark", help="run without a watermark key (recorded in the "
+                                           "manifest and the run id); without a key and without this flag the job "
+                                           "refuses to run")]
+
+
 def generate(
-    model: Path = typer.Option(..., "--model", help="exported model directory (reviewgen export)"),
-    catalog: List[str] = typer.Option(..., "--catalog", metavar="PATH", help="catalog parquet file(s) or "
-                                      "directory(ies) (local, NFS, s3://, gs://); several after one flag, or the "
-                                      "flag repeated"),
-    out: str = typer.Option(..., "--out", help="output root; the run writes OUT/run_date=YYYY-MM-DD/"),
-    config: Optional[Path] = typer.Option(None, "--config", help="GenerateConfig YAML (sampling, filter, catalog, "
-                                          "sharding, allow_empty); --set and the flags below override it"),
-    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override one GenerateConfig field, "
-                                   "repeatable, e.g. --set sampling.seed=7 --set filter.check_pii=false (after "
-                                   "--config, before the other flags)."),
-    reviews_per_product: Optional[int] = typer.Option(None, "--reviews-per-product",
-                                                      help="reviews generated per product (K) (default: 3)"),
-    run_date: Optional[str] = typer.Option(None, "--run-date", help="partition date YYYY-MM-DD (default: today, UTC)"),
-    since: Optional[str] = typer.Option(None, "--since", help="previous run date or partition dir: only "
-                                        "new/changed products"),
-    force: bool = typer.Option(False, "--force", help="regenerate even if this date's partition is complete"),
-    mapping: Optional[str] = typer.Option(None, "--mapping", help="column-mapping YAML file (see configs/catalogs/)"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="bundled column mapping (bigbasket, flipkart)"),
-    keep_columns: Optional[str] = typer.Option(None, "--keep-columns", help="comma-separated catalog columns "
-                                               "passed through to reviews"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="generation seed (same seed + inputs + model = same "
-                                       "reviews) (default: 0)"),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="reject reviews with calibrated p_human "
-                                              "below this (default: 0.0)"),
-    max_copy_span: Optional[int] = typer.Option(None, "--max-copy-span", help="reject reviews copying this many "
-                                                "training tokens (default: 8)"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="sampling temperature (default: 1.0)"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="nucleus sampling mass (default: 0.95)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="reviews per sampler batch inside an actor "
-                                             "[default: 64]"),
-    compile_decode: bool = typer.Option(False, "--compile-decode", help="torch.compile each actor's per-token "
-                                        "decode step: a compile per actor, then faster sampling; the reviews "
-                                        "differ from eager ones (part of the run's identity)"),
-    num_actors: Optional[int] = typer.Option(None, "--num-actors", help="generator actors (default: GPUs, else "
-                                             "CPUs/2)"),
-    language_column: Optional[str] = typer.Option(None, "--language-column", help="catalog column holding each "
-                                                  "product's language"),
-    language: Optional[str] = typer.Option(None, "--language", help="language when there is no language column "
-                                           "(en|zh) (default: en)"),
-    rating_column: Optional[str] = typer.Option(None, "--rating-column", help="catalog column with the target "
-                                                "rating (1..5) per row"),
-    rating_dist: Optional[str] = typer.Option(None, "--rating-dist", help="5 comma-separated weights for 1..5 stars "
-                                              "(default: the model's training distribution, else the sample en "
-                                              "distribution)"),
-    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="reject reviews shorter than this many "
-                                             "tokens (default: 3)"),
-    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="reject reviews longer than this many "
-                                            "characters"),
-    keep_broken_text: bool = typer.Option(False, "--keep-broken-text", help="accept reviews containing U+FFFD (a "
-                                          "review cut mid-character); rejected as broken_text by default"),
-    products_per_shard: Optional[int] = typer.Option(None, "--products-per-shard", help="products per resumable "
-                                                     "output shard (default: 256)"),
-    allow_empty: bool = typer.Option(False, "--allow-empty", help="finish with _SUCCESS even when no product is "
-                                     "valid or no review passes the filter (default: exit 2 without _SUCCESS)"),
-    watermark_key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help="file of secret watermark "
-                                                      "keys, one per line, the first signing (default: "
-                                                      "$REVIEWGEN_WATERMARK_KEY_FILE, else the key in "
-                                                      "$REVIEWGEN_WATERMARK_KEY). Every review is signed and only "
-                                                      "reviews detectable at the threshold are accepted (reject "
-                                                      "reason watermark_weak); the manifest records the key id, "
-                                                      "never the key"),
-    no_watermark: bool = typer.Option(False, "--no-watermark", help="run without a watermark key (recorded in the "
-                                      "manifest and the run id); without a key and without this flag the job "
-                                      "refuses to run"),
+    model: Model, catalog: Catalogs, out: Out, config: Config = None, set_: Sets = [],
+    reviews_per_product: ReviewsPerProduct = None, run_date: RunDate = None, since: Since = None, force: Force = False,
+    mapping: ColumnMapping = None, preset: Preset = None, keep_columns: KeepColumns = None, seed: Seed = None,
+    min_score: MinScore = None, max_copy_span: MaxCopySpan = None, temperature: Temperature = None, top_p: TopP = None,
+    batch_size: BatchSize = None, compile_decode: CompileDecode = False, num_actors: NumActors = None,
+    language_column: LanguageColumn = None, language: Language = None, rating_column: RatingColumn = None,
+    rating_dist: RatingDist = None, min_tokens: MinTokens = None, max_chars: MaxChars = None,
+    keep_broken_text: KeepBrokenText = False, products_per_shard: ProductsPerShard = None,
+    allow_empty: AllowEmpty = False, watermark_key_file: WatermarkKeyFile = None, no_watermark: NoWatermark = False,
 ):
     """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
     parquet under OUT/run_date=YYYY-MM-DD/."""

@@ -3,61 +3,71 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from reviewgen.cli.common import log
 
+# Each option declared once, as the type of its parameter below.
+Data = Annotated[Optional[Path], typer.Option("--data", help="Directory written by `reviewgen prepare` (required "
+                                             "unless the config's job: section names data_dir).")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Output model directory (the model; mle/ holds the MLE "
+                                            "baseline, state/ the resumable state, metrics.jsonl the step log).")]
+Config = Annotated[Optional[Path], typer.Option("--config", help="YAML config (see configs/); its optional job: "
+                                               "section sets this command's options. Default: built-in defaults.")]
+Sets = Annotated[List[str], typer.Option("--set", metavar="KEY=VALUE", help="Config override, repeatable, e.g. "
+                                         "--set train.mle_steps=100 or --set job.keep_checkpoints=3 (after --config, "
+                                         "before the other flags).")]
+MaxMinutes = Annotated[Optional[float], typer.Option("--max-minutes", help="Time budget: stop after M minutes and "
+                                                     "still leave a usable model at OUT (phase and complete=false in "
+                                                     "meta.json) beside the resumable state; rerun to continue.")]
+NumWorkers = Annotated[Optional[int], typer.Option("--num-workers", help="Ray Train data-parallel workers. 0 "
+                                                   "(default) = train in this process without Ray. The global batch "
+                                                   "is train.batch_size x num_workers.")]
+UseGpu = Annotated[bool, typer.Option("--use-gpu", help="One GPU per Ray Train worker (in-process: cuda).")]
+StoragePath = Annotated[Optional[str], typer.Option("--storage-path", help="Ray Train storage for checkpoints: a "
+                                                    "local/NFS dir, s3:// or gs://. Default: OUT/runs.")]
+Name = Annotated[Optional[str], typer.Option("--name", help="Ray Train run name (default reviewgen-train); rerunning "
+                                             "the same name and storage path resumes from its latest checkpoint.")]
+MaxFailures = Annotated[Optional[int], typer.Option("--max-failures", help="Worker-group restarts allowed after a "
+                                                    "failure (default 1).")]
+KeepCheckpoints = Annotated[Optional[int], typer.Option("--keep-checkpoints", help="Ray Train checkpoints kept "
+                                                        "(last K; default 2).")]
+ResumeFrom = Annotated[Optional[Path], typer.Option("--resume-from", help="Start from this training checkpoint dir "
+                                                    "(e.g. OUT/mle). Ray Train mode.")]
+CpusPerWorker = Annotated[Optional[float], typer.Option("--cpus-per-worker", help="CPUs reserved per Ray Train "
+                                                        "worker (default 1).")]
+DataLoader = Annotated[Optional[str], typer.Option("--data-loader", help="ray_data (default): streamed Ray Dataset "
+                                                   "shards; sharded_memory: in-memory slices of one global batch "
+                                                   "(exact 1-vs-N worker equivalence; small data only).")]
+InitFrom = Annotated[Optional[Path], typer.Option("--init-from", help="Start G and D from this local Hugging Face "
+                                                  "model directory (config.json, *.safetensors, tokenizer.json; "
+                                                  "gpt2, llama or qwen2) and use its tokenizer. Nothing is "
+                                                  "downloaded. Ray Train mode: every worker reads it (use shared "
+                                                  "storage).")]
+StopAfterPhase = Annotated[Optional[str], typer.Option("--stop-after-phase", help="Stop (resumably, with a usable "
+                                                       "model at OUT) after this phase ends: mle, disc or adv.")]
+MleSteps = Annotated[Optional[int], typer.Option(help="Override train.mle_steps.")]
+DiscSteps = Annotated[Optional[int], typer.Option(help="Override train.disc_warmup_steps.")]
+AdvSteps = Annotated[Optional[int], typer.Option(help="Override train.adv_steps.")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Override train.batch_size (per worker).")]
+Seed = Annotated[Optional[int], typer.Option(help="Override train.seed.")]
+Device = Annotated[Optional[str], typer.Option(help="In-process mode: cpu or cuda (default: cuda if available).")]
+TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="Log the config, every step's metrics and "
+                                                    "the final model version to MLflow at this URI (e.g. "
+                                                    "file:./mlruns). Needs `pip install 'reviewgen[track]'`. Off by "
+                                                    "default.")]
+
 
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Directory written by `reviewgen prepare` (required "
-                                        "unless the config's job: section names data_dir)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output model directory (the model; mle/ holds the MLE "
-                                       "baseline, state/ the resumable state, metrics.jsonl the step log)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see configs/); its optional job: "
-                                          "section sets this command's options. Default: built-in defaults."),
-    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Config override, repeatable, e.g. "
-                                   "--set train.mle_steps=100 or --set job.keep_checkpoints=3 (after --config, "
-                                   "before the other flags)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget: stop after M minutes "
-                                                "and still leave a usable model at OUT (phase and complete=false "
-                                                "in meta.json) beside the resumable state; rerun to continue."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Ray Train data-parallel workers. 0 "
-                                              "(default) = train in this process without Ray. The global batch "
-                                              "is train.batch_size x num_workers."),
-    use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray Train worker (in-process: cuda)."),
-    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Ray Train storage for checkpoints: a "
-                                               "local/NFS dir, s3:// or gs://. Default: OUT/runs."),
-    name: Optional[str] = typer.Option(None, "--name", help="Ray Train run name (default reviewgen-train); "
-                                       "rerunning the same name and storage path resumes from its latest checkpoint."),
-    max_failures: Optional[int] = typer.Option(None, "--max-failures", help="Worker-group restarts allowed after "
-                                               "a failure (default 1)."),
-    keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", help="Ray Train checkpoints kept "
-                                                   "(last K; default 2)."),
-    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Start from this training checkpoint dir "
-                                               "(e.g. OUT/mle). Ray Train mode."),
-    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs reserved per Ray Train "
-                                                    "worker (default 1)."),
-    data_loader: Optional[str] = typer.Option(None, "--data-loader", help="ray_data (default): streamed Ray Dataset "
-                                              "shards; sharded_memory: in-memory slices of one global batch (exact "
-                                              "1-vs-N worker equivalence; small data only)."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start G and D from this local Hugging "
-                                             "Face model directory (config.json, *.safetensors, tokenizer.json; "
-                                             "gpt2, llama or qwen2) and use its tokenizer. Nothing is downloaded. "
-                                             "Ray Train mode: every worker reads it (use shared storage)."),
-    stop_after_phase: Optional[str] = typer.Option(None, "--stop-after-phase", help="Stop (resumably, with a "
-                                                   "usable model at OUT) after this phase ends: mle, disc or adv."),
-    mle_steps: Optional[int] = typer.Option(None, help="Override train.mle_steps."),
-    disc_steps: Optional[int] = typer.Option(None, help="Override train.disc_warmup_steps."),
-    adv_steps: Optional[int] = typer.Option(None, help="Override train.adv_steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Override train.batch_size (per worker)."),
-    seed: Optional[int] = typer.Option(None, help="Override train.seed."),
-    device: Optional[str] = typer.Option(None, help="In-process mode: cpu or cuda (default: cuda if available)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Log the config, every step's metrics "
-                                               "and the final model version to MLflow at this URI (e.g. "
-                                               "file:./mlruns). Needs `pip install 'reviewgen[track]'`. Off by "
-                                               "default."),
+    data: Data = None, out: Out = None, config: Config = None, set_: Sets = [], max_minutes: MaxMinutes = None,
+    num_workers: NumWorkers = None, use_gpu: UseGpu = False, storage_path: StoragePath = None, name: Name = None,
+    max_failures: MaxFailures = None, keep_checkpoints: KeepCheckpoints = None, resume_from: ResumeFrom = None,
+    cpus_per_worker: CpusPerWorker = None, data_loader: DataLoader = None, init_from: InitFrom = None,
+    stop_after_phase: StopAfterPhase = None, mle_steps: MleSteps = None, disc_steps: DiscSteps = None,
+    adv_steps: AdvSteps = None, batch_size: BatchSize = None, seed: Seed = None, device: Device = None,
+    tracking_uri: TrackingUri = None,
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
     from reviewgen.train.job import TrainJobError, load_train_job
@@ -79,7 +89,7 @@ def train(
 
             final = run_distributed_training(job, cfg, log=log, tracker=tracker)
         else:
-            from reviewgen.train.trainer import train_local
+            from reviewgen.train.local import train_local
 
             job.validate()
             if job.resume_from:

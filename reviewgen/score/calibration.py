@@ -2,7 +2,8 @@
 
 Two things are fitted on real validation reviews (positives) against samples from the generator G and the
 frozen MLE reference (negatives) across sampling settings: temperatures 0.7 to 1.3, and top-k 40 and
-nucleus 0.9, because other generators sample that way and we otherwise do not (`DETECTOR_SETTINGS`).
+nucleus 0.9, because other generators sample that way and we otherwise do not
+(`reviewgen.score.fakes.DETECTOR_SETTINGS`).
 
 - Platt scaling of D's sequence logit, p = sigmoid(scale * logit + bias): the fallback scorer of a model
   directory without the reference network. A discriminator near GAN equilibrium outputs about 0.5 for
@@ -47,7 +48,8 @@ near-certainty for them. The Platt step therefore fits p = f + (c - f) * sigmoid
 model robust to such look-alikes, with the floor f and the ceiling c fitted by likelihood beside a and b
 (`fit_platt(floor=True)`). It is fitted on out-of-fold logits with Platt's smoothed targets: with hard 0/1
 targets a small, perfectly separated fit set would score real reviews p_human = 1.0. Its temperatures are
-spread evenly over 0.7-1.3 (`CALIBRATION_TEMPERATURES`), so that the map favours no one setting.
+spread evenly over 0.7-1.3 (`reviewgen.score.fakes.CALIBRATION_TEMPERATURES`), so that the map favours no
+one setting.
 
 The figures behind these choices are in docs/results/design_notes.md.
 """
@@ -55,7 +57,7 @@ The figures behind these choices are in docs/results/design_notes.md.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -65,8 +67,7 @@ from reviewgen.core.checkpoint import Calibration, CalibrationFit
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import auroc, ece, log_loss
 from reviewgen.core.models import unwrap
-from reviewgen.core.sampling import generate_texts
-from reviewgen.core.tokenizer import Condition, ReviewTokenizer
+from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.score.combiner import (
     ANY_LANGUAGE,
     Candidate,
@@ -77,37 +78,14 @@ from reviewgen.score.combiner import (
     fit_domain,
     select_combiner,
 )
+from reviewgen.score.fakes import CALIBRATION_TEMPERATURES as CALIBRATION_TEMPERATURES  # kept importable here
+from reviewgen.score.fakes import DETECTOR_SETTINGS, SamplingSetting, as_setting, sample_fake_sources
+from reviewgen.score.fakes import sample_fakes as sample_fakes  # kept importable here
 from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.score.signals import review_signals
 from reviewgen.score.thresholds import machine_thresholds, oof_thresholds
 from reviewgen.score.wordlm import WordNgramLM
 
-
-@dataclass(frozen=True)
-class SamplingSetting:
-    """How fakes are sampled: temperature, top-k (0 = off) and nucleus mass (1 = off)."""
-
-    temperature: float
-    top_k: int = 0
-    top_p: float = 1.0
-
-    @property
-    def plain(self) -> bool:
-        """True when neither top-k nor top-p truncates the distribution (how our own generator samples)."""
-        return self.top_k <= 0 and self.top_p >= 1.0
-
-    @property
-    def label(self) -> str:
-        """e.g. "T=1", "T=1,top_k=40", "T=1,top_p=0.9"."""
-        return f"T={self.temperature:g}" + (f",top_k={self.top_k}" if self.top_k > 0 else "") + \
-            (f",top_p={self.top_p:g}" if self.top_p < 1.0 else "")
-
-
-# evenly over 0.7-1.3: the top-k and top-p settings also sample at T=1.0, so fewer temperatures would let
-# T=1.0 dominate the fit and leave the ends of the range the worst calibrated
-CALIBRATION_TEMPERATURES = (0.7, 0.85, 1.0, 1.15, 1.3)
-DETECTOR_SETTINGS = (*(SamplingSetting(t) for t in CALIBRATION_TEMPERATURES), SamplingSetting(1.0, top_k=40),
-                     SamplingSetting(1.0, top_p=0.9))
 LM_FEATURES = ("mean_log_rank", "binoculars", "mean_logprob", "top10_share")
 TWO_SIDED = tuple(f"sq:{f}" for f in ("mean_log_rank", "binoculars", "mean_logprob"))
 WORD_FEATURES = ("trigram_seen", "bigram_seen", "ngram_logprob", "sq:ngram_logprob", "sq:trigram_seen", "mixed_script")
@@ -149,44 +127,6 @@ DETECTOR_CANDIDATES = (
     Candidate("lm", LM_FEATURES, 0.1),
     Candidate("lm+length+d", (*LM_FEATURES, "log_tokens", "d_logit"), 0.1),
 )
-
-
-def as_setting(s: float | SamplingSetting) -> SamplingSetting:
-    """A SamplingSetting from a setting or a plain temperature."""
-    return s if isinstance(s, SamplingSetting) else SamplingSetting(float(s))
-
-
-def sample_fake_sources(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],
-                        settings: Sequence[float | SamplingSetting], *, seed: int, key_prefix: str,
-                        n: int | None = None) -> list[tuple[int, SamplingSetting, list[str], list[Condition]]]:
-    """`sample_fakes` kept apart by source: [(generator index, setting, texts, conditions)]."""
-    if not conds or not generators or not settings:
-        raise ValueError("sample_fakes: need at least one condition, generator and sampling setting")
-    n = len(conds) if n is None else n
-    slots = [(gi, si) for gi in range(len(generators)) for si in range(len(settings))]
-    out = []
-    for (gi, si), idx in zip(slots, np.array_split(np.arange(n), len(slots))):
-        if not len(idx):
-            continue
-        g, s = generators[gi], as_setting(settings[si])
-        c = [conds[i % len(conds)] for i in idx]
-        keys = [f"{key_prefix}:{gi}:{si}:{i}" for i in idx]
-        texts = generate_texts(g, tok, c, keys, seed=seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                               device=next(unwrap(g).parameters()).device)
-        out.append((gi, s, texts, c))
-    return out
-
-
-def sample_fakes(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],
-                 temperatures: Sequence[float | SamplingSetting], *, seed: int, key_prefix: str,
-                 n: int | None = None) -> tuple[list[str], list[Condition]]:
-    """`n` generated reviews (default: one per condition) spread evenly over every (generator, sampling
-    setting) pair, each for a condition taken in turn from `conds`: the negatives of the scorer's
-    calibration and of evaluation's TF-IDF baseline. A setting is a `SamplingSetting` or a plain
-    temperature. Sample i of pair (g, s) is keyed `{key_prefix}:{g}:{s}:{i}`, so the same call gives the
-    same texts. Each generator samples on its own device."""
-    parts = sample_fake_sources(generators, tok, conds, temperatures, seed=seed, key_prefix=key_prefix, n=n)
-    return [t for p in parts for t in p[2]], [c for p in parts for c in p[3]]
 
 
 def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequence[Any], *, G=None, ref=None,

@@ -1,8 +1,8 @@
 """Training: MLE pretraining, discriminator warm-up, adversarial training.
 
 `GANTrainer` owns the models, optimizers, RNG and phase state, and advances one step at a time from
-whatever batch iterator it is given. `train_local` runs it through the one training loop
-(`reviewgen.train.loop`) in this process with a local sink; the Ray Train path
+whatever batch iterator it is given. `reviewgen.train.local.train_local` runs it through the one training
+loop (`reviewgen.train.loop`) in this process with a local sink; the Ray Train path
 (`reviewgen.train.distributed`) runs the same loop inside each worker with DDP-wrapped models.
 """
 
@@ -20,20 +20,15 @@ import torch
 
 from reviewgen.core.base_ref import own_state
 from reviewgen.core.build import discriminator_on, generator_from_state, trunk_state
-from reviewgen.core.checkpoint import CheckpointError, Meta, is_model_dir, load_checkpoint, save_checkpoint
+from reviewgen.core.checkpoint import CheckpointError, Meta, load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
-from reviewgen.core.device import pick_device
-from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
-from reviewgen.core.hf_import import HFBase, HFImportError, HFInit, init_from_hf
+from reviewgen.core.encoding import build_categories, fit_tokenizer
+from reviewgen.core.hf_import import HFBase, HFImportError, HFInit
 from reviewgen.core.lora import share_base, shared_copy
 from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
 from reviewgen.core.models import Discriminator, Generator, base_view, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
-from reviewgen.data.corpus import load_split
-from reviewgen.train.batches import TensorBatches
-from reviewgen.train.export import data_hash_of, finalize_model
-from reviewgen.train.loop import LocalSink, LoopSettings, run_loop
 
 PHASES = ("mle", "disc", "adv", "done")
 
@@ -354,53 +349,3 @@ def run_setup(train_df, cfg: RunConfig, init: HFInit | None = None) -> tuple[Run
         tok = fit_tokenizer(train_df, cfg)
     categories = build_categories(train_df, cfg.discriminator.n_categories)
     return cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(categories)), tok, categories
-
-
-# -- single-process driver --------------------------------------------------------------------------
-
-def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
-                device: str | None = None, log: Callable[[str], None] = print, resume: bool = True,
-                stop_after_phase: str | None = None, init_from: str | Path | None = None,
-                tracker=None) -> Path:
-    """Train in this process and write OUT: the model (final, or partial with its phase in meta.json when
-    the time budget or `stop_after_phase` ends the run first), OUT/mle (the MLE baseline), OUT/state
-    (resumable: the same call continues from it) and OUT/metrics.jsonl.
-
-    With `init_from` (a local Hugging Face model directory), a fresh run starts G and D from that base,
-    with its tokenizer and architecture (see `reviewgen.core.hf_import.init_from_hf`); a resumed run
-    continues from OUT/state as always. With a `tracker` (reviewgen.infra.tracking), every step's metrics
-    are logged to it too."""
-    deadline = time.time() + 60 * max_minutes if max_minutes else None
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
-    train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
-    state_dir = out / "state"
-    init = None
-    if resume and is_model_dir(state_dir):
-        ck = load_checkpoint(state_dir, "cpu")
-        cfg, tok, categories = ck.config, ck.tokenizer, ck.categories
-        log(f"resuming from {state_dir} (phase {ck.meta.phase}, step {ck.meta.step})")
-    else:
-        ck = None
-        init = init_from_hf(init_from, cfg) if init_from is not None else None
-        cfg, tok, categories = run_setup(train_df, cfg, init)
-    trainer = GANTrainer(cfg, tok, categories, dev, base=init.base if init is not None else None)
-    if init is not None:
-        log(f"starting from base {init.meta['path']} ({init.meta['model_type']}, sha256 {init.meta['sha256'][:12]})")
-    val_batches = fixed_batches(encode_frame(val_df, tok, categories), cfg.train.batch_size, cfg.train.val_batches, dev)
-    loader = TensorBatches(encode_frame(train_df, tok, categories), cfg.train.batch_size, cfg.train.seed, dev)
-    run = trainer.resume_from(state_dir) if ck is not None else {}
-    if run.get("loader"):
-        loader.load_state_dict(run["loader"])
-    log(f"training on {len(train_df)} reviews ({train_df['product_id'].nunique()} products); {trainer.describe()}")
-    data_hash = data_hash_of(data_dir)
-    settings = LoopSettings(deadline=deadline, stop_after_phase=stop_after_phase, data_hash=data_hash,
-                            resumes=int(run.get("resumes", -1)) + 1 if run else 0,
-                            elapsed=float(run.get("elapsed", 0.0)))
-    result = run_loop(trainer, loader, loader.state_dict, val_batches,
-                      LocalSink(out, trainer.global_step, log, tracker), settings)
-    if result.stopped != "done":
-        log(f"stopped in phase {result.phase} at global step {result.global_step}; resumable state in "
-            f"{state_dir}: rerun the same command to continue")
-    return finalize_model(trainer, out, train_df, val_df, data_hash, log=log)

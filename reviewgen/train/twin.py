@@ -13,7 +13,7 @@ from typing import Any, Callable
 from reviewgen.core.checkpoint import is_model_dir, read_run_config
 from reviewgen.core.config import RunConfig
 from reviewgen.data.corpus import load_split
-from reviewgen.train.trainer import train_local
+from reviewgen.train.local import train_local
 
 # A generator the scorer never saw: another size, seed and tokenizer, trained on another set of products.
 OOD_CONFIG: dict[str, Any] = {

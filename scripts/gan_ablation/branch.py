@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from reviewgen.core.config import RunConfig, parse_set_options
-from reviewgen.train.trainer import train_local
+from reviewgen.train.local import train_local
 
 
 def main(mle_dir: str, data_dir: str, out: str, *overrides: str) -> None:
