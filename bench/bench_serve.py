@@ -41,7 +41,7 @@ from typing import Any, Callable
 from ray import serve
 
 from bench.bench_generate import bench_model, model_description, prepared_data
-from reviewgen.core.checkpoint import content_version
+from reviewgen.core.model_dir import content_version
 from reviewgen.data.corpus import load_split
 from reviewgen.score.scorer import Scorer
 from reviewgen.serve.app import build_app

@@ -199,8 +199,8 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
     tok, ref, s = ck.tokenizer, reference_network(ck), cfg.sampling
     test, vocab = load_split(DEMO_DATA, "test"), vocabulary(load_split(DEMO_DATA, "train")["text"].astype(str))
     scorer = Scorer.from_checkpoint(ck, "cpu")
-    filters = {False: ReviewFilter.for_model(cfg.filter, tok, ck.ngram_path),
-               True: ReviewFilter.for_model(replace(cfg.filter, require_watermark=True), tok, ck.ngram_path)}
+    filters = {False: ReviewFilter.from_model(ck.path, tok, cfg.filter),
+               True: ReviewFilter.from_model(ck.path, tok, replace(cfg.filter, require_watermark=True))}
     out: dict = {"model": str(DEMO_MODEL), "reviews_per_language": n_per_language, "temperature": s.temperature,
                  "top_p": s.top_p, "mle_reference": ref is not None, "mauve": with_mauve, "languages": {}}
     for lang, df in test.groupby("language"):

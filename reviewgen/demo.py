@@ -194,7 +194,7 @@ def _log_samples(reviews: pd.DataFrame, titles: pd.Series, fluency: dict, log: C
 def _write_report(out: Path, d: _DemoResults) -> Path:
     """OUT/report.md: the model, the real-word rate, stage timings, the generated reviews, Serve's scores and
     the generation summary."""
-    from reviewgen.core.checkpoint import read_meta
+    from reviewgen.core.model_dir import read_meta
 
     meta = read_meta(d.model_dir)
     rwr = d.fluency["real_word_rate"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reviewgen.core.checkpoint import (
+from reviewgen.core.memorization import NGramIndex
+from reviewgen.core.model_dir import (
     Calibration,
     CalibrationFit,
     CheckpointError,
@@ -22,7 +23,6 @@ from reviewgen.core.checkpoint import (
     read_meta,
     write_calibration,
 )
-from reviewgen.core.memorization import NGramIndex
 from reviewgen.score.combiner import Combiner, CombinerError, Detector
 
 DETECTOR = Detector({"*": Combiner(("d_logit",), (0.0,), (1.0,), (1.0,), 0.0)}).to_dict()

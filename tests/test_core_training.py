@@ -8,10 +8,11 @@ import shutil
 import pytest
 import torch
 
-from reviewgen.core.checkpoint import CheckpointError, export_model, load_checkpoint
+from reviewgen.core.checkpoint import export_model, load_checkpoint
 from reviewgen.core.config import ConfigError, RunConfig
 from reviewgen.core.encoding import build_categories, encode_frame, fit_tokenizer, fixed_batches
 from reviewgen.core.losses import val_nll
+from reviewgen.core.model_dir import CheckpointError
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
 from reviewgen.data.corpus import load_split
 from reviewgen.score.platt import apply_calibration, fit_platt
@@ -216,7 +217,7 @@ def test_export_version_is_content_hash(tiny_model, tmp_path):
     cfg = json.loads((b / "config.json").read_text())
     cfg["run"]["train"]["seed"] = 99
     (b / "config.json").write_text(json.dumps(cfg))
-    from reviewgen.core.checkpoint import content_version
+    from reviewgen.core.model_dir import content_version
     assert content_version(b) != va
 
 

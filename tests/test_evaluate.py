@@ -12,20 +12,23 @@ import mlflow
 import pandas as pd
 import pytest
 
-from reviewgen.core.checkpoint import content_version, load_checkpoint
+from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.config import ConfigError
 from reviewgen.core.encoding import conditions
+from reviewgen.core.model_dir import content_version
 from reviewgen.core.sampling import generate_texts
 from reviewgen.data.corpus import load_split
+from reviewgen.evaluate.config import EvalConfig, load_eval_config
 from reviewgen.evaluate.fluency import Fluency
 from reviewgen.evaluate.matching import match_at_diversity
 from reviewgen.evaluate.quality import split_eval_rows
 from reviewgen.evaluate.results import EvalResult, QualityPoint, RunMeta, ScorerResult, Sweep, as_json
-from reviewgen.evaluate.run import EvalConfig, run_evaluation
+from reviewgen.evaluate.run import run_evaluation
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.evaluate.tracking import log_evaluation
 from reviewgen.evaluate.world import FakesLanguage, FakesSection, LengthBin
 from reviewgen.infra.tracking import Tracker
-from reviewgen.score.calibration import sample_fakes
+from reviewgen.score.fakes import sample_fakes
 from reviewgen.train.twin import train_ood_model
 
 PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
@@ -94,6 +97,8 @@ def test_report_files_are_complete(evaluated) -> None:
                            "fluency", "targets", "plots"]
     assert saved == json.loads(json.dumps(result.to_dict()))  # metrics.json is the result's one JSON form
     assert list(saved["meta"])[-3:] == ["compared", "out_of_family", "wall_time_s"]
+    # the copy threshold the filter applied, under its one name (the default is the index's n here)
+    assert saved["meta"]["max_copy_span"] == result.meta.max_copy_span == 8 and "copy_span" not in saved["meta"]
     assert set(saved["fluency"]) == {"human", "tstr_temperature", "validation_reviews", "gan", "mle"}
     assert saved["plots"] == list(result.plots) and len(result.plots) == len(PNGS)
     assert list(saved["sweep"]) == ["gan", "mle", "realness"] and set(saved["sweep"]["gan"]) == {"0.7", "1.2"}
@@ -215,7 +220,7 @@ def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30, gan: dict[s
         settings["ood@T=1,top_k=40"] = {"model": "ood", "top_p": 1.0, "top_k": 40, "source": "out_of_family",
                                         "calibrated": {"auroc": ood_auroc, "ece": 0.08, "accuracy": 0.80},
                                         "tfidf_lr": {"accuracy": 0.70}}
-    meta = RunMeta(**{**{f.name: None for f in dataclasses.fields(RunMeta)}, "copy_span": 8})
+    meta = RunMeta(**{**{f.name: None for f in dataclasses.fields(RunMeta)}, "max_copy_span": 8})
     return EvalResult(meta=meta, calibration=None, nll={"gan": 3.0, "mle": 2.95}, human=human, sweep=sweep,
                       matched=match_at_diversity(sweep.to_dict(), human_sb4),
                       scorer=ScorerResult({"settings": settings}, fakes),
@@ -291,3 +296,69 @@ def test_evaluation_is_logged_to_the_tracking_store(evaluated, tmp_path) -> None
     assert {"report/report.md", "report/metrics.json", "report/scorer_roc.png"} <= artifacts
     assert run.data.tags["model_version"] == result.meta.model_version
     assert run.data.params["model"] == str(model)
+
+
+# -- settings: EvalConfig YAML, --set, flags -----------------------------------------------------------------
+
+EVAL_YAML = "n_products: 3\nsamples_per_product: 4\ntop_p: 0.9\nmax_copy_span: 10\ntemperatures: [0.5, 1.5]\n"
+
+
+def test_eval_config_reads_yaml_then_set_then_flags(tmp_path) -> None:
+    """The order every command reads its settings; a flag that was not given (None) keeps the value before."""
+    p = tmp_path / "eval.yaml"
+    p.write_text(EVAL_YAML)
+    cfg = load_eval_config(p, {"n_products": 7, "max_copy_span": None}, sets=["n_products=5", "top_p=0.8",
+                                                                              "seeds=[4, 5]", "check_pii=false"])
+    assert (cfg.n_products, cfg.samples_per_product, cfg.top_p, cfg.max_copy_span) == (7, 4, 0.8, 10)
+    assert cfg.temperatures == (0.5, 1.5) and cfg.seeds == (4, 5) and cfg.check_pii is False
+    assert cfg.filter_config().max_copy_span == 10 and not cfg.filter_config().check_pii
+    assert load_eval_config(None, {"max_copy_span": 12}).max_copy_span == 12
+    assert load_eval_config() == EvalConfig()
+    assert load_eval_config(None, sets=["temperatures=0.7,1.1"]).temperatures == (0.7, 1.1)
+
+
+@pytest.mark.parametrize("bad,where", [("n_produkts: 3\n", "n_produkts"), ("copy_span: 8\n", "copy_span"),
+                                       ("max_copy_span: 0\n", "max_copy_span"), ("seeds: [1.5]\n", "seeds")])
+def test_eval_config_errors_name_the_key(tmp_path, bad: str, where: str) -> None:
+    p = tmp_path / "eval.yaml"
+    p.write_text(bad)
+    with pytest.raises(ConfigError, match=where):
+        load_eval_config(p)
+    with pytest.raises(ConfigError, match="n_produkts"):
+        load_eval_config(None, sets=["n_produkts=3"])
+
+
+def test_evaluate_command_maps_its_flags_onto_the_config(tmp_path, monkeypatch) -> None:
+    """`reviewgen evaluate --config --set` and the per-field flags reach `run_evaluation` in that order;
+    --copy-span sets max_copy_span."""
+    from typer.testing import CliRunner
+
+    import reviewgen.evaluate.run as run_mod
+    from reviewgen.cli import app
+
+    seen = []
+    monkeypatch.setattr(run_mod, "run_evaluation", lambda model, data, out, cfg, **_: seen.append(cfg))
+    monkeypatch.setenv("RG_LOG_DIR", str(tmp_path / "logs"))
+    p = tmp_path / "eval.yaml"
+    p.write_text(EVAL_YAML)
+    base = ["evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+            "--ood-model", str(tmp_path), "--no-fakes-check", "--config", str(p), "--set", "n_products=5",
+            "--set", "top_p=0.8"]
+    for extra in ([], ["--products", "7", "--copy-span", "12", "--no-recalibrate", "--seeds", "3"]):
+        r = CliRunner().invoke(app, base + extra)
+        assert r.exit_code == 0, r.output
+    first, flags = seen
+    assert (first.n_products, first.samples_per_product, first.top_p, first.max_copy_span) == (5, 4, 0.8, 10)
+    assert first.recalibrate and first.seeds == (0, 1, 2) and first.fakes is None
+    assert (flags.n_products, flags.max_copy_span, flags.recalibrate, flags.seeds) == (7, 12, False, (3,))
+    p.write_text("n_produkts: 3\n")
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 2 and "n_produkts" in r.output
+
+
+def test_max_copy_span_below_the_index_n_fails_before_the_evaluation(tiny_model, prepared_data, tmp_path) -> None:
+    """Evaluate resolves its copy threshold as every stage does: below the model's n-gram size is an error
+    naming both, raised before any model is loaded or calibrated."""
+    with pytest.raises(ConfigError, match="max_copy_span 4 is below the model's n-gram size 8"):
+        run_evaluation(tiny_model, prepared_data, tmp_path / "out", EvalConfig(max_copy_span=4))
+    assert not (tmp_path / "out").exists()

@@ -1,16 +1,22 @@
 """The one output filter on hand-built reviews whose verdicts are known, on a trained model's copies, and the
-same verdicts from each of its users (the Serve replica, `reviewgen evaluate`) on a shared set of tricky reviews."""
+same verdicts from each of its users (the Serve replica, `reviewgen evaluate`) on a shared set of tricky reviews;
+the copy threshold's one policy (`FilterConfig.resolved`) and the one builder every stage uses (`from_model`)."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reviewgen.core.checkpoint import load_checkpoint
+from reviewgen.core.config import ConfigError
 from reviewgen.core.memorization import NGramIndex
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.data.corpus import load_split
-from reviewgen.evaluate.filtering import evaluation_filter, filter_verdicts
+from reviewgen.evaluate.config import EvalConfig
+from reviewgen.evaluate.filtering import filter_verdicts
 from reviewgen.generate.actor import GeneratorActor, ShardJob
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.score.filter import FilterConfig, ReviewFilter
@@ -18,6 +24,7 @@ from reviewgen.score.scorer import Scorer
 from reviewgen.serve.config import ServeConfig
 from reviewgen.serve.scoring import replica_filter, score_reviews
 
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["the battery lasts all day and the screen is bright and sharp in sunlight",
          "great tablet for kids, sturdy case and easy parental controls"] * 20
 
@@ -57,6 +64,53 @@ def test_unchecked_rules_report_none(tok):
     assert v.accepted and v.copy_span is None and v.copied is None and v.pii is None and v.has_pii is None
     with pytest.raises(ValueError, match="below the model's n-gram size"):
         ReviewFilter(FilterConfig(max_copy_span=2), tok, NGramIndex.build([[1, 2, 3, 4]], n=4))
+
+
+def test_max_copy_span_policy_is_resolved_in_one_place(tok):
+    """None means the index's n; a span below n is an error naming the setting and n; a larger span, no index
+    or the copy check off leave the rules as they are."""
+    assert FilterConfig(max_copy_span=None).resolved(8).max_copy_span == 8
+    assert FilterConfig(max_copy_span=12).resolved(8).max_copy_span == 12
+    assert FilterConfig(max_copy_span=None).resolved(None).max_copy_span is None
+    assert FilterConfig(max_copy_span=3, check_copy=False).resolved(8).max_copy_span == 3
+    with pytest.raises(ConfigError, match="max_copy_span 5 is below the model's n-gram size 8"):
+        FilterConfig(max_copy_span=5).resolved(8)
+    index = NGramIndex.build(tok.review_token_lists(TRAIN[:2]), n=4)
+    f = ReviewFilter(FilterConfig(max_copy_span=None), tok, index)
+    assert f.max_copy_span == f.config.max_copy_span == 4
+    v = f.check([TRAIN[0]])[0]
+    assert v.copied and v.max_copy_span == 4
+    assert ReviewFilter(FilterConfig(max_copy_span=None, check_copy=False), tok, index).max_copy_span is None
+
+
+def test_from_model_reads_the_index_of_the_model_directory(model_parts, tmp_path):
+    """`from_model` applies the policy against the directory's index (before reading it); a directory
+    without ngrams.npy, or the copy check off, gives no copy check."""
+    ck, _ = model_parts
+    f = ReviewFilter.from_model(ck.path, ck.tokenizer, FilterConfig(max_copy_span=None))
+    assert f.ngrams is not None and f.max_copy_span == f.ngrams.n == 8
+    with pytest.raises(ConfigError, match="max_copy_span 4 is below the model's n-gram size 8"):
+        ReviewFilter.from_model(ck.path, ck.tokenizer, FilterConfig(max_copy_span=4))
+    assert ReviewFilter.from_model(tmp_path, ck.tokenizer, FilterConfig(max_copy_span=4)).ngrams is None
+    off = ReviewFilter.from_model(ck.path, ck.tokenizer, FilterConfig(max_copy_span=4, check_copy=False))
+    assert off.ngrams is None and off.check([NOVEL])[0].copied is None
+
+
+def test_every_stage_builds_its_filter_with_from_model():
+    """Serve, evaluate and the nightly job build their filter with `ReviewFilter.from_model`, and only the
+    filter module reads an n-gram index or constructs a `ReviewFilter` directly."""
+    calls: dict[str, set[str]] = {}
+    for f in (ROOT / "reviewgen").rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = (f"{fn.value.id}.{fn.attr}" if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name)
+                        else fn.id if isinstance(fn, ast.Name) else None)
+                calls.setdefault(name, set()).add(f.relative_to(ROOT).as_posix())
+    assert calls["ReviewFilter.from_model"] == {"reviewgen/serve/scoring.py", "reviewgen/evaluate/run.py",
+                                                "reviewgen/generate/actor.py"}
+    assert calls["NGramIndex.load"] == {"reviewgen/score/filter.py"}
+    assert calls.get("ReviewFilter", set()) <= {"reviewgen/score/filter.py"}
 
 
 # -- the filter on a trained model: planted copies, PII, and one verdict everywhere -------------------------
@@ -103,7 +157,7 @@ def model_parts(tiny_model, prepared_data):
 
 def test_flags_planted_copy_and_passes_novel_text(model_parts) -> None:
     ck, review = model_parts
-    f = ReviewFilter.for_model(FilterConfig(max_copy_span=8), ck.tokenizer, ck.ngram_path)
+    f = ReviewFilter.from_model(ck.path, ck.tokenizer, FilterConfig(max_copy_span=8))
     planted, novel = f.check([f"{NOVEL} {review} {NOVEL}", NOVEL], languages=["en", "en"])
     assert planted.reasons == ("memorized",) and planted.copy_span >= 8 and planted.copied
     assert novel.accepted and novel.copy_span < 8 and novel.copied is False
@@ -139,7 +193,8 @@ def test_replica_evaluate_and_nightly_give_the_same_verdicts(tiny_model, model_p
     scorer = Scorer(tiny_model)
     served = score_reviews(scorer, replica_filter(ServeConfig(), scorer),
                            [{"text": t, "language": lang} for t, lang in zip(texts, langs)])
-    evaluated = filter_verdicts(evaluation_filter(ck.tokenizer, ck.ngram_path), texts, langs)
+    evaluated = filter_verdicts(ReviewFilter.from_model(ck.path, ck.tokenizer, EvalConfig().filter_config()),
+                                texts, langs)
     unscorable = scorer.score([{"text": t, "language": lang} for t, lang in zip(texts, langs)])["reason"]
     for name, s, v, why in zip(names, served, evaluated, unscorable):
         # the endpoint's flags are the filter's, plus the scorer's own (machine_*pct, ours)

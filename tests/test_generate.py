@@ -450,3 +450,28 @@ def test_compile_decode_reaches_the_sampler_and_the_run_identity(tiny_model, tmp
         stats = actor.write_shard(0, [product])
         assert stats["generated"] == 2
         assert bool(compiled) == expect and set(compiled) <= {1}
+
+
+def test_default_filter_settings_keep_the_run_identity():
+    """The run id hashes the filter's settings as given: a default run's stay what they were before the
+    copy threshold got its one policy (an unset max_copy_span would mean the index's n; the default is 8)."""
+    from reviewgen.generate.catalog import resolve_mapping
+    from reviewgen.generate.run import identity_settings
+
+    settings = identity_settings(GenerateConfig(), resolve_mapping(None), [0.2] * 5, None)
+    assert settings["filter"] == {"min_score": 0.0, "max_copy_span": 8, "min_tokens": 3, "max_tokens": None,
+                                  "min_chars": 1, "max_chars": None, "reject_broken_text": True, "check_pii": True,
+                                  "check_copy": True, "check_language": True, "require_watermark": False}
+
+
+def test_max_copy_span_below_the_index_n_fails_before_any_work(tiny_model, tmp_path):
+    """generate resolves its copy threshold with the filter's own rule (`FilterConfig.resolved`): the error
+    names the setting and the model's n-gram size, and nothing is written."""
+    from reviewgen.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_copy_span 4 is below the model's n-gram size 8"):
+        run_generation(tiny_model, ["x.parquet"], tmp_path / "o", cfg(**{"filter.max_copy_span": 4}), **QUIET)
+    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
+                                   str(tmp_path / "o"), "--max-copy-span", "4", "--no-watermark"])
+    assert res.exit_code == 2 and "max_copy_span 4 is below the model's n-gram size 8" in res.output
+    assert not (tmp_path / "o").exists()

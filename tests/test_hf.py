@@ -15,10 +15,11 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from reviewgen.core.checkpoint import Meta, load_checkpoint, save_checkpoint
+from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig, TokenizerConfig
 from reviewgen.core.hf_export import EXAMPLE, export_hf
 from reviewgen.core.hf_import import HFImportError, init_from_hf, load_hf_base
+from reviewgen.core.model_dir import Meta
 from reviewgen.core.sampling import SamplingParams, sample
 from reviewgen.core.tokenizer import Condition
 

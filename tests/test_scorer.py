@@ -13,8 +13,8 @@ import pytest
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.encoding import conditions
 from reviewgen.data.corpus import load_split
-from reviewgen.score.calibration import DETECTOR_SETTINGS, sample_fakes
 from reviewgen.score.combiner import ANY_LANGUAGE, Combiner, Detector
+from reviewgen.score.fakes import DETECTOR_SETTINGS, sample_fakes
 from reviewgen.score.filter import FilterConfig, ReviewFilter
 from reviewgen.score.scorer import REPORTED_SIGNALS, Scorer
 from reviewgen.serve.scoring import score_reviews

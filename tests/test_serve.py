@@ -65,8 +65,8 @@ def test_serve_config_validation(tmp_path):
         ServeConfig(min_replicas=3, max_replicas=2)
     with pytest.raises(ServeConfigError, match="max_ongoing_requests"):
         ServeConfig(max_batch_size=64, max_ongoing_requests=8)
-    with pytest.raises(ServeConfigError, match="copy_min_span"):
-        ServeConfig(copy_min_span=0)
+    with pytest.raises(ServeConfigError, match="max_copy_span"):
+        ServeConfig(max_copy_span=0)
     with pytest.raises(ServeConfigError, match="max_surge_percent"):
         ServeConfig(max_surge_percent=150)
     with pytest.raises(ServeConfigError, match="graceful_shutdown_timeout_s"):
@@ -90,13 +90,50 @@ def test_serve_config_is_frozen_and_overridden_by_set_flags():
     cfg = ServeConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_batch_size = 8  # type: ignore[misc]
-    new = cfg.with_overrides({"max_batch_size": 8, "copy_check": "false", "copy_min_span": 10})
-    assert (new.max_batch_size, new.copy_check, new.copy_min_span) == (8, False, 10)
+    new = cfg.with_overrides({"max_batch_size": 8, "check_copy": "false", "max_copy_span": 10, "check_pii": "no"})
+    assert (new.max_batch_size, new.check_copy, new.max_copy_span, new.check_pii) == (8, False, 10, False)
     assert cfg.max_batch_size == 32  # the original is untouched
     with pytest.raises(ServeConfigError, match="max_batch_sise"):
         cfg.with_overrides({"max_batch_sise": 8})
     with pytest.raises(ServeConfigError, match="max_ongoing_requests"):
         cfg.with_overrides({"max_batch_size": 128})
+
+
+@pytest.mark.parametrize("old", ["copy_check", "copy_min_span", "pii_check"])
+def test_old_filter_keys_are_unknown_keys(old, tmp_path):
+    """The filter's settings carry their `FilterConfig` names; an old name is an unknown key, named."""
+    with pytest.raises(ServeConfigError, match=old):
+        ServeConfig.from_dict({old: 10 if old == "copy_min_span" else False})
+    with pytest.raises(ServeConfigError, match=old):
+        ServeConfig().with_overrides({old: "false"})
+    p = tmp_path / "s.yaml"
+    p.write_text(f"serve: {{{old}: 10}}\n")
+    with pytest.raises(ServeConfigError, match=old):
+        ServeConfig.from_yaml(p)
+
+
+def test_replica_filter_uses_from_model_and_its_policy(tiny_model, monkeypatch):
+    """The replica's filter comes from `ReviewFilter.from_model` over the scorer's model directory: an unset
+    max_copy_span is the model's n-gram size, one below it an error naming both."""
+    from types import SimpleNamespace
+
+    from reviewgen.core.checkpoint import load_checkpoint
+    from reviewgen.core.config import ConfigError
+    from reviewgen.score.filter import ReviewFilter
+
+    ck = load_checkpoint(tiny_model)
+    scorer = SimpleNamespace(ckpt=ck, tok=ck.tokenizer)
+    built = []
+    real = ReviewFilter.from_model.__func__
+    monkeypatch.setattr(ReviewFilter, "from_model",
+                        classmethod(lambda cls, *a: built.append(a) or real(cls, *a)))
+    f = replica_filter(ServeConfig(), scorer)
+    assert built[0][:2] == (ck.path, ck.tokenizer) and f.max_copy_span == f.ngrams.n == 8
+    assert replica_filter(ServeConfig(max_copy_span=10, check_pii=False), scorer).config.check_pii is False
+    assert replica_filter(ServeConfig(check_copy=False), scorer).ngrams is None
+    with pytest.raises(ConfigError, match="max_copy_span 4 is below the model's n-gram size 8"):
+        replica_filter(ServeConfig(max_copy_span=4), scorer)
+    assert len(built) == 4
 
 
 @pytest.mark.parametrize("entry", [["-c", "from reviewgen.cli import app; app()"], [str(ROOT / "jobs" / "serve.py")]])

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reviewgen.core.checkpoint import read_calibration, write_calibration
+from reviewgen.core.model_dir import read_calibration, write_calibration
 from reviewgen.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,10 +99,11 @@ def export(
                                    "model (with reviewgen's vocabulary) the adapters load onto."),
 ):
     """Export a trained model: for the generate and serve jobs, or (--format hf) for Hugging Face tools."""
-    from reviewgen.core.checkpoint import export_model, read_meta
+    from reviewgen.core.checkpoint import export_model
     from reviewgen.core.config import ConfigError
     from reviewgen.core.hf_adapters import export_adapters
     from reviewgen.core.hf_export import export_hf
+    from reviewgen.core.model_dir import read_meta
 
     if format_ not in ("reviewgen", "hf"):
         raise ConfigError(f"--format must be reviewgen or hf, got {format_!r}")

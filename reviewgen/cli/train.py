@@ -122,7 +122,7 @@ def _start_tracking(job, cfg):
 
 def _model_tags(model_dir) -> dict:
     """The written model's version, phase and completeness, from its meta.json."""
-    from reviewgen.core.checkpoint import read_meta
+    from reviewgen.core.model_dir import read_meta
 
     meta = read_meta(model_dir)
     return {"model_version": meta.version, "phase": meta.phase, "complete": meta.complete,

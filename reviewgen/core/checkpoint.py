@@ -1,8 +1,5 @@
 """A checkpoint's weights: save, load and export a model directory (its files and records:
 `reviewgen.core.model_dir`), as plain data that loads without pickle.
-
-The directory's records and their readers are re-exported here, so `reviewgen.core.checkpoint` stays the one
-import for code that handles checkpoints.
 """
 
 from __future__ import annotations
@@ -29,28 +26,16 @@ from reviewgen.core.model_dir import (
     NGRAM_FILE,
     WEIGHT_FILES,
     Calibration,
-    CalibrationFit,
     CheckpointError,
     Meta,
     content_version,
-    is_model_dir,
-    ngram_order,
     read_calibration,
     read_config,
     read_meta,
-    read_run_config,
     record_json,
-    write_calibration,
 )
 from reviewgen.core.models import Discriminator, Generator, unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError
-
-__all__ = [
-    "CALIBRATION_FILE", "CONFIG_FILE", "FORMAT_VERSION", "META_FILE", "NGRAM_FILE", "WEIGHT_FILES",
-    "BaseMismatchError", "Calibration", "CalibrationFit", "Checkpoint", "CheckpointError", "Meta",
-    "content_version", "export_model", "is_model_dir", "load_checkpoint", "ngram_order", "read_calibration",
-    "read_meta", "read_run_config", "save_checkpoint", "write_calibration",
-]
 
 
 class BaseMismatchError(CheckpointError):

@@ -370,3 +370,18 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
     return out
 
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                sets: Sequence[str] = (), source: str = "flag") -> T:
+    """A command's settings `cls` in the order every command reads them: the YAML file (or the defaults;
+    unknown keys are errors naming the key), then `--set KEY=VALUE` items, then the per-field flags' dotted
+    `overrides` (None: the flag was not given). A section's own validation error becomes a ConfigError."""
+    cfg = config_from_yaml(cls, path) if path else cls()
+    try:
+        cfg = with_overrides(cfg, parse_set_options(sets), "--set")
+        return with_overrides(cfg, dict(overrides or {}), source)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e)) from e
+

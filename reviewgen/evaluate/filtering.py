@@ -1,25 +1,15 @@
 """Evaluation of the output filter: the copy, PII and accepted-output figures come from the same
-`ReviewFilter` the nightly job and the scoring endpoint apply, so evaluation measures what production does."""
+`ReviewFilter` the nightly job and the scoring endpoint apply (built with `ReviewFilter.from_model` from the
+evaluation's `EvalConfig.filter_config()`), so evaluation measures what production does."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from reviewgen.core.memorization import NGramIndex
 from reviewgen.core.text import PII_KINDS
-from reviewgen.core.tokenizer import ReviewTokenizer
-from reviewgen.score.filter import REASONS, FilterConfig, ReviewFilter, Verdict
-
-
-def evaluation_filter(tokenizer: ReviewTokenizer, ngram_path: str | Path | None, copy_span: int = 8) -> ReviewFilter:
-    """The production filter's default rules, with a copy counted from `copy_span` training tokens (raised
-    to the model's n-gram size when below it); no copy check without an n-gram index."""
-    index = NGramIndex.load(ngram_path) if ngram_path is not None else None
-    span = max(copy_span, index.n) if index is not None else copy_span
-    return ReviewFilter(FilterConfig(max_copy_span=span), tokenizer, index)
+from reviewgen.score.filter import REASONS, ReviewFilter, Verdict
 
 
 def filter_verdicts(review_filter: ReviewFilter, texts: Sequence[str], languages: Sequence[str]) -> list[Verdict]:

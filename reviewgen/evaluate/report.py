@@ -13,8 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import Calibration
 from reviewgen.core.metrics import reliability_bins
+from reviewgen.core.model_dir import Calibration
 from reviewgen.core.text import PII_KINDS
 from reviewgen.evaluate import plots as P
 from reviewgen.evaluate.fluency import fluency_markdown
@@ -272,7 +272,7 @@ def _copying_lines(r: EvalResult, inputs: ReportInputs) -> list[str]:
     """Copying and PII under the production filter, example generations, the plots and the protocol notes."""
     return [
         "## Copying and PII", "",
-        f"Copy = a span of >= {inputs.review_filter.copy_threshold} tokens found in the training reviews (hashed "
+        f"Copy = a span of >= {inputs.review_filter.max_copy_span} tokens found in the training reviews (hashed "
         "n-gram index); accepted = passes the production output filter (`reviewgen.score.filter`: no copy, no PII, "
         f"not empty, broken, too short or in the wrong language). Human test reviews copy-rate: "
         f"{r.human.get('copy_rate', 0.0):.4f}.", "",

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from reviewgen.core.checkpoint import Calibration
+from reviewgen.core.model_dir import Calibration
 from reviewgen.evaluate.fluency import Fluency
 from reviewgen.evaluate.matching import MatchedDiversity
 from reviewgen.evaluate.quality import mean_of
@@ -92,7 +92,7 @@ class RunMeta:
     temperatures: list[float]
     seeds: list[int]
     top_p: float
-    copy_span: int
+    max_copy_span: int | None  # the copy threshold the filter applied (None: no copy check)
     fast: bool
     embeddings_available: bool
     mauve_available: bool

@@ -16,17 +16,19 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import torch
 
-from reviewgen.core.checkpoint import Calibration, Checkpoint, load_checkpoint
+from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.config import ConfigError
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
 from reviewgen.core.errors import MissingInputError
 from reviewgen.core.losses import Tokens, val_nll
+from reviewgen.core.model_dir import Calibration, ngram_order
 from reviewgen.core.models import count_params
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
-from reviewgen.evaluate.filtering import evaluation_filter, filter_metrics, filter_verdicts
+from reviewgen.evaluate.config import EvalConfig
+from reviewgen.evaluate.filtering import filter_metrics, filter_verdicts
 from reviewgen.evaluate.fluency import fluency_result
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.matching import match_at_diversity
@@ -46,53 +48,8 @@ from reviewgen.evaluate.results import EvalResult, OutOfFamily, QualityPoint, Ru
 from reviewgen.evaluate.scorer_eval import ScorerRows, extra_scorer_rows, refit_calibration, scorer_section
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.evaluate.world import fakes_section
+from reviewgen.score.filter import ReviewFilter
 from reviewgen.score.scorer import Scorer
-
-DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The settings of one evaluation (`reviewgen evaluate` flags)."""
-
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES  # sampling temperatures of the sweep
-    n_products: int = 150  # about how many unseen test products to evaluate
-    samples_per_product: int = 2  # real reviews (conditions) per product
-    # test reviews the scorer section reads at least (the evaluated ones, then others drawn at random): its
-    # ECE needs more rows than the quality sweep, as ECE is biased upwards on few rows (`ece_floor`)
-    scorer_reviews: int = 1000
-    seeds: tuple[int, ...] = (0, 1, 2)  # generation seeds; metrics are mean ± sd over them
-    top_p: float = 1.0
-    copy_span: int = 8  # copied training tokens that make a copy (raised to the model's n-gram size)
-    recalibrate: bool = True  # refit the scorer calibration first (stored in the model)
-    embeddings: bool = True  # FED, MAUVE and title relevance (null when off or not installed)
-    n_baseline_train: int = 600  # real train reviews of the TF-IDF real-vs-generated baseline
-    classifier_rows: int = 6000  # train rows of the TF-IDF condition classifiers
-    nll_rows: int | None = None  # test reviews for NLL (None: all)
-    fast: bool = False  # smoke-test settings, see `resolved`
-    device: str | None = None
-    fakes: str | None = None  # labelled reviews of another generator (`reviewgen.evaluate.world`); None: none
-
-    def __post_init__(self) -> None:
-        if not self.temperatures or not self.seeds:
-            raise ConfigError("evaluate: need at least one temperature and one seed")
-        if self.n_products < 1 or self.samples_per_product < 1:
-            raise ConfigError("evaluate: n_products and samples_per_product must be >= 1")
-        if self.scorer_reviews < 0:
-            raise ConfigError("evaluate: scorer_reviews must be >= 0")
-
-    def resolved(self) -> EvalConfig:
-        """The settings actually used: with `fast`, one seed, the lowest and highest temperature, <= 16
-        products, <= 48 scorer reviews and a small calibration/baseline/classifier/NLL set."""
-        c = dataclasses.replace(self, temperatures=tuple(float(t) for t in self.temperatures),
-                                seeds=tuple(int(s) for s in self.seeds))
-        if not c.fast:
-            return c
-        return dataclasses.replace(c, seeds=c.seeds[:1], n_products=min(c.n_products, 16),
-                                   scorer_reviews=min(c.scorer_reviews, 48),
-                                   temperatures=tuple(sorted({min(c.temperatures), max(c.temperatures)})),
-                                   n_baseline_train=min(c.n_baseline_train, 48),
-                                   classifier_rows=min(c.classifier_rows, 1500), nll_rows=min(c.nll_rows or 256, 256))
 
 
 @dataclass(frozen=True)
@@ -147,6 +104,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     Returns the `EvalResult` (metrics.json is its `to_dict`)."""
     compare = check_compare_names(compare or {})
     c = (config or EvalConfig()).resolved()
+    c.filter_config().resolved(ngram_order(model_dir))  # a max_copy_span below the index's n fails before any work
     t0 = time.time()
     paths = EvalPaths(Path(model_dir), Path(baseline_dir) if baseline_dir else Path(model_dir) / "mle", data_dir,
                       Path(out_dir), compare, ood_model_dir)
@@ -165,7 +123,7 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
                              load_split(data_dir, "val"), real_clf=metrics.clf,
                              tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
     meta = run_meta(paths, models, rows, c, embeddings_available=bool(metrics.emb.available), device=str(dev),
-                    nll_reviews=nll_reviews)
+                    nll_reviews=nll_reviews, max_copy_span=metrics.review_filter.max_copy_span)
     result = EvalResult(meta=meta, calibration=models.calib, nll=nll, human=human_m, sweep=sweep, matched=matched,
                         scorer=scorer, fluency=fluency)
     result = dataclasses.replace(result, targets=check_targets(result),
@@ -227,7 +185,7 @@ class _TextMetrics:
     def __init__(self, rows: EvalRows, c: EvalConfig, gan: Checkpoint, log: Log):
         self.rows = rows
         self.clf = ConditionClassifiers(rows.train, max_rows=c.classifier_rows)
-        self.review_filter = evaluation_filter(gan.tokenizer, gan.ngram_path, c.copy_span)
+        self.review_filter = ReviewFilter.from_model(gan.path, gan.tokenizer, c.filter_config())
         self.emb = Embedder(c.embeddings, log)
         self.h_emb = self.emb(rows.human)
         self.title_emb = self.emb(rows.ev["product_title"].astype(str).tolist())
@@ -327,9 +285,10 @@ def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]
 
 
 def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig, *, embeddings_available: bool,
-             device: str, nll_reviews: int) -> RunMeta:
-    """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol, and the
-    compared and out-of-family models (the wall time is filled in at the end)."""
+             device: str, nll_reviews: int, max_copy_span: int | None) -> RunMeta:
+    """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol (with the
+    copy threshold the filter applied, `max_copy_span`), and the compared and out-of-family models (the wall
+    time is filled in at the end)."""
     history = read_history(paths.model_dir / "metrics.jsonl")
     gan, mle = models.ck["gan"], models.ck["mle"]
     cfg, tok = gan.config.to_dict(), gan.tokenizer
@@ -344,7 +303,7 @@ def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig
         batch_size=gan.config.train.batch_size,
         train_wall_time_s=max((float(r.get("time", 0)) for r in history), default=None),
         data=_data_sizes(rows), temperatures=list(c.temperatures), seeds=list(c.seeds), top_p=c.top_p,
-        copy_span=c.copy_span, fast=c.fast, embeddings_available=embeddings_available,
+        max_copy_span=max_copy_span, fast=c.fast, embeddings_available=embeddings_available,
         mauve_available=importlib.util.find_spec("mauve") is not None, reference_pools=rows.pool_note,
         nll_reviews=nll_reviews,
         compared={name: {"model_dir": str(path), "version": models.ck[name].version}

@@ -12,23 +12,17 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import Calibration, load_checkpoint, write_calibration
+from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import accuracy, auroc, brier, ece, ece_floor, f1, roc_curve, tpr_at_fpr
+from reviewgen.core.model_dir import Calibration, write_calibration
 from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.quality import MODELS, Log
-from reviewgen.score.calibration import (
-    CALIBRATION_TEMPERATURES,
-    DETECTOR_SETTINGS,
-    FEATURE_SIGNS,
-    SamplingSetting,
-    calibrate,
-    describe_calibration,
-    sample_fakes,
-)
+from reviewgen.score.calibration import FEATURE_SIGNS, calibrate, describe_calibration
+from reviewgen.score.fakes import CALIBRATION_TEMPERATURES, DETECTOR_SETTINGS, SamplingSetting, sample_fakes
 from reviewgen.score.platt import apply_calibration
 from reviewgen.score.scorer import Scorer, reference_network
 from reviewgen.score.signals import SIGNALS

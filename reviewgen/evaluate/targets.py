@@ -77,7 +77,7 @@ def _copying(r: EvalResult) -> Target:
     raw = max(p.mean("copy_rate") or 0.0 for p in gan)
     return Target(_status(acr <= 0.01), f"worst accepted-output copy rate over GAN temperatures {acr:.4f} (need "
                                         f"<= 0.01); before the output filter {raw:.4f} of raw samples copy >= "
-                                        f"{r.meta.copy_span} training tokens and are rejected")
+                                        f"{r.meta.max_copy_span} training tokens and are rejected")
 
 
 def _collapse(point: MatchedPoint, human: Mapping[str, Any]) -> tuple[bool | None, str]:

@@ -78,7 +78,7 @@ class GeneratorActor:
         self.watermark = Watermark(wm.keys[:1], wm.config) if wm is not None else None
         self.scorer.watermark = self.watermark
         fc = replace(self.cfg.filter, require_watermark=True) if wm is not None else self.cfg.filter
-        self.filter = ReviewFilter.for_model(fc, self.tok, self.ckpt.ngram_path)
+        self.filter = ReviewFilter.from_model(self.ckpt.path, self.tok, fc)
         self.fs, self.part = filesystem(job.partition)
         cdf = np.cumsum(np.asarray(job.rating_distribution, dtype=np.float64))
         self.cdf = cdf / cdf[-1]

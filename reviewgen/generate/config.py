@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reviewgen.core.config import ConfigError, config_from_yaml, parse_set_options, with_overrides
+from reviewgen.core.config import ConfigError, load_config
 from reviewgen.score.filter import FilterConfig
 
 # contract columns the reviews table already carries: a pass-through of them would clash
@@ -103,13 +103,5 @@ class GenerateConfig:
 
 def load_generate_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                          source: str = "flag", *, sets: Sequence[str] = ()) -> GenerateConfig:
-    """`GenerateConfig` in the order every command reads its settings: the YAML file (or the defaults), then
-    `--set KEY=VALUE` items, then the per-field flags' dotted `overrides` (None: the flag was not given)."""
-    cfg = config_from_yaml(GenerateConfig, path) if path else GenerateConfig()
-    try:
-        cfg = with_overrides(cfg, parse_set_options(sets), "--set")
-        return with_overrides(cfg, dict(overrides or {}), source)
-    except ValueError as e:  # FilterConfig and the sections validate in __post_init__
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(str(e)) from e
+    """`GenerateConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config.load_config`)."""
+    return load_config(GenerateConfig, path, overrides, sets=sets, source=source)

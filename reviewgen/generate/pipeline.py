@@ -168,15 +168,15 @@ def run_generation(model_dir: str | Path, catalogs: Sequence[str], out: str | Pa
 
     Idempotent (a finished identical run is a no-op; `force` regenerates), resumable (finished shards
     are kept), incremental (`since` = a previous run date or partition dir: only new/changed products).
-    Returns the summary dict (also written into manifest.json). GenerationError when the run cannot
-    proceed, or (unless `config.allow_empty`) when it read no valid product or accepted no review.
-    """
+    Returns the summary dict (also written into manifest.json). GenerationError when the run cannot proceed,
+    or (unless `config.allow_empty`) when it read no valid product or accepted no review; ConfigError when
+    max_copy_span is below the model's n-gram size (`FilterConfig.resolved`)."""
     t_start = time.perf_counter()
     cfg = config or GenerateConfig()
     run_date = resolve_run_date(run_date)
     _check_keep_columns(cfg)
     meta, model_cfg, ngram_n = model_info(model_dir)
-    _check_copy_span(cfg, ngram_n)
+    cfg.filter.resolved(ngram_n)  # fail before any work when max_copy_span is below the index's n
     dist, dist_src = rating_distribution(meta, cfg.sampling.rating_distribution)
     mapping = cat.resolve_mapping(cfg.catalog.mapping)
     inputs = list_inputs([str(c) for c in catalogs])
@@ -221,14 +221,6 @@ def _check_keep_columns(cfg: GenerateConfig) -> None:
     clash = set(cfg.catalog.keep_columns) & {n for n, _ in REVIEW_FIELDS}
     if clash:
         raise GenerationError(f"--keep-columns {sorted(clash)} clash with output columns")
-
-
-def _check_copy_span(cfg: GenerateConfig, ngram_n: int | None) -> None:
-    """GenerationError when the copy check's span is below the model's n-gram size: the index cannot see
-    shorter copies, so such a span would promise a check the run cannot make."""
-    span = cfg.filter.max_copy_span
-    if ngram_n is not None and span is not None and cfg.filter.check_copy and span < ngram_n:
-        raise GenerationError(f"--max-copy-span {span} is below the model's n-gram size {ngram_n}")
 
 
 def _finish(run: _Run, summary: dict[str, Any]) -> None:

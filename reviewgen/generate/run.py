@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from reviewgen.core.checkpoint import CheckpointError, Meta, is_model_dir, ngram_order, read_meta, read_run_config
 from reviewgen.core.config import RunConfig
 from reviewgen.core.errors import ReviewgenError
+from reviewgen.core.model_dir import CheckpointError, Meta, is_model_dir, ngram_order, read_meta, read_run_config
 from reviewgen.core.sampling import row_seed
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.infra.storage import TMP_PREFIX, exists, filesystem

@@ -26,9 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import META_FILE, Calibration, read_calibration, read_meta, write_calibration
 from reviewgen.core.errors import InputError
 from reviewgen.core.metrics import auroc, ece, machine_threshold, tpr_at_fpr
+from reviewgen.core.model_dir import META_FILE, Calibration, read_calibration, read_meta, write_calibration
 from reviewgen.core.text import detect_language
 from reviewgen.score.adapted import LEXICAL, THRESHOLD_KEYS, ZERO_SHOT, AdaptedDetector, LanguageModel, sha256_file
 from reviewgen.score.calibration import prior_shift

@@ -63,9 +63,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import Calibration, CalibrationFit
 from reviewgen.core.encoding import conditions
 from reviewgen.core.metrics import auroc, ece, log_loss
+from reviewgen.core.model_dir import Calibration, CalibrationFit
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.score.combiner import (
@@ -78,9 +78,7 @@ from reviewgen.score.combiner import (
     fit_domain,
     select_combiner,
 )
-from reviewgen.score.fakes import CALIBRATION_TEMPERATURES as CALIBRATION_TEMPERATURES  # kept importable here
 from reviewgen.score.fakes import DETECTOR_SETTINGS, SamplingSetting, as_setting, sample_fake_sources
-from reviewgen.score.fakes import sample_fakes as sample_fakes  # kept importable here
 from reviewgen.score.platt import apply_calibration, fit_platt
 from reviewgen.score.signals import review_signals
 from reviewgen.score.thresholds import machine_thresholds, oof_thresholds

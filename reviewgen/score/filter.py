@@ -11,12 +11,13 @@ evaluation counts the same verdicts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from reviewgen.core.config import ConfigError
 from reviewgen.core.memorization import NGramIndex
+from reviewgen.core.model_dir import NGRAM_FILE, ngram_order
 from reviewgen.core.text import PII_KINDS, detect_language, find_pii
 from reviewgen.core.tokenizer import ReviewTokenizer
 
@@ -29,7 +30,10 @@ PII_PLACEHOLDERS = ("<email>", "<url>", "<phone>", "<handle>")
 
 @dataclass(frozen=True)
 class FilterConfig:
-    """The filter's rules. None disables a bound; the checks can be turned off one by one."""
+    """The filter's rules. None disables a bound; the checks can be turned off one by one.
+
+    `max_copy_span` is the copy threshold every stage names the same way; None means "the model's n-gram
+    size", and `resolved` is the one place that turns it into the number a model's filter applies."""
 
     min_score: float = 0.0  # reject below this calibrated p_human (0 = off)
     max_copy_span: int | None = 8  # reject when this many consecutive training tokens are copied (None: index n)
@@ -56,6 +60,19 @@ class FilterConfig:
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"filter: min_score must be within [0, 1], got {self.min_score}")
 
+    def resolved(self, ngram_n: int | None) -> "FilterConfig":
+        """These rules for a model whose n-gram index has order `ngram_n` (None: no index): an unset
+        max_copy_span becomes n. A span below n is a ConfigError naming both, as the index cannot see a
+        shorter copy, so such a rule would promise a check no stage can make. Without an index, or with the
+        copy check off, nothing changes."""
+        span = self.max_copy_span
+        if ngram_n is None or not self.check_copy:
+            return self
+        if span is not None and span < ngram_n:
+            raise ConfigError(f"filter: max_copy_span {span} is below the model's n-gram size {ngram_n}: the "
+                              f"index cannot see shorter copies (set it >= {ngram_n}, or unset for {ngram_n})")
+        return replace(self, max_copy_span=ngram_n if span is None else span)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -65,7 +82,7 @@ class Verdict:
     n_tokens: int
     language: str  # detected from the text
     copy_span: int | None  # longest span copied from training reviews; None when not checked
-    copy_threshold: int | None
+    max_copy_span: int | None  # the copy threshold applied; None when not checked
     pii: dict[str, int] | None  # occurrences per kind; None when not checked
 
     @property
@@ -81,7 +98,7 @@ class Verdict:
     @property
     def copied(self) -> bool | None:
         """True when the copy rule failed; None when it was not checked."""
-        return None if self.copy_span is None else self.copy_span >= self.copy_threshold
+        return None if self.copy_span is None else self.copy_span >= self.max_copy_span
 
     @property
     def has_pii(self) -> bool | None:
@@ -109,24 +126,25 @@ class Judged:
 
 
 class ReviewFilter:
-    """Applies `FilterConfig` with one model's tokenizer and training n-gram index (None: no copy check)."""
+    """Applies `FilterConfig` with one model's tokenizer and training n-gram index (None: no copy check).
+    `config` is kept resolved against the index (`FilterConfig.resolved`), and `max_copy_span` is the
+    threshold it applies (None without a copy check)."""
 
     def __init__(self, config: FilterConfig, tokenizer: ReviewTokenizer, ngrams: NGramIndex | None = None):
-        self.config, self.tok = config, tokenizer
         self.ngrams = ngrams if config.check_copy else None
-        span = config.max_copy_span
-        if self.ngrams is not None:
-            if span is not None and span < self.ngrams.n:
-                raise ConfigError(f"filter: max_copy_span {span} is below the model's n-gram size {self.ngrams.n}")
-            span = span or self.ngrams.n
-        self.copy_threshold = span
+        self.config = config.resolved(self.ngrams.n if self.ngrams is not None else None)
+        self.tok = tokenizer
+        self.max_copy_span = self.config.max_copy_span if self.ngrams is not None else None
 
     @classmethod
-    def for_model(cls, config: FilterConfig, tokenizer: ReviewTokenizer, ngram_path: str | Path | None
-                  ) -> "ReviewFilter":
-        """A filter for a model directory's tokenizer and `ngrams.npy` (None or absent: no copy check)."""
-        index = NGramIndex.load(ngram_path) if (config.check_copy and ngram_path is not None) else None
-        return cls(config, tokenizer, index)
+    def from_model(cls, model_dir: str | Path, tokenizer: ReviewTokenizer, config: FilterConfig) -> "ReviewFilter":
+        """The filter of a model directory: its tokenizer (the caller has it loaded) and its n-gram index
+        (`ngrams.npy`; absent, or the copy check off: no copy check). The rules are resolved against the
+        index's n before the index is read, so a bad max_copy_span fails fast. Every stage builds its filter
+        here, so all of them apply the same rules the same way."""
+        n = ngram_order(model_dir) if config.check_copy else None
+        config = config.resolved(n)
+        return cls(config, tokenizer, NGramIndex.load(Path(model_dir) / NGRAM_FILE) if n is not None else None)
 
     def judge(self, scored: Mapping[str, Any], texts: Sequence[str | None],
               languages: Sequence[str | None]) -> list[Judged]:
@@ -178,11 +196,11 @@ class ReviewFilter:
         if c.check_language and lang is not None and stripped and detected != lang:
             reasons.append("language_mismatch")
         span = self.ngrams.longest_copy(ids) if self.ngrams is not None else None
-        if span is not None and span >= self.copy_threshold:
+        if span is not None and span >= self.max_copy_span:
             reasons.append("memorized")
         if score is not None and score < c.min_score:
             reasons.append("low_score")
         if c.require_watermark and not watermark_ours:
             reasons.append("watermark_weak")
-        return Verdict(tuple(reasons), len(ids), detected, span, self.copy_threshold if span is not None else None,
+        return Verdict(tuple(reasons), len(ids), detected, span, self.max_copy_span if span is not None else None,
                        pii if pii is None else {k: int(pii.get(k, 0)) for k in PII_KINDS})

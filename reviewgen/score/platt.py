@@ -9,7 +9,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from reviewgen.core.checkpoint import Calibration
+from reviewgen.core.model_dir import Calibration
 
 # the largest floor (and 1 - ceiling) the detector's Platt step may fit (`fit_platt(floor=True)`): the share
 # of reviews whose signals carry no evidence is a few percent, and a floor near 0.5 would flatten every score

@@ -20,9 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from reviewgen.core.checkpoint import CALIBRATION_FILE, Checkpoint, load_checkpoint
+from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
 from reviewgen.core.device import cast_matmul_weights, inference_dtype, pick_device
 from reviewgen.core.errors import InputError
+from reviewgen.core.model_dir import CALIBRATION_FILE
 from reviewgen.core.models import Generator
 from reviewgen.core.text import detect_language
 from reviewgen.core.tokenizer import Condition

@@ -27,11 +27,12 @@ from typing import Any, Callable
 import ray
 from ray import serve
 
-from reviewgen.core.checkpoint import is_model_dir
+from reviewgen.core.model_dir import is_model_dir, ngram_order
 from reviewgen.infra.runtime import ensure_ray
 from reviewgen.serve.config import TOKEN_ENV, TOKEN_FILE_ENV, ServeConfig, ServeConfigError, load_api_token
 from reviewgen.serve.ingress import INGRESS_DEPLOYMENT, IngressDeployment
 from reviewgen.serve.replica import MODEL_DEPLOYMENT, ScorerDeployment
+from reviewgen.serve.scoring import filter_config
 
 APP_NAME = "scorer"
 DEFAULT_CLUSTER_MODEL_DIR = "/mnt/shared/models/current"
@@ -49,6 +50,8 @@ def build_app(model_dir: str | Path, config: ServeConfig | None = None):
     model_dir = Path(model_dir).expanduser().resolve()
     if not is_model_dir(model_dir):
         raise ServeConfigError(f"{model_dir}: not a model directory (no config.json or meta.json); export one first")
+    # a max_copy_span below the model's n-gram size fails here, before Ray, not in every replica
+    filter_config(cfg).resolved(ngram_order(model_dir))
     opts: dict[str, Any] = {"max_ongoing_requests": cfg.max_ongoing_requests,
                             "ray_actor_options": cfg.ray_actor_options(), **cfg.rollout_options()}
     if cfg.min_replicas == cfg.max_replicas:

@@ -45,10 +45,11 @@ class ServeConfig:
     max_field_chars: int = 512
     max_body_bytes: int = 1_048_576
     request_timeout_s: float = 30.0
-    # flags (the output filter's copy and PII checks; the replica reports them, never rejects)
-    copy_check: bool = True
-    copy_min_span: int | None = None  # copied when this many training tokens repeat (None: the index's n)
-    pii_check: bool = True
+    # flags (the output filter's copy and PII checks, named as in `FilterConfig`; the replica reports them,
+    # never rejects)
+    check_copy: bool = True
+    max_copy_span: int | None = None  # copied when this many training tokens repeat (None: the index's n)
+    check_pii: bool = True
     log_review_text: bool = False
     # autoscaling (Serve autoscaling_config)
     min_replicas: int = 1
@@ -80,10 +81,9 @@ class ServeConfig:
                      "min_replicas", "ingress_num_cpus"):
             if getattr(self, name) < 0:
                 raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
-        if self.copy_min_span is not None and (isinstance(self.copy_min_span, bool)
-                                               or not isinstance(self.copy_min_span, int) or self.copy_min_span < 1):
-            raise ServeConfigError(f"serve config: copy_min_span must be an integer >= 1 or null, "
-                                   f"got {self.copy_min_span!r}")
+        span = self.max_copy_span
+        if span is not None and (isinstance(span, bool) or not isinstance(span, int) or span < 1):
+            raise ServeConfigError(f"serve config: max_copy_span must be an integer >= 1 or null, got {span!r}")
         if isinstance(self.max_surge_percent, bool) or not 0 <= self.max_surge_percent <= 100:
             raise ServeConfigError(f"serve config: max_surge_percent must be 0..100, got {self.max_surge_percent!r}")
         if self.min_replicas > self.max_replicas:

@@ -86,7 +86,7 @@ class ScorerDeployment:
                                                  boundaries=BATCH_BOUNDARIES)
         self.m_reviews = metrics.Counter("reviewgen_reviews_scored_total", "reviews scored")
         logger.info(log_record("replica_ready", model_version=self.scorer.version,
-                               copy_check=self.filter.ngrams is not None, replica=self.actor_name))
+                               check_copy=self.filter.ngrams is not None, replica=self.actor_name))
 
     def model_info(self) -> dict[str, Any]:
         """Version, calibration, copy index and tokenizer limits of the model this replica serves."""
@@ -95,7 +95,7 @@ class ScorerDeployment:
         return {"model_version": self.scorer.version, "model_dir": self.model_dir,
                 "calibration": {"scale": calib.scale, "bias": calib.bias} if calib is not None else {},
                 "detector": self.scorer.mode,
-                "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.copy_threshold}
+                "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.max_copy_span}
                 if index is not None else None,
                 "watermark": {"key_ids": list(self.scorer.watermark.key_ids),
                               "threshold_z": self.scorer.watermark.config.threshold_z}

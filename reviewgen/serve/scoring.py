@@ -7,26 +7,21 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from reviewgen.core.memorization import NGramIndex
 from reviewgen.score.filter import FilterConfig, ReviewFilter
 from reviewgen.score.scorer import MACHINE_FLAGS, REPORTED_SIGNALS, Scorer
 from reviewgen.serve.config import ServeConfig
 
 
-def filter_config(cfg: ServeConfig, ngram_n: int | None = None) -> FilterConfig:
-    """The output filter's rules for the endpoint: copy and PII checks as the serve config sets them. A
-    copy_min_span below the model's n-gram size `ngram_n` counts as that size (no shorter copy is visible)."""
-    span = cfg.copy_min_span
-    if span is not None and ngram_n is not None:
-        span = max(span, ngram_n)
-    return FilterConfig(check_copy=cfg.copy_check, max_copy_span=span, check_pii=cfg.pii_check)
+def filter_config(cfg: ServeConfig) -> FilterConfig:
+    """The output filter's rules for the endpoint: the copy and PII checks as the serve config sets them,
+    under the same names; an unset max_copy_span is the model's n-gram size (`FilterConfig.resolved`)."""
+    return FilterConfig(check_copy=cfg.check_copy, max_copy_span=cfg.max_copy_span, check_pii=cfg.check_pii)
 
 
 def replica_filter(cfg: ServeConfig, scorer: Scorer) -> ReviewFilter:
-    """The filter a replica builds once: the model directory's tokenizer and n-gram index (`ngrams.npy`)."""
-    path = scorer.ngram_path
-    index = NGramIndex.load(path) if (cfg.copy_check and path is not None) else None
-    return ReviewFilter(filter_config(cfg, index.n if index is not None else None), scorer.tok, index)
+    """The filter a replica builds once, with `ReviewFilter.from_model` over the scorer's model directory
+    and tokenizer; a max_copy_span below the model's n-gram size is a ConfigError naming both."""
+    return ReviewFilter.from_model(scorer.ckpt.path, scorer.tok, filter_config(cfg))
 
 
 def score_reviews(scorer: Scorer, review_filter: ReviewFilter,

@@ -14,10 +14,11 @@ from typing import Callable
 
 import pandas as pd
 
-from reviewgen.core.checkpoint import Meta, save_checkpoint
+from reviewgen.core.checkpoint import save_checkpoint
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.losses import val_nll
 from reviewgen.core.memorization import NGramIndex
+from reviewgen.core.model_dir import Meta
 from reviewgen.score.calibration import fit_calibration
 from reviewgen.score.wordlm import build_wordlm
 

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from reviewgen.core.checkpoint import is_model_dir, load_checkpoint
+from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.hf_import import init_from_hf
+from reviewgen.core.model_dir import is_model_dir
 from reviewgen.data.corpus import load_split
 from reviewgen.train.batches import TensorBatches
 from reviewgen.train.export import data_hash_of, finalize_model

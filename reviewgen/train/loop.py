@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
-from reviewgen.core.checkpoint import Meta
 from reviewgen.core.losses import val_nll
+from reviewgen.core.model_dir import Meta
 
 SUMMARY_KEYS = ("g_loss", "d_loss", "d_acc", "val_nll", "tokens_per_s", "samples_per_s")
 

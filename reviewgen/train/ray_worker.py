@@ -24,11 +24,11 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 from tokenizers import Tokenizer
 
-from reviewgen.core.checkpoint import Meta
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame, fixed_batches
 from reviewgen.core.hf_import import HFBase, HFImportError, load_hf_base
 from reviewgen.core.lora import ddp_ignore_frozen
+from reviewgen.core.model_dir import Meta
 from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.infra.progress import send as send_progress
 from reviewgen.infra.storage import exists, filesystem, read_text, write_text

@@ -20,12 +20,13 @@ import torch
 
 from reviewgen.core.base_ref import own_state
 from reviewgen.core.build import discriminator_on, generator_from_state, trunk_state
-from reviewgen.core.checkpoint import CheckpointError, Meta, load_checkpoint, save_checkpoint
+from reviewgen.core.checkpoint import load_checkpoint, save_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import build_categories, fit_tokenizer
 from reviewgen.core.hf_import import HFBase, HFImportError, HFInit
 from reviewgen.core.lora import share_base, shared_copy
 from reviewgen.core.losses import Tokens, adversarial_step, condition_rewards, disc_step, mle_step
+from reviewgen.core.model_dir import CheckpointError, Meta
 from reviewgen.core.models import Discriminator, Generator, base_view, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from reviewgen.core.checkpoint import is_model_dir, read_run_config
 from reviewgen.core.config import RunConfig
+from reviewgen.core.model_dir import is_model_dir, read_run_config
 from reviewgen.data.corpus import load_split
 from reviewgen.train.local import train_local
 
