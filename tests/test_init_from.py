@@ -113,13 +113,13 @@ def test_without_an_mle_phase_the_base_is_the_reference(base):
     """mle_steps 0: the trainer enters the disc phase at construction; the KL reference and D's trunk must
     still be the base, not the random init."""
     from reviewgen.core.config import RunConfig
-    from reviewgen.core.hf_import import init_from_hf, load_hf_base
-    from reviewgen.train.trainer import GANTrainer, run_setup
+    from reviewgen.core.hf_import import load_hf_base
+    from reviewgen.train.trainer import GANTrainer, setup_run
 
     _, d = base
     cfg = RunConfig.from_yaml(TINY_CONFIG).override({"train.mle_steps": 0})
-    init = init_from_hf(d, cfg)
-    cfg, tok, cats = run_setup(pd.DataFrame({"category": ["a", "b"]}), cfg, init)
+    run = setup_run(pd.DataFrame({"category": ["a", "b"]}), cfg, init_from=d, log=lambda _: None)
+    cfg, tok, cats, init = run.config, run.tokenizer, run.categories, run.init
     t = cfg.tokenizer
     tr = GANTrainer(cfg, tok, cats, base=load_hf_base(d, prefix_len=t.prefix_len, max_review_len=t.max_review_len))
     assert tr.phase == "disc" and tr.ref is not None

@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import ray
 import ray.data
@@ -39,7 +39,6 @@ from ray.train.torch import TorchTrainer
 from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.encoding import encode_frame
-from reviewgen.core.hf_import import init_from_hf
 from reviewgen.data.corpus import load_split
 from reviewgen.infra.progress import ProgressRelay
 from reviewgen.infra.runtime import ensure_ray
@@ -47,21 +46,18 @@ from reviewgen.infra.storage import exists, filesystem, read_text, write_local_a
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.job import TrainJobConfig, TrainJobError
 from reviewgen.train.ray_worker import WorkerSpec, download_dir, encode_batch, shipped_tokenizer, train_loop
-from reviewgen.train.trainer import GANTrainer, run_setup
+from reviewgen.train.trainer import GANTrainer, RunSetup, setup_run
 
 READ_COLUMNS = ["product_title", "category", "rating", "sentiment", "language", "text"]
 
 
-def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df,
-               log) -> tuple[RunConfig, Any, list[str], dict | None]:
-    """The run's (config, tokenizer, categories, base record): from --resume-from, from an earlier start of
-    the same run name, or set up now (the BPE tokenizer fitted, or the --init-from base read) and stored, so
-    restarts and reruns tokenize identically. The base record (meta.json's "base") tells fresh workers
-    which base weights to load."""
+def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> RunSetup:
+    """The run's set-up (`setup_run`): from --resume-from, from an earlier start of the same run name (its
+    stored config, tokenizer, categories and base record), or fresh, then stored, so restarts and reruns
+    tokenize identically. The base record tells fresh workers which base weights to load; the driver reads
+    only the base's header."""
     if job.resume_from is not None:
-        ck = load_checkpoint(job.resume_from, "cpu")
-        log(f"starting from checkpoint {job.resume_from} (phase {ck.meta.phase}, step {ck.meta.step})")
-        return ck.config, ck.tokenizer, ck.categories, dict(ck.meta.base) if ck.meta.base is not None else None
+        return setup_run(train_df, cfg, checkpoint=job.resume_from, log=log)
     fs, root = filesystem(job.storage)
     setup = f"{root}/{job.run_name}/setup"
     doc = read_text(fs, f"{setup}/setup.json")
@@ -71,18 +67,14 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df,
         tok = shipped_tokenizer(read_text(fs, f"{setup}/tokenizer.json"), run_cfg.tokenizer.prefix_len,
                                 run_cfg.tokenizer.max_review_len)
         log(f"run {job.run_name!r} exists in {job.storage}: continuing it with its stored config and tokenizer")
-        return run_cfg, tok, list(d["categories"]), d.get("base")
-    init = init_from_hf(job.init_from, cfg, weights=False) if job.init_from is not None else None
-    cfg, tok, categories = run_setup(train_df, cfg, init)
-    base = init.meta if init is not None else None
-    if base is not None:
-        log(f"starting from base {base['path']} ({base['model_type']}, sha256 {base['sha256'][:12]})")
+        return RunSetup(run_cfg, tok, list(d["categories"]), d.get("base"))
+    run = setup_run(train_df, cfg, init_from=job.init_from, weights=False, log=log)
     with tempfile.TemporaryDirectory() as tmp:
-        tok.save(Path(tmp) / "tokenizer.json")
+        run.tokenizer.save(Path(tmp) / "tokenizer.json")
         write_text(fs, f"{setup}/tokenizer.json", (Path(tmp) / "tokenizer.json").read_text())
-    write_text(fs, f"{setup}/setup.json", json.dumps({"config": cfg.to_dict(), "categories": categories,
-                                                      **({"base": base} if base else {})}))
-    return cfg, tok, categories, base
+    write_text(fs, f"{setup}/setup.json", json.dumps({"config": run.config.to_dict(), "categories": run.categories,
+                                                      **({"base": run.base} if run.base else {})}))
+    return run
 
 
 def _connect(job: TrainJobConfig, log) -> None:
@@ -122,7 +114,8 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(job.data_dir).resolve()
     train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
-    cfg, tok, categories, base = _run_setup(job, cfg, train_df, log)
+    setup = _run_setup(job, cfg, train_df, log)
+    cfg, tok, categories, base = setup.config, setup.tokenizer, setup.categories, setup.base
     _connect(job, log)
     t = cfg.train
     global_bs = t.batch_size * job.num_workers

@@ -8,17 +8,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.config import RunConfig
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import encode_frame, fixed_batches
-from reviewgen.core.hf_import import init_from_hf
 from reviewgen.core.model_dir import is_model_dir
 from reviewgen.data.corpus import load_split
 from reviewgen.train.batches import TensorBatches
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.loop import LocalSink, LoopSettings, run_loop
-from reviewgen.train.trainer import GANTrainer, run_setup
+from reviewgen.train.trainer import GANTrainer, setup_run
 
 
 def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
@@ -39,21 +37,13 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
     dev = pick_device(device)
     train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
     state_dir = out / "state"
-    init = None
-    if resume and is_model_dir(state_dir):
-        ck = load_checkpoint(state_dir, "cpu")
-        cfg, tok, categories = ck.config, ck.tokenizer, ck.categories
-        log(f"resuming from {state_dir} (phase {ck.meta.phase}, step {ck.meta.step})")
-    else:
-        ck = None
-        init = init_from_hf(init_from, cfg) if init_from is not None else None
-        cfg, tok, categories = run_setup(train_df, cfg, init)
-    trainer = GANTrainer(cfg, tok, categories, dev, base=init.base if init is not None else None)
-    if init is not None:
-        log(f"starting from base {init.meta['path']} ({init.meta['model_type']}, sha256 {init.meta['sha256'][:12]})")
+    resuming = resume and is_model_dir(state_dir)
+    setup = setup_run(train_df, cfg, checkpoint=state_dir if resuming else None, init_from=init_from, log=log)
+    cfg, tok, categories = setup.config, setup.tokenizer, setup.categories
+    trainer = GANTrainer(cfg, tok, categories, dev, base=setup.init.base if setup.init is not None else None)
     val_batches = fixed_batches(encode_frame(val_df, tok, categories), cfg.train.batch_size, cfg.train.val_batches, dev)
     loader = TensorBatches(encode_frame(train_df, tok, categories), cfg.train.batch_size, cfg.train.seed, dev)
-    run = trainer.resume_from(state_dir) if ck is not None else {}
+    run = trainer.resume_from(state_dir) if resuming else {}
     if run.get("loader"):
         loader.load_state_dict(run["loader"])
     log(f"training on {len(train_df)} reviews ({train_df['product_id'].nunique()} products); {trainer.describe()}")
