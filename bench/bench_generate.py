@@ -120,7 +120,7 @@ def driver(model: str, catalog: str, out: str) -> None:
     t = time.perf_counter()
     s = run_generation(model, [catalog], out, cfg, run_date="2000-01-01", force=True, log=lambda *_: None)
     wall = time.perf_counter() - t
-    print("RESULT " + json.dumps({"wall_s": wall, "summary": s, "driver_peak_rss_mb": _vmhwm_mb(),
+    print("RESULT " + json.dumps({"wall_s": wall, "summary": s.to_dict(), "driver_peak_rss_mb": _vmhwm_mb(),
                                   "driver_rss_after_ray_init_mb": rss_after_init}))
     ray.shutdown()
 

@@ -13,6 +13,7 @@ from typing import Callable
 import pandas as pd
 
 from reviewgen.evaluate.fluency import real_word_rate, vocabulary
+from reviewgen.generate.results import RunSummary
 from reviewgen.infra.storage import write_local_atomic
 
 # The demo model's sampling temperature (top-p 0.95, the nightly job's default): a little below 1.0, where the
@@ -51,7 +52,7 @@ class _DemoResults:
 
     stats: dict
     model_dir: Path
-    summary: dict
+    summary: RunSummary
     reviews: pd.DataFrame
     titles: pd.Series
     payload: list[dict]
@@ -128,7 +129,7 @@ def _train(out: Path, data_dir: Path, config: str | Path, *, num_workers: int, q
 
 
 def _generate(out: Path, data_dir: Path, model_dir: Path,
-              log: Callable[[str], None]) -> tuple[Path, dict, str]:
+              log: Callable[[str], None]) -> tuple[Path, RunSummary, str]:
     """Generate three reviews for each product of the unseen demo catalog on Ray Data. Returns the catalog,
     the run summary and the run date (the output partition)."""
     from reviewgen.generate.config import load_generate_config
@@ -219,7 +220,8 @@ def _write_report(out: Path, d: _DemoResults) -> Path:
         src = "human" if i < d.n_real else "generated"
         text = p["text"].replace("|", "/")[:80]
         lines.append(f"| {src} | {s['p_human']:.3f} | {s.get('rating_pred', '')} | {text} |")
-    lines += ["", "## Generation summary", "", "```", json.dumps(d.summary, indent=2, default=str)[:4000], "```"]
+    summary = json.dumps(d.summary.to_dict(), indent=2, default=str)[:4000]
+    lines += ["", "## Generation summary", "", "```", summary, "```"]
     path = out / "report.md"
     write_local_atomic(path, "\n".join(lines) + "\n")
     return path

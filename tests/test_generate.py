@@ -3,11 +3,13 @@ run, determinism, the shared catalog presets, and --since (real local Ray, tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +22,8 @@ from reviewgen.cli import app
 from reviewgen.data.corpus import sample_data_dir
 from reviewgen.generate.config import GenerateConfig, load_generate_config
 from reviewgen.generate.pipeline import run_generation
-from reviewgen.generate.run import GenerationError, review_id
+from reviewgen.generate.results import RunCounts, RunSummary, RunTimings
+from reviewgen.generate.run import GenerationError, review_id, summary_table
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 DATE = "2024-05-01"
@@ -75,15 +78,15 @@ def messy_run(ray_local, tiny_model, messy, tmp_path_factory) -> dict:
 
 
 def test_every_input_row_accounted_for(messy, messy_run):
-    c = messy_run["summary"]["counts"]
-    assert c["products_in"] == messy["rows"]
-    assert c["products_valid"] + c["products_rejected"] == c["products_in"]
-    assert c["catalog_rejects_by_reason"] == {
+    c = messy_run["summary"].counts
+    assert c.products_in == messy["rows"]
+    assert c.products_valid + c.products_rejected == c.products_in
+    assert c.catalog_rejects_by_reason == {
         "missing_id": 1, "missing_title": 1, "duplicate_id": 1, "title_too_long": 1, "invalid_utf8:title": 1,
         "invalid_price": 1, "invalid_type:title": 2, "unreadable_file": 1}
-    assert c["products_valid"] == 5  # g1, g2, g7 (control chars cleaned), g8, b3 ("Rs 99" parsed)
+    assert c.products_valid == 5  # g1, g2, g7 (control chars cleaned), g8, b3 ("Rs 99" parsed)
     rej = pd.read_parquet(messy_run["part"] / "rejects", filters=[("stage", "in", ["read", "catalog"])])
-    assert len(rej) == c["products_rejected"] and rej["source_row"].notna().all()
+    assert len(rej) == c.products_rejected and rej["source_row"].notna().all()
     broken = rej[rej["reason"] == "unreadable_file"]
     assert broken["source_file"].str.endswith("d_broken.parquet").all() and broken["stage"].eq("read").all()
     dup = rej[rej["reason"] == "duplicate_id"]
@@ -98,14 +101,14 @@ def test_good_rows_generate_reviews_with_contract(messy_run):
     gen = pd.read_parquet(part / "reviews")
     filt = pd.read_parquet(part / "rejects", filters=[("stage", "=", "filter")])
     assert len(gen) + len(filt) == 5 * 2  # every generated review is accepted or rejected with a reason
-    assert messy_run["summary"]["counts"]["reviews_generated"] == 10
+    assert messy_run["summary"].counts.reviews_generated == 10
     assert len(gen) > 0 and filt["reason"].notna().all()
     for col in ("product_id", "review_id", "rating", "text", "score", "model_version", "run_id", "seed",
                 "generated_at", "language"):
         assert gen[col].notna().all(), col
     assert gen["review_id"].is_unique
     assert gen["rating"].between(1, 5).all() and gen["score"].between(0, 1).all()
-    run_id = messy_run["summary"]["run_id"]
+    run_id = messy_run["summary"].run_id
     ids = zip(gen["review_id"], gen["product_id"], gen["review_index"])
     assert all(r == review_id(run_id, p, i) for r, p, i in ids)
     title = gen.loc[gen["product_id"] == "g7", "title"]
@@ -115,6 +118,7 @@ def test_good_rows_generate_reviews_with_contract(messy_run):
     assert {f["path"].rsplit("/", 1)[-1] for f in man["inputs"]} >= {"a_good.parquet", "d_broken.parquet"}
     assert all(f["checksum"].startswith("sha256:") for f in man["inputs"])
     assert man["summary"]["timings_s"]["generate_stage"] > 0
+    assert man["summary"] == messy_run["summary"].to_dict()  # the returned summary is what manifest.json holds
 
 
 def test_second_run_is_noop_and_force_rewrites(tiny_model, messy, messy_run):
@@ -122,11 +126,13 @@ def test_second_run_is_noop_and_force_rewrites(tiny_model, messy, messy_run):
     before = _reviews(part)
     stamp = (part / "_SUCCESS").stat().st_mtime_ns
     again = run_generation(tiny_model, messy["files"], messy_run["out"], cfg(seed=1), run_date=DATE, **QUIET)
-    assert again["noop"] is True and (part / "_SUCCESS").stat().st_mtime_ns == stamp
+    # the no-op summarises the finished run: its summary read back from manifest.json, noop set
+    assert again == dataclasses.replace(messy_run["summary"], noop=True)
+    assert (part / "_SUCCESS").stat().st_mtime_ns == stamp
     (part / "reviews" / "stray.parquet").write_bytes(b"junk left by someone")
     forced = run_generation(tiny_model, messy["files"], messy_run["out"], cfg(seed=1), run_date=DATE, force=True,
                             **QUIET)
-    assert forced["noop"] is False and forced["counts"]["shards_resumed"] == 0
+    assert forced.noop is False and forced.counts.shards_resumed == 0
     assert not (part / "reviews" / "stray.parquet").exists()  # the partition was replaced, not appended to
     after = _reviews(part)
     pd.testing.assert_frame_equal(before.drop(columns="generated_at"), after.drop(columns="generated_at"))
@@ -152,10 +158,10 @@ def test_same_seed_same_reviews(tiny_model, clean_catalog, reference_run, tmp_pa
     s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE,
                        **QUIET)
     a, b = _reviews(reference_run["part"]), _reviews(tmp_path / f"run_date={DATE}")
-    assert s["run_id"] == reference_run["summary"]["run_id"]
+    assert s.run_id == reference_run["summary"].run_id
     # generated_at is wall-clock time; every other column must match exactly (1 vs 2 actors, other batching)
     pd.testing.assert_frame_equal(a.drop(columns="generated_at"), b.drop(columns="generated_at"))
-    assert reference_run["summary"]["counts"]["shards"] == 8
+    assert reference_run["summary"].counts.shards == 8
 
 
 def _same_as_reference(part: Path, reference_run: dict) -> None:
@@ -178,11 +184,11 @@ def test_partial_partition_resumes_without_gaps_or_duplicates(tiny_model, clean_
         f.unlink()
     (part / "reviews" / ".tmp-dead-part-00007.parquet").write_bytes(b"half a file")
     s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4), run_date=DATE, **QUIET)
-    assert s["counts"]["shards_resumed"] == 3
+    assert s.counts.shards_resumed == 3
     prods = pd.read_parquet(part / "products")
     done_shards = {int(f.name[5:10]) for f in shards[:3]}
-    assert s["counts"]["reviews_generated_this_invocation"] == 2 * int((~prods["shard"].isin(done_shards)).sum())
-    assert s["counts"]["reviews_generated"] == reference_run["summary"]["counts"]["reviews_generated"] == 60
+    assert s.counts.reviews_generated_this_invocation == 2 * int((~prods["shard"].isin(done_shards)).sum())
+    assert s.counts.reviews_generated == reference_run["summary"].counts.reviews_generated == 60
     assert not list(part.rglob(".tmp-*")) and not (part / "_work").exists()
     _same_as_reference(part, reference_run)
 
@@ -227,7 +233,7 @@ def test_killed_actor_is_retried_and_output_is_exactly_once(tiny_model, clean_ca
                        **QUIET)
     th.join(timeout=5)
     assert killed, "no generating actor was found to kill"
-    assert s["counts"]["reviews_generated"] == 60 and (part / "_SUCCESS").exists()
+    assert s.counts.reviews_generated == 60 and (part / "_SUCCESS").exists()
     _same_as_reference(part, reference_run)
 
 
@@ -241,7 +247,7 @@ def test_shared_catalog_samples_through_presets(ray_local, tiny_model, tmp_path,
     s = run_generation(tiny_model, [str(tmp_path / file)], tmp_path / "out",
                        cfg(rpp=1, **{"catalog.mapping": preset, "catalog.keep_columns": ["brand"]}), run_date=DATE,
                        **QUIET)
-    assert s["counts"]["products_in"] == 6 and s["counts"]["products_valid"] == 6
+    assert s.counts.products_in == 6 and s.counts.products_valid == 6
     prods = pd.read_parquet(tmp_path / "out" / f"run_date={DATE}" / "products")
     assert sorted(prods["product_id"]) == sorted(str(v) for v in raw[id_col])
     gen = pd.read_parquet(tmp_path / "out" / f"run_date={DATE}" / "reviews")
@@ -255,7 +261,7 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     day1.to_parquet(tmp_path / "day1.parquet")
     s1 = run_generation(tiny_model, [str(tmp_path / "day1.parquet")], tmp_path / "out", cfg(rpp=1),
                         run_date="2024-05-01", **QUIET)
-    assert s1["counts"]["products_to_generate"] == 10
+    assert s1.counts.products_to_generate == 10
     day2 = pd.concat([day1.drop(index=[9]), _products(2, start=50)], ignore_index=True)
     day2.loc[day2["product_id"] == "p001", "title"] = "Wireless speaker model 1, now waterproof"
     day2.loc[day2["product_id"] == "p002", "price"] = 99.0
@@ -291,9 +297,9 @@ def test_duplicate_ids_first_occurrence_by_file_and_row_wins(ray_local, tiny_mod
     files = [str(tmp_path / "b.parquet"), str(tmp_path / "a.parquet")]
     s = run_generation(tiny_model, files, tmp_path / "out", cfg(rpp=1, allow_empty=True), run_date=DATE, **QUIET)
     part = tmp_path / "out" / f"run_date={DATE}"
-    c = s["counts"]
-    assert c["products_in"] == 10 and c["products_valid"] == 5
-    assert c["catalog_rejects_by_reason"] == {"duplicate_id": 4, "missing_title": 1}
+    c = s.counts
+    assert c.products_in == 10 and c.products_valid == 5
+    assert c.catalog_rejects_by_reason == {"duplicate_id": 4, "missing_title": 1}
     prods = pd.read_parquet(part / "products").set_index("product_id")
     winners = {p: (Path(f).name, int(r)) for p, f, r in zip(prods.index, prods["source_file"], prods["source_row"])}
     assert winners == {"x": ("b.parquet", 2), "y": ("b.parquet", 3), "z": ("b.parquet", 0), "q": ("b.parquet", 1),
@@ -362,10 +368,10 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
     limit.install(monkeypatch)
     s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out",
                        cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE, **QUIET)
-    c = s["counts"]
-    assert c["products_in"] == n and c["products_valid"] == 20
-    assert c["catalog_rejects_by_reason"] == {"missing_id": 1000, "duplicate_id": 1980}
-    assert c["reviews_generated"] == 20 == c["reviews_accepted"] + c["reviews_rejected"]
+    c = s.counts
+    assert c.products_in == n and c.products_valid == 20
+    assert c.catalog_rejects_by_reason == {"missing_id": 1000, "duplicate_id": 1980}
+    assert c.reviews_generated == 20 == c.reviews_accepted + c.reviews_rejected
     assert limit.seen.get("iter_rows", 0) > 0  # the guard really wrapped the driver's calls
     assert max(limit.seen.values()) <= 100
     # the run used its own copy of the DataContext; the caller's is untouched
@@ -475,3 +481,33 @@ def test_max_copy_span_below_the_index_n_fails_before_any_work(tiny_model, tmp_p
                                    str(tmp_path / "o"), "--max-copy-span", "4", "--no-watermark"])
     assert res.exit_code == 2 and "max_copy_span 4 is below the model's n-gram size 8" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_run_summary_keeps_the_manifest_shape_and_reads_back():
+    """manifest.json's "summary" keeps its keys and their order; from_dict reads it back to an equal value; the
+    by-reason maps are the result's own (a change to the caller's Counter does not reach it)."""
+    reasons = Counter({"missing_title": 2, "duplicate_id": 1})
+    counts = RunCounts(products_in=10, products_valid=7, products_rejected=3, products_unchanged=0,
+                       products_to_generate=7, shards=2, shards_resumed=1, files_unreadable=0, reviews_generated=14,
+                       reviews_accepted=12, reviews_rejected=2, reviews_generated_this_invocation=8,
+                       catalog_rejects_by_reason=reasons, review_rejects_by_reason={"too_short": 2})
+    timings = RunTimings(read_validate=1.0, plan=0.5, generate_stage=4.0, actor_generate=3.0, actor_score=0.2,
+                         actor_filter=0.1, actor_write=0.1, finalize=0.2, total=6.0)
+    s = RunSummary(run_id="abc", run_date=DATE, partition="/o/run_date=" + DATE, noop=False, model_version="m1",
+                   counts=counts, timings_s=timings, reviews_per_s=2.0)
+    reasons["unreadable_file"] = 5
+    d = json.loads(json.dumps(s.to_dict()))
+    assert list(d) == ["run_id", "run_date", "partition", "noop", "model_version", "counts", "timings_s",
+                       "reviews_per_s"]
+    assert list(d["counts"]) == [
+        "products_in", "products_valid", "products_rejected", "products_unchanged", "products_to_generate", "shards",
+        "shards_resumed", "files_unreadable", "reviews_generated", "reviews_accepted", "reviews_rejected",
+        "reviews_generated_this_invocation", "catalog_rejects_by_reason", "review_rejects_by_reason"]
+    assert d["counts"]["catalog_rejects_by_reason"] == {"duplicate_id": 1, "missing_title": 2}
+    assert list(d["timings_s"]) == ["read_validate", "plan", "generate_stage", "actor_generate", "actor_score",
+                                    "actor_filter", "actor_write", "finalize", "total"]
+    assert RunSummary.from_dict(d) == s
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.counts.shards = 3  # type: ignore[misc]
+    table = summary_table(s)
+    assert "catalog:duplicate_id" in table and "filter:too_short" in table and "time generate_stage" in table

@@ -156,11 +156,11 @@ def test_sigkilled_job_resumes_to_exactly_the_uninterrupted_reviews(ray_local, t
         assert (part_b / "_SUCCESS").exists()
         summary = json.loads((part_b / "manifest.json").read_text())["summary"]
         c = summary["counts"]
-        assert summary["run_id"] == ref["run_id"]
+        assert summary["run_id"] == ref.run_id
         assert c["shards"] >= n_shards and c["shards_resumed"] == len(finished) > 0
         done = {int(name[5:10]) for name in finished}
         assert c["reviews_generated_this_invocation"] == 2 * int((~products["shard"].isin(done)).sum())
-        assert c["reviews_generated"] == ref["counts"]["reviews_generated"] == 2 * ref["counts"]["products_valid"]
+        assert c["reviews_generated"] == ref.counts.reviews_generated == 2 * ref.counts.products_valid
 
         got = pd.read_parquet(part_b / "reviews").sort_values("review_id").reset_index(drop=True)
         want = pd.read_parquet(out_a / f"run_date={DATE}" / "reviews").sort_values("review_id").reset_index(drop=True)

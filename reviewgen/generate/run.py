@@ -30,6 +30,7 @@ from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.model_dir import CheckpointError, Meta, is_model_dir, ngram_order, read_meta, read_run_config
 from reviewgen.core.sampling import row_seed
 from reviewgen.generate.config import GenerateConfig
+from reviewgen.generate.results import RunSummary
 from reviewgen.infra.storage import TMP_PREFIX, exists, filesystem
 
 # Rating distribution (1..5 stars) of the carried sample's English reviews (data/sample, 6,858 reviews),
@@ -242,18 +243,21 @@ def since_run(since_uri: str) -> tuple[str, str]:
     return prefix + join(path, "products"), man.get("run_id", "")
 
 
-def summary_table(summary: dict[str, Any]) -> str:
+def summary_table(summary: RunSummary) -> str:
     """The run's counts and timings as aligned text lines for the log."""
-    c, t = summary["counts"], summary["timings_s"]
-    lines = [f"run {summary['run_id']} ({summary['run_date']}) -> {summary['partition']}"]
-    for k in ("products_in", "products_valid", "products_rejected", "products_unchanged", "products_to_generate",
-              "shards", "shards_resumed", "reviews_generated", "reviews_accepted", "reviews_rejected"):
-        lines.append(f"  {k:<24}{c.get(k, 0):>10}")
-    for k, v in sorted(c.get("catalog_rejects_by_reason", {}).items()):
+    c = summary.counts
+    lines = [f"run {summary.run_id} ({summary.run_date}) -> {summary.partition}"]
+    rows = {"products_in": c.products_in, "products_valid": c.products_valid,
+            "products_rejected": c.products_rejected, "products_unchanged": c.products_unchanged,
+            "products_to_generate": c.products_to_generate, "shards": c.shards, "shards_resumed": c.shards_resumed,
+            "reviews_generated": c.reviews_generated, "reviews_accepted": c.reviews_accepted,
+            "reviews_rejected": c.reviews_rejected}
+    lines += [f"  {k:<24}{v:>10}" for k, v in rows.items()]
+    for k, v in c.catalog_rejects_by_reason.items():
         lines.append(f"    catalog:{k:<22}{v:>8}")
-    for k, v in sorted(c.get("review_rejects_by_reason", {}).items()):
+    for k, v in c.review_rejects_by_reason.items():
         lines.append(f"    filter:{k:<23}{v:>8}")
-    for k, v in t.items():
+    for k, v in summary.timings_s.to_dict().items():  # every stage, in stage order
         lines.append(f"  time {k:<19}{v:>10.2f}s")
-    lines.append(f"  {'reviews/s':<24}{summary['reviews_per_s']:>10.1f}")
+    lines.append(f"  {'reviews/s':<24}{summary.reviews_per_s:>10.1f}")
     return "\n".join(lines)
