@@ -44,9 +44,10 @@ ablation: install
 	$(BIN)/reviewgen evaluate --model runs/demo/model --data runs/demo/data --out runs/demo/ablation/eval \
 		--products 40 --seeds 0,1,2 --temperatures 0.7,0.9,1.1,1.3 --compare realness=runs/demo/ablation/realness
 
-## make lint: ruff (pyflakes, pycodestyle, import order; settings in pyproject.toml)
+## make lint: ruff's linter (pyflakes, pycodestyle, import order) and formatter check; settings in pyproject.toml
 lint: install
 	$(BIN)/ruff check reviewgen tests bench jobs scripts
+	$(BIN)/ruff format --check reviewgen tests bench jobs scripts
 
 ## make bench: throughput/memory benchmarks, figures written to bench/results/
 bench: install

@@ -54,10 +54,18 @@ def model_description(model_dir: Path) -> dict[str, Any]:
 
     ck = load_checkpoint(model_dir, "cpu")
     g = ck.config.generator
-    return {"dir": str(model_dir), "version": ck.version, "n_layer": g.n_layer, "d_model": g.d_model,
-            "n_head": g.n_head, "vocab_size": g.vocab_size, "generator_params": count_params(ck.generator),
-            "discriminator_params": count_params(ck.discriminator),
-            "prefix_len": ck.tokenizer.prefix_len, "max_review_len": ck.tokenizer.max_review_len}
+    return {
+        "dir": str(model_dir),
+        "version": ck.version,
+        "n_layer": g.n_layer,
+        "d_model": g.d_model,
+        "n_head": g.n_head,
+        "vocab_size": g.vocab_size,
+        "generator_params": count_params(ck.generator),
+        "discriminator_params": count_params(ck.discriminator),
+        "prefix_len": ck.tokenizer.prefix_len,
+        "max_review_len": ck.tokenizer.max_review_len,
+    }
 
 
 def bench_model(log=print) -> Path:
@@ -69,8 +77,9 @@ def bench_model(log=print) -> Path:
 
     tmp = CACHE / "gen_tiny_model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    train_local(prepared_data(), tmp, RunConfig.from_yaml(BENCH_DIR.parent / "configs" / "tiny.yaml"),
-                log=lambda *_: None)
+    train_local(
+        prepared_data(), tmp, RunConfig.from_yaml(BENCH_DIR.parent / "configs" / "tiny.yaml"), log=lambda *_: None
+    )
     tmp.rename(MODEL_DIR)
     log(f"bench model trained -> {MODEL_DIR}")
     return MODEL_DIR
@@ -91,10 +100,12 @@ def synthetic_catalog(n_rows: int, n_valid: int, path: Path) -> Path:
     rest = np.arange(n_rows - n_valid)
     ids = np.concatenate([np.arange(n_valid), rest % n_valid]).astype(str)
     ids = np.char.add("bench-", ids)
-    title = np.concatenate([titles[np.arange(n_valid) % len(titles)],
-                            np.where(rest % 2 == 0, None, titles[rest % len(titles)])]).astype(object)
-    pq.write_table(pa.table({"product_id": ids, "title": title, "category": ["Kitchen"] * n_rows}), path,
-                   row_group_size=100_000)
+    title = np.concatenate(
+        [titles[np.arange(n_valid) % len(titles)], np.where(rest % 2 == 0, None, titles[rest % len(titles)])]
+    ).astype(object)
+    pq.write_table(
+        pa.table({"product_id": ids, "title": title, "category": ["Kitchen"] * n_rows}), path, row_group_size=100_000
+    )
     return path
 
 
@@ -114,14 +125,29 @@ def driver(model: str, catalog: str, out: str) -> None:
 
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     rss_after_init = _vmhwm_mb()
-    cfg = load_generate_config(None, {"sampling.reviews_per_product": REVIEWS_PER_PRODUCT,
-                                      "sharding.products_per_shard": PRODUCTS_PER_SHARD,
-                                      "filter.reject_broken_text": False, "allow_empty": True})
+    cfg = load_generate_config(
+        None,
+        {
+            "sampling.reviews_per_product": REVIEWS_PER_PRODUCT,
+            "sharding.products_per_shard": PRODUCTS_PER_SHARD,
+            "filter.reject_broken_text": False,
+            "allow_empty": True,
+        },
+    )
     t = time.perf_counter()
     s = run_generation(model, [catalog], out, cfg, run_date="2000-01-01", force=True, log=lambda *_: None)
     wall = time.perf_counter() - t
-    print("RESULT " + json.dumps({"wall_s": wall, "summary": s.to_dict(), "driver_peak_rss_mb": _vmhwm_mb(),
-                                  "driver_rss_after_ray_init_mb": rss_after_init}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall_s": wall,
+                "summary": s.to_dict(),
+                "driver_peak_rss_mb": _vmhwm_mb(),
+                "driver_rss_after_ray_init_mb": rss_after_init,
+            }
+        )
+    )
     ray.shutdown()
 
 
@@ -131,8 +157,14 @@ def pipeline_run(model: Path, catalog: Path, out: Path) -> dict[str, Any]:
     env.pop("RAY_ADDRESS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR.parent), env.get("PYTHONPATH", "")])
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "bench.bench_generate", "--driver", str(model), str(catalog), str(out)],
-                       env=env, cwd=BENCH_DIR.parent, capture_output=True, text=True, timeout=1800)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.bench_generate", "--driver", str(model), str(catalog), str(out)],
+        env=env,
+        cwd=BENCH_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode or line is None:
         raise RuntimeError(f"driver failed ({p.returncode}): {(p.stdout + p.stderr)[-3000:]}")
@@ -151,19 +183,34 @@ def in_process_rate(model: Path, catalog: Path, n_products: int) -> dict[str, An
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.run import DEFAULT_RATING_DISTRIBUTION
 
-    cfg = load_generate_config(None, {"sampling.reviews_per_product": REVIEWS_PER_PRODUCT,
-                                      "filter.reject_broken_text": False, "sharding.cpus_per_actor": 1})
+    cfg = load_generate_config(
+        None,
+        {
+            "sampling.reviews_per_product": REVIEWS_PER_PRODUCT,
+            "filter.reject_broken_text": False,
+            "sharding.cpus_per_actor": 1,
+        },
+    )
     threads = torch.get_num_threads()
     df = pd.read_parquet(catalog).head(n_products)
-    products = [{"product_id": p, "title": t, "category": c, "language": "en", "target_rating": None,
-                 "source_file": str(catalog), "source_row": i}
-                for i, (p, t, c) in enumerate(zip(df["product_id"], df["title"], df["category"]))]
+    products = [
+        {
+            "product_id": p,
+            "title": t,
+            "category": c,
+            "language": "en",
+            "target_rating": None,
+            "source_file": str(catalog),
+            "source_row": i,
+        }
+        for i, (p, t, c) in enumerate(zip(df["product_id"], df["title"], df["category"]))
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-gen-inproc-") as tmp:
         actor = GeneratorActor(ShardJob(cfg, "bench", "bench", str(model), tmp, DEFAULT_RATING_DISTRIBUTION))
         actor.write_shard(0, products[:32])  # warm-up
         t = time.perf_counter()
         for k, i in enumerate(range(0, len(products), PRODUCTS_PER_SHARD)):
-            actor.write_shard(k, products[i:i + PRODUCTS_PER_SHARD])
+            actor.write_shard(k, products[i : i + PRODUCTS_PER_SHARD])
         dt = time.perf_counter() - t
     torch.set_num_threads(threads)
     n = len(products) * REVIEWS_PER_PRODUCT
@@ -181,15 +228,20 @@ def main(quick: bool = False, valid: int | None = None) -> dict[str, Any]:
             catalog = synthetic_catalog(n, valid, Path(tmp) / f"catalog_{n}.parquet")
             r = pipeline_run(model, catalog, Path(tmp) / f"out_{n}")
             c = r["summary"]["counts"]
-            runs[n] = {"rows": n, "valid": min(valid, n), "driver_peak_rss_mb": round(r["driver_peak_rss_mb"], 1),
-                       "driver_rss_after_ray_init_mb": round(r["driver_rss_after_ray_init_mb"], 1),
-                       "wall_s": round(r["wall_s"], 2), "timings_s": r["summary"]["timings_s"],
-                       "reviews_generated": c["reviews_generated"],
-                       "reviews_per_s_end_to_end": round(c["reviews_generated"] / r["wall_s"], 2),
-                       "reviews_per_s_generate_stage": r["summary"]["reviews_per_s"],
-                       "every_row_accounted": c["products_in"] == n == c["products_valid"] + c["products_rejected"]
-                       and c["reviews_generated"] == c["reviews_accepted"] + c["reviews_rejected"],
-                       "catalog_rejects_by_reason": c["catalog_rejects_by_reason"]}
+            runs[n] = {
+                "rows": n,
+                "valid": min(valid, n),
+                "driver_peak_rss_mb": round(r["driver_peak_rss_mb"], 1),
+                "driver_rss_after_ray_init_mb": round(r["driver_rss_after_ray_init_mb"], 1),
+                "wall_s": round(r["wall_s"], 2),
+                "timings_s": r["summary"]["timings_s"],
+                "reviews_generated": c["reviews_generated"],
+                "reviews_per_s_end_to_end": round(c["reviews_generated"] / r["wall_s"], 2),
+                "reviews_per_s_generate_stage": r["summary"]["reviews_per_s"],
+                "every_row_accounted": c["products_in"] == n == c["products_valid"] + c["products_rejected"]
+                and c["reviews_generated"] == c["reviews_accepted"] + c["reviews_rejected"],
+                "catalog_rejects_by_reason": c["catalog_rejects_by_reason"],
+            }
         inproc = in_process_rate(model, Path(tmp) / f"catalog_{sizes[0]}.parquet", min(valid, sizes[0], 2000))
     small, big = runs[sizes[0]], runs[sizes[1]]
     ratio = big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"]
@@ -199,16 +251,23 @@ def main(quick: bool = False, valid: int | None = None) -> dict[str, Any]:
     inproc["reviews_per_s_same_cores"] = same = inproc["reviews_per_s"] * n_actors
     overhead = {n: round(1 - r["reviews_per_s_end_to_end"] / same, 4) for n, r in runs.items()}
     overhead_gen = {n: round(1 - r["reviews_per_s_generate_stage"] / same, 4) for n, r in runs.items()}
-    return {"sizes": list(sizes), "valid_products": valid, "reviews_per_product": REVIEWS_PER_PRODUCT,
-            "runs": runs, "in_process": inproc,
-            "driver_rss_ratio": round(ratio, 3),
-            "driver_rss_goal_met": ratio <= GOALS["driver_rss_ratio_max"] and all(r["every_row_accounted"]
-                                                                                for r in runs.values()),
-            "overhead_end_to_end": overhead, "overhead_generate_stage": overhead_gen,
-            "overhead_goal_met": overhead[sizes[0]] <= GOALS["overhead_max"], "goals": GOALS,
-            "note": "end to end = run_generation wall time (Ray already started): read, validate, dedupe shuffle, "
-                    "products/rejects writes, actor start-up and model load, generate, score, filter, write. "
-                    "The generate-stage rate counts only the actor pool stage."}
+    return {
+        "sizes": list(sizes),
+        "valid_products": valid,
+        "reviews_per_product": REVIEWS_PER_PRODUCT,
+        "runs": runs,
+        "in_process": inproc,
+        "driver_rss_ratio": round(ratio, 3),
+        "driver_rss_goal_met": ratio <= GOALS["driver_rss_ratio_max"]
+        and all(r["every_row_accounted"] for r in runs.values()),
+        "overhead_end_to_end": overhead,
+        "overhead_generate_stage": overhead_gen,
+        "overhead_goal_met": overhead[sizes[0]] <= GOALS["overhead_max"],
+        "goals": GOALS,
+        "note": "end to end = run_generation wall time (Ray already started): read, validate, dedupe shuffle, "
+        "products/rejects writes, actor start-up and model load, generate, score, filter, write. "
+        "The generate-stage rate counts only the actor pool stage.",
+    }
 
 
 if __name__ == "__main__":

@@ -32,13 +32,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LORA_RANK = 16
 # Qwen2.5 shapes: layers, width, heads, kv heads, vocab, MLP width, tied head
-SHAPES = {"0.5B": (24, 896, 14, 2, 151936, 4864, True), "1.5B": (28, 1536, 12, 2, 151936, 8960, True),
-          "7B": (28, 3584, 28, 4, 152064, 18944, False)}
+SHAPES = {
+    "0.5B": (24, 896, 14, 2, 151936, 4864, True),
+    "1.5B": (28, 1536, 12, 2, 151936, 8960, True),
+    "7B": (28, 3584, 28, 4, 152064, 18944, False),
+}
 N_CATEGORIES = 64
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 # -- the formula ---------------------------------------------------------------------------------------
+
 
 def block_params(d: int, h: int, kv: int, inter: int) -> tuple[int, int]:
     """(matmul weights, other tensors) of one Qwen2 block: q|k|v with biases, o, gate|up, down, 2 norms."""
@@ -71,8 +75,13 @@ def state_bytes(shape: tuple, rank: int, bf16_base: bool = False, judge: bool = 
         trained = L * adapter_params(d, h, kv, inter, rank) + d_own
         base = (2 if bf16_base else 4) * L * matmul + 4 * (g - L * matmul)
         params = base + 4 * (trained + d_own * judge)
-    return {"params": params, "grads": 4 * trained, "optimizer": 8 * trained, "trainable": trained,
-            "total": params + 12 * trained}
+    return {
+        "params": params,
+        "grads": 4 * trained,
+        "optimizer": 8 * trained,
+        "trainable": trained,
+        "total": params + 12 * trained,
+    }
 
 
 def activation_bytes(shape: tuple, rows: int, seq: int, review: int, checkpointing: bool) -> int:
@@ -89,6 +98,7 @@ def activation_bytes(shape: tuple, rows: int, seq: int, review: int, checkpointi
 
 
 # -- measurement ---------------------------------------------------------------------------------------
+
 
 def _rss_kb(field: str = "VmRSS") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -120,12 +130,32 @@ def _run_config(shape: tuple, rank: int, prefix: int, review: int, batch: int, g
     from reviewgen.core.config import RunConfig
 
     L, d, h, kv, V, inter, tied = shape
-    arch = {"arch": "llama", "n_layer": L, "d_model": d, "n_head": h, "n_kv_head": kv, "intermediate_size": inter,
-            "qkv_bias": True, "tie_embeddings": tied, "dropout": 0.0, "lora.rank": rank}
+    arch = {
+        "arch": "llama",
+        "n_layer": L,
+        "d_model": d,
+        "n_head": h,
+        "n_kv_head": kv,
+        "intermediate_size": inter,
+        "qkv_bias": True,
+        "tie_embeddings": tied,
+        "dropout": 0.0,
+        "lora.rank": rank,
+    }
     over = {f"{s}.{k}": v for s in ("generator", "discriminator") for k, v in arch.items()}
-    over.update({"tokenizer.prefix_len": prefix, "tokenizer.max_review_len": review, "train.batch_size": batch,
-                 "train.group_size": group, "train.mle_steps": 0, "train.disc_warmup_steps": 0,
-                 "train.adv_steps": 10, "train.replay_size": 64, "discriminator.n_categories": N_CATEGORIES})
+    over.update(
+        {
+            "tokenizer.prefix_len": prefix,
+            "tokenizer.max_review_len": review,
+            "train.batch_size": batch,
+            "train.group_size": group,
+            "train.mle_steps": 0,
+            "train.disc_warmup_steps": 0,
+            "train.adv_steps": 10,
+            "train.replay_size": 64,
+            "discriminator.n_categories": N_CATEGORIES,
+        }
+    )
     # without the condition rewards' D snapshot: the figures are those of G, D and the reference
     known = {f.name for f in dataclasses.fields(RunConfig().train)}
     over.update({f"train.{k}": 0.0 for k in ("rating_reward_weight", "category_reward_weight") if k in known})
@@ -139,8 +169,11 @@ def _batch(cfg, seed: int):
     t = cfg.tokenizer
     n = cfg.train.batch_size
     ids = torch.randint(3, cfg.generator.vocab_size, (n, t.prefix_len + t.max_review_len), generator=g)
-    return {"ids": ids, "rating": torch.randint(0, 5, (n,), generator=g),
-            "category": torch.randint(0, cfg.discriminator.n_categories, (n,), generator=g)}
+    return {
+        "ids": ids,
+        "rating": torch.randint(0, 5, (n,), generator=g),
+        "category": torch.randint(0, cfg.discriminator.n_categories, (n,), generator=g),
+    }
 
 
 def _trainer(cfg, base=None):
@@ -170,16 +203,30 @@ def measure_memory(shape_name: str, rank: int) -> dict[str, Any]:
         for p in m.parameters():
             storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
     trainable = [p for m in (tr.G, tr.D) for p in m.parameters() if p.requires_grad]
-    opt = sum(v.numel() * v.element_size() for o in (tr.opt_g, tr.opt_d) for s in o.state.values()
-              for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    opt = sum(
+        v.numel() * v.element_size()
+        for o in (tr.opt_g, tr.opt_d)
+        for s in o.state.values()
+        for v in s.values()
+        if torch.is_tensor(v) and v.dim() > 0
+    )
     params = sum(storages.values())
     grads = sum(p.numel() * p.element_size() for p in trainable)
-    return {"shape": shape_name, "rank": rank, "judge": getattr(tr, "cond", None) is not None,
-            "params": params, "grads": grads, "optimizer": opt,
-            "total": params + grads + opt, "trainable": sum(p.numel() for p in trainable),
-            "rss_before_models_mb": rss0 / 1024, "rss_after_models_mb": rss_models / 1024,
-            "step_peak_rss_mb": peak.peak / 1024, "process_peak_rss_mb": _rss_kb("VmHWM") / 1024,
-            "step_s": step_s}
+    return {
+        "shape": shape_name,
+        "rank": rank,
+        "judge": getattr(tr, "cond", None) is not None,
+        "params": params,
+        "grads": grads,
+        "optimizer": opt,
+        "total": params + grads + opt,
+        "trainable": sum(p.numel() for p in trainable),
+        "rss_before_models_mb": rss0 / 1024,
+        "rss_after_models_mb": rss_models / 1024,
+        "step_peak_rss_mb": peak.peak / 1024,
+        "process_peak_rss_mb": _rss_kb("VmHWM") / 1024,
+        "step_s": step_s,
+    }
 
 
 def measure_build(shape_name: str, lean: bool) -> dict[str, Any]:
@@ -194,8 +241,11 @@ def measure_build(shape_name: str, lean: bool) -> dict[str, Any]:
     cfg = _run_config(SHAPES[shape_name], LORA_RANK, prefix=16, review=16, batch=4, group=2)
     cfg = cfg.override({"generator.lora.base_dtype": "bfloat16", "discriminator.lora.base_dtype": "bfloat16"})
     with torch.device("meta"):
-        names = {k: (v.shape, v.dtype) for k, v in Generator(cfg.generator).state_dict().items()
-                 if "lora_" not in k and not (k == "lm_head.weight" and cfg.generator.tie_embeddings)}
+        names = {
+            k: (v.shape, v.dtype)
+            for k, v in Generator(cfg.generator).state_dict().items()
+            if "lora_" not in k and not (k == "lm_head.weight" and cfg.generator.tie_embeddings)
+        }
     state = {k: torch.zeros(shape, dtype=torch.bfloat16) for k, (shape, _) in names.items()}
     rss0 = _rss_kb()
     with PeakRSS() as peak:
@@ -207,8 +257,14 @@ def measure_build(shape_name: str, lean: bool) -> dict[str, Any]:
             tr.G.load_state_dict(state, strict=False)
         del state
     base_bytes = sum(p.numel() * p.element_size() for p in tr.G.parameters() if not p.requires_grad)
-    return {"shape": shape_name, "lean": lean, "rss_base_in_memory_mb": rss0 / 1024,
-            "peak_rss_mb": peak.peak / 1024, "after_mb": _rss_kb() / 1024, "base_bytes": base_bytes}
+    return {
+        "shape": shape_name,
+        "lean": lean,
+        "rss_base_in_memory_mb": rss0 / 1024,
+        "peak_rss_mb": peak.peak / 1024,
+        "after_mb": _rss_kb() / 1024,
+        "base_bytes": base_bytes,
+    }
 
 
 def measure_demo_speed(rank: int, steps: int) -> dict[str, Any]:
@@ -227,8 +283,12 @@ def measure_demo_speed(rank: int, steps: int) -> dict[str, Any]:
     t = time.perf_counter()
     for i in range(steps):
         tr.train_step(_batch(cfg, i + 1))
-    return {"rank": rank, "steps": steps, "step_s": (time.perf_counter() - t) / steps,
-            "trainable": sum(p.numel() for m in (tr.G, tr.D) for p in m.parameters() if p.requires_grad)}
+    return {
+        "rank": rank,
+        "steps": steps,
+        "step_s": (time.perf_counter() - t) / steps,
+        "trainable": sum(p.numel() for m in (tr.G, tr.D) for p in m.parameters() if p.requires_grad),
+    }
 
 
 def _in_child(fn: str, *args) -> dict[str, Any]:
@@ -242,23 +302,50 @@ def _in_child(fn: str, *args) -> dict[str, Any]:
 
 def main(quick: bool = False) -> dict[str, Any]:
     measured = {m: _in_child("measure_memory", "0.5B", r) for m, r in (("full", 0), ("lora", LORA_RANK))}
-    formula = {name: {"full": state_bytes(s, 0), "lora": state_bytes(s, LORA_RANK),
-                      "lora_bf16": state_bytes(s, LORA_RANK, bf16_base=True)} for name, s in SHAPES.items()}
-    check = {m: {k: measured[m][k] / state_bytes(SHAPES["0.5B"], r, judge=measured[m]["judge"])[k]
-                 for k in ("params", "grads", "optimizer")} for m, r in (("full", 0), ("lora", LORA_RANK))}
+    formula = {
+        name: {
+            "full": state_bytes(s, 0),
+            "lora": state_bytes(s, LORA_RANK),
+            "lora_bf16": state_bytes(s, LORA_RANK, bf16_base=True),
+        }
+        for name, s in SHAPES.items()
+    }
+    check = {
+        m: {
+            k: measured[m][k] / state_bytes(SHAPES["0.5B"], r, judge=measured[m]["judge"])[k]
+            for k in ("params", "grads", "optimizer")
+        }
+        for m, r in (("full", 0), ("lora", LORA_RANK))
+    }
     # a GPU worker at the LoRA configs' batch (8 rows, group 4: 16 rows in G's step, 48 + 128 tokens)
-    acts = {name: {"plain": activation_bytes(s, 16, 176, 128, False),
-                   "checkpointed": activation_bytes(s, 16, 176, 128, True)}
-            for name, s in SHAPES.items()}
-    build = {m: _in_child("measure_build", "0.5B", lean) for m, lean in (("random_then_load", False),
-                                                                        ("meta_assign", True))}
+    acts = {
+        name: {
+            "plain": activation_bytes(s, 16, 176, 128, False),
+            "checkpointed": activation_bytes(s, 16, 176, 128, True),
+        }
+        for name, s in SHAPES.items()
+    }
+    build = {
+        m: _in_child("measure_build", "0.5B", lean) for m, lean in (("random_then_load", False), ("meta_assign", True))
+    }
     steps = 2 if quick else 5
     speed = {m: _in_child("measure_demo_speed", r, steps) for m, r in (("full", 0), ("lora", LORA_RANK))}
     f, lo = measured["full"], measured["lora"]
-    goals = {"trainable_ratio": lo["trainable"] / f["trainable"], "state_ratio": lo["total"] / f["total"],
-             "7B_lora_bf16_checkpointed_gb": (formula["7B"]["lora_bf16"]["total"] + acts["7B"]["checkpointed"]) / GIB}
-    res = {"lora_rank": LORA_RANK, "measured_0.5B": measured, "formula": formula, "formula_check_0.5B": check,
-           "activations_gpu_batch8": acts, "build_from_base_0.5B": build, "demo_speed": speed, "goals": goals}
+    goals = {
+        "trainable_ratio": lo["trainable"] / f["trainable"],
+        "state_ratio": lo["total"] / f["total"],
+        "7B_lora_bf16_checkpointed_gb": (formula["7B"]["lora_bf16"]["total"] + acts["7B"]["checkpointed"]) / GIB,
+    }
+    res = {
+        "lora_rank": LORA_RANK,
+        "measured_0.5B": measured,
+        "formula": formula,
+        "formula_check_0.5B": check,
+        "activations_gpu_batch8": acts,
+        "build_from_base_0.5B": build,
+        "demo_speed": speed,
+        "goals": goals,
+    }
     if not quick:
         write(res, ROOT / "bench" / "results" / "lora")
     return res
@@ -273,45 +360,69 @@ def write(res: dict[str, Any], out: Path) -> None:
 def render_md(res: dict[str, Any]) -> str:
     gb = lambda b: f"{b / GIB:.2f}"  # noqa: E731
     m, f = res["measured_0.5B"], res["formula"]
-    out = [f"# LoRA (rank {res['lora_rank']}) vs full fine-tuning, GAN loop, CPU, random weights", "",
-           "## Measured: one adversarial step at the Qwen2-0.5B shape "
-           "(G step + D step; batch 4, group 2, 16+16 tokens)", "",
-           "| mode | trainable params | params GiB | grads GiB | AdamW GiB | params+grads+opt GiB "
-           "| step peak RSS GiB | process peak RSS GiB | step s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"# LoRA (rank {res['lora_rank']}) vs full fine-tuning, GAN loop, CPU, random weights",
+        "",
+        "## Measured: one adversarial step at the Qwen2-0.5B shape (G step + D step; batch 4, group 2, 16+16 tokens)",
+        "",
+        "| mode | trainable params | params GiB | grads GiB | AdamW GiB | params+grads+opt GiB "
+        "| step peak RSS GiB | process peak RSS GiB | step s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for k in ("full", "lora"):
         x = m[k]
-        out.append(f"| {k} | {x['trainable'] / 1e6:.2f}M | {gb(x['params'])} | {gb(x['grads'])} | "
-                   f"{gb(x['optimizer'])} | {gb(x['total'])} | {x['step_peak_rss_mb'] / 1024:.2f} | "
-                   f"{x['process_peak_rss_mb'] / 1024:.2f} | {x['step_s']:.1f} |")
+        out.append(
+            f"| {k} | {x['trainable'] / 1e6:.2f}M | {gb(x['params'])} | {gb(x['grads'])} | "
+            f"{gb(x['optimizer'])} | {gb(x['total'])} | {x['step_peak_rss_mb'] / 1024:.2f} | "
+            f"{x['process_peak_rss_mb'] / 1024:.2f} | {x['step_s']:.1f} |"
+        )
     g = res["goals"]
-    out += ["", f"LoRA / full: trainable parameters {100 * g['trainable_ratio']:.2f}% (goal <= 2%), "
-                f"params+grads+optimizer bytes {100 * g['state_ratio']:.1f}% (goal <= 35%).", "",
-            "Formula / measured at 0.5B: " + "; ".join(
-                f"{k}: " + ", ".join(f"{n} {v:.4f}" for n, v in c.items())
-                for k, c in res["formula_check_0.5B"].items()), "",
-            "## Projected per worker (bench.bench_lora.state_bytes; GiB)", "",
-            "| shape | full: params+grads+opt | LoRA fp32 base | LoRA bf16 base | LoRA trainable "
-            "| G-step activations, batch 8 x group 4 (plain / checkpointed) | LoRA bf16 + checkpointed total |",
-            "|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        f"LoRA / full: trainable parameters {100 * g['trainable_ratio']:.2f}% (goal <= 2%), "
+        f"params+grads+optimizer bytes {100 * g['state_ratio']:.1f}% (goal <= 35%).",
+        "",
+        "Formula / measured at 0.5B: "
+        + "; ".join(
+            f"{k}: " + ", ".join(f"{n} {v:.4f}" for n, v in c.items()) for k, c in res["formula_check_0.5B"].items()
+        ),
+        "",
+        "## Projected per worker (bench.bench_lora.state_bytes; GiB)",
+        "",
+        "| shape | full: params+grads+opt | LoRA fp32 base | LoRA bf16 base | LoRA trainable "
+        "| G-step activations, batch 8 x group 4 (plain / checkpointed) | LoRA bf16 + checkpointed total |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in SHAPES:
         a = res["activations_gpu_batch8"][name]
         tot = f[name]["lora_bf16"]["total"] + a["checkpointed"]
-        out.append(f"| {name} | {gb(f[name]['full']['total'])} | {gb(f[name]['lora']['total'])} | "
-                   f"{gb(f[name]['lora_bf16']['total'])} | {f[name]['lora']['trainable'] / 1e6:.1f}M | "
-                   f"{gb(a['plain'])} / {gb(a['checkpointed'])} | {gb(tot)} |")
-    out += ["", "## Setting a LoRA (bf16 base) trainer up from a base already read into memory (0.5B shape)", "",
-            "Host RSS on top of the base's own bf16 tensors, in GiB and as a multiple of the frozen base's bytes. "
-            "meta_assign adds only what the model keeps in fp32 (the embedding here, cast from bf16), the "
-            "adapters and D's heads; random_then_load first draws a whole G and D at random.", "",
-            "| path | peak RSS GiB | peak over the read base GiB | over base, x base bytes |", "|---|---|---|---|"]
+        out.append(
+            f"| {name} | {gb(f[name]['full']['total'])} | {gb(f[name]['lora']['total'])} | "
+            f"{gb(f[name]['lora_bf16']['total'])} | {f[name]['lora']['trainable'] / 1e6:.1f}M | "
+            f"{gb(a['plain'])} / {gb(a['checkpointed'])} | {gb(tot)} |"
+        )
+    out += [
+        "",
+        "## Setting a LoRA (bf16 base) trainer up from a base already read into memory (0.5B shape)",
+        "",
+        "Host RSS on top of the base's own bf16 tensors, in GiB and as a multiple of the frozen base's bytes. "
+        "meta_assign adds only what the model keeps in fp32 (the embedding here, cast from bf16), the "
+        "adapters and D's heads; random_then_load first draws a whole G and D at random.",
+        "",
+        "| path | peak RSS GiB | peak over the read base GiB | over base, x base bytes |",
+        "|---|---|---|---|",
+    ]
     for k, x in res["build_from_base_0.5B"].items():
-        over = (x["peak_rss_mb"] - x["rss_base_in_memory_mb"]) * 1024 ** 2
+        over = (x["peak_rss_mb"] - x["rss_base_in_memory_mb"]) * 1024**2
         out.append(f"| {k} | {x['peak_rss_mb'] / 1024:.2f} | {over / GIB:.2f} | {over / x['base_bytes']:.2f} |")
     s = res["demo_speed"]
-    out += ["", "## Step time on configs/demo.yaml's shape (adversarial step, mean of "
-                f"{s['full']['steps']} after one warm-up)", "",
-            "| mode | trainable params | step s |", "|---|---|---|"]
+    out += [
+        "",
+        f"## Step time on configs/demo.yaml's shape (adversarial step, mean of {s['full']['steps']} after one warm-up)",
+        "",
+        "| mode | trainable params | step s |",
+        "|---|---|---|",
+    ]
     out += [f"| {k} | {s[k]['trainable'] / 1e6:.2f}M | {s[k]['step_s']:.2f} |" for k in ("full", "lora")]
     out += ["", "G and D have the same shape there, so both modes run the same models."]
     return "\n".join(out) + "\n"

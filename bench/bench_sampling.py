@@ -44,7 +44,7 @@ def matmul_flops(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float3
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def _flops_per_run(n_matmul_params: int, c: dict) -> float:
@@ -61,8 +61,16 @@ def _ours(c: dict, prefixes: torch.Tensor, compile_decode: bool = False, precisi
     from reviewgen.core.models import Generator, count_params
     from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
 
-    m = Generator(GeneratorConfig(vocab_size=c["vocab_size"], block_size=PREFIX + NEW, n_layer=c["n_layer"],
-                                  n_head=c["n_head"], d_model=c["d_model"], dropout=0.0)).eval()
+    m = Generator(
+        GeneratorConfig(
+            vocab_size=c["vocab_size"],
+            block_size=PREFIX + NEW,
+            n_layer=c["n_layer"],
+            n_head=c["n_head"],
+            d_model=c["d_model"],
+            dropout=0.0,
+        )
+    ).eval()
     params = SamplingParams(NEW, 1.0, 0, c["top_p"], compile_decode=compile_decode, precision=precision)
     u = counter_uniforms(range(c["batch"]), NEW)
     # positions are a lookup, not a matmul; the tied embedding counts once, as the LM head
@@ -70,21 +78,40 @@ def _ours(c: dict, prefixes: torch.Tensor, compile_decode: bool = False, precisi
 
     def go():  # eos_id=-1: never stops early, the same work as HF's min_new_tokens
         return sample(m, prefixes, params, eos_id=-1, pad_id=0, uniforms=u)
+
     return go, n_matmul
 
 
 def _hf(c: dict, prefixes: torch.Tensor, bf16: bool = False):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    m = GPT2LMHeadModel(GPT2Config(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["d_model"],
-                                   vocab_size=c["vocab_size"], n_positions=PREFIX + NEW,
-                                   bos_token_id=None, eos_token_id=None)).eval()
+    m = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=c["n_layer"],
+            n_head=c["n_head"],
+            n_embd=c["d_model"],
+            vocab_size=c["vocab_size"],
+            n_positions=PREFIX + NEW,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    ).eval()
     mask = torch.ones_like(prefixes)
 
     def go():  # no_grad, as generate() itself runs: autocast keeps its weight casts only outside inference_mode
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return m.generate(prefixes, attention_mask=mask, do_sample=True, max_new_tokens=NEW,
-                              min_new_tokens=NEW, top_k=0, top_p=c["top_p"], eos_token_id=None, pad_token_id=0)
+            return m.generate(
+                prefixes,
+                attention_mask=mask,
+                do_sample=True,
+                max_new_tokens=NEW,
+                min_new_tokens=NEW,
+                top_k=0,
+                top_p=c["top_p"],
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+
     return go
 
 
@@ -94,9 +121,12 @@ def run_case(name: str, c: dict, repeats: int) -> dict:
     prefixes = torch.randint(10, c["vocab_size"], (c["batch"], PREFIX))
     bf16 = cpu_has_native_bf16()
     ours, n_matmul = _ours(c, prefixes)
-    fns = {"ours": ours, "ours_fp32": _ours(c, prefixes, precision="fp32")[0],
-           "ours_fp32_compiled_decode": _ours(c, prefixes, compile_decode=True, precision="fp32")[0],
-           "hf": _hf(c, prefixes)}
+    fns = {
+        "ours": ours,
+        "ours_fp32": _ours(c, prefixes, precision="fp32")[0],
+        "ours_fp32_compiled_decode": _ours(c, prefixes, compile_decode=True, precision="fp32")[0],
+        "hf": _hf(c, prefixes),
+    }
     if bf16:
         fns["ours_compiled_decode"] = _ours(c, prefixes, compile_decode=True)[0]
         fns["hf_bf16"] = _hf(c, prefixes, bf16=True)
@@ -121,27 +151,53 @@ def run_case(name: str, c: dict, repeats: int) -> dict:
     def precision_of(method: str) -> str:
         return "fp32" if method.endswith(("fp32", "fp32_compiled_decode")) or method == "hf" else default
 
-    methods = {k: {"precision": precision_of(k), "seconds": s, "reviews_per_s": c["batch"] / s,
-                   "tokens_per_s": c["batch"] * NEW / s, "achieved_gflops": flops / s / 1e9,
-                   "fraction_of_matmul_peak": flops / s / peaks[precision_of(k)]}
-               for k, s in best.items()}
+    methods = {
+        k: {
+            "precision": precision_of(k),
+            "seconds": s,
+            "reviews_per_s": c["batch"] / s,
+            "tokens_per_s": c["batch"] * NEW / s,
+            "achieved_gflops": flops / s / 1e9,
+            "fraction_of_matmul_peak": flops / s / peaks[precision_of(k)],
+        }
+        for k, s in best.items()
+    }
     hf_same = best["hf_bf16"] if bf16 else best["hf"]
     speedup = hf_same / best["ours"]
-    out = {"case": c, "matmul_params": n_matmul, "default_precision": default,
-           "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "methods": methods,
-           "speedup_vs_hf": speedup, "speedup_fp32_vs_hf_fp32": best["hf"] / best["ours_fp32"],
-           "speedup_default_vs_hf_default": best["hf"] / best["ours"], "compiled_decode": {
-               "speedup_vs_eager": round(best["ours_fp32"] / best["ours_fp32_compiled_decode"], 3),
-               "first_call_s": round(first_call["ours_fp32_compiled_decode"], 1), "same_tokens_as_eager": same_tokens,
-               **({"speedup_vs_eager_at_default": round(best["ours"] / best["ours_compiled_decode"], 3)}
-                  if "ours_compiled_decode" in best else {})},
-           "goals": {"speedup_vs_hf": {"goal": f">= {GOAL_SPEEDUP}x (both {default})", "value": round(speedup, 2),
-                                       "verdict": "MET" if speedup >= GOAL_SPEEDUP else "NOT MET"}}}
+    out = {
+        "case": c,
+        "matmul_params": n_matmul,
+        "default_precision": default,
+        "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
+        "methods": methods,
+        "speedup_vs_hf": speedup,
+        "speedup_fp32_vs_hf_fp32": best["hf"] / best["ours_fp32"],
+        "speedup_default_vs_hf_default": best["hf"] / best["ours"],
+        "compiled_decode": {
+            "speedup_vs_eager": round(best["ours_fp32"] / best["ours_fp32_compiled_decode"], 3),
+            "first_call_s": round(first_call["ours_fp32_compiled_decode"], 1),
+            "same_tokens_as_eager": same_tokens,
+            **(
+                {"speedup_vs_eager_at_default": round(best["ours"] / best["ours_compiled_decode"], 3)}
+                if "ours_compiled_decode" in best
+                else {}
+            ),
+        },
+        "goals": {
+            "speedup_vs_hf": {
+                "goal": f">= {GOAL_SPEEDUP}x (both {default})",
+                "value": round(speedup, 2),
+                "verdict": "MET" if speedup >= GOAL_SPEEDUP else "NOT MET",
+            }
+        },
+    }
     if name == LARGER:
         frac = methods["ours"]["fraction_of_matmul_peak"]
-        out["goals"]["fraction_of_matmul_peak"] = {"goal": f">= {GOAL_PEAK_FRACTION} ({default} peak)",
-                                                   "value": round(frac, 3),
-                                                   "verdict": "MET" if frac >= GOAL_PEAK_FRACTION else "NOT MET"}
+        out["goals"]["fraction_of_matmul_peak"] = {
+            "goal": f">= {GOAL_PEAK_FRACTION} ({default} peak)",
+            "value": round(frac, 3),
+            "verdict": "MET" if frac >= GOAL_PEAK_FRACTION else "NOT MET",
+        }
     return out
 
 
@@ -149,12 +205,20 @@ def main(quick: bool = False) -> dict:
     """Run both cases; the figures with their goals, thread counts and the load average around the run."""
     load0 = os.getloadavg()
     cases = {name: run_case(name, c, REPEATS[quick]) for name, c in CASES.items()}
-    return {"prefix": PREFIX, "new_tokens": NEW, "repeats": REPEATS[quick], "torch_threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
-            "loadavg_before": load0, "loadavg_after": os.getloadavg(),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cases": cases,
-            "note": "ours and HF alternate in one process with the same threads; on a shared machine the "
-                    "absolute rates move with the load, the ratios taken side by side are the figures to read"}
+    return {
+        "prefix": PREFIX,
+        "new_tokens": NEW,
+        "repeats": REPEATS[quick],
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": load0,
+        "loadavg_after": os.getloadavg(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cases": cases,
+        "note": "ours and HF alternate in one process with the same threads; on a shared machine the "
+        "absolute rates move with the load, the ratios taken side by side are the figures to read",
+    }
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def old_scorer(D, tok, conds, texts, calibration, batch_size: int = BATCH):
     """The scorer before the detector: D's Platt-calibrated probability over fixed-width batches."""
     logits = []
     for s in range(0, len(texts), batch_size):
-        ids = tok.encode_examples(conds[s:s + batch_size], texts[s:s + batch_size])
+        ids = tok.encode_examples(conds[s : s + batch_size], texts[s : s + batch_size])
         with autocast(ids.device, training_dtype(ids.device)):
             logits.append(D(ids).seq_logits.float())
     return apply_calibration(torch.cat(logits).numpy(), calibration)
@@ -89,13 +89,22 @@ def main(quick: bool = False, model: str | None = None, data: str | None = None)
     rb = _rate(before, len(texts), repeats)
     ra = _rate(after, len(texts), repeats)
     rd = _rate(d_alone_now, len(texts), repeats)
-    return {"model": model_description(model), "mode": scorer.mode,
-            "languages": rows["language"].value_counts().to_dict(), "reviews": len(texts), "batch": BATCH,
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "torch_threads": torch.get_num_threads(), "before_reviews_per_s": round(rb, 1),
-            "after_reviews_per_s": round(ra, 1), "d_alone_now_reviews_per_s": round(rd, 1),
-            "inference_bf16": cpu_has_native_bf16(), "fraction": round(ra / rb, 3), "goal_fraction": GOAL_FRACTION,
-            "goal_met": ra / rb >= GOAL_FRACTION}
+    return {
+        "model": model_description(model),
+        "mode": scorer.mode,
+        "languages": rows["language"].value_counts().to_dict(),
+        "reviews": len(texts),
+        "batch": BATCH,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "torch_threads": torch.get_num_threads(),
+        "before_reviews_per_s": round(rb, 1),
+        "after_reviews_per_s": round(ra, 1),
+        "d_alone_now_reviews_per_s": round(rd, 1),
+        "inference_bf16": cpu_has_native_bf16(),
+        "fraction": round(ra / rb, 3),
+        "goal_fraction": GOAL_FRACTION,
+        "goal_met": ra / rb >= GOAL_FRACTION,
+    }
 
 
 if __name__ == "__main__":

@@ -61,8 +61,12 @@ EVENT_CONCURRENCY = 8
 SUCCESS_GOAL, SUCCESS_FLOOR = 1.0, 0.999
 P99_EVENT_FACTOR = 3.0
 EVENT_TAIL_S = 10.0
-NOOP_RESULT = {"p_human": 0.5, "rating_pred": 5, "flags": {"copy_span": 0, "copied": False, "pii": None,
-                                                          "has_pii": None}, "reasons": []}
+NOOP_RESULT = {
+    "p_human": 0.5,
+    "rating_pred": 5,
+    "flags": {"copy_span": 0, "copied": False, "pii": None, "has_pii": None},
+    "reasons": [],
+}
 
 
 def _free_port() -> int:
@@ -75,9 +79,16 @@ def sample_reviews(n: int = 256) -> list[dict[str, Any]]:
     """Real reviews from the prepared sample's validation split, as /v1/score review objects."""
     df = load_split(prepared_data(), "val")
     df = df[(df["language"] == "en") & (df["text"].str.len().between(20, 1000))].head(n)
-    return [{"text": str(r.text), "product_title": str(r.product_title)[:200], "category": str(r.category)[:200],
-             "rating": None if r.rating != r.rating or r.rating is None else int(r.rating), "language": "en"}
-            for r in df.itertuples()]
+    return [
+        {
+            "text": str(r.text),
+            "product_title": str(r.product_title)[:200],
+            "category": str(r.category)[:200],
+            "rating": None if r.rating != r.rating or r.rating is None else int(r.rating),
+            "language": "en",
+        }
+        for r in df.itertuples()
+    ]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -118,8 +129,11 @@ def _in_process(model_dir: Path, reviews: list[dict[str, Any]], quick: bool) -> 
         t = time.perf_counter()
         score_reviews(sc, flt, [reviews[i % len(reviews)]])
         lat.append(time.perf_counter() - t)
-    return {"batch32_reviews_per_s": round(rate, 1), "scorer_only_batch32_reviews_per_s": round(scorer_rate, 1),
-            "single_review_p50_ms": round(1000 * pct(lat, 50), 2)}
+    return {
+        "batch32_reviews_per_s": round(rate, 1),
+        "scorer_only_batch32_reviews_per_s": round(scorer_rate, 1),
+        "single_review_p50_ms": round(1000 * pct(lat, 50), 2),
+    }
 
 
 class Client:
@@ -164,18 +178,26 @@ class Client:
         return t0
 
 
-def level(url: str, reviews: list[dict[str, Any]], concurrency: int, seconds: float,
-          per_request: int = 1) -> dict[str, Any]:
+def level(
+    url: str, reviews: list[dict[str, Any]], concurrency: int, seconds: float, per_request: int = 1
+) -> dict[str, Any]:
     """Request rate, reviews/s and p50/p99 latency of one load level."""
     cl = Client(url, reviews, concurrency, per_request)
     t0 = cl.run(seconds)
     ok = [lat for t, lat, s in cl.records if s == 200 and t >= t0]
     wall = max((t + lat for t, lat, _ in cl.records), default=t0) - t0
     errors = len(cl.records) - len(ok)
-    return {"concurrency": concurrency, "reviews_per_request": per_request, "requests_ok": len(ok),
-            "errors": errors, "seconds": round(wall, 2), "req_per_s": round(len(ok) / wall, 1),
-            "reviews_per_s": round(len(ok) * per_request / wall, 1), "p50_ms": round(1000 * pct(ok, 50), 2),
-            "p99_ms": round(1000 * pct(ok, 99), 2)}
+    return {
+        "concurrency": concurrency,
+        "reviews_per_request": per_request,
+        "requests_ok": len(ok),
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "req_per_s": round(len(ok) / wall, 1),
+        "reviews_per_s": round(len(ok) * per_request / wall, 1),
+        "p50_ms": round(1000 * pct(ok, 50), 2),
+        "p99_ms": round(1000 * pct(ok, 99), 2),
+    }
 
 
 class _NoopIngress(IngressDeployment.func_or_class):
@@ -221,8 +243,7 @@ def _model_variant(src: Path, dst: Path) -> Path:
     return dst
 
 
-def event_run(url: str, reviews: list[dict[str, Any]], seconds: float,
-              event: Callable[[], None]) -> dict[str, Any]:
+def event_run(url: str, reviews: list[dict[str, Any]], seconds: float, event: Callable[[], None]) -> dict[str, Any]:
     """Concurrency-8 load for `seconds`; `event` runs a third of the way in. Steady = before the event;
     the event window runs from its start to EVENT_TAIL_S after it returns."""
     marks: dict[str, float] = {}
@@ -241,12 +262,18 @@ def event_run(url: str, reviews: list[dict[str, Any]], seconds: float,
     window = [lat for t, lat, s in cl.records if s == 200 and start <= t < end]
     rate = sum(ok) / len(ok) if ok else 0.0
     p99_steady, p99_event = pct(steady, 99), pct(window, 99)
-    return {"requests": len(ok), "failed": len(ok) - sum(ok), "success_rate": round(rate, 5),
-            "event_s": round(marks["end"] - start, 2), "p99_steady_ms": round(1000 * p99_steady, 1),
-            "p99_event_ms": round(1000 * p99_event, 1), "p99_event_over_steady": round(p99_event / p99_steady, 2),
-            "success_goal": _verdict(rate >= SUCCESS_GOAL) + ("" if rate >= SUCCESS_GOAL else
-                                                           f" (floor 99.9%: {_verdict(rate >= SUCCESS_FLOOR)})"),
-            "p99_goal": _verdict(p99_event <= P99_EVENT_FACTOR * p99_steady)}
+    return {
+        "requests": len(ok),
+        "failed": len(ok) - sum(ok),
+        "success_rate": round(rate, 5),
+        "event_s": round(marks["end"] - start, 2),
+        "p99_steady_ms": round(1000 * p99_steady, 1),
+        "p99_event_ms": round(1000 * p99_event, 1),
+        "p99_event_over_steady": round(p99_event / p99_steady, 2),
+        "success_goal": _verdict(rate >= SUCCESS_GOAL)
+        + ("" if rate >= SUCCESS_GOAL else f" (floor 99.9%: {_verdict(rate >= SUCCESS_FLOOR)})"),
+        "p99_goal": _verdict(p99_event <= P99_EVENT_FACTOR * p99_steady),
+    }
 
 
 def _verdict(ok: bool) -> str:
@@ -260,6 +287,7 @@ def _kill_one_replica(base_app: str) -> Callable[[], None]:
 
         name = httpx.get(f"{base_app}/v1/stats", timeout=30).json()["replica"]
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
     return kill
 
 
@@ -280,8 +308,13 @@ def main(quick: bool = False, model: str | None = None) -> dict[str, Any]:
     # 8 logical CPUs: two replicas plus a rollout's two replacements (max_surge_percent 100) fit at once.
     # The no-op ingress is defined here, so replicas need this checkout on their path.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", num_cpus=8, log_to_driver=False, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(
+        address="local",
+        num_cpus=8,
+        log_to_driver=False,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
@@ -289,18 +322,37 @@ def main(quick: bool = False, model: str | None = None) -> dict[str, Any]:
         serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
         one = ServeConfig(min_replicas=1, max_replicas=1, num_cpus=1.0, env_vars=env)
         noop_cfg = ServeConfig(env_vars=env)
-        urls = {"noop": _deploy(serve.deployment(name="Ingress")(_NoopIngress).options(
-                    max_ongoing_requests=256, ray_actor_options=noop_cfg.ingress_actor_options()).bind(
-                    None, noop_cfg.to_dict()), "noop", base),
-                "noop_two_hop": _deploy(IngressDeployment.options(
-                    max_ongoing_requests=256, ray_actor_options=noop_cfg.ingress_actor_options()).bind(
+        urls = {
+            "noop": _deploy(
+                serve.deployment(name="Ingress")(_NoopIngress)
+                .options(max_ongoing_requests=256, ray_actor_options=noop_cfg.ingress_actor_options())
+                .bind(None, noop_cfg.to_dict()),
+                "noop",
+                base,
+            ),
+            "noop_two_hop": _deploy(
+                IngressDeployment.options(
+                    max_ongoing_requests=256, ray_actor_options=noop_cfg.ingress_actor_options()
+                ).bind(
                     NoopModel.options(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1.0}).bind(),
-                    noop_cfg.to_dict()), "noop_two_hop", base),
-                "ours": _deploy(build_app(model_dir, one), "ours", base),
-                "unbatched": _deploy(build_app(model_dir, ServeConfig(
-                    min_replicas=1, max_replicas=1, num_cpus=1.0, max_batch_size=1, env_vars=env)), "unbatched", base)}
-        levels = {name: [level(urls[name], reviews, c, seconds) for c in CONCURRENCY]
-                  for name in ("noop", "noop_two_hop", "ours")}
+                    noop_cfg.to_dict(),
+                ),
+                "noop_two_hop",
+                base,
+            ),
+            "ours": _deploy(build_app(model_dir, one), "ours", base),
+            "unbatched": _deploy(
+                build_app(
+                    model_dir, ServeConfig(min_replicas=1, max_replicas=1, num_cpus=1.0, max_batch_size=1, env_vars=env)
+                ),
+                "unbatched",
+                base,
+            ),
+        }
+        levels = {
+            name: [level(urls[name], reviews, c, seconds) for c in CONCURRENCY]
+            for name in ("noop", "noop_two_hop", "ours")
+        }
         unbatched_c1 = level(urls["unbatched"], reviews, 1, seconds)
         bulk = level(urls["ours"], reviews, BULK_CONCURRENCY, seconds, per_request=BULK_REVIEWS)
         import httpx
@@ -314,8 +366,12 @@ def main(quick: bool = False, model: str | None = None) -> dict[str, Any]:
         kill = event_run(ha_url, reviews, event_s, _kill_one_replica(f"{base}/ha"))
         variant = _model_variant(model_dir, tmp / "b")
         httpx.get(f"{base}/ha/readyz", timeout=60)
-        rollout = event_run(ha_url, reviews, event_s,
-                            lambda: serve.run(build_app(variant, two), name="ha", route_prefix="/ha", blocking=False))
+        rollout = event_run(
+            ha_url,
+            reviews,
+            event_s,
+            lambda: serve.run(build_app(variant, two), name="ha", route_prefix="/ha", blocking=False),
+        )
         serve.delete("ha")
     finally:
         serve.shutdown()
@@ -325,38 +381,64 @@ def main(quick: bool = False, model: str | None = None) -> dict[str, Any]:
     shares = []
     for noop, ours in zip(levels["noop"], levels["ours"]):
         share = ours["req_per_s"] / noop["req_per_s"] if noop["req_per_s"] else 0.0
-        shares.append({"concurrency": noop["concurrency"], "noop_req_per_s": noop["req_per_s"],
-                       "ours_req_per_s": ours["req_per_s"], "share": round(share, 2),
-                       "goal": _verdict(share >= RATE_SHARE_GOAL)})
+        shares.append(
+            {
+                "concurrency": noop["concurrency"],
+                "noop_req_per_s": noop["req_per_s"],
+                "ours_req_per_s": ours["req_per_s"],
+                "share": round(share, 2),
+                "goal": _verdict(share >= RATE_SHARE_GOAL),
+            }
+        )
     gap = levels["ours"][0]["p50_ms"] - unbatched_c1["p50_ms"]
     bulk_share = bulk["reviews_per_s"] / inproc["batch32_reviews_per_s"]
     return {
-        "model": model_description(model_dir), "bench_threads": torch.get_num_threads(),
+        "model": model_description(model_dir),
+        "bench_threads": torch.get_num_threads(),
         "replica_threads": threads or "Ray default for a 1-CPU replica",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "in_process": inproc, "levels": levels, "unbatched_c1": unbatched_c1, "bulk": bulk,
+        "in_process": inproc,
+        "levels": levels,
+        "unbatched_c1": unbatched_c1,
+        "bulk": bulk,
         "batching": {k: stats.get(k) for k in ("batches", "max_batch_size_observed", "batch_size_counts")},
         "goals": {
-            "rate_share": {"goal": f"ours >= {RATE_SHARE_GOAL:.0%} of the no-op's req/s at each concurrency",
-                           "levels": shares, "verdict": _verdict(all(s["goal"] == "MET" for s in shares))},
-            "p50_c1": {"goal": f"p50 at concurrency 1 within {P50_GAP_GOAL_MS} ms of the unbatched path",
-                       "ours_ms": levels["ours"][0]["p50_ms"], "unbatched_ms": unbatched_c1["p50_ms"],
-                       "gap_ms": round(gap, 2), "verdict": _verdict(gap <= P50_GAP_GOAL_MS)},
-            "bulk_share": {"goal": f"{BULK_REVIEWS}-review requests: Serve reviews/s >= {BULK_SHARE_GOAL:.0%} of "
-                                   f"in-process", "serve_reviews_per_s": bulk["reviews_per_s"],
-                           "in_process_reviews_per_s": inproc["batch32_reviews_per_s"],
-                           "share": round(bulk_share, 2), "verdict": _verdict(bulk_share >= BULK_SHARE_GOAL)},
+            "rate_share": {
+                "goal": f"ours >= {RATE_SHARE_GOAL:.0%} of the no-op's req/s at each concurrency",
+                "levels": shares,
+                "verdict": _verdict(all(s["goal"] == "MET" for s in shares)),
+            },
+            "p50_c1": {
+                "goal": f"p50 at concurrency 1 within {P50_GAP_GOAL_MS} ms of the unbatched path",
+                "ours_ms": levels["ours"][0]["p50_ms"],
+                "unbatched_ms": unbatched_c1["p50_ms"],
+                "gap_ms": round(gap, 2),
+                "verdict": _verdict(gap <= P50_GAP_GOAL_MS),
+            },
+            "bulk_share": {
+                "goal": f"{BULK_REVIEWS}-review requests: Serve reviews/s >= {BULK_SHARE_GOAL:.0%} of in-process",
+                "serve_reviews_per_s": bulk["reviews_per_s"],
+                "in_process_reviews_per_s": inproc["batch32_reviews_per_s"],
+                "share": round(bulk_share, 2),
+                "verdict": _verdict(bulk_share >= BULK_SHARE_GOAL),
+            },
         },
-        "events": {"seconds": event_s, "concurrency": EVENT_CONCURRENCY, "replicas": 2,
-                   "replica_kill": kill, "rollout": rollout},
+        "events": {
+            "seconds": event_s,
+            "concurrency": EVENT_CONCURRENCY,
+            "replicas": 2,
+            "replica_kill": kill,
+            "rollout": rollout,
+        },
     }
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 s per level and 10 s events instead of 10 s and 30 s")
-    ap.add_argument("--model", help="model directory to serve (default: the bench's tiny model), e.g. the "
-                                    "`make demo` model")
+    ap.add_argument(
+        "--model", help="model directory to serve (default: the bench's tiny model), e.g. the `make demo` model"
+    )
     a = ap.parse_args()
     print(json.dumps(main(a.quick, a.model), indent=2, default=str))

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12,
-                 "A10G": 70e12}
+GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 CONFIG = "demo.yaml"
 
 
@@ -49,8 +48,13 @@ def _setup(config_name: str, mle_steps: int | None = None) -> dict[str, Any]:
     cfg = cfg.finalize(vocab_size=tok.vocab_size, n_categories=len(cats))
     if mle_steps:
         cfg = cfg.override({"train.mle_steps": mle_steps})
-    return {"cfg": cfg, "tok": tok, "tok_json": tok.tok.to_str(), "categories": cats,
-            "data": encode_frame(train_df, tok, cats)}
+    return {
+        "cfg": cfg,
+        "tok": tok,
+        "tok_json": tok.tok.to_str(),
+        "categories": cats,
+        "data": encode_frame(train_df, tok, cats),
+    }
 
 
 def _worker(c: dict) -> None:
@@ -72,8 +76,15 @@ def _worker(c: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = RunConfig.from_dict(c["cfg"])
     tok = ReviewTokenizer(Tokenizer.from_str(c["tok_json"]), cfg.tokenizer.prefix_len, cfg.tokenizer.max_review_len)
-    trainer = GANTrainer(cfg, tok, c["categories"], "cpu",
-                         wrap=lambda m, name: ray.train.torch.prepare_model(m), rank=rank, world_size=world)
+    trainer = GANTrainer(
+        cfg,
+        tok,
+        c["categories"],
+        "cpu",
+        wrap=lambda m, name: ray.train.torch.prepare_model(m),
+        rank=rank,
+        world_size=world,
+    )
     b = cfg.train.batch_size
     batches = TensorBatches(ray.get(c["data_ref"]), b, cfg.train.seed, "cpu", rank, world)
     for _ in range(c["warmup"]):
@@ -89,9 +100,19 @@ def _worker(c: dict) -> None:
         positions += batch["ids"].numel()
     dt = time.perf_counter() - t
     assert trainer.phase == "mle", "the timed steps left the MLE phase; raise train.mle_steps"
-    Path(c["out_dir"], f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "seconds": dt, "tokens": positions, "loss_tokens": loss_tokens, "steps": c["steps"],
-        "threads": torch.get_num_threads(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    Path(c["out_dir"], f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "seconds": dt,
+                "tokens": positions,
+                "loss_tokens": loss_tokens,
+                "steps": c["steps"],
+                "threads": torch.get_num_threads(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
     ray.train.report({"done": 1})
 
 
@@ -104,21 +125,36 @@ def run_workers(setup: dict[str, Any], n: int, threads: int, warmup: int, steps:
 
     cfg = setup["cfg"].override({"train.mle_steps": warmup + steps + 1})
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        c = {"cfg": cfg.to_dict(), "tok_json": setup["tok_json"], "data_ref": ray.put(setup["data"]),
-             "categories": setup["categories"], "threads": threads, "warmup": warmup, "steps": steps,
-             "out_dir": tmp}
+        c = {
+            "cfg": cfg.to_dict(),
+            "tok_json": setup["tok_json"],
+            "data_ref": ray.put(setup["data"]),
+            "categories": setup["categories"],
+            "threads": threads,
+            "warmup": warmup,
+            "steps": steps,
+            "out_dir": tmp,
+        }
         t = time.perf_counter()
-        TorchTrainer(_worker, train_loop_config=c,
-                     scaling_config=ScalingConfig(num_workers=n, use_gpu=False, resources_per_worker={"CPU": 1}),
-                     run_config=RayRunConfig(name=f"bench-{n}w", storage_path=str(Path(tmp) / "ray"))).fit()
+        TorchTrainer(
+            _worker,
+            train_loop_config=c,
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=False, resources_per_worker={"CPU": 1}),
+            run_config=RayRunConfig(name=f"bench-{n}w", storage_path=str(Path(tmp) / "ray")),
+        ).fit()
         wall = time.perf_counter() - t
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(n)]
     per = [r["tokens"] / r["seconds"] for r in ranks]
-    return {"workers": n, "threads_per_worker": threads, "fit_wall_s": round(wall, 1),
-            "tokens_per_s_per_worker": [round(x, 1) for x in per], "tokens_per_s_total": round(sum(per), 1),
-            "loss_tokens_per_s_total": round(sum(r["loss_tokens"] / r["seconds"] for r in ranks), 1),
-            "step_time_s": round(max(r["seconds"] for r in ranks) / steps, 4),
-            "worker_peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in ranks]}
+    return {
+        "workers": n,
+        "threads_per_worker": threads,
+        "fit_wall_s": round(wall, 1),
+        "tokens_per_s_per_worker": [round(x, 1) for x in per],
+        "tokens_per_s_total": round(sum(per), 1),
+        "loss_tokens_per_s_total": round(sum(r["loss_tokens"] / r["seconds"] for r in ranks), 1),
+        "step_time_s": round(max(r["seconds"] for r in ranks) / steps, 4),
+        "worker_peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in ranks],
+    }
 
 
 def gpu_section(quick: bool) -> dict[str, Any]:
@@ -148,8 +184,13 @@ def gpu_section(quick: bool) -> dict[str, Any]:
     torch.cuda.synchronize()
     tps = positions / (time.perf_counter() - t)
     params = count_params(trainer.G)
-    out = {"status": "measured", "device": name, "generator_params": params, "tokens_per_s": round(tps, 1),
-           "peak_bf16_flops": peak}
+    out = {
+        "status": "measured",
+        "device": name,
+        "generator_params": params,
+        "tokens_per_s": round(tps, 1),
+        "peak_bf16_flops": peak,
+    }
     out["mfu"] = round(6 * params * tps / peak, 4) if peak else "unknown GPU: no peak in the table"
     return out
 
@@ -165,10 +206,16 @@ def main(quick: bool = False) -> dict[str, Any]:
     warmup, steps = (3, 10) if quick else (10, 60)
     setup = _setup(CONFIG)
     g = setup["cfg"].generator
-    model = {"config": f"configs/{CONFIG}", "n_layer": g.n_layer, "d_model": g.d_model, "n_head": g.n_head,
-             "vocab_size": g.vocab_size, "generator_params": count_params(Generator(g)),
-             "batch_per_worker": setup["cfg"].train.batch_size,
-             "seq_len": setup["cfg"].tokenizer.prefix_len + setup["cfg"].tokenizer.max_review_len}
+    model = {
+        "config": f"configs/{CONFIG}",
+        "n_layer": g.n_layer,
+        "d_model": g.d_model,
+        "n_head": g.n_head,
+        "vocab_size": g.vocab_size,
+        "generator_params": count_params(Generator(g)),
+        "batch_per_worker": setup["cfg"].train.batch_size,
+        "seq_len": setup["cfg"].tokenizer.prefix_len + setup["cfg"].tokenizer.max_review_len,
+    }
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False, include_dashboard=False)
     try:
         one = run_workers(setup, 1, max(1, total_threads), warmup, steps)
@@ -176,10 +223,19 @@ def main(quick: bool = False) -> dict[str, Any]:
     finally:
         ray.shutdown()
     eff = two["tokens_per_s_total"] / (2 * one["tokens_per_s_total"])
-    return {"model": model, "warmup_steps": warmup, "timed_steps": steps, "thread_budget": total_threads,
-            "cpu": {"1_worker": one, "2_workers": two, "scaling_efficiency": round(eff, 3),
-                    "speedup_2_vs_1": round(two["tokens_per_s_total"] / one["tokens_per_s_total"], 3)},
-            "gpu": gpu_section(quick)}
+    return {
+        "model": model,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "thread_budget": total_threads,
+        "cpu": {
+            "1_worker": one,
+            "2_workers": two,
+            "scaling_efficiency": round(eff, 3),
+            "speedup_2_vs_1": round(two["tokens_per_s_total"] / one["tokens_per_s_total"], 3),
+        },
+        "gpu": gpu_section(quick),
+    }
 
 
 if __name__ == "__main__":

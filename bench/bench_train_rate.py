@@ -45,8 +45,12 @@ def step_log_rate(path: Path, phase: str = "mle") -> dict[str, Any]:
     wall = recs[-1]["time"] - recs[0]["time"]
     tokens = sum(r.get("tokens", 0) for r in recs[1:])
     compute = sum(r.get("step_time_s", 0) for r in recs[1:])
-    return {"steps": len(recs), "wall_s": round(wall, 2), "loss_tokens_per_s": round(tokens / wall, 1),
-            "step_compute_share": round(compute / wall, 3)}
+    return {
+        "steps": len(recs),
+        "wall_s": round(wall, 2),
+        "loss_tokens_per_s": round(tokens / wall, 1),
+        "step_compute_share": round(compute / wall, 3),
+    }
 
 
 def inprocess_steps(setup: dict[str, Any], threads: int, warmup: int, steps: int) -> dict[str, Any]:
@@ -68,15 +72,22 @@ def inprocess_steps(setup: dict[str, Any], threads: int, warmup: int, steps: int
         loss_tokens += int(trainer.train_step(b).metrics.get("tokens", 0))
         positions += b["ids"].numel()
     dt = time.perf_counter() - t
-    return {"threads": torch.get_num_threads(), "loss_tokens_per_s": round(loss_tokens / dt, 1),
-            "tokens_per_s": round(positions / dt, 1), "step_time_s": round(dt / steps, 4)}
+    return {
+        "threads": torch.get_num_threads(),
+        "loss_tokens_per_s": round(loss_tokens / dt, 1),
+        "tokens_per_s": round(positions / dt, 1),
+        "step_time_s": round(dt / steps, 4),
+    }
 
 
 def _with_load(fn, *a, **kw) -> dict[str, Any]:
     load0, t = os.getloadavg(), time.perf_counter()
     out = fn(*a, **kw)
-    return out | {"loadavg_before": load0, "loadavg_after": os.getloadavg(),
-                  "run_wall_s": round(time.perf_counter() - t, 1)}
+    return out | {
+        "loadavg_before": load0,
+        "loadavg_after": os.getloadavg(),
+        "run_wall_s": round(time.perf_counter() - t, 1),
+    }
 
 
 def _train_local(data_dir: Path, cfg, out: Path, threads: int) -> dict[str, Any]:
@@ -93,15 +104,26 @@ def _train_ray(data_dir: Path, cfg, out: Path, threads: int) -> dict[str, Any]:
     from reviewgen.train.distributed import run_distributed_training
     from reviewgen.train.job import TrainJobConfig
 
-    job = TrainJobConfig(data_dir=data_dir, out=out, num_workers=1, cpus_per_worker=threads,
-                         storage_path=str(out / "runs"), name="bench-rate", stop_after_phase="mle")
+    job = TrainJobConfig(
+        data_dir=data_dir,
+        out=out,
+        num_workers=1,
+        cpus_per_worker=threads,
+        storage_path=str(out / "runs"),
+        name="bench-rate",
+        stop_after_phase="mle",
+    )
     run_distributed_training(job, cfg, log=lambda msg: None)
     return step_log_rate(out / "metrics.jsonl") | {"threads": threads, "data_loader": job.data_loader}
 
 
 def _goal(name: str, value: float, goal: float) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 3), "goal": f">= {goal}",
-            "verdict": "MET" if value >= goal else "NOT MET"}
+    return {
+        "name": name,
+        "value": round(value, 3),
+        "goal": f">= {goal}",
+        "verdict": "MET" if value >= goal else "NOT MET",
+    }
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -136,24 +158,41 @@ def main(quick: bool = False) -> dict[str, Any]:
             ray.shutdown()
     inproc = max(inproc, key=lambda r: r["loss_tokens_per_s"]) | {"takes": [r["loss_tokens_per_s"] for r in inproc]}
     ray_steps = max(ray_steps, key=lambda r: r["loss_tokens_per_s_total"]) | {
-        "takes": [r["loss_tokens_per_s_total"] for r in ray_steps]}
+        "takes": [r["loss_tokens_per_s_total"] for r in ray_steps]
+    }
     torch.set_num_threads(threads)
     bench_1w = ray_steps["loss_tokens_per_s_total"]
     demo_share = demo["loss_tokens_per_s"] / bench_1w
     ray_share = bench_1w / inproc["loss_tokens_per_s"]
-    return {"config": f"configs/{CONFIG}", "threads": threads, "mle_steps": mle_steps,
-            "timed_steps": steps, "warmup_steps": warmup,
-            "in_process_timed_steps": inproc, "ray_train_1_worker_timed_steps": ray_steps,
-            "train_local_run": local, "ray_train_1_worker_run": demo,
-            "ratios": {"demo_run_vs_bench_1_worker": round(demo_share, 3),
-                       "ray_timed_vs_in_process_timed": round(ray_share, 3),
-                       "ray_run_vs_local_run": round(demo["loss_tokens_per_s"] / local["loss_tokens_per_s"], 3),
-                       "local_run_vs_in_process_timed": round(local["loss_tokens_per_s"] /
-                                                              inproc["loss_tokens_per_s"], 3)},
-            "goals": [_goal("demo-config Ray Train run (1 worker) MLE loss tokens/s / bench 1-worker figure",
-                            demo_share, GOAL_DEMO_VS_BENCH),
-                      _goal("1-worker Ray Train timed steps / in-process timed steps, same threads",
-                            ray_share, GOAL_RAY_VS_INPROCESS)]}
+    return {
+        "config": f"configs/{CONFIG}",
+        "threads": threads,
+        "mle_steps": mle_steps,
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "in_process_timed_steps": inproc,
+        "ray_train_1_worker_timed_steps": ray_steps,
+        "train_local_run": local,
+        "ray_train_1_worker_run": demo,
+        "ratios": {
+            "demo_run_vs_bench_1_worker": round(demo_share, 3),
+            "ray_timed_vs_in_process_timed": round(ray_share, 3),
+            "ray_run_vs_local_run": round(demo["loss_tokens_per_s"] / local["loss_tokens_per_s"], 3),
+            "local_run_vs_in_process_timed": round(local["loss_tokens_per_s"] / inproc["loss_tokens_per_s"], 3),
+        },
+        "goals": [
+            _goal(
+                "demo-config Ray Train run (1 worker) MLE loss tokens/s / bench 1-worker figure",
+                demo_share,
+                GOAL_DEMO_VS_BENCH,
+            ),
+            _goal(
+                "1-worker Ray Train timed steps / in-process timed steps, same threads",
+                ray_share,
+                GOAL_RAY_VS_INPROCESS,
+            ),
+        ],
+    }
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Plain and watermarked sampling alternate, repeat by repeat, and each keeps its b
 the ratio taken side by side is the figure to read. The goal: watermarked sampling at >= 95% of plain.
 Run: python -m bench.bench_watermark [--quick] [--no-mauve] [--out bench/results/watermark]
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,16 @@ def _sampler(c: dict, prefixes: torch.Tensor, watermark: Watermark | None):
     from reviewgen.core.sampling import SamplingParams, counter_uniforms, sample
 
     torch.manual_seed(0)
-    m = Generator(GeneratorConfig(vocab_size=c["vocab_size"], block_size=PREFIX + NEW, n_layer=c["n_layer"],
-                                  n_head=c["n_head"], d_model=c["d_model"], dropout=0.0)).eval()
+    m = Generator(
+        GeneratorConfig(
+            vocab_size=c["vocab_size"],
+            block_size=PREFIX + NEW,
+            n_layer=c["n_layer"],
+            n_head=c["n_head"],
+            d_model=c["d_model"],
+            dropout=0.0,
+        )
+    ).eval()
     params = SamplingParams(NEW, 1.0, 0, c["top_p"])
     u = counter_uniforms(range(c["batch"]), NEW)
     return lambda: sample(m, prefixes, params, eos_id=-1, pad_id=0, uniforms=u, watermark=watermark)
@@ -69,10 +78,17 @@ def sampling_case(c: dict, repeats: int) -> dict:
             f()
             best[k] = min(best.get(k, float("inf")), time.perf_counter() - t)
     ratio = best["plain"] / best["watermarked"]
-    return {"case": c, "seconds": best, "speed_ratio": round(ratio, 3),
-            "mean_z_random_model": round(float(np.nanmean(det.z)), 2),
-            "goal": {"goal": f">= {GOAL_SPEED} of plain", "value": round(ratio, 3),
-                     "verdict": "MET" if ratio >= GOAL_SPEED else "NOT MET"}}
+    return {
+        "case": c,
+        "seconds": best,
+        "speed_ratio": round(ratio, 3),
+        "mean_z_random_model": round(float(np.nanmean(det.z)), 2),
+        "goal": {
+            "goal": f">= {GOAL_SPEED} of plain",
+            "value": round(ratio, 3),
+            "verdict": "MET" if ratio >= GOAL_SPEED else "NOT MET",
+        },
+    }
 
 
 def detection(n: int, length: int = 60, vocab: int = 16000) -> dict:
@@ -84,9 +100,15 @@ def detection(n: int, length: int = 60, vocab: int = 16000) -> dict:
     det = wm.z_scores(seqs, first_prev=3)
     s = time.perf_counter() - t
     z = det.z
-    return {"sequences": n, "tokens_each": length, "seconds": round(s, 3), "sequences_per_s": round(n / s),
-            "null_z_mean": round(float(z.mean()), 3), "null_z_std": round(float(z.std()), 3),
-            "null_share_ours": float(np.mean(det.ours))}
+    return {
+        "sequences": n,
+        "tokens_each": length,
+        "seconds": round(s, 3),
+        "sequences_per_s": round(n / s),
+        "null_z_mean": round(float(z.mean()), 3),
+        "null_z_std": round(float(z.std()), 3),
+        "null_share_ours": float(np.mean(det.ours)),
+    }
 
 
 GAMMAS, DELTAS = (0.1, 0.25, 0.5), (2.0, 3.0, 4.0)
@@ -98,8 +120,11 @@ CUT = 20  # truncation, tokens
 def grid_settings() -> dict[str, tuple[WatermarkConfig | None, int]]:
     """name -> (watermark settings or None for the unwatermarked sampler, sampling seed): the unwatermarked
     sampler, the same under a second seed (the noise floor of the fluency figures), every (gamma, delta)."""
-    return {"plain": (None, 0), "plain_seed1": (None, 1),
-            **{f"g{g:g}_d{d:g}": (WatermarkConfig(gamma=g, delta=d), 0) for g in GAMMAS for d in DELTAS}}
+    return {
+        "plain": (None, 0),
+        "plain_seed1": (None, 1),
+        **{f"g{g:g}_d{d:g}": (WatermarkConfig(gamma=g, delta=d), 0) for g in GAMMAS for d in DELTAS},
+    }
 
 
 def false_positives(tok, data_dir: Path, gammas=GAMMAS) -> dict:
@@ -112,15 +137,20 @@ def false_positives(tok, data_dir: Path, gammas=GAMMAS) -> dict:
     frames = [load_corpus(p).frame[["text", "language"]] for p in review_sources(data_dir)]
     for lang, df in pd.concat(frames).groupby("language"):
         texts = df["text"].astype(str).tolist()
-        ids = [x for s in range(0, len(texts), 20000) for x in tok.review_token_lists(texts[s:s + 20000])]
+        ids = [x for s in range(0, len(texts), 20000) for x in tok.review_token_lists(texts[s : s + 20000])]
         for g in gammas:
             wm = Watermark(KEY, WatermarkConfig(gamma=g))
-            dets = [wm.z_scores(ids[s:s + 20000], first_prev=tok.sep_id) for s in range(0, len(ids), 20000)]
+            dets = [wm.z_scores(ids[s : s + 20000], first_prev=tok.sep_id) for s in range(0, len(ids), 20000)]
             z = np.concatenate([d.z for d in dets])
             ours = sum(sum(d.ours) for d in dets)
-            out[f"{g:g}"][lang] = {"reviews": len(texts), "ours": int(ours), "share": ours / len(texts),
-                                   "z_mean": round(float(np.nanmean(z)), 3), "z_std": round(float(np.nanstd(z)), 3),
-                                   "z_max": round(float(np.nanmax(z)), 2)}
+            out[f"{g:g}"][lang] = {
+                "reviews": len(texts),
+                "ours": int(ours),
+                "share": ours / len(texts),
+                "z_mean": round(float(np.nanmean(z)), 3),
+                "z_std": round(float(np.nanstd(z)), 3),
+                "z_max": round(float(np.nanmax(z)), 2),
+            }
     return out
 
 
@@ -153,7 +183,7 @@ def _reference_nll(ref, tok, rows: pd.DataFrame, texts: list[str]) -> dict:
 
     ids, P, total, count = tok.encode_examples(conditions(rows), texts), tok.prefix_len, 0.0, 0
     for s in range(0, len(ids), 64):
-        b = ids[s:s + 64]
+        b = ids[s : s + 64]
         mask = review_mask(b[:, P:], tok.eos_id, tok.pad_id)
         total += float((-token_logprobs(review_logits(ref, b, P), b[:, P:]) * mask).sum())
         count += int(mask.sum())
@@ -168,17 +198,23 @@ def _judge(scorer, filt, conds, texts: list[str], wm: Watermark | None) -> dict:
     scorer.watermark = wm
     scored = scorer.score_texts(conds, texts)
     scores = [None if np.isnan(x) else float(x) for x in scored["p_human"]]
-    verdicts = filt.check(texts, languages=[c.language for c in conds], scores=scores,
-                          watermark_ours=scored["ours"] if wm is not None else None)
+    verdicts = filt.check(
+        texts,
+        languages=[c.language for c in conds],
+        scores=scores,
+        watermark_ours=scored["ours"] if wm is not None else None,
+    )
     reasons = [v.reasons_with(u) for v, u in zip(verdicts, scored["reason"])]
     n, first = len(texts), {}
     for r in reasons:
         if r:
             first[r[0]] = first.get(r[0], 0) + 1
-    return {"accepted": sum(not r for r in reasons) / n,
-            "rejected_by_first_reason": {k: v / n for k, v in sorted(first.items())},
-            "watermark_weak": sum("watermark_weak" in r for r in reasons) / n,
-            "watermark_weak_only": sum(r == ["watermark_weak"] for r in reasons) / n}
+    return {
+        "accepted": sum(not r for r in reasons) / n,
+        "rejected_by_first_reason": {k: v / n for k, v in sorted(first.items())},
+        "watermark_weak": sum("watermark_weak" in r for r in reasons) / n,
+        "watermark_weak_only": sum(r == ["watermark_weak"] for r in reasons) / n,
+    }
 
 
 def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
@@ -199,10 +235,19 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
     tok, ref, s = ck.tokenizer, reference_network(ck), cfg.sampling
     test, vocab = load_split(DEMO_DATA, "test"), vocabulary(load_split(DEMO_DATA, "train")["text"].astype(str))
     scorer = Scorer.from_checkpoint(ck, "cpu")
-    filters = {False: ReviewFilter.from_model(ck.path, tok, cfg.filter),
-               True: ReviewFilter.from_model(ck.path, tok, replace(cfg.filter, require_watermark=True))}
-    out: dict = {"model": str(DEMO_MODEL), "reviews_per_language": n_per_language, "temperature": s.temperature,
-                 "top_p": s.top_p, "mle_reference": ref is not None, "mauve": with_mauve, "languages": {}}
+    filters = {
+        False: ReviewFilter.from_model(ck.path, tok, cfg.filter),
+        True: ReviewFilter.from_model(ck.path, tok, replace(cfg.filter, require_watermark=True)),
+    }
+    out: dict = {
+        "model": str(DEMO_MODEL),
+        "reviews_per_language": n_per_language,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "mle_reference": ref is not None,
+        "mauve": with_mauve,
+        "languages": {},
+    }
     for lang, df in test.groupby("language"):
         rows = df.sample(min(n_per_language, len(df)), random_state=0)
         conds, keys = conditions(rows), [f"{p}:{i}" for i, p in enumerate(rows["product_id"])]
@@ -212,19 +257,32 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
         for name, (wc, seed) in grid_settings().items():
             t0 = time.perf_counter()
             wm = Watermark(KEY, wc) if wc is not None else None
-            texts = generate_texts(ck.generator, tok, conds, keys, seed=seed, temperature=s.temperature,
-                                   top_p=s.top_p, batch_size=s.batch_size, watermark=wm)
+            texts = generate_texts(
+                ck.generator,
+                tok,
+                conds,
+                keys,
+                seed=seed,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                batch_size=s.batch_size,
+                watermark=wm,
+            )
             lists = tok.review_token_lists(texts)
             n_tok = np.array([len(x) for x in lists])
-            r: dict = {"mean_tokens": float(n_tok.mean()),
-                       "nll_reference": _reference_nll(ref, tok, rows, texts) if ref is not None else None,
-                       "real_word_rate": real_word_rate(texts, vocab)["real_word_rate"] if lang == "en" else None}
+            r: dict = {
+                "mean_tokens": float(n_tok.mean()),
+                "nll_reference": _reference_nll(ref, tok, rows, texts) if ref is not None else None,
+                "real_word_rate": real_word_rate(texts, vocab)["real_word_rate"] if lang == "en" else None,
+            }
             if human is not None:
                 r["mauve"] = TM.mauve_score(human, TM.embed_texts(texts))
             if wm is None:
                 # unwatermarked reviews under the key at each gamma: false positives on generated text
-                r["detected_under_gamma"] = {f"{g:g}": float(np.mean(Watermark(KEY, WatermarkConfig(gamma=g))
-                                                                     .detect_texts(tok, texts).ours)) for g in GAMMAS}
+                r["detected_under_gamma"] = {
+                    f"{g:g}": float(np.mean(Watermark(KEY, WatermarkConfig(gamma=g)).detect_texts(tok, texts).ours))
+                    for g in GAMMAS
+                }
             else:
                 rng = np.random.default_rng(0)
                 long = n_tok >= CUT
@@ -233,8 +291,10 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
                 for f in (0.10, 0.25):
                     changed = [_replace_words(t, f, pool, lang, rng) for t in texts]
                     r[f"replaced_{int(f * 100)}pct"] = _by_length(wm.detect_texts(tok, changed).ours, n_tok)
-                r[f"truncated_{CUT}_tokens"] = {"n": len(cut), "rate": float(np.mean(wm.detect_texts(tok, cut).ours))
-                                                if cut else None}
+                r[f"truncated_{CUT}_tokens"] = {
+                    "n": len(cut),
+                    "rate": float(np.mean(wm.detect_texts(tok, cut).ours)) if cut else None,
+                }
             r["nightly"] = _judge(scorer, filters[wm is not None], conds, texts, wm)
             r["seconds"] = round(time.perf_counter() - t0, 1)
             res[name] = r
@@ -244,8 +304,10 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
             r["vs_plain"] = {
                 "nats_per_token": _diff(r, base, "nll_reference", "nats_per_token"),
                 "bits_per_char": _diff(r, base, "nll_reference", "bits_per_char"),
-                "real_word_rate": _diff(r, base, "real_word_rate"), "mauve": _diff(r, base, "mauve"),
-                "accepted": r["nightly"]["accepted"] - base["nightly"]["accepted"]}
+                "real_word_rate": _diff(r, base, "real_word_rate"),
+                "mauve": _diff(r, base, "mauve"),
+                "accepted": r["nightly"]["accepted"] - base["nightly"]["accepted"],
+            }
         out["languages"][lang] = res
     return out
 
@@ -262,16 +324,26 @@ def main(quick: bool = False, with_mauve: bool | None = None) -> dict:
     (gamma, delta) grid, with the thread count and the load around the run. MAUVE: on unless quick."""
     load0 = os.getloadavg()
     cases = {name: sampling_case(c, REPEATS[quick]) for name, c in CASES.items()}
-    out = {"prefix": PREFIX, "new_tokens": NEW, "repeats": REPEATS[quick], "torch_threads": torch.get_num_threads(),
-           "config": vars(Watermark(KEY).config), "sampling": cases, "detection": detection(2000 if quick else 20000)}
+    out = {
+        "prefix": PREFIX,
+        "new_tokens": NEW,
+        "repeats": REPEATS[quick],
+        "torch_threads": torch.get_num_threads(),
+        "config": vars(Watermark(KEY).config),
+        "sampling": cases,
+        "detection": detection(2000 if quick else 20000),
+    }
     if (DEMO_MODEL / "meta.json").is_file() and SHARED.is_dir():
         from reviewgen.core.checkpoint import load_checkpoint
 
         t = time.perf_counter()
         fp = false_positives(load_checkpoint(DEMO_MODEL).tokenizer, SHARED)
-        out["real"] = {"model": str(DEMO_MODEL), "false_positives": fp,
-                       "false_positives_s": round(time.perf_counter() - t, 1),
-                       "grid": grid(REVIEWS[quick], (not quick) if with_mauve is None else with_mauve)}
+        out["real"] = {
+            "model": str(DEMO_MODEL),
+            "false_positives": fp,
+            "false_positives_s": round(time.perf_counter() - t, 1),
+            "grid": grid(REVIEWS[quick], (not quick) if with_mauve is None else with_mauve),
+        }
     return dict(out, loadavg_before=load0, loadavg_after=os.getloadavg())
 
 
@@ -288,66 +360,102 @@ def _n(x, nd: int = 3, signed: bool = False) -> str:
 
 def grid_markdown(g: dict, fp: dict) -> list[str]:
     """The grid's tables: per language, detection by length and robustness; fluency and nightly acceptance."""
-    lines = [f"Demo model {g['model']}: {g['reviews_per_language']} reviews per language and setting, test-split "
-             f"conditions, temperature {g['temperature']}, top-p {g['top_p']} (GenerateConfig's), the same per-row "
-             "seeds in every setting (plain_seed1: the unwatermarked sampler under another seed, the noise floor). "
-             "Detection: share flagged ours at the threshold; replaced: 10% / 25% of the words (characters in "
-             "Chinese) replaced by random words of real reviews, by the review's length as written; truncated: "
-             f"the reviews of {CUT}+ tokens cut to {CUT} tokens.", "",
-             "False positives on every real review of ../shared/data: " + "; ".join(
-                 f"gamma {gm}: " + ", ".join(f"{lang} {v['ours']} of {v['reviews']:,} "
-                                             f"(z {v['z_mean']} +- {v['z_std']}, max {v['z_max']})"
-                                             for lang, v in by.items())
-                 for gm, by in fp.items()) + "."]
+    lines = [
+        f"Demo model {g['model']}: {g['reviews_per_language']} reviews per language and setting, test-split "
+        f"conditions, temperature {g['temperature']}, top-p {g['top_p']} (GenerateConfig's), the same per-row "
+        "seeds in every setting (plain_seed1: the unwatermarked sampler under another seed, the noise floor). "
+        "Detection: share flagged ours at the threshold; replaced: 10% / 25% of the words (characters in "
+        "Chinese) replaced by random words of real reviews, by the review's length as written; truncated: "
+        f"the reviews of {CUT}+ tokens cut to {CUT} tokens.",
+        "",
+        "False positives on every real review of ../shared/data: "
+        + "; ".join(
+            f"gamma {gm}: "
+            + ", ".join(
+                f"{lang} {v['ours']} of {v['reviews']:,} (z {v['z_mean']} +- {v['z_std']}, max {v['z_max']})"
+                for lang, v in by.items()
+            )
+            for gm, by in fp.items()
+        )
+        + ".",
+    ]
     bins = [b for b, _, _ in BINS]
     for lang, res in g["languages"].items():
         wm = {k: v for k, v in res.items() if "detected" in v}
         first = next(iter(wm), None)
         n_bins = wm[first]["detected"] if first else {}
-        lines += ["", f"**{lang}: detection** (reviews per length bin, in tokens, at {first}: "
-                  + ", ".join(f"{b} {n_bins[b]['n']}" for b in bins) + "; each setting has its own lengths)", "",
-                  "| setting | detected | " + " | ".join(bins) + " | replaced 10% | replaced 25% | 25%, >=40 tokens "
-                  f"| truncated to {CUT} |", "|---" * (6 + len(bins)) + "|"]
+        lines += [
+            "",
+            f"**{lang}: detection** (reviews per length bin, in tokens, at {first}: "
+            + ", ".join(f"{b} {n_bins[b]['n']}" for b in bins)
+            + "; each setting has its own lengths)",
+            "",
+            "| setting | detected | " + " | ".join(bins) + " | replaced 10% | replaced 25% | 25%, >=40 tokens "
+            f"| truncated to {CUT} |",
+            "|---" * (6 + len(bins)) + "|",
+        ]
         for name, r in wm.items():
             d = r["detected"]
-            lines.append(f"| {name} | {_p(d['all'])} | " + " | ".join(_p(d[b]["rate"]) for b in bins) +
-                         f" | {_p(r['replaced_10pct']['all'])} | {_p(r['replaced_25pct']['all'])} | "
-                         f"{_p(r['replaced_25pct']['>=40']['rate'])} | {_p(r[f'truncated_{CUT}_tokens']['rate'])} |")
-        lines += ["", f"**{lang}: fluency and nightly acceptance** (deltas against plain; accepted: the nightly "
-                  "scorer + filter, with the watermark_weak rule when watermarked)", "",
-                  "| setting | tokens | NLL nats/token (delta) | bits/char (delta) | real-word rate (delta) "
-                  "| MAUVE (delta) | accepted (delta, points) | watermark_weak | watermark_weak only | other rejects |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {_p(d['all'])} | "
+                + " | ".join(_p(d[b]["rate"]) for b in bins)
+                + f" | {_p(r['replaced_10pct']['all'])} | {_p(r['replaced_25pct']['all'])} | "
+                f"{_p(r['replaced_25pct']['>=40']['rate'])} | {_p(r[f'truncated_{CUT}_tokens']['rate'])} |"
+            )
+        lines += [
+            "",
+            f"**{lang}: fluency and nightly acceptance** (deltas against plain; accepted: the nightly "
+            "scorer + filter, with the watermark_weak rule when watermarked)",
+            "",
+            "| setting | tokens | NLL nats/token (delta) | bits/char (delta) | real-word rate (delta) "
+            "| MAUVE (delta) | accepted (delta, points) | watermark_weak | watermark_weak only | other rejects |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in res.items():
             v, nl, ng = r["vs_plain"], r["nll_reference"] or {}, r["nightly"]
             other = 1 - ng["accepted"] - ng["watermark_weak_only"]
-            lines.append(f"| {name} | {r['mean_tokens']:.1f} | "
-                         f"{_n(nl.get('nats_per_token'))} ({_n(v['nats_per_token'], 3, True)}) | "
-                         f"{_n(nl.get('bits_per_char'))} ({_n(v['bits_per_char'], 3, True)}) | "
-                         f"{_n(r['real_word_rate'])} ({_n(v['real_word_rate'], 3, True)}) | "
-                         f"{_n(r.get('mauve'))} ({_n(v['mauve'], 3, True)}) | {_p(ng['accepted'])} "
-                         f"({_p(v['accepted'], 1, True)}) | {_p(ng['watermark_weak'])} | "
-                         f"{_p(ng['watermark_weak_only'])} | {_p(other)} |")
+            lines.append(
+                f"| {name} | {r['mean_tokens']:.1f} | "
+                f"{_n(nl.get('nats_per_token'))} ({_n(v['nats_per_token'], 3, True)}) | "
+                f"{_n(nl.get('bits_per_char'))} ({_n(v['bits_per_char'], 3, True)}) | "
+                f"{_n(r['real_word_rate'])} ({_n(v['real_word_rate'], 3, True)}) | "
+                f"{_n(r.get('mauve'))} ({_n(v['mauve'], 3, True)}) | {_p(ng['accepted'])} "
+                f"({_p(v['accepted'], 1, True)}) | {_p(ng['watermark_weak'])} | "
+                f"{_p(ng['watermark_weak_only'])} | {_p(other)} |"
+            )
         plain = {k: v["detected_under_gamma"] for k, v in res.items() if "detected_under_gamma" in v}
-        lines += ["", "Unwatermarked reviews flagged ours: " + "; ".join(
-            f"{k}: " + ", ".join(f"gamma {gm} {_p(x)}" for gm, x in d.items()) for k, d in plain.items()) + "."]
+        lines += [
+            "",
+            "Unwatermarked reviews flagged ours: "
+            + "; ".join(f"{k}: " + ", ".join(f"gamma {gm} {_p(x)}" for gm, x in d.items()) for k, d in plain.items())
+            + ".",
+        ]
     return lines
 
 
 def markdown(x: dict) -> list[str]:
     """Result lines for bench/results.md."""
     c = x["config"]
-    lines = [f"gamma {c['gamma']}, delta {c['delta']}, threshold z {c['threshold_z']}; prefix {x['prefix']}, "
-             f"{x['new_tokens']} new tokens, best of {x['repeats']}, torch threads {x['torch_threads']}.", "",
-             "| case | plain s | watermarked s | speed ratio | goal |", "|---|---|---|---|---|"]
+    lines = [
+        f"gamma {c['gamma']}, delta {c['delta']}, threshold z {c['threshold_z']}; prefix {x['prefix']}, "
+        f"{x['new_tokens']} new tokens, best of {x['repeats']}, torch threads {x['torch_threads']}.",
+        "",
+        "| case | plain s | watermarked s | speed ratio | goal |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in x["sampling"].items():
         s = r["seconds"]
-        lines.append(f"| {name} | {s['plain']:.3f} | {s['watermarked']:.3f} | {r['speed_ratio']} | "
-                     f"{r['goal']['verdict']} ({r['goal']['goal']}) |")
+        lines.append(
+            f"| {name} | {s['plain']:.3f} | {s['watermarked']:.3f} | {r['speed_ratio']} | "
+            f"{r['goal']['verdict']} ({r['goal']['goal']}) |"
+        )
     d = x["detection"]
-    lines += ["", f"Detection: {d['sequences_per_s']} sequences/s of {d['tokens_each']} tokens (no tokenizer); "
-              f"random sequences score z {d['null_z_mean']} +- {d['null_z_std']}, "
-              f"{d['null_share_ours']:.2e} of them flagged ours."]
+    lines += [
+        "",
+        f"Detection: {d['sequences_per_s']} sequences/s of {d['tokens_each']} tokens (no tokenizer); "
+        f"random sequences score z {d['null_z_mean']} +- {d['null_z_std']}, "
+        f"{d['null_share_ours']:.2e} of them flagged ours.",
+    ]
     if "real" in x:
         lines += [""] + grid_markdown(x["real"]["grid"], x["real"]["false_positives"])
     return lines
@@ -368,13 +476,26 @@ if __name__ == "__main__":
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         cmd = "python -m bench.bench_watermark " + " ".join(sys.argv[1:])
-        meta = {"command": cmd, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "wall_s": round(time.perf_counter() - t0, 1), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+        meta = {
+            "command": cmd,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        }
         (out / "results.json").write_text(json.dumps(dict(meta, result=res), indent=2, default=str))
-        (out / "results.md").write_text("\n".join(
-            ["# Watermark bench", "", f"`{cmd}` at {meta['date']}, {meta['wall_s']} s, torch threads "
-             f"{res['torch_threads']}, load average {res['loadavg_before'][0]:.2f} -> {res['loadavg_after'][0]:.2f}.",
-             ""] + markdown(res)) + "\n")
+        (out / "results.md").write_text(
+            "\n".join(
+                [
+                    "# Watermark bench",
+                    "",
+                    f"`{cmd}` at {meta['date']}, {meta['wall_s']} s, torch threads {res['torch_threads']}, "
+                    f"load average {res['loadavg_before'][0]:.2f} -> {res['loadavg_after'][0]:.2f}.",
+                    "",
+                ]
+                + markdown(res)
+            )
+            + "\n"
+        )
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     else:
         print(json.dumps(res, indent=2, default=str))

@@ -39,9 +39,12 @@ def _demo_catalog(data_dir: Path, out: Path, n_en: int = 12, n_zh: int = 4) -> P
 def _score_over_http(url: str, reviews: list[dict], token: str | None = None) -> list[dict]:
     import urllib.request
 
-    req = urllib.request.Request(url, data=json.dumps({"reviews": reviews}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps({"reviews": reviews}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())["results"]
 
@@ -62,8 +65,15 @@ class _DemoResults:
     fluency: dict
 
 
-def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick: bool = False,
-             port: int = 8123, log: Callable[[str], None] = print) -> Path:
+def run_demo(
+    out: str | Path,
+    config: str | Path,
+    *,
+    num_workers: int = 1,
+    quick: bool = False,
+    port: int = 8123,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Run the whole pipeline and write OUT/report.md; returns its path."""
 
     from reviewgen.data.corpus import prepare, review_sources, sample_data_dir
@@ -101,35 +111,49 @@ def run_demo(out: str | Path, config: str | Path, *, num_workers: int = 1, quick
     times["total_s"] = time.time() - t0
 
     log("== 5/5 report")
-    report = _write_report(out, _DemoResults(stats, model_dir, summary, reviews, titles, payload, scored, n_real,
-                                             times, fluency))
+    report = _write_report(
+        out, _DemoResults(stats, model_dir, summary, reviews, titles, payload, scored, n_real, times, fluency)
+    )
     _log_samples(reviews, titles, fluency, log)
     log(f"demo finished in {times['total_s'] / 60:.1f} min; report: {report}")
     return report
 
 
-def _train(out: Path, data_dir: Path, config: str | Path, *, num_workers: int, quick: bool,
-           log: Callable[[str], None]) -> Path:
+def _train(
+    out: Path, data_dir: Path, config: str | Path, *, num_workers: int, quick: bool, log: Callable[[str], None]
+) -> Path:
     """Train the demo model on Ray Train from `config` (`quick`: a few steps of each phase); returns its
     model directory."""
     from reviewgen.core.config import RunConfig
 
     cfg = RunConfig.from_yaml(config)
     if quick:
-        cfg = cfg.override({"train.mle_steps": 40, "train.disc_warmup_steps": 10, "train.adv_steps": 10,
-                            "train.eval_every": 20, "train.checkpoint_every": 20, "train.log_every": 10})
+        cfg = cfg.override(
+            {
+                "train.mle_steps": 40,
+                "train.disc_warmup_steps": 10,
+                "train.adv_steps": 10,
+                "train.eval_every": 20,
+                "train.checkpoint_every": 20,
+                "train.log_every": 10,
+            }
+        )
     from reviewgen.train.distributed import run_distributed_training
     from reviewgen.train.job import TrainJobConfig
 
     # one worker gets the machine's cores (and as many torch threads); more workers share them
-    job = TrainJobConfig(data_dir=data_dir, out=out / "model", num_workers=num_workers,
-                         cpus_per_worker=max(1, (os.cpu_count() or 1) // num_workers),
-                         storage_path=str(out / "ray_results"), name="demo")
+    job = TrainJobConfig(
+        data_dir=data_dir,
+        out=out / "model",
+        num_workers=num_workers,
+        cpus_per_worker=max(1, (os.cpu_count() or 1) // num_workers),
+        storage_path=str(out / "ray_results"),
+        name="demo",
+    )
     return run_distributed_training(job, cfg, log=log)
 
 
-def _generate(out: Path, data_dir: Path, model_dir: Path,
-              log: Callable[[str], None]) -> tuple[Path, RunSummary, str]:
+def _generate(out: Path, data_dir: Path, model_dir: Path, log: Callable[[str], None]) -> tuple[Path, RunSummary, str]:
     """Generate three reviews for each product of the unseen demo catalog on Ray Data. Returns the catalog,
     the run summary and the run date (the output partition)."""
     from reviewgen.generate.config import load_generate_config
@@ -137,10 +161,17 @@ def _generate(out: Path, data_dir: Path, model_dir: Path,
 
     catalog = _demo_catalog(data_dir, out)
     run_date = time.strftime("%Y-%m-%d", time.gmtime())
-    gen_cfg = load_generate_config(None, {"sampling.reviews_per_product": 3, "catalog.language_column": "language",
-                                         "sampling.temperature": DEMO_TEMPERATURE})
-    summary = run_generation(str(model_dir), [str(catalog)], str(out / "generated"), gen_cfg, run_date=run_date,
-                             force=True, log=log)
+    gen_cfg = load_generate_config(
+        None,
+        {
+            "sampling.reviews_per_product": 3,
+            "catalog.language_column": "language",
+            "sampling.temperature": DEMO_TEMPERATURE,
+        },
+    )
+    summary = run_generation(
+        str(model_dir), [str(catalog)], str(out / "generated"), gen_cfg, run_date=run_date, force=True, log=log
+    )
     return catalog, summary, run_date
 
 
@@ -148,12 +179,15 @@ def _english_fluency(reviews: pd.DataFrame, data_dir: Path) -> dict:
     """The real-word rate of the generated English reviews against the training text's vocabulary."""
     from reviewgen.data.corpus import load_split
 
-    return real_word_rate(reviews.loc[reviews["language"] == "en", "text"].astype(str).tolist(),
-                          vocabulary(load_split(data_dir, "train")["text"].astype(str)))
+    return real_word_rate(
+        reviews.loc[reviews["language"] == "en", "text"].astype(str).tolist(),
+        vocabulary(load_split(data_dir, "train")["text"].astype(str)),
+    )
 
 
-def _score_through_serve(data_dir: Path, model_dir: Path, catalog: Path, reviews: pd.DataFrame,
-                         port: int) -> tuple[pd.Series, list[dict], list[dict], int]:
+def _score_through_serve(
+    data_dir: Path, model_dir: Path, catalog: Path, reviews: pd.DataFrame, port: int
+) -> tuple[pd.Series, list[dict], list[dict], int]:
     """Start Ray Serve with the scorer and score a few real test reviews, then a few generated ones, over
     HTTP. Returns the catalog titles by product, the payload, its scores and how many rows are real."""
     from ray import serve
@@ -171,11 +205,23 @@ def _score_through_serve(data_dir: Path, model_dir: Path, catalog: Path, reviews
     products = pd.read_parquet(catalog).set_index("product_id")
     titles = products["title"]
     gen_rows = reviews.head(8)
-    payload = ([{"text": r.text, "product_title": r.product_title, "category": r.category,
-                 "rating": None if pd.isna(r.rating) else int(r.rating)} for r in real.itertuples()]
-               + [{"text": r.text, "product_title": str(titles.get(r.product_id, "")),
-                   "category": str(products["category"].get(r.product_id, "")),
-                   "rating": None if pd.isna(r.rating) else int(r.rating)} for r in gen_rows.itertuples()])
+    payload = [
+        {
+            "text": r.text,
+            "product_title": r.product_title,
+            "category": r.category,
+            "rating": None if pd.isna(r.rating) else int(r.rating),
+        }
+        for r in real.itertuples()
+    ] + [
+        {
+            "text": r.text,
+            "product_title": str(titles.get(r.product_id, "")),
+            "category": str(products["category"].get(r.product_id, "")),
+            "rating": None if pd.isna(r.rating) else int(r.rating),
+        }
+        for r in gen_rows.itertuples()
+    ]
     scored = _score_over_http(f"http://127.0.0.1:{port}/v1/score", payload)
     serve.shutdown()
     return titles, payload, scored, len(real)
@@ -199,14 +245,22 @@ def _write_report(out: Path, d: _DemoResults) -> Path:
 
     meta = read_meta(d.model_dir)
     rwr = d.fluency["real_word_rate"]
-    lines = ["# reviewgen demo report", "",
-             f"Model `{meta.version}`; "
-             f"validation NLL {meta.metrics.get('val_nll', float('nan')):.3f} "
-             f"nats/token. Data hash `{str(d.stats.get('data_hash', ''))[:12]}`.", "",
-             f"Real-word rate of the generated English reviews (share of their `[a-z]+` words found in the "
-             f"training text; human reviews: about 0.98): {'–' if rwr is None else f'{rwr:.3f}'} over "
-             f"{d.fluency['words']} words.", "",
-             "## Timings (s)", "", "| stage | seconds |", "|---|---:|"]
+    lines = [
+        "# reviewgen demo report",
+        "",
+        f"Model `{meta.version}`; "
+        f"validation NLL {meta.metrics.get('val_nll', float('nan')):.3f} "
+        f"nats/token. Data hash `{str(d.stats.get('data_hash', ''))[:12]}`.",
+        "",
+        f"Real-word rate of the generated English reviews (share of their `[a-z]+` words found in the "
+        f"training text; human reviews: about 0.98): {'–' if rwr is None else f'{rwr:.3f}'} over "
+        f"{d.fluency['words']} words.",
+        "",
+        "## Timings (s)",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+    ]
     lines += [f"| {k[:-2]} | {v:.1f} |" for k, v in d.times.items()]
     lines += ["", "## Generated reviews for products the model never trained on", ""]
     for pid, grp in d.reviews.groupby("product_id", sort=False):
@@ -214,8 +268,12 @@ def _write_report(out: Path, d: _DemoResults) -> Path:
         for r in grp.itertuples():
             lines.append(f"- ★{'' if pd.isna(r.rating) else int(r.rating)} score={r.score:.2f}: {r.text}")
         lines.append("")
-    lines += ["## Scores from the Serve endpoint", "",
-              "| source | p_human | rating_pred | text |", "|---|---:|---:|---|"]
+    lines += [
+        "## Scores from the Serve endpoint",
+        "",
+        "| source | p_human | rating_pred | text |",
+        "|---|---:|---:|---|",
+    ]
     for i, (p, s) in enumerate(zip(d.payload, d.scored)):
         src = "human" if i < d.n_real else "generated"
         text = p["text"].replace("|", "/")[:80]

@@ -71,8 +71,14 @@ def ray_local():
     pools and 2-worker trainers deadlock waiting for a CPU for their read tasks."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             object_store_memory=512 * 1024 * 1024, ignore_reinit_error=True)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=512 * 1024 * 1024,
+        ignore_reinit_error=True,
+    )
     yield ray
     ray.shutdown()
 

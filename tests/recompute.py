@@ -10,8 +10,16 @@ from reviewgen.core.watermark import Watermark
 
 
 @torch.no_grad()
-def sample_recompute(model, prefixes: torch.Tensor, params: SamplingParams, *, eos_id: int, pad_id: int,
-                     uniforms: torch.Tensor | None = None, watermark: Watermark | None = None) -> torch.Tensor:
+def sample_recompute(
+    model,
+    prefixes: torch.Tensor,
+    params: SamplingParams,
+    *,
+    eos_id: int,
+    pad_id: int,
+    uniforms: torch.Tensor | None = None,
+    watermark: Watermark | None = None,
+) -> torch.Tensor:
     """[B, max_new_tokens] ids like `reviewgen.core.sampling.sample`, <pad> after <eos>; fp32 only."""
     model.eval()
     B, R = prefixes.shape[0], params.max_new_tokens

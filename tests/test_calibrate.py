@@ -21,8 +21,10 @@ from reviewgen.score.scorer import Scorer
 from reviewgen.score.signals import SIGNALS
 
 # appended to the machine-written rows of the labels file: a stock phrase the lexical model can learn
-STOCK = {"en": " Overall, this product exceeded my expectations in every way.",
-         "zh": "总的来说，这款产品超出了我的预期。"}
+STOCK = {
+    "en": " Overall, this product exceeded my expectations in every way.",
+    "zh": "总的来说，这款产品超出了我的预期。",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -73,16 +75,18 @@ def _labels(prepared_data: Path) -> pd.DataFrame:
         human, machine = rows.iloc[:n], rows.iloc[n:].copy()
         machine["text"] = machine["text"].astype(str) + STOCK[lang]
         parts += [human.assign(is_generated=0), machine.assign(is_generated=1)]
-    return pd.concat(parts, ignore_index=True)[["text", "is_generated", "product_title", "category", "rating",
-                                                 "language"]]
+    return pd.concat(parts, ignore_index=True)[
+        ["text", "is_generated", "product_title", "category", "rating", "language"]
+    ]
 
 
 def test_calibrate_writes_a_new_version_that_separates_the_labels(tiny_model, prepared_data, tmp_path) -> None:
     labels = tmp_path / "labels.parquet"
     _labels(prepared_data).to_parquet(labels)
     out = tmp_path / "adapted"
-    r = CliRunner().invoke(app, ["calibrate", "--model", str(tiny_model), "--labels", str(labels), "--out", str(out),
-                                 "--folds", "3"])
+    r = CliRunner().invoke(
+        app, ["calibrate", "--model", str(tiny_model), "--labels", str(labels), "--out", str(out), "--folds", "3"]
+    )
     assert r.exit_code == 0, r.output
     assert "[en]" in r.output and "TPR@1%FPR" in r.output
     meta, old = (json.loads((d / "meta.json").read_text()) for d in (out, tiny_model))
@@ -120,18 +124,25 @@ def _write(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _frame(n_human: int, n_machine: int) -> pd.DataFrame:
-    return pd.DataFrame({"text": [f"review number {i}, works fine" for i in range(n_human + n_machine)],
-                         "is_generated": [0] * n_human + [1] * n_machine})
+    return pd.DataFrame(
+        {
+            "text": [f"review number {i}, works fine" for i in range(n_human + n_machine)],
+            "is_generated": [0] * n_human + [1] * n_machine,
+        }
+    )
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("missing_column", ["missing column", "is_generated"]),
-    ("one_class", ["one class only", "0 human", "120 machine-written"]),
-    ("too_few", ["fewer than 50 rows per class", "40 human", "200 machine-written"]),
-    ("bad_label", ["row 5", "is_generated=2", "0 (human) or 1"]),
-    ("empty_text", ["row 3", "empty 'text'"]),
-    ("out_is_model", ["is the model directory"]),
-])
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing_column", ["missing column", "is_generated"]),
+        ("one_class", ["one class only", "0 human", "120 machine-written"]),
+        ("too_few", ["fewer than 50 rows per class", "40 human", "200 machine-written"]),
+        ("bad_label", ["row 5", "is_generated=2", "0 (human) or 1"]),
+        ("empty_text", ["row 3", "empty 'text'"]),
+        ("out_is_model", ["is the model directory"]),
+    ],
+)
 def test_bad_label_files_get_named_errors(case, expected, tmp_path) -> None:
     df = {"one_class": _frame(0, 120), "too_few": _frame(40, 200)}.get(case, _frame(60, 60))
     if case == "missing_column":

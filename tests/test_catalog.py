@@ -16,8 +16,15 @@ def _one(row: dict, mapping=None, **kw) -> dict:
 
 
 def test_good_row_is_ok_and_cleaned():
-    r = _one({"product_id": 17, "title": "Nice\x00 lamp\x07\n  &amp; shade", "price": "Rs 1,299.50",
-              "category": "Home", "brand": None})
+    r = _one(
+        {
+            "product_id": 17,
+            "title": "Nice\x00 lamp\x07\n  &amp; shade",
+            "price": "Rs 1,299.50",
+            "category": "Home",
+            "brand": None,
+        }
+    )
     assert r["status"] == "ok" and r["reason"] is None
     assert r["product_id"] == "17"
     assert r["title"] == "Nice lamp & shade"
@@ -25,20 +32,23 @@ def test_good_row_is_ok_and_cleaned():
     assert r["language"] == "en" and r["attr_hash"] and r["raw"] is None
 
 
-@pytest.mark.parametrize("row, reason", [
-    ({"product_id": None, "title": "x"}, "missing_id"),
-    ({"product_id": float("nan"), "title": "x"}, "missing_id"),
-    ({"product_id": "  ", "title": "x"}, "missing_id"),
-    ({"product_id": "a", "title": None}, "missing_title"),
-    ({"product_id": "a", "title": "\x00\x01"}, "missing_title"),
-    ({"product_id": "a", "title": "x" * 100_000}, "title_too_long"),
-    ({"product_id": "a", "title": b"caf\xe9 latin-1"}, "invalid_utf8:title"),
-    ({"product_id": "a", "title": 12345}, "invalid_type:title"),
-    ({"product_id": ["a"], "title": "x"}, "invalid_type:product_id"),
-    ({"product_id": "a", "title": "x", "price": "cheap"}, "invalid_price"),
-    ({"product_id": "a", "title": "x", "price": -3.0}, "invalid_price"),
-    ({"product_id": "a"}, "missing_column:title"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ({"product_id": None, "title": "x"}, "missing_id"),
+        ({"product_id": float("nan"), "title": "x"}, "missing_id"),
+        ({"product_id": "  ", "title": "x"}, "missing_id"),
+        ({"product_id": "a", "title": None}, "missing_title"),
+        ({"product_id": "a", "title": "\x00\x01"}, "missing_title"),
+        ({"product_id": "a", "title": "x" * 100_000}, "title_too_long"),
+        ({"product_id": "a", "title": b"caf\xe9 latin-1"}, "invalid_utf8:title"),
+        ({"product_id": "a", "title": 12345}, "invalid_type:title"),
+        ({"product_id": ["a"], "title": "x"}, "invalid_type:product_id"),
+        ({"product_id": "a", "title": "x", "price": "cheap"}, "invalid_price"),
+        ({"product_id": "a", "title": "x", "price": -3.0}, "invalid_price"),
+        ({"product_id": "a"}, "missing_column:title"),
+    ],
+)
 def test_bad_rows_rejected_with_reason(row, reason):
     r = _one(row)
     assert r["status"] == "rejected"
@@ -51,8 +61,9 @@ def test_valid_utf8_bytes_title_is_decoded():
 
 
 def test_language_and_rating_columns():
-    ok = _one({"product_id": "a", "title": "x", "lang": "ZH", "stars": 4.0},
-              language_column="lang", rating_column="stars")
+    ok = _one(
+        {"product_id": "a", "title": "x", "lang": "ZH", "stars": 4.0}, language_column="lang", rating_column="stars"
+    )
     assert (ok["status"], ok["language"], ok["target_rating"]) == ("ok", "zh", 4)
     row = {"product_id": "a", "title": "x", "lang": "fr"}
     assert _one(row, language_column="lang")["reason"] == "unsupported_language"
@@ -61,9 +72,16 @@ def test_language_and_rating_columns():
 
 
 def test_duplicates_keep_first_occurrence():
-    recs = cat.validate_records([{"product_id": "a", "title": "first"}, {"product_id": "b", "title": None},
-                                 {"product_id": "a", "title": "second"}, {"product_id": "b", "title": "b ok"}],
-                                cat.resolve_mapping(None), source_file="f")
+    recs = cat.validate_records(
+        [
+            {"product_id": "a", "title": "first"},
+            {"product_id": "b", "title": None},
+            {"product_id": "a", "title": "second"},
+            {"product_id": "b", "title": "b ok"},
+        ],
+        cat.resolve_mapping(None),
+        source_file="f",
+    )
     df = cat.mark_duplicates(pd.DataFrame(recs))
     # a rejected first row does not block a later valid one: duplicates are judged among valid rows
     assert df["reason"].fillna("").tolist() == ["", "missing_title", "duplicate_id", ""]
@@ -128,9 +146,27 @@ def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags(monkeyp
 
     calls = []
     monkeypatch.setattr(pipeline, "run_generation", lambda model, cats, out, cfg, **kw: calls.append((cats, cfg, kw)))
-    res = CliRunner().invoke(app, ["generate", "--model", "m", "--catalog", "a.parquet", "b/", "--catalog", "s3://x/c",
-                                   "--out", "o", "--seed", "4", "--keep-broken-text", "--preset", "bigbasket",
-                                   "--no-watermark"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            "m",
+            "--catalog",
+            "a.parquet",
+            "b/",
+            "--catalog",
+            "s3://x/c",
+            "--out",
+            "o",
+            "--seed",
+            "4",
+            "--keep-broken-text",
+            "--preset",
+            "bigbasket",
+            "--no-watermark",
+        ],
+    )
     assert res.exit_code == 0, res.output
     cats, cfg, kw = calls[0]
     assert cats == ["a.parquet", "b/", "s3://x/c"]
@@ -142,14 +178,22 @@ def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags(monkeyp
 
 def _piece(path, mapping=None, **kw):
     md = pq.ParquetFile(path).metadata
-    return pa.concat_tables(cat.read_piece(str(path), 0, 0, 0, None, mapping or cat.resolve_mapping(None), **kw)) \
-        if md.num_row_groups else None
+    return (
+        pa.concat_tables(cat.read_piece(str(path), 0, 0, 0, None, mapping or cat.resolve_mapping(None), **kw))
+        if md.num_row_groups
+        else None
+    )
 
 
 def test_read_piece_rejects_a_corrupt_file_but_a_validation_bug_raises(tmp_path):
     good = tmp_path / "good.parquet"
-    pq.write_table(pa.table({"product_id": [f"p{i}" for i in range(2000)],
-                             "title": [f"lamp number {i} " * 5 for i in range(2000)]}), good, compression="snappy")
+    pq.write_table(
+        pa.table(
+            {"product_id": [f"p{i}" for i in range(2000)], "title": [f"lamp number {i} " * 5 for i in range(2000)]}
+        ),
+        good,
+        compression="snappy",
+    )
     t = _piece(good)
     assert t.num_rows == 2000 and t["source_row"].to_pylist() == list(range(2000))
     assert set(t["status"].to_pylist()) == {"ok"}

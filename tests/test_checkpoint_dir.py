@@ -39,15 +39,40 @@ def _model_dir(tmp_path: Path, **meta) -> Path:
 
 
 def test_meta_and_calibration_round_trip_through_json():
-    meta = Meta(version="abc", created_at="2024-01-01T00:00:00Z", data_hash="h", role="final", complete=True,
-                phase="done", step=3, global_step=9, metrics={"val_nll": 2.5},
-                rating_distribution=(0.1, 0.1, 0.2, 0.3, 0.3), base={"path": "/b", "sha256": "0" * 64})
+    meta = Meta(
+        version="abc",
+        created_at="2024-01-01T00:00:00Z",
+        data_hash="h",
+        role="final",
+        complete=True,
+        phase="done",
+        step=3,
+        global_step=9,
+        metrics={"val_nll": 2.5},
+        rating_distribution=(0.1, 0.1, 0.2, 0.3, 0.3),
+        base={"path": "/b", "sha256": "0" * 64},
+    )
     assert Meta.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
     assert "exported_from" not in meta.to_dict()  # unset fields are not written
-    fit = CalibrationFit(n=10, temperatures=(0.7, 1.0), settings=("T=0.7", "T=1"), ece_raw=0.2, ece=0.05,
-                         nonfinite_signals={"binoculars": 1}, rows_left_out=1, source="refit", checkpoints=("a",))
-    calib = Calibration(scale=1.5, bias=-0.25, fit=fit, detector=DETECTOR,
-                        thresholds={"en": {"fpr_1pct": 0.1}}, adapted={"format": "reviewgen-adapted/1"})
+    fit = CalibrationFit(
+        n=10,
+        temperatures=(0.7, 1.0),
+        settings=("T=0.7", "T=1"),
+        ece_raw=0.2,
+        ece=0.05,
+        nonfinite_signals={"binoculars": 1},
+        rows_left_out=1,
+        source="refit",
+        checkpoints=("a",),
+    )
+    calib = Calibration(
+        scale=1.5,
+        bias=-0.25,
+        fit=fit,
+        detector=DETECTOR,
+        thresholds={"en": {"fpr_1pct": 0.1}},
+        adapted={"format": "reviewgen-adapted/1"},
+    )
     doc = json.loads(json.dumps(calib.to_dict()))
     assert doc["n"] == 10 and doc["settings"] == ["T=0.7", "T=1"] and "fit" not in doc  # the fit sits flat
     assert Calibration.from_dict(doc) == calib

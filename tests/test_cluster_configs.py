@@ -236,13 +236,18 @@ def test_nightly_head_reads_the_watermark_key_from_a_secret(label: str) -> None:
     (c,) = head["containers"]
     path = {e["name"]: e.get("value") for e in c.get("env", [])}.get("REVIEWGEN_WATERMARK_KEY_FILE")
     assert path, f"{label}: the head has no REVIEWGEN_WATERMARK_KEY_FILE"
-    assert any(m["name"] in secrets and m.get("readOnly") and path.startswith(m["mountPath"].rstrip("/") + "/")
-               for m in c["volumeMounts"]), f"{label}: {path} is not on a read-only Secret mount"
+    assert any(
+        m["name"] in secrets and m.get("readOnly") and path.startswith(m["mountPath"].rstrip("/") + "/")
+        for m in c["volumeMounts"]
+    ), f"{label}: {path} is not on a read-only Secret mount"
     for group, pod in pod_specs(spec):
         if group != "head":
             assert not any("secret" in v for v in pod.get("volumes", [])), f"{label}/{group}"
-    job = load_one(KUBERAY / "raycronjob-nightly.yaml")["spec"]["jobTemplate"] if label == "raycronjob-nightly" \
+    job = (
+        load_one(KUBERAY / "raycronjob-nightly.yaml")["spec"]["jobTemplate"]
+        if label == "raycronjob-nightly"
         else fallback_rayjob()["spec"]
+    )
     # not in the runtime env: the workers' scorers would try to read a file they do not have
     assert "WATERMARK" not in job["runtimeEnvYAML"] and "--no-watermark" not in job["entrypoint"]
 
@@ -316,9 +321,7 @@ def _run_fallback_script(tmp_path: Path, kubectl_body: str, run_date: str | None
     }
     if run_date is not None:
         env["RUN_DATE"] = run_date
-    return subprocess.run(
-        ["/bin/sh", str(tmp_path / "submit.sh")], env=env, capture_output=True, text=True, timeout=30
-    )
+    return subprocess.run(["/bin/sh", str(tmp_path / "submit.sh")], env=env, capture_output=True, text=True, timeout=30)
 
 
 def test_fallback_script_creates_the_dated_rayjob(tmp_path: Path) -> None:

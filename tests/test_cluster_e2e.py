@@ -36,9 +36,18 @@ RUN_DATE = "2026-03-05"
 SUBMISSION_ID = "nightly-20260305"
 SCORER_TOKEN = "e2e-scorer-token"
 # Env vars of this process that would point the scripts at another cluster or turn auth off.
-_STRIPPED_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-                 "RAY_AUTH_TOKEN_PATH", "RG_RERUN_FAILED", "RG_NO_WAIT", "RG_RUNTIME_ENV", "SERVE_CONFIG",
-                 "REVIEWGEN_API_TOKEN_FILE")
+_STRIPPED_ENV = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RG_RERUN_FAILED",
+    "RG_NO_WAIT",
+    "RG_RUNTIME_ENV",
+    "SERVE_CONFIG",
+    "REVIEWGEN_API_TOKEN_FILE",
+)
 
 
 def _port_free(port: int) -> bool:
@@ -66,8 +75,10 @@ def _cluster_pids(state_dir: str) -> list[int]:
         if not d.name.isdigit():
             continue
         try:
-            if marker in (d / "environ").read_bytes().split(b"\0") or \
-                    f"{state_dir}/".encode() in (d / "cmdline").read_bytes():
+            if (
+                marker in (d / "environ").read_bytes().split(b"\0")
+                or f"{state_dir}/".encode() in (d / "cmdline").read_bytes()
+            ):
                 stat = (d / "stat").read_text()
                 if stat.rsplit(")", 1)[1].split()[0] != "Z":  # a zombie is already dead
                     pids.append(int(d.name))
@@ -79,8 +90,7 @@ def _cluster_pids(state_dir: str) -> list[int]:
 def _run(args: list[str], env: dict[str, str], timeout: float, extra: dict[str, str] | None = None):
     """Run a script with the cluster env; returns (CompletedProcess, seconds). Output is echoed for -s runs."""
     t0 = time.monotonic()
-    p = subprocess.run(args, env={**env, **(extra or {})}, cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run(args, env={**env, **(extra or {})}, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     dt = time.monotonic() - t0
     print(f"\n$ {' '.join(map(str, args))}  [rc={p.returncode}, {dt:.1f}s]\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
     return p, dt
@@ -113,11 +123,19 @@ def cluster():
     state_dir = tempfile.mkdtemp(prefix="rg-e2e-", dir="/tmp")
     base = _free_port_block(24)
     env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_ENV}
-    env.update({"RG_STATE_DIR": state_dir, "RG_HEAD_PORT": str(base), "RG_DASHBOARD_PORT": str(base + 1),
-                "RG_CLIENT_PORT": str(base + 2), "RG_SERVE_PORT": str(base + 3), "RG_PORT_BASE": str(base + 4),
-                "RG_STOP_GRACE_S": "5",
-                # Inherited by the Serve replicas: the scorer then demands this bearer token.
-                "REVIEWGEN_API_TOKEN": SCORER_TOKEN})
+    env.update(
+        {
+            "RG_STATE_DIR": state_dir,
+            "RG_HEAD_PORT": str(base),
+            "RG_DASHBOARD_PORT": str(base + 1),
+            "RG_CLIENT_PORT": str(base + 2),
+            "RG_SERVE_PORT": str(base + 3),
+            "RG_PORT_BASE": str(base + 4),
+            "RG_STOP_GRACE_S": "5",
+            # Inherited by the Serve replicas: the scorer then demands this bearer token.
+            "REVIEWGEN_API_TOKEN": SCORER_TOKEN,
+        }
+    )
     c = Cluster(env, state_dir, f"http://127.0.0.1:{base + 1}", base + 3)
     try:
         p, c.timings["cluster_up"] = _run([str(SCRIPTS / "cluster_up.sh")], env, timeout=240)
@@ -143,8 +161,20 @@ def trained_model(cluster, prepared_data, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("e2e_train")
     out = work / "model"
     p, cluster.timings["train_job"] = cluster.submit(
-        "train", "--data", prepared_data.resolve(), "--out", out, "--config", TINY_CONFIG,
-        "--num-workers", 2, "--storage-path", work / "ray-results", "--name", "e2e-train")
+        "train",
+        "--data",
+        prepared_data.resolve(),
+        "--out",
+        out,
+        "--config",
+        TINY_CONFIG,
+        "--num-workers",
+        2,
+        "--storage-path",
+        work / "ray-results",
+        "--name",
+        "e2e-train",
+    )
     assert p.returncode == 0, f"train job failed:\n{p.stdout[-5000:]}\n{p.stderr[-5000:]}"
     assert "finished with status SUCCEEDED" in p.stdout
     return out
@@ -171,18 +201,43 @@ def nightly(cluster, trained_model, catalog, tmp_path_factory) -> Path:
 def _nightly_args(model: Path, catalog: Path, out: Path) -> list:
     # The tiny model writes near-garbage: keep cut characters and accept any score so reviews get through;
     # unwatermarked, since its short reviews would mostly be too short to carry the watermark.
-    return ["nightly", RUN_DATE, "--model", model, "--catalog", catalog, "--out", out,
-            "--reviews-per-product", 2, "--preset", "flipkart", "--keep-broken-text", "--min-score", 0,
-            "--min-tokens", 1, "--products-per-shard", 5, "--num-actors", 2, "--no-watermark"]
+    return [
+        "nightly",
+        RUN_DATE,
+        "--model",
+        model,
+        "--catalog",
+        catalog,
+        "--out",
+        out,
+        "--reviews-per-product",
+        2,
+        "--preset",
+        "flipkart",
+        "--keep-broken-text",
+        "--min-score",
+        0,
+        "--min-tokens",
+        1,
+        "--products-per-shard",
+        5,
+        "--num-actors",
+        2,
+        "--no-watermark",
+    ]
 
 
 def _tree_fingerprint(root: Path) -> dict[str, tuple[int, str]]:
     """relative path -> (mtime_ns, sha256) for every file under root."""
-    return {str(f.relative_to(root)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
-            for f in sorted(root.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(root)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+        for f in sorted(root.rglob("*"))
+        if f.is_file()
+    }
 
 
 # -- tests, in the operator's order ---------------------------------------------------------------------
+
 
 def test_cluster_has_two_nodes_and_jobs_api_requires_token(cluster):
     r = cluster.jobs_api("/api/jobs/", auth=False)
@@ -236,18 +291,22 @@ def test_second_nightly_for_same_date_is_a_noop(cluster, nightly, trained_model,
 def test_scorer_deployed_on_cluster_answers_over_http(cluster, trained_model):
     from reviewgen.score.scorer import Scorer
 
-    p, cluster.timings["deploy_scorer"] = _run([str(SCRIPTS / "deploy_scorer.sh")], cluster.env, timeout=180,
-                                               extra={"MODEL_DIR": str(trained_model)})
+    p, cluster.timings["deploy_scorer"] = _run(
+        [str(SCRIPTS / "deploy_scorer.sh")], cluster.env, timeout=180, extra={"MODEL_DIR": str(trained_model)}
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     url = f"http://127.0.0.1:{cluster.serve_port}/v1/score"
-    reviews = [{"text": "Great phone, the battery lasts two days.", "product_title": "Phone X", "rating": 5},
-               {"text": "Stopped working after a week. Very poor quality.", "category": "Electronics"},
-               {"text": "ok"}]
+    reviews = [
+        {"text": "Great phone, the battery lasts two days.", "product_title": "Phone X", "rating": 5},
+        {"text": "Stopped working after a week. Very poor quality.", "category": "Electronics"},
+        {"text": "ok"},
+    ]
     t0, r, last = time.monotonic(), None, "no answer"
     while time.monotonic() - t0 < 240:  # `serve deploy` returns before the replica is up
         try:
-            r = httpx.post(url, json={"reviews": reviews}, timeout=30,
-                           headers={"Authorization": f"Bearer {SCORER_TOKEN}"})
+            r = httpx.post(
+                url, json={"reviews": reviews}, timeout=30, headers={"Authorization": f"Bearer {SCORER_TOKEN}"}
+            )
             if r.status_code == 200:
                 break
             last = f"HTTP {r.status_code}: {r.text[:200]}"

@@ -17,8 +17,10 @@ from reviewgen.infra.console import _PrefixRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray's own log lines ("INFO 2026-11-24 11:15:16,948 serve 23479 -- ..." or "2026-... INFO worker.py:..")
-RAY_LOG_LINE = re.compile(r"^\s*(INFO|WARNING|DEBUG)\s+\d{4}-\d\d-\d\d"
-                          r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING|DEBUG)")
+RAY_LOG_LINE = re.compile(
+    r"^\s*(INFO|WARNING|DEBUG)\s+\d{4}-\d\d-\d\d"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING|DEBUG)"
+)
 WORKER_PREFIX = re.compile(r"^\s*(\x1b\[[0-9;]*m)*\((raylet|([\w:.\-]+ )?pid=\d+)")
 
 
@@ -37,9 +39,24 @@ def test_quick_demo_console_is_quiet(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RG_"))}
     env.update(RG_LOG_DIR=str(tmp_path / "logs"), RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
     (tmp_path / "quick.yaml").write_text(QUICK_CONFIG)
-    proc = subprocess.run([sys.executable, "-c", "from reviewgen.cli import app; app()", "demo", "--quick",
-                           "--out", str(tmp_path / "demo"), "--config", str(tmp_path / "quick.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from reviewgen.cli import app; app()",
+            "demo",
+            "--quick",
+            "--out",
+            str(tmp_path / "demo"),
+            "--config",
+            str(tmp_path / "quick.yaml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = (proc.stdout + proc.stderr).splitlines()
     assert proc.returncode == 0, "\n".join(lines[-40:])
     noisy = [ln for ln in lines if WORKER_PREFIX.search(ln) or RAY_LOG_LINE.search(ln) or "warning" in ln.lower()]
@@ -71,5 +88,8 @@ def test_ray_prefixed_lines_go_to_the_log_and_the_rest_passes_through():
     router.write("progress 20%\n\x1b[36m(RayTrainWorker pid=5)\x1b[0m step 1")
     router.write(" of 3\n(not a Ray prefix) kept\n")
     assert out.getvalue().endswith("progress 20%\n(not a Ray prefix) kept\n")
-    assert records == ["\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes", "(pid=12) hi",
-                       "\x1b[36m(RayTrainWorker pid=5)\x1b[0m step 1 of 3"]
+    assert records == [
+        "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes",
+        "(pid=12) hi",
+        "\x1b[36m(RayTrainWorker pid=5)\x1b[0m step 1 of 3",
+    ]

@@ -17,14 +17,21 @@ P, R = 16, 12
 
 @pytest.fixture(scope="module")
 def tok():
-    texts = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",
-             "屏幕很清晰，电池也很耐用，物流很快。", "衣服质量一般，颜色和图片不一样。"] * 20
+    texts = [
+        "Great tablet, the battery lasts all day.",
+        "Terrible charger, broke after a week!",
+        "屏幕很清晰，电池也很耐用，物流很快。",
+        "衣服质量一般，颜色和图片不一样。",
+    ] * 20
     return ReviewTokenizer.train(texts, vocab_size=400, prefix_len=P, max_review_len=R, min_frequency=1)
 
 
 # architecture families: today's GPT-2 shape, Llama (RoPE, RMSNorm, SwiGLU, GQA, untied head), Qwen2 (+ q/k/v biases)
-FAMILIES = {"gpt2": {}, "llama": dict(arch="llama", n_head=4, n_kv_head=2, tie_embeddings=False),
-            "qwen2": dict(arch="llama", n_head=4, n_kv_head=1, qkv_bias=True)}
+FAMILIES = {
+    "gpt2": {},
+    "llama": dict(arch="llama", n_head=4, n_kv_head=2, tie_embeddings=False),
+    "qwen2": dict(arch="llama", n_head=4, n_kv_head=1, qkv_bias=True),
+}
 
 
 def tiny_g(vocab: int, dropout: float = 0.0, family: str = "gpt2") -> Generator:
@@ -33,8 +40,14 @@ def tiny_g(vocab: int, dropout: float = 0.0, family: str = "gpt2") -> Generator:
     return Generator(GeneratorConfig(vocab_size=vocab, block_size=P + R, dropout=dropout, **shape))
 
 
-@pytest.mark.parametrize("text", ["Great tablet, the battery lasts all day.", "屏幕很清晰，电池也很耐用。",
-                                  "Mixed 中文 and English — 5★ & émojis 👍"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Great tablet, the battery lasts all day.",
+        "屏幕很清晰，电池也很耐用。",
+        "Mixed 中文 and English — 5★ & émojis 👍",
+    ],
+)
 def test_tokenizer_round_trip(tok, text):
     ids = tok.encode_reviews([text])
     assert ids.shape == (1, R)
@@ -73,8 +86,13 @@ def test_generator_shapes_and_causal_mask(tok, family):
 def test_discriminator_heads_and_bidirectional(tok, family):
     torch.manual_seed(0)
     shape = dict(dict(n_head=2), **{k: v for k, v in FAMILIES[family].items() if k != "tie_embeddings"})
-    d = Discriminator(DiscriminatorConfig(vocab_size=tok.vocab_size, block_size=P + R, n_layer=1, d_model=32,
-                                          dropout=0.0, n_categories=7, **shape), P, tok.pad_id).eval()
+    d = Discriminator(
+        DiscriminatorConfig(
+            vocab_size=tok.vocab_size, block_size=P + R, n_layer=1, d_model=32, dropout=0.0, n_categories=7, **shape
+        ),
+        P,
+        tok.pad_id,
+    ).eval()
     ids = tok.encode_examples([Condition("Fire HD 8", "Tablets", 5)] * 2, ["Love it, great value.", "Bad."])
     out = d(ids)
     assert out.token_logits.shape == (2, R) and out.seq_logits.shape == (2,)
@@ -112,16 +130,30 @@ def test_per_row_seed_independent_of_batch(tok, family):
     conds = [Condition("Kindle", "E-Readers", r) for r in (1, 2, 3, 4, 5)]
     seeds = [row_seed(f"p{i}", 0, 7) for i in range(5)]
     params = SamplingParams(max_new_tokens=R, temperature=1.0)
-    full = sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                  uniforms=counter_uniforms(seeds, R))
-    alone = sample(g, tok.encode_prefixes(conds[3:4]), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                   uniforms=counter_uniforms(seeds[3:4], R))
+    full = sample(
+        g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=counter_uniforms(seeds, R)
+    )
+    alone = sample(
+        g,
+        tok.encode_prefixes(conds[3:4]),
+        params,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        uniforms=counter_uniforms(seeds[3:4], R),
+    )
     assert torch.equal(full[3:4], alone)
-    again = sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                   uniforms=counter_uniforms(seeds, R))
+    again = sample(
+        g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=counter_uniforms(seeds, R)
+    )
     assert torch.equal(full, again)
-    other = sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                   uniforms=counter_uniforms([row_seed(f"p{i}", 0, 8) for i in range(5)], R))
+    other = sample(
+        g,
+        tok.encode_prefixes(conds),
+        params,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        uniforms=counter_uniforms([row_seed(f"p{i}", 0, 8) for i in range(5)], R),
+    )
     assert not torch.equal(full, other)
 
 
@@ -130,17 +162,22 @@ def test_sample_pads_after_eos(tok):
     with torch.no_grad():  # shift the final LayerNorm towards <eos>'s (tied) embedding: <eos> gets likely
         w = g.lm_head.weight[tok.eos_id]
         g.ln_f.bias.copy_(8.0 * w / w.norm() ** 2)
-    out = sample(g, tok.encode_prefixes([Condition("x")] * 3), SamplingParams(R, 1.0), eos_id=tok.eos_id,
-                 pad_id=tok.pad_id, generator=torch.Generator().manual_seed(0))
+    out = sample(
+        g,
+        tok.encode_prefixes([Condition("x")] * 3),
+        SamplingParams(R, 1.0),
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     rows = out.tolist()
     assert any(tok.eos_id in r[:-1] for r in rows)
     for row in rows:
         if tok.eos_id in row:
-            assert all(t == tok.pad_id for t in row[row.index(tok.eos_id) + 1:])
+            assert all(t == tok.pad_id for t in row[row.index(tok.eos_id) + 1 :])
 
 
-@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.5), (5, 1.0), (40, 0.8), (64, 1.0), (100, 0.95),
-                                         (300, 1.0)])
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.5), (5, 1.0), (40, 0.8), (64, 1.0), (100, 0.95), (300, 1.0)])
 @pytest.mark.parametrize("scale", [0.05, 3.0, 12.0])
 def test_topk_head_picks_the_full_sort_tokens(top_k, top_p, scale):
     # flat (head never reaches top_p), middling and peaked rows, plus exact ties across the head's edge
@@ -151,9 +188,10 @@ def test_topk_head_picks_the_full_sort_tokens(top_k, top_p, scale):
     params = SamplingParams(8, 1.0, top_k, top_p)
     for t in range(4):
         u = torch.rand(48, generator=g, dtype=torch.float64)
-        u[0] = 1.0 - 2.0 ** -53  # the inverse CDF's last step
-        assert torch.equal(sampling.pick_tokens(logits, u, params),
-                           sampling._pick_reference(torch.softmax(logits, dim=-1), u, params))
+        u[0] = 1.0 - 2.0**-53  # the inverse CDF's last step
+        assert torch.equal(
+            sampling.pick_tokens(logits, u, params), sampling._pick_reference(torch.softmax(logits, dim=-1), u, params)
+        )
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (0, 0.95), (0, 0.3), (7, 1.0), (150, 0.9)])
@@ -167,7 +205,7 @@ def test_values_only_sort_picks_the_stable_sort_tokens(top_k, top_p):
     params = SamplingParams(8, 1.0, top_k, top_p)
     for _ in range(5):
         u = torch.rand(40, generator=g, dtype=torch.float64)
-        u[0], u[1] = 0.0, 1.0 - 2.0 ** -53
+        u[0], u[1] = 0.0, 1.0 - 2.0**-53
         assert torch.equal(sampling._pick_sorted(probs, u, params), sampling._pick_reference(probs, u, params))
 
 
@@ -182,8 +220,7 @@ def test_masked_finished_rows_match_compacting_every_step(tok, monkeypatch):
     outs = []
     for threshold in (1.01, 0.75, 0.0):  # compact at every finish, below 3/4 live, never
         monkeypatch.setattr(sampling, "COMPACT_BELOW", threshold)
-        outs.append(sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                           uniforms=u))
+        outs.append(sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u))
     ends = [r.index(tok.eos_id) for r in outs[0].tolist() if tok.eos_id in r]
     assert len(set(ends)) > 1  # rows did finish at different steps
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
@@ -198,10 +235,16 @@ def test_chinese_target_rating_becomes_sentiment():
 
 
 # parameter names of checkpoints written before the architecture families: they must keep loading
-OLD_GPT2_NAMES = (["tok_emb.weight", "pos_emb.weight"]
-                  + [f"blocks.{i}.{m}.{w}" for i in range(2)
-                     for m in ("ln1", "attn.qkv", "attn.proj", "ln2", "mlp.0", "mlp.2") for w in ("weight", "bias")]
-                  + ["ln_f.weight", "ln_f.bias", "lm_head.weight"])
+OLD_GPT2_NAMES = (
+    ["tok_emb.weight", "pos_emb.weight"]
+    + [
+        f"blocks.{i}.{m}.{w}"
+        for i in range(2)
+        for m in ("ln1", "attn.qkv", "attn.proj", "ln2", "mlp.0", "mlp.2")
+        for w in ("weight", "bias")
+    ]
+    + ["ln_f.weight", "ln_f.bias", "lm_head.weight"]
+)
 
 
 def test_default_gpt2_checkpoint_keeps_names_and_loads(tok, tmp_path):
@@ -213,16 +256,24 @@ def test_default_gpt2_checkpoint_keeps_names_and_loads(tok, tmp_path):
     from reviewgen.core.config import RunConfig, TokenizerConfig
 
     cfg = RunConfig(tokenizer=TokenizerConfig(prefix_len=P, max_review_len=R)).override(
-        {"generator.n_layer": 2, "generator.d_model": 32, "discriminator.n_layer": 1, "discriminator.d_model": 32})
+        {"generator.n_layer": 2, "generator.d_model": 32, "discriminator.n_layer": 1, "discriminator.d_model": 32}
+    )
     cfg = cfg.finalize(tok.vocab_size, n_categories=3)
     torch.manual_seed(0)
     g, d = Generator(cfg.generator), Discriminator(cfg.discriminator, P, tok.pad_id)
     assert sorted(g.state_dict()) == sorted(OLD_GPT2_NAMES)
-    path = save_checkpoint(tmp_path / "old", config=cfg, categories=["a", "b", "c"], tokenizer=tok, generator=g,
-                           discriminator=d)
+    path = save_checkpoint(
+        tmp_path / "old", config=cfg, categories=["a", "b", "c"], tokenizer=tok, generator=g, discriminator=d
+    )
     doc = json.loads((path / "config.json").read_text())
-    new_keys = set(GeneratorConfig.__dataclass_fields__) - {"vocab_size", "block_size", "n_layer", "n_head",
-                                                            "d_model", "dropout"}
+    new_keys = set(GeneratorConfig.__dataclass_fields__) - {
+        "vocab_size",
+        "block_size",
+        "n_layer",
+        "n_head",
+        "d_model",
+        "dropout",
+    }
     for sec in ("generator", "discriminator"):
         doc["run"][sec] = {k: v for k, v in doc["run"][sec].items() if k not in new_keys}
     (path / "config.json").write_text(json.dumps(doc))
@@ -238,14 +289,25 @@ def test_untied_head_survives_a_checkpoint(tok, tmp_path):
     from reviewgen.core.config import RunConfig, TokenizerConfig
 
     cfg = RunConfig(tokenizer=TokenizerConfig(prefix_len=P, max_review_len=R)).override(
-        {"generator.arch": "llama", "generator.n_layer": 1, "generator.d_model": 32, "generator.tie_embeddings": False,
-         "discriminator.arch": "llama", "discriminator.n_layer": 1, "discriminator.d_model": 32})
+        {
+            "generator.arch": "llama",
+            "generator.n_layer": 1,
+            "generator.d_model": 32,
+            "generator.tie_embeddings": False,
+            "discriminator.arch": "llama",
+            "discriminator.n_layer": 1,
+            "discriminator.d_model": 32,
+        }
+    )
     cfg = cfg.finalize(tok.vocab_size, n_categories=2)
     torch.manual_seed(0)
     g, d = Generator(cfg.generator), Discriminator(cfg.discriminator, P, tok.pad_id)
     assert g.lm_head.weight is not g.tok_emb.weight and "pos_emb.weight" not in g.state_dict()
-    ck = load_checkpoint(save_checkpoint(tmp_path / "m", config=cfg, categories=["a", "b"], tokenizer=tok,
-                                         generator=g, discriminator=d, reference=g))
+    ck = load_checkpoint(
+        save_checkpoint(
+            tmp_path / "m", config=cfg, categories=["a", "b"], tokenizer=tok, generator=g, discriminator=d, reference=g
+        )
+    )
     assert torch.equal(ck.generator.lm_head.weight, g.lm_head.weight)
     assert torch.equal(ck.reference_state["lm_head.weight"], g.lm_head.weight)
 
@@ -258,7 +320,7 @@ def test_rope_kv_cache_uses_the_position_offset(tok):
         full = g(x)
         cache = g.new_cache(2, "cpu")
         g(x[:, :P], cache=cache, pos=0)
-        steps = [g(x[:, P + t:P + t + 1], cache=cache, pos=P + t)[:, -1] for t in range(3)]
+        steps = [g(x[:, P + t : P + t + 1], cache=cache, pos=P + t)[:, -1] for t in range(3)]
     assert torch.allclose(torch.stack(steps, 1), full[:, P:], atol=1e-5)
 
 
@@ -273,17 +335,28 @@ def test_decode_step_masks_the_unfilled_cache_tail(tok):
         assert len(cache.k) == g.cfg.n_layer and cache.k[0].shape[2] == P + 4
         g(x[:, :P], cache=cache, pos=0)
         for keys, values in zip(cache.k, cache.v):
-            keys[:, :, P + 1:] = 1e4
-            values[:, :, P + 1:] = -1e4
-        step = g(x[:, P:P + 1], cache=cache, pos=P)[:, -1]
+            keys[:, :, P + 1 :] = 1e4
+            values[:, :, P + 1 :] = -1e4
+        step = g(x[:, P : P + 1], cache=cache, pos=P)[:, -1]
         with pytest.raises(ValueError, match="no attention mask"):
-            g.blocks[0].attn(torch.zeros(2, 1, g.cfg.d_model), causal=True, cache=cache, pos=P + 1,
-                             attn_mask=torch.ones(2, 1, 1, P + 2, dtype=torch.bool))
+            g.blocks[0].attn(
+                torch.zeros(2, 1, g.cfg.d_model),
+                causal=True,
+                cache=cache,
+                pos=P + 1,
+                attn_mask=torch.ones(2, 1, 1, P + 2, dtype=torch.bool),
+            )
     assert torch.allclose(step, full[:, P], atol=1e-5)
 
 
-@pytest.mark.parametrize("key,value,match", [("arch", "bert", "arch='bert'"), ("norm", "batchnorm", "norm="),
-                                             ("n_kv_head", 3, "n_kv_head=3 must divide n_head=4")])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("arch", "bert", "arch='bert'"),
+        ("norm", "batchnorm", "norm="),
+        ("n_kv_head", 3, "n_kv_head=3 must divide n_head=4"),
+    ],
+)
 def test_invalid_architecture_fields_are_named(key, value, match):
     from reviewgen.core.config import ConfigError, config_from_dict
 
@@ -304,6 +377,7 @@ def test_compile_decode_flag_routes_only_decode_steps(tok, monkeypatch):
         def step(idx, **a):
             seen.append(idx.shape[1])
             return fn(idx, **a)
+
         return step
 
     monkeypatch.setattr(torch, "compile", fake_compile)
@@ -327,8 +401,14 @@ def test_compiled_decode_gives_the_eager_tokens(tok):
     u = counter_uniforms([row_seed(f"p{i}", 0, 3) for i in range(8)], R)
     for params in (SamplingParams(R, 1.0, precision="fp32"), SamplingParams(R, 1.0, 0, 0.9, precision="fp32")):
         eager = sample(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
-        comp = sample(g, tok.encode_prefixes(conds), SamplingParams(R, 1.0, params.top_k, params.top_p, True, "fp32"),
-                      eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u)
+        comp = sample(
+            g,
+            tok.encode_prefixes(conds),
+            SamplingParams(R, 1.0, params.top_k, params.top_p, True, "fp32"),
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            uniforms=u,
+        )
         assert torch.equal(eager, comp)
 
 

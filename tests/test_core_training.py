@@ -60,8 +60,9 @@ def test_phases_advance_and_adversarial_step_changes_both_models(setup):
     assert tr.phase == "adv"
     g0, d0, ref0 = params_of(tr.G), params_of(tr.D), params_of(tr.ref)
     res = tr.train_step(next(batches))
-    assert res.phase == "adv" and {"pg_loss", "kl", "reward", "r_rating", "r_category", "d_loss",
-                                   "d_acc"} <= set(res.metrics)
+    assert res.phase == "adv" and {"pg_loss", "kl", "reward", "r_rating", "r_category", "d_loss", "d_acc"} <= set(
+        res.metrics
+    )
     assert not torch.equal(g0, params_of(tr.G))
     assert not torch.equal(d0, params_of(tr.D))
     assert torch.equal(ref0, params_of(tr.ref))  # the KL anchor stays frozen
@@ -83,7 +84,7 @@ class ToyClassifier(torch.nn.Module):
     def forward(self, full):
         from reviewgen.core.models import DiscriminatorOutput
 
-        review = full[:, self.P:]
+        review = full[:, self.P :]
         keep = review != self.pad
         frac = ((review % 2 == 0) & keep).float().sum(1) / keep.float().sum(1).clamp_min(1)
         logits = [torch.cat([8 * frac[:, None], torch.full((len(full), n - 1), 4.0)], 1) for n in self.shape]
@@ -99,8 +100,14 @@ def probe_target_prob(tr, probe, term):
     uniforms, so a before/after difference measures the policy, not a fresh draw."""
     pre = probe.repeat_interleave(16, dim=0)
     params = SamplingParams(tr.cfg.tokenizer.max_review_len, 1.0)
-    ids = sample(tr.G, pre, params, eos_id=tr.tk.eos_id, pad_id=tr.tk.pad_id,
-                 uniforms=counter_uniforms(list(range(len(pre))), params.max_new_tokens))
+    ids = sample(
+        tr.G,
+        pre,
+        params,
+        eos_id=tr.tk.eos_id,
+        pad_id=tr.tk.pad_id,
+        uniforms=counter_uniforms(list(range(len(pre))), params.max_new_tokens),
+    )
     return tr.cond.target_prob(torch.cat([pre, ids], 1), term)
 
 
@@ -110,14 +117,23 @@ def test_each_condition_reward_raises_the_target_probability(setup, term):
     probability of the target class; the realness-only run, same seed and steps, does not move it as much."""
     gains = {}
     for weight in (0.0, 10.0):
-        tr, batches = new_trainer(setup, mle_steps=15, lr_g=3e-3, disc_warmup_steps=1, adv_steps=40,
-                                  kl_coef=0.0, mle_coef=0.0, lr_g_adv=5e-3, seq_reward_weight=0.0,
-                                  rating_reward_weight=weight if term == "rating" else 0.0,
-                                  category_reward_weight=weight if term == "category" else 0.0)
+        tr, batches = new_trainer(
+            setup,
+            mle_steps=15,
+            lr_g=3e-3,
+            disc_warmup_steps=1,
+            adv_steps=40,
+            kl_coef=0.0,
+            mle_coef=0.0,
+            lr_g_adv=5e-3,
+            seq_reward_weight=0.0,
+            rating_reward_weight=weight if term == "rating" else 0.0,
+            category_reward_weight=weight if term == "category" else 0.0,
+        )
         while tr.phase != "adv":
             tr.train_step(next(batches))
         tr.cond = ToyClassifier(tr.tk.prefix_len, tr.tk.pad_id)
-        probe = next(batches)["ids"][:, :tr.tk.prefix_len]
+        probe = next(batches)["ids"][:, : tr.tk.prefix_len]
         before = probe_target_prob(tr, probe, term)
         for _ in range(30):
             b = next(batches)
@@ -199,8 +215,16 @@ def test_same_seed_same_samples(tiny_model):
 
 
 def test_tiny_model_layout_and_meta(tiny_model):
-    for name in ("config.json", "generator.safetensors", "discriminator.safetensors", "tokenizer.json",
-                 "calibration.json", "ngrams.npy", "meta.json", "metrics.jsonl"):
+    for name in (
+        "config.json",
+        "generator.safetensors",
+        "discriminator.safetensors",
+        "tokenizer.json",
+        "calibration.json",
+        "ngrams.npy",
+        "meta.json",
+        "metrics.jsonl",
+    ):
         assert (tiny_model / name).is_file(), name
     assert (tiny_model / "mle" / "meta.json").is_file() and (tiny_model / "state" / "train_state.pt").is_file()
     meta = json.loads((tiny_model / "meta.json").read_text())
@@ -218,6 +242,7 @@ def test_export_version_is_content_hash(tiny_model, tmp_path):
     cfg["run"]["train"]["seed"] = 99
     (b / "config.json").write_text(json.dumps(cfg))
     from reviewgen.core.model_dir import content_version
+
     assert content_version(b) != va
 
 
@@ -225,8 +250,13 @@ def test_export_version_is_content_hash(tiny_model, tmp_path):
 def test_bad_checkpoints_give_named_errors(tiny_model, tmp_path, damage):
     d = tmp_path / "m"
     shutil.copytree(tiny_model, d, ignore=shutil.ignore_patterns("mle", "state"))
-    target = {"missing_dir": None, "no_meta": "meta.json", "corrupt_weights": "generator.safetensors",
-              "corrupt_config": "config.json", "bad_tokenizer": "tokenizer.json"}[damage]
+    target = {
+        "missing_dir": None,
+        "no_meta": "meta.json",
+        "corrupt_weights": "generator.safetensors",
+        "corrupt_config": "config.json",
+        "bad_tokenizer": "tokenizer.json",
+    }[damage]
     if damage == "missing_dir":
         d = tmp_path / "nope"
     elif damage == "no_meta":
@@ -255,6 +285,7 @@ def test_platt_calibration_fixes_a_shifted_scorer():
     calib = fit_platt(logits.numpy(), y.numpy())
     p_raw, p_cal = apply_calibration(logits.numpy(), None), apply_calibration(logits.numpy(), calib)
     from reviewgen.core.metrics import ece
+
     assert ece(y.numpy(), p_cal) < 0.03 < ece(y.numpy(), p_raw)
 
 
@@ -273,10 +304,14 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_discriminator_starts_from_generator_when_shapes_match(setup):
     cfg, tok, cats, data = setup
-    same = RunConfig.from_dict(cfg.to_dict()).override({"discriminator.d_model": cfg.generator.d_model,
-                                                         "discriminator.n_layer": cfg.generator.n_layer,
-                                                         "discriminator.n_head": cfg.generator.n_head,
-                                                         "train.mle_steps": 2})
+    same = RunConfig.from_dict(cfg.to_dict()).override(
+        {
+            "discriminator.d_model": cfg.generator.d_model,
+            "discriminator.n_layer": cfg.generator.n_layer,
+            "discriminator.n_head": cfg.generator.n_head,
+            "train.mle_steps": 2,
+        }
+    )
     tr = GANTrainer(same, tok, cats)
     batches = TensorBatches(data, same.train.batch_size, same.train.seed)
     tr.train_step(next(batches))
@@ -298,8 +333,9 @@ def test_trainer_leaves_the_global_rng_alone_and_owns_its_own(setup):
         torch.manual_seed(caller_seed)
         before = torch.get_rng_state()
         cfg, tok, cats, data = setup
-        cfg = RunConfig.from_dict(cfg.to_dict()).override({"generator.dropout": 0.3, "discriminator.dropout": 0.3,
-                                                           "train.mle_steps": 2, "train.disc_warmup_steps": 1})
+        cfg = RunConfig.from_dict(cfg.to_dict()).override(
+            {"generator.dropout": 0.3, "discriminator.dropout": 0.3, "train.mle_steps": 2, "train.disc_warmup_steps": 1}
+        )
         tr, batches = GANTrainer(cfg, tok, cats), TensorBatches(data, cfg.train.batch_size, cfg.train.seed)
         for _ in range(4):
             tr.train_step(next(batches))
@@ -317,8 +353,21 @@ def test_time_boxed_train_leaves_a_model_that_samples_and_reruns_continue(prepar
     from reviewgen.cli import app
 
     out = tmp_path / "m"
-    args = ["train", "--data", str(prepared_data), "--out", str(out), "--config", str(TINY_CONFIG),
-            "--max-minutes", "0.0001", "--set", "train.mle_steps=500", "--set", "train.checkpoint_every=1000"]
+    args = [
+        "train",
+        "--data",
+        str(prepared_data),
+        "--out",
+        str(out),
+        "--config",
+        str(TINY_CONFIG),
+        "--max-minutes",
+        "0.0001",
+        "--set",
+        "train.mle_steps=500",
+        "--set",
+        "train.checkpoint_every=1000",
+    ]
     runner = CliRunner()
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -344,9 +393,12 @@ def test_set_and_yaml_job_section_reach_the_configs(tmp_path):
 
     y = tmp_path / "run.yaml"
     y.write_text("train: {mle_steps: 5}\njob: {num_workers: 3, keep_checkpoints: 4, max_minutes: 2}\n")
-    cfg, job = load_train_job(y, ["train.mle_steps=7", "generator.n_layer=3", "job.keep_checkpoints=5"],
-                              job_flags={"num_workers": None, "max_minutes": 0.5, "data_dir": tmp_path},
-                              run_flags={"train.seed": 9})
+    cfg, job = load_train_job(
+        y,
+        ["train.mle_steps=7", "generator.n_layer=3", "job.keep_checkpoints=5"],
+        job_flags={"num_workers": None, "max_minutes": 0.5, "data_dir": tmp_path},
+        run_flags={"train.seed": 9},
+    )
     assert (cfg.train.mle_steps, cfg.generator.n_layer, cfg.train.seed) == (7, 3, 9)
     assert (job.num_workers, job.keep_checkpoints, job.max_minutes, job.data_dir) == (3, 5, 0.5, tmp_path)
     assert RunConfig.from_yaml(y).train.mle_steps == 5  # the run config ignores the job section
@@ -378,8 +430,14 @@ def test_job_script_is_the_train_command(tmp_path):
     from conftest import ROOT
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "train.py"), "--help"], capture_output=True,
-                       text=True, env=env, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     for flag in ("--max-minutes", "--set", "--num-workers", "--storage-path", "--stop-after-phase"):
         assert flag in r.stdout, flag

@@ -89,10 +89,13 @@ def _write(tmp_path: Path, name: str, rows: dict) -> Path:
 
 def _clothing(**over) -> dict:
     rows = {
-        "clothing_id": [1, 1, 2, 3, 4, 5], "title": ["t"] * 6,
+        "clothing_id": [1, 1, 2, 3, 4, 5],
+        "title": ["t"] * 6,
         "review_text": ["Great fit", "Great fit", "  ", None, "Runs small &amp; tight", "ok " * 50],
-        "rating": [5, 4, 1, 3, None, 2], "division_name": ["General"] * 6,
-        "department_name": ["Tops"] * 6, "class_name": ["Knits"] * 6,
+        "rating": [5, 4, 1, 3, None, 2],
+        "division_name": ["General"] * 6,
+        "department_name": ["Tops"] * 6,
+        "class_name": ["Knits"] * 6,
     }
     rows.update(over)
     return rows
@@ -138,21 +141,34 @@ def test_corrupt_and_missing_file(tmp_path):
 
 
 def test_zh_and_multibrand_small(tmp_path):
-    zh = _write(tmp_path, "zh.parquet", {
-        "category": ["手机", "手机", "书籍"], "category_en": ["a", "a", "b"], "label": [1, 0, None],
-        "review": ["很好，电话13812345678", "很好，电话13812345678", "一般"],
-    })
+    zh = _write(
+        tmp_path,
+        "zh.parquet",
+        {
+            "category": ["手机", "手机", "书籍"],
+            "category_en": ["a", "a", "b"],
+            "label": [1, 0, None],
+            "review": ["很好，电话13812345678", "很好，电话13812345678", "一般"],
+        },
+    )
     res = load_corpus(zh)
     assert res.counts["source"] == "zh_shopping"
     assert res.counts["dropped"]["duplicate_text"] == 1 and res.counts["dropped"]["missing_label"] == 1
     assert res.frame["text"].tolist() == ["很好，电话<phone>"]
     assert res.frame["sentiment"].tolist() == ["positive"]
-    mb = _write(tmp_path, "mb.parquet", {
-        "id": ["A", None, "B"], "name": ["L'or233al Paris Cream", "x", "Thing"],
-        "brand": ["L'or233al", "b", "c"], "categories": ["Beauty,Skin", "x", "Food,Snacks"],
-        "reviews_rating": [5, 4, 3], "reviews_title": ["t", "t", None],
-        "reviews_text": ["Nice. This review was collected as part of a promotion.", "y", "z"],
-    })
+    mb = _write(
+        tmp_path,
+        "mb.parquet",
+        {
+            "id": ["A", None, "B"],
+            "name": ["L'or233al Paris Cream", "x", "Thing"],
+            "brand": ["L'or233al", "b", "c"],
+            "categories": ["Beauty,Skin", "x", "Food,Snacks"],
+            "reviews_rating": [5, 4, 3],
+            "reviews_title": ["t", "t", None],
+            "reviews_text": ["Nice. This review was collected as part of a promotion.", "y", "z"],
+        },
+    )
     res = load_corpus(mb, "multibrand")
     assert res.counts["dropped"]["missing_product_id"] == 1
     assert res.frame["text"].tolist() == ["Nice.", "z"]
@@ -172,8 +188,12 @@ def test_product_cap_stable(tmp_path):
 
 
 def _toy(n_products: int) -> pd.DataFrame:
-    return pd.DataFrame({"product_id": [f"p{i % n_products}" for i in range(n_products * 3)],
-                         "text": [f"t{i}" for i in range(n_products * 3)]})
+    return pd.DataFrame(
+        {
+            "product_id": [f"p{i % n_products}" for i in range(n_products * 3)],
+            "text": [f"t{i}" for i in range(n_products * 3)],
+        }
+    )
 
 
 def test_split_by_product():
@@ -198,13 +218,29 @@ def test_split_by_product():
 def test_prepare_and_load_split(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    _write(src, "reviews_en_womens_clothing.parquet", _clothing(
-        clothing_id=list(range(30)), title=["t"] * 30, review_text=[f"text {i}" for i in range(30)],
-        rating=[(i % 5) + 1 for i in range(30)], division_name=["General"] * 30,
-        department_name=["Tops"] * 30, class_name=["Knits"] * 30))
-    zh = _write(tmp_path, "zh_extra.parquet", {"category": ["水果"] * 20, "category_en": ["fruit"] * 20,
-                                              "label": [i % 2 for i in range(20)],
-                                              "review": [f"好吃{i}" for i in range(20)]})
+    _write(
+        src,
+        "reviews_en_womens_clothing.parquet",
+        _clothing(
+            clothing_id=list(range(30)),
+            title=["t"] * 30,
+            review_text=[f"text {i}" for i in range(30)],
+            rating=[(i % 5) + 1 for i in range(30)],
+            division_name=["General"] * 30,
+            department_name=["Tops"] * 30,
+            class_name=["Knits"] * 30,
+        ),
+    )
+    zh = _write(
+        tmp_path,
+        "zh_extra.parquet",
+        {
+            "category": ["水果"] * 20,
+            "category_en": ["fruit"] * 20,
+            "label": [i % 2 for i in range(20)],
+            "review": [f"好吃{i}" for i in range(20)],
+        },
+    )
     logs: list[str] = []
     out = tmp_path / "prepared"
     stats = prepare([src, zh], out, seed=0, val_frac=0.2, test_frac=0.2, log=logs.append)

@@ -55,9 +55,11 @@ def test_combiner_learns_the_direction_and_round_trips(tmp_path):
     n = 400
     y = np.r_[np.ones(n), np.zeros(n)]
     # machine text: higher log-prob, lower log-rank; "noise" carries no signal
-    sig = {"mean_logprob": np.r_[rng.normal(-4, 1, n), rng.normal(-2.5, 1, n)],
-           "mean_log_rank": np.r_[rng.normal(2.0, 0.5, n), rng.normal(1.2, 0.5, n)],
-           "noise": rng.normal(0, 1, 2 * n)}
+    sig = {
+        "mean_logprob": np.r_[rng.normal(-4, 1, n), rng.normal(-2.5, 1, n)],
+        "mean_log_rank": np.r_[rng.normal(2.0, 0.5, n), rng.normal(1.2, 0.5, n)],
+        "noise": rng.normal(0, 1, 2 * n),
+    }
     sig["mean_logprob"][0] = np.nan  # rows with a non-finite signal are left out of the fit
     c = fit_combiner(sig, y, ["mean_logprob", "mean_log_rank", "noise"])
     p = c.predict(sig)
@@ -77,8 +79,7 @@ def test_two_sided_features_catch_text_too_predictable_or_too_surprising(tmp_pat
     x = np.r_[rng.normal(2.0, 0.3, n), rng.normal(1.0, 0.3, n // 2), rng.normal(3.0, 0.3, n // 2)]
     y = np.r_[np.ones(n), np.zeros(n)]
     one = fit_combiner({"mean_log_rank": x}, y, ["mean_log_rank"])
-    two = fit_combiner({"mean_log_rank": x}, y, ["mean_log_rank", "sq:mean_log_rank"],
-                       signs={"sq:mean_log_rank": -1})
+    two = fit_combiner({"mean_log_rank": x}, y, ["mean_log_rank", "sq:mean_log_rank"], signs={"sq:mean_log_rank": -1})
     from reviewgen.core.metrics import auroc
 
     assert auroc(y, one.predict({"mean_log_rank": x})) < 0.7 < 0.95 < auroc(y, two.predict({"mean_log_rank": x}))
@@ -98,7 +99,7 @@ def test_fast_detect_discrepancy_by_hand():
     targets = torch.zeros(1, R, dtype=torch.long)
     s = lm_statistics(logits, targets, torch.ones(1, R, dtype=torch.bool))
     mu = 0.8 * math.log(0.8) + 0.2 * math.log(0.2)
-    var = 0.8 * math.log(0.8) ** 2 + 0.2 * math.log(0.2) ** 2 - mu ** 2
+    var = 0.8 * math.log(0.8) ** 2 + 0.2 * math.log(0.2) ** 2 - mu**2
     assert math.isclose(s.fast_detect[0], R * (math.log(0.8) - mu) / math.sqrt(R * var), rel_tol=1e-5)
     # the unlikely token every time is more surprising than G expects: negative
     stats = lm_statistics(logits, torch.ones(1, R, dtype=torch.long), torch.ones(1, R, dtype=torch.bool))
@@ -107,7 +108,7 @@ def test_fast_detect_discrepancy_by_hand():
     ref = torch.log(torch.tensor([0.5, 0.5])).expand(1, R, 2).clone()
     r = lm_statistics(logits, targets, torch.ones(1, R, dtype=torch.bool), ref_logits=ref)
     mu_r = 0.5 * (math.log(0.8) + math.log(0.2))
-    var_r = 0.5 * (math.log(0.8) ** 2 + math.log(0.2) ** 2) - mu_r ** 2
+    var_r = 0.5 * (math.log(0.8) ** 2 + math.log(0.2) ** 2) - mu_r**2
     assert math.isclose(r.fast_detect[0], R * (math.log(0.8) - mu_r) / math.sqrt(R * var_r), rel_tol=1e-5)
 
 
@@ -169,6 +170,7 @@ def test_the_l2_strength_is_chosen_by_out_of_fold_log_loss():
     # the language fit records the multiple it chose, and the training log line names it
     from reviewgen.score.calibration import describe_detector
     from reviewgen.score.combiner import Detector
+
     groups = ["human"] * n + ["G:plain", "ref:truncated"] * (n // 2)
     fitted = fit_language_combiner(sig, y, groups, [strong], seed=0)
     assert fitted.info["l2_scale"] == chosen.l2 / strong.l2 < 1
@@ -196,8 +198,9 @@ def _tiny_lm(seed: int, vocab: int, block: int):
     from reviewgen.core.models import Generator
 
     torch.manual_seed(seed)
-    return Generator(GeneratorConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, d_model=32,
-                                     dropout=0.0)).eval()
+    return Generator(
+        GeneratorConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, d_model=32, dropout=0.0)
+    ).eval()
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -217,14 +220,15 @@ def test_chunked_projection_at_review_tokens_matches_full_logits(monkeypatch, bf
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(3, V, (5, P + R), generator=gen)
     ids[0, P + 4] = 2  # <eos> ends row 0 early; the pads after it must not count
-    ids[0, P + 5:] = 0
+    ids[0, P + 5 :] = 0
     ids[3, P] = 2  # a review that is only <eos>
-    ids[3, P + 1:] = 0
+    ids[3, P + 1 :] = 0
     tok = SimpleNamespace(prefix_len=P, eos_id=2, pad_id=0)
     targets = ids[:, P:]
     with torch.inference_mode():
-        dense = detect.lm_statistics(review_logits(G, ids, P), targets, review_mask(targets, 2, 0),
-                                     review_logits(ref, ids, P)).as_dict()
+        dense = detect.lm_statistics(
+            review_logits(G, ids, P), targets, review_mask(targets, 2, 0), review_logits(ref, ids, P)
+        ).as_dict()
         fused = detect.batch_lm_statistics(G, tok, ids, ref).as_dict()
         monkeypatch.setattr(detect, "CHUNK_ELEMENTS", {"cpu": 1, "cuda": 1})
         tiny_chunks = detect.batch_lm_statistics(G, tok, ids, ref).as_dict()
@@ -247,8 +251,11 @@ def test_a_fit_on_three_machine_reviews_per_human_keeps_the_one_to_one_prior():
 
     def draw(n_human: int, n_machine: int):
         y = np.r_[np.ones(n_human), np.zeros(n_machine)]
-        sig = {"mean_log_rank": rng.normal(0, 1, len(y)) + 1.2 * y,
-               "binoculars": rng.normal(0, 1, len(y)) + 0.6 * y, "mean_logprob": rng.normal(0, 1, len(y))}
+        sig = {
+            "mean_log_rank": rng.normal(0, 1, len(y)) + 1.2 * y,
+            "binoculars": rng.normal(0, 1, len(y)) + 0.6 * y,
+            "mean_logprob": rng.normal(0, 1, len(y)),
+        }
         return sig, y
 
     sig, y = draw(400, 1200)
@@ -300,8 +307,9 @@ def test_a_floor_keeps_lookalike_human_reviews_from_scores_near_zero():
     z = sig["mean_log_rank"]
     floored, plain = fit_platt(z, y, l2=0.0, floor=True), fit_platt(z, y, l2=0.0)
     assert 0.045 < floored["floor"] < 0.07 and floored["ceiling"] > 0.995 and "floor" not in plain
-    c = fit_language_combiner(sig, y, ["human"] * 3000 + ["G:plain"] * 3000,
-                              [Candidate("log-rank", ("mean_log_rank",), 0.01)])
+    c = fit_language_combiner(
+        sig, y, ["human"] * 3000 + ["G:plain"] * 3000, [Candidate("log-rank", ("mean_log_rank",), 0.01)]
+    )
     assert 0.045 < c.floor < 0.07 and c.ceiling > 0.995 and c.offset == pytest.approx(0.0, abs=1e-12)
     new, y_new = _with_lookalike_humans(rng, 20000, 0.06)
     p = c.predict(new)

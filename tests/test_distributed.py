@@ -27,8 +27,9 @@ def _quiet(*_):
 
 
 def _cfg(tiny_config, batch_size: int, **train):
-    return tiny_config().override({"train.replay_frac": 0.0, "train.batch_size": batch_size,
-                                   **{f"train.{k}": v for k, v in train.items()}})
+    return tiny_config().override(
+        {"train.replay_frac": 0.0, "train.batch_size": batch_size, **{f"train.{k}": v for k, v in train.items()}}
+    )
 
 
 def _job(data, out, **kw) -> TrainJobConfig:
@@ -38,8 +39,9 @@ def _job(data, out, **kw) -> TrainJobConfig:
 def _weights(d: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return {f"{m}.{k}": v for m in ("generator", "discriminator")
-            for k, v in load_file(str(d / f"{m}.safetensors")).items()}
+    return {
+        f"{m}.{k}": v for m in ("generator", "discriminator") for k, v in load_file(str(d / f"{m}.safetensors")).items()
+    }
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
@@ -77,8 +79,9 @@ def reference(prepared_data, tiny_config, tmp_path_factory) -> Path:
 def test_two_workers_match_one_and_resume_in_phase_two(ray_local, reference, prepared_data, tiny_config, tmp_path):
     out = tmp_path / "out"
     kw = dict(num_workers=2, data_loader="sharded_memory", name="eq")
-    stopped = run_distributed_training(_job(prepared_data, out, stop_after_phase="mle", **kw),
-                                       _cfg(tiny_config, 4), log=_quiet)
+    stopped = run_distributed_training(
+        _job(prepared_data, out, stop_after_phase="mle", **kw), _cfg(tiny_config, 4), log=_quiet
+    )
     meta = json.loads((out / "state" / "meta.json").read_text())
     assert (meta["phase"], meta["step"], meta["global_step"]) == ("disc", 0, 6)
     model = json.loads((stopped / "meta.json").read_text())  # a usable model even though training stopped
@@ -129,12 +132,23 @@ def test_lost_worker_resumes_from_latest_checkpoint(ray_local, prepared_data, ti
     out = tmp_path / "out"
     killed: dict = {}
     # long enough (in steps) that the kill lands mid-run; a checkpoint every 20 steps
-    cfg = _cfg(tiny_config, 4, mle_steps=400, disc_warmup_steps=3, adv_steps=3, checkpoint_every=20,
-               eval_every=50, log_every=50).override(LORA)
+    cfg = _cfg(
+        tiny_config,
+        4,
+        mle_steps=400,
+        disc_warmup_steps=3,
+        adv_steps=3,
+        checkpoint_every=20,
+        eval_every=50,
+        log_every=50,
+    ).override(LORA)
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(out / "runs" / "ft", killed))
     killer.start()
-    final = run_distributed_training(_job(prepared_data, out, num_workers=2, name="ft", max_failures=1,
-                                          data_loader="sharded_memory"), cfg, log=_quiet)
+    final = run_distributed_training(
+        _job(prepared_data, out, num_workers=2, name="ft", max_failures=1, data_loader="sharded_memory"),
+        cfg,
+        log=_quiet,
+    )
     killer.join()
     assert killed.get("pid"), "no Ray Train worker was found to kill"
     steps = _steps(out)
@@ -162,8 +176,9 @@ def _assert_lora_model_works(final: Path, tmp_path: Path) -> None:
     ck = load_checkpoint(final)
     assert any(m.lora_B.abs().sum() > 0 for _, m in lora_layers(ck.generator))  # the adapters trained
     assert ck.discriminator.tok_emb.weight.data_ptr() == ck.generator.tok_emb.weight.data_ptr()
-    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0,
-                           temperature=1.0)
+    texts = generate_texts(
+        ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0, temperature=1.0
+    )
     assert len(texts) == 1
     res = Scorer(final).score([{"text": "Works well and the battery lasts.", "language": "en"}])
     assert 0.0 <= res["p_human"][0] <= 1.0
@@ -173,8 +188,7 @@ def _assert_lora_model_works(final: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_time_budget_stops_all_workers_together_with_a_usable_model(ray_local, prepared_data, tiny_config,
-                                                                     tmp_path):
+def test_time_budget_stops_all_workers_together_with_a_usable_model(ray_local, prepared_data, tiny_config, tmp_path):
     """A budget spent before the workers start: every rank stops after the same (first) step, and OUT
     holds a partial model that loads and samples, beside the resumable state."""
     from reviewgen.core.checkpoint import load_checkpoint
@@ -182,26 +196,32 @@ def test_time_budget_stops_all_workers_together_with_a_usable_model(ray_local, p
     from reviewgen.core.tokenizer import Condition
 
     out = tmp_path / "out"
-    final = run_distributed_training(_job(prepared_data, out, num_workers=2, name="tb", max_minutes=0.001,
-                                          data_loader="sharded_memory"),
-                                     _cfg(tiny_config, 4, mle_steps=400), log=_quiet)
+    final = run_distributed_training(
+        _job(prepared_data, out, num_workers=2, name="tb", max_minutes=0.001, data_loader="sharded_memory"),
+        _cfg(tiny_config, 4, mle_steps=400),
+        log=_quiet,
+    )
     meta = json.loads((final / "meta.json").read_text())
     assert (meta["phase"], meta["complete"], meta["global_step"]) == ("mle", False, 1)
     assert json.loads((out / "state" / "meta.json").read_text())["global_step"] == 1
     ck = load_checkpoint(final)
-    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0,
-                           temperature=1.0)
+    texts = generate_texts(
+        ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5)], ["k"], seed=0, temperature=1.0
+    )
     assert len(texts) == 1 and ck.calibration is not None and ck.ngram_path is not None
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"num_workers": 0}, "num-workers"),
-    ({"storage_path": "ftp://host/ray"}, "unsupported scheme 'ftp'"),
-    ({"data_dir": "MISSING"}, "prepared data not found"),
-    ({"use_gpu": True}, "no CUDA GPU"),
-    ({"data_loader": "csv"}, "data-loader"),
-    ({"resume_from": "MISSING"}, "not a resumable training checkpoint"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_workers": 0}, "num-workers"),
+        ({"storage_path": "ftp://host/ray"}, "unsupported scheme 'ftp'"),
+        ({"data_dir": "MISSING"}, "prepared data not found"),
+        ({"use_gpu": True}, "no CUDA GPU"),
+        ({"data_loader": "csv"}, "data-loader"),
+        ({"resume_from": "MISSING"}, "not a resumable training checkpoint"),
+    ],
+)
 def test_bad_jobs_fail_before_ray(kwargs, message, prepared_data, tiny_config, tmp_path, monkeypatch):
     import ray
 

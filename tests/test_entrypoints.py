@@ -45,9 +45,9 @@ def _command(line: str) -> tuple[str, list[str]] | None:
     for i, w in enumerate(words):
         m = JOB_SCRIPT.search(w)
         if m:
-            return m.group(1), words[i + 1:]
+            return m.group(1), words[i + 1 :]
         if Path(w).name == "reviewgen" and i + 1 < len(words):
-            return words[i + 1], words[i + 2:]
+            return words[i + 1], words[i + 2 :]
     return None
 
 
@@ -69,8 +69,13 @@ def manifest_entrypoints() -> list[tuple[str, str, list[str]]]:
 def makefile_entrypoints() -> list[tuple[str, str, list[str]]]:
     """The cluster targets' commands, as `make -n` prints them (nothing runs)."""
     targets = ["submit-train", "submit-nightly"]
-    text = subprocess.run(["make", "-n", "-W", "pyproject.toml", "-W", ".venv/.installed", *targets,
-                           "DATE=2026-01-01"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "-W", ".venv/.installed", *targets, "DATE=2026-01-01"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out = []
     for line in text.splitlines():
         m = re.search(r"cluster/scripts/submit\.sh (train|generate|nightly) (.*)$", line)
@@ -89,8 +94,12 @@ ENTRYPOINTS = manifest_entrypoints() + makefile_entrypoints()
 
 def test_every_deployable_entrypoint_was_found():
     where = {w.split(":")[0] for w, _, _ in ENTRYPOINTS}
-    assert {"cluster/kuberay/rayjob-train.yaml", "cluster/kuberay/raycronjob-nightly.yaml",
-            "cluster/kuberay/cronjob-nightly-fallback.yaml", "Makefile"} <= where
+    assert {
+        "cluster/kuberay/rayjob-train.yaml",
+        "cluster/kuberay/raycronjob-nightly.yaml",
+        "cluster/kuberay/cronjob-nightly-fallback.yaml",
+        "Makefile",
+    } <= where
     assert {c for _, c, _ in ENTRYPOINTS} >= {"train", "generate"}
 
 

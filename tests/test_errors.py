@@ -34,10 +34,15 @@ def _lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("error", [ConfigError("train.mle_steps: expected an integer"),
-                                   DataError("reviews.parquet: missing column(s) ['text']"),
-                                   MissingInputError("input file not found: reviews.csv"),
-                                   TrackingError("install the tracking extra")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("train.mle_steps: expected an integer"),
+        DataError("reviews.parquet: missing column(s) ['text']"),
+        MissingInputError("input file not found: reviews.csv"),
+        TrackingError("install the tracking extra"),
+    ],
+)
 def test_a_named_error_prints_one_line_without_a_traceback(quiet_cli, monkeypatch, tmp_path, error):
     def prepare(*args, **kwargs):
         raise error
@@ -63,8 +68,7 @@ def _internal_helper():
     raise ValueError("an internal invariant broke")
 
 
-def test_an_internal_value_error_prints_one_line_naming_the_log_with_its_traceback(quiet_cli, monkeypatch,
-                                                                                   tmp_path):
+def test_an_internal_value_error_prints_one_line_naming_the_log_with_its_traceback(quiet_cli, monkeypatch, tmp_path):
     monkeypatch.setattr(corpus, "prepare", lambda *a, **k: _internal_helper())
     r = quiet_cli("prepare", "--out", str(tmp_path / "out"), "--input", str(tmp_path))
     assert r.exit_code == 1, r.output

@@ -31,11 +31,27 @@ from reviewgen.infra.tracking import Tracker
 from reviewgen.score.fakes import sample_fakes
 from reviewgen.train.twin import train_ood_model
 
-PNGS = ("training_curves.png", "quality_diversity.png", "scorer_roc.png", "scorer_reliability.png",
-        "scorer_histograms.png", "length_distribution.png", "rating_distribution.png")
-SECTIONS = ("## Compute budget", "## Targets", "## Matched diversity", "## Quality and diversity", "## Test NLL",
-            "## Condition match", "## Scorer", "## Copying and PII", "## Example generations for unseen products",
-            "## Plots")
+PNGS = (
+    "training_curves.png",
+    "quality_diversity.png",
+    "scorer_roc.png",
+    "scorer_reliability.png",
+    "scorer_histograms.png",
+    "length_distribution.png",
+    "rating_distribution.png",
+)
+SECTIONS = (
+    "## Compute budget",
+    "## Targets",
+    "## Matched diversity",
+    "## Quality and diversity",
+    "## Test NLL",
+    "## Condition match",
+    "## Scorer",
+    "## Copying and PII",
+    "## Example generations for unseen products",
+    "## Plots",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +63,15 @@ def evaluated(tiny_model, prepared_data, tmp_path_factory):
     # the out-of-family generator, as `reviewgen evaluate` trains it when no --ood-model is given
     ood = train_ood_model(prepared_data, out / "ood_model", tiny_model, fast=True)
     fakes = _fakes_file(tiny_model, prepared_data, out / "fakes.parquet")
-    result = run_evaluation(model, prepared_data, out, EvalConfig(fast=True, temperatures=(0.7, 1.2), n_products=8,
-                                                                  fakes=str(fakes)),
-                            ood_model_dir=ood, compare={"realness": tiny_model / "mle"}, log=lambda *_: None)
+    result = run_evaluation(
+        model,
+        prepared_data,
+        out,
+        EvalConfig(fast=True, temperatures=(0.7, 1.2), n_products=8, fakes=str(fakes)),
+        ood_model_dir=ood,
+        compare={"realness": tiny_model / "mle"},
+        log=lambda *_: None,
+    )
     return model, out, result
 
 
@@ -58,12 +80,17 @@ def _fakes_file(model: Path, data: Path, path: Path) -> Path:
     test = load_split(data, "test")
     test = test[test["language"] == "en"].head(200)
     mle = load_checkpoint(model / "mle")
-    machine = generate_texts(mle.generator, mle.tokenizer, conditions(test), [f"f{i}" for i in range(len(test))],
-                             temperature=1.0, top_k=5)
-    pd.DataFrame({"text": test["text"].astype(str).tolist() + machine,
-                  "is_generated": [0] * len(test) + [1] * len(test),
-                  "language": test["language"].tolist() * 2,
-                  "hotel_name": [f"h{i % 10}" for i in range(len(test))] * 2}).to_parquet(path)
+    machine = generate_texts(
+        mle.generator, mle.tokenizer, conditions(test), [f"f{i}" for i in range(len(test))], temperature=1.0, top_k=5
+    )
+    pd.DataFrame(
+        {
+            "text": test["text"].astype(str).tolist() + machine,
+            "is_generated": [0] * len(test) + [1] * len(test),
+            "language": test["language"].tolist() * 2,
+            "hotel_name": [f"h{i % 10}" for i in range(len(test))] * 2,
+        }
+    ).to_parquet(path)
     return path
 
 
@@ -93,8 +120,19 @@ def test_the_fakes_file_is_judged_per_language_and_length_bin(evaluated) -> None
 def test_report_files_are_complete(evaluated) -> None:
     _, out, result = evaluated
     saved = json.loads((out / "metrics.json").read_text())
-    assert list(saved) == ["meta", "calibration", "nll", "human", "sweep", "matched", "scorer", "classifiers",
-                           "fluency", "targets", "plots"]
+    assert list(saved) == [
+        "meta",
+        "calibration",
+        "nll",
+        "human",
+        "sweep",
+        "matched",
+        "scorer",
+        "classifiers",
+        "fluency",
+        "targets",
+        "plots",
+    ]
     assert saved == json.loads(json.dumps(result.to_dict()))  # metrics.json is the result's one JSON form
     assert list(saved["meta"])[-3:] == ["compared", "out_of_family", "wall_time_s"]
     # the copy threshold the filter applied, under its one name (the default is the index's n here)
@@ -157,7 +195,7 @@ def test_extra_scorer_rows_are_other_unseen_test_reviews(prepared_data) -> None:
     assert len(extra) == 40 - len(ev) and extra.equals(extra_scorer_rows(test, ev, 40))
     assert not set(extra["text"]) & set(ev["text"]) and set(extra["text"]) <= set(test["text"])
     assert extra_scorer_rows(test, ev, len(ev)).empty
-    assert len(extra_scorer_rows(test, ev, 10 ** 6)) == len(test) - len(ev)  # at most every test review
+    assert len(extra_scorer_rows(test, ev, 10**6)) == len(test) - len(ev)  # at most every test review
 
 
 def test_calibration_refit_updates_model_version(evaluated) -> None:
@@ -196,44 +234,87 @@ def test_split_eval_rows_keeps_products_disjoint(prepared_data) -> None:
         assert (short == available[short.index]).all()
 
 
-def _fake_result(gan_sb4: dict[str, float], human_sb4: float = 0.30, gan: dict[str, float] | None = None,
-                 tfidf_accuracy: float = 0.90, ood_auroc: float | None = 0.90,
-                 fakes: FakesSection | None = None) -> EvalResult:
+def _fake_result(
+    gan_sb4: dict[str, float],
+    human_sb4: float = 0.30,
+    gan: dict[str, float] | None = None,
+    tfidf_accuracy: float = 0.90,
+    ood_auroc: float | None = 0.90,
+    fakes: FakesSection | None = None,
+) -> EvalResult:
     """An `EvalResult` with what the targets read: a GAN sweep (its metrics overridden by `gan`), an MLE
     sweep, human metrics, NLL, the copy span and a scorer section (no out-of-family setting when
     `ood_auroc` is None)."""
+
     def model(name, sb, mauve, cat, pol, title, over=None):
         def point(t, s):
-            m = {"self_bleu4": s, "bleu4": 0.1, "fed": 0.5, "mauve": mauve, "category_acc": cat,
-                 "polarity_agreement": pol, "title_relevance": title, "distinct2": 0.5, "rating_acc": 0.7,
-                 "copy_rate": 0.02, "accepted_copy_rate": 0.0, **(over or {})}
+            m = {
+                "self_bleu4": s,
+                "bleu4": 0.1,
+                "fed": 0.5,
+                "mauve": mauve,
+                "category_acc": cat,
+                "polarity_agreement": pol,
+                "title_relevance": title,
+                "distinct2": 0.5,
+                "rating_acc": 0.7,
+                "copy_rate": 0.02,
+                "accepted_copy_rate": 0.0,
+                **(over or {}),
+            }
             return QualityPoint(name, t, {k: {"mean": v, "sd": 0.0, "values": [v]} for k, v in m.items()})
+
         return {t: point(t, s) for t, s in sb.items()}
 
-    sweep = Sweep({"gan": model("gan", gan_sb4, 0.8, 0.50, 0.80, 0.30, gan),
-                   "mle": model("mle", {"0.8": 0.35, "1.2": 0.29}, 0.6, 0.40, 0.70, 0.30)})
+    sweep = Sweep(
+        {
+            "gan": model("gan", gan_sb4, 0.8, 0.50, 0.80, 0.30, gan),
+            "mle": model("mle", {"0.8": 0.35, "1.2": 0.29}, 0.6, 0.40, 0.70, 0.30),
+        }
+    )
     human = {"self_bleu4": human_sb4, "distinct2": 0.5, "rating_acc": 0.71}
-    settings = {"gan@T=1": {"model": "gan", "top_p": 1.0, "top_k": 0, "source": "own",
-                            "calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97},
-                            "tfidf_lr": {"accuracy": tfidf_accuracy}}}
+    settings = {
+        "gan@T=1": {
+            "model": "gan",
+            "top_p": 1.0,
+            "top_k": 0,
+            "source": "own",
+            "calibrated": {"auroc": 0.995, "ece": 0.02, "accuracy": 0.97},
+            "tfidf_lr": {"accuracy": tfidf_accuracy},
+        }
+    }
     if ood_auroc is not None:
-        settings["ood@T=1,top_k=40"] = {"model": "ood", "top_p": 1.0, "top_k": 40, "source": "out_of_family",
-                                        "calibrated": {"auroc": ood_auroc, "ece": 0.08, "accuracy": 0.80},
-                                        "tfidf_lr": {"accuracy": 0.70}}
+        settings["ood@T=1,top_k=40"] = {
+            "model": "ood",
+            "top_p": 1.0,
+            "top_k": 40,
+            "source": "out_of_family",
+            "calibrated": {"auroc": ood_auroc, "ece": 0.08, "accuracy": 0.80},
+            "tfidf_lr": {"accuracy": 0.70},
+        }
     meta = RunMeta(**{**{f.name: None for f in dataclasses.fields(RunMeta)}, "max_copy_span": 8})
-    return EvalResult(meta=meta, calibration=None, nll={"gan": 3.0, "mle": 2.95}, human=human, sweep=sweep,
-                      matched=match_at_diversity(sweep.to_dict(), human_sb4),
-                      scorer=ScorerResult({"settings": settings}, fakes),
-                      fluency=Fluency(human={}, tstr_temperature=1.0, validation_reviews=0, models={}))
+    return EvalResult(
+        meta=meta,
+        calibration=None,
+        nll={"gan": 3.0, "mle": 2.95},
+        human=human,
+        sweep=sweep,
+        matched=match_at_diversity(sweep.to_dict(), human_sb4),
+        scorer=ScorerResult({"settings": settings}, fakes),
+        fluency=Fluency(human={}, tstr_temperature=1.0, validation_reviews=0, models={}),
+    )
 
 
 def _fakes(**bad: float) -> FakesSection:
     """A fakes file's section with an English and a Chinese language that meet the fakes check, but for `bad`
     (auroc, worst_bin_auroc or confident_human) in Chinese."""
+
     def lang(name, auroc=0.9, worst_bin_auroc=0.75, confident_human=0.01):
         bins = (LengthBin([0, 10], 10, 5, worst_bin_auroc), LengthBin([10, 90], 10, 5, 0.99))
-        return FakesLanguage(name, 10, 10, 0, auroc, 0.05, 0.5, 0.7, None, None, None, None, confident_human,
-                             None, None, bins)
+        return FakesLanguage(
+            name, 10, 10, 0, auroc, 0.05, 0.5, 0.7, None, None, None, None, confident_human, None, None, bins
+        )
+
     return FakesSection("x/f.parquet", 40, {"en": lang("en"), "zh": lang("zh", **bad)}, None)
 
 
@@ -250,8 +331,14 @@ def test_targets_follow_matched_diversity() -> None:
     assert d2.status == "NOT MET" and "no common Self-BLEU-4" in d2.detail
     assert t2["no_collapse"].status == "NOT MET"
     # each goal of the GAN over the MLE baseline decides the verdict on its own
-    for key, value in (("mauve", 0.61), ("category_acc", 0.44), ("polarity_agreement", 0.74), ("title_relevance", 0.29),
-                       ("accepted_copy_rate", 0.02), ("distinct2", 0.44)):
+    for key, value in (
+        ("mauve", 0.61),
+        ("category_acc", 0.44),
+        ("polarity_agreement", 0.74),
+        ("title_relevance", 0.29),
+        ("accepted_copy_rate", 0.02),
+        ("distinct2", 0.44),
+    ):
         t5 = check_targets(_fake_result({"0.8": 0.40, "1.2": 0.28}, gan={key: value}))["gan_dominates_mle"]
         assert t5.status == "NOT MET" and list(t5.checks.values()).count("NOT MET") == 1, (key, t5)
     # a weaker scorer than TF-IDF fails the scorer target
@@ -307,8 +394,11 @@ def test_eval_config_reads_yaml_then_set_then_flags(tmp_path) -> None:
     """The order every command reads its settings; a flag that was not given (None) keeps the value before."""
     p = tmp_path / "eval.yaml"
     p.write_text(EVAL_YAML)
-    cfg = load_eval_config(p, {"n_products": 7, "max_copy_span": None}, sets=["n_products=5", "top_p=0.8",
-                                                                              "seeds=[4, 5]", "check_pii=false"])
+    cfg = load_eval_config(
+        p,
+        {"n_products": 7, "max_copy_span": None},
+        sets=["n_products=5", "top_p=0.8", "seeds=[4, 5]", "check_pii=false"],
+    )
     assert (cfg.n_products, cfg.samples_per_product, cfg.top_p, cfg.max_copy_span) == (7, 4, 0.8, 10)
     assert cfg.temperatures == (0.5, 1.5) and cfg.seeds == (4, 5) and cfg.check_pii is False
     assert cfg.filter_config().max_copy_span == 10 and not cfg.filter_config().check_pii
@@ -317,8 +407,15 @@ def test_eval_config_reads_yaml_then_set_then_flags(tmp_path) -> None:
     assert load_eval_config(None, sets=["temperatures=0.7,1.1"]).temperatures == (0.7, 1.1)
 
 
-@pytest.mark.parametrize("bad,where", [("n_produkts: 3\n", "n_produkts"), ("copy_span: 8\n", "copy_span"),
-                                       ("max_copy_span: 0\n", "max_copy_span"), ("seeds: [1.5]\n", "seeds")])
+@pytest.mark.parametrize(
+    "bad,where",
+    [
+        ("n_produkts: 3\n", "n_produkts"),
+        ("copy_span: 8\n", "copy_span"),
+        ("max_copy_span: 0\n", "max_copy_span"),
+        ("seeds: [1.5]\n", "seeds"),
+    ],
+)
 def test_eval_config_errors_name_the_key(tmp_path, bad: str, where: str) -> None:
     p = tmp_path / "eval.yaml"
     p.write_text(bad)
@@ -341,9 +438,24 @@ def test_evaluate_command_maps_its_flags_onto_the_config(tmp_path, monkeypatch) 
     monkeypatch.setenv("RG_LOG_DIR", str(tmp_path / "logs"))
     p = tmp_path / "eval.yaml"
     p.write_text(EVAL_YAML)
-    base = ["evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-            "--ood-model", str(tmp_path), "--no-fakes-check", "--config", str(p), "--set", "n_products=5",
-            "--set", "top_p=0.8"]
+    base = [
+        "evaluate",
+        "--model",
+        str(tmp_path),
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--ood-model",
+        str(tmp_path),
+        "--no-fakes-check",
+        "--config",
+        str(p),
+        "--set",
+        "n_products=5",
+        "--set",
+        "top_p=0.8",
+    ]
     for extra in ([], ["--products", "7", "--copy-span", "12", "--no-recalibrate", "--seeds", "3"]):
         r = CliRunner().invoke(app, base + extra)
         assert r.exit_code == 0, r.output

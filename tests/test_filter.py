@@ -25,8 +25,10 @@ from reviewgen.serve.config import ServeConfig
 from reviewgen.serve.scoring import replica_filter, score_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["the battery lasts all day and the screen is bright and sharp in sunlight",
-         "great tablet for kids, sturdy case and easy parental controls"] * 20
+TRAIN = [
+    "the battery lasts all day and the screen is bright and sharp in sunlight",
+    "great tablet for kids, sturdy case and easy parental controls",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,12 @@ def test_each_rule_and_its_order(tok):
     assert {t: v.reasons for t, v in zip(texts, verdicts)} == cases
     copied = verdicts[texts.index(TRAIN[0])]
     assert copied.copy_span == len(tok.review_token_lists([TRAIN[0]])[0]) and copied.copied
-    assert copied.flags() == {"copy_span": copied.copy_span, "copied": True, "pii": dict.fromkeys(
-        ("email", "phone", "url", "handle"), 0), "has_pii": False}
+    assert copied.flags() == {
+        "copy_span": copied.copy_span,
+        "copied": True,
+        "pii": dict.fromkeys(("email", "phone", "url", "handle"), 0),
+        "has_pii": False,
+    }
     assert f.check([None])[0].reason == "empty"
 
 
@@ -104,11 +110,19 @@ def test_every_stage_builds_its_filter_with_from_model():
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Call):
                 fn = node.func
-                name = (f"{fn.value.id}.{fn.attr}" if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name)
-                        else fn.id if isinstance(fn, ast.Name) else None)
+                name = (
+                    f"{fn.value.id}.{fn.attr}"
+                    if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name)
+                    else fn.id
+                    if isinstance(fn, ast.Name)
+                    else None
+                )
                 calls.setdefault(name, set()).add(f.relative_to(ROOT).as_posix())
-    assert calls["ReviewFilter.from_model"] == {"reviewgen/serve/scoring.py", "reviewgen/evaluate/run.py",
-                                                "reviewgen/generate/actor.py"}
+    assert calls["ReviewFilter.from_model"] == {
+        "reviewgen/serve/scoring.py",
+        "reviewgen/evaluate/run.py",
+        "reviewgen/generate/actor.py",
+    }
     assert calls["NGramIndex.load"] == {"reviewgen/score/filter.py"}
     assert calls.get("ReviewFilter", set()) <= {"reviewgen/score/filter.py"}
 
@@ -173,12 +187,15 @@ def test_judge_reads_the_scorers_result_and_puts_its_reason_first(tok):
     assert [j.verdict.reasons for j in judged] == [(), ("low_score",), ("watermark_weak",)]
 
 
-@pytest.mark.parametrize("text,kind", [
-    ("Great phone, mail me at john.doe@example.com for details", "email"),
-    ("Call the seller at 555-123-4567 if it breaks", "phone"),
-    ("质量很好，有问题请联系13812345678谢谢", "phone"),
-    ("客服邮箱是service@shop.cn，回复很快", "email"),
-])
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("Great phone, mail me at john.doe@example.com for details", "email"),
+        ("Call the seller at 555-123-4567 if it breaks", "phone"),
+        ("质量很好，有问题请联系13812345678谢谢", "phone"),
+        ("客服邮箱是service@shop.cn，回复很快", "email"),
+    ],
+)
 def test_pii_in_english_and_chinese(tok, text: str, kind: str) -> None:
     v = ReviewFilter(FilterConfig(check_copy=False), tok).check([text])[0]
     assert "pii" in v.reasons and v.pii[kind] == 1 and v.has_pii
@@ -191,20 +208,31 @@ def test_replica_evaluate_and_nightly_give_the_same_verdicts(tiny_model, model_p
     cases = materialize(review)
     names, texts, langs = zip(*cases)
     scorer = Scorer(tiny_model)
-    served = score_reviews(scorer, replica_filter(ServeConfig(), scorer),
-                           [{"text": t, "language": lang} for t, lang in zip(texts, langs)])
-    evaluated = filter_verdicts(ReviewFilter.from_model(ck.path, ck.tokenizer, EvalConfig().filter_config()),
-                                texts, langs)
+    served = score_reviews(
+        scorer, replica_filter(ServeConfig(), scorer), [{"text": t, "language": lang} for t, lang in zip(texts, langs)]
+    )
+    evaluated = filter_verdicts(
+        ReviewFilter.from_model(ck.path, ck.tokenizer, EvalConfig().filter_config()), texts, langs
+    )
     unscorable = scorer.score([{"text": t, "language": lang} for t, lang in zip(texts, langs)])["reason"]
     for name, s, v, why in zip(names, served, evaluated, unscorable):
         # the endpoint's flags are the filter's, plus the scorer's own (machine_*pct, ours)
         assert s["reasons"] == v.reasons_with(why) and {k: s["flags"][k] for k in v.flags()} == v.flags(), name
         assert (s["p_human"] is None) if why else (0.0 <= s["p_human"] <= 1.0 and 1 <= s["rating_pred"] <= 5), name
     # the nightly actor rejects a generated review with the first of the same reasons
-    actor = GeneratorActor(ShardJob(config=GenerateConfig(), run_id="t", model_version=ck.version,
-                                    model_dir=str(tiny_model), partition=str(tmp_path), rating_distribution=(0.2,) * 5))
-    conds = [Condition(title="", category="", rating=None, sentiment="neutral", language=lang or "en")
-             for lang in langs]
+    actor = GeneratorActor(
+        ShardJob(
+            config=GenerateConfig(),
+            run_id="t",
+            model_version=ck.version,
+            model_dir=str(tiny_model),
+            partition=str(tmp_path),
+            rating_distribution=(0.2,) * 5,
+        )
+    )
+    conds = [
+        Condition(title="", category="", rating=None, sentiment="neutral", language=lang or "en") for lang in langs
+    ]
     _, nightly = actor.judge(conds, list(texts))
     for name, s, v, why in zip(names, served, evaluated, nightly):
         assert why == (s["reasons"][0] if s["reasons"] else None), name

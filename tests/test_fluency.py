@@ -21,8 +21,13 @@ from reviewgen.evaluate.fluency import (
 from reviewgen.evaluate.quality import ConditionClassifiers
 
 P, R = 12, 16
-TEXTS = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",
-         "The speaker sounds clear.", "质量很好，物流很快。", "Cheap case, the color faded quickly."] * 8
+TEXTS = [
+    "Great tablet, the battery lasts all day.",
+    "Terrible charger, broke after a week!",
+    "The speaker sounds clear.",
+    "质量很好，物流很快。",
+    "Cheap case, the color faded quickly.",
+] * 8
 
 
 def test_words_and_real_word_rate():
@@ -52,8 +57,16 @@ def tok():
 
 
 def _frame(texts, langs):
-    return pd.DataFrame({"text": texts, "language": langs, "product_title": "Fire HD", "category": "Tablets",
-                         "rating": [5 if lang == "en" else None for lang in langs], "sentiment": "positive"})
+    return pd.DataFrame(
+        {
+            "text": texts,
+            "language": langs,
+            "product_title": "Fire HD",
+            "category": "Tablets",
+            "rating": [5 if lang == "en" else None for lang in langs],
+            "sentiment": "positive",
+        }
+    )
 
 
 def test_bits_per_char_of_a_uniform_model(tok):
@@ -87,8 +100,9 @@ def _reviews(n: int, flip: bool = False, seed: int = 0) -> pd.DataFrame:
         good = i % 2 == 0
         text = (GOOD if good else BAD)[(i // 2 + seed) % 3]
         rating = 5 if good != flip else 1
-        rows.append({"text": text, "rating": rating, "category": "Tablets" if i % 4 < 2 else "Speakers",
-                     "language": "en"})
+        rows.append(
+            {"text": text, "rating": rating, "category": "Tablets" if i % 4 < 2 else "Speakers", "language": "en"}
+        )
     return pd.DataFrame(rows)
 
 
@@ -112,8 +126,16 @@ def test_fluency_section_and_report(tok):
     test = pd.concat([ev, ev.assign(product_id="other")])
     train = _reviews(40)
     samples = {("gan", 0.8): ev["text"].tolist(), ("gan", 1.0): ["lovv itt"] * 8}
-    f = fluency_section({"gan": Ck()}, samples, ev, test, train, _frame(TEXTS[:5], ["en"] * 3 + ["zh", "en"]),
-                        real_clf=ConditionClassifiers(train), tstr_temperature=0.85)
+    f = fluency_section(
+        {"gan": Ck()},
+        samples,
+        ev,
+        test,
+        train,
+        _frame(TEXTS[:5], ["en"] * 3 + ["zh", "en"]),
+        real_clf=ConditionClassifiers(train),
+        tstr_temperature=0.85,
+    )
     assert f["human"]["real_word_rate"] == 1.0
     assert f["gan"]["real_word_rate"]["0.8"]["real_word_rate"] == 1.0
     assert f["gan"]["real_word_rate"]["1"] == {"real_word_rate": 0.0, "words": 16}

@@ -33,17 +33,29 @@ QUIET = dict(log=lambda *_: None)
 def cfg(rpp: int = 2, seed: int = 0, pps: int | None = None, actors: int | None = None, **dotted) -> GenerateConfig:
     """A job config; the tiny test model emits partial UTF-8 bytes in almost every review, so tests that
     need accepted reviews keep them (broken text allowed); the --since test runs the default guard."""
-    return load_generate_config(None, {"sampling.reviews_per_product": rpp, "sampling.seed": seed,
-                                       "sharding.products_per_shard": pps, "sharding.num_actors": actors,
-                                       "filter.reject_broken_text": False, **dotted})
+    return load_generate_config(
+        None,
+        {
+            "sampling.reviews_per_product": rpp,
+            "sampling.seed": seed,
+            "sharding.products_per_shard": pps,
+            "sharding.num_actors": actors,
+            "filter.reject_broken_text": False,
+            **dotted,
+        },
+    )
 
 
 def _products(n: int, start: int = 0) -> pd.DataFrame:
     cats = ["Electronics", "Clothing", "Kitchen"]
-    return pd.DataFrame({"product_id": [f"p{i:03d}" for i in range(start, start + n)],
-                         "title": [f"Wireless speaker model {i}" for i in range(start, start + n)],
-                         "category": [cats[i % 3] for i in range(start, start + n)],
-                         "price": [10.0 + i for i in range(start, start + n)]})
+    return pd.DataFrame(
+        {
+            "product_id": [f"p{i:03d}" for i in range(start, start + n)],
+            "title": [f"Wireless speaker model {i}" for i in range(start, start + n)],
+            "category": [cats[i % 3] for i in range(start, start + n)],
+            "price": [10.0 + i for i in range(start, start + n)],
+        }
+    )
 
 
 def _reviews(part: Path) -> pd.DataFrame:
@@ -53,17 +65,36 @@ def _reviews(part: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("messy")
-    good = pd.DataFrame({
-        "product_id": ["g1", "g2", None, "g4", "g1", "g6", "g7", "g8"],
-        "title": ["Steel water bottle", "Cotton kurta", "No id here", None, "Duplicate of g1",
-                  "x" * 100_000, "Desk lamp\x00 with\x07 dimmer\x1b", "Rice cooker"],
-        "category": ["Kitchen"] * 8, "brand": ["B"] * 8, "price": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]})
+    good = pd.DataFrame(
+        {
+            "product_id": ["g1", "g2", None, "g4", "g1", "g6", "g7", "g8"],
+            "title": [
+                "Steel water bottle",
+                "Cotton kurta",
+                "No id here",
+                None,
+                "Duplicate of g1",
+                "x" * 100_000,
+                "Desk lamp\x00 with\x07 dimmer\x1b",
+                "Rice cooker",
+            ],
+            "category": ["Kitchen"] * 8,
+            "brand": ["B"] * 8,
+            "price": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        }
+    )
     good.to_parquet(d / "a_good.parquet")
     # title as a binary column: one invalid UTF-8 (latin-1 bytes), one valid; price as strings
-    pq.write_table(pa.table({"product_id": ["b1", "b2", "b3"],
-                             "title": pa.array([b"caf\xe9 cr\xe8me", "Tea kettle".encode(), b"Masala chai"],
-                                               pa.binary()),
-                             "price": ["12.50", "cheap", "Rs 99"]}), d / "b_types.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "product_id": ["b1", "b2", "b3"],
+                "title": pa.array([b"caf\xe9 cr\xe8me", "Tea kettle".encode(), b"Masala chai"], pa.binary()),
+                "price": ["12.50", "cheap", "Rs 99"],
+            }
+        ),
+        d / "b_types.parquet",
+    )
     pd.DataFrame({"product_id": ["n1", "n2"], "title": [123, 456]}).to_parquet(d / "c_numeric_title.parquet")
     (d / "d_broken.parquet").write_bytes(b"PAR1 this is not a parquet file at all")
     files = [str(d / f) for f in ("a_good.parquet", "b_types.parquet", "c_numeric_title.parquet", "d_broken.parquet")]
@@ -82,8 +113,15 @@ def test_every_input_row_accounted_for(messy, messy_run):
     assert c.products_in == messy["rows"]
     assert c.products_valid + c.products_rejected == c.products_in
     assert c.catalog_rejects_by_reason == {
-        "missing_id": 1, "missing_title": 1, "duplicate_id": 1, "title_too_long": 1, "invalid_utf8:title": 1,
-        "invalid_price": 1, "invalid_type:title": 2, "unreadable_file": 1}
+        "missing_id": 1,
+        "missing_title": 1,
+        "duplicate_id": 1,
+        "title_too_long": 1,
+        "invalid_utf8:title": 1,
+        "invalid_price": 1,
+        "invalid_type:title": 2,
+        "unreadable_file": 1,
+    }
     assert c.products_valid == 5  # g1, g2, g7 (control chars cleaned), g8, b3 ("Rs 99" parsed)
     rej = pd.read_parquet(messy_run["part"] / "rejects", filters=[("stage", "in", ["read", "catalog"])])
     assert len(rej) == c.products_rejected and rej["source_row"].notna().all()
@@ -103,8 +141,18 @@ def test_good_rows_generate_reviews_with_contract(messy_run):
     assert len(gen) + len(filt) == 5 * 2  # every generated review is accepted or rejected with a reason
     assert messy_run["summary"].counts.reviews_generated == 10
     assert len(gen) > 0 and filt["reason"].notna().all()
-    for col in ("product_id", "review_id", "rating", "text", "score", "model_version", "run_id", "seed",
-                "generated_at", "language"):
+    for col in (
+        "product_id",
+        "review_id",
+        "rating",
+        "text",
+        "score",
+        "model_version",
+        "run_id",
+        "seed",
+        "generated_at",
+        "language",
+    ):
         assert gen[col].notna().all(), col
     assert gen["review_id"].is_unique
     assert gen["rating"].between(1, 5).all() and gen["score"].between(0, 1).all()
@@ -130,8 +178,9 @@ def test_second_run_is_noop_and_force_rewrites(tiny_model, messy, messy_run):
     assert again == dataclasses.replace(messy_run["summary"], noop=True)
     assert (part / "_SUCCESS").stat().st_mtime_ns == stamp
     (part / "reviews" / "stray.parquet").write_bytes(b"junk left by someone")
-    forced = run_generation(tiny_model, messy["files"], messy_run["out"], cfg(seed=1), run_date=DATE, force=True,
-                            **QUIET)
+    forced = run_generation(
+        tiny_model, messy["files"], messy_run["out"], cfg(seed=1), run_date=DATE, force=True, **QUIET
+    )
     assert forced.noop is False and forced.counts.shards_resumed == 0
     assert not (part / "reviews" / "stray.parquet").exists()  # the partition was replaced, not appended to
     after = _reviews(part)
@@ -155,8 +204,7 @@ def reference_run(ray_local, tiny_model, clean_catalog, tmp_path_factory) -> dic
 
 
 def test_same_seed_same_reviews(tiny_model, clean_catalog, reference_run, tmp_path):
-    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE,
-                       **QUIET)
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE, **QUIET)
     a, b = _reviews(reference_run["part"]), _reviews(tmp_path / f"run_date={DATE}")
     assert s.run_id == reference_run["summary"].run_id
     # generated_at is wall-clock time; every other column must match exactly (1 vs 2 actors, other batching)
@@ -229,24 +277,31 @@ def test_killed_actor_is_retried_and_output_is_exactly_once(tiny_model, clean_ca
 
     th = threading.Thread(target=killer, daemon=True)
     th.start()
-    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE,
-                       **QUIET)
+    s = run_generation(tiny_model, [str(clean_catalog)], tmp_path, cfg(seed=7, pps=4, actors=1), run_date=DATE, **QUIET)
     th.join(timeout=5)
     assert killed, "no generating actor was found to kill"
     assert s.counts.reviews_generated == 60 and (part / "_SUCCESS").exists()
     _same_as_reference(part, reference_run)
 
 
-@pytest.mark.parametrize("preset, file, id_col", [
-    ("bigbasket", "catalog_bigbasket_products.parquet", "index"),
-    ("flipkart", "catalog_flipkart_sample_1050.parquet", "uniq_id"),
-])
+@pytest.mark.parametrize(
+    "preset, file, id_col",
+    [
+        ("bigbasket", "catalog_bigbasket_products.parquet", "index"),
+        ("flipkart", "catalog_flipkart_sample_1050.parquet", "uniq_id"),
+    ],
+)
 def test_shared_catalog_samples_through_presets(ray_local, tiny_model, tmp_path, preset, file, id_col):
     raw = pd.read_parquet(sample_data_dir() / file).head(6)
     raw.to_parquet(tmp_path / file)
-    s = run_generation(tiny_model, [str(tmp_path / file)], tmp_path / "out",
-                       cfg(rpp=1, **{"catalog.mapping": preset, "catalog.keep_columns": ["brand"]}), run_date=DATE,
-                       **QUIET)
+    s = run_generation(
+        tiny_model,
+        [str(tmp_path / file)],
+        tmp_path / "out",
+        cfg(rpp=1, **{"catalog.mapping": preset, "catalog.keep_columns": ["brand"]}),
+        run_date=DATE,
+        **QUIET,
+    )
     assert s.counts.products_in == 6 and s.counts.products_valid == 6
     prods = pd.read_parquet(tmp_path / "out" / f"run_date={DATE}" / "products")
     assert sorted(prods["product_id"]) == sorted(str(v) for v in raw[id_col])
@@ -259,8 +314,9 @@ def test_shared_catalog_samples_through_presets(ray_local, tiny_model, tmp_path,
 def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     day1 = _products(10)
     day1.to_parquet(tmp_path / "day1.parquet")
-    s1 = run_generation(tiny_model, [str(tmp_path / "day1.parquet")], tmp_path / "out", cfg(rpp=1),
-                        run_date="2024-05-01", **QUIET)
+    s1 = run_generation(
+        tiny_model, [str(tmp_path / "day1.parquet")], tmp_path / "out", cfg(rpp=1), run_date="2024-05-01", **QUIET
+    )
     assert s1.counts.products_to_generate == 10
     day2 = pd.concat([day1.drop(index=[9]), _products(2, start=50)], ignore_index=True)
     day2.loc[day2["product_id"] == "p001", "title"] = "Wireless speaker model 1, now waterproof"
@@ -268,9 +324,26 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
     day2.to_parquet(tmp_path / "day2.parquet")
     # through the command line, with the default broken-text guard; --allow-empty: the tiny model's 4
     # reviews may all be rejected
-    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "day2.parquet"),
-                                   "--out", str(tmp_path / "out"), "--reviews-per-product", "1", "--run-date",
-                                   "2024-05-02", "--since", "2024-05-01", "--allow-empty", "--no-watermark"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--catalog",
+            str(tmp_path / "day2.parquet"),
+            "--out",
+            str(tmp_path / "out"),
+            "--reviews-per-product",
+            "1",
+            "--run-date",
+            "2024-05-02",
+            "--since",
+            "2024-05-01",
+            "--allow-empty",
+            "--no-watermark",
+        ],
+    )
     assert res.exit_code == 0, res.output
     part2 = tmp_path / "out" / "run_date=2024-05-02"
     man = json.loads((part2 / "manifest.json").read_text())["summary"]["counts"]
@@ -288,12 +361,18 @@ def test_since_generates_only_new_or_changed(ray_local, tiny_model, tmp_path):
 def test_duplicate_ids_first_occurrence_by_file_and_row_wins(ray_local, tiny_model, tmp_path):
     # b.parquet comes first on the command line, so its row 2 beats every row of a.parquet; within a file
     # the lower row wins; a rejected row (no title) never blocks a later valid one
-    pd.DataFrame({"product_id": ["u1", "x", "y", "x", "z"],
-                  "title": ["Alpha", "x from a, row 1", "y from a", "x from a, row 3", None]}
-                 ).to_parquet(tmp_path / "a.parquet")
-    pd.DataFrame({"product_id": ["z", "q", "x", "y", "y"],
-                  "title": ["z from b", "Quill", "x from b, row 2", "y from b, row 3", "y from b, row 4"]}).to_parquet(
-        tmp_path / "b.parquet")
+    pd.DataFrame(
+        {
+            "product_id": ["u1", "x", "y", "x", "z"],
+            "title": ["Alpha", "x from a, row 1", "y from a", "x from a, row 3", None],
+        }
+    ).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame(
+        {
+            "product_id": ["z", "q", "x", "y", "y"],
+            "title": ["z from b", "Quill", "x from b, row 2", "y from b, row 3", "y from b, row 4"],
+        }
+    ).to_parquet(tmp_path / "b.parquet")
     files = [str(tmp_path / "b.parquet"), str(tmp_path / "a.parquet")]
     s = run_generation(tiny_model, files, tmp_path / "out", cfg(rpp=1, allow_empty=True), run_date=DATE, **QUIET)
     part = tmp_path / "out" / f"run_date={DATE}"
@@ -302,14 +381,27 @@ def test_duplicate_ids_first_occurrence_by_file_and_row_wins(ray_local, tiny_mod
     assert c.catalog_rejects_by_reason == {"duplicate_id": 4, "missing_title": 1}
     prods = pd.read_parquet(part / "products").set_index("product_id")
     winners = {p: (Path(f).name, int(r)) for p, f, r in zip(prods.index, prods["source_file"], prods["source_row"])}
-    assert winners == {"x": ("b.parquet", 2), "y": ("b.parquet", 3), "z": ("b.parquet", 0), "q": ("b.parquet", 1),
-                       "u1": ("a.parquet", 0)}
+    assert winners == {
+        "x": ("b.parquet", 2),
+        "y": ("b.parquet", 3),
+        "z": ("b.parquet", 0),
+        "q": ("b.parquet", 1),
+        "u1": ("a.parquet", 0),
+    }
     rej = pd.read_parquet(part / "rejects", filters=[("stage", "=", "catalog")])
-    dups = sorted((p, Path(f).name, int(r)) for p, f, r, why in
-                  zip(rej["product_id"], rej["source_file"], rej["source_row"], rej["reason"]) if why == "duplicate_id")
+    dups = sorted(
+        (p, Path(f).name, int(r))
+        for p, f, r, why in zip(rej["product_id"], rej["source_file"], rej["source_row"], rej["reason"])
+        if why == "duplicate_id"
+    )
     assert dups == [("x", "a.parquet", 1), ("x", "a.parquet", 3), ("y", "a.parquet", 2), ("y", "b.parquet", 4)]
-    assert set(pd.read_parquet(part / "reviews")["title"]) <= {"x from b, row 2", "y from b, row 3", "z from b",
-                                                                "Quill", "Alpha"}
+    assert set(pd.read_parquet(part / "reviews")["title"]) <= {
+        "x from b, row 2",
+        "y from b, row 3",
+        "z from b",
+        "Quill",
+        "Alpha",
+    }
 
 
 class _RowLimit:
@@ -333,6 +425,7 @@ class _RowLimit:
                 out = _orig(ds, *a, **kw)
                 self.check(_name, len(out) if hasattr(out, "__len__") else 0)
                 return out
+
             monkeypatch.setattr(rd.Dataset, name, wrapped)
         for name in ("iter_rows", "iter_batches"):
             orig = getattr(rd.Dataset, name)
@@ -344,6 +437,7 @@ class _RowLimit:
                     n += 1 if _name == "iter_rows" else len(rows)
                     self.check(_name, n)
                     yield item
+
             monkeypatch.setattr(rd.Dataset, name, wrapped_iter)
         for name in ("from_items", "from_pandas", "from_arrow"):
             orig = getattr(rd, name)
@@ -351,6 +445,7 @@ class _RowLimit:
             def wrapped_from(data, *a, _orig=orig, _name=name, **kw):
                 self.check(_name, len(data) if isinstance(data, list) else getattr(data, "num_rows", len(data)))
                 return _orig(data, *a, **kw)
+
             monkeypatch.setattr(rd, name, wrapped_from)
 
 
@@ -358,16 +453,25 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
     # 3,000 rows: 20 valid products, 1,980 duplicates of them, 1,000 invalid; several row groups
     n = 3000
     ids = [f"v{i % 20:02d}" if i % 3 else None for i in range(n)]
-    pq.write_table(pa.table({"product_id": ids, "title": [f"Steel bottle {i}" for i in range(n)]}),
-                   tmp_path / "big.parquet", row_group_size=700)
+    pq.write_table(
+        pa.table({"product_id": ids, "title": [f"Steel bottle {i}" for i in range(n)]}),
+        tmp_path / "big.parquet",
+        row_group_size=700,
+    )
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     before = (ctx.execution_options.preserve_order, ctx.shuffle_strategy)
     limit = _RowLimit(100)
     limit.install(monkeypatch)
-    s = run_generation(tiny_model, [str(tmp_path / "big.parquet")], tmp_path / "out",
-                       cfg(rpp=1, pps=8, allow_empty=True), run_date=DATE, **QUIET)
+    s = run_generation(
+        tiny_model,
+        [str(tmp_path / "big.parquet")],
+        tmp_path / "out",
+        cfg(rpp=1, pps=8, allow_empty=True),
+        run_date=DATE,
+        **QUIET,
+    )
     c = s.counts
     assert c.products_in == n and c.products_valid == 20
     assert c.catalog_rejects_by_reason == {"missing_id": 1000, "duplicate_id": 1980}
@@ -380,8 +484,18 @@ def test_catalog_rows_never_enter_the_driver(ray_local, tiny_model, tmp_path, mo
 
 def test_all_invalid_catalog_fails_cleanly_and_allow_empty_accepts(ray_local, tiny_model, tmp_path):
     pd.DataFrame({"product_id": [None, "a", "b"], "title": ["x", None, ""]}).to_parquet(tmp_path / "bad.parquet")
-    args = ["generate", "--model", str(tiny_model), "--catalog", str(tmp_path / "bad.parquet"), "--out",
-            str(tmp_path / "out"), "--run-date", DATE, "--no-watermark"]
+    args = [
+        "generate",
+        "--model",
+        str(tiny_model),
+        "--catalog",
+        str(tmp_path / "bad.parquet"),
+        "--out",
+        str(tmp_path / "out"),
+        "--run-date",
+        DATE,
+        "--no-watermark",
+    ]
     res = CliRunner().invoke(app, args)
     part = tmp_path / "out" / f"run_date={DATE}"
     assert res.exit_code == 2 and "error: " in res.output and "no valid product" in res.output
@@ -398,8 +512,20 @@ def test_all_invalid_catalog_fails_cleanly_and_allow_empty_accepts(ray_local, ti
 def test_config_file_and_flags(ray_local, tiny_model, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampling: {reviews_per_prodcut: 2}\n")
-    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
-                                   str(tmp_path), "--config", str(bad)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--catalog",
+            "x.parquet",
+            "--out",
+            str(tmp_path),
+            "--config",
+            str(bad),
+        ],
+    )
     assert res.exit_code == 2 and "reviews_per_prodcut" in res.output
     good = tmp_path / "good.yaml"
     good.write_text("sampling: {reviews_per_product: 2, seed: 5}\nfilter: {min_score: 0.3}\n")
@@ -408,8 +534,20 @@ def test_config_file_and_flags(ray_local, tiny_model, tmp_path):
     # YAML, then --set, then the per-field flags
     c2 = load_generate_config(good, {"sampling.seed": 9}, sets=["sampling.seed=7", "filter.min_score=0.5"])
     assert (c2.sampling.reviews_per_product, c2.sampling.seed, c2.filter.min_score) == (2, 9, 0.5)
-    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
-                                   str(tmp_path), "--set", "sampling.reviews_per_prodcut=2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--catalog",
+            "x.parquet",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "sampling.reviews_per_prodcut=2",
+        ],
+    )
     assert res.exit_code == 2 and "reviews_per_prodcut" in res.output
     with pytest.raises(GenerationError, match="not found"):
         run_generation(tiny_model, [str(tmp_path / "missing.parquet")], tmp_path / "o", c, **QUIET)
@@ -443,15 +581,23 @@ def test_compile_decode_reaches_the_sampler_and_the_run_identity(tiny_model, tmp
         def step(idx, **a):
             compiled.append(idx.shape[1])
             return fn(idx, **a)
+
         return step
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     product = {"product_id": "p1", "title": "Kindle Paperwhite", "category": "E-Readers", "language": "en"}
     for cfg, expect in ((GenerateConfig(), False), (on, True)):
         cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, reviews_per_product=2))
-        actor = GeneratorActor(ShardJob(config=cfg, run_id="t", model_version=load_checkpoint(tiny_model).version,
-                                        model_dir=str(tiny_model), partition=str(tmp_path / str(expect)),
-                                        rating_distribution=(0.2,) * 5))
+        actor = GeneratorActor(
+            ShardJob(
+                config=cfg,
+                run_id="t",
+                model_version=load_checkpoint(tiny_model).version,
+                model_dir=str(tiny_model),
+                partition=str(tmp_path / str(expect)),
+                rating_distribution=(0.2,) * 5,
+            )
+        )
         compiled.clear()
         stats = actor.write_shard(0, [product])
         assert stats["generated"] == 2
@@ -465,9 +611,19 @@ def test_default_filter_settings_keep_the_run_identity():
     from reviewgen.generate.run import identity_settings
 
     settings = identity_settings(GenerateConfig(), resolve_mapping(None), [0.2] * 5, None)
-    assert settings["filter"] == {"min_score": 0.0, "max_copy_span": 8, "min_tokens": 3, "max_tokens": None,
-                                  "min_chars": 1, "max_chars": None, "reject_broken_text": True, "check_pii": True,
-                                  "check_copy": True, "check_language": True, "require_watermark": False}
+    assert settings["filter"] == {
+        "min_score": 0.0,
+        "max_copy_span": 8,
+        "min_tokens": 3,
+        "max_tokens": None,
+        "min_chars": 1,
+        "max_chars": None,
+        "reject_broken_text": True,
+        "check_pii": True,
+        "check_copy": True,
+        "check_language": True,
+        "require_watermark": False,
+    }
 
 
 def test_max_copy_span_below_the_index_n_fails_before_any_work(tiny_model, tmp_path):
@@ -477,8 +633,21 @@ def test_max_copy_span_below_the_index_n_fails_before_any_work(tiny_model, tmp_p
 
     with pytest.raises(ConfigError, match="max_copy_span 4 is below the model's n-gram size 8"):
         run_generation(tiny_model, ["x.parquet"], tmp_path / "o", cfg(**{"filter.max_copy_span": 4}), **QUIET)
-    res = CliRunner().invoke(app, ["generate", "--model", str(tiny_model), "--catalog", "x.parquet", "--out",
-                                   str(tmp_path / "o"), "--max-copy-span", "4", "--no-watermark"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--catalog",
+            "x.parquet",
+            "--out",
+            str(tmp_path / "o"),
+            "--max-copy-span",
+            "4",
+            "--no-watermark",
+        ],
+    )
     assert res.exit_code == 2 and "max_copy_span 4 is below the model's n-gram size 8" in res.output
     assert not (tmp_path / "o").exists()
 
@@ -487,25 +656,83 @@ def test_run_summary_keeps_the_manifest_shape_and_reads_back():
     """manifest.json's "summary" keeps its keys and their order; from_dict reads it back to an equal value; the
     by-reason maps are the result's own (a change to the caller's Counter does not reach it)."""
     reasons = Counter({"missing_title": 2, "duplicate_id": 1})
-    counts = RunCounts(products_in=10, products_valid=7, products_rejected=3, products_unchanged=0,
-                       products_to_generate=7, shards=2, shards_resumed=1, files_unreadable=0, reviews_generated=14,
-                       reviews_accepted=12, reviews_rejected=2, reviews_generated_this_invocation=8,
-                       catalog_rejects_by_reason=reasons, review_rejects_by_reason={"too_short": 2})
-    timings = RunTimings(read_validate=1.0, plan=0.5, generate_stage=4.0, actor_generate=3.0, actor_score=0.2,
-                         actor_filter=0.1, actor_write=0.1, finalize=0.2, total=6.0)
-    s = RunSummary(run_id="abc", run_date=DATE, partition="/o/run_date=" + DATE, noop=False, model_version="m1",
-                   counts=counts, timings_s=timings, reviews_per_s=2.0)
+    counts = RunCounts(
+        products_in=10,
+        products_valid=7,
+        products_rejected=3,
+        products_unchanged=0,
+        products_to_generate=7,
+        shards=2,
+        shards_resumed=1,
+        files_unreadable=0,
+        reviews_generated=14,
+        reviews_accepted=12,
+        reviews_rejected=2,
+        reviews_generated_this_invocation=8,
+        catalog_rejects_by_reason=reasons,
+        review_rejects_by_reason={"too_short": 2},
+    )
+    timings = RunTimings(
+        read_validate=1.0,
+        plan=0.5,
+        generate_stage=4.0,
+        actor_generate=3.0,
+        actor_score=0.2,
+        actor_filter=0.1,
+        actor_write=0.1,
+        finalize=0.2,
+        total=6.0,
+    )
+    s = RunSummary(
+        run_id="abc",
+        run_date=DATE,
+        partition="/o/run_date=" + DATE,
+        noop=False,
+        model_version="m1",
+        counts=counts,
+        timings_s=timings,
+        reviews_per_s=2.0,
+    )
     reasons["unreadable_file"] = 5
     d = json.loads(json.dumps(s.to_dict()))
-    assert list(d) == ["run_id", "run_date", "partition", "noop", "model_version", "counts", "timings_s",
-                       "reviews_per_s"]
+    assert list(d) == [
+        "run_id",
+        "run_date",
+        "partition",
+        "noop",
+        "model_version",
+        "counts",
+        "timings_s",
+        "reviews_per_s",
+    ]
     assert list(d["counts"]) == [
-        "products_in", "products_valid", "products_rejected", "products_unchanged", "products_to_generate", "shards",
-        "shards_resumed", "files_unreadable", "reviews_generated", "reviews_accepted", "reviews_rejected",
-        "reviews_generated_this_invocation", "catalog_rejects_by_reason", "review_rejects_by_reason"]
+        "products_in",
+        "products_valid",
+        "products_rejected",
+        "products_unchanged",
+        "products_to_generate",
+        "shards",
+        "shards_resumed",
+        "files_unreadable",
+        "reviews_generated",
+        "reviews_accepted",
+        "reviews_rejected",
+        "reviews_generated_this_invocation",
+        "catalog_rejects_by_reason",
+        "review_rejects_by_reason",
+    ]
     assert d["counts"]["catalog_rejects_by_reason"] == {"duplicate_id": 1, "missing_title": 2}
-    assert list(d["timings_s"]) == ["read_validate", "plan", "generate_stage", "actor_generate", "actor_score",
-                                    "actor_filter", "actor_write", "finalize", "total"]
+    assert list(d["timings_s"]) == [
+        "read_validate",
+        "plan",
+        "generate_stage",
+        "actor_generate",
+        "actor_score",
+        "actor_filter",
+        "actor_write",
+        "finalize",
+        "total",
+    ]
     assert RunSummary.from_dict(d) == s
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.counts.shards = 3  # type: ignore[misc]

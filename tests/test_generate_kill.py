@@ -27,9 +27,24 @@ DATE = "2024-06-02"
 SEED = 7
 PER_SHARD = 2
 # The tiny model emits partial UTF-8 in most reviews; keep them so the comparison covers real rows.
-JOB_FLAGS = ["--preset", "bigbasket", "--run-date", DATE, "--seed", str(SEED), "--reviews-per-product", "2",
-             "--products-per-shard", str(PER_SHARD), "--keep-broken-text", "--min-score", "0",
-             "--num-actors", "1", "--no-watermark"]
+JOB_FLAGS = [
+    "--preset",
+    "bigbasket",
+    "--run-date",
+    DATE,
+    "--seed",
+    str(SEED),
+    "--reviews-per-product",
+    "2",
+    "--products-per-shard",
+    str(PER_SHARD),
+    "--keep-broken-text",
+    "--min-score",
+    "0",
+    "--num-actors",
+    "1",
+    "--no-watermark",
+]
 
 
 def _catalog(dir_: Path, n: int) -> Path:
@@ -42,14 +57,24 @@ def _job_env(ray_tmp: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # the job must start its own embedded Ray, not join the test session's
     # RAY_TMPDIR puts the job's Ray session under a dir of ours, so its processes are identifiable later
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    env.update(
+        RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_DATA_DISABLE_PROGRESS_BARS="1"
+    )
     return env
 
 
 def _job_cmd(model: Path, catalog: Path, out: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "jobs" / "generate.py"), "--model", str(model), "--catalog", str(catalog),
-            "--out", str(out), *JOB_FLAGS]
+    return [
+        sys.executable,
+        str(ROOT / "jobs" / "generate.py"),
+        "--model",
+        str(model),
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(out),
+        *JOB_FLAGS,
+    ]
 
 
 def _procs_of(ray_tmp: str) -> list[int]:
@@ -122,15 +147,18 @@ def test_sigkilled_job_resumes_to_exactly_the_uninterrupted_reviews(ray_local, t
         for attempt, n in enumerate((60, 200)):  # a second, longer run if the first finished too fast
             catalog, out_b = _catalog(tmp_path, n), tmp_path / f"out_b{attempt}"
             part_b = out_b / f"run_date={DATE}"
-            caught = _kill_mid_run(_job_cmd(tiny_model, catalog, out_b), env, part_b, tmp_path / f"kill{attempt}.log",
-                                   ray_tmp)
+            caught = _kill_mid_run(
+                _job_cmd(tiny_model, catalog, out_b), env, part_b, tmp_path / f"kill{attempt}.log", ray_tmp
+            )
             if caught:
                 break
         assert caught, "the job finished before a mid-run state could be observed, twice"
         killed_at = time.monotonic()
         stragglers = _reap(ray_tmp)
-        print(f"killed job's processes gone after {time.monotonic() - killed_at:.1f}s; "
-              f"killed outside the group: {stragglers}")
+        print(
+            f"killed job's processes gone after {time.monotonic() - killed_at:.1f}s; "
+            f"killed outside the group: {stragglers}"
+        )
         assert not _procs_of(ray_tmp)
 
         # the kill left a real partial state: some shards finished, not all, no completion marker
@@ -142,16 +170,30 @@ def test_sigkilled_job_resumes_to_exactly_the_uninterrupted_reviews(ray_local, t
 
         # reference: the same catalog file and settings, uninterrupted, in-process on the session's Ray
         out_a = tmp_path / "out_a"
-        cfg = load_generate_config(None, {"sampling.reviews_per_product": 2, "sampling.seed": SEED,
-                                          "catalog.mapping": "bigbasket", "filter.min_score": 0.0,
-                                          "sharding.products_per_shard": PER_SHARD,
-                                          "filter.reject_broken_text": False})
+        cfg = load_generate_config(
+            None,
+            {
+                "sampling.reviews_per_product": 2,
+                "sampling.seed": SEED,
+                "catalog.mapping": "bigbasket",
+                "filter.min_score": 0.0,
+                "sharding.products_per_shard": PER_SHARD,
+                "filter.reject_broken_text": False,
+            },
+        )
         ref = run_generation(tiny_model, [str(catalog)], out_a, cfg, run_date=DATE, log=lambda *_: None)
 
         resume_log = tmp_path / "resume.log"
         with open(resume_log, "wb") as fh:
-            rc = subprocess.run(_job_cmd(tiny_model, catalog, out_b), env=env, cwd=ROOT, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True, timeout=400).returncode
+            rc = subprocess.run(
+                _job_cmd(tiny_model, catalog, out_b),
+                env=env,
+                cwd=ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                timeout=400,
+            ).returncode
         assert rc == 0, resume_log.read_text()[-3000:]
         assert (part_b / "_SUCCESS").exists()
         summary = json.loads((part_b / "manifest.json").read_text())["summary"]
@@ -169,8 +211,10 @@ def test_sigkilled_job_resumes_to_exactly_the_uninterrupted_reviews(ray_local, t
         assert got["review_id"].is_unique
         assert not list(part_b.rglob(".tmp-*"))  # a mid-write kill leaves no temp file in the finished output
         pd.testing.assert_frame_equal(got.drop(columns="generated_at"), want.drop(columns="generated_at"))
-        print(f"caught with {len(finished)}/{n_shards} shards written ({n} products); resume generated "
-              f"{c['reviews_generated_this_invocation']} of {c['reviews_generated']} reviews")
+        print(
+            f"caught with {len(finished)}/{n_shards} shards written ({n} products); resume generated "
+            f"{c['reviews_generated_this_invocation']} of {c['reviews_generated']} reviews"
+        )
     finally:
         for pid in _procs_of(ray_tmp):  # never leave the job's Ray behind, even when an assert failed
             try:

@@ -24,8 +24,12 @@ from reviewgen.core.sampling import SamplingParams, sample
 from reviewgen.core.tokenizer import Condition
 
 P, R = 12, 10
-TEXTS = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",
-         "The speaker sounds clear and the setup was easy.", "Cheap case, the color faded quickly."] * 10
+TEXTS = [
+    "Great tablet, the battery lasts all day.",
+    "Terrible charger, broke after a week!",
+    "The speaker sounds clear and the setup was easy.",
+    "Cheap case, the color faded quickly.",
+] * 10
 FAMILIES = ("gpt2", "llama", "qwen2", "llama3")  # llama3: Llama with Llama 3 rope scaling and a tied head
 MODEL_TYPE = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "llama3": "llama"}
 ATOL = 1e-4
@@ -37,8 +41,15 @@ def _tokenizer_json(path) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=[BASE_EOS], show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        TEXTS,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=[BASE_EOS],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tok.save(str(path))
     return tok.get_vocab_size()
 
@@ -50,18 +61,35 @@ def _hf_model(family: str, vocab: int):
         cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, **common)
         model = transformers.GPT2LMHeadModel(cfg)
     else:
-        cls, mcls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                     "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[family]
+        cls, mcls = {
+            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+            "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        }[family]
         # llama: untied head; qwen2: tied head and an embedding padded beyond the tokenizer (as Qwen2.5 has);
         # llama3: its rope scaling slows the long wavelengths and interpolates the middle band (head_dim 8)
         rope = {"rope_type": "default", "rope_theta": 500.0}
         if family == "llama3":
-            rope = dict(rope, rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                        original_max_position_embeddings=16)
-        cfg = cls(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                  intermediate_size=64, max_position_embeddings=64, rope_parameters=rope, rms_norm_eps=1e-6,
-                  tie_word_embeddings=family != "llama", **dict(common, vocab_size=vocab + 16 * (family == "qwen2")))
+            rope = dict(
+                rope,
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            )
+        cfg = cls(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            rope_parameters=rope,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=family != "llama",
+            **dict(common, vocab_size=vocab + 16 * (family == "qwen2")),
+        )
         model = mcls(cfg)
     torch.manual_seed({"gpt2": 1, "llama": 2, "qwen2": 3, "llama3": 4}[family])
     with torch.no_grad():
@@ -115,8 +143,15 @@ def test_greedy_kv_cache_sampling_equals_transformers_generate(base):
     with torch.no_grad():
         hf.get_input_embeddings().weight.copy_(G.tok_emb.weight)
         hf.get_output_embeddings().weight.copy_(G.lm_head.weight)
-        theirs = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False, max_new_tokens=R,
-                             min_new_tokens=R, eos_token_id=None, pad_token_id=0)[:, P:]
+        theirs = hf.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=False,
+            max_new_tokens=R,
+            min_new_tokens=R,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[:, P:]
     assert torch.equal(ours, theirs)
 
 
@@ -152,16 +187,23 @@ def test_export_round_trip_through_transformers(base, tmp_path):
     family, d, hf, vocab = base
     init = init_from_hf(d, _run_cfg())
     assert init.config.finalize(init.tokenizer.vocab_size) == init.config  # consistent as the trainer finalizes it
-    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"],
-                              tokenizer=init.tokenizer, generator=init.generator, discriminator=init.discriminator,
-                              meta=Meta(base=init.meta))
+    run_dir = save_checkpoint(
+        tmp_path / "run",
+        config=init.config,
+        categories=["a", "b", "c"],
+        tokenizer=init.tokenizer,
+        generator=init.generator,
+        discriminator=init.discriminator,
+        meta=Meta(base=init.meta),
+    )
     out = export_hf(run_dir, tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert back.config.model_type == MODEL_TYPE[family]
     G = load_checkpoint(run_dir).generator.eval()
     tok = init.tokenizer
-    x = tok.encode_examples([Condition("Fire HD 8", "Tablets", 5), Condition("Echo", "Speakers", 1)],
-                            ["Great tablet.", "Broke."])
+    x = tok.encode_examples(
+        [Condition("Fire HD 8", "Tablets", 5), Condition("Echo", "Speakers", 1)], ["Great tablet.", "Broke."]
+    )
     with torch.no_grad():
         ours, theirs = G(x), back(x).logits
     assert ours.shape == theirs.shape
@@ -186,18 +228,29 @@ def test_export_round_trip_through_transformers(base, tmp_path):
 def test_scratch_models_export(tmp_path):
     """Models trained from scratch export too: gpt2 (exact GELU) and a llama-family config."""
     from reviewgen.core.tokenizer import ReviewTokenizer
+
     tok = ReviewTokenizer.train(TEXTS, vocab_size=300, prefix_len=P, max_review_len=R, min_frequency=1)
     for arch in ("gpt2", "llama"):
         cfg = RunConfig(tokenizer=TokenizerConfig(prefix_len=P, max_review_len=R))
-        cfg = cfg.override({"generator.arch": arch, "generator.n_layer": 2, "generator.d_model": 32,
-                            "generator.n_head": 4, "generator.n_kv_head": 2 if arch == "llama" else None,
-                            "discriminator.d_model": 32, "discriminator.n_layer": 1})
+        cfg = cfg.override(
+            {
+                "generator.arch": arch,
+                "generator.n_layer": 2,
+                "generator.d_model": 32,
+                "generator.n_head": 4,
+                "generator.n_kv_head": 2 if arch == "llama" else None,
+                "discriminator.d_model": 32,
+                "discriminator.n_layer": 1,
+            }
+        )
         cfg = cfg.finalize(tok.vocab_size, n_categories=2)
         from reviewgen.core.models import Discriminator, Generator
+
         torch.manual_seed(0)
         G, D = Generator(cfg.generator), Discriminator(cfg.discriminator, P, tok.pad_id)
-        run = save_checkpoint(tmp_path / f"run_{arch}", config=cfg, categories=["a", "b"], tokenizer=tok,
-                              generator=G, discriminator=D)
+        run = save_checkpoint(
+            tmp_path / f"run_{arch}", config=cfg, categories=["a", "b"], tokenizer=tok, generator=G, discriminator=D
+        )
         out = export_hf(run, tmp_path / f"hf_{arch}")
         back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
         x = tok.encode_examples([Condition("Kindle", "E-Readers", 4)], ["Love it."])
@@ -241,6 +294,7 @@ def test_missing_config_and_unsupported_model_type(gpt2_dir):
 
 def test_missing_and_misshapen_tensors(gpt2_dir):
     from safetensors.torch import load_file, save_file
+
     f = gpt2_dir / "model.safetensors"
     sd = load_file(str(f))
     key = next(k for k in sd if k.endswith("h.1.mlp.c_fc.weight"))
@@ -248,8 +302,9 @@ def test_missing_and_misshapen_tensors(gpt2_dir):
     with pytest.raises(HFImportError, match=r"tensor 'h\.1\.mlp\.c_fc\.weight' is missing from model\.safetensors"):
         _load(gpt2_dir)
     save_file(dict(sd, **{key: torch.zeros(32, 100)}), str(f))
-    with pytest.raises(HFImportError,
-                       match=r"model\.safetensors: tensor h\.1\.mlp\.c_fc\.weight \(32, 100\) has the wrong shape"):
+    with pytest.raises(
+        HFImportError, match=r"model\.safetensors: tensor h\.1\.mlp\.c_fc\.weight \(32, 100\) has the wrong shape"
+    ):
         _load(gpt2_dir)
     (gpt2_dir / "tokenizer.json").unlink()
     with pytest.raises(HFImportError, match=r"tokenizer\.json"):
@@ -258,26 +313,32 @@ def test_missing_and_misshapen_tensors(gpt2_dir):
 
 def test_sharded_weights_load(gpt2_dir):
     from safetensors.torch import load_file, save_file
+
     sd = load_file(str(gpt2_dir / "model.safetensors"))
     keys = sorted(sd)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, ks in shards.items():
         save_file({k: sd[k] for k in ks}, str(gpt2_dir / name))
     (gpt2_dir / "model.safetensors").unlink()
-    (gpt2_dir / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {k: name for name, ks in shards.items() for k in ks}}))
+    (gpt2_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: name for name, ks in shards.items() for k in ks}})
+    )
     b = _load(gpt2_dir)
     assert b.meta()["weight_files"] == sorted(shards)
     (gpt2_dir / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(HFImportError,
-                       match="index.json: names weight file model-00002-of-00002.safetensors, which is missing"):
+    with pytest.raises(
+        HFImportError, match="index.json: names weight file model-00002-of-00002.safetensors, which is missing"
+    ):
         _load(gpt2_dir)
 
 
 def test_gpt2_hub_layout_without_prefix_and_with_mask_buffers(gpt2_dir):
     """The Hub's gpt2 files name tensors without `transformer.` and carry causal-mask buffers."""
     from safetensors.torch import load_file, save_file
+
     f = gpt2_dir / "model.safetensors"
     sd = {k.removeprefix("transformer."): v for k, v in load_file(str(f)).items()}
     sd["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
@@ -289,6 +350,7 @@ def test_gpt2_hub_layout_without_prefix_and_with_mask_buffers(gpt2_dir):
 
 
 # -- LoRA adapters on an imported base -------------------------------------------------------------
+
 
 def _lora_cfg() -> RunConfig:
     return _run_cfg().override({"generator.lora.rank": 4, "generator.lora.alpha": 8.0, "discriminator.lora.rank": 4})
@@ -312,14 +374,21 @@ def test_lora_merge_and_peft_adapters_match_transformers(base, tmp_path):
         g = torch.Generator().manual_seed(5)
         for _, m in lora_layers(G):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.2)
-    run_dir = save_checkpoint(tmp_path / "run", config=init.config, categories=["a", "b", "c"],
-                              tokenizer=init.tokenizer, generator=G, discriminator=init.discriminator,
-                              meta=Meta(base=init.meta))
+    run_dir = save_checkpoint(
+        tmp_path / "run",
+        config=init.config,
+        categories=["a", "b", "c"],
+        tokenizer=init.tokenizer,
+        generator=G,
+        discriminator=init.discriminator,
+        meta=Meta(base=init.meta),
+    )
     assert json.loads((run_dir / "meta.json").read_text())["lora_base"]["kind"] == "hf"
     ours = load_checkpoint(run_dir).generator.eval()
     tok = init.tokenizer
-    x = tok.encode_examples([Condition("Fire HD 8", "Tablets", 5), Condition("Echo", "Speakers", 1)],
-                            ["Great tablet.", "Broke."])
+    x = tok.encode_examples(
+        [Condition("Fire HD 8", "Tablets", 5), Condition("Echo", "Speakers", 1)], ["Great tablet.", "Broke."]
+    )
     with torch.no_grad():
         want = ours(x)
         assert torch.equal(want, G(x))
@@ -328,9 +397,11 @@ def test_lora_merge_and_peft_adapters_match_transformers(base, tmp_path):
     out = export_adapters(run_dir, tmp_path / "adapters", with_base=True)
     doc = json.loads((out / "adapter_config.json").read_text())
     expect = {"gpt2": ["c_attn", "c_fc", "c_proj"]}.get(
-        family, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"])
+        family, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    )
     assert doc["peft_type"] == "LORA" and doc["r"] == 4 and doc["lora_alpha"] == 8.0 and doc["target_modules"] == expect
     from safetensors.torch import load_file
+
     tensors = load_file(str(out / "adapter_model.safetensors"))
     assert all(k.startswith("base_model.model.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in tensors)
     try:
@@ -351,4 +422,5 @@ def test_lora_merge_and_peft_adapters_match_transformers(base, tmp_path):
 
 def _base_of(init):
     from reviewgen.core.models import base_view
+
     return base_view(init.generator)

@@ -22,8 +22,18 @@ from reviewgen.core.tokenizer import Condition
 
 ATOL = 1e-4
 # every phase, a few steps each (the tiny config's own schedule), tiny batches
-STEPS = ["--set", "train.mle_steps=3", "--set", "train.disc_warmup_steps=2", "--set", "train.adv_steps=2",
-         "--set", "train.batch_size=4", "--set", "train.val_batches=1"]
+STEPS = [
+    "--set",
+    "train.mle_steps=3",
+    "--set",
+    "train.disc_warmup_steps=2",
+    "--set",
+    "train.adv_steps=2",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.val_batches=1",
+]
 
 
 def _base(d: Path, family: str) -> Path:
@@ -63,8 +73,13 @@ def test_train_init_from_runs_every_phase_and_the_model_samples(base, prepared_d
         assert json.loads((out / sub / "meta.json").read_text())["base"]["sha256"] == meta.base["sha256"]
     steps = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["phase"] for s in steps] == ["mle"] * 3 + ["disc"] * 2 + ["adv"] * 2
-    texts = generate_texts(ck.generator, ck.tokenizer, [Condition("Echo Dot", "Speakers", 5, language="en")] * 2,
-                           ["a", "b"], temperature=1.0)
+    texts = generate_texts(
+        ck.generator,
+        ck.tokenizer,
+        [Condition("Echo Dot", "Speakers", 5, language="en")] * 2,
+        ["a", "b"],
+        temperature=1.0,
+    )
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
@@ -72,8 +87,24 @@ def test_init_from_starts_from_the_base_weights(base, prepared_data, tmp_path):
     """Zero steps of training: G is the base itself (transformers' logits on the base tokens)."""
     family, d = base
     out = tmp_path / "z"
-    r = _train(["--data", str(prepared_data), "--out", str(out), "--init-from", str(d), "--stop-after-phase", "mle",
-                "--set", "train.mle_steps=1", "--set", "train.lr_g=0.0", "--set", "train.warmup_steps=1"])
+    r = _train(
+        [
+            "--data",
+            str(prepared_data),
+            "--out",
+            str(out),
+            "--init-from",
+            str(d),
+            "--stop-after-phase",
+            "mle",
+            "--set",
+            "train.mle_steps=1",
+            "--set",
+            "train.lr_g=0.0",
+            "--set",
+            "train.warmup_steps=1",
+        ]
+    )
     assert r.exit_code == 0, r.output
     G = load_checkpoint(out).generator.eval()
     hf = transformers.AutoModelForCausalLM.from_pretrained(d).eval()
@@ -161,8 +192,9 @@ def test_export_hf_gives_our_logits_back_through_transformers(tiny_model, tmp_pa
     ck = load_checkpoint(tiny_model)
     back = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    x = ck.tokenizer.encode_examples([Condition("Echo Dot", "Speakers", 5), Condition("Kindle", "E-Readers", 2)],
-                                     ["Great sound.", "Screen broke."])
+    x = ck.tokenizer.encode_examples(
+        [Condition("Echo Dot", "Speakers", 5), Condition("Kindle", "E-Readers", 2)], ["Great sound.", "Screen broke."]
+    )
     with torch.no_grad():
         assert (ck.generator.eval()(x) - back(x).logits).abs().max().item() < ATOL
     assert tok.encode("<rating_5>", add_special_tokens=False) == [ck.tokenizer.special["<rating_5>"]]
@@ -174,8 +206,9 @@ def test_export_default_format_and_checkpoint_alias_unchanged(tiny_model, tmp_pa
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e" / "meta.json").read_text())["version"]
     assert (tmp_path / "e" / "generator.safetensors").is_file()
-    r = CliRunner().invoke(app, ["export", "--model", str(tiny_model), "--format", "onnx",
-                                 "--out", str(tmp_path / "x")])
+    r = CliRunner().invoke(
+        app, ["export", "--model", str(tiny_model), "--format", "onnx", "--out", str(tmp_path / "x")]
+    )
     assert r.exit_code == 2 and "--format" in r.output
 
 
@@ -201,10 +234,23 @@ def test_ray_train_workers_start_from_the_same_base(ray_local, prepared_data, ti
     from reviewgen.train.local import train_local
 
     d = _base(tmp_path / "base", "gpt2")
-    one = train_local(prepared_data, tmp_path / "one", _cfg(tiny_config, 8, mle_steps=3), init_from=d,
-                      stop_after_phase="mle", log=lambda *_: None)
-    job = TrainJobConfig(data_dir=prepared_data, out=tmp_path / "two", num_workers=2, data_loader="sharded_memory",
-                         name="init", stop_after_phase="mle", init_from=d)
+    one = train_local(
+        prepared_data,
+        tmp_path / "one",
+        _cfg(tiny_config, 8, mle_steps=3),
+        init_from=d,
+        stop_after_phase="mle",
+        log=lambda *_: None,
+    )
+    job = TrainJobConfig(
+        data_dir=prepared_data,
+        out=tmp_path / "two",
+        num_workers=2,
+        data_loader="sharded_memory",
+        name="init",
+        stop_after_phase="mle",
+        init_from=d,
+    )
     two = run_distributed_training(job, _cfg(tiny_config, 4, mle_steps=3), log=lambda *_: None)
     _assert_same_losses(_steps(two), _steps(one))
     # the key bias gets a gradient that is zero up to float noise (softmax ignores a shift shared by all
@@ -229,6 +275,7 @@ def test_a_base_whose_statistics_overflow_still_gives_a_model(prepared_data, tmp
     d = _base(tmp_path / "hot", "gpt2")
     state = {}
     from safetensors.torch import load_file, save_file
+
     for f in d.glob("*.safetensors"):
         state = load_file(f)
         save_file({k: v * 1e19 if k.endswith("wte.weight") else v for k, v in state.items()}, f)

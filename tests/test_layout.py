@@ -44,9 +44,15 @@ COMMAND_STAGES = {
 COMMAND_BASE = {"core", "infra"}
 # The trainer, its loop and its drivers: only `reviewgen train` runs them; another command that needs a model
 # trained calls a train-stage entry made for it (the evaluation's out-of-family generator: train.twin).
-TRAINING_INTERNALS = ("reviewgen.train.trainer", "reviewgen.train.local", "reviewgen.train.loop",
-                      "reviewgen.train.distributed", "reviewgen.train.ray_worker", "reviewgen.train.batches",
-                      "reviewgen.train.export")
+TRAINING_INTERNALS = (
+    "reviewgen.train.trainer",
+    "reviewgen.train.local",
+    "reviewgen.train.loop",
+    "reviewgen.train.distributed",
+    "reviewgen.train.ray_worker",
+    "reviewgen.train.batches",
+    "reviewgen.train.export",
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -62,7 +68,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            base = node.module if node.level == 0 else ".".join(name.split(".")[:-node.level] + [node.module])
+            base = node.module if node.level == 0 else ".".join(name.split(".")[: -node.level] + [node.module])
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
@@ -102,8 +108,12 @@ def test_commands_import_only_the_stages_they_run():
 def test_only_the_train_command_runs_the_trainer():
     mods = _modules()
     commands = sorted(m for m in mods if m.startswith("reviewgen.cli.") and m != "reviewgen.cli.train")
-    bad = [f"{name} -> {t}" for name in commands
-           for t in sorted(_imports(name, mods[name], set(mods))) if t.startswith(TRAINING_INTERNALS)]
+    bad = [
+        f"{name} -> {t}"
+        for name in commands
+        for t in sorted(_imports(name, mods[name], set(mods)))
+        if t.startswith(TRAINING_INTERNALS)
+    ]
     assert not bad, "a command runs the trainer's internals itself:\n" + "\n".join(bad)
 
 
@@ -122,7 +132,7 @@ def test_no_import_cycles():
     def find(m: str, path: list[str]) -> list[str] | None:
         for t in sorted(edges[m]):
             if t in path:
-                return path[path.index(t):] + [t]
+                return path[path.index(t) :] + [t]
             if t not in done:
                 found = find(t, path + [t])
                 if found:
@@ -138,9 +148,11 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("layer", ["reviewgen.score", "reviewgen.generate", "reviewgen.serve", "reviewgen.core"])
 def test_scoring_and_generation_do_not_import_the_trainer(layer):
     names = sorted(m for m in _modules() if m == layer or m.startswith(layer + "."))
-    code = ("import importlib, json, sys\n"
-            f"for m in {names!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('reviewgen.train') or m == 'ray.train'"
-            " or (m == 'ray' and " + repr(layer == "reviewgen.core") + "))))")
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {names!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('reviewgen.train') or m == 'ray.train'"
+        " or (m == 'ray' and " + repr(layer == "reviewgen.core") + "))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

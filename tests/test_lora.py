@@ -27,11 +27,18 @@ from reviewgen.train.batches import TensorBatches
 from reviewgen.train.trainer import GANTrainer
 
 P, R = 12, 10
-TEXTS = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",
-         "The speaker sounds clear and the setup was easy.", "Cheap case, the color faded quickly."] * 8
+TEXTS = [
+    "Great tablet, the battery lasts all day.",
+    "Terrible charger, broke after a week!",
+    "The speaker sounds clear and the setup was easy.",
+    "Cheap case, the color faded quickly.",
+] * 8
 # the three families' shapes: gpt2 (GELU, biases), llama (SwiGLU, GQA), qwen2 (llama + q/k/v biases)
-FAMILIES = {"gpt2": dict(arch="gpt2"), "llama": dict(arch="llama", n_kv_head=2),
-            "qwen2": dict(arch="llama", n_kv_head=2, qkv_bias=True)}
+FAMILIES = {
+    "gpt2": dict(arch="gpt2"),
+    "llama": dict(arch="llama", n_kv_head=2),
+    "qwen2": dict(arch="llama", n_kv_head=2, qkv_bias=True),
+}
 LORA = LoRAConfig(rank=4, alpha=8.0)
 
 
@@ -65,7 +72,8 @@ def test_fresh_adapters_give_exactly_the_base_logits(family):
     with torch.no_grad():
         assert torch.equal(D(x).seq_logits, D0(x).seq_logits)
     assert {n for n, p in D.named_parameters() if p.requires_grad and not is_adapter_key(n)} == {
-        n for n, _ in D.named_parameters() if n.startswith(Discriminator.HEADS)}
+        n for n, _ in D.named_parameters() if n.startswith(Discriminator.HEADS)
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -93,26 +101,42 @@ def test_bf16_base_and_gradient_checkpointing_train():
 
 # -- the trainer: one shared base ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tok():
     return ReviewTokenizer.train(TEXTS, vocab_size=300, prefix_len=P, max_review_len=R, min_frequency=1)
 
 
 def lora_run_config(tok, **train) -> RunConfig:
-    arch = {"arch": "llama", "n_layer": 2, "d_model": 32, "n_head": 4, "n_kv_head": 2, "lora.rank": 4,
-            "lora.alpha": 8.0}
+    arch = {
+        "arch": "llama",
+        "n_layer": 2,
+        "d_model": 32,
+        "n_head": 4,
+        "n_kv_head": 2,
+        "lora.rank": 4,
+        "lora.alpha": 8.0,
+    }
     over = {f"{sec}.{k}": v for sec in ("generator", "discriminator") for k, v in arch.items()}
-    over.update({f"train.{k}": v for k, v in dict(dict(batch_size=8, group_size=2, mle_steps=2, disc_warmup_steps=2,
-                                                        adv_steps=2, replay_size=16), **train).items()})
+    over.update(
+        {
+            f"train.{k}": v
+            for k, v in dict(
+                dict(batch_size=8, group_size=2, mle_steps=2, disc_warmup_steps=2, adv_steps=2, replay_size=16), **train
+            ).items()
+        }
+    )
     cfg = RunConfig(tokenizer=TokenizerConfig(prefix_len=P, max_review_len=R)).override(over)
     return cfg.finalize(tok.vocab_size, n_categories=3)
 
 
 def _batches(tok, cfg: RunConfig) -> TensorBatches:
     conds = [Condition(f"Item {i}", ["Tablets", "Cases", "Audio"][i % 3], 1 + i % 5) for i in range(len(TEXTS))]
-    data = {"ids": tok.encode_examples(conds, TEXTS).numpy(),
-            "rating": torch.tensor([c.rating - 1 for c in conds]).numpy(),
-            "category": torch.tensor([i % 3 for i in range(len(TEXTS))]).numpy()}
+    data = {
+        "ids": tok.encode_examples(conds, TEXTS).numpy(),
+        "rating": torch.tensor([c.rating - 1 for c in conds]).numpy(),
+        "category": torch.tensor([i % 3 for i in range(len(TEXTS))]).numpy(),
+    }
     return TensorBatches(data, cfg.train.batch_size, cfg.train.seed)
 
 
@@ -121,8 +145,9 @@ def _trainable_of(model) -> list[torch.nn.Parameter]:
 
 
 def _base_tensors(model) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters()
-            if not is_adapter_key(n) and not n.startswith(Discriminator.HEADS)}
+    return {
+        n: p for n, p in model.named_parameters() if not is_adapter_key(n) and not n.startswith(Discriminator.HEADS)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +228,7 @@ def test_config_rejects_d_adapters_without_a_shared_base(tok):
 
 # -- checkpoints: adapters + heads + a verified base reference -------------------------------------
 
+
 def test_checkpoint_round_trip_and_base_hash_mismatch(trained, tok, tmp_path):
     tr, _, batches = trained
     d = tr.save(tmp_path / "ck")
@@ -210,6 +236,7 @@ def test_checkpoint_round_trip_and_base_hash_mismatch(trained, tok, tmp_path):
     assert meta["lora_base"]["kind"] == "file" and (d / "base.safetensors").is_file()
     assert not (d / "reference.safetensors").exists()
     from safetensors.torch import load_file
+
     assert all(is_adapter_key(k) for k in load_file(str(d / "generator.safetensors")))
     ck = load_checkpoint(d)
     x = next(batches)["ids"]
@@ -225,6 +252,7 @@ def test_checkpoint_round_trip_and_base_hash_mismatch(trained, tok, tmp_path):
     assert tr2.ref.blocks[0].attn.qkv.weight.data_ptr() == tr2.G.blocks[0].attn.qkv.weight.data_ptr()
     # a changed base is a named error
     from safetensors.torch import save_file
+
     base = load_file(str(d / "base.safetensors"))
     base["ln_f.weight"] = base["ln_f.weight"] + 1e-3
     save_file(base, str(d / "base.safetensors"))

@@ -17,6 +17,7 @@ from reviewgen.evaluate.run import check_compare_names
 
 def _model(points: dict[float, tuple[float, ...]]) -> dict:
     """{T: (self_bleu4, mauve[, distinct2])} as an aggregated sweep entry per temperature."""
+
     def cell(v):
         return {"mean": v, "sd": 0.0, "values": [] if v is None else [v]}
 
@@ -27,8 +28,10 @@ def _model(points: dict[float, tuple[float, ...]]) -> dict:
 
 
 def test_monotone_curves_meet_at_the_human_self_bleu() -> None:
-    sweep = {"gan": _model({0.6: (0.50, 0.40), 1.0: (0.30, 0.60), 1.4: (0.20, 0.50)}),
-             "mle": _model({0.6: (0.45, 0.30), 1.0: (0.35, 0.50), 1.4: (0.25, 0.70)})}
+    sweep = {
+        "gan": _model({0.6: (0.50, 0.40), 1.0: (0.30, 0.60), 1.4: (0.20, 0.50)}),
+        "mle": _model({0.6: (0.45, 0.30), 1.0: (0.35, 0.50), 1.4: (0.25, 0.70)}),
+    }
     md = match_at_diversity(sweep, 0.32)
     assert md.common and md.target_is_human and md.target_self_bleu4 == 0.32
     g, m = md.points["gan"], md.points["mle"]
@@ -43,9 +46,11 @@ def test_monotone_curves_meet_at_the_human_self_bleu() -> None:
 
 
 def test_target_is_the_closest_value_both_reach() -> None:
-    sweep = {"gan": _model({0.8: (0.50, 0.4), 1.2: (0.35, 0.6)}),
-             "mle": _model({0.8: (0.45, 0.3), 1.2: (0.25, 0.5)}),
-             "other": _model({0.8: (0.60, 0.2), 1.2: (0.55, 0.1)})}  # never as diverse: not reached
+    sweep = {
+        "gan": _model({0.8: (0.50, 0.4), 1.2: (0.35, 0.6)}),
+        "mle": _model({0.8: (0.45, 0.3), 1.2: (0.25, 0.5)}),
+        "other": _model({0.8: (0.60, 0.2), 1.2: (0.55, 0.1)}),
+    }  # never as diverse: not reached
     md = match_at_diversity(sweep, 0.30)
     assert md.common and not md.target_is_human and md.target_self_bleu4 == 0.35
     assert md.points["gan"].temperature == pytest.approx(1.2)
@@ -59,8 +64,10 @@ def test_target_is_the_closest_value_both_reach() -> None:
 def test_non_monotone_curve_uses_the_crossing_nearest_the_closest_sample() -> None:
     # crosses 0.30 three times: T 0.6-0.8, 0.8-1.0 and 1.0-1.2; T=1.0 (0.33) is the sample closest to
     # human, so the crossing at 1.0 + 0.2 * 0.03 / 0.13 is used, not 0.925 (0.8-1.0) or 0.733 (0.6-0.8)
-    sweep = {"gan": _model({0.6: (0.40, 0.1), 0.8: (0.25, 0.2), 1.0: (0.33, 0.3), 1.2: (0.20, 0.4)}),
-             "mle": _model({0.6: (0.40, 0.1), 1.2: (0.20, 0.2)})}
+    sweep = {
+        "gan": _model({0.6: (0.40, 0.1), 0.8: (0.25, 0.2), 1.0: (0.33, 0.3), 1.2: (0.20, 0.4)}),
+        "mle": _model({0.6: (0.40, 0.1), 1.2: (0.20, 0.2)}),
+    }
     g = match_at_diversity(sweep, 0.30).points["gan"]
     w = 0.03 / 0.13
     assert g.segment == (1.0, 1.2) and g.temperature == pytest.approx(1.0 + 0.2 * w)
@@ -68,8 +75,7 @@ def test_non_monotone_curve_uses_the_crossing_nearest_the_closest_sample() -> No
 
 
 def test_disjoint_ranges_have_no_common_point() -> None:
-    sweep = {"gan": _model({0.8: (0.50, 0.4), 1.2: (0.40, 0.6)}),
-             "mle": _model({0.8: (0.30, 0.3), 1.2: (0.20, 0.5)})}
+    sweep = {"gan": _model({0.8: (0.50, 0.4), 1.2: (0.40, 0.6)}), "mle": _model({0.8: (0.30, 0.3), 1.2: (0.20, 0.5)})}
     md = match_at_diversity(sweep, 0.35)
     assert not md.common and not md.target_is_human
     assert md.points["gan"].self_bleu4 == 0.40 and md.points["gan"].temperature == pytest.approx(1.2)
@@ -88,16 +94,21 @@ def test_polarity_labels_and_classifier() -> None:
     assert polarity_label(5, "negative") == "positive"  # the star rating wins
     good, bad = ["great love it perfect", "excellent works great"], ["awful broke terrible", "bad poor refund"]
     zh_good, zh_bad = ["很好 非常满意", "很好 推荐"], ["很差 失望", "太差 退货"]
-    train = pd.DataFrame({
-        "text": (good + bad) * 6 + (zh_good + zh_bad) * 6,
-        "rating": ([5, 4, 1, 2] * 6) + [None] * 24,
-        "sentiment": ["x"] * 24 + ["positive", "positive", "negative", "negative"] * 6,
-        "category": ["a", "b"] * 24, "language": ["en"] * 24 + ["zh"] * 24})
+    train = pd.DataFrame(
+        {
+            "text": (good + bad) * 6 + (zh_good + zh_bad) * 6,
+            "rating": ([5, 4, 1, 2] * 6) + [None] * 24,
+            "sentiment": ["x"] * 24 + ["positive", "positive", "negative", "negative"] * 6,
+            "category": ["a", "b"] * 24,
+            "language": ["en"] * 24 + ["zh"] * 24,
+        }
+    )
     clf = ConditionClassifiers(train)
     assert set(clf.polarity) == {"en", "zh"}
     texts = ["great love it", "terrible broke", "很好 满意", "neutral-ish words"]
-    s = clf.score(texts, [5, 1, None, 3], ["a", "b", "a", "b"], [None, None, "positive", None],
-                  ["en", "en", "zh", "en"])
+    s = clf.score(
+        texts, [5, 1, None, 3], ["a", "b", "a", "b"], [None, None, "positive", None], ["en", "en", "zh", "en"]
+    )
     assert s["polarity_n"] == 3 and s["polarity_agreement"] == 1.0 and s["polarity_balanced"] == 1.0
     flipped = clf.polarity_score(texts[:2], [1, 5], [None, None], ["en", "en"])
     assert flipped == {"polarity_agreement": 0.0, "polarity_balanced": 0.0, "polarity_n": 2}
@@ -105,8 +116,7 @@ def test_polarity_labels_and_classifier() -> None:
 
 
 def test_compare_option_parsing() -> None:
-    assert parse_compare(["realness=runs/a", "cond = runs/b"]) == {"realness": Path("runs/a"),
-                                                                    "cond": Path("runs/b")}
+    assert parse_compare(["realness=runs/a", "cond = runs/b"]) == {"realness": Path("runs/a"), "cond": Path("runs/b")}
     for bad in (["runs/a"], ["=runs/a"], ["a=x", "a=y"]):
         with pytest.raises(typer.BadParameter):
             parse_compare(bad)

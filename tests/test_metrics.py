@@ -21,13 +21,31 @@ def toks(s: str) -> list[str]:
 
 def test_tokenize_english_lowercases_and_splits_punctuation() -> None:
     assert T.tokenize_for_bleu("Great phone!! Battery's OK.", "en") == [
-        "great", "phone", "!", "!", "battery", "'", "s", "ok", ".",
+        "great",
+        "phone",
+        "!",
+        "!",
+        "battery",
+        "'",
+        "s",
+        "ok",
+        ".",
     ]
 
 
 def test_tokenize_chinese_single_characters_latin_words_whole() -> None:
     assert T.tokenize_for_bleu("这个iPhone很好，用了3天。", "zh") == [
-        "这", "个", "iphone", "很", "好", "，", "用", "了", "3", "天", "。",
+        "这",
+        "个",
+        "iphone",
+        "很",
+        "好",
+        "，",
+        "用",
+        "了",
+        "3",
+        "天",
+        "。",
     ]
 
 

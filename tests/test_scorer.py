@@ -33,8 +33,18 @@ def test_model_dir_holds_the_detector_and_reference(tiny_model, scorer) -> None:
     assert (tiny_model / "wordlm.npz").is_file() and scorer.wordlm is not None
     assert scorer.detector is not None and scorer.mode.startswith("detector: ")
     # the fit never uses a signal against its known direction
-    signs = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "binoculars": 1, "top10_share": -1,
-             "fast_detect": -1, "trigram_seen": 1, "bigram_seen": 1, "ngram_logprob": 1, "mixed_script": -1}
+    signs = {
+        "d_logit": 1,
+        "mean_logprob": -1,
+        "mean_log_rank": 1,
+        "binoculars": 1,
+        "top10_share": -1,
+        "fast_detect": -1,
+        "trigram_seen": 1,
+        "bigram_seen": 1,
+        "ngram_logprob": 1,
+        "mixed_script": -1,
+    }
     for c in det.combiners.values():
         assert c.info["candidate"] in c.info["worst_held_out_auroc"]
         assert all(signs.get(f, 0) * w >= 0 for f, w in zip(c.features, c.weights))
@@ -52,8 +62,14 @@ def test_samples_from_g_score_lower_than_real_reviews(tiny_model, prepared_data,
 
 
 def test_unscorable_texts_get_no_score_and_a_reason(scorer) -> None:
-    reviews = [{"text": None}, {"text": ""}, {"text": "a" * 100_000}, {"text": "\U0001F600" * 50},
-               {"text": "a" * 300}, {"text": "Works well, the battery lasts two days."}]
+    reviews = [
+        {"text": None},
+        {"text": ""},
+        {"text": "a" * 100_000},
+        {"text": "\U0001f600" * 50},
+        {"text": "a" * 300},
+        {"text": "Works well, the battery lasts two days."},
+    ]
     res = scorer.score(reviews)
     assert res["reason"] == ["empty", "empty", "too_long", "no_words", "repetitive", None]
     assert np.isnan(res["p_human"][:5]).all() and 0.0 < res["p_human"][5] < 1.0
@@ -63,8 +79,9 @@ def test_unscorable_texts_get_no_score_and_a_reason(scorer) -> None:
 def test_score_frame_writes_signals_and_null_scores(scorer) -> None:
     import pandas as pd
 
-    df = pd.DataFrame({"text": [None, "Great fit, soft fabric and true to size.", "\U0001F44D" * 50],
-                       "title": ["Shirt"] * 3})
+    df = pd.DataFrame(
+        {"text": [None, "Great fit, soft fabric and true to size.", "\U0001f44d" * 50], "title": ["Shirt"] * 3}
+    )
     out = scorer.score_frame(df)
     assert {"p_human", "rating_pred", *REPORTED_SIGNALS, "score_reason"} <= set(out.columns)
     assert [None if pd.isna(x) else x for x in out["score_reason"]] == ["empty", None, "no_words"]
@@ -75,8 +92,11 @@ def test_score_frame_writes_signals_and_null_scores(scorer) -> None:
 
 def test_the_replica_result_carries_signals(scorer) -> None:
     flt = ReviewFilter(FilterConfig(check_copy=False), scorer.tok)
-    res = score_reviews(scorer, flt, [{"text": "Nice phone case, fits well and feels sturdy.", "language": "en"},
-                                      {"text": "\U0001F600" * 50}])
+    res = score_reviews(
+        scorer,
+        flt,
+        [{"text": "Nice phone case, fits well and feels sturdy.", "language": "en"}, {"text": "\U0001f600" * 50}],
+    )
     ok, bad = res
     assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
     # every model signal is a number; watermark_z is null without a watermark key (tests/test_watermark.py)
@@ -143,8 +163,10 @@ def test_signals_through_http(scorer) -> None:
             pass
 
     client = TestClient(make_api(Backend(), ServeConfig(), token=None))
-    r = client.post("/v1/score", json={"reviews": [{"text": "Fits well and the colour is as pictured."},
-                                                   {"text": "\U0001F600" * 50}]})
+    r = client.post(
+        "/v1/score",
+        json={"reviews": [{"text": "Fits well and the colour is as pictured."}, {"text": "\U0001f600" * 50}]},
+    )
     assert r.status_code == 200, r.text
     ok, bad = r.json()["results"]
     assert set(ok["signals"]) == set(REPORTED_SIGNALS) and 0.0 < ok["p_human"] < 1.0
@@ -161,7 +183,7 @@ def test_length_batches_cover_every_row_once_and_cut_only_padding(scorer, prepar
     for idx, ids in length_batches(scorer.tok, conds, texts, batch_size=16):
         seen.extend(idx.tolist())
         assert ids.shape[1] <= full.shape[1] and (ids == full[idx, : ids.shape[1]]).all()
-        assert (full[idx, ids.shape[1]:] == scorer.tok.pad_id).all()
+        assert (full[idx, ids.shape[1] :] == scorer.tok.pad_id).all()
     assert sorted(seen) == list(range(len(texts)))
 
 
@@ -174,8 +196,9 @@ def test_signals_do_not_depend_on_batching_or_order(scorer, prepared_data) -> No
     a = review_signals(scorer.D, scorer.G, scorer.tok, conds, texts, batch_size=64, **args)
     one = review_signals(scorer.D, scorer.G, scorer.tok, conds, texts, batch_size=1, **args)
     perm = np.random.default_rng(0).permutation(len(texts))
-    b = review_signals(scorer.D, scorer.G, scorer.tok, [conds[i] for i in perm], [texts[i] for i in perm],
-                       batch_size=5, **args)
+    b = review_signals(
+        scorer.D, scorer.G, scorer.tok, [conds[i] for i in perm], [texts[i] for i in perm], batch_size=5, **args
+    )
     for k in a:
         np.testing.assert_allclose(a[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
         np.testing.assert_allclose(a[k][perm], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -201,8 +224,10 @@ def test_weights_cast_once_for_inference_give_the_same_scores(tiny_model, scorer
     plain = Scorer.from_checkpoint(shared)
     assert all(m.weight.dtype == torch.float32 for m in shared.discriminator.modules() if isinstance(m, nn.Linear))
     rows = load_split(prepared_data, "test").head(40)
-    reviews = [{"text": t, "product_title": p, "category": c, "language": lang}
-               for t, p, c, lang in zip(rows["text"], rows["product_title"], rows["category"], rows["language"])]
+    reviews = [
+        {"text": t, "product_title": p, "category": c, "language": lang}
+        for t, p, c, lang in zip(rows["text"], rows["product_title"], rows["category"], rows["language"])
+    ]
     a, b = scorer.score(reviews), plain.score(reviews)
     for k in ("p_human", "logit", *REPORTED_SIGNALS):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

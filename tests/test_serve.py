@@ -125,8 +125,7 @@ def test_replica_filter_uses_from_model_and_its_policy(tiny_model, monkeypatch):
     scorer = SimpleNamespace(ckpt=ck, tok=ck.tokenizer)
     built = []
     real = ReviewFilter.from_model.__func__
-    monkeypatch.setattr(ReviewFilter, "from_model",
-                        classmethod(lambda cls, *a: built.append(a) or real(cls, *a)))
+    monkeypatch.setattr(ReviewFilter, "from_model", classmethod(lambda cls, *a: built.append(a) or real(cls, *a)))
     f = replica_filter(ServeConfig(), scorer)
     assert built[0][:2] == (ck.path, ck.tokenizer) and f.max_copy_span == f.ngrams.n == 8
     assert replica_filter(ServeConfig(max_copy_span=10, check_pii=False), scorer).config.check_pii is False
@@ -144,8 +143,9 @@ def test_job_script_takes_every_flag_of_reviewgen_serve(entry):
     help_text = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, check=True).stdout
     for flag in ("--model", "--host", "--port", "--config", "--set", "--detach"):
         assert flag in help_text, (entry, flag)
-    r = subprocess.run(cmd + ["--model", str(ROOT), "--set", "max_batch_sise=3"], capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        cmd + ["--model", str(ROOT), "--set", "max_batch_sise=3"], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 2 and "max_batch_sise" in r.stderr, r.stderr
 
 
@@ -268,13 +268,16 @@ class _FakeMethod:
         return answer()
 
 
-@pytest.mark.parametrize("errors,calls,outcome", [
-    (["died"], 2, "ok"),                    # the replica died under the call: retried once, on another replica
-    (["unavailable"], 2, "ok"),
-    (["died", "died"], 2, "503"),           # lost twice: 503 with Retry-After, no third try
-    (["bug"], 1, "bug"),                    # the scoring code raised: not a replica loss, never retried
-    (["backpressure"], 1, "503"),           # the deployment's queue is full: 503 at once
-])
+@pytest.mark.parametrize(
+    "errors,calls,outcome",
+    [
+        (["died"], 2, "ok"),  # the replica died under the call: retried once, on another replica
+        (["unavailable"], 2, "ok"),
+        (["died", "died"], 2, "503"),  # lost twice: 503 with Retry-After, no third try
+        (["bug"], 1, "bug"),  # the scoring code raised: not a replica loss, never retried
+        (["backpressure"], 1, "503"),  # the deployment's queue is full: 503 at once
+    ],
+)
 def test_ingress_retries_only_replica_loss_and_only_once(errors, calls, outcome):
     import asyncio
 
@@ -284,8 +287,12 @@ def test_ingress_retries_only_replica_loss_and_only_once(errors, calls, outcome)
     from reviewgen.serve.api import BackendUnavailable
     from reviewgen.serve.ingress import IngressDeployment
 
-    make = {"died": lambda: ActorDiedError(), "unavailable": lambda: ActorUnavailableError("gone", None),
-            "bug": lambda: ValueError("model bug"), "backpressure": lambda: BackPressureError(10, 10)}
+    make = {
+        "died": lambda: ActorDiedError(),
+        "unavailable": lambda: ActorUnavailableError("gone", None),
+        "bug": lambda: ValueError("model bug"),
+        "backpressure": lambda: BackPressureError(10, 10),
+    }
     method = _FakeMethod([make[e]() for e in errors])
     ingress = object.__new__(IngressDeployment.func_or_class)  # the retry needs no replica state but these
     ingress.model = type("Handle", (), {"score": method})()
@@ -327,8 +334,9 @@ def _wait_ready(url: str, headers=None, timeout: float = 60) -> None:
 @pytest.fixture(scope="module")
 def open_url(serve_base, tiny_model):
     """A one-replica app without auth and with small limits."""
-    cfg = ServeConfig(min_replicas=1, max_replicas=1, num_cpus=0.5, max_batch_size=16,
-                      batch_wait_timeout_s=0.05, **LIMITS)
+    cfg = ServeConfig(
+        min_replicas=1, max_replicas=1, num_cpus=0.5, max_batch_size=16, batch_wait_timeout_s=0.05, **LIMITS
+    )
     _deploy("open", tiny_model, cfg)
     url = f"{serve_base}/open"
     _wait_ready(url)
@@ -344,10 +352,14 @@ def client():
 @pytest.fixture(scope="module")
 def sample_reviews(prepared_data) -> list[dict]:
     df = pd.read_parquet(prepared_data / "train.parquet").head(6)
-    rows = [{"text": t, "product_title": p[:64], "category": c[:64], "rating": int(r) if pd.notna(r) else None}
-            for t, p, c, r in zip(df["text"], df["product_title"], df["category"], df["rating"])]
-    return rows + [{"text": "zq xv plorth wimble gadget snarf kerplunk blorp fizzgig quux"},
-                   {"text": "Great phone, mail me at jo.doe@example.com", "rating": 5}]
+    rows = [
+        {"text": t, "product_title": p[:64], "category": c[:64], "rating": int(r) if pd.notna(r) else None}
+        for t, p, c, r in zip(df["text"], df["product_title"], df["category"], df["rating"])
+    ]
+    return rows + [
+        {"text": "zq xv plorth wimble gadget snarf kerplunk blorp fizzgig quux"},
+        {"text": "Great phone, mail me at jo.doe@example.com", "rating": 5},
+    ]
 
 
 def test_http_scores_equal_in_process_scorer(open_url, client, tiny_model, sample_reviews):
@@ -381,9 +393,12 @@ def test_http_scores_equal_in_process_scorer(open_url, client, tiny_model, sampl
 def test_concurrent_requests_are_batched(open_url, client, sample_reviews):
     before = client.get(f"{open_url}/v1/stats").json()
     with ThreadPoolExecutor(24) as pool:
-        codes = list(pool.map(lambda i: client.post(f"{open_url}/v1/score",
-                                                    json={"reviews": [sample_reviews[i % 6]]}).status_code,
-                              range(96)))
+        codes = list(
+            pool.map(
+                lambda i: client.post(f"{open_url}/v1/score", json={"reviews": [sample_reviews[i % 6]]}).status_code,
+                range(96),
+            )
+        )
     assert codes == [200] * 96
     after = client.get(f"{open_url}/v1/stats").json()
     assert after["reviews_scored"] - before["reviews_scored"] == 96
@@ -405,8 +420,11 @@ def _bad_values(prop: dict) -> st.SearchStrategy:
     """Values that violate one property's JSON schema (types, lengths, bounds, enums)."""
     variants = prop.get("anyOf", [prop])
     types = {v.get("type") for v in variants}
-    wrong = [st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-             st.booleans()]
+    wrong = [
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        st.booleans(),
+    ]
     if "string" not in types:
         wrong.append(st.text(max_size=5))
     if "integer" not in types:
@@ -456,8 +474,15 @@ def test_schema_generated_bad_requests_get_4xx(open_url, client, openapi, data):
         n = data.draw(st.sampled_from([0, req_schema["properties"]["reviews"]["maxItems"] + 1]))
         body, field = {"reviews": [review] * n}, "reviews"
     else:
-        body = data.draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(), st.text(max_size=5),
-                                   st.just({}), st.just({"reviews": "x"})))
+        body = data.draw(
+            st.one_of(
+                st.lists(st.integers(), max_size=3),
+                st.integers(),
+                st.text(max_size=5),
+                st.just({}),
+                st.just({"reviews": "x"}),
+            )
+        )
         field = "reviews" if body == {} or isinstance(body, dict) else "body"
     r = client.post(f"{open_url}/v1/score", content=json.dumps(body), headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
@@ -470,19 +495,28 @@ def test_hand_written_bad_requests_get_4xx_and_server_stays_healthy(open_url, cl
     url = f"{open_url}/v1/score"
     cases = {
         "bad json": (dict(content=b'{"reviews": [', headers={"content-type": "application/json"}), 422, "body"),
-        "not utf8": (dict(content=b'\xff\xfe{', headers={"content-type": "application/json"}), 400, "body"),
+        "not utf8": (dict(content=b"\xff\xfe{", headers={"content-type": "application/json"}), 400, "body"),
         "empty text": (dict(json={"reviews": [{"text": ""}]}), 422, "reviews[0].text"),
         "blank text": (dict(json={"reviews": [{"text": "   "}]}), 422, "reviews[0].text"),
-        "lone surrogate": (dict(content=b'{"reviews": [{"text": "ok \\ud800"}]}',
-                                headers={"content-type": "application/json"}), 422, "reviews[0].text"),
+        "lone surrogate": (
+            dict(content=b'{"reviews": [{"text": "ok \\ud800"}]}', headers={"content-type": "application/json"}),
+            422,
+            "reviews[0].text",
+        ),
         "text wrong type": (dict(json={"reviews": [{"text": 12}]}), 422, "reviews[0].text"),
         "rating wrong type": (dict(json={"reviews": [{"text": "ok", "rating": "five"}]}), 422, "reviews[0].rating"),
         "rating out of range": (dict(json={"reviews": [{"text": "ok", "rating": 9}]}), 422, "reviews[0].rating"),
         "too many reviews": (dict(json={"reviews": [{"text": "ok"}] * 9}), 422, "reviews"),
         "text too long": (dict(json={"reviews": [{"text": "x" * 401}]}), 422, "reviews[0].text"),
         "oversized body": (dict(json={"reviews": [{"text": "ok", "junk": "y" * 30_000}]}), 413, "body"),
-        "oversized chunked": (dict(content=iter([b'{"reviews": [{"text": "', b"y" * 25_000, b'"}]}']),
-                               headers={"content-type": "application/json"}), 413, "body"),
+        "oversized chunked": (
+            dict(
+                content=iter([b'{"reviews": [{"text": "', b"y" * 25_000, b'"}]}']),
+                headers={"content-type": "application/json"},
+            ),
+            413,
+            "body",
+        ),
         "plain text body": (dict(content=b"hello", headers={"content-type": "text/plain"}), 422, None),
     }
     for name, (kwargs, status, field) in cases.items():
@@ -510,8 +544,12 @@ def test_auth_on(serve_base, tiny_model, client):
         _wait_ready(url)  # /readyz and /healthz are open
         assert client.get(f"{url}/healthz").status_code == 200
         body = {"reviews": [{"text": "works well"}]}
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Basic {TOKEN}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
             r = client.post(f"{url}/v1/score", json=body, headers=headers)
             assert r.status_code == 401, headers
             assert r.json()["error"]["code"] == "unauthorized"
@@ -542,9 +580,18 @@ def _running(app: str) -> int:
 def test_autoscaling_up_under_load_and_back_down(serve_base, tiny_model):
     from ray import serve
 
-    cfg = ServeConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=1, upscale_delay_s=1,
-                      downscale_delay_s=3, metrics_interval_s=0.5, look_back_period_s=2, num_cpus=0.5,
-                      max_batch_size=4, max_ongoing_requests=8)
+    cfg = ServeConfig(
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        upscale_delay_s=1,
+        downscale_delay_s=3,
+        metrics_interval_s=0.5,
+        look_back_period_s=2,
+        num_cpus=0.5,
+        max_batch_size=4,
+        max_ongoing_requests=8,
+    )
     _deploy("auto", tiny_model, cfg)
     url = f"{serve_base}/auto"
     try:

@@ -28,8 +28,9 @@ from reviewgen.serve.config import ServeConfig
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 # Short drain loops keep rollouts quick; one small replica per deployment (the session Ray has 4 CPUs).
-CFG = ServeConfig(min_replicas=1, max_replicas=1, num_cpus=0.5, graceful_shutdown_wait_loop_s=0.2,
-                  graceful_shutdown_timeout_s=10)
+CFG = ServeConfig(
+    min_replicas=1, max_replicas=1, num_cpus=0.5, graceful_shutdown_wait_loop_s=0.2, graceful_shutdown_timeout_s=10
+)
 
 
 def _wait_ready(url: str, timeout: float = 90) -> None:
@@ -67,10 +68,13 @@ class _Load:
             while not self.stop.is_set():
                 t = time.time()
                 try:
-                    r = c.post(f"{self.url}/v1/score", json={"reviews": [{"text": f"review {k} {i} {j} works well"}
-                                                                for j in range(self.reviews)]})
-                    self.results.append((t, r.status_code, r.json().get("model_version") if r.status_code == 200
-                                         else r.text))
+                    r = c.post(
+                        f"{self.url}/v1/score",
+                        json={"reviews": [{"text": f"review {k} {i} {j} works well"} for j in range(self.reviews)]},
+                    )
+                    self.results.append(
+                        (t, r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text)
+                    )
                 except httpx.HTTPError as e:
                     self.results.append((t, -1, repr(e)))
                 i += 1
@@ -144,8 +148,10 @@ def test_model_rollout_under_load_loses_no_request(ha_app):
         load.wait_for(40)
         serve.run(build_app(model_b, CFG), name="ha", route_prefix="/ha", blocking=False)
         end = time.time() + 60  # the rollout ends when the old replica is gone and the new one answers
-        while time.time() < end and not (httpx.get(f"{url}/readyz", timeout=10).status_code == 200 and
-                                          httpx.get(f"{url}/v1/model", timeout=10).json()["model_version"] == vb):
+        while time.time() < end and not (
+            httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+            and httpx.get(f"{url}/v1/model", timeout=10).json()["model_version"] == vb
+        ):
             time.sleep(0.2)
         rolled_at = time.time()
         seen = len(load.results)
@@ -215,10 +221,23 @@ def test_signal_drains_and_stops_serve_and_its_local_ray(tiny_model, free_port, 
     ray_tmp = tempfile.mkdtemp(prefix="rgsig", dir="/tmp")  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    cmd = [sys.executable, "-c", "from reviewgen.cli import app; app()", "serve", "--model", str(tiny_model),
-           "--port", str(port), "--set", "num_cpus=0.5", "--set", "graceful_shutdown_timeout_s=10"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from reviewgen.cli import app; app()",
+        "serve",
+        "--model",
+        str(tiny_model),
+        "--port",
+        str(port),
+        "--set",
+        "num_cpus=0.5",
+        "--set",
+        "graceful_shutdown_timeout_s=10",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         _wait_ready(f"http://127.0.0.1:{port}", timeout=150)
         assert _processes_mentioning(ray_tmp), "no Ray process of its own was found"

@@ -8,7 +8,7 @@ from reviewgen.core.text import PII_KINDS, clean_text, find_pii, mask_pii, strip
 
 def test_clean_text_unescapes_nested_entities_and_strips_controls():
     raw = "\ufeff It&amp;#39;s  great&hellip;\n\tcafe\u0301\x00 &quot;ok&quot; "
-    assert clean_text(raw) == "It's great… caf\u00e9 \"ok\""
+    assert clean_text(raw) == 'It\'s great… caf\u00e9 "ok"'
 
 
 def test_clean_text_collapses_whitespace_and_handles_non_str():
@@ -36,8 +36,10 @@ def test_strip_promo_variants():
 
 
 def test_mask_pii_english():
-    text = ("Call +1 (555) 123-4567 or 555-123-4567, mail john.doe@example.com, "
-            "see https://shop.example.com/p?id=3. or www.example.org, thanks @john_doe!")
+    text = (
+        "Call +1 (555) 123-4567 or 555-123-4567, mail john.doe@example.com, "
+        "see https://shop.example.com/p?id=3. or www.example.org, thanks @john_doe!"
+    )
     masked, counts = mask_pii(text)
     assert counts == {"email": 1, "phone": 2, "url": 2, "handle": 1}
     for leaked in ("555", "john.doe", "example", "john_doe"):

@@ -47,9 +47,28 @@ def test_train_logs_params_every_step_and_the_model_version(prepared_data, tmp_p
 
     uri = f"file:{tmp_path / 'mlruns'}"
     out = tmp_path / "model"
-    res = CliRunner().invoke(app, ["train", "--data", str(prepared_data), "--out", str(out), "--config",
-                                   "configs/tiny.yaml", "--mle-steps", "4", "--disc-steps", "2", "--adv-steps", "2",
-                                   "--set", "train.log_every=1", "--tracking-uri", uri])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(prepared_data),
+            "--out",
+            str(out),
+            "--config",
+            "configs/tiny.yaml",
+            "--mle-steps",
+            "4",
+            "--disc-steps",
+            "2",
+            "--adv-steps",
+            "2",
+            "--set",
+            "train.log_every=1",
+            "--tracking-uri",
+            uri,
+        ],
+    )
     assert res.exit_code == 0, res.output
     client = mlflow.tracking.MlflowClient(uri)
     exp = client.get_experiment_by_name("reviewgen-train")

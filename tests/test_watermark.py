@@ -38,8 +38,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tok():
-    texts = ["Great tablet, the battery lasts all day.", "Terrible charger, broke after a week!",
-             "屏幕很清晰，电池也很耐用，物流很快。", "衣服质量一般，颜色和图片不一样。"] * 20
+    texts = [
+        "Great tablet, the battery lasts all day.",
+        "Terrible charger, broke after a week!",
+        "屏幕很清晰，电池也很耐用，物流很快。",
+        "衣服质量一般，颜色和图片不一样。",
+    ] * 20
     return ReviewTokenizer.train(texts, vocab_size=400, prefix_len=P, max_review_len=R, min_frequency=1)
 
 
@@ -63,6 +67,7 @@ def walk(wm: Watermark, colours: list[bool], start: int = 7, vocab: int = 500) -
 
 # -- the z-test ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n_green,n", [(40, 40), (0, 40), (13, 40), (25, 60)])
 def test_z_score_on_hand_built_sequences(n_green, n):
     wm = Watermark(WatermarkKey(KEY_A))
@@ -72,7 +77,7 @@ def test_z_score_on_hand_built_sequences(n_green, n):
     g = wm.config.gamma
     assert det.n_scored[0] == n and det.green[0] == n_green
     assert det.z[0] == pytest.approx((n_green - g * n) / math.sqrt(n * g * (1 - g)))
-    exact = sum(math.comb(n, k) * g ** k * (1 - g) ** (n - k) for k in range(n_green, n + 1))
+    exact = sum(math.comb(n, k) * g**k * (1 - g) ** (n - k) for k in range(n_green, n + 1))
     assert det.p_value[0] == pytest.approx(exact, rel=1e-9)
     assert det.ours == [exact <= 0.5 * math.erfc(wm.config.threshold_z / math.sqrt(2))]
     assert det.key_id == [wm.key_id]
@@ -119,6 +124,7 @@ def test_unrelated_text_stays_near_chance():
 
 # -- colours: determinism -------------------------------------------------------------------------------
 
+
 def test_colours_are_a_pure_function_of_key_and_pair():
     wm = Watermark(WatermarkKey(KEY_A))
     prev = torch.tensor([0, 5, 399, 123456])
@@ -155,6 +161,7 @@ def test_bias_adds_delta_to_green_logits_only():
 
 # -- keys ------------------------------------------------------------------------------------------------
 
+
 def test_key_repr_hides_the_secret_and_short_keys_are_refused():
     k = WatermarkKey(KEY_A)
     assert KEY_A not in repr(k) and KEY_A not in str(k) and k.key_id in repr(k) and len(k.key_id) == 16
@@ -171,8 +178,10 @@ def test_keys_from_env_and_file(tmp_path):
     assert [k.key_id for k in load_keys(environ=env)] == [WatermarkKey(KEY_A).key_id, WatermarkKey(KEY_B).key_id]
     f = tmp_path / "keys"
     f.write_text(f"# current first\n{KEY_B}\n\n{KEY_A}\n")
-    for keys in (load_keys(f, environ={wmk.KEY_ENV: "ignored-when-a-file-is-given"}),
-                 load_keys(environ={wmk.KEY_FILE_ENV: str(f)})):
+    for keys in (
+        load_keys(f, environ={wmk.KEY_ENV: "ignored-when-a-file-is-given"}),
+        load_keys(environ={wmk.KEY_FILE_ENV: str(f)}),
+    ):
         assert keys == [WatermarkKey(KEY_B), WatermarkKey(KEY_A)]
     with pytest.raises(WatermarkKeyError, match="cannot read"):
         load_keys(tmp_path / "missing", environ=NO_ENV)
@@ -193,6 +202,7 @@ def test_wrong_key_gives_low_z_and_rotation_finds_the_old_key():
 
 # -- sampling --------------------------------------------------------------------------------------------
 
+
 def _review_ids(out: torch.Tensor, eos: int, pad: int) -> list[list[int]]:
     rows = []
     for r in out.tolist():
@@ -209,18 +219,35 @@ def test_watermarked_sampling_is_deterministic_and_detectable(tok):
     a, b = Watermark(WatermarkKey(KEY_A)), Watermark(WatermarkKey(KEY_B))
 
     def run(wm, rows=slice(None), **kw):
-        return sample(g, tok.encode_prefixes(conds[rows]), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                      uniforms=counter_uniforms(seeds[rows], R), watermark=wm, **kw)
+        return sample(
+            g,
+            tok.encode_prefixes(conds[rows]),
+            params,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            uniforms=counter_uniforms(seeds[rows], R),
+            watermark=wm,
+            **kw,
+        )
 
     plain, signed = run(None), run(a)
     assert torch.equal(signed, run(a)) and torch.equal(signed[3:4], run(a, slice(3, 4)))  # per row, any batch
-    recomputed = sample_recompute(g, tok.encode_prefixes(conds), params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                  uniforms=counter_uniforms(seeds, R), watermark=a)
+    recomputed = sample_recompute(
+        g,
+        tok.encode_prefixes(conds),
+        params,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        uniforms=counter_uniforms(seeds, R),
+        watermark=a,
+    )
     assert torch.equal(signed, recomputed)  # the bias follows each row's own previous token
     assert not torch.equal(signed, plain) and not torch.equal(signed, run(b))
     ids = _review_ids(signed, tok.eos_id, tok.pad_id)
-    z_a, z_b = a.z_scores(ids, first_prev=tok.sep_id).z, a.z_scores(_review_ids(plain, tok.eos_id, tok.pad_id),
-                                                                    first_prev=tok.sep_id).z
+    z_a, z_b = (
+        a.z_scores(ids, first_prev=tok.sep_id).z,
+        a.z_scores(_review_ids(plain, tok.eos_id, tok.pad_id), first_prev=tok.sep_id).z,
+    )
     assert np.nanmean(z_a) > 4 > np.nanmean(z_b)
     assert np.nanmean(b.z_scores(ids, first_prev=tok.sep_id).z) < 2  # the wrong key sees chance
 
@@ -237,6 +264,7 @@ def test_generate_texts_threads_the_watermark(tok):
 
 
 # -- the filter rule -------------------------------------------------------------------------------------
+
 
 def test_filter_rule_watermark_weak(tok):
     from reviewgen.score.filter import REASONS, FilterConfig, ReviewFilter

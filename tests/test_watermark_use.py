@@ -25,8 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _clean_tokens(tok: ReviewTokenizer) -> list[int]:
     """Tokens of one ASCII word (with or without its leading space) that encode back to themselves."""
     words = {i: tok.tok.decode([i]) for i in range(tok.vocab_size)}
-    return [i for i, w in words.items() if w.strip().isascii() and w.strip().isalpha() and len(w.strip()) > 1
-            and tok.tok.encode(w, add_special_tokens=False).ids == [i]]
+    return [
+        i
+        for i, w in words.items()
+        if w.strip().isascii()
+        and w.strip().isalpha()
+        and len(w.strip()) > 1
+        and tok.tok.encode(w, add_special_tokens=False).ids == [i]
+    ]
 
 
 def signed_text(wm: Watermark, tok: ReviewTokenizer, n: int, green: bool = True) -> str:
@@ -173,11 +179,20 @@ def test_nightly_actor_signs_and_accepts_only_detectable_reviews(tiny_model, tmp
 
     cfg = GenerateConfig(filter=FilterConfig(reject_broken_text=False, check_language=False, min_tokens=1))
     wm = Watermark(WatermarkKey(KEY_A))
-    actor = GeneratorActor(ShardJob(config=cfg, run_id="t", model_version=load_checkpoint(tiny_model).version,
-                                    model_dir=str(tiny_model), partition=str(tmp_path), rating_distribution=(0.2,) * 5,
-                                    watermark=wm))
-    products = [{"product_id": f"p{i:02d}", "title": f"Speaker {i}", "category": "Audio", "language": "en"}
-                for i in range(6)]
+    actor = GeneratorActor(
+        ShardJob(
+            config=cfg,
+            run_id="t",
+            model_version=load_checkpoint(tiny_model).version,
+            model_dir=str(tiny_model),
+            partition=str(tmp_path),
+            rating_distribution=(0.2,) * 5,
+            watermark=wm,
+        )
+    )
+    products = [
+        {"product_id": f"p{i:02d}", "title": f"Speaker {i}", "category": "Audio", "language": "en"} for i in range(6)
+    ]
     stats = actor.write_shard(0, products)
     import pyarrow.parquet as pq
 
@@ -197,6 +212,7 @@ def test_nightly_actor_signs_and_accepts_only_detectable_reviews(tiny_model, tmp
 
 # -- export: the logits processor in transformers ---------------------------------------------------------
 
+
 def test_exported_model_with_the_processor_is_detected(tiny_model, tmp_path):
     transformers = pytest.importorskip("transformers")
     from reviewgen.core.checkpoint import load_checkpoint
@@ -215,10 +231,16 @@ def test_exported_model_with_the_processor_is_detected(tiny_model, tmp_path):
     params = SamplingParams(tok.max_review_len, temperature=0.0, precision="fp32")
     ours = sample(ck.generator, ids, params, eos_id=-1, pad_id=tok.pad_id, watermark=wm)
     with torch.no_grad():
-        greedy = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=tok.max_review_len, min_new_tokens=tok.max_review_len, eos_token_id=None,
-                             pad_token_id=tok.pad_id,
-                             logits_processor=[WatermarkLogitsProcessor(wm)])[:, ids.shape[1]:]
+        greedy = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=tok.max_review_len,
+            min_new_tokens=tok.max_review_len,
+            eos_token_id=None,
+            pad_token_id=tok.pad_id,
+            logits_processor=[WatermarkLogitsProcessor(wm)],
+        )[:, ids.shape[1] :]
     assert torch.equal(ours, greedy)
     # sampled, restricted to whole-word tokens so that the text reads back as the same tokens (the tiny model
     # otherwise writes partial UTF-8): `reviewgen score`'s detection finds the decoded reviews
@@ -226,10 +248,15 @@ def test_exported_model_with_the_processor_is_detected(tiny_model, tmp_path):
     allowed[[*_clean_tokens(tok), tok.eos_id]] = 0.0
     torch.manual_seed(0)
     with torch.no_grad():
-        gen = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=tok.max_review_len,
-                          pad_token_id=tok.pad_id,
-                          logits_processor=[lambda _, scores: scores + allowed, WatermarkLogitsProcessor(wm)])
-    texts = tok.decode_reviews(gen[:, ids.shape[1]:])
+        gen = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            max_new_tokens=tok.max_review_len,
+            pad_token_id=tok.pad_id,
+            logits_processor=[lambda _, scores: scores + allowed, WatermarkLogitsProcessor(wm)],
+        )
+    texts = tok.decode_reviews(gen[:, ids.shape[1] :])
     scorer = Scorer(tiny_model)
     scorer.watermark = wm
     res = scorer.score_texts(conds, texts)

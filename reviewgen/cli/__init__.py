@@ -28,7 +28,7 @@ class _Group(typer.core.TyperGroup):
 
     def parse_args(self, ctx, args):  # noqa: D102 - click API
         if "--" in args:
-            head, tail = args[:args.index("--")], args[args.index("--"):]
+            head, tail = args[: args.index("--")], args[args.index("--") :]
         else:
             head, tail = args, []
         if any(a in ("--verbose", "-v") for a in head[1:]) and head and not head[0].startswith("-"):
@@ -44,16 +44,28 @@ class _Group(typer.core.TyperGroup):
             report_error(e)
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="reviewgen: a conditional review GAN on Ray. Train (Ray Train), generate for catalogs "
-                       "(Ray Data), score reviews (Ray Serve).")
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="reviewgen: a conditional review GAN on Ray. Train (Ray Train), generate for catalogs "
+    "(Ray Data), score reviews (Ray Serve).",
+)
 
 
 @app.callback()
-def _root(ctx: typer.Context,
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own log lines, worker output "
-                                       "and Python warnings on the console (also RG_VERBOSE=1). By default they "
-                                       "go to runs/logs/<command>-<time>.log (or $RG_LOG_DIR).")) -> None:
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Show Ray's own log lines, worker output "
+        "and Python warnings on the console (also RG_VERBOSE=1). By default they "
+        "go to runs/logs/<command>-<time>.log (or $RG_LOG_DIR).",
+    ),
+) -> None:
     """reviewgen: a conditional review GAN on Ray."""
     name = ctx.invoked_subcommand or "reviewgen"
     ctx.obj = console.setup(verbose, os.environ.get(LOG_DIR_ENV) or os.path.join("runs", "logs"), name)
@@ -74,4 +86,3 @@ app.command()(demo.demo)
 def main() -> None:  # pragma: no cover
     """Console entry point."""
     app()
-

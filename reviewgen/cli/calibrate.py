@@ -18,18 +18,31 @@ def read_labels(path: Path, text_column: str = "text"):
 
 
 def calibrate(
-    model: Path = typer.Option(..., "--model", help="Model directory to adapt (from train or export); it is "
-                               "not changed."),
-    labels: Path = typer.Option(..., "--labels", help="Labelled reviews, parquet/CSV/JSONL: a text column, "
-                                "is_generated (1 = machine-written, 0 = human), and optional product_title (or "
-                                "title), category, rating (1-5) and language (else detected from the text). "
-                                "At least 50 rows of each class; a language gets its own adapted model with "
-                                "50 of each, others keep the zero-shot detector."),
-    out: Path = typer.Option(..., "--out", help="New model directory to write: a copy of MODEL with the adapted "
-                             "detector, a new version and adapt_report.json. Must not exist or be empty."),
+    model: Path = typer.Option(
+        ..., "--model", help="Model directory to adapt (from train or export); it is not changed."
+    ),
+    labels: Path = typer.Option(
+        ...,
+        "--labels",
+        help="Labelled reviews, parquet/CSV/JSONL: a text column, "
+        "is_generated (1 = machine-written, 0 = human), and optional product_title (or "
+        "title), category, rating (1-5) and language (else detected from the text). "
+        "At least 50 rows of each class; a language gets its own adapted model with "
+        "50 of each, others keep the zero-shot detector.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="New model directory to write: a copy of MODEL with the adapted "
+        "detector, a new version and adapt_report.json. Must not exist or be empty.",
+    ),
     text_column: str = typer.Option("text", "--text-column", help="Name of the review text column."),
-    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds: the report's figures and the "
-                              "stored thresholds come from out-of-fold scores."),
+    folds: int = typer.Option(
+        5,
+        "--folds",
+        min=2,
+        help="Cross-validation folds: the report's figures and the stored thresholds come from out-of-fold scores.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the fold assignment."),
 ):
     """Adapt the scorer to labelled reviews (word and character n-grams stacked on the scorer's signals),
@@ -47,5 +60,7 @@ def calibrate(
     version = write_adapted_model(model, out, detector, report, labels)
     for line in report.lines():
         log(line)
-    log(f"wrote {out} (version {version}, adapted from {scorer.version}; languages "
-        f"{', '.join(detector.languages)}; report in {out / 'adapt_report.json'})")
+    log(
+        f"wrote {out} (version {version}, adapted from {scorer.version}; languages "
+        f"{', '.join(detector.languages)}; report in {out / 'adapt_report.json'})"
+    )

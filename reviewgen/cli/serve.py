@@ -12,18 +12,34 @@ from reviewgen.cli.common import log
 
 def serve(
     model: Path = typer.Option(..., "--model", help="Exported model directory."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address. Stays on loopback unless you say otherwise; "
-                             "set REVIEWGEN_API_TOKEN before exposing it."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Bind address. Stays on loopback unless you say otherwise; set REVIEWGEN_API_TOKEN before exposing it.",
+    ),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Serve YAML (ServeConfig fields: batching, request "
-                                          "limits, the filter's check_copy, max_copy_span and check_pii, "
-                                          "autoscaling, CPU/GPU per replica), at top level or under serve:."),
-    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override one ServeConfig field, "
-                                   "repeatable, e.g. --set max_batch_size=16 --set check_copy=false "
-                                   "--set max_copy_span=10."),
-    detach: bool = typer.Option(False, "--detach", help="Deploy and return instead of serving until Ctrl-C. "
-                                "Against Ray that already serves the app (RAY_ADDRESS, e.g. auto), --model NEW "
-                                "--detach is a rolling model update."),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        help="Serve YAML (ServeConfig fields: batching, request "
+        "limits, the filter's check_copy, max_copy_span and check_pii, "
+        "autoscaling, CPU/GPU per replica), at top level or under serve:.",
+    ),
+    set_: List[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override one ServeConfig field, "
+        "repeatable, e.g. --set max_batch_size=16 --set check_copy=false "
+        "--set max_copy_span=10.",
+    ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="Deploy and return instead of serving until Ctrl-C. "
+        "Against Ray that already serves the app (RAY_ADDRESS, e.g. auto), --model NEW "
+        "--detach is a rolling model update.",
+    ),
 ):
     """Serve the calibrated scorer on Ray Serve: POST /v1/score, /healthz, /readyz, /v1/model, /v1/stats, /docs.
 

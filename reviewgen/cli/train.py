@@ -10,77 +10,187 @@ import typer
 from reviewgen.cli.common import log
 
 # Each option declared once, as the type of its parameter below.
-Data = Annotated[Optional[Path], typer.Option("--data", help="Directory written by `reviewgen prepare` (required "
-                                             "unless the config's job: section names data_dir).")]
-Out = Annotated[Optional[Path], typer.Option("--out", help="Output model directory (the model; mle/ holds the MLE "
-                                            "baseline, state/ the resumable state, metrics.jsonl the step log).")]
-Config = Annotated[Optional[Path], typer.Option("--config", help="YAML config (see configs/); its optional job: "
-                                               "section sets this command's options. Default: built-in defaults.")]
-Sets = Annotated[List[str], typer.Option("--set", metavar="KEY=VALUE", help="Config override, repeatable, e.g. "
-                                         "--set train.mle_steps=100 or --set job.keep_checkpoints=3 (after --config, "
-                                         "before the other flags).")]
-MaxMinutes = Annotated[Optional[float], typer.Option("--max-minutes", help="Time budget: stop after M minutes and "
-                                                     "still leave a usable model at OUT (phase and complete=false in "
-                                                     "meta.json) beside the resumable state; rerun to continue.")]
-NumWorkers = Annotated[Optional[int], typer.Option("--num-workers", help="Ray Train data-parallel workers. 0 "
-                                                   "(default) = train in this process without Ray. The global batch "
-                                                   "is train.batch_size x num_workers.")]
+Data = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data",
+        help="Directory written by `reviewgen prepare` (required unless the config's job: section names data_dir).",
+    ),
+]
+Out = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out",
+        help="Output model directory (the model; mle/ holds the MLE "
+        "baseline, state/ the resumable state, metrics.jsonl the step log).",
+    ),
+]
+Config = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        help="YAML config (see configs/); its optional job: "
+        "section sets this command's options. Default: built-in defaults.",
+    ),
+]
+Sets = Annotated[
+    List[str],
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Config override, repeatable, e.g. "
+        "--set train.mle_steps=100 or --set job.keep_checkpoints=3 (after --config, "
+        "before the other flags).",
+    ),
+]
+MaxMinutes = Annotated[
+    Optional[float],
+    typer.Option(
+        "--max-minutes",
+        help="Time budget: stop after M minutes and "
+        "still leave a usable model at OUT (phase and complete=false in "
+        "meta.json) beside the resumable state; rerun to continue.",
+    ),
+]
+NumWorkers = Annotated[
+    Optional[int],
+    typer.Option(
+        "--num-workers",
+        help="Ray Train data-parallel workers. 0 "
+        "(default) = train in this process without Ray. The global batch "
+        "is train.batch_size x num_workers.",
+    ),
+]
 UseGpu = Annotated[bool, typer.Option("--use-gpu", help="One GPU per Ray Train worker (in-process: cuda).")]
-StoragePath = Annotated[Optional[str], typer.Option("--storage-path", help="Ray Train storage for checkpoints: a "
-                                                    "local/NFS dir, s3:// or gs://. Default: OUT/runs.")]
-Name = Annotated[Optional[str], typer.Option("--name", help="Ray Train run name (default reviewgen-train); rerunning "
-                                             "the same name and storage path resumes from its latest checkpoint.")]
-MaxFailures = Annotated[Optional[int], typer.Option("--max-failures", help="Worker-group restarts allowed after a "
-                                                    "failure (default 1).")]
-KeepCheckpoints = Annotated[Optional[int], typer.Option("--keep-checkpoints", help="Ray Train checkpoints kept "
-                                                        "(last K; default 2).")]
-ResumeFrom = Annotated[Optional[Path], typer.Option("--resume-from", help="Start from this training checkpoint dir "
-                                                    "(e.g. OUT/mle). Ray Train mode.")]
-CpusPerWorker = Annotated[Optional[float], typer.Option("--cpus-per-worker", help="CPUs reserved per Ray Train "
-                                                        "worker (default 1).")]
-DataLoader = Annotated[Optional[str], typer.Option("--data-loader", help="ray_data (default): streamed Ray Dataset "
-                                                   "shards; sharded_memory: in-memory slices of one global batch "
-                                                   "(exact 1-vs-N worker equivalence; small data only).")]
-InitFrom = Annotated[Optional[Path], typer.Option("--init-from", help="Start G and D from this local Hugging Face "
-                                                  "model directory (config.json, *.safetensors, tokenizer.json; "
-                                                  "gpt2, llama or qwen2) and use its tokenizer. Nothing is "
-                                                  "downloaded. Ray Train mode: every worker reads it (use shared "
-                                                  "storage).")]
-StopAfterPhase = Annotated[Optional[str], typer.Option("--stop-after-phase", help="Stop (resumably, with a usable "
-                                                       "model at OUT) after this phase ends: mle, disc or adv.")]
+StoragePath = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage-path", help="Ray Train storage for checkpoints: a local/NFS dir, s3:// or gs://. Default: OUT/runs."
+    ),
+]
+Name = Annotated[
+    Optional[str],
+    typer.Option(
+        "--name",
+        help="Ray Train run name (default reviewgen-train); rerunning "
+        "the same name and storage path resumes from its latest checkpoint.",
+    ),
+]
+MaxFailures = Annotated[
+    Optional[int], typer.Option("--max-failures", help="Worker-group restarts allowed after a failure (default 1).")
+]
+KeepCheckpoints = Annotated[
+    Optional[int], typer.Option("--keep-checkpoints", help="Ray Train checkpoints kept (last K; default 2).")
+]
+ResumeFrom = Annotated[
+    Optional[Path],
+    typer.Option("--resume-from", help="Start from this training checkpoint dir (e.g. OUT/mle). Ray Train mode."),
+]
+CpusPerWorker = Annotated[
+    Optional[float], typer.Option("--cpus-per-worker", help="CPUs reserved per Ray Train worker (default 1).")
+]
+DataLoader = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data-loader",
+        help="ray_data (default): streamed Ray Dataset "
+        "shards; sharded_memory: in-memory slices of one global batch "
+        "(exact 1-vs-N worker equivalence; small data only).",
+    ),
+]
+InitFrom = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--init-from",
+        help="Start G and D from this local Hugging Face "
+        "model directory (config.json, *.safetensors, tokenizer.json; "
+        "gpt2, llama or qwen2) and use its tokenizer. Nothing is "
+        "downloaded. Ray Train mode: every worker reads it (use shared "
+        "storage).",
+    ),
+]
+StopAfterPhase = Annotated[
+    Optional[str],
+    typer.Option(
+        "--stop-after-phase",
+        help="Stop (resumably, with a usable model at OUT) after this phase ends: mle, disc or adv.",
+    ),
+]
 MleSteps = Annotated[Optional[int], typer.Option(help="Override train.mle_steps.")]
 DiscSteps = Annotated[Optional[int], typer.Option(help="Override train.disc_warmup_steps.")]
 AdvSteps = Annotated[Optional[int], typer.Option(help="Override train.adv_steps.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Override train.batch_size (per worker).")]
 Seed = Annotated[Optional[int], typer.Option(help="Override train.seed.")]
 Device = Annotated[Optional[str], typer.Option(help="In-process mode: cpu or cuda (default: cuda if available).")]
-TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="Log the config, every step's metrics and "
-                                                    "the final model version to MLflow at this URI (e.g. "
-                                                    "file:./mlruns). Needs `pip install 'reviewgen[track]'`. Off by "
-                                                    "default.")]
+TrackingUri = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        help="Log the config, every step's metrics and "
+        "the final model version to MLflow at this URI (e.g. "
+        "file:./mlruns). Needs `pip install 'reviewgen[track]'`. Off by "
+        "default.",
+    ),
+]
 
 
 def train(
-    data: Data = None, out: Out = None, config: Config = None, set_: Sets = [], max_minutes: MaxMinutes = None,
-    num_workers: NumWorkers = None, use_gpu: UseGpu = False, storage_path: StoragePath = None, name: Name = None,
-    max_failures: MaxFailures = None, keep_checkpoints: KeepCheckpoints = None, resume_from: ResumeFrom = None,
-    cpus_per_worker: CpusPerWorker = None, data_loader: DataLoader = None, init_from: InitFrom = None,
-    stop_after_phase: StopAfterPhase = None, mle_steps: MleSteps = None, disc_steps: DiscSteps = None,
-    adv_steps: AdvSteps = None, batch_size: BatchSize = None, seed: Seed = None, device: Device = None,
+    data: Data = None,
+    out: Out = None,
+    config: Config = None,
+    set_: Sets = [],
+    max_minutes: MaxMinutes = None,
+    num_workers: NumWorkers = None,
+    use_gpu: UseGpu = False,
+    storage_path: StoragePath = None,
+    name: Name = None,
+    max_failures: MaxFailures = None,
+    keep_checkpoints: KeepCheckpoints = None,
+    resume_from: ResumeFrom = None,
+    cpus_per_worker: CpusPerWorker = None,
+    data_loader: DataLoader = None,
+    init_from: InitFrom = None,
+    stop_after_phase: StopAfterPhase = None,
+    mle_steps: MleSteps = None,
+    disc_steps: DiscSteps = None,
+    adv_steps: AdvSteps = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    device: Device = None,
     tracking_uri: TrackingUri = None,
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
     from reviewgen.train.job import TrainJobError, load_train_job
 
-    cfg, job = load_train_job(config, set_, job_flags={
-        "data_dir": data, "out": out, "max_minutes": max_minutes, "num_workers": num_workers,
-        "use_gpu": use_gpu or None, "storage_path": storage_path, "name": name, "max_failures": max_failures,
-        "keep_checkpoints": keep_checkpoints, "resume_from": resume_from, "cpus_per_worker": cpus_per_worker,
-        "data_loader": data_loader, "stop_after_phase": stop_after_phase, "device": device,
-        "tracking_uri": tracking_uri,
-        "init_from": init_from,
-    }, run_flags={"train.mle_steps": mle_steps, "train.disc_warmup_steps": disc_steps,
-                  "train.adv_steps": adv_steps, "train.batch_size": batch_size, "train.seed": seed})
+    cfg, job = load_train_job(
+        config,
+        set_,
+        job_flags={
+            "data_dir": data,
+            "out": out,
+            "max_minutes": max_minutes,
+            "num_workers": num_workers,
+            "use_gpu": use_gpu or None,
+            "storage_path": storage_path,
+            "name": name,
+            "max_failures": max_failures,
+            "keep_checkpoints": keep_checkpoints,
+            "resume_from": resume_from,
+            "cpus_per_worker": cpus_per_worker,
+            "data_loader": data_loader,
+            "stop_after_phase": stop_after_phase,
+            "device": device,
+            "tracking_uri": tracking_uri,
+            "init_from": init_from,
+        },
+        run_flags={
+            "train.mle_steps": mle_steps,
+            "train.disc_warmup_steps": disc_steps,
+            "train.adv_steps": adv_steps,
+            "train.batch_size": batch_size,
+            "train.seed": seed,
+        },
+    )
     tracker = _start_tracking(job, cfg)
     ok = False
     try:
@@ -93,12 +203,18 @@ def train(
 
             job.validate()
             if job.resume_from:
-                raise TrainJobError("--resume-from needs --num-workers >= 1; "
-                                    "in-process mode resumes from OUT/state")
-            final = train_local(job.data_dir, job.out, cfg, max_minutes=job.max_minutes,
-                                device=job.device or ("cuda" if job.use_gpu else None), log=log,
-                                stop_after_phase=job.stop_after_phase, init_from=job.init_from,
-                                tracker=tracker)
+                raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
+            final = train_local(
+                job.data_dir,
+                job.out,
+                cfg,
+                max_minutes=job.max_minutes,
+                device=job.device or ("cuda" if job.use_gpu else None),
+                log=log,
+                stop_after_phase=job.stop_after_phase,
+                init_from=job.init_from,
+                tracker=tracker,
+            )
         ok = True
     finally:
         if tracker is not None:
@@ -114,8 +230,9 @@ def _start_tracking(job, cfg):
         return None
     from reviewgen.infra.tracking import Tracker
 
-    tracker = Tracker.start(job.tracking_uri, "reviewgen-train", job.name or Path(job.out).name,
-                            tags={"num_workers": str(job.num_workers)})
+    tracker = Tracker.start(
+        job.tracking_uri, "reviewgen-train", job.name or Path(job.out).name, tags={"num_workers": str(job.num_workers)}
+    )
     tracker.log_params({"run": cfg.to_dict(), "job": {k: str(v) for k, v in vars(job).items()}})
     return tracker
 
@@ -125,5 +242,9 @@ def _model_tags(model_dir) -> dict:
     from reviewgen.core.model_dir import read_meta
 
     meta = read_meta(model_dir)
-    return {"model_version": meta.version, "phase": meta.phase, "complete": meta.complete,
-            "model_dir": str(Path(model_dir).resolve())}
+    return {
+        "model_version": meta.version,
+        "phase": meta.phase,
+        "complete": meta.complete,
+        "model_dir": str(Path(model_dir).resolve()),
+    }

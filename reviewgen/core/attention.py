@@ -8,8 +8,9 @@ import math
 import torch
 
 
-def rope_tables(n_pos: int, head_dim: int, theta: float,
-                scaling: tuple[float, float, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    n_pos: int, head_dim: int, theta: float, scaling: tuple[float, float, float, float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [n_pos, head_dim] for rotary positions, laid out as Hugging Face Llama/Qwen2 checkpoints
     expect (the two halves of each head rotate together). `scaling`: Llama 3's (factor, low_freq_factor,
     high_freq_factor, original_max_position_embeddings)."""
@@ -39,8 +40,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 SHORT_ATTENTION = 128
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                       attn_mask: torch.Tensor | None) -> torch.Tensor:
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
     """scaled_dot_product_attention without dropout, as two batched matmuls: q [B, H, Tq, hd], k and v
     [B, H_kv, Tk, hd]; `attn_mask` None or boolean (True = attend) of shape [B or 1, 1, Tq or 1, Tk], the
     same for every head (the discriminator's key-padding mask). On CPU, the SDPA kernel is tiled for long
@@ -50,7 +52,7 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, cau
     B, H, Tq, hd = q.shape
     kv, Tk = k.shape[1], k.shape[2]
     g = H // kv
-    scores = torch.matmul(q.reshape(B, kv, g * Tq, hd), k.transpose(-1, -2)).float().mul_(hd ** -0.5)
+    scores = torch.matmul(q.reshape(B, kv, g * Tq, hd), k.transpose(-1, -2)).float().mul_(hd**-0.5)
     if causal or attn_mask is not None:
         s5 = scores.view(B, kv, g, Tq, Tk)
         if causal:
@@ -66,8 +68,7 @@ class KVCache:
     tensors, not one stacked buffer: torch.compile copies the whole stacked buffer at each in-place write
     into a view of it, which makes a compiled decode step far slower than eager)."""
 
-    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, *,
-                 device, dtype):
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, *, device, dtype):
         shape = (batch, n_head, max_len, head_dim)
         # zeroed, not empty: a one-token step reads the unfilled tail too (masked out; see `append`), and
         # its values must stay finite, since a weight of 0 times NaN is NaN
@@ -82,10 +83,10 @@ class KVCache:
         than the slice, and its shapes stay fixed from step to step."""
         T = k.shape[2]
         keys, values = self.k[layer], self.v[layer]
-        keys[:, :, pos:pos + T] = k
-        values[:, :, pos:pos + T] = v
+        keys[:, :, pos : pos + T] = k
+        values[:, :, pos : pos + T] = v
         if T != 1:
-            return keys[:, :, :pos + T], values[:, :, :pos + T], None
+            return keys[:, :, : pos + T], values[:, :, : pos + T], None
         n = keys.shape[2]
         return keys, values, (torch.arange(n, device=keys.device) <= pos).view(1, 1, 1, n)
 

@@ -45,8 +45,11 @@ def own_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What a LoRA model directory stores of `model`: its adapters and its heads (D's), not the base."""
     m = unwrap(model)
     heads = getattr(m, "HEADS", ())
-    return {k: v.detach().to("cpu").contiguous() for k, v in m.state_dict().items()
-            if is_adapter_key(k) or k.startswith(heads)}
+    return {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in m.state_dict().items()
+        if is_adapter_key(k) or k.startswith(heads)
+    }
 
 
 def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -69,8 +72,9 @@ def write_base(directory: Path, generator: torch.nn.Module, hf_base: dict[str, A
     return {"kind": "file", "path": BASE_FILE, "sha256": _file_sha256(directory / BASE_FILE)}
 
 
-def read_base(directory: Path, record: dict[str, Any] | None, prefix_len: int, max_review_len: int,
-              device) -> dict[str, torch.Tensor]:
+def read_base(
+    directory: Path, record: dict[str, Any] | None, prefix_len: int, max_review_len: int, device
+) -> dict[str, torch.Tensor]:
     """The base state a LoRA directory names, after checking its hash; BaseRefError otherwise."""
     from safetensors.torch import load_file
 
@@ -90,6 +94,8 @@ def read_base(directory: Path, record: dict[str, Any] | None, prefix_len: int, m
             raise BaseRefError(f"{directory}: its base {record['path']} cannot be read ({e})") from e
         got, state = hf.sha256, hf.state
     if got != want:
-        raise BaseRefError(f"{directory}: the base weights at {record['path']} have sha256 {got[:16]}, but "
-                                f"the adapters were trained on {want[:16]}; restore that base")
+        raise BaseRefError(
+            f"{directory}: the base weights at {record['path']} have sha256 {got[:16]}, but "
+            f"the adapters were trained on {want[:16]}; restore that base"
+        )
     return {k: v.to(device) for k, v in state.items()}

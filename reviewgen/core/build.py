@@ -46,8 +46,11 @@ def _materialize(model: nn.Module, n_layer: int, fresh_ok: tuple[str, ...] | Non
             if fresh_ok is None or not (is_adapter_key(name) or name.startswith(fresh_ok)):
                 raise ValueError(f"no weight for {name!r} in the state {type(model).__name__} was built from")
             owner, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(owner), leaf,
-                    nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad))
+            setattr(
+                model.get_submodule(owner),
+                leaf,
+                nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad),
+            )
             fresh.add(name)
     init_weights(model, n_layer, only=fresh)
     rope = getattr(model, "rope_cos", None)
@@ -56,8 +59,7 @@ def _materialize(model: nn.Module, n_layer: int, fresh_ok: tuple[str, ...] | Non
         model.rope_cos, model.rope_sin = rope_tables(model.cfg.block_size, a.head_dim, a.rope_theta, a.rope_scaling)
 
 
-def generator_from_state(cfg: GeneratorConfig, state: dict[str, torch.Tensor], *,
-                         complete: bool = False) -> Generator:
+def generator_from_state(cfg: GeneratorConfig, state: dict[str, torch.Tensor], *, complete: bool = False) -> Generator:
     """G holding `state` (our names; a tied head may be left out), which it empties: G takes the tensors.
     Adapters missing from `state` start fresh unless `complete`; a missing base weight is a ValueError."""
     with torch.device("meta"):
@@ -69,8 +71,15 @@ def generator_from_state(cfg: GeneratorConfig, state: dict[str, torch.Tensor], *
     return G
 
 
-def discriminator_from_state(cfg: DiscriminatorConfig, prefix_len: int, pad_id: int, state: dict[str, torch.Tensor],
-                             *, share_with: Generator | None = None, complete: bool = False) -> Discriminator:
+def discriminator_from_state(
+    cfg: DiscriminatorConfig,
+    prefix_len: int,
+    pad_id: int,
+    state: dict[str, torch.Tensor],
+    *,
+    share_with: Generator | None = None,
+    complete: bool = False,
+) -> Discriminator:
     """D holding `state` (which it empties), its trunk first made `share_with`'s base tensors when given
     (D's adapters then sit on G's base); heads and adapters missing from `state` start fresh unless
     `complete`."""

@@ -44,6 +44,7 @@ class BaseMismatchError(CheckpointError):
 
 # -- the checkpoint ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint directory: its run config, categories, tokenizer and networks, its meta.json and
@@ -92,11 +93,21 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str], tokenizer: ReviewTokenizer,
-                    generator: torch.nn.Module, discriminator: torch.nn.Module,
-                    meta: Meta | None = None, reference: torch.nn.Module | dict | None = None,
-                    train_state: dict[str, Any] | None = None, calibration: Calibration | None = None,
-                    ngram_file: str | Path | None = None, wordlm_file: str | Path | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    config: RunConfig,
+    categories: list[str],
+    tokenizer: ReviewTokenizer,
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    meta: Meta | None = None,
+    reference: torch.nn.Module | dict | None = None,
+    train_state: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
+    ngram_file: str | Path | None = None,
+    wordlm_file: str | Path | None = None,
+) -> Path:
     """Write a checkpoint atomically (temp dir + rename) with `meta`'s record of how it was made; the format,
     content version, creation time and (with LoRA) the base reference are filled in here. Returns the path."""
     from safetensors.torch import save_file
@@ -105,8 +116,9 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / CONFIG_FILE).write_text(json.dumps(
-        {"format": FORMAT_VERSION, "run": config.to_dict(), "categories": list(categories)}, indent=2))
+    (tmp / CONFIG_FILE).write_text(
+        json.dumps({"format": FORMAT_VERSION, "run": config.to_dict(), "categories": list(categories)}, indent=2)
+    )
     meta = meta if meta is not None else Meta()
     lora_g, lora_d = config.generator.lora.enabled, config.discriminator.lora.enabled
     if lora_g:  # the adapters, and a verified reference to the base they sit on
@@ -126,8 +138,12 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, categories: list[str
         shutil.copyfile(ngram_file, tmp / NGRAM_FILE)
     if wordlm_file is not None and Path(wordlm_file).is_file():
         shutil.copyfile(wordlm_file, tmp / "wordlm.npz")
-    meta = replace(meta, format=FORMAT_VERSION, version=content_version(tmp),
-                   created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    meta = replace(
+        meta,
+        format=FORMAT_VERSION,
+        version=content_version(tmp),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     (tmp / META_FILE).write_text(record_json(meta.to_dict()))
     # Move files in one by one rather than renaming the directory: a run directory keeps its
     # sub-directories (mle/, state/) beside the model files. meta.json goes first out and last in,
@@ -154,8 +170,9 @@ def _read_weights(p: Path, device) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{p}: corrupt weights ({e})") from e
 
 
-def _build_models(p: Path, meta: Meta, config: RunConfig, tok: ReviewTokenizer,
-                  device) -> tuple[Generator, Discriminator, dict[str, torch.Tensor] | None]:
+def _build_models(
+    p: Path, meta: Meta, config: RunConfig, tok: ReviewTokenizer, device
+) -> tuple[Generator, Discriminator, dict[str, torch.Tensor] | None]:
     """G and D built around the directory's weights with no random-init copy (`reviewgen.core.build`); with
     LoRA, G's file holds its adapters and the verified base is read beside them, shared with D when D has
     adapters too. Returns the models and, with LoRA, G's base tensors (the reference network)."""
@@ -170,8 +187,14 @@ def _build_models(p: Path, meta: Meta, config: RunConfig, tok: ReviewTokenizer,
         raise err(f"{p / 'generator.safetensors'}: weights do not match the config ({e})") from e
     d_state = _read_weights(p / "discriminator.safetensors", device)
     try:
-        disc = discriminator_from_state(config.discriminator, config.tokenizer.prefix_len, tok.pad_id, d_state,
-                                        share_with=gen if lora_d else None, complete=True)
+        disc = discriminator_from_state(
+            config.discriminator,
+            config.tokenizer.prefix_len,
+            tok.pad_id,
+            d_state,
+            share_with=gen if lora_d else None,
+            complete=True,
+        )
     except ValueError as e:
         raise CheckpointError(f"{p / 'discriminator.safetensors'}: weights do not match the config ({e})") from e
     base = {k: v for k, v in gen.state_dict().items() if not is_adapter_key(k)} if lora_g else None
@@ -216,9 +239,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, tra
             state = torch.load(p / "train_state.pt", map_location="cpu", weights_only=True)
         except Exception as e:
             raise CheckpointError(f"{p / 'train_state.pt'}: corrupt training state ({e})") from e
-    return Checkpoint(path=p, config=config, categories=categories, tokenizer=tok,
-                      generator=gen, discriminator=disc, meta=meta, calibration=calib,
-                      reference_state=ref, train_state=state)
+    return Checkpoint(
+        path=p,
+        config=config,
+        categories=categories,
+        tokenizer=tok,
+        generator=gen,
+        discriminator=disc,
+        meta=meta,
+        calibration=calib,
+        reference_state=ref,
+        train_state=state,
+    )
 
 
 def export_model(src: str | Path, dst: str | Path) -> Path:
@@ -230,8 +262,17 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # lexical-*.npz: the models of calibration.json's "adapted" entry (`reviewgen calibrate`)
-    for name in (CONFIG_FILE, *WEIGHT_FILES, BASE_FILE, "reference.safetensors", "tokenizer.json", CALIBRATION_FILE,
-                 NGRAM_FILE, "wordlm.npz", *sorted(f.name for f in src.glob("lexical[-_]*.npz"))):
+    for name in (
+        CONFIG_FILE,
+        *WEIGHT_FILES,
+        BASE_FILE,
+        "reference.safetensors",
+        "tokenizer.json",
+        CALIBRATION_FILE,
+        NGRAM_FILE,
+        "wordlm.npz",
+        *sorted(f.name for f in src.glob("lexical[-_]*.npz")),
+    ):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)
     meta = replace(ck_meta, created_at=None, version=content_version(tmp), exported_from=str(src))

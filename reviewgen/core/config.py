@@ -29,8 +29,13 @@ class ConfigError(ReviewgenError, ValueError):
     """A configuration value or file is invalid; the message names the key or file."""
 
 
-ARCH_CHOICES = {"arch": ("gpt2", "llama"), "norm": (None, "layernorm", "rmsnorm"), "mlp": (None, "gelu", "swiglu"),
-                "pos": (None, "learned", "rope"), "gelu_approximate": ("none", "tanh")}
+ARCH_CHOICES = {
+    "arch": ("gpt2", "llama"),
+    "norm": (None, "layernorm", "rmsnorm"),
+    "mlp": (None, "gelu", "swiglu"),
+    "pos": (None, "learned", "rope"),
+    "gelu_approximate": ("none", "tanh"),
+}
 
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -42,8 +47,9 @@ def check_arch(cfg) -> None:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is not one of {[a for a in allowed if a]}")
     scaling = cfg.rope_scaling
     if scaling is not None and (not isinstance(scaling, dict) or set(scaling) != set(LLAMA3_ROPE_KEYS)):
-        raise ConfigError(f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, "
-                          f"got {scaling!r}")
+        raise ConfigError(
+            f"rope_scaling must be a mapping with exactly the keys {list(LLAMA3_ROPE_KEYS)}, got {scaling!r}"
+        )
     kv = cfg.n_kv_head
     if kv is not None and (kv < 1 or cfg.n_head % kv):
         raise ConfigError(f"n_kv_head={kv} must divide n_head={cfg.n_head}")
@@ -79,8 +85,9 @@ class LoRAConfig:
             raise ConfigError(f"lora.rank must be >= 0, got {self.rank}")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad or (self.rank and not self.targets):
-            raise ConfigError(f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, "
-                              f"got {list(self.targets)}")
+            raise ConfigError(
+                f"lora.targets must be a non-empty subset of {list(LORA_TARGETS)}, got {list(self.targets)}"
+            )
         if self.base_dtype not in LORA_BASE_DTYPES:
             raise ConfigError(f"lora.base_dtype must be one of {list(LORA_BASE_DTYPES)}, got {self.base_dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -182,9 +189,25 @@ class TrainConfig:
 
 
 # the fields that fix a trunk's weights: D can share G's frozen base only when they all agree
-TRUNK_FIELDS = ("arch", "n_kv_head", "norm", "norm_eps", "mlp", "intermediate_size", "pos", "rope_theta",
-                "rope_scaling", "bias", "qkv_bias", "gelu_approximate", "vocab_size", "block_size", "n_layer",
-                "n_head", "d_model")
+TRUNK_FIELDS = (
+    "arch",
+    "n_kv_head",
+    "norm",
+    "norm_eps",
+    "mlp",
+    "intermediate_size",
+    "pos",
+    "rope_theta",
+    "rope_scaling",
+    "bias",
+    "qkv_bias",
+    "gelu_approximate",
+    "vocab_size",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "d_model",
+)
 
 
 def check_shared_base(g: GeneratorConfig, d: DiscriminatorConfig) -> None:
@@ -195,8 +218,10 @@ def check_shared_base(g: GeneratorConfig, d: DiscriminatorConfig) -> None:
         raise ConfigError("discriminator.lora.rank > 0 needs generator.lora.rank > 0 (D's adapters sit on G's base)")
     diff = [k for k in TRUNK_FIELDS if getattr(g, k) != getattr(d, k)]
     if diff:
-        raise ConfigError(f"discriminator.lora: D shares G's base, so discriminator.{diff[0]}={getattr(d, diff[0])!r} "
-                          f"must equal generator.{diff[0]}={getattr(g, diff[0])!r}")
+        raise ConfigError(
+            f"discriminator.lora: D shares G's base, so discriminator.{diff[0]}={getattr(d, diff[0])!r} "
+            f"must equal generator.{diff[0]}={getattr(g, diff[0])!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -306,8 +331,11 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, source: str
     for k, v in values.items():
         default = getattr(defaults, k)
         where = f"{source}.{k}"
-        out[k] = (config_from_dict(type(default), v, where) if dataclasses.is_dataclass(default)
-                  else _coerce(v, default, where))
+        out[k] = (
+            config_from_dict(type(default), v, where)
+            if dataclasses.is_dataclass(default)
+            else _coerce(v, default, where)
+        )
     try:
         return cls(**out)
     except (TypeError, ValueError) as e:  # a section's own checks: name the section
@@ -371,8 +399,14 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *,
-                sets: Sequence[str] = (), source: str = "flag") -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    sets: Sequence[str] = (),
+    source: str = "flag",
+) -> T:
     """A command's settings `cls` in the order every command reads them: the YAML file (or the defaults;
     unknown keys are errors naming the key), then `--set KEY=VALUE` items, then the per-field flags' dotted
     `overrides` (None: the flag was not given). A section's own validation error becomes a ConfigError."""
@@ -384,4 +418,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e)) from e
-

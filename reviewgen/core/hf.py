@@ -84,9 +84,14 @@ def read_config(cfg: Mapping[str, Any], where: str) -> BaseConfig:
         GeneratorConfig(**fields)  # validates the architecture fields
     except ValueError as e:  # e.g. num_key_value_heads not dividing num_attention_heads
         raise HFFormatError(f"{where}: {e}") from e
-    return BaseConfig(model_type=mt, fields=fields, vocab_size=int(_field(cfg, "vocab_size", where)),
-                      max_positions=max_pos, bos_id=_first(cfg.get("bos_token_id")),
-                      eos_id=_first(cfg.get("eos_token_id")))
+    return BaseConfig(
+        model_type=mt,
+        fields=fields,
+        vocab_size=int(_field(cfg, "vocab_size", where)),
+        max_positions=max_pos,
+        bos_id=_first(cfg.get("bos_token_id")),
+        eos_id=_first(cfg.get("eos_token_id")),
+    )
 
 
 def _gpt2_fields(cfg: Mapping[str, Any], where: str) -> tuple[dict[str, Any], int, int]:
@@ -95,17 +100,30 @@ def _gpt2_fields(cfg: Mapping[str, Any], where: str) -> tuple[dict[str, Any], in
     act = _field(cfg, "activation_function", where, "gelu_new")
     if act not in GPT2_GELU:
         raise HFFormatError(f"{where}: activation_function {act!r} is not supported; supported: {list(GPT2_GELU)}")
-    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                    ("add_cross_attention", False)):
+    for key, ok in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+    ):
         if cfg.get(key, ok) != ok:
             raise HFFormatError(f"{where}: {key}={cfg[key]!r} is not supported (only {ok})")
     d = int(_field(cfg, "n_embd", where))
-    fields = dict(arch="gpt2", n_layer=int(_field(cfg, "n_layer", where)), n_head=int(_field(cfg, "n_head", where)),
-                  d_model=d, n_kv_head=None, norm="layernorm",
-                  norm_eps=float(_field(cfg, "layer_norm_epsilon", where, 1e-5)),
-                  mlp="gelu", intermediate_size=int(_field(cfg, "n_inner", where, 4 * d)), pos="learned",
-                  bias=True, qkv_bias=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-                  gelu_approximate=GPT2_GELU[act])
+    fields = dict(
+        arch="gpt2",
+        n_layer=int(_field(cfg, "n_layer", where)),
+        n_head=int(_field(cfg, "n_head", where)),
+        d_model=d,
+        n_kv_head=None,
+        norm="layernorm",
+        norm_eps=float(_field(cfg, "layer_norm_epsilon", where, 1e-5)),
+        mlp="gelu",
+        intermediate_size=int(_field(cfg, "n_inner", where, 4 * d)),
+        pos="learned",
+        bias=True,
+        qkv_bias=True,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        gelu_approximate=GPT2_GELU[act],
+    )
     return fields, d, int(_field(cfg, "n_positions", where))
 
 
@@ -120,8 +138,9 @@ def _llama_fields(cfg: Mapping[str, Any], where: str, mt: str) -> tuple[dict[str
             raise HFFormatError(f"{where}: {key}=true is not supported")
     d, heads = int(_field(cfg, "hidden_size", where)), int(_field(cfg, "num_attention_heads", where))
     if cfg.get("head_dim") not in (None, d // heads):
-        raise HFFormatError(f"{where}: head_dim={cfg['head_dim']} is not supported "
-                            "(only hidden_size / num_attention_heads)")
+        raise HFFormatError(
+            f"{where}: head_dim={cfg['head_dim']} is not supported (only hidden_size / num_attention_heads)"
+        )
     # transformers >= 5 nests the rotary settings in rope_parameters; older files have rope_theta and rope_scaling
     rope = dict(cfg.get("rope_scaling") or {}, **(cfg.get("rope_parameters") or {}))
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
@@ -133,14 +152,24 @@ def _llama_fields(cfg: Mapping[str, Any], where: str, mt: str) -> tuple[dict[str
     scaling = {k: rope[k] for k in LLAMA3_ROPE_KEYS} if rope_type == "llama3" else None
     if cfg.get("use_sliding_window"):
         raise HFFormatError(f"{where}: use_sliding_window=true is not supported")
-    fields = dict(arch="llama", n_layer=int(_field(cfg, "num_hidden_layers", where)), n_head=heads, d_model=d,
-                  n_kv_head=int(_field(cfg, "num_key_value_heads", where, heads)), norm="rmsnorm",
-                  norm_eps=float(_field(cfg, "rms_norm_eps", where, 1e-6)), mlp="swiglu",
-                  intermediate_size=int(_field(cfg, "intermediate_size", where)), pos="rope",
-                  rope_theta=float(rope.get("rope_theta") or _field(cfg, "rope_theta", where, 10000.0)),
-                  rope_scaling=scaling,
-                  bias=False, qkv_bias=mt == "qwen2", tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                  gelu_approximate="none")
+    fields = dict(
+        arch="llama",
+        n_layer=int(_field(cfg, "num_hidden_layers", where)),
+        n_head=heads,
+        d_model=d,
+        n_kv_head=int(_field(cfg, "num_key_value_heads", where, heads)),
+        norm="rmsnorm",
+        norm_eps=float(_field(cfg, "rms_norm_eps", where, 1e-6)),
+        mlp="swiglu",
+        intermediate_size=int(_field(cfg, "intermediate_size", where)),
+        pos="rope",
+        rope_theta=float(rope.get("rope_theta") or _field(cfg, "rope_theta", where, 10000.0)),
+        rope_scaling=scaling,
+        bias=False,
+        qkv_bias=mt == "qwen2",
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        gelu_approximate="none",
+    )
     return fields, d, int(_field(cfg, "max_position_embeddings", where))
 
 
@@ -155,21 +184,59 @@ def model_type_of(a: Arch, where: str) -> str:
     raise HFFormatError(f"{where}: this architecture ({a}) matches no Hugging Face family of {list(MODEL_TYPES)}")
 
 
-def write_config(model_type: str, a: Arch, *, n_layer: int, d_model: int, vocab_size: int, block_size: int,
-                 bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
+def write_config(
+    model_type: str,
+    a: Arch,
+    *,
+    n_layer: int,
+    d_model: int,
+    vocab_size: int,
+    block_size: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+) -> dict[str, Any]:
     """config.json for a model of architecture `a` (the inverse of read_config)."""
-    common = dict(architectures=[ARCHITECTURES[model_type]], model_type=model_type, vocab_size=vocab_size,
-                  bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
-                  tie_word_embeddings=a.tie_embeddings, dtype="float32", use_cache=True)
+    common = dict(
+        architectures=[ARCHITECTURES[model_type]],
+        model_type=model_type,
+        vocab_size=vocab_size,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=a.tie_embeddings,
+        dtype="float32",
+        use_cache=True,
+    )
     if model_type == "gpt2":
         act = {"tanh": "gelu_new", "none": "gelu"}[a.gelu_approximate]
-        return dict(common, n_layer=n_layer, n_head=a.n_head, n_embd=d_model, n_inner=a.intermediate_size,
-                    n_positions=block_size, activation_function=act, layer_norm_epsilon=a.norm_eps,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    out = dict(common, num_hidden_layers=n_layer, num_attention_heads=a.n_head, num_key_value_heads=a.n_kv_head,
-               hidden_size=d_model, head_dim=a.head_dim, intermediate_size=a.intermediate_size,
-               max_position_embeddings=block_size, rms_norm_eps=a.norm_eps, hidden_act="silu",
-               attention_dropout=0.0, **_rope_config(a))
+        return dict(
+            common,
+            n_layer=n_layer,
+            n_head=a.n_head,
+            n_embd=d_model,
+            n_inner=a.intermediate_size,
+            n_positions=block_size,
+            activation_function=act,
+            layer_norm_epsilon=a.norm_eps,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    out = dict(
+        common,
+        num_hidden_layers=n_layer,
+        num_attention_heads=a.n_head,
+        num_key_value_heads=a.n_kv_head,
+        hidden_size=d_model,
+        head_dim=a.head_dim,
+        intermediate_size=a.intermediate_size,
+        max_position_embeddings=block_size,
+        rms_norm_eps=a.norm_eps,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        **_rope_config(a),
+    )
     if model_type == "llama":
         out.update(attention_bias=False, mlp_bias=False)
     else:
@@ -180,10 +247,14 @@ def write_config(model_type: str, a: Arch, *, n_layer: int, d_model: int, vocab_
 def _rope_config(a: Arch) -> dict[str, Any]:
     # both spellings: transformers >= 5 reads rope_parameters, older readers (e.g. vLLM's) rope_theta/rope_scaling
     scaling = dict(zip(LLAMA3_ROPE_KEYS, a.rope_scaling), rope_type="llama3") if a.rope_scaling else None
-    scaling = scaling and dict(scaling,
-                               original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
-    return {"rope_theta": a.rope_theta, "rope_scaling": scaling,
-            "rope_parameters": dict(scaling or {"rope_type": "default"}, rope_theta=a.rope_theta)}
+    scaling = scaling and dict(
+        scaling, original_max_position_embeddings=int(scaling["original_max_position_embeddings"])
+    )
+    return {
+        "rope_theta": a.rope_theta,
+        "rope_scaling": scaling,
+        "rope_parameters": dict(scaling or {"rope_type": "default"}, rope_theta=a.rope_theta),
+    }
 
 
 def weight_rules(model_type: str, n_layer: int, tied: bool) -> list[Rule]:
@@ -193,9 +264,14 @@ def weight_rules(model_type: str, n_layer: int, tied: bool) -> list[Rule]:
         rules += [Rule("tok_emb.weight", ("wte.weight",)), Rule("pos_emb.weight", ("wpe.weight",))]
         for i in range(n_layer):
             h = f"h.{i}."
-            for ours, theirs, conv in (("ln1", "ln_1", False), ("attn.qkv", "attn.c_attn", True),
-                                       ("attn.proj", "attn.c_proj", True), ("ln2", "ln_2", False),
-                                       ("mlp.0", "mlp.c_fc", True), ("mlp.2", "mlp.c_proj", True)):
+            for ours, theirs, conv in (
+                ("ln1", "ln_1", False),
+                ("attn.qkv", "attn.c_attn", True),
+                ("attn.proj", "attn.c_proj", True),
+                ("ln2", "ln_2", False),
+                ("mlp.0", "mlp.c_fc", True),
+                ("mlp.2", "mlp.c_proj", True),
+            ):
                 rules.append(Rule(f"blocks.{i}.{ours}.weight", (h + theirs + ".weight",), conv))
                 rules.append(Rule(f"blocks.{i}.{ours}.bias", (h + theirs + ".bias",)))
         rules += [Rule("ln_f.weight", ("ln_f.weight",)), Rule("ln_f.bias", ("ln_f.bias",))]
@@ -204,12 +280,14 @@ def weight_rules(model_type: str, n_layer: int, tied: bool) -> list[Rule]:
         for i in range(n_layer):
             h = f"model.layers.{i}."
             qkv = tuple(f"{h}self_attn.{x}_proj" for x in "qkv")
-            rules += [Rule(f"blocks.{i}.ln1.weight", (h + "input_layernorm.weight",)),
-                      Rule(f"blocks.{i}.attn.qkv.weight", tuple(n + ".weight" for n in qkv)),
-                      Rule(f"blocks.{i}.attn.proj.weight", (h + "self_attn.o_proj.weight",)),
-                      Rule(f"blocks.{i}.ln2.weight", (h + "post_attention_layernorm.weight",)),
-                      Rule(f"blocks.{i}.mlp.gate_up.weight", (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight")),
-                      Rule(f"blocks.{i}.mlp.down.weight", (h + "mlp.down_proj.weight",))]
+            rules += [
+                Rule(f"blocks.{i}.ln1.weight", (h + "input_layernorm.weight",)),
+                Rule(f"blocks.{i}.attn.qkv.weight", tuple(n + ".weight" for n in qkv)),
+                Rule(f"blocks.{i}.attn.proj.weight", (h + "self_attn.o_proj.weight",)),
+                Rule(f"blocks.{i}.ln2.weight", (h + "post_attention_layernorm.weight",)),
+                Rule(f"blocks.{i}.mlp.gate_up.weight", (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight")),
+                Rule(f"blocks.{i}.mlp.down.weight", (h + "mlp.down_proj.weight",)),
+            ]
             if model_type == "qwen2":
                 rules.append(Rule(f"blocks.{i}.attn.qkv.bias", tuple(n + ".bias" for n in qkv)))
         rules.append(Rule("ln_f.weight", ("model.norm.weight",)))
@@ -234,8 +312,9 @@ def from_hf(rules: list[Rule], get) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_hf(rules: list[Rule], state: Mapping[str, torch.Tensor], sizes: Mapping[str, list[int]],
-          prefix: str = "") -> dict[str, torch.Tensor]:
+def to_hf(
+    rules: list[Rule], state: Mapping[str, torch.Tensor], sizes: Mapping[str, list[int]], prefix: str = ""
+) -> dict[str, torch.Tensor]:
     """HF tensors from our state dict; `sizes[hf_name]` gives the output-dimension share of each piece of a
     fused tensor (q, k, v and gate, up). `prefix` goes before the trunk's names (GPT-2's `transformer.`)."""
     out = {}
@@ -254,7 +333,12 @@ def fused_sizes(a: Arch, n_layer: int) -> dict[str, int]:
     for i in range(n_layer):
         h = f"model.layers.{i}."
         for suffix in (".weight", ".bias"):
-            out.update({h + "self_attn.q_proj" + suffix: q, h + "self_attn.k_proj" + suffix: kv,
-                        h + "self_attn.v_proj" + suffix: kv})
+            out.update(
+                {
+                    h + "self_attn.q_proj" + suffix: q,
+                    h + "self_attn.k_proj" + suffix: kv,
+                    h + "self_attn.v_proj" + suffix: kv,
+                }
+            )
         out.update({h + "mlp.gate_proj.weight": w, h + "mlp.up_proj.weight": w})
     return out

@@ -52,10 +52,23 @@ def adapter_tensors(G, model_type: str) -> tuple[dict[str, torch.Tensor], list[s
 
 def adapter_config(lora, targets: list[str], model_type: str, base: str) -> dict[str, Any]:
     """adapter_config.json for a LoRA of config `lora` on HF modules `targets`."""
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": lora.rank,
-            "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": targets, "bias": "none",
-            "fan_in_fan_out": model_type == "gpt2", "modules_to_save": None, "use_rslora": False,
-            "use_dora": False, "init_lora_weights": True, "inference_mode": True, "layers_to_transform": None}
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": model_type == "gpt2",
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "layers_to_transform": None,
+    }
 
 
 def export_adapters(model_dir: str | Path, out_dir: str | Path, *, with_base: bool = False) -> Path:
@@ -68,8 +81,10 @@ def export_adapters(model_dir: str | Path, out_dir: str | Path, *, with_base: bo
     ck = load_checkpoint(src)
     G, tok = ck.generator, ck.tokenizer
     if not ck.config.generator.lora.enabled:
-        raise HFFormatError(f"{src / 'config.json'}: the generator has no LoRA adapters (generator.lora.rank is 0); "
-                            "export it without --adapters")
+        raise HFFormatError(
+            f"{src / 'config.json'}: the generator has no LoRA adapters (generator.lora.rank is 0); "
+            "export it without --adapters"
+        )
     model_type = model_type_of(G.arch, f"{src / 'config.json'}: generator")
     tensors, targets = adapter_tensors(G, model_type)
     base = ck.meta.lora_base or {}
@@ -77,8 +92,9 @@ def export_adapters(model_dir: str | Path, out_dir: str | Path, *, with_base: bo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    base_name = (str(dst.resolve() / "base") if with_base
-                 else str(base.get("path", "")) if base.get("kind") == "hf" else "")
+    base_name = (
+        str(dst.resolve() / "base") if with_base else str(base.get("path", "")) if base.get("kind") == "hf" else ""
+    )
     _write_json(tmp / "adapter_config.json", adapter_config(ck.config.generator.lora, targets, model_type, base_name))
     tok.save(tmp / "tokenizer.json")
     _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))

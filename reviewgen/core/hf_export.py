@@ -56,20 +56,40 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, merge: bool = True)
     G, gc, tok = ck.generator, ck.config.generator, ck.tokenizer
     a = G.arch
     model_type = model_type_of(a, f"{src / 'config.json'}: generator")
-    config = write_config(model_type, a, n_layer=gc.n_layer, d_model=gc.d_model, vocab_size=gc.vocab_size,
-                          block_size=gc.block_size, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    config = write_config(
+        model_type,
+        a,
+        n_layer=gc.n_layer,
+        d_model=gc.d_model,
+        vocab_size=gc.vocab_size,
+        block_size=gc.block_size,
+        bos_id=tok.bos_id,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+    )
     full = merged_state_dict(G) if merge else {k: v for k, v in G.state_dict().items() if not is_adapter_key(k)}
     state = {k: v.detach().to("cpu").float() for k, v in full.items()}
-    weights = to_hf(weight_rules(model_type, gc.n_layer, a.tie_embeddings), state, fused_sizes(a, gc.n_layer),
-                    prefix="transformer." if model_type == "gpt2" else "")
+    weights = to_hf(
+        weight_rules(model_type, gc.n_layer, a.tie_embeddings),
+        state,
+        fused_sizes(a, gc.n_layer),
+        prefix="transformer." if model_type == "gpt2" else "",
+    )
 
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     _write_json(tmp / "config.json", config)
-    _write_json(tmp / "generation_config.json", {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
-                                                 "pad_token_id": tok.pad_id, "max_new_tokens": tok.max_review_len})
+    _write_json(
+        tmp / "generation_config.json",
+        {
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": tok.eos_id,
+            "pad_token_id": tok.pad_id,
+            "max_new_tokens": tok.max_review_len,
+        },
+    )
     tok.save(tmp / "tokenizer.json")
     _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))
     (tmp / "README.md").write_text(model_card(ck, model_type))
@@ -84,11 +104,19 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def _tokenizer_config(max_len: int) -> dict[str, Any]:
     extra = [t for t in SPECIAL_TOKENS if t not in (PAD, BOS, EOS, UNK)]
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-            "unk_token": UNK, "model_max_length": max_len, "padding_side": "left",
-            "clean_up_tokenization_spaces": False,
-            # transformers >= 5 reads extra_special_tokens, older versions additional_special_tokens
-            "extra_special_tokens": extra, "additional_special_tokens": extra}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "unk_token": UNK,
+        "model_max_length": max_len,
+        "padding_side": "left",
+        "clean_up_tokenization_spaces": False,
+        # transformers >= 5 reads extra_special_tokens, older versions additional_special_tokens
+        "extra_special_tokens": extra,
+        "additional_special_tokens": extra,
+    }
 
 
 def model_card(ck: Checkpoint, model_type: str) -> str:
@@ -97,8 +125,11 @@ def model_card(ck: Checkpoint, model_type: str) -> str:
     ids = tok.encode_prefixes([EXAMPLE])[0].tolist()
     n_pad = sum(1 for i in ids if i == tok.pad_id)
     prompt = tok.tok.decode(ids, skip_special_tokens=False).replace(PAD, "").strip()
-    return (_card_layout(ck, model_type, ids, n_pad, prompt) + _card_use(tok, n_pad, prompt)
-            + _card_watermark(tok.max_review_len))
+    return (
+        _card_layout(ck, model_type, ids, n_pad, prompt)
+        + _card_use(tok, n_pad, prompt)
+        + _card_watermark(tok.max_review_len)
+    )
 
 
 def _card_layout(ck: Checkpoint, model_type: str, ids: list[int], n_pad: int, prompt: str) -> str:
@@ -107,8 +138,12 @@ def _card_layout(ck: Checkpoint, model_type: str, ids: list[int], n_pad: int, pr
     tok = ck.tokenizer
     P, R = tok.prefix_len, tok.max_review_len
     base = ck.meta.base or {}
-    origin = (f"fine-tuned from `{base.get('path')}` ({base.get('model_type')}, weights sha256 "
-              f"`{str(base.get('sha256', ''))[:16]}…`)" if base else "trained from scratch")
+    origin = (
+        f"fine-tuned from `{base.get('path')}` ({base.get('model_type')}, weights sha256 "
+        f"`{str(base.get('sha256', ''))[:16]}…`)"
+        if base
+        else "trained from scratch"
+    )
     ratings = " ".join(f"`<rating_{k}>`" for k in range(1, 6))
     sents = " ".join(f"`<sent_{s}>`" for s in SENTIMENTS)
     langs = " ".join(f"`<lang_{x}>`" for x in LANGS)

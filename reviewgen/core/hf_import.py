@@ -56,8 +56,13 @@ class HFBase:
 
     def meta(self) -> dict[str, Any]:
         """What a run's meta.json records about the base it started from."""
-        return {"path": str(self.path), "model_type": self.model_type, "arch": self.fields["arch"],
-                "sha256": self.sha256, "weight_files": sorted(p.name for p in _weight_files(self.path))}
+        return {
+            "path": str(self.path),
+            "model_type": self.model_type,
+            "arch": self.fields["arch"],
+            "sha256": self.sha256,
+            "weight_files": sorted(p.name for p in _weight_files(self.path)),
+        }
 
 
 @dataclass
@@ -96,9 +101,12 @@ def _directory(path: str | Path) -> Path:
     if p.exists():
         raise HFImportError(f"base model path is not a directory: {p}")
     hub_like = not p.is_absolute() and not str(path).startswith(".") and len(p.parts) <= 2
-    hint = (f"{str(path)!r} looks like a Hugging Face Hub name, but nothing is downloaded: download it yourself "
-            "(e.g. `huggingface-cli download NAME --local-dir DIR`) and pass that local directory"
-            if hub_like else "a local Hugging Face model directory is needed; nothing is downloaded")
+    hint = (
+        f"{str(path)!r} looks like a Hugging Face Hub name, but nothing is downloaded: download it yourself "
+        "(e.g. `huggingface-cli download NAME --local-dir DIR`) and pass that local directory"
+        if hub_like
+        else "a local Hugging Face model directory is needed; nothing is downloaded"
+    )
     raise HFImportError(f"base model directory not found: {p} ({hint})")
 
 
@@ -187,25 +195,36 @@ def load_hf_base(path: str | Path, *, prefix_len: int, max_review_len: int, weig
         raise HFImportError(str(e) if isinstance(e, HFFormatError) else f"{cfg_file}: {e}") from e
     block = prefix_len + max_review_len
     if base.fields["pos"] == "learned" and base.max_positions < block:
-        raise HFImportError(f"{cfg_file}: n_positions={base.max_positions} is shorter than prefix_len + "
-                            f"max_review_len = {block}")
+        raise HFImportError(
+            f"{cfg_file}: n_positions={base.max_positions} is shorter than prefix_len + max_review_len = {block}"
+        )
     try:
         n_base = read_tokenizer_file(p / "tokenizer.json").get_vocab_size()
         tok = ReviewTokenizer.from_base(p / "tokenizer.json", prefix_len, max_review_len)
     except TokenizerError as e:
         raise HFImportError(f"{e} (a base model directory needs the fast tokenizer's tokenizer.json)") from e
     if n_base > base.vocab_size:
-        raise HFImportError(f"{p / 'tokenizer.json'}: {n_base} tokens, but config.json vocab_size is "
-                            f"{base.vocab_size}: the embedding has no row for some token ids")
+        raise HFImportError(
+            f"{p / 'tokenizer.json'}: {n_base} tokens, but config.json vocab_size is "
+            f"{base.vocab_size}: the embedding has no row for some token ids"
+        )
     files = _weight_files(p)
     fields = dict(base.fields, vocab_size=tok.vocab_size)
     state = _read_state(p, base, files, tok, n_base, block) if weights else {}
-    return HFBase(path=p, model_type=base.model_type, fields=fields, max_positions=base.max_positions,
-                  state=state, tokenizer=tok, sha256=_sha256(files))
+    return HFBase(
+        path=p,
+        model_type=base.model_type,
+        fields=fields,
+        max_positions=base.max_positions,
+        state=state,
+        tokenizer=tok,
+        sha256=_sha256(files),
+    )
 
 
-def _read_state(p: Path, base, files: list[Path], tok: ReviewTokenizer, n_base: int,
-                block: int) -> dict[str, torch.Tensor]:
+def _read_state(
+    p: Path, base, files: list[Path], tok: ReviewTokenizer, n_base: int, block: int
+) -> dict[str, torch.Tensor]:
     """The base's tensors in our names, checked against its config, the vocabulary grown for our tokens."""
     tensors, origin = _read_tensors(files, base.model_type)
     tied = base.fields["tie_embeddings"]
@@ -214,22 +233,28 @@ def _read_state(p: Path, base, files: list[Path], tok: ReviewTokenizer, n_base: 
 
     def get(name: str) -> torch.Tensor:
         if name not in tensors:
-            raise HFImportError(f"{p}: tensor {name!r} is missing from {where} (config.json model_type "
-                                f"{base.model_type!r}, n_layer {base.fields['n_layer']})")
+            raise HFImportError(
+                f"{p}: tensor {name!r} is missing from {where} (config.json model_type "
+                f"{base.model_type!r}, n_layer {base.fields['n_layer']})"
+            )
         return tensors[name]
 
     state = from_hf(rules, get)
     used = {n for r in rules for n in r.theirs}
     extra = sorted(set(tensors) - used - ({"lm_head.weight"} if tied else set()))
     if extra:
-        raise HFImportError(f"{origin[extra[0]]}: unexpected tensor {extra[0]!r} for model_type "
-                            f"{base.model_type!r} ({len(extra)} unexpected in all)")
+        raise HFImportError(
+            f"{origin[extra[0]]}: unexpected tensor {extra[0]!r} for model_type "
+            f"{base.model_type!r} ({len(extra)} unexpected in all)"
+        )
     expected = _expected_shapes(base.fields, base.vocab_size, base.max_positions)
     for r in rules:
         if tuple(state[r.ours].shape) != expected[r.ours]:
             shapes = ", ".join(f"{n} {tuple(tensors[n].shape)}" for n in r.theirs)
-            raise HFImportError(f"{origin[r.theirs[0]]}: tensor {shapes} has the wrong shape for config.json "
-                                f"(expected {expected[r.ours]} as {r.ours})")
+            raise HFImportError(
+                f"{origin[r.theirs[0]]}: tensor {shapes} has the wrong shape for config.json "
+                f"(expected {expected[r.ours]} as {r.ours})"
+            )
     if base.fields["pos"] == "learned":
         state["pos_emb.weight"] = state["pos_emb.weight"][:block]  # the review layout uses `block` positions
     base_ids = {"bos": base.bos_id, "eos": base.eos_id}
@@ -242,8 +267,10 @@ def _load(model: torch.nn.Module, state: dict[str, torch.Tensor], allowed_missin
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(allowed_missing) and not is_adapter_key(k)]  # adapters: fresh
     if missing or unexpected:
-        raise HFImportError(f"{where}: the base weights do not fit {type(model).__name__} "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise HFImportError(
+            f"{where}: the base weights do not fit {type(model).__name__} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 def init_from_hf(path: str | Path, cfg: RunConfig, *, weights: bool = True) -> HFInit:
@@ -255,7 +282,10 @@ def init_from_hf(path: str | Path, cfg: RunConfig, *, weights: bool = True) -> H
     t = cfg.tokenizer
     base = load_hf_base(path, prefix_len=t.prefix_len, max_review_len=t.max_review_len, weights=weights)
     shape = dict(base.fields, block_size=t.prefix_len + t.max_review_len)
-    run = dataclasses.replace(cfg, tokenizer=dataclasses.replace(t, vocab_size=base.tokenizer.vocab_size),
-                              generator=dataclasses.replace(cfg.generator, **shape),
-                              discriminator=dataclasses.replace(cfg.discriminator, **shape))
+    run = dataclasses.replace(
+        cfg,
+        tokenizer=dataclasses.replace(t, vocab_size=base.tokenizer.vocab_size),
+        generator=dataclasses.replace(cfg.generator, **shape),
+        discriminator=dataclasses.replace(cfg.discriminator, **shape),
+    )
     return HFInit(config=run, tokenizer=base.tokenizer, base=base)

@@ -41,8 +41,7 @@ def base_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 class LoRALinear(nn.Linear):
     """nn.Linear with a low-rank adapter; `adapters_on` False gives the base projection alone."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, *, rank: int, alpha: float,
-                 dropout: float):
+    def __init__(self, in_features: int, out_features: int, bias: bool, *, rank: int, alpha: float, dropout: float):
         super().__init__(in_features, out_features, bias=bias)
         self.rank, self.scale = rank, alpha / rank
         # zeros here; `init_adapters` draws A once the base is initialised (the base's draws stay those of

@@ -49,7 +49,7 @@ def review_logits(G, ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
 
 def mle_loss(G, ids: torch.Tensor, tk: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     """(row-mean NLL loss, per-row summed NLL and token counts for reporting)."""
-    targets = ids[:, tk.prefix_len:]
+    targets = ids[:, tk.prefix_len :]
     mask = targets != tk.pad_id
     nll = -token_logprobs(review_logits(G, ids, tk.prefix_len), targets)
     return _row_mean(nll, mask).mean(), torch.stack([(nll * mask).sum(), mask.sum()])
@@ -86,29 +86,45 @@ def val_nll(G, batches, tk: Tokens) -> float:
     return tot / max(n, 1)
 
 
-def disc_loss(D, real: torch.Tensor, fake: torch.Tensor, rating: torch.Tensor, category: torch.Tensor, *,
-              cfg: TrainConfig, tk: Tokens) -> tuple[torch.Tensor, dict]:
+def disc_loss(
+    D,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    rating: torch.Tensor,
+    category: torch.Tensor,
+    *,
+    cfg: TrainConfig,
+    tk: Tokens,
+) -> tuple[torch.Tensor, dict]:
     """Sequence + per-token real/fake BCE, plus rating/category CE on real rows (AC-GAN style)."""
     ids = torch.cat([real, fake])
     n_real = real.shape[0]
     label = torch.cat([torch.ones(n_real, device=ids.device), torch.zeros(fake.shape[0], device=ids.device)])
     out = D(ids)
     seq = F.binary_cross_entropy_with_logits(out.seq_logits.float(), label)
-    mask = review_mask(ids[:, tk.prefix_len:], tk.eos_id, tk.pad_id)
+    mask = review_mask(ids[:, tk.prefix_len :], tk.eos_id, tk.pad_id)
     tok = F.binary_cross_entropy_with_logits(
-        out.token_logits.float(), label[:, None].expand_as(out.token_logits), reduction="none")
+        out.token_logits.float(), label[:, None].expand_as(out.token_logits), reduction="none"
+    )
     tok = _row_mean(tok, mask).mean()
     # divide by the row count, not the labelled count, so equal worker splits average exactly
-    aux = (F.cross_entropy(out.rating_logits[:n_real].float(), rating, ignore_index=-100, reduction="sum")
-           + F.cross_entropy(out.category_logits[:n_real].float(), category, ignore_index=-100,
-                             reduction="sum")) / n_real
+    aux = (
+        F.cross_entropy(out.rating_logits[:n_real].float(), rating, ignore_index=-100, reduction="sum")
+        + F.cross_entropy(out.category_logits[:n_real].float(), category, ignore_index=-100, reduction="sum")
+    ) / n_real
     loss = seq + cfg.token_loss_weight * tok + cfg.aux_loss_weight * aux
     with torch.no_grad():
         pred = out.seq_logits > 0
         acc = (pred == label.bool()).float().mean()
         real_acc = pred[:n_real].float().mean()
-    return loss, {"d_loss": loss.item(), "d_seq_loss": seq.item(), "d_tok_loss": tok.item(),
-                  "d_aux_loss": aux.item(), "d_acc": float(acc), "d_real_acc": float(real_acc)}
+    return loss, {
+        "d_loss": loss.item(),
+        "d_seq_loss": seq.item(),
+        "d_tok_loss": tok.item(),
+        "d_aux_loss": aux.item(),
+        "d_acc": float(acc),
+        "d_real_acc": float(real_acc),
+    }
 
 
 def disc_step(D, opt, batch: dict, fake: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> dict:
@@ -129,15 +145,16 @@ def dense_rewards(D, full: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> tuple[
     D.eval()
     out = D(full)
     D.train(was)
-    mask = review_mask(full[:, tk.prefix_len:], tk.eos_id, tk.pad_id)
+    mask = review_mask(full[:, tk.prefix_len :], tk.eos_id, tk.pad_id)
     w = cfg.seq_reward_weight
     r = (1 - w) * torch.sigmoid(out.token_logits.float()) + w * torch.sigmoid(out.seq_logits.float())[:, None]
     return r * mask, mask
 
 
 @torch.no_grad()
-def condition_rewards(C, full: torch.Tensor, rating: torch.Tensor, category: torch.Tensor,
-                      cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+def condition_rewards(
+    C, full: torch.Tensor, rating: torch.Tensor, category: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, dict]:
     """Per-row reward for writing the review that was asked for: the weighted log-probability, under the
     frozen classifier C (D's rating and category heads frozen at the end of D's warm-up), of the target
     rating and category. Rows without a target (rating or category -100) get 0 for that term. C is frozen so
@@ -145,8 +162,10 @@ def condition_rewards(C, full: torch.Tensor, rating: torch.Tensor, category: tor
     out = C(full)
     terms = {}
     total = torch.zeros(full.shape[0], device=full.device)
-    for name, logits, target, w in (("rating", out.rating_logits, rating, cfg.rating_reward_weight),
-                                    ("category", out.category_logits, category, cfg.category_reward_weight)):
+    for name, logits, target, w in (
+        ("rating", out.rating_logits, rating, cfg.rating_reward_weight),
+        ("category", out.category_logits, category, cfg.category_reward_weight),
+    ):
         has = target >= 0
         lp = torch.log_softmax(logits.float(), -1).gather(1, target.clamp_min(0)[:, None]).squeeze(1) * has
         terms[f"r_{name}"] = float(lp.sum() / has.sum().clamp_min(1))
@@ -182,8 +201,18 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor, group_size: int,
     return ((g - base) * m).view(B, R)
 
 
-def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, *, cfg: TrainConfig,
-                     tk: Tokens, terminal: torch.Tensor | None = None) -> dict:
+def adversarial_step(
+    G,
+    D,
+    ref,
+    opt,
+    batch: dict,
+    fake_full: torch.Tensor,
+    *,
+    cfg: TrainConfig,
+    tk: Tokens,
+    terminal: torch.Tensor | None = None,
+) -> dict:
     """One policy-gradient step on G.
 
     `fake_full` holds `group_size` samples per prompt (rows grouped consecutively). The loss is
@@ -198,21 +227,28 @@ def adversarial_step(G, D, ref, opt, batch: dict, fake_full: torch.Tensor, *, cf
     adv = group_advantages(rewards, mask, cfg.group_size, cfg.gamma)
     with autocast(real.device, training_dtype(real.device)):
         both = torch.cat([fake_full, real])
-        targets = both[:, tk.prefix_len:]
+        targets = both[:, tk.prefix_len :]
         logp = token_logprobs(review_logits(G, both, tk.prefix_len), targets)
         with torch.no_grad():
-            ref_logp = token_logprobs(review_logits(ref, fake_full, tk.prefix_len), fake_full[:, tk.prefix_len:])
+            ref_logp = token_logprobs(review_logits(ref, fake_full, tk.prefix_len), fake_full[:, tk.prefix_len :])
     fake_logp = logp[:n_fake]
     pg = -_row_mean(adv * fake_logp, mask).mean()
     # k3 estimator of KL(pi || ref): unbiased, always >= 0, low variance
     log_ratio = ref_logp - fake_logp
     kl = _row_mean(torch.exp(log_ratio) - log_ratio - 1, mask).mean()
-    real_mask = real[:, tk.prefix_len:] != tk.pad_id
+    real_mask = real[:, tk.prefix_len :] != tk.pad_id
     mle = _row_mean(-logp[n_fake:], real_mask).mean()
     loss = pg + cfg.kl_coef * kl + cfg.mle_coef * mle
     loss.backward()
     gnorm = clip_and_step(G, opt, cfg.grad_clip)
     n_tok = mask.sum()
-    return {"g_loss": loss.item(), "pg_loss": pg.item(), "kl": kl.item(), "g_mle": mle.item(),
-            "reward": float(realness.sum() / n_tok.clamp_min(1)), "fake_len": float(mask.sum(1).float().mean()),
-            "g_grad_norm": gnorm, "tokens": int(n_tok + real_mask.sum())}
+    return {
+        "g_loss": loss.item(),
+        "pg_loss": pg.item(),
+        "kl": kl.item(),
+        "g_mle": mle.item(),
+        "reward": float(realness.sum() / n_tok.clamp_min(1)),
+        "fake_len": float(mask.sum(1).float().mean()),
+        "g_grad_norm": gnorm,
+        "tokens": int(n_tok + real_mask.sum()),
+    }

@@ -92,11 +92,28 @@ class Meta:
     def from_dict(cls, d: Any, source: str = META_FILE) -> "Meta":
         """The `Meta` of a meta.json object; CheckpointError naming `source` for another format, an unknown
         key or a wrongly typed value."""
-        d = _check_fields(cls, d, source, {
-            "format": (int,), "version": (str,), "created_at": (str,), "data_hash": (str,), "role": (str,),
-            "complete": (bool,), "phase": (str,), "step": (int,), "global_step": (int,), "metrics": (dict,),
-            "rating_distribution": (list,), "base": (dict,), "lora_base": (dict,), "exported_from": (str,),
-            "adapted_from": (dict,)})
+        d = _check_fields(
+            cls,
+            d,
+            source,
+            {
+                "format": (int,),
+                "version": (str,),
+                "created_at": (str,),
+                "data_hash": (str,),
+                "role": (str,),
+                "complete": (bool,),
+                "phase": (str,),
+                "step": (int,),
+                "global_step": (int,),
+                "metrics": (dict,),
+                "rating_distribution": (list,),
+                "base": (dict,),
+                "lora_base": (dict,),
+                "exported_from": (str,),
+                "adapted_from": (dict,),
+            },
+        )
         if d.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{source}: unsupported checkpoint format {d.get('format')!r}")
         if not d.get("version"):
@@ -128,8 +145,16 @@ class CalibrationFit:
 
 
 _FIT_TYPES: dict[str, tuple[type, ...]] = {
-    "n": (int,), "temperatures": (list,), "settings": (list,), "ece_raw": _NUMBER, "ece": _NUMBER,
-    "nonfinite_signals": (dict,), "rows_left_out": (int,), "source": (str,), "checkpoints": (list,)}
+    "n": (int,),
+    "temperatures": (list,),
+    "settings": (list,),
+    "ece_raw": _NUMBER,
+    "ece": _NUMBER,
+    "nonfinite_signals": (dict,),
+    "rows_left_out": (int,),
+    "source": (str,),
+    "checkpoints": (list,),
+}
 
 
 @dataclass(frozen=True)
@@ -154,8 +179,15 @@ class Calibration:
         d: dict[str, Any] = {"scale": float(self.scale), "bias": float(self.bias)}
         if self.fit is not None:
             f = self.fit
-            d.update(n=f.n, temperatures=list(f.temperatures), settings=list(f.settings), ece_raw=f.ece_raw,
-                     ece=f.ece, nonfinite_signals=dict(f.nonfinite_signals), rows_left_out=f.rows_left_out)
+            d.update(
+                n=f.n,
+                temperatures=list(f.temperatures),
+                settings=list(f.settings),
+                ece_raw=f.ece_raw,
+                ece=f.ece,
+                nonfinite_signals=dict(f.nonfinite_signals),
+                rows_left_out=f.rows_left_out,
+            )
             if f.source is not None:
                 d.update(source=f.source, checkpoints=list(f.checkpoints))
         extra = {"detector": self.detector, "detector_error": self.detector_error, "adapted": self.adapted}
@@ -170,8 +202,19 @@ class Calibration:
         if not isinstance(d, Mapping):
             raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
         own = {k: v for k, v in d.items() if k not in _FIT_TYPES}
-        own = _check_fields(cls, own, source, {"scale": _NUMBER, "bias": _NUMBER, "detector": (dict,),
-                                               "detector_error": (str,), "thresholds": (dict,), "adapted": (dict,)})
+        own = _check_fields(
+            cls,
+            own,
+            source,
+            {
+                "scale": _NUMBER,
+                "bias": _NUMBER,
+                "detector": (dict,),
+                "detector_error": (str,),
+                "thresholds": (dict,),
+                "adapted": (dict,),
+            },
+        )
         if "fit" in own:
             raise CheckpointError(f"{source}: unknown key(s) ['fit']")
         fit = {k: v for k, v in d.items() if k in _FIT_TYPES}
@@ -179,11 +222,15 @@ class Calibration:
         if fit and "n" not in fit:
             raise CheckpointError(f"{source}: fit statistics without 'n'")
         scale, bias = own.get("scale"), own.get("bias")
-        return cls(scale=1.0 if scale is None else float(scale), bias=0.0 if bias is None else float(bias),
-                   fit=CalibrationFit(**{k: tuple(v) if isinstance(v, list) else v for k, v in fit.items()})
-                   if fit else None,
-                   detector=own.get("detector"), detector_error=own.get("detector_error"),
-                   thresholds=own.get("thresholds") or {}, adapted=own.get("adapted"))
+        return cls(
+            scale=1.0 if scale is None else float(scale),
+            bias=0.0 if bias is None else float(bias),
+            fit=CalibrationFit(**{k: tuple(v) if isinstance(v, list) else v for k, v in fit.items()}) if fit else None,
+            detector=own.get("detector"),
+            detector_error=own.get("detector_error"),
+            thresholds=own.get("thresholds") or {},
+            adapted=own.get("adapted"),
+        )
 
 
 def _plain(o: Any) -> Any:

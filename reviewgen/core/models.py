@@ -48,14 +48,23 @@ class Arch:
         d = cfg.d_model
         # SwiGLU has three matrices: 8/3 * d keeps its parameter count at a GELU MLP's 4 * d
         width = cfg.intermediate_size or (4 * d if mlp == "gelu" else 64 * math.ceil(8 * d / 3 / 64))
-        return cls(n_head=cfg.n_head, n_kv_head=cfg.n_kv_head or cfg.n_head, head_dim=d // cfg.n_head,
-                   norm=cfg.norm or ("rmsnorm" if llama else "layernorm"), norm_eps=cfg.norm_eps, mlp=mlp,
-                   intermediate_size=width, pos=cfg.pos or ("rope" if llama else "learned"),
-                   rope_theta=cfg.rope_theta, bias=bias,
-                   rope_scaling=(tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS)
-                                 if cfg.rope_scaling else None),
-                   qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
-                   tie_embeddings=cfg.tie_embeddings, gelu_approximate=cfg.gelu_approximate, lora=cfg.lora)
+        return cls(
+            n_head=cfg.n_head,
+            n_kv_head=cfg.n_kv_head or cfg.n_head,
+            head_dim=d // cfg.n_head,
+            norm=cfg.norm or ("rmsnorm" if llama else "layernorm"),
+            norm_eps=cfg.norm_eps,
+            mlp=mlp,
+            intermediate_size=width,
+            pos=cfg.pos or ("rope" if llama else "learned"),
+            rope_theta=cfg.rope_theta,
+            bias=bias,
+            rope_scaling=(tuple(float(cfg.rope_scaling[k]) for k in LLAMA3_ROPE_KEYS) if cfg.rope_scaling else None),
+            qkv_bias=bias if cfg.qkv_bias is None else cfg.qkv_bias,
+            tie_embeddings=cfg.tie_embeddings,
+            gelu_approximate=cfg.gelu_approximate,
+            lora=cfg.lora,
+        )
 
 
 def _norm(a: Arch, d_model: int) -> nn.Module:
@@ -75,9 +84,17 @@ class SelfAttention(nn.Module):
         self.gqa = a.n_kv_head != a.n_head
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, *, causal: bool, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0, pos: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        pos: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         if self.gqa:
             q, k, v = self.qkv(x).split(self.sizes, dim=-1)
@@ -98,16 +115,22 @@ class SelfAttention(nn.Module):
             if attn_mask is not None:
                 raise ValueError("a KV cache step takes no attention mask (the cache masks its own tail)")
             k, v, filled = cache.append(layer, k, v, pos)
-        short = cache is None and x.device.type == "cpu" and T <= SHORT_ATTENTION and not torch.is_grad_enabled() \
+        short = (
+            cache is None
+            and x.device.type == "cpu"
+            and T <= SHORT_ATTENTION
+            and not torch.is_grad_enabled()
             and (attn_mask is None or (attn_mask.dtype == torch.bool and attn_mask.shape[1] == 1))
+        )
         if filled is not None:
             y = explicit_attention(q.contiguous(), k, v, causal=False, attn_mask=filled)
         elif short:
             y = explicit_attention(q, k, v, causal=causal and T > 1, attn_mask=attn_mask)
         else:
             drop = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop,
-                                               is_causal=causal and T > 1, enable_gqa=self.gqa)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=causal and T > 1, enable_gqa=self.gqa
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -136,9 +159,11 @@ class Block(nn.Module):
             self.mlp = SwiGLU(d_model, a.intermediate_size, a.bias, a.lora)
         else:
             targets = a.lora.targets
-            self.mlp = nn.Sequential(linear(d_model, a.intermediate_size, a.bias, a.lora, "mlp_in" in targets),
-                                     nn.GELU(approximate=a.gelu_approximate),
-                                     linear(a.intermediate_size, d_model, a.bias, a.lora, "mlp_out" in targets))
+            self.mlp = nn.Sequential(
+                linear(d_model, a.intermediate_size, a.bias, a.lora, "mlp_in" in targets),
+                nn.GELU(approximate=a.gelu_approximate),
+                linear(a.intermediate_size, d_model, a.bias, a.lora, "mlp_out" in targets),
+            )
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, **attn_kwargs):
@@ -196,8 +221,12 @@ class _Trunk(nn.Module):
     def _block(self, block: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """One block; with gradient checkpointing (training, no KV cache) its activations are recomputed in
         the backward pass instead of kept."""
-        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled() \
-                and kwargs.get("cache") is None:
+        if (
+            self.cfg.gradient_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and kwargs.get("cache") is None
+        ):
             return checkpoint(block, x, use_reentrant=False, **kwargs)
         return block(x, **kwargs)
 
@@ -208,7 +237,7 @@ class _Trunk(nn.Module):
         if self.pos_emb is not None:
             positions = torch.arange(pos, pos + T, device=idx.device)
             return self.drop(self.tok_emb(idx) + self.pos_emb(positions)), None
-        return self.drop(self.tok_emb(idx)), (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
+        return self.drop(self.tok_emb(idx)), (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
 
 
 class Generator(_Trunk):
@@ -222,14 +251,16 @@ class Generator(_Trunk):
             self.lm_head.weight = self.tok_emb.weight  # fewer parameters, better small-data LM
         self._adapt()
 
-    def forward(self, idx: torch.Tensor, *, logits_from: int = 0, cache: KVCache | None = None,
-                pos: int = 0) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, *, logits_from: int = 0, cache: KVCache | None = None, pos: int = 0
+    ) -> torch.Tensor:
         """Logits for positions `logits_from..T-1` of `idx` [B, T] (skipping the prefix saves the
         vocabulary projection where no loss is taken)."""
         return self.lm_head(self.features(idx, start=logits_from, cache=cache, pos=pos))
 
-    def features(self, idx: torch.Tensor, *, start: int = 0, cache: KVCache | None = None,
-                 pos: int = 0) -> torch.Tensor:
+    def features(
+        self, idx: torch.Tensor, *, start: int = 0, cache: KVCache | None = None, pos: int = 0
+    ) -> torch.Tensor:
         """The final-normed hidden states [B, T - start, d_model] that `lm_head` maps to logits, for
         positions `start..T-1` of `idx` [B, T]: for callers that project only some positions, or in chunks."""
         T = idx.shape[1]

@@ -90,7 +90,7 @@ def _sorted_position(sorted_p: torch.Tensor, u: torch.Tensor, params: SamplingPa
     """[B, 1]: the position in each row of `sorted_p` (probabilities, descending) that the rule picks."""
     if params.top_k > 0:
         sorted_p = sorted_p.clone()
-        sorted_p[:, params.top_k:] = 0.0
+        sorted_p[:, params.top_k :] = 0.0
     if params.top_p < 1.0:
         # keep the smallest head of the distribution whose mass reaches top_p (always the top token)
         before = torch.cumsum(sorted_p, dim=-1) - sorted_p
@@ -136,8 +136,11 @@ def _pick_from_head(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams
     n = min(params.top_k, HEAD) if 0 < params.top_k <= HEAD else HEAD
     if n + 1 >= V or probs.device.type != "cpu":
         return _pick_sorted(probs, u, params)
-    if params.top_p < 1.0 and not (0 < params.top_k <= n) and \
-            bool((probs.amax(dim=-1) * n < params.top_p + _MASS_MARGIN).all()):
+    if (
+        params.top_p < 1.0
+        and not (0 < params.top_k <= n)
+        and bool((probs.amax(dim=-1) * n < params.top_p + _MASS_MARGIN).all())
+    ):
         return _pick_sorted(probs, u, params)  # a flat distribution: no row's head can reach top_p
     vals, idx = torch.topk(probs, n + 1, dim=-1, sorted=True)
     edge_tie = vals[:, n - 1] == vals[:, n]
@@ -167,8 +170,13 @@ def _pick_from_head(probs: torch.Tensor, u: torch.Tensor, params: SamplingParams
     return tok
 
 
-def pick_tokens(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams, watermark: Watermark | None = None,
-                prev: torch.Tensor | None = None) -> torch.Tensor:
+def pick_tokens(
+    logits: torch.Tensor,
+    u: torch.Tensor,
+    params: SamplingParams,
+    watermark: Watermark | None = None,
+    prev: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Choose one token per row from `logits` [B, V] with uniforms `u` [B]. A `watermark` adds its green-list
     bias after each row's previous token `prev` [B]: after the temperature, before top-k and top-p (so the
     bias means the same at every temperature, and the cuts see the biased distribution)."""
@@ -191,8 +199,9 @@ def pick_tokens(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams, w
 COMPACT_BELOW = 0.75
 
 
-def _step_uniforms(model: Generator, prefixes: torch.Tensor, R: int, uniforms: torch.Tensor | None,
-                   generator: torch.Generator | None) -> torch.Tensor:
+def _step_uniforms(
+    model: Generator, prefixes: torch.Tensor, R: int, uniforms: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
     """The uniforms [R, B] of `R` decode steps, step-major so each step reads one contiguous row: the given
     per-row `uniforms` [B, R], or else drawn from `generator`. ValueError when prefix and review overrun the
     model's block."""
@@ -214,9 +223,17 @@ def _decoder(model: Generator, params: SamplingParams):
 # no_grad, not inference_mode: autocast keeps its low-precision copy of a weight (one that requires grad)
 # for the whole call only outside inference mode; inside it, every decode step would cast every weight again
 @torch.no_grad()
-def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, eos_id: int, pad_id: int,
-           uniforms: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           watermark: Watermark | None = None) -> torch.Tensor:
+def sample(
+    model: Generator,
+    prefixes: torch.Tensor,
+    params: SamplingParams,
+    *,
+    eos_id: int,
+    pad_id: int,
+    uniforms: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    watermark: Watermark | None = None,
+) -> torch.Tensor:
     """Sample reviews for `prefixes` [B, P]. Returns [B, max_new_tokens] ids, <pad> after <eos>.
 
     `uniforms` [B, max_new_tokens] fixes the randomness per row (see counter_uniforms); otherwise they are
@@ -265,11 +282,23 @@ def sample(model: Generator, prefixes: torch.Tensor, params: SamplingParams, *, 
     return out
 
 
-def generate_texts(G, tok: ReviewTokenizer, conds: Sequence[Condition], keys: Sequence[str] | None = None, *,
-                   seed: int = 0, row_seeds: Sequence[int] | None = None, temperature: float, top_p: float = 1.0,
-                   top_k: int = 0, batch_size: int = 64, device="cpu",
-                   max_new_tokens: int | None = None, compile_decode: bool = False,
-                   watermark: Watermark | None = None) -> list[str]:
+def generate_texts(
+    G,
+    tok: ReviewTokenizer,
+    conds: Sequence[Condition],
+    keys: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    row_seeds: Sequence[int] | None = None,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    batch_size: int = 64,
+    device="cpu",
+    max_new_tokens: int | None = None,
+    compile_decode: bool = False,
+    watermark: Watermark | None = None,
+) -> list[str]:
     """Sample one review per condition. Each row's randomness is fixed by `row_seeds[i]`, or else by
     `keys[i]` (e.g. product_id:index) with `seed`. `compile_decode`: see SamplingParams. `watermark`: bias
     every step with its signing key (None: the unwatermarked sampler, token for token)."""
@@ -281,9 +310,15 @@ def generate_texts(G, tok: ReviewTokenizer, conds: Sequence[Condition], keys: Se
     params = SamplingParams(max_new_tokens or tok.max_review_len, temperature, top_k, top_p, compile_decode)
     texts: list[str] = []
     for s in range(0, len(conds), batch_size):
-        pre = tok.encode_prefixes(conds[s:s + batch_size]).to(device)
-        ids = sample(G, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                     uniforms=counter_uniforms(row_seeds[s:s + batch_size], params.max_new_tokens),
-                     watermark=watermark)
+        pre = tok.encode_prefixes(conds[s : s + batch_size]).to(device)
+        ids = sample(
+            G,
+            pre,
+            params,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            uniforms=counter_uniforms(row_seeds[s : s + batch_size], params.max_new_tokens),
+            watermark=watermark,
+        )
         texts.extend(tok.decode_reviews(ids.cpu()))
     return texts

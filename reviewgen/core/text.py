@@ -87,7 +87,7 @@ def _phone_ok(m: re.Match[str]) -> bool:
 def _sub_url(m: re.Match[str]) -> tuple[str, str]:
     url = m.group(0)
     trimmed = url.rstrip(_URL_TRAIL)
-    return "<url>", url[len(trimmed):]
+    return "<url>", url[len(trimmed) :]
 
 
 def _apply(s: str) -> tuple[str, dict[str, int]]:

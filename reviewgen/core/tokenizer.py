@@ -72,8 +72,9 @@ class ReviewTokenizer:
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, prefix_len: int, max_review_len: int,
-              min_frequency: int = 2) -> "ReviewTokenizer":
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, prefix_len: int, max_review_len: int, min_frequency: int = 2
+    ) -> "ReviewTokenizer":
         """Train byte-level BPE on an iterator of strings (training split only)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -130,11 +131,14 @@ class ReviewTokenizer:
         max_cat = max(0, min(MAX_CATEGORY_TOKENS, self.prefix_len - 6))
         for i, c in enumerate(conds):
             lang = c.language if c.language in LANGS else "en"
-            head = [self.bos_id, self.special[f"<lang_{lang}>"], self.special[c.condition_token()],
-                    self.special[CAT]] + cats[i][:max_cat] + [self.special[TITLE]]
+            head = (
+                [self.bos_id, self.special[f"<lang_{lang}>"], self.special[c.condition_token()], self.special[CAT]]
+                + cats[i][:max_cat]
+                + [self.special[TITLE]]
+            )
             room = max(0, self.prefix_len - len(head) - 1)
             seq = head + titles[i][:room] + [self.sep_id]
-            out[i, self.prefix_len - len(seq):] = seq
+            out[i, self.prefix_len - len(seq) :] = seq
         return torch.from_numpy(out)
 
     def encode_reviews(self, texts: Sequence[str]) -> torch.Tensor:
@@ -142,8 +146,11 @@ class ReviewTokenizer:
         ids = self._ids(texts)
         out = np.full((len(texts), self.max_review_len), self.pad_id, dtype=np.int64)
         for i, seq in enumerate(ids):
-            seq = (seq[: self.max_review_len - 1] + [self.eos_id] if len(seq) < self.max_review_len
-                   else seq[: self.max_review_len])
+            seq = (
+                seq[: self.max_review_len - 1] + [self.eos_id]
+                if len(seq) < self.max_review_len
+                else seq[: self.max_review_len]
+            )
             out[i, : len(seq)] = seq
         return torch.from_numpy(out)
 

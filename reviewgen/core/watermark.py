@@ -77,8 +77,9 @@ class WatermarkConfig:
     dedupe_pairs: bool = True
 
     def __post_init__(self) -> None:
-        if not (0.0 < self.gamma < 1.0 and math.isfinite(self.delta) and self.delta >= 0
-                and math.isfinite(self.threshold_z)):
+        if not (
+            0.0 < self.gamma < 1.0 and math.isfinite(self.delta) and self.delta >= 0 and math.isfinite(self.threshold_z)
+        ):
             raise ValueError(f"watermark: needs 0 < gamma < 1, delta >= 0 and a finite threshold_z, got {self}")
 
 
@@ -92,11 +93,13 @@ class WatermarkKey:
     def __init__(self, secret: str | bytes):
         raw = (secret.encode() if isinstance(secret, str) else bytes(secret)).strip()
         if len(raw) < MIN_KEY_CHARS:
-            raise WatermarkKeyError(f"a watermark key needs at least {MIN_KEY_CHARS} characters, got {len(raw)} "
-                                    "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')")
+            raise WatermarkKeyError(
+                f"a watermark key needs at least {MIN_KEY_CHARS} characters, got {len(raw)} "
+                "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
         self.key_id = hashlib.sha256(b"reviewgen-watermark-id\x00" + raw).hexdigest()[:16]
         d = hashlib.sha256(b"reviewgen-watermark-seed\x00" + raw).digest()
-        self.seeds = tuple(int.from_bytes(d[i:i + 8], "little", signed=True) for i in (0, 8))
+        self.seeds = tuple(int.from_bytes(d[i : i + 8], "little", signed=True) for i in (0, 8))
 
     def __repr__(self) -> str:
         return f"WatermarkKey(id={self.key_id})"
@@ -162,8 +165,12 @@ class Watermark:
         self._token_hash: dict[tuple[str, str, int], torch.Tensor] = {}
 
     @classmethod
-    def from_env(cls, key_file: str | Path | None = None, config: WatermarkConfig | None = None,
-                 environ: Mapping[str, str] | None = None) -> "Watermark | None":
+    def from_env(
+        cls,
+        key_file: str | Path | None = None,
+        config: WatermarkConfig | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "Watermark | None":
         """A watermark over `load_keys(...)`, or None when no key is configured."""
         keys = load_keys(key_file, environ)
         return cls(keys, config) if keys else None
@@ -189,9 +196,15 @@ class Watermark:
     def lineage(self) -> dict[str, Any]:
         """What a manifest records: the scheme, its settings and the signing key's id (never the key)."""
         c = self.config
-        return {"scheme": SCHEME, "key_id": self.key_id, "gamma": c.gamma, "delta": c.delta,
-                "threshold_z": c.threshold_z, "max_p": _normal_tail(c.threshold_z),
-                "dedupe_pairs": c.dedupe_pairs}
+        return {
+            "scheme": SCHEME,
+            "key_id": self.key_id,
+            "gamma": c.gamma,
+            "delta": c.delta,
+            "threshold_z": c.threshold_z,
+            "max_p": _normal_tail(c.threshold_z),
+            "dedupe_pairs": c.dedupe_pairs,
+        }
 
     def _token_values(self, key: WatermarkKey, tokens: torch.Tensor) -> torch.Tensor:
         return _int32(_mix(tokens.long() ^ key.seeds[1]))
@@ -225,8 +238,13 @@ class Watermark:
         green = self.green_mask(prev.to(logits.device), logits.shape[-1])
         return green.to(logits.dtype).mul_(self.config.delta).add_(logits)
 
-    def z_scores(self, seqs: torch.Tensor | Sequence[Sequence[int]], mask: torch.Tensor | None = None, *,
-                 first_prev: int | None = None) -> Detection:
+    def z_scores(
+        self,
+        seqs: torch.Tensor | Sequence[Sequence[int]],
+        mask: torch.Tensor | None = None,
+        *,
+        first_prev: int | None = None,
+    ) -> Detection:
         """Detect in token sequences: a padded [N, L] tensor with a bool `mask` of its scored tokens, or lists
         of ids. Each token's colour depends on the token before it; the first token is scored after
         `first_prev` (the prompt's last token, e.g. <sep>), or not at all when it is None."""
@@ -242,16 +260,27 @@ class Watermark:
             pairs = torch.unique(pairs, dim=0)
         t, gamma = torch.bincount(pairs[:, 0], minlength=n).double(), self.config.gamma
         # [keys, N] green counts and z-scores; the best key per text
-        g = torch.stack([torch.bincount(pairs[:, 0], weights=self.green(pairs[:, 1], pairs[:, 2], k).double(),
-                                        minlength=n).double() for k in self.keys])
+        g = torch.stack(
+            [
+                torch.bincount(
+                    pairs[:, 0], weights=self.green(pairs[:, 1], pairs[:, 2], k).double(), minlength=n
+                ).double()
+                for k in self.keys
+            ]
+        )
         z = (g - gamma * t) / torch.sqrt(t * gamma * (1 - gamma)).clamp_min(1e-12)
         best, which = z.max(dim=0)
         best_g = g.gather(0, which[None]).squeeze(0)
         none = t == 0
         p = torch.where(none, math.nan, _binomial_tail(best_g, t, gamma))
-        return Detection(z=torch.where(none, math.nan, best).numpy(), p_value=p.numpy(), green=best_g.long().numpy(),
-                         n_scored=t.long().numpy(), max_p=_normal_tail(self.config.threshold_z),
-                         key_id=[None if none[i] else self.keys[int(which[i])].key_id for i in range(n)])
+        return Detection(
+            z=torch.where(none, math.nan, best).numpy(),
+            p_value=p.numpy(),
+            green=best_g.long().numpy(),
+            n_scored=t.long().numpy(),
+            max_p=_normal_tail(self.config.threshold_z),
+            key_id=[None if none[i] else self.keys[int(which[i])].key_id for i in range(n)],
+        )
 
     def detect_texts(self, tok, texts: Sequence[str | None]) -> Detection:
         """Detect in review texts with a `ReviewTokenizer`: the review tokens as the model sees them, the
@@ -270,14 +299,20 @@ def _binomial_tail(g: torch.Tensor, t: torch.Tensor, p: float) -> torch.Tensor:
     tg, inverse = torch.unique(torch.stack([t, g], dim=1), dim=0, return_inverse=True)
     k = torch.arange(int(tg[:, 0].max()) + 1 if len(tg) else 1, dtype=torch.float64)
     tt, gg = tg[:, :1], tg[:, 1:]
-    log_pmf = (torch.lgamma(tt + 1) - torch.lgamma(k + 1) - torch.lgamma((tt - k).clamp_min(0) + 1)
-               + k * math.log(p) + (tt - k) * math.log1p(-p))
+    log_pmf = (
+        torch.lgamma(tt + 1)
+        - torch.lgamma(k + 1)
+        - torch.lgamma((tt - k).clamp_min(0) + 1)
+        + k * math.log(p)
+        + (tt - k) * math.log1p(-p)
+    )
     log_pmf = torch.where((k >= gg) & (k <= tt), log_pmf, -math.inf)
     return torch.logsumexp(log_pmf, dim=1).exp()[inverse]
 
 
-def _padded(seqs: torch.Tensor | Sequence[Sequence[int]],
-            mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(
+    seqs: torch.Tensor | Sequence[Sequence[int]], mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [N, L] int64 on CPU, bool mask [N, L]) from a padded tensor (+ mask) or lists of ids."""
     if isinstance(seqs, (torch.Tensor, np.ndarray)):
         ids = torch.as_tensor(seqs).long().cpu()

@@ -108,8 +108,11 @@ def prepare(
     for name, part in splits.items():
         part.to_parquet(out / f"{name}.parquet", index=False)
     stats = {
-        "seed": seed, "val_frac": val_frac, "test_frac": test_frac,
-        "max_reviews_per_product": max_reviews_per_product, "max_text_chars": max_text_chars,
+        "seed": seed,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "max_reviews_per_product": max_reviews_per_product,
+        "max_text_chars": max_text_chars,
         "files": per_file,
         "splits": {n: {"rows": len(p), "products": int(p["product_id"].nunique())} for n, p in splits.items()},
         "rows": len(df),

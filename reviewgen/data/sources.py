@@ -20,15 +20,28 @@ from reviewgen.core.errors import InputError
 from reviewgen.core.text import clean_text, mask_pii, strip_promo
 
 REVIEW_COLUMNS: list[str] = [
-    "product_id", "product_title", "category", "brand", "rating",
-    "sentiment", "review_title", "text", "language", "source",
+    "product_id",
+    "product_title",
+    "category",
+    "brand",
+    "rating",
+    "sentiment",
+    "review_title",
+    "text",
+    "language",
+    "source",
 ]
 STR_COLUMNS = [c for c in REVIEW_COLUMNS if c != "rating"]
 SPLITS = ("train", "val", "test")
 CORPORA = ("amazon_devices", "multibrand", "womens_clothing", "zh_shopping")
 DROP_REASONS = (
-    "missing_product_id", "missing_rating", "missing_label", "empty_text",
-    "text_too_long", "duplicate_text", "product_cap",
+    "missing_product_id",
+    "missing_rating",
+    "missing_label",
+    "empty_text",
+    "text_too_long",
+    "duplicate_text",
+    "product_cap",
 )
 
 # Substrings of file names that identify a corpus, checked before looking at columns.
@@ -222,12 +235,17 @@ def _stage_amazon(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     prod = _amazon_products(df)
     pid = df["id"].map(_str_or_none)
     meta = prod.reindex(df["id"].fillna("").astype(object)).reset_index(drop=True)
-    return pd.DataFrame({
-        "product_id": _prefixed(pid, "amazon_devices"),
-        "product_title": meta["product_title"], "category": meta["category"], "brand": meta["brand"],
-        "rating": _integer_column(df, "reviews_rating", path),
-        "review_title": df["reviews_title"].map(_str_or_none), "raw_text": df["reviews_text"],
-    })
+    return pd.DataFrame(
+        {
+            "product_id": _prefixed(pid, "amazon_devices"),
+            "product_title": meta["product_title"],
+            "category": meta["category"],
+            "brand": meta["brand"],
+            "rating": _integer_column(df, "reviews_rating", path),
+            "review_title": df["reviews_title"].map(_str_or_none),
+            "raw_text": df["reviews_text"],
+        }
+    )
 
 
 def _stage_multibrand(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -235,13 +253,17 @@ def _stage_multibrand(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     cat = df["categories"].map(lambda c: _str_or_none(c.split(",")[0]) if isinstance(c, str) else None)
     title = df["name"].map(_str_or_none).map(_fix_entity_loss)
     title = title.where(title.notna(), pid.map(lambda v: f"Product {v}"))
-    return pd.DataFrame({
-        "product_id": _prefixed(pid, "multibrand"),
-        "product_title": title, "category": cat.fillna("Other"),
-        "brand": df["brand"].map(_str_or_none).map(_fix_entity_loss),
-        "rating": _integer_column(df, "reviews_rating", path),
-        "review_title": df["reviews_title"].map(_str_or_none), "raw_text": df["reviews_text"],
-    })
+    return pd.DataFrame(
+        {
+            "product_id": _prefixed(pid, "multibrand"),
+            "product_title": title,
+            "category": cat.fillna("Other"),
+            "brand": df["brand"].map(_str_or_none).map(_fix_entity_loss),
+            "rating": _integer_column(df, "reviews_rating", path),
+            "review_title": df["reviews_title"].map(_str_or_none),
+            "raw_text": df["reviews_text"],
+        }
+    )
 
 
 def _stage_womens(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -253,29 +275,46 @@ def _stage_womens(df: pd.DataFrame, path: Path) -> pd.DataFrame:
         d = "Intimates" if d == "Initmates" else d  # the source's own misspelling
         parts = list(dict.fromkeys(p for p in (d, c) if isinstance(p, str)))
         titles.append(f"{' '.join(parts)} (item {i})" if parts else f"Clothing item {i}")
-    return pd.DataFrame({
-        "product_id": _prefixed(pid, "womens_clothing"),
-        "product_title": titles, "category": dep.fillna(cls).fillna("Clothing"), "brand": None,
-        "rating": _integer_column(df, "rating", path),
-        "review_title": df["title"].map(_str_or_none), "raw_text": df["review_text"],
-    })
+    return pd.DataFrame(
+        {
+            "product_id": _prefixed(pid, "womens_clothing"),
+            "product_title": titles,
+            "category": dep.fillna(cls).fillna("Clothing"),
+            "brand": None,
+            "rating": _integer_column(df, "rating", path),
+            "review_title": df["title"].map(_str_or_none),
+            "raw_text": df["review_text"],
+        }
+    )
 
 
 def _stage_zh(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     cat = df["category"].map(_str_or_none).fillna("其他")
-    return pd.DataFrame({
-        "product_id": "zh:",  # completed from the cleaned text in _finish
-        "product_title": cat, "category": cat, "brand": None,
-        "label": _integer_column(df, "label", path), "review_title": None, "raw_text": df["review"],
-    })
+    return pd.DataFrame(
+        {
+            "product_id": "zh:",  # completed from the cleaned text in _finish
+            "product_title": cat,
+            "category": cat,
+            "brand": None,
+            "label": _integer_column(df, "label", path),
+            "review_title": None,
+            "raw_text": df["review"],
+        }
+    )
 
 
 _STAGERS: dict[str, Callable[[pd.DataFrame, Path], pd.DataFrame]] = {
-    "amazon_devices": _stage_amazon, "multibrand": _stage_multibrand,
-    "womens_clothing": _stage_womens, "zh_shopping": _stage_zh,
+    "amazon_devices": _stage_amazon,
+    "multibrand": _stage_multibrand,
+    "womens_clothing": _stage_womens,
+    "zh_shopping": _stage_zh,
 }
-_TEXT_COL = {"amazon_devices": "reviews_text", "multibrand": "reviews_text",
-             "womens_clothing": "review_text", "zh_shopping": "review"}
+_TEXT_COL = {
+    "amazon_devices": "reviews_text",
+    "multibrand": "reviews_text",
+    "womens_clothing": "review_text",
+    "zh_shopping": "review",
+}
 
 
 def _process_text(raw: object) -> str:

@@ -61,15 +61,21 @@ class EvalConfig:
     def resolved(self) -> EvalConfig:
         """The settings actually used: with `fast`, one seed, the lowest and highest temperature, <= 16
         products, <= 48 scorer reviews and a small calibration/baseline/classifier/NLL set."""
-        c = dataclasses.replace(self, temperatures=tuple(float(t) for t in self.temperatures),
-                                seeds=tuple(int(s) for s in self.seeds))
+        c = dataclasses.replace(
+            self, temperatures=tuple(float(t) for t in self.temperatures), seeds=tuple(int(s) for s in self.seeds)
+        )
         if not c.fast:
             return c
-        return dataclasses.replace(c, seeds=c.seeds[:1], n_products=min(c.n_products, 16),
-                                   scorer_reviews=min(c.scorer_reviews, 48),
-                                   temperatures=tuple(sorted({min(c.temperatures), max(c.temperatures)})),
-                                   n_baseline_train=min(c.n_baseline_train, 48),
-                                   classifier_rows=min(c.classifier_rows, 1500), nll_rows=min(c.nll_rows or 256, 256))
+        return dataclasses.replace(
+            c,
+            seeds=c.seeds[:1],
+            n_products=min(c.n_products, 16),
+            scorer_reviews=min(c.scorer_reviews, 48),
+            temperatures=tuple(sorted({min(c.temperatures), max(c.temperatures)})),
+            n_baseline_train=min(c.n_baseline_train, 48),
+            classifier_rows=min(c.classifier_rows, 1500),
+            nll_rows=min(c.nll_rows or 256, 256),
+        )
 
 
 def _numbers(values: Any, kind: type, name: str) -> tuple:
@@ -85,7 +91,12 @@ def _numbers(values: Any, kind: type, name: str) -> tuple:
     return tuple(kind(x) for x in out)
 
 
-def load_eval_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                     source: str = "flag", *, sets: Sequence[str] = ()) -> EvalConfig:
+def load_eval_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "flag",
+    *,
+    sets: Sequence[str] = (),
+) -> EvalConfig:
     """`EvalConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config.load_config`)."""
     return load_config(EvalConfig, path, overrides, sets=sets, source=source)

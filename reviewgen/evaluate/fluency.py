@@ -33,6 +33,7 @@ LN2 = math.log(2.0)
 
 # -- real-word rate -----------------------------------------------------------------------------------
 
+
 def words(texts: Iterable[str]) -> list[str]:
     """The lowercase alphabetic words of `texts` (`[a-z]+` after lowercasing), in order."""
     return [w for t in texts for w in WORD.findall(str(t).lower())]
@@ -53,9 +54,11 @@ def real_word_rate(texts: Sequence[str], vocab: frozenset[str]) -> dict[str, Any
 
 # -- bits per character --------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def bits_per_char(G, tok: ReviewTokenizer, df: pd.DataFrame, batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> dict[str, dict[str, Any]]:
+def bits_per_char(
+    G, tok: ReviewTokenizer, df: pd.DataFrame, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> dict[str, dict[str, Any]]:
     """Per language: {"bits_per_char", "chars", "reviews"} of generator G on the reviews of `df` under
     their own conditions (teacher forced).
 
@@ -69,11 +72,11 @@ def bits_per_char(G, tok: ReviewTokenizer, df: pd.DataFrame, batch_size: int = 3
     P = tok.prefix_len
     bits, chars = torch.zeros(len(df), dtype=torch.float64), torch.zeros(len(df), dtype=torch.float64)
     for s in range(0, len(df), batch_size):
-        b = ids[s:s + batch_size].to(device)
+        b = ids[s : s + batch_size].to(device)
         targets = b[:, P:]
         mask = review_mask(targets, tok.eos_id, tok.pad_id)
         nll = -token_logprobs(review_logits(G, b, P), targets)
-        bits[s:s + len(b)] = ((nll * mask).sum(1) / LN2).double().cpu()
+        bits[s : s + len(b)] = ((nll * mask).sum(1) / LN2).double().cpu()
     G.train(was)
     for i, row in enumerate(ids[:, P:].tolist()):
         kept = [t for t in row if t not in (tok.eos_id, tok.pad_id)]
@@ -83,15 +86,20 @@ def bits_per_char(G, tok: ReviewTokenizer, df: pd.DataFrame, batch_size: int = 3
     for lang in sorted(set(langs)):
         sel = torch.as_tensor([x == lang for x in langs])
         n_chars = float(chars[sel].sum())
-        out[lang] = {"bits_per_char": float(bits[sel].sum()) / n_chars if n_chars else None,
-                     "chars": int(n_chars), "reviews": int(sel.sum())}
+        out[lang] = {
+            "bits_per_char": float(bits[sel].sum()) / n_chars if n_chars else None,
+            "chars": int(n_chars),
+            "reviews": int(sel.sum()),
+        }
     return out
 
 
 # -- TSTR ------------------------------------------------------------------------------------------------
 
-def tstr(generated: pd.DataFrame, real_test: pd.DataFrame, real: ConditionClassifiers,
-         max_rows: int = 6000) -> dict[str, Any]:
+
+def tstr(
+    generated: pd.DataFrame, real_test: pd.DataFrame, real: ConditionClassifiers, max_rows: int = 6000
+) -> dict[str, Any]:
     """Condition classifiers trained on synthetic reviews vs `real` (the same classifiers trained on real
     training reviews), both tested on real reviews: {"synthetic": {...}, "real": {...}, "test_reviews": n},
     each with rating_acc / rating_mae (rows with a star rating) and category_acc (categories seen in that
@@ -108,6 +116,7 @@ def tstr(generated: pd.DataFrame, real_test: pd.DataFrame, real: ConditionClassi
 
 
 # -- the evaluate section ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ModelFluency:
@@ -132,23 +141,42 @@ class Fluency:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (metrics.json's "fluency"): the models sit beside the shared keys, by name."""
-        return {"human": dict(self.human), "tstr_temperature": self.tstr_temperature,
-                "validation_reviews": self.validation_reviews,
-                **{name: asdict(m) for name, m in self.models.items()}}
+        return {
+            "human": dict(self.human),
+            "tstr_temperature": self.tstr_temperature,
+            "validation_reviews": self.validation_reviews,
+            **{name: asdict(m) for name, m in self.models.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Fluency:
         """The inverse of `to_dict`: every entry holding val_bits_per_char is a model."""
-        models = {k: ModelFluency(v["val_bits_per_char"], v["real_word_rate"], v.get("tstr"))
-                  for k, v in d.items() if isinstance(v, Mapping) and "val_bits_per_char" in v}
-        return cls(human=d["human"], tstr_temperature=d["tstr_temperature"],
-                   validation_reviews=d["validation_reviews"], models=models)
+        models = {
+            k: ModelFluency(v["val_bits_per_char"], v["real_word_rate"], v.get("tstr"))
+            for k, v in d.items()
+            if isinstance(v, Mapping) and "val_bits_per_char" in v
+        }
+        return cls(
+            human=d["human"],
+            tstr_temperature=d["tstr_temperature"],
+            validation_reviews=d["validation_reviews"],
+            models=models,
+        )
 
 
-def fluency_result(checkpoints: dict[str, Any], samples: dict[tuple[str, float], list[str]], ev: pd.DataFrame,
-                   test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, *, real_clf: ConditionClassifiers,
-                   tstr_temperature: float, classifier_rows: int = 6000,
-                   device: str | torch.device = "cpu") -> Fluency:
+def fluency_result(
+    checkpoints: dict[str, Any],
+    samples: dict[tuple[str, float], list[str]],
+    ev: pd.DataFrame,
+    test: pd.DataFrame,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    *,
+    real_clf: ConditionClassifiers,
+    tstr_temperature: float,
+    classifier_rows: int = 6000,
+    device: str | torch.device = "cpu",
+) -> Fluency:
     """Per model, validation bits per character per language, the real-word rate of its generated English at
     each sampled temperature (human test reviews beside it), and TSTR at the sampled temperature nearest
     `tstr_temperature`.
@@ -163,17 +191,30 @@ def fluency_result(checkpoints: dict[str, Any], samples: dict[tuple[str, float],
     models = {}
     for name, ck in checkpoints.items():
         bpc = bits_per_char(ck.generator, ck.tokenizer, val, ck.config.train.batch_size, device)
-        rwr = {f"{t:g}": real_word_rate([samples[(name, t)][i] for i in en], vocab)
-               for t in temps if (name, t) in samples}
+        rwr = {
+            f"{t:g}": real_word_rate([samples[(name, t)][i] for i in en], vocab) for t in temps if (name, t) in samples
+        }
         gen = ev.assign(text=samples[(name, t_tstr)]) if (name, t_tstr) in samples else None
-        models[name] = ModelFluency(bpc, rwr, tstr(gen, real_test, real_clf, classifier_rows) if gen is not None
-                                    else None)
-    return Fluency(human=real_word_rate(ev["text"].astype(str).iloc[en].tolist(), vocab), tstr_temperature=t_tstr,
-                   validation_reviews=len(val), models=models)
+        models[name] = ModelFluency(
+            bpc, rwr, tstr(gen, real_test, real_clf, classifier_rows) if gen is not None else None
+        )
+    return Fluency(
+        human=real_word_rate(ev["text"].astype(str).iloc[en].tolist(), vocab),
+        tstr_temperature=t_tstr,
+        validation_reviews=len(val),
+        models=models,
+    )
 
 
-def fluency_section(checkpoints: dict[str, Any], samples: dict[tuple[str, float], list[str]], ev: pd.DataFrame,
-                    test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame, **kw: Any) -> dict[str, Any]:
+def fluency_section(
+    checkpoints: dict[str, Any],
+    samples: dict[tuple[str, float], list[str]],
+    ev: pd.DataFrame,
+    test: pd.DataFrame,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    **kw: Any,
+) -> dict[str, Any]:
     """`fluency_result` in its JSON form (metrics.json's "fluency"), for callers that want the plain dict."""
     return fluency_result(checkpoints, samples, ev, test, train, val, **kw).to_dict()
 
@@ -188,27 +229,43 @@ def fluency_markdown(f: Fluency | Mapping[str, Any]) -> str:
     models = f.models
     langs = sorted({lang for m in models.values() for lang in m.val_bits_per_char})
     temps = sorted({t for m in models.values() for t in m.real_word_rate}, key=float)
-    lines = ["## Fluency and usefulness (tokenizer-independent)", "",
-             f"Validation bits per character ({f.validation_reviews} validation reviews; lower is better):", "",
-             "| model | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
+    lines = [
+        "## Fluency and usefulness (tokenizer-independent)",
+        "",
+        f"Validation bits per character ({f.validation_reviews} validation reviews; lower is better):",
+        "",
+        "| model | " + " | ".join(langs) + " |",
+        "|---|" + "---|" * len(langs),
+    ]
     for name, m in models.items():
         bpc = m.val_bits_per_char
-        lines.append(f"| {name} | " + " | ".join(_fmt(bpc.get(lang, {}).get("bits_per_char")) for lang in langs)
-                     + " |")
-    lines += ["", "Real-word rate of generated English (share of `[a-z]+` words found in the training text; "
-              f"human test reviews: {_fmt(f.human.get('real_word_rate'))} over {f.human.get('words')} words):", "",
-              "| model | " + " | ".join(f"T={t}" for t in temps) + " |", "|---|" + "---|" * len(temps)]
+        lines.append(f"| {name} | " + " | ".join(_fmt(bpc.get(lang, {}).get("bits_per_char")) for lang in langs) + " |")
+    lines += [
+        "",
+        "Real-word rate of generated English (share of `[a-z]+` words found in the training text; "
+        f"human test reviews: {_fmt(f.human.get('real_word_rate'))} over {f.human.get('words')} words):",
+        "",
+        "| model | " + " | ".join(f"T={t}" for t in temps) + " |",
+        "|---|" + "---|" * len(temps),
+    ]
     for name, m in models.items():
         r = m.real_word_rate
         lines.append(f"| {name} | " + " | ".join(_fmt(r.get(t, {}).get("real_word_rate")) for t in temps) + " |")
-    lines += ["", f"TSTR at T={f.tstr_temperature:g}: TF-IDF+LR classifiers trained on generated reviews of "
-              "the evaluated test products (labelled with the conditions they were generated for) vs trained on "
-              "real training reviews, both tested on the real reviews of those products:", "",
-              "| model | trained on | rating acc | rating MAE | category acc |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"TSTR at T={f.tstr_temperature:g}: TF-IDF+LR classifiers trained on generated reviews of "
+        "the evaluated test products (labelled with the conditions they were generated for) vs trained on "
+        "real training reviews, both tested on the real reviews of those products:",
+        "",
+        "| model | trained on | rating acc | rating MAE | category acc |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in models.items():
         t = m.tstr or {}
         for src in ("synthetic", "real"):
             s = t.get(src) or {}
-            lines.append(f"| {name} | {src} | {_fmt(s.get('rating_acc'))} | {_fmt(s.get('rating_mae'))} | "
-                         f"{_fmt(s.get('category_acc'))} |")
+            lines.append(
+                f"| {name} | {src} | {_fmt(s.get('rating_acc'))} | {_fmt(s.get('rating_mae'))} | "
+                f"{_fmt(s.get('category_acc'))} |"
+            )
     return "\n".join(lines) + "\n"

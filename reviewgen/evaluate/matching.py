@@ -103,8 +103,9 @@ def _point(curve: list[tuple[float, dict[str, float | None]]], target: float, hu
     return MatchedPoint(t, target, True, (ts[i], ts[j]), nearest, metrics)
 
 
-def match_at_diversity(sweep: Mapping[str, Mapping[str, Any]], human_sb4: float,
-                       anchors: Sequence[str] = ("gan", "mle")) -> MatchedDiversity:
+def match_at_diversity(
+    sweep: Mapping[str, Mapping[str, Any]], human_sb4: float, anchors: Sequence[str] = ("gan", "mle")
+) -> MatchedDiversity:
     """Every model of `sweep` ({model: {temperature key: {metric: {"mean": ...} or value}}}) at the
     Self-BLEU-4 chosen from the anchors' ranges (module docstring)."""
     curves = {name: _curve(by_t) for name, by_t in sweep.items()}
@@ -121,6 +122,11 @@ def match_at_diversity(sweep: Mapping[str, Mapping[str, Any]], human_sb4: float,
         ss = [float(m["self_bleu4"]) for _, m in curve]
         own = target if common else min(max(human_sb4, min(ss)), max(ss))
         points[name] = _point(curve, own, human_sb4)
-    return MatchedDiversity(human_self_bleu4=human_sb4, target_self_bleu4=target,
-                            target_is_human=common and target == human_sb4, common=common,
-                            anchors=tuple(anchors), points=points)
+    return MatchedDiversity(
+        human_self_bleu4=human_sb4,
+        target_self_bleu4=target,
+        target_is_human=common and target == human_sb4,
+        common=common,
+        anchors=tuple(anchors),
+        points=points,
+    )

@@ -33,8 +33,9 @@ def cond_label(rating: Any, sentiment: Any) -> str:
     return f"r{int(rating)}" if rating is not None and not pd.isna(rating) else f"s:{sentiment}"
 
 
-def split_eval_rows(test: pd.DataFrame, n_products: int, samples_per_product: int,
-                    seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_eval_rows(
+    test: pd.DataFrame, n_products: int, samples_per_product: int, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(evaluated rows, reference rows) over disjoint test products, per language (module docstring).
 
     The evaluated rows number about n_products * samples_per_product, shared between languages in
@@ -54,8 +55,9 @@ def split_eval_rows(test: pd.DataFrame, n_products: int, samples_per_product: in
         k = min(len(pids) // 2, int(np.searchsorted(np.cumsum(per), target)) + 1)
         ev_rows = rows[rows["product_id"].isin(set(pids[:k]))].sample(frac=1.0, random_state=seed)
         rank = ev_rows.groupby("product_id").cumcount()
-        ev_parts.append(ev_rows.assign(_rank=rank.to_numpy()).sort_values("_rank", kind="stable")
-                        .head(target).drop(columns="_rank"))
+        ev_parts.append(
+            ev_rows.assign(_rank=rank.to_numpy()).sort_values("_rank", kind="stable").head(target).drop(columns="_rank")
+        )
         ref_parts.append(rows[rows["product_id"].isin(set(pids[k:]))])
     ev = pd.concat(ev_parts).sort_values(["language", "product_id"], kind="stable").reset_index(drop=True)
     ref = pd.concat(ref_parts).reset_index(drop=True)
@@ -84,8 +86,10 @@ def reference_pools(ev: pd.DataFrame, ref: pd.DataFrame) -> tuple[list[list[list
             p = coarse.get((lang, lab))
             n_coarse += p is not None
         pools.append(p)
-    note = (f"{n_fine} of {len(ev)} evaluated rows have a same-(language, category, rating) reference pool; "
-            f"{n_coarse} fall back to (language, rating); {len(ev) - n_fine - n_coarse} have none (excluded from BLEU)")
+    note = (
+        f"{n_fine} of {len(ev)} evaluated rows have a same-(language, category, rating) reference pool; "
+        f"{n_coarse} fall back to (language, rating); {len(ev) - n_fine - n_coarse} have none (excluded from BLEU)"
+    )
     return pools, note
 
 
@@ -121,10 +125,10 @@ def _text_classifier(balanced: bool = False) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, max_features=20000,
-                                         sublinear_tf=True),
-                         LogisticRegression(max_iter=300, tol=1e-3, C=2.0,
-                                            class_weight="balanced" if balanced else None))
+    return make_pipeline(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, max_features=20000, sublinear_tf=True),
+        LogisticRegression(max_iter=300, tol=1e-3, C=2.0, class_weight="balanced" if balanced else None),
+    )
 
 
 class ConditionClassifiers:
@@ -135,10 +139,16 @@ class ConditionClassifiers:
     def __init__(self, train: pd.DataFrame, max_rows: int = 6000, seed: int = 0):
         tr = train.sample(n=min(len(train), max_rows), random_state=seed)
         rated = tr[tr["rating"].notna()]
-        self.rating = (_text_classifier().fit(rated["text"].astype(str), rated["rating"].astype(int))
-                       if rated["rating"].nunique() > 1 else None)
-        self.category = (_text_classifier().fit(tr["text"].astype(str), tr["category"].astype(str))
-                         if tr["category"].nunique() > 1 else None)
+        self.rating = (
+            _text_classifier().fit(rated["text"].astype(str), rated["rating"].astype(int))
+            if rated["rating"].nunique() > 1
+            else None
+        )
+        self.category = (
+            _text_classifier().fit(tr["text"].astype(str), tr["category"].astype(str))
+            if tr["category"].nunique() > 1
+            else None
+        )
         self.categories = set(tr["category"].astype(str))
         self.polarity: dict[str, Any] = {}
         if "language" in tr and "sentiment" in tr:
@@ -148,8 +158,14 @@ class ConditionClassifiers:
                 if y.nunique() > 1:
                     self.polarity[str(lang)] = _text_classifier(balanced=True).fit(rows["text"].astype(str), y)
 
-    def score(self, texts: Sequence[str], ratings: Sequence[Any], categories: Sequence[str],
-              sentiments: Sequence[Any] | None = None, languages: Sequence[str] | None = None) -> dict[str, Any]:
+    def score(
+        self,
+        texts: Sequence[str],
+        ratings: Sequence[Any],
+        categories: Sequence[str],
+        sentiments: Sequence[Any] | None = None,
+        languages: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         """Accuracy/MAE against the given (target) ratings and categories; rows without a star rating
         or with a category unseen in training are left out of that metric. With `sentiments` and
         `languages`, also the polarity agreement (`polarity_score`)."""
@@ -159,26 +175,36 @@ class ConditionClassifiers:
         if self.rating is not None and r_idx:
             pred = self.rating.predict([texts[i] for i in r_idx]).astype(int)
             true = np.array([int(ratings[i]) for i in r_idx])
-            out.update(rating_acc=float((pred == true).mean()), rating_mae=float(np.abs(pred - true).mean()),
-                       rating_n=len(r_idx), rating_pred=pred.tolist())
+            out.update(
+                rating_acc=float((pred == true).mean()),
+                rating_mae=float(np.abs(pred - true).mean()),
+                rating_n=len(r_idx),
+                rating_pred=pred.tolist(),
+            )
         c_idx = [i for i, c in enumerate(categories) if str(c) in self.categories]
         if self.category is not None and c_idx:
             pred = self.category.predict([texts[i] for i in c_idx])
-            out.update(category_acc=float(np.mean([p == str(categories[i]) for p, i in zip(pred, c_idx)])),
-                       category_n=len(c_idx))
+            out.update(
+                category_acc=float(np.mean([p == str(categories[i]) for p, i in zip(pred, c_idx)])),
+                category_n=len(c_idx),
+            )
         if sentiments is not None and languages is not None:
             out.update(self.polarity_score(texts, ratings, sentiments, languages))
         return out
 
-    def polarity_score(self, texts: Sequence[str], ratings: Sequence[Any], sentiments: Sequence[Any],
-                       languages: Sequence[str]) -> dict[str, Any]:
+    def polarity_score(
+        self, texts: Sequence[str], ratings: Sequence[Any], sentiments: Sequence[Any], languages: Sequence[str]
+    ) -> dict[str, Any]:
         """Share of rows whose predicted polarity is the target one (`polarity_agreement`), its mean
         per-class recall (`polarity_balanced`) and the rows judged; rows without a target polarity or
         without a classifier for their language are left out."""
         pred, true = [], []
         for lang in sorted(set(map(str, languages))):
-            idx = [i for i, x in enumerate(languages) if str(x) == lang
-                   and polarity_label(ratings[i], sentiments[i]) is not None]
+            idx = [
+                i
+                for i, x in enumerate(languages)
+                if str(x) == lang and polarity_label(ratings[i], sentiments[i]) is not None
+            ]
             if lang in self.polarity and idx:
                 pred += list(self.polarity[lang].predict([str(texts[i]) for i in idx]))
                 true += [polarity_label(ratings[i], sentiments[i]) for i in idx]
@@ -186,8 +212,11 @@ class ConditionClassifiers:
             return {}
         ok = np.array(pred) == np.array(true)
         recall = [float(ok[np.array(true) == c].mean()) for c in sorted(set(true))]
-        return {"polarity_agreement": float(ok.mean()), "polarity_balanced": float(np.mean(recall)),
-                "polarity_n": len(true)}
+        return {
+            "polarity_agreement": float(ok.mean()),
+            "polarity_balanced": float(np.mean(recall)),
+            "polarity_n": len(true),
+        }
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -225,8 +254,11 @@ def embedding_metrics(x: np.ndarray | None, against: np.ndarray | None, title: n
     """FED and MAUVE of `x` against `against`, and mean cosine of `x` with the product titles."""
     if x is None or against is None:
         return {"fed": None, "mauve": None, "title_relevance": None}
-    return {"fed": TM.frechet_distance(x, against), "mauve": TM.mauve_score(against, x),
-            "title_relevance": float(np.mean(np.sum(x * title, axis=1))) if title is not None else None}
+    return {
+        "fed": TM.frechet_distance(x, against),
+        "mauve": TM.mauve_score(against, x),
+        "title_relevance": float(np.mean(np.sum(x * title, axis=1))) if title is not None else None,
+    }
 
 
 def mean_of(entry: dict[str, Any] | None) -> float | None:

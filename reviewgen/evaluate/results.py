@@ -118,8 +118,10 @@ class ScorerResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (metrics.json's "scorer"), with "fakes" last when a fakes file was read."""
-        return {**{k: as_json(v) for k, v in self.section.items()},
-                **({"fakes": self.fakes.to_dict()} if self.fakes is not None else {})}
+        return {
+            **{k: as_json(v) for k, v in self.section.items()},
+            **({"fakes": self.fakes.to_dict()} if self.fakes is not None else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,16 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: metrics.json, the key order its readers know."""
-        return {"meta": dataclasses.asdict(self.meta), "calibration": as_json(self.calibration), "nll": dict(self.nll),
-                "human": dict(self.human), "sweep": self.sweep.to_dict(), "matched": self.matched.to_dict(),
-                "scorer": self.scorer.to_dict(), "classifiers": {"note": CLASSIFIERS_NOTE},
-                "fluency": self.fluency.to_dict(), "targets": {k: t.to_dict() for k, t in self.targets.items()},
-                "plots": list(self.plots)}
+        return {
+            "meta": dataclasses.asdict(self.meta),
+            "calibration": as_json(self.calibration),
+            "nll": dict(self.nll),
+            "human": dict(self.human),
+            "sweep": self.sweep.to_dict(),
+            "matched": self.matched.to_dict(),
+            "scorer": self.scorer.to_dict(),
+            "classifiers": {"note": CLASSIFIERS_NOTE},
+            "fluency": self.fluency.to_dict(),
+            "targets": {k: t.to_dict() for k, t in self.targets.items()},
+            "plots": list(self.plots),
+        }

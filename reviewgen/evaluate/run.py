@@ -93,9 +93,17 @@ class EvalRows:
     human: list[str]
 
 
-def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: EvalConfig | None = None,
-                   *, baseline_dir: str | Path | None = None, ood_model_dir: str | Path | None = None,
-                   compare: Mapping[str, str | Path] | None = None, log: Log = print) -> EvalResult:
+def run_evaluation(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: EvalConfig | None = None,
+    *,
+    baseline_dir: str | Path | None = None,
+    ood_model_dir: str | Path | None = None,
+    compare: Mapping[str, str | Path] | None = None,
+    log: Log = print,
+) -> EvalResult:
     """Evaluate model_dir (GAN) against baseline_dir (default model_dir/mle) on unseen test products and
     write OUT_DIR/{metrics.json, report.md, *.png}. `ood_model_dir`: a model directory of a different
     generator that the scorer is never fitted on, for the scorer's out-of-family check (None: no check).
@@ -106,8 +114,14 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     c = (config or EvalConfig()).resolved()
     c.filter_config().resolved(ngram_order(model_dir))  # a max_copy_span below the index's n fails before any work
     t0 = time.time()
-    paths = EvalPaths(Path(model_dir), Path(baseline_dir) if baseline_dir else Path(model_dir) / "mle", data_dir,
-                      Path(out_dir), compare, ood_model_dir)
+    paths = EvalPaths(
+        Path(model_dir),
+        Path(baseline_dir) if baseline_dir else Path(model_dir) / "mle",
+        data_dir,
+        Path(out_dir),
+        compare,
+        ood_model_dir,
+    )
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(c.device)
     models = _load_models(paths, c, dev, log)
@@ -119,17 +133,49 @@ def run_evaluation(model_dir: str | Path, data_dir: str | Path, out_dir: str | P
     matched = match_at_diversity(sweep.to_dict(), human_m["self_bleu4"], anchors=MODELS)
     scorer, scorer_extra = _scorer_results(models, rows, samples, c, dev, log)
     # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
-    fluency = fluency_result({n: models.ck[n] for n in MODELS}, samples, rows.ev, rows.test, rows.train,
-                             load_split(data_dir, "val"), real_clf=metrics.clf,
-                             tstr_temperature=1.0, classifier_rows=c.classifier_rows, device=dev)
-    meta = run_meta(paths, models, rows, c, embeddings_available=bool(metrics.emb.available), device=str(dev),
-                    nll_reviews=nll_reviews, max_copy_span=metrics.review_filter.max_copy_span)
-    result = EvalResult(meta=meta, calibration=models.calib, nll=nll, human=human_m, sweep=sweep, matched=matched,
-                        scorer=scorer, fluency=fluency)
-    result = dataclasses.replace(result, targets=check_targets(result),
-                                 meta=dataclasses.replace(meta, wall_time_s=time.time() - t0))
-    inputs = ReportInputs(model_dir=paths.model_dir, ev=rows.ev, samples=samples, clf=metrics.clf,
-                          review_filter=metrics.review_filter, scorer_extra=scorer_extra)
+    fluency = fluency_result(
+        {n: models.ck[n] for n in MODELS},
+        samples,
+        rows.ev,
+        rows.test,
+        rows.train,
+        load_split(data_dir, "val"),
+        real_clf=metrics.clf,
+        tstr_temperature=1.0,
+        classifier_rows=c.classifier_rows,
+        device=dev,
+    )
+    meta = run_meta(
+        paths,
+        models,
+        rows,
+        c,
+        embeddings_available=bool(metrics.emb.available),
+        device=str(dev),
+        nll_reviews=nll_reviews,
+        max_copy_span=metrics.review_filter.max_copy_span,
+    )
+    result = EvalResult(
+        meta=meta,
+        calibration=models.calib,
+        nll=nll,
+        human=human_m,
+        sweep=sweep,
+        matched=matched,
+        scorer=scorer,
+        fluency=fluency,
+    )
+    result = dataclasses.replace(
+        result, targets=check_targets(result), meta=dataclasses.replace(meta, wall_time_s=time.time() - t0)
+    )
+    inputs = ReportInputs(
+        model_dir=paths.model_dir,
+        ev=rows.ev,
+        samples=samples,
+        clf=metrics.clf,
+        review_filter=metrics.review_filter,
+        scorer_extra=scorer_extra,
+    )
     result = dataclasses.replace(result, plots=tuple(write_plots(result, paths.out_dir, inputs)))
     write_report(result, paths.out_dir, inputs)
     write_json_atomic(paths.out_dir / "metrics.json", result.to_dict())
@@ -142,10 +188,19 @@ def _load_models(paths: EvalPaths, c: EvalConfig, dev: torch.device, log: Log) -
     refit; then every checkpoint the evaluation samples from."""
     calib = None
     if c.recalibrate:
-        calib = refit_calibration(paths.model_dir, paths.data_dir, checkpoints=[paths.model_dir, paths.baseline_dir],
-                                  device=str(dev), max_rows=64 if c.fast else None, log=log)
-    ck = {"gan": load_checkpoint(paths.model_dir, dev), "mle": load_checkpoint(paths.baseline_dir, dev),
-          **{name: load_checkpoint(path, dev) for name, path in paths.compare.items()}}
+        calib = refit_calibration(
+            paths.model_dir,
+            paths.data_dir,
+            checkpoints=[paths.model_dir, paths.baseline_dir],
+            device=str(dev),
+            max_rows=64 if c.fast else None,
+            log=log,
+        )
+    ck = {
+        "gan": load_checkpoint(paths.model_dir, dev),
+        "mle": load_checkpoint(paths.baseline_dir, dev),
+        **{name: load_checkpoint(path, dev) for name, path in paths.compare.items()},
+    }
     scorer = Scorer.from_checkpoint(ck["gan"], str(dev))
     ood = load_checkpoint(paths.ood_model_dir, dev) if paths.ood_model_dir is not None else None
     return EvalModels(ck, calib or ck["gan"].calibration, scorer, ood)
@@ -158,13 +213,16 @@ def _eval_rows(data_dir: str | Path, c: EvalConfig, log: Log) -> EvalRows:
     pools, pool_note = reference_pools(ev, ref)
     conds, langs = conditions(ev), ev["language"].tolist()
     keys = [f"{pid}:{i}" for i, pid in enumerate(ev["product_id"])]
-    log(f"evaluating on {len(ev)} test reviews of {ev['product_id'].nunique()} unseen products "
-        f"({dict(Counter(langs))}); {len(c.temperatures)} temperatures x {len(c.seeds)} seeds; {pool_note}")
+    log(
+        f"evaluating on {len(ev)} test reviews of {ev['product_id'].nunique()} unseen products "
+        f"({dict(Counter(langs))}); {len(c.temperatures)} temperatures x {len(c.seeds)} seeds; {pool_note}"
+    )
     return EvalRows(train, test, ev, ref, pools, pool_note, conds, langs, keys, ev["text"].astype(str).tolist())
 
 
-def _test_nll(ck: dict[str, Checkpoint], test: pd.DataFrame, nll_rows: int | None, dev: torch.device,
-              log: Log) -> tuple[dict[str, float], int]:
+def _test_nll(
+    ck: dict[str, Checkpoint], test: pd.DataFrame, nll_rows: int | None, dev: torch.device, log: Log
+) -> tuple[dict[str, float], int]:
     """Each model's teacher-forced test NLL (nats/token; independent of temperature) on all test reviews, or
     on `nll_rows` of them drawn at random; and how many reviews it read."""
     nll = {}
@@ -194,8 +252,9 @@ class _TextMetrics:
 
     def _conditions(self, texts: list[str]) -> dict[str, Any]:
         ev = self.rows.ev
-        cls = self.clf.score(texts, ev["rating"].tolist(), ev["category"].astype(str).tolist(),
-                             ev["sentiment"].tolist(), self.rows.langs)
+        cls = self.clf.score(
+            texts, ev["rating"].tolist(), ev["category"].astype(str).tolist(), ev["sentiment"].tolist(), self.rows.langs
+        )
         return {k: v for k, v in cls.items() if k != "rating_pred"}
 
     def __call__(self, texts: list[str]) -> dict[str, Any]:
@@ -216,34 +275,75 @@ class _TextMetrics:
         return m
 
 
-def _sweep(ck: dict[str, Checkpoint], rows: EvalRows, c: EvalConfig, dev: torch.device,
-           score: Callable[[list[str]], dict[str, Any]], log: Log) -> tuple[Sweep, dict[tuple[str, float], list[str]]]:
+def _sweep(
+    ck: dict[str, Checkpoint],
+    rows: EvalRows,
+    c: EvalConfig,
+    dev: torch.device,
+    score: Callable[[list[str]], dict[str, Any]],
+    log: Log,
+) -> tuple[Sweep, dict[tuple[str, float], list[str]]]:
     """`sweep_models` over every loaded model, each sampling the evaluated rows with its own tokenizer."""
+
     def sample(name: str, temp: float, seed: int) -> list[str]:
-        return generate_texts(ck[name].generator, ck[name].tokenizer, rows.conds, rows.keys, seed=seed,
-                              temperature=temp, top_p=c.top_p, device=dev)
+        return generate_texts(
+            ck[name].generator,
+            ck[name].tokenizer,
+            rows.conds,
+            rows.keys,
+            seed=seed,
+            temperature=temp,
+            top_p=c.top_p,
+            device=dev,
+        )
 
     return sweep_models(list(ck), sample, list(c.temperatures), list(c.seeds), score, log)
 
 
-def _scorer_results(models: EvalModels, rows: EvalRows, samples: dict[tuple[str, float], list[str]], c: EvalConfig,
-                    dev: torch.device, log: Log) -> tuple[ScorerResult, dict[str, Any]]:
+def _scorer_results(
+    models: EvalModels,
+    rows: EvalRows,
+    samples: dict[tuple[str, float], list[str]],
+    c: EvalConfig,
+    dev: torch.device,
+    log: Log,
+) -> tuple[ScorerResult, dict[str, Any]]:
     """`scorer_section` on the evaluated rows plus the extra test reviews the scorer reads (sampled at the
     first seed), and the `--fakes` file when given; and the raw arrays for the scorer's plots."""
     ck, tok, seed = models.ck, models.ck["gan"].tokenizer, c.seeds[0]
     extra = extra_scorer_rows(rows.test, rows.ev, c.scorer_reviews)
     x_conds, x_keys = conditions(extra), [f"{pid}:scorer:{i}" for i, pid in enumerate(extra["product_id"])]
     if len(extra):
-        log(f"the scorer reads {len(extra)} more test reviews ({dict(Counter(extra['language']))}), "
-            f"{len(rows.ev) + len(extra)} in all")
-    sc_samples = {(name, temp): texts + (generate_texts(ck[name].generator, tok, x_conds, x_keys, seed=seed,
-                                                        temperature=temp, top_p=c.top_p, device=dev)
-                                         if len(extra) else [])
-                  for (name, temp), texts in samples.items() if name in MODELS}
+        log(
+            f"the scorer reads {len(extra)} more test reviews ({dict(Counter(extra['language']))}), "
+            f"{len(rows.ev) + len(extra)} in all"
+        )
+    sc_samples = {
+        (name, temp): texts
+        + (
+            generate_texts(
+                ck[name].generator, tok, x_conds, x_keys, seed=seed, temperature=temp, top_p=c.top_p, device=dev
+            )
+            if len(extra)
+            else []
+        )
+        for (name, temp), texts in samples.items()
+        if name in MODELS
+    }
     scorer_rows = ScorerRows(rows.conds + x_conds, rows.human + extra["text"].astype(str).tolist(), rows.keys + x_keys)
-    scorer_m, scorer_extra = scorer_section(ck, models.scorer, scorer_rows, sc_samples,
-                                            temperatures=list(c.temperatures), train=rows.train,
-                                            n_base=c.n_baseline_train, seed=seed, dev=dev, log=log, ood=models.ood)
+    scorer_m, scorer_extra = scorer_section(
+        ck,
+        models.scorer,
+        scorer_rows,
+        sc_samples,
+        temperatures=list(c.temperatures),
+        train=rows.train,
+        n_base=c.n_baseline_train,
+        seed=seed,
+        dev=dev,
+        log=log,
+        ood=models.ood,
+    )
     fakes = fakes_section(models.scorer, c.fakes, seed=seed, log=log) if c.fakes is not None else None
     return ScorerResult(scorer_m, fakes), scorer_extra
 
@@ -254,17 +354,23 @@ def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
     out = {}
     for name, path in compare.items():
         if not name.replace("_", "").replace("-", "").isalnum() or name.lower() in (*MODELS, "human", "ood"):
-            raise ConfigError(f"evaluate: compare model name {name!r} must be a plain word other than "
-                              "gan, mle, human and ood")
+            raise ConfigError(
+                f"evaluate: compare model name {name!r} must be a plain word other than gan, mle, human and ood"
+            )
         if not Path(path).is_dir():
             raise MissingInputError(f"evaluate: compare model {name!r}: no model directory at {path}")
         out[name] = Path(path)
     return out
 
 
-def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]], temperatures: list[float],
-                 seeds: list[int], score: Callable[[list[str]], dict[str, Any]],
-                 log: Log) -> tuple[Sweep, dict[tuple[str, float], list[str]]]:
+def sweep_models(
+    names: list[str],
+    sample: Callable[[str, float, int], list[str]],
+    temperatures: list[float],
+    seeds: list[int],
+    score: Callable[[list[str]], dict[str, Any]],
+    log: Log,
+) -> tuple[Sweep, dict[tuple[str, float], list[str]]]:
     """Per model and temperature, `score` of `sample(name, temperature, seed)` aggregated over seeds (a
     `QualityPoint` each), and the first seed's texts per (model, T)."""
     sweep: dict[str, dict[str, QualityPoint]] = {n: {} for n in names}
@@ -278,14 +384,25 @@ def sweep_models(names: list[str], sample: Callable[[str, float, int], list[str]
                 if seed == seeds[0]:
                     samples[(name, temp)] = texts
                 runs.append(score(texts))
-                log(f"  {name} T={temp:g} seed={seed}: BLEU-4 {runs[-1].get('bleu4', float('nan')):.4f} "
-                    f"Self-BLEU-4 {runs[-1]['self_bleu4']:.4f} ({time.time() - t1:.1f}s)")
+                log(
+                    f"  {name} T={temp:g} seed={seed}: BLEU-4 {runs[-1].get('bleu4', float('nan')):.4f} "
+                    f"Self-BLEU-4 {runs[-1]['self_bleu4']:.4f} ({time.time() - t1:.1f}s)"
+                )
             sweep[name][f"{temp:g}"] = QualityPoint(name, f"{temp:g}", aggregate(runs))
     return Sweep(sweep), samples
 
 
-def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig, *, embeddings_available: bool,
-             device: str, nll_reviews: int, max_copy_span: int | None) -> RunMeta:
+def run_meta(
+    paths: EvalPaths,
+    models: EvalModels,
+    rows: EvalRows,
+    c: EvalConfig,
+    *,
+    embeddings_available: bool,
+    device: str,
+    nll_reviews: int,
+    max_copy_span: int | None,
+) -> RunMeta:
     """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol (with the
     copy threshold the filter applied, `max_copy_span`), and the compared and out-of-family models (the wall
     time is filled in at the end)."""
@@ -293,21 +410,36 @@ def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig
     gan, mle = models.ck["gan"], models.ck["mle"]
     cfg, tok = gan.config.to_dict(), gan.tokenizer
     return RunMeta(
-        model_dir=str(paths.model_dir), baseline_dir=str(paths.baseline_dir), data_dir=str(paths.data_dir),
-        model_version=gan.version, baseline_version=mle.version, device=device,
-        generator_params=count_params(gan.generator), discriminator_params=count_params(gan.discriminator),
-        generator_config=dict(cfg["generator"]), discriminator_config=dict(cfg["discriminator"]),
+        model_dir=str(paths.model_dir),
+        baseline_dir=str(paths.baseline_dir),
+        data_dir=str(paths.data_dir),
+        model_version=gan.version,
+        baseline_version=mle.version,
+        device=device,
+        generator_params=count_params(gan.generator),
+        discriminator_params=count_params(gan.discriminator),
+        generator_config=dict(cfg["generator"]),
+        discriminator_config=dict(cfg["discriminator"]),
         tokenizer={"vocab_size": tok.vocab_size, "prefix_len": tok.prefix_len, "max_review_len": tok.max_review_len},
-        train_steps={p: cfg["train"].get(k) for p, k in
-                     (("mle", "mle_steps"), ("disc", "disc_warmup_steps"), ("adv", "adv_steps"))},
+        train_steps={
+            p: cfg["train"].get(k)
+            for p, k in (("mle", "mle_steps"), ("disc", "disc_warmup_steps"), ("adv", "adv_steps"))
+        },
         batch_size=gan.config.train.batch_size,
         train_wall_time_s=max((float(r.get("time", 0)) for r in history), default=None),
-        data=_data_sizes(rows), temperatures=list(c.temperatures), seeds=list(c.seeds), top_p=c.top_p,
-        max_copy_span=max_copy_span, fast=c.fast, embeddings_available=embeddings_available,
-        mauve_available=importlib.util.find_spec("mauve") is not None, reference_pools=rows.pool_note,
+        data=_data_sizes(rows),
+        temperatures=list(c.temperatures),
+        seeds=list(c.seeds),
+        top_p=c.top_p,
+        max_copy_span=max_copy_span,
+        fast=c.fast,
+        embeddings_available=embeddings_available,
+        mauve_available=importlib.util.find_spec("mauve") is not None,
+        reference_pools=rows.pool_note,
         nll_reviews=nll_reviews,
-        compared={name: {"model_dir": str(path), "version": models.ck[name].version}
-                  for name, path in paths.compare.items()},
+        compared={
+            name: {"model_dir": str(path), "version": models.ck[name].version} for name, path in paths.compare.items()
+        },
         out_of_family=_out_of_family_meta(paths.ood_model_dir, models.ood),
     )
 
@@ -315,16 +447,27 @@ def run_meta(paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig
 def _data_sizes(rows: EvalRows) -> dict[str, Any]:
     """Reviews and products of the train and test splits and of the evaluated rows, and the reference rows."""
     train, test, ev = rows.train, rows.test, rows.ev
-    return {"train_reviews": len(train), "train_products": int(train["product_id"].nunique()),
-            "test_reviews": len(test), "test_products": int(test["product_id"].nunique()),
-            "evaluated_reviews": len(ev), "evaluated_products": int(ev["product_id"].nunique()),
-            "reference_reviews": len(rows.ref), "evaluated_by_language": dict(Counter(ev["language"]))}
+    return {
+        "train_reviews": len(train),
+        "train_products": int(train["product_id"].nunique()),
+        "test_reviews": len(test),
+        "test_products": int(test["product_id"].nunique()),
+        "evaluated_reviews": len(ev),
+        "evaluated_products": int(ev["product_id"].nunique()),
+        "reference_reviews": len(rows.ref),
+        "evaluated_by_language": dict(Counter(ev["language"])),
+    }
 
 
 def _out_of_family_meta(model_dir: str | Path | None, ood: Checkpoint | None) -> OutOfFamily | None:
     """The out-of-family generator's directory, version, size, config, seed and training data (None: none)."""
     if ood is None:
         return None
-    return OutOfFamily(model_dir=str(model_dir), version=ood.version, generator_params=count_params(ood.generator),
-                       generator_config=ood.config.to_dict()["generator"], seed=ood.config.train.seed,
-                       trained_on=ood.meta.data_hash)
+    return OutOfFamily(
+        model_dir=str(model_dir),
+        version=ood.version,
+        generator_params=count_params(ood.generator),
+        generator_config=ood.config.to_dict()["generator"],
+        seed=ood.config.train.seed,
+        trained_on=ood.meta.data_hash,
+    )

@@ -33,10 +33,18 @@ UNSEEN_DECODING = {"temperature": 0.9, "top_p": 0.9}
 OOD_TOP_K = 40
 
 
-def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoints: Sequence[str | Path] | None = None,
-                      temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS, seed: int = 0,
-                      max_rows: int | None = None, write: bool = True, device: str | None = None,
-                      log: Log = print) -> Calibration:
+def refit_calibration(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    *,
+    checkpoints: Sequence[str | Path] | None = None,
+    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
+    seed: int = 0,
+    max_rows: int | None = None,
+    write: bool = True,
+    device: str | None = None,
+    log: Log = print,
+) -> Calibration:
     """Refit the scorer (D's Platt calibration and the detector) on real VAL reviews vs samples from several
     checkpoints (default: the model and its MLE baseline `model_dir/mle`) over the sampling settings, through
     `reviewgen.score.calibration.calibrate`. The detector's reference network is the model's
@@ -54,11 +62,24 @@ def refit_calibration(model_dir: str | Path, data_dir: str | Path, *, checkpoint
     if ref is None and len(gens) > 1:
         ref, ref_file = gens[1], ckpts[1] / "generator.safetensors"
     built = main.wordlm_path is None
-    wordlm = (build_wordlm(load_split(data_dir, "train")["text"].astype(str).tolist(), seed) if built
-              else WordNgramLM.load(main.wordlm_path))
-    calib = calibrate(main.discriminator, main.tokenizer, load_split(data_dir, "val"), gens, G=main.generator,
-                      ref=ref, wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows,
-                      key_prefix="recal")
+    wordlm = (
+        build_wordlm(load_split(data_dir, "train")["text"].astype(str).tolist(), seed)
+        if built
+        else WordNgramLM.load(main.wordlm_path)
+    )
+    calib = calibrate(
+        main.discriminator,
+        main.tokenizer,
+        load_split(data_dir, "val"),
+        gens,
+        G=main.generator,
+        ref=ref,
+        wordlm=wordlm,
+        seed=seed,
+        temperatures=temperatures,
+        max_rows=max_rows,
+        key_prefix="recal",
+    )
     fit = replace(calib.fit, checkpoints=tuple(str(c) for c in ckpts), source="refit_calibration (val split)")
     calib = replace(calib, fit=fit)
     log(f"calibration refit on val reviews and samples: {describe_calibration(calib)}")
@@ -88,9 +109,16 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """AUROC, accuracy, F1, ECE, the ECE a perfectly calibrated scorer would read on the same rows
     (`reviewgen.core.metrics.ece_floor`), Brier (positive class = human), and the share of machine rows
     caught at 1% and 5% false accusations of these human rows."""
-    return {"auroc": auroc(y, p), "accuracy": accuracy(y, p), "f1": f1(y, p), "ece": ece(y, p),
-            "ece_floor": ece_floor(p), "brier": brier(y, p), "tpr_1pct_fpr": tpr_at_fpr(y, p, 0.01),
-            "tpr_5pct_fpr": tpr_at_fpr(y, p, 0.05)}
+    return {
+        "auroc": auroc(y, p),
+        "accuracy": accuracy(y, p),
+        "f1": f1(y, p),
+        "ece": ece(y, p),
+        "ece_floor": ece_floor(p),
+        "brier": brier(y, p),
+        "tpr_1pct_fpr": tpr_at_fpr(y, p, 0.01),
+        "tpr_5pct_fpr": tpr_at_fpr(y, p, 0.05),
+    }
 
 
 def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: int, log: Log) -> Any:
@@ -101,11 +129,19 @@ def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: in
     from sklearn.pipeline import make_pipeline
 
     rows = train.sample(n=min(len(train), 2 * n), random_state=seed)
-    real, fake_rows = rows.iloc[: len(rows) // 2], rows.iloc[len(rows) // 2:]
-    fake, _ = sample_fakes([ck[name].generator for name in MODELS], ck["gan"].tokenizer, conditions(fake_rows),
-                           CALIBRATION_TEMPERATURES, seed=seed, key_prefix="tfidf")
-    clf = make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
-                        LogisticRegression(max_iter=1000, C=4.0))
+    real, fake_rows = rows.iloc[: len(rows) // 2], rows.iloc[len(rows) // 2 :]
+    fake, _ = sample_fakes(
+        [ck[name].generator for name in MODELS],
+        ck["gan"].tokenizer,
+        conditions(fake_rows),
+        CALIBRATION_TEMPERATURES,
+        seed=seed,
+        key_prefix="tfidf",
+    )
+    clf = make_pipeline(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True),
+        LogisticRegression(max_iter=1000, C=4.0),
+    )
     clf.fit(real["text"].astype(str).tolist() + fake, np.r_[np.ones(len(real)), np.zeros(len(fake))])
     log(f"TF-IDF+LR real-vs-generated baseline trained on {len(real)} real + {len(fake)} generated train reviews")
     return clf
@@ -114,8 +150,18 @@ def tfidf_real_vs_fake(ck: dict[str, Any], train: pd.DataFrame, n: int, seed: in
 def _signal_aurocs(y: np.ndarray, sig: dict[str, np.ndarray]) -> dict[str, float | None]:
     """AUROC of each signal alone, oriented by its known direction (`FEATURE_SIGNS`; others: as is)."""
     out = {}
-    for k in ("d_logit", "mean_logprob", "mean_log_rank", "top10_share", "binoculars", "fast_detect", "log_tokens",
-              "trigram_seen", "ngram_logprob", "mixed_script"):
+    for k in (
+        "d_logit",
+        "mean_logprob",
+        "mean_log_rank",
+        "top10_share",
+        "binoculars",
+        "fast_detect",
+        "log_tokens",
+        "trigram_seen",
+        "ngram_logprob",
+        "mixed_script",
+    ):
         x = FEATURE_SIGNS.get(k, 1) * np.asarray(sig[k], dtype=np.float64)  # NaN: unscorable text
         ok = np.isfinite(x)
         out[k] = auroc(y[ok], x[ok]) if len(np.unique(y[ok])) == 2 else None
@@ -132,33 +178,72 @@ class ScorerRows:
     keys: list[str]
 
 
-def _sampling_settings(ck: dict[str, Any], rows: ScorerRows, samples: dict[tuple[str, float], list[str]],
-                       temperatures: Sequence[float], *, seed: int, dev: Any,
-                       ood: Any = None) -> dict[str, tuple[dict[str, Any], list[str]]]:
+def _sampling_settings(
+    ck: dict[str, Any],
+    rows: ScorerRows,
+    samples: dict[tuple[str, float], list[str]],
+    temperatures: Sequence[float],
+    *,
+    seed: int,
+    dev: Any,
+    ood: Any = None,
+) -> dict[str, tuple[dict[str, Any], list[str]]]:
     """Per sampling setting label, its settings and texts: the sweep's own samples, the GAN at the unseen
     decodings (top-p, top-k 40), and the out-of-family generator at top-k 40 when given."""
     tok, conds, keys = ck["gan"].tokenizer, rows.conds, rows.keys
     settings: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for name in MODELS:
         for t in temperatures:
-            settings[f"{name}@T={t:g}"] = ({"model": name, "temperature": t, "top_k": 0, "top_p": 1.0},
-                                           samples[(name, t)])
+            settings[f"{name}@T={t:g}"] = (
+                {"model": name, "temperature": t, "top_k": 0, "top_p": 1.0},
+                samples[(name, t)],
+            )
     for extra_setting in (SamplingSetting(**UNSEEN_DECODING), SamplingSetting(1.0, top_k=OOD_TOP_K)):
-        texts = generate_texts(ck["gan"].generator, tok, conds, keys, seed=seed, temperature=extra_setting.temperature,
-                               top_k=extra_setting.top_k, top_p=extra_setting.top_p, device=dev)
-        settings[f"gan@{extra_setting.label}"] = ({"model": "gan", "temperature": extra_setting.temperature,
-                                                   "top_k": extra_setting.top_k, "top_p": extra_setting.top_p}, texts)
+        texts = generate_texts(
+            ck["gan"].generator,
+            tok,
+            conds,
+            keys,
+            seed=seed,
+            temperature=extra_setting.temperature,
+            top_k=extra_setting.top_k,
+            top_p=extra_setting.top_p,
+            device=dev,
+        )
+        settings[f"gan@{extra_setting.label}"] = (
+            {
+                "model": "gan",
+                "temperature": extra_setting.temperature,
+                "top_k": extra_setting.top_k,
+                "top_p": extra_setting.top_p,
+            },
+            texts,
+        )
     if ood is not None:
-        texts = generate_texts(ood.generator, ood.tokenizer, conds, keys, seed=seed + 1, temperature=1.0,
-                               top_k=OOD_TOP_K, device=dev)
-        settings[f"ood@T=1,top_k={OOD_TOP_K}"] = ({"model": "ood", "temperature": 1.0, "top_k": OOD_TOP_K,
-                                                  "top_p": 1.0}, texts)
+        texts = generate_texts(
+            ood.generator, ood.tokenizer, conds, keys, seed=seed + 1, temperature=1.0, top_k=OOD_TOP_K, device=dev
+        )
+        settings[f"ood@T=1,top_k={OOD_TOP_K}"] = (
+            {"model": "ood", "temperature": 1.0, "top_k": OOD_TOP_K, "top_p": 1.0},
+            texts,
+        )
     return settings
 
 
-def scorer_section(ck: dict[str, Any], scorer: Scorer, rows: ScorerRows, samples: dict[tuple[str, float], list[str]],
-                   *, temperatures: Sequence[float], train: pd.DataFrame, n_base: int, seed: int, dev: Any, log: Log,
-                   ood: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def scorer_section(
+    ck: dict[str, Any],
+    scorer: Scorer,
+    rows: ScorerRows,
+    samples: dict[tuple[str, float], list[str]],
+    *,
+    temperatures: Sequence[float],
+    train: pd.DataFrame,
+    n_base: int,
+    seed: int,
+    dev: Any,
+    log: Log,
+    ood: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Scorer metrics per source and sampling setting, against the same real test reviews: the scorer's
     p_human ("calibrated"), D alone (Platt "discriminator", raw "uncalibrated"), a TF-IDF baseline, and each
     signal alone; plus raw arrays for plots. `ood`: the checkpoint of a generator the scorer never saw,
@@ -170,9 +255,12 @@ def scorer_section(ck: dict[str, Any], scorer: Scorer, rows: ScorerRows, samples
     fitted = set(fit.settings or [f"T={t:g}" for t in fit.temperatures]) if fit is not None else set()
     h = scorer.score_texts(conds, human)
     h_base = baseline.predict_proba(human)[:, 1]
-    out: dict[str, Any] = {"calibration": scorer.calibration.to_dict() if scorer.calibration else None,
-                           "mode": scorer.mode, "n_human": len(human),
-                           "settings": {}}
+    out: dict[str, Any] = {
+        "calibration": scorer.calibration.to_dict() if scorer.calibration else None,
+        "mode": scorer.mode,
+        "n_human": len(human),
+        "settings": {},
+    }
     extra: dict[str, Any] = {"human_p": h["p_human"], "gen_p": {}, "roc": {}, "pooled": ([], [])}
     for label, (info, texts) in settings.items():
         g = scorer.score_texts(conds, texts)
@@ -182,14 +270,20 @@ def scorer_section(ck: dict[str, Any], scorer: Scorer, rows: ScorerRows, samples
         lg = np.r_[h["d_logit"], g["d_logit"]]
         p_base = np.r_[h_base, baseline.predict_proba(texts)[:, 1]]
         setting = SamplingSetting(info["temperature"], info["top_k"], info["top_p"])
-        info = dict(info, source="out_of_family" if info["model"] == "ood" else "own",
-                    in_calibration=bool(info["model"] in MODELS and setting.label in fitted),
-                    unscored=int((~ok).sum()))
-        out["settings"][label] = {**info, "calibrated": binary_metrics(y[ok], p[ok]),
-                                  "discriminator": binary_metrics(y[ok], apply_calibration(lg[ok], scorer.calibration)),
-                                  "uncalibrated": binary_metrics(y[ok], apply_calibration(lg[ok], None)),
-                                  "tfidf_lr": binary_metrics(y, p_base),
-                                  "signals": _signal_aurocs(y, {k: np.r_[h[k], g[k]] for k in SIGNALS})}
+        info = dict(
+            info,
+            source="out_of_family" if info["model"] == "ood" else "own",
+            in_calibration=bool(info["model"] in MODELS and setting.label in fitted),
+            unscored=int((~ok).sum()),
+        )
+        out["settings"][label] = {
+            **info,
+            "calibrated": binary_metrics(y[ok], p[ok]),
+            "discriminator": binary_metrics(y[ok], apply_calibration(lg[ok], scorer.calibration)),
+            "uncalibrated": binary_metrics(y[ok], apply_calibration(lg[ok], None)),
+            "tfidf_lr": binary_metrics(y, p_base),
+            "signals": _signal_aurocs(y, {k: np.r_[h[k], g[k]] for k in SIGNALS}),
+        }
         extra["gen_p"][label] = g["p_human"]
         if info["model"] != "mle":
             fpr, tpr, _ = roc_curve(y[ok], p[ok])

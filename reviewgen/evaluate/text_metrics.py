@@ -99,9 +99,7 @@ def _corpus_stats(
         raise ValueError(f"max_n must be >= 1, got {max_n}")
     if _is_per_hypothesis(references):
         if len(references) != len(hypotheses):
-            raise ValueError(
-                f"per-hypothesis references: got {len(references)} pools for {len(hypotheses)} hypotheses"
-            )
+            raise ValueError(f"per-hypothesis references: got {len(references)} pools for {len(hypotheses)} hypotheses")
         # Cache by identity so a pool object shared by many hypotheses is indexed only once.
         cache: dict[int, _RefPool] = {}
         pools = []
@@ -318,7 +316,10 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64, device: str | None =
     except ImportError:
         return None
     emb = model.encode(
-        list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+        list(texts),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
         show_progress_bar=False,
     )
     return np.asarray(emb, dtype=np.float32).reshape(len(texts), -1)

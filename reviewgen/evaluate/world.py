@@ -85,8 +85,12 @@ class FakesSection:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (metrics.json's scorer.fakes)."""
-        return {"file": self.file, "rows": self.rows,
-                "languages": {lang: m.to_dict() for lang, m in self.languages.items()}, "calibrate": self.calibrate}
+        return {
+            "file": self.file,
+            "rows": self.rows,
+            "languages": {lang: m.to_dict() for lang, m in self.languages.items()},
+            "calibrate": self.calibrate,
+        }
 
 
 def read_fakes(path: str | Path) -> pd.DataFrame:
@@ -108,8 +112,14 @@ def _length_bins(y: np.ndarray, p: np.ndarray, chars: np.ndarray) -> tuple[Lengt
     for lo, hi in zip(edges[:-1], edges[1:]):
         rows = (chars >= lo) & ((chars <= hi) if hi == edges[-1] else (chars < hi))
         ok = len(np.unique(y[rows])) == 2
-        out.append(LengthBin(chars=[int(lo), int(hi)], n=int(rows.sum()), n_machine=int((y[rows] == 0).sum()),
-                             auroc=auroc(y[rows], p[rows]) if ok else None))
+        out.append(
+            LengthBin(
+                chars=[int(lo), int(hi)],
+                n=int(rows.sum()),
+                n_machine=int((y[rows] == 0).sum()),
+                auroc=auroc(y[rows], p[rows]) if ok else None,
+            )
+        )
     return tuple(out)
 
 
@@ -117,8 +127,9 @@ def _share(x: np.ndarray) -> float | None:
     return float(np.mean(x)) if len(x) else None
 
 
-def language_metrics(lang: str, y: np.ndarray, p: np.ndarray, chars: np.ndarray, flags: dict[str, np.ndarray],
-                     ood: np.ndarray) -> FakesLanguage:
+def language_metrics(
+    lang: str, y: np.ndarray, p: np.ndarray, chars: np.ndarray, flags: dict[str, np.ndarray], ood: np.ndarray
+) -> FakesLanguage:
     """`FakesLanguage` from labels (1 human), p_human, lengths, the scorer's flags and out-of-domain values
     of the scored rows of one language."""
     has = {k: np.asarray([f is not None for f in v]) for k, v in flags.items()}
@@ -129,15 +140,27 @@ def language_metrics(lang: str, y: np.ndarray, p: np.ndarray, chars: np.ndarray,
         return _share(flag[k][rows]) if rows.any() else None
 
     fin = np.isfinite(ood)
-    return FakesLanguage(lang, int((y == 1).sum()), int((y == 0).sum()), 0, auroc(y, p), ece(y, p),
-                         tpr_at_fpr(y, p, 0.01), tpr_at_fpr(y, p, 0.05), flagged("machine_1pct", 0),
-                         flagged("machine_5pct", 0), flagged("machine_1pct", 1), flagged("machine_5pct", 1),
-                         float(np.mean(p[y == 0] >= CONFIDENT_HUMAN)),
-                         _share(ood[fin & (y == 0)]), _share(ood[fin & (y == 1)]), _length_bins(y, p, chars))
+    return FakesLanguage(
+        lang,
+        int((y == 1).sum()),
+        int((y == 0).sum()),
+        0,
+        auroc(y, p),
+        ece(y, p),
+        tpr_at_fpr(y, p, 0.01),
+        tpr_at_fpr(y, p, 0.05),
+        flagged("machine_1pct", 0),
+        flagged("machine_5pct", 0),
+        flagged("machine_1pct", 1),
+        flagged("machine_5pct", 1),
+        float(np.mean(p[y == 0] >= CONFIDENT_HUMAN)),
+        _share(ood[fin & (y == 0)]),
+        _share(ood[fin & (y == 1)]),
+        _length_bins(y, p, chars),
+    )
 
 
-def fakes_section(scorer: Scorer, path: str | Path, seed: int = 0,
-                  log: Callable[[str], None] = print) -> FakesSection:
+def fakes_section(scorer: Scorer, path: str | Path, seed: int = 0, log: Callable[[str], None] = print) -> FakesSection:
     """The scorer on a fakes file, per language (`FakesLanguage`), and the `reviewgen calibrate` fit on half of
     the file's groups, tested on the other half (`calibrate_section`)."""
     df = read_fakes(path)
@@ -153,18 +176,26 @@ def fakes_section(scorer: Scorer, path: str | Path, seed: int = 0,
         ok = rows & np.isfinite(p)
         if len(np.unique(y[ok])) < 2:
             continue
-        m = language_metrics(lang, y[ok], p[ok], chars[ok], {k: np.asarray(res[k], dtype=object)[ok]
-                                                               for k in MACHINE_FLAGS}, ood[ok])
+        m = language_metrics(
+            lang, y[ok], p[ok], chars[ok], {k: np.asarray(res[k], dtype=object)[ok] for k in MACHINE_FLAGS}, ood[ok]
+        )
         m = languages[lang] = replace(m, unscored=int((rows & ~np.isfinite(p)).sum()))
-        log(f"fakes [{lang}]: AUROC {m.auroc:.3f} (worst length bin {m.worst_bin_auroc}), TPR at 1%/5% FPR "
+        log(
+            f"fakes [{lang}]: AUROC {m.auroc:.3f} (worst length bin {m.worst_bin_auroc}), TPR at 1%/5% FPR "
             f"{m.tpr_1pct_fpr:.3f}/{m.tpr_5pct_fpr:.3f}, machine reviews with p_human >= {CONFIDENT_HUMAN}: "
-            f"{m.confident_human:.3f}")
-    return FakesSection(file=str(path), rows=len(df), languages=languages,
-                        calibrate=calibrate_section(scorer, df, frame, res, seed, log))
+            f"{m.confident_human:.3f}"
+        )
+    return FakesSection(
+        file=str(path),
+        rows=len(df),
+        languages=languages,
+        calibrate=calibrate_section(scorer, df, frame, res, seed, log),
+    )
 
 
-def calibrate_section(scorer: Scorer, df: pd.DataFrame, frame: pd.DataFrame, res: dict[str, Any], seed: int,
-                      log: Callable[[str], None]) -> dict[str, Any] | None:
+def calibrate_section(
+    scorer: Scorer, df: pd.DataFrame, frame: pd.DataFrame, res: dict[str, Any], seed: int, log: Callable[[str], None]
+) -> dict[str, Any] | None:
     """`reviewgen calibrate` on the file: fitted on a seeded half of its groups (hotels, products), reported on
     the other half's reviews, so that no group's wording is seen at fit time. None without a group column."""
     group = next((c for c in GROUP_COLUMNS if c in df.columns), None)
@@ -172,8 +203,13 @@ def calibrate_section(scorer: Scorer, df: pd.DataFrame, frame: pd.DataFrame, res
         return None
     data = score_labels(scorer, frame, res)
     try:
-        report = split_report(data, df[group].astype(str).to_numpy()[data.rows], seed,
-                              evaluation=f"held-out {group} half", source="fakes file")
+        report = split_report(
+            data,
+            df[group].astype(str).to_numpy()[data.rows],
+            seed,
+            evaluation=f"held-out {group} half",
+            source="fakes file",
+        )
     except (LabelsError, AdaptError, CombinerError) as e:  # too few labels in a half: say so, do not fail
         log(f"fakes: calibrate section skipped ({e})")
         return {"skipped": str(e)}

@@ -30,15 +30,38 @@ from reviewgen.infra.storage import filesystem, write_atomic
 from reviewgen.score.filter import ReviewFilter
 from reviewgen.score.scorer import Scorer
 
-REVIEW_FIELDS = [("product_id", pa.string()), ("review_id", pa.string()), ("review_index", pa.int64()),
-                 ("rating", pa.int64()), ("text", pa.string()), ("score", pa.float64()),
-                 ("model_version", pa.string()), ("run_id", pa.string()), ("seed", pa.int64()),
-                 ("generated_at", pa.string()), ("language", pa.string()), ("title", pa.string()),
-                 ("category", pa.string()), ("watermark_z", pa.float64()), ("watermark_key_id", pa.string())]
-REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("reason", pa.string()), ("product_id", pa.string()),
-                           ("review_id", pa.string()), ("review_index", pa.int64()), ("source_file", pa.string()),
-                           ("text", pa.string()), ("score", pa.float64()), ("raw", pa.string()),
-                           ("run_id", pa.string()), ("source_row", pa.int64())])
+REVIEW_FIELDS = [
+    ("product_id", pa.string()),
+    ("review_id", pa.string()),
+    ("review_index", pa.int64()),
+    ("rating", pa.int64()),
+    ("text", pa.string()),
+    ("score", pa.float64()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+    ("seed", pa.int64()),
+    ("generated_at", pa.string()),
+    ("language", pa.string()),
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("watermark_z", pa.float64()),
+    ("watermark_key_id", pa.string()),
+]
+REJECT_SCHEMA = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("product_id", pa.string()),
+        ("review_id", pa.string()),
+        ("review_index", pa.int64()),
+        ("source_file", pa.string()),
+        ("text", pa.string()),
+        ("score", pa.float64()),
+        ("raw", pa.string()),
+        ("run_id", pa.string()),
+        ("source_row", pa.int64()),
+    ]
+)
 STATS_COLUMNS = ("shard", "products", "generated", "accepted", "t_generate", "t_score", "t_filter", "t_write")
 
 
@@ -97,8 +120,9 @@ class GeneratorActor:
         reason first. The watermark's z-scores of the last call are kept in `last_watermark` (z, key id per
         review; None when unwatermarked)."""
         scored = self.scorer.score_texts(conds, texts, batch_size=self.cfg.sampling.batch_size)
-        self.last_watermark = [(float(z) if np.isfinite(z) else None, k)
-                               for z, k in zip(scored["watermark_z"], scored["watermark_key_id"])]
+        self.last_watermark = [
+            (float(z) if np.isfinite(z) else None, k) for z, k in zip(scored["watermark_z"], scored["watermark_key_id"])
+        ]
         judged = self.filter.judge(scored, texts, [c.language for c in conds])
         return [j.p_human for j in judged], [j.reasons[0] if j.reasons else None for j in judged]
 
@@ -108,14 +132,27 @@ class GeneratorActor:
         products = sorted(products, key=lambda p: p["product_id"])  # file content independent of arrival order
         t0 = time.perf_counter()
         rows = [(pr, i) for pr in products for i in range(s.reviews_per_product)]
-        ratings = [int(pr["target_rating"]) if pr.get("target_rating") else
-                   draw_rating(pr["product_id"], i, s.seed, self.cdf) for pr, i in rows]
-        conds = [Condition(title=pr["title"], category=pr.get("category") or "", rating=r, language=pr["language"])
-                 for (pr, _), r in zip(rows, ratings)]
+        ratings = [
+            int(pr["target_rating"]) if pr.get("target_rating") else draw_rating(pr["product_id"], i, s.seed, self.cdf)
+            for pr, i in rows
+        ]
+        conds = [
+            Condition(title=pr["title"], category=pr.get("category") or "", rating=r, language=pr["language"])
+            for (pr, _), r in zip(rows, ratings)
+        ]
         seeds = [row_seed(pr["product_id"], i, s.seed) for pr, i in rows]
-        texts = generate_texts(self.ckpt.generator, self.tok, conds, row_seeds=seeds, temperature=s.temperature,
-                               top_p=s.top_p, batch_size=s.batch_size, device=self.device,
-                               compile_decode=s.compile_decode, watermark=self.watermark)
+        texts = generate_texts(
+            self.ckpt.generator,
+            self.tok,
+            conds,
+            row_seeds=seeds,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            batch_size=s.batch_size,
+            device=self.device,
+            compile_decode=s.compile_decode,
+            watermark=self.watermark,
+        )
         t1 = time.perf_counter()
         scores, why_not = self.judge(conds, texts)
         t2 = time.perf_counter()
@@ -124,28 +161,66 @@ class GeneratorActor:
         for (pr, i), r, text, sc, why, (wz, wk) in zip(rows, ratings, texts, scores, why_not, self.last_watermark):
             rid = review_id(run_id, pr["product_id"], i)
             if why:
-                rejects.append({"stage": "filter", "reason": why, "product_id": pr["product_id"],
-                                "review_id": rid, "review_index": i, "source_file": pr.get("source_file"),
-                                "text": text, "score": sc, "raw": None, "run_id": run_id,
-                                "source_row": pr.get("source_row")})
+                rejects.append(
+                    {
+                        "stage": "filter",
+                        "reason": why,
+                        "product_id": pr["product_id"],
+                        "review_id": rid,
+                        "review_index": i,
+                        "source_file": pr.get("source_file"),
+                        "text": text,
+                        "score": sc,
+                        "raw": None,
+                        "run_id": run_id,
+                        "source_row": pr.get("source_row"),
+                    }
+                )
                 continue
-            rec = {"product_id": pr["product_id"], "review_id": rid, "review_index": i, "rating": r, "text": text,
-                   "score": sc, "model_version": self.job.model_version, "run_id": run_id, "seed": s.seed,
-                   "generated_at": now, "language": pr["language"], "title": pr["title"],
-                   "category": pr.get("category"), "watermark_z": wz, "watermark_key_id": wk}
+            rec = {
+                "product_id": pr["product_id"],
+                "review_id": rid,
+                "review_index": i,
+                "rating": r,
+                "text": text,
+                "score": sc,
+                "model_version": self.job.model_version,
+                "run_id": run_id,
+                "seed": s.seed,
+                "generated_at": now,
+                "language": pr["language"],
+                "title": pr["title"],
+                "category": pr.get("category"),
+                "watermark_z": wz,
+                "watermark_key_id": wk,
+            }
             rec.update({c: None if pr.get(c) is None else str(pr.get(c)) for c in keep_cols})
             keep.append(rec)
         t3 = time.perf_counter()
         reasons: dict[str, int] = {}
         for rj in rejects:
             reasons[rj["reason"]] = reasons.get(rj["reason"], 0) + 1
-        stats = {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep),
-                 "rejects_by_reason": dict(sorted(reasons.items()))}
+        stats = {
+            "shard": shard,
+            "products": len(products),
+            "generated": len(rows),
+            "accepted": len(keep),
+            "rejects_by_reason": dict(sorted(reasons.items())),
+        }
         # rejects first, reviews last: the reviews file (with the counts in its footer) marks the shard done
-        write_atomic(self.fs, shard_file(self.part, "rejects", shard),
-                     pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+        write_atomic(
+            self.fs, shard_file(self.part, "rejects", shard), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+        )
         schema = review_schema(keep_cols).with_metadata({STATS_KEY: json.dumps(stats).encode()})
         write_atomic(self.fs, shard_file(self.part, "reviews", shard), pa.Table.from_pylist(keep, schema=schema))
         t4 = time.perf_counter()
-        return {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep),
-                "t_generate": t1 - t0, "t_score": t2 - t1, "t_filter": t3 - t2, "t_write": t4 - t3}
+        return {
+            "shard": shard,
+            "products": len(products),
+            "generated": len(rows),
+            "accepted": len(keep),
+            "t_generate": t1 - t0,
+            "t_score": t2 - t1,
+            "t_filter": t3 - t2,
+            "t_write": t4 - t3,
+        }

@@ -66,6 +66,7 @@ class CatalogError(ReviewgenError, ValueError):
 
 # -- mapping -----------------------------------------------------------------------------------------
 
+
 def presets() -> list[str]:
     """Names of the bundled presets (configs/catalogs/*.yaml)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
@@ -85,8 +86,10 @@ def resolve_mapping(mapping: None | str | Mapping[str, Any]) -> dict[str, list[d
         if not path.is_file():
             path = PRESET_DIR / f"{mapping}.yaml"
             if not path.is_file():
-                raise CatalogError(f"mapping {mapping!r} is neither a YAML file nor a preset "
-                                   f"(presets: {', '.join(presets()) or 'none'})")
+                raise CatalogError(
+                    f"mapping {mapping!r} is neither a YAML file nor a preset "
+                    f"(presets: {', '.join(presets()) or 'none'})"
+                )
         import yaml
 
         try:
@@ -122,8 +125,9 @@ def resolve_mapping(mapping: None | str | Mapping[str, Any]) -> dict[str, list[d
                     raise CatalogError(f"mapping field {field!r}: unknown transform {tr!r} (known: {TRANSFORMS})")
                 srcs.append({"column": it["column"], "transform": tr})
             else:
-                raise CatalogError(f"mapping field {field!r}: expected a column name, a list, or "
-                                   f"{{column, transform}}, got {it!r}")
+                raise CatalogError(
+                    f"mapping field {field!r}: expected a column name, a list, or {{column, transform}}, got {it!r}"
+                )
         out[field] = srcs
     return out
 
@@ -144,6 +148,7 @@ def category_tree_first(v: Any) -> Any:
 
 
 # -- per-value coercion ------------------------------------------------------------------------------
+
 
 def _is_null(v: Any) -> bool:
     if v is None:
@@ -224,6 +229,7 @@ def _rating(v: Any) -> tuple[int | None, str | None]:
 
 def raw_json(row: Mapping[str, Any]) -> str:
     """The raw catalog row as JSON (long values cut, bytes shown with escapes) for the rejects table."""
+
     def conv(v: Any) -> Any:
         if isinstance(v, (bytes, bytearray)):
             v = bytes(v).decode("utf-8", errors="backslashreplace")
@@ -236,20 +242,34 @@ def raw_json(row: Mapping[str, Any]) -> str:
         if isinstance(v, str) and len(v) > MAX_RAW_FIELD_CHARS:
             return v[:MAX_RAW_FIELD_CHARS] + f"...[{len(v)} chars]"
         return v
+
     return json.dumps({str(k): conv(v) for k, v in row.items()}, default=str, ensure_ascii=False)
 
 
 # -- batch validation ---------------------------------------------------------------------------------
 
+
 def output_schema(keep_columns: Sequence[str]) -> pa.Schema:
     """Schema of the validated catalog table (one row per input row)."""
-    fields = [("product_id", pa.string()), ("title", pa.string()), ("category", pa.string()),
-              ("brand", pa.string()), ("description", pa.string()), ("price", pa.float64()),
-              ("language", pa.string()), ("target_rating", pa.int64())]
+    fields = [
+        ("product_id", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("brand", pa.string()),
+        ("description", pa.string()),
+        ("price", pa.float64()),
+        ("language", pa.string()),
+        ("target_rating", pa.int64()),
+    ]
     taken = {n for n, _ in fields}
     fields += [(c, pa.string()) for c in keep_columns if c not in taken]
-    fields += [("status", pa.string()), ("reason", pa.string()), ("raw", pa.string()),
-               ("source_file", pa.string()), ("attr_hash", pa.string())]
+    fields += [
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("source_file", pa.string()),
+        ("attr_hash", pa.string()),
+    ]
     return pa.schema(fields)
 
 
@@ -275,10 +295,16 @@ def attr_hash(rec: Mapping[str, Any], keep_columns: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(vals, default=str).encode()).hexdigest()[:16]
 
 
-def validate_records(rows: Sequence[Mapping[str, Any]], mapping: Mapping[str, list[dict[str, Any]]], *,
-                     keep_columns: Sequence[str] = (), language_column: str | None = None,
-                     default_language: str = "en", rating_column: str | None = None,
-                     source_file: str | None = None) -> list[dict[str, Any]]:
+def validate_records(
+    rows: Sequence[Mapping[str, Any]],
+    mapping: Mapping[str, list[dict[str, Any]]],
+    *,
+    keep_columns: Sequence[str] = (),
+    language_column: str | None = None,
+    default_language: str = "en",
+    rating_column: str | None = None,
+    source_file: str | None = None,
+) -> list[dict[str, Any]]:
     """Map and validate raw catalog rows; one output record per input row with status ok|rejected."""
     out = []
     for row in rows:
@@ -332,8 +358,10 @@ def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
         df.loc[dup, "status"] = "rejected"
         df.loc[dup, "reason"] = "duplicate_id"
         df.loc[dup, "attr_hash"] = None
-        df.loc[dup, "raw"] = [json.dumps({"product_id": p, "title": t}, ensure_ascii=False)
-                              for p, t in zip(df.loc[dup, "product_id"], df.loc[dup, "title"])]
+        df.loc[dup, "raw"] = [
+            json.dumps({"product_id": p, "title": t}, ensure_ascii=False)
+            for p, t in zip(df.loc[dup, "product_id"], df.loc[dup, "title"])
+        ]
     return df
 
 
@@ -345,9 +373,13 @@ REJECT_BUCKET_ROWS = 4096  # rejected rows are spread over shuffle partitions in
 
 def stage_schema(keep_columns: Sequence[str]) -> pa.Schema:
     """Validated rows plus their position (file_index, source_row), the dedupe key and the --since flag."""
-    return output_schema(keep_columns).append(pa.field("source_row", pa.int64())) \
-        .append(pa.field("file_index", pa.int64())).append(pa.field("dkey", pa.string())) \
+    return (
+        output_schema(keep_columns)
+        .append(pa.field("source_row", pa.int64()))
+        .append(pa.field("file_index", pa.int64()))
+        .append(pa.field("dkey", pa.string()))
         .append(pa.field("generate", pa.bool_()))
+    )
 
 
 def _keyed(recs: list[dict[str, Any]], file_index: int, first_row: int) -> None:
@@ -359,10 +391,20 @@ def _keyed(recs: list[dict[str, Any]], file_index: int, first_row: int) -> None:
         r["generate"] = None
 
 
-def read_piece(path: str, file_index: int, row_group: int, first_row: int, error: str | None,
-               mapping: Mapping[str, list[dict[str, Any]]], *, keep_columns: Sequence[str] = (),
-               language_column: str | None = None, default_language: str = "en",
-               rating_column: str | None = None, batch_rows: int = 8192):
+def read_piece(
+    path: str,
+    file_index: int,
+    row_group: int,
+    first_row: int,
+    error: str | None,
+    mapping: Mapping[str, list[dict[str, Any]]],
+    *,
+    keep_columns: Sequence[str] = (),
+    language_column: str | None = None,
+    default_language: str = "en",
+    rating_column: str | None = None,
+    batch_rows: int = 8192,
+):
     """Read and validate one row group of one catalog file; yields validated tables (`stage_schema`).
 
     `error` set (the driver's metadata probe failed) or a read error mid-group: the file (or the rest of
@@ -380,14 +422,24 @@ def read_piece(path: str, file_index: int, row_group: int, first_row: int, error
                 break
             if rb is None:
                 break
-            recs = validate_records(rb.to_pylist(), mapping, keep_columns=keep_columns,
-                                    language_column=language_column, default_language=default_language,
-                                    rating_column=rating_column, source_file=path)
+            recs = validate_records(
+                rb.to_pylist(),
+                mapping,
+                keep_columns=keep_columns,
+                language_column=language_column,
+                default_language=default_language,
+                rating_column=rating_column,
+                source_file=path,
+            )
             _keyed(recs, file_index, row)
             row += len(recs)
             yield pa.Table.from_pylist(recs, schema=schema)
     if error is not None:
-        rec = {"status": "rejected", "reason": "unreadable_file", "source_file": path,
-               "raw": json.dumps({"error": error})}
+        rec = {
+            "status": "rejected",
+            "reason": "unreadable_file",
+            "source_file": path,
+            "raw": json.dumps({"error": error}),
+        }
         _keyed([rec], file_index, row)
         yield pa.Table.from_pylist([rec], schema=schema)

@@ -101,7 +101,12 @@ class GenerateConfig:
     allow_empty: bool = False  # finish (with _SUCCESS) even when nothing valid was read or accepted
 
 
-def load_generate_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                         source: str = "flag", *, sets: Sequence[str] = ()) -> GenerateConfig:
+def load_generate_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "flag",
+    *,
+    sets: Sequence[str] = (),
+) -> GenerateConfig:
     """`GenerateConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config.load_config`)."""
     return load_config(GenerateConfig, path, overrides, sets=sets, source=source)

@@ -49,8 +49,9 @@ class RunCounts:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (manifest.json's "summary.counts"), the maps as plain dicts sorted by reason."""
-        return {f.name: dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunCounts:
@@ -100,13 +101,27 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: manifest.json's "summary", key for key as its readers expect."""
-        return {"run_id": self.run_id, "run_date": self.run_date, "partition": self.partition, "noop": self.noop,
-                "model_version": self.model_version, "counts": self.counts.to_dict(),
-                "timings_s": self.timings_s.to_dict(), "reviews_per_s": self.reviews_per_s}
+        return {
+            "run_id": self.run_id,
+            "run_date": self.run_date,
+            "partition": self.partition,
+            "noop": self.noop,
+            "model_version": self.model_version,
+            "counts": self.counts.to_dict(),
+            "timings_s": self.timings_s.to_dict(),
+            "reviews_per_s": self.reviews_per_s,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSummary:
         """The inverse of `to_dict` (a finished run's manifest summary); KeyError names a missing key."""
-        return cls(run_id=d["run_id"], run_date=d["run_date"], partition=d["partition"], noop=bool(d["noop"]),
-                   model_version=d["model_version"], counts=RunCounts.from_dict(d["counts"]),
-                   timings_s=RunTimings.from_dict(d["timings_s"]), reviews_per_s=float(d["reviews_per_s"]))
+        return cls(
+            run_id=d["run_id"],
+            run_date=d["run_date"],
+            partition=d["partition"],
+            noop=bool(d["noop"]),
+            model_version=d["model_version"],
+            counts=RunCounts.from_dict(d["counts"]),
+            timings_s=RunTimings.from_dict(d["timings_s"]),
+            reviews_per_s=float(d["reviews_per_s"]),
+        )

@@ -45,6 +45,7 @@ class GenerationError(ReviewgenError, RuntimeError):
 
 # -- identities --------------------------------------------------------------------------------------
 
+
 def _h(*parts: Any) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
 
@@ -61,7 +62,7 @@ def shard_of(product_id: str, n_shards: int) -> int:
 
 def draw_rating(product_id: str, index: int, seed: int, cdf: np.ndarray) -> int:
     """Target rating 1..5 from a distribution's CDF, a pure function of (product, index, seed)."""
-    u = row_seed(f"rating\x1f{product_id}", index, seed) / 2.0 ** 64
+    u = row_seed(f"rating\x1f{product_id}", index, seed) / 2.0**64
     return int(np.searchsorted(cdf, u, side="right")) + 1
 
 
@@ -70,26 +71,45 @@ def n_shards_for(n_products: int, products_per_shard: int) -> int:
     return max(1, math.ceil(n_products / products_per_shard)) if n_products else 0
 
 
-def identity_settings(cfg: GenerateConfig, mapping: dict, distribution: Sequence[float],
-                      since_run: str | None, watermark: dict[str, Any] | None = None) -> dict[str, Any]:
+def identity_settings(
+    cfg: GenerateConfig,
+    mapping: dict,
+    distribution: Sequence[float],
+    since_run: str | None,
+    watermark: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The settings that shape a run's output (batch size and the actor pool do not). `watermark`: the
     watermark's lineage (scheme, settings, signing key id; never the key), or None for an unwatermarked run,
     recorded as "off" so that it shows in the manifest and gives another run id."""
     s = cfg.sampling
-    return {"reviews_per_product": s.reviews_per_product, "seed": s.seed, "temperature": s.temperature,
-            "top_p": s.top_p, "rating_distribution": list(distribution), "filter": dataclasses.asdict(cfg.filter),
-            "mapping": mapping, "keep_columns": list(cfg.catalog.keep_columns),
-            "language_column": cfg.catalog.language_column, "default_language": cfg.catalog.language,
-            "rating_column": cfg.catalog.rating_column, "products_per_shard": cfg.sharding.products_per_shard,
-            "since_run": since_run, "watermark": watermark or "off",
-            # only when on, so that the ids of runs made before the setting existed stay the same
-            **({"compile_decode": True} if s.compile_decode else {})}
+    return {
+        "reviews_per_product": s.reviews_per_product,
+        "seed": s.seed,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "rating_distribution": list(distribution),
+        "filter": dataclasses.asdict(cfg.filter),
+        "mapping": mapping,
+        "keep_columns": list(cfg.catalog.keep_columns),
+        "language_column": cfg.catalog.language_column,
+        "default_language": cfg.catalog.language,
+        "rating_column": cfg.catalog.rating_column,
+        "products_per_shard": cfg.sharding.products_per_shard,
+        "since_run": since_run,
+        "watermark": watermark or "off",
+        # only when on, so that the ids of runs made before the setting existed stay the same
+        **({"compile_decode": True} if s.compile_decode else {}),
+    }
 
 
 def run_identity(run_date: str, model_version: str, settings: dict[str, Any], inputs: list[dict]) -> str:
     """The run id: same date, model, settings and input checksums give the same id."""
-    return _h(run_date, model_version, json.dumps(settings, sort_keys=True, default=str),
-              json.dumps([(f["path"], f.get("checksum")) for f in inputs]))[:16]
+    return _h(
+        run_date,
+        model_version,
+        json.dumps(settings, sort_keys=True, default=str),
+        json.dumps([(f["path"], f.get("checksum")) for f in inputs]),
+    )[:16]
 
 
 def resolve_run_date(run_date: str | None) -> str:
@@ -103,6 +123,7 @@ def resolve_run_date(run_date: str | None) -> str:
 
 
 # -- inputs and model --------------------------------------------------------------------------------
+
 
 def _checksum(fs: pafs.FileSystem, info: pafs.FileInfo) -> str:
     if isinstance(fs, pafs.LocalFileSystem):
@@ -127,9 +148,14 @@ def list_inputs(catalogs: Sequence[str]) -> list[dict[str, Any]]:
             raise GenerationError(f"catalog input not found: {uri}")
         prefix = uri.split("://", 1)[0] + "://" if "://" in uri else ""
         if info.type == pafs.FileType.Directory:
-            infos = sorted((i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                            if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))),
-                           key=lambda i: i.path)
+            infos = sorted(
+                (
+                    i
+                    for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                    if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+                ),
+                key=lambda i: i.path,
+            )
             out += [{"path": prefix + i.path, "size": i.size, "checksum": _checksum(fs, i)} for i in infos]
             if not infos:
                 out.append({"path": uri, "empty_directory": True})
@@ -165,6 +191,7 @@ def rating_distribution(meta: Meta, override: Sequence[float] | None) -> tuple[l
 
 
 # -- partition files ----------------------------------------------------------------------------------
+
 
 def join(base: str, *parts: str) -> str:
     """Join URI/path parts with '/'."""
@@ -216,8 +243,10 @@ def start_state(fs: pafs.FileSystem, part: str, run_id: str, force: bool) -> tup
     if exists(fs, join(part, "_SUCCESS")) and not force:
         if manifest and manifest.get("run_id") == run_id:
             return "noop", manifest
-        raise GenerationError(f"{part} holds a finished run {manifest.get('run_id') if manifest else '?'} with "
-                              f"different inputs, model or settings (this run: {run_id}); pass --force to overwrite")
+        raise GenerationError(
+            f"{part} holds a finished run {manifest.get('run_id') if manifest else '?'} with "
+            f"different inputs, model or settings (this run: {run_id}); pass --force to overwrite"
+        )
     started = read_json(fs, join(part, "run.json"))
     if force or (started and started.get("run_id") != run_id):
         if exists(fs, part):
@@ -247,11 +276,18 @@ def summary_table(summary: RunSummary) -> str:
     """The run's counts and timings as aligned text lines for the log."""
     c = summary.counts
     lines = [f"run {summary.run_id} ({summary.run_date}) -> {summary.partition}"]
-    rows = {"products_in": c.products_in, "products_valid": c.products_valid,
-            "products_rejected": c.products_rejected, "products_unchanged": c.products_unchanged,
-            "products_to_generate": c.products_to_generate, "shards": c.shards, "shards_resumed": c.shards_resumed,
-            "reviews_generated": c.reviews_generated, "reviews_accepted": c.reviews_accepted,
-            "reviews_rejected": c.reviews_rejected}
+    rows = {
+        "products_in": c.products_in,
+        "products_valid": c.products_valid,
+        "products_rejected": c.products_rejected,
+        "products_unchanged": c.products_unchanged,
+        "products_to_generate": c.products_to_generate,
+        "shards": c.shards,
+        "shards_resumed": c.shards_resumed,
+        "reviews_generated": c.reviews_generated,
+        "reviews_accepted": c.reviews_accepted,
+        "reviews_rejected": c.reviews_rejected,
+    }
     lines += [f"  {k:<24}{v:>10}" for k, v in rows.items()]
     for k, v in c.catalog_rejects_by_reason.items():
         lines.append(f"    catalog:{k:<22}{v:>8}")

@@ -129,7 +129,7 @@ class _PrefixRouter(io.TextIOBase):
                 if end < 0:
                     self._held += text
                     break
-                line, text = self._held + text[:end], text[end + 1:]
+                line, text = self._held + text[:end], text[end + 1 :]
                 self._held = ""
                 if _RAY_PREFIX.match(line):
                     self._logger.info(line)
@@ -137,7 +137,7 @@ class _PrefixRouter(io.TextIOBase):
                     self._stream.write(line + "\n")
                 continue
             cut = text.find("\n")
-            chunk, text = (text, "") if cut < 0 else (text[:cut + 1], text[cut + 1:])
+            chunk, text = (text, "") if cut < 0 else (text[: cut + 1], text[cut + 1 :])
             self._stream.write(chunk)
         return n
 

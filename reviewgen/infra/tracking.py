@@ -92,15 +92,18 @@ class Tracker:
         items = [(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)) for k, v in flat.items()]
         params = [self._entities.Param(_name(k), v[:6000]) for k, v in items]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self._client.log_batch(self.run_id, params=params[i:i + 100])
+            self._client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log the finite numeric values of `metrics` at `step` (strings and NaN are skipped)."""
         ts = int(time.time() * 1000)
-        batch = [self._entities.Metric(_name(k), float(v), ts, int(step)) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        batch = [
+            self._entities.Metric(_name(k), float(v), ts, int(step))
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
         for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
-            self._client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set string tags on the run (e.g. the final model version)."""

@@ -63,23 +63,28 @@ def check_labels(df: pd.DataFrame, source: str, text_column: str = "text") -> pd
     text = df[text_column]
     empty = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
     if empty.any():
-        raise LabelsError(f"{source}: row {int(np.argmax(empty)) + 1} has an empty {text_column!r} "
-                          f"({int(empty.sum())} empty in all)")
+        raise LabelsError(
+            f"{source}: row {int(np.argmax(empty)) + 1} has an empty {text_column!r} ({int(empty.sum())} empty in all)"
+        )
     raw = df[LABEL_COLUMN]
     label = pd.to_numeric(raw, errors="coerce")
     bad = ~label.isin([0, 1]).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         value = raw.iloc[i].item() if hasattr(raw.iloc[i], "item") else raw.iloc[i]  # 2, not np.int64(2)
-        raise LabelsError(f"{source}: row {i + 1} has {LABEL_COLUMN}={value!r}; it must be 0 (human) or "
-                          f"1 (machine-written) ({int(bad.sum())} such rows)")
+        raise LabelsError(
+            f"{source}: row {i + 1} has {LABEL_COLUMN}={value!r}; it must be 0 (human) or "
+            f"1 (machine-written) ({int(bad.sum())} such rows)"
+        )
     label = label.astype(np.int64)
     n_machine = int(label.sum())
     n_human = len(label) - n_machine
     if min(n_human, n_machine) < MIN_CLASS_ROWS:
         kind = "one class only" if min(n_human, n_machine) == 0 else f"fewer than {MIN_CLASS_ROWS} rows per class"
-        raise LabelsError(f"{source}: {kind}: {n_human} human ({LABEL_COLUMN}=0) and {n_machine} machine-written "
-                          f"({LABEL_COLUMN}=1) rows; need at least {MIN_CLASS_ROWS} of each")
+        raise LabelsError(
+            f"{source}: {kind}: {n_human} human ({LABEL_COLUMN}=0) and {n_machine} machine-written "
+            f"({LABEL_COLUMN}=1) rows; need at least {MIN_CLASS_ROWS} of each"
+        )
     texts = text.astype(str).tolist()
     lang = df["language"] if "language" in df.columns else pd.Series([None] * len(df), index=df.index)
     title = next((df[c] for c in ("product_title", "title") if c in df.columns), None)
@@ -87,12 +92,19 @@ def check_labels(df: pd.DataFrame, source: str, text_column: str = "text") -> pd
     def strings(col):
         return [x if isinstance(x, str) else None for x in col] if col is not None else None
 
-    return pd.DataFrame({
-        "text": texts, "label": (1 - label.to_numpy()).astype(np.int64),
-        "language": [str(x).strip().lower() if isinstance(x, str) and x.strip() else detect_language(t)
-                     for x, t in zip(lang, texts)],
-        "product_title": strings(title), "category": strings(df.get("category")),
-        "rating": pd.to_numeric(df["rating"], errors="coerce").tolist() if "rating" in df.columns else None})
+    return pd.DataFrame(
+        {
+            "text": texts,
+            "label": (1 - label.to_numpy()).astype(np.int64),
+            "language": [
+                str(x).strip().lower() if isinstance(x, str) and x.strip() else detect_language(t)
+                for x, t in zip(lang, texts)
+            ],
+            "product_title": strings(title),
+            "category": strings(df.get("category")),
+            "rating": pd.to_numeric(df["rating"], errors="coerce").tolist() if "rating" in df.columns else None,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ class AdaptReport:
 
     def lines(self) -> list[str]:
         """One line per language, for the console."""
+
         def fmt(x):
             return "n/a" if x is None else f"{x:.3f}"
 
@@ -148,8 +161,10 @@ class AdaptReport:
             head = f"[{r.language}] {r.rows} rows ({r.human} human, {r.machine} machine):"
             zs = f"zero-shot AUROC {fmt(r.zero_shot_auroc)}, TPR@1%FPR {fmt(r.zero_shot_tpr_1pct)}"
             if r.adapted:
-                out.append(f"{head} adapted, {self.evaluation} AUROC {fmt(r.auroc)}, TPR@1%FPR {fmt(r.tpr_1pct)}, "
-                           f"TPR@5%FPR {fmt(r.tpr_5pct)}, ECE {fmt(r.ece)} ({zs})")
+                out.append(
+                    f"{head} adapted, {self.evaluation} AUROC {fmt(r.auroc)}, TPR@1%FPR {fmt(r.tpr_1pct)}, "
+                    f"TPR@5%FPR {fmt(r.tpr_5pct)}, ECE {fmt(r.ece)} ({zs})"
+                )
             else:
                 out.append(f"{head} too few labels (< {MIN_CLASS_ROWS} per class), keeps the zero-shot detector ({zs})")
         if self.dropped:
@@ -173,9 +188,16 @@ class ScoredLabels:
     def take(self, rows: np.ndarray) -> "ScoredLabels":
         """The given rows."""
         rows = np.asarray(rows)
-        return ScoredLabels([self.texts[i] for i in rows], self.labels[rows], self.languages[rows],
-                            {k: v[rows] for k, v in self.signals.items()}, self.zero_shot[rows],
-                            self.p_zero_shot[rows], self.dropped, self.rows[rows])
+        return ScoredLabels(
+            [self.texts[i] for i in rows],
+            self.labels[rows],
+            self.languages[rows],
+            {k: v[rows] for k, v in self.signals.items()},
+            self.zero_shot[rows],
+            self.p_zero_shot[rows],
+            self.dropped,
+            self.rows[rows],
+        )
 
 
 def score_labels(scorer: Scorer, frame: pd.DataFrame, res: Mapping[str, Any] | None = None) -> ScoredLabels:
@@ -193,10 +215,16 @@ def score_labels(scorer: Scorer, frame: pd.DataFrame, res: Mapping[str, Any] | N
     if nonfinite:
         dropped["non_finite_signals"] = nonfinite
     rows = np.flatnonzero(keep)
-    return ScoredLabels([frame["text"].iloc[i] for i in rows], frame["label"].to_numpy()[rows],
-                        frame["language"].to_numpy(dtype=object)[rows],
-                        {k: np.asarray(res[k], dtype=np.float64)[rows] for k in SIGNALS},
-                        zs[rows], p_zs[rows], dropped, rows)
+    return ScoredLabels(
+        [frame["text"].iloc[i] for i in rows],
+        frame["label"].to_numpy()[rows],
+        frame["language"].to_numpy(dtype=object)[rows],
+        {k: np.asarray(res[k], dtype=np.float64)[rows] for k in SIGNALS},
+        zs[rows],
+        p_zs[rows],
+        dropped,
+        rows,
+    )
 
 
 def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -246,8 +274,9 @@ def _lexical_oof(counts: HashedCounts, y: np.ndarray, fold: np.ndarray, settings
     return z
 
 
-def fit_language(data: ScoredLabels, *, folds: int = 5, seed: int = 0,
-                 settings: LexicalSettings = LexicalSettings()) -> tuple[LanguageModel, np.ndarray]:
+def fit_language(
+    data: ScoredLabels, *, folds: int = 5, seed: int = 0, settings: LexicalSettings = LexicalSettings()
+) -> tuple[LanguageModel, np.ndarray]:
     """One language's adapted model, refitted on every row, and its out-of-fold served logits."""
     y = data.labels
     fold = fold_ids(y, folds, seed)
@@ -263,15 +292,25 @@ def fit_language(data: ScoredLabels, *, folds: int = 5, seed: int = 0,
     shift = prior_shift(y)
     served = platt["scale"] * z + platt["bias"] + shift
     thresholds = tuple(machine_threshold(_sigmoid(served[y == 1]), r) for r in FPRS)
-    full = fit_combiner(feats, y, names, info={"platt": platt, "folds": folds, "seed": seed,
-                                                "left_out_signals": sorted(set(SIGNALS) - set(names))})
+    full = fit_combiner(
+        feats,
+        y,
+        names,
+        info={"platt": platt, "folds": folds, "seed": seed, "left_out_signals": sorted(set(SIGNALS) - set(names))},
+    )
     a, b = platt["scale"], platt["bias"]
     combiner = replace(full, weights=tuple(a * w for w in full.weights), bias=a * full.bias + b, offset=shift)
     return LanguageModel(fit_lexical(counts, y, settings), combiner, thresholds), served
 
 
-def fit_adapted(data: ScoredLabels, *, folds: int = 5, seed: int = 0, settings: LexicalSettings = LexicalSettings(),
-                source: str = "labels") -> tuple[AdaptedDetector, AdaptReport]:
+def fit_adapted(
+    data: ScoredLabels,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    settings: LexicalSettings = LexicalSettings(),
+    source: str = "labels",
+) -> tuple[AdaptedDetector, AdaptReport]:
     """An adapted model for every language with `MIN_CLASS_ROWS` rows of each class, and the out-of-fold
     report of every language. Raises `LabelsError` when no language has enough."""
     models, reports = {}, []
@@ -289,21 +328,31 @@ def fit_adapted(data: ScoredLabels, *, folds: int = 5, seed: int = 0, settings: 
     return AdaptedDetector(models, {"lexical_settings": asdict(settings)}), report
 
 
-def evaluate_adapted(detector: AdaptedDetector, data: ScoredLabels, evaluation: str, *, folds: int = 0,
-                     seed: int = 0) -> AdaptReport:
+def evaluate_adapted(
+    detector: AdaptedDetector, data: ScoredLabels, evaluation: str, *, folds: int = 0, seed: int = 0
+) -> AdaptReport:
     """The report of `detector` on labelled rows it was not fitted on, per language."""
     z = detector.logit(data.texts, data.signals, data.zero_shot, list(data.languages))
     p = np.where(np.isfinite(z), _sigmoid(z), data.p_zero_shot)  # the zero-shot p_human where z is NaN
     reports = []
     for lang in sorted(set(data.languages)):
         rows = data.languages == lang
-        reports.append(_report(lang, data.labels[rows], p[rows] if lang in detector.models else None,
-                               data.p_zero_shot[rows]))
+        reports.append(
+            _report(lang, data.labels[rows], p[rows] if lang in detector.models else None, data.p_zero_shot[rows])
+        )
     return AdaptReport(evaluation, tuple(reports), len(data.labels), dict(data.dropped), folds, seed)
 
 
-def split_by_group_report(scorer: Scorer, df: pd.DataFrame, group_column: str, seed: int = 0, *,
-                          text_column: str = "text", folds: int = 5, source: str = "labels") -> AdaptReport:
+def split_by_group_report(
+    scorer: Scorer,
+    df: pd.DataFrame,
+    group_column: str,
+    seed: int = 0,
+    *,
+    text_column: str = "text",
+    folds: int = 5,
+    source: str = "labels",
+) -> AdaptReport:
     """Fit the adapted model on the labelled rows of a seeded random half of the groups (e.g. hotels or
     products) and report it on the other half's rows, so no group's wording is seen at fit time. Writes
     nothing."""
@@ -315,8 +364,15 @@ def split_by_group_report(scorer: Scorer, df: pd.DataFrame, group_column: str, s
     return split_report(data, groups, seed, folds=folds, evaluation=f"held-out {group_column} half", source=source)
 
 
-def split_report(data: ScoredLabels, groups: np.ndarray, seed: int = 0, *, folds: int = 5,
-                 evaluation: str = "held-out group half", source: str = "labels") -> AdaptReport:
+def split_report(
+    data: ScoredLabels,
+    groups: np.ndarray,
+    seed: int = 0,
+    *,
+    folds: int = 5,
+    evaluation: str = "held-out group half",
+    source: str = "labels",
+) -> AdaptReport:
     """`split_by_group_report` on already scored rows, `groups` one per row."""
     names = np.unique(groups)
     fit_groups = names[np.random.default_rng(seed).permutation(len(names))[: len(names) // 2]]
@@ -334,8 +390,9 @@ def check_output_dir(model_dir: str | Path, out_dir: str | Path) -> None:
         raise InputError(f"--out {out_dir} already exists and is not empty; choose a new directory")
 
 
-def write_adapted_model(model_dir: str | Path, out_dir: str | Path, detector: AdaptedDetector, report: AdaptReport,
-                        labels_file: str | Path) -> str:
+def write_adapted_model(
+    model_dir: str | Path, out_dir: str | Path, detector: AdaptedDetector, report: AdaptReport, labels_file: str | Path
+) -> str:
     """Copy `model_dir` (but its training state) to `out_dir` with the lexical files, calibration.json's
     "adapted" entry, adapt_report.json and meta.json (written last) with a new content version. Returns it."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -354,8 +411,9 @@ def write_adapted_model(model_dir: str | Path, out_dir: str | Path, detector: Ad
 
 def _stale(name: str) -> bool:
     # meta.json is written last; an earlier adaptation's files are replaced, not kept beside the new ones
-    return name in (META_FILE, "adapt_report.json", *TRAINING_DIRS) or \
-        (name.startswith(("lexical-", "lexical_")) and name.endswith(".npz"))
+    return name in (META_FILE, "adapt_report.json", *TRAINING_DIRS) or (
+        name.startswith(("lexical-", "lexical_")) and name.endswith(".npz")
+    )
 
 
 def _write_adapted(model_dir: Path, tmp: Path, detector: AdaptedDetector, report: AdaptReport, labels: Path) -> None:
@@ -363,10 +421,21 @@ def _write_adapted(model_dir: Path, tmp: Path, detector: AdaptedDetector, report
     shutil.copytree(model_dir, tmp, ignore=lambda d, names: [n for n in names if Path(d) == model_dir and _stale(n)])
     labels_sha256 = sha256_file(labels)
     by_language = {r.language: {"human": r.human, "machine": r.machine} for r in report.languages}
-    doc = {**detector.to_doc(tmp), "report": report.to_dict(),
-           "labels": {"file": labels.name, "sha256": labels_sha256, "rows": report.rows,
-                      "dropped": dict(report.dropped), "by_language": by_language}}
+    doc = {
+        **detector.to_doc(tmp),
+        "report": report.to_dict(),
+        "labels": {
+            "file": labels.name,
+            "sha256": labels_sha256,
+            "rows": report.rows,
+            "dropped": dict(report.dropped),
+            "by_language": by_language,
+        },
+    }
     (tmp / "adapt_report.json").write_text(json.dumps(report.to_dict(), indent=2))
     # meta.json last, with the content version over the new calibration.json
-    write_calibration(tmp, replace(read_calibration(tmp) or Calibration(), adapted=doc),
-                      replace(meta, adapted_from={"version": meta.version, "labels_sha256": labels_sha256}))
+    write_calibration(
+        tmp,
+        replace(read_calibration(tmp) or Calibration(), adapted=doc),
+        replace(meta, adapted_from={"version": meta.version, "labels_sha256": labels_sha256}),
+    )

@@ -54,11 +54,15 @@ class LanguageModel:
     combiner: Combiner
     thresholds: tuple[float, float]
 
-    def logit(self, texts: Sequence[str | None], signals: Mapping[str, np.ndarray],
-              zero_shot_logit: np.ndarray) -> np.ndarray:
+    def logit(
+        self, texts: Sequence[str | None], signals: Mapping[str, np.ndarray], zero_shot_logit: np.ndarray
+    ) -> np.ndarray:
         """The adapted logit of every text (NaN where a feature the combiner reads is NaN)."""
-        feats = {k: np.asarray(signals[k], dtype=np.float64) for k in self.combiner.features
-                 if k not in (LEXICAL, ZERO_SHOT) and k in signals}
+        feats = {
+            k: np.asarray(signals[k], dtype=np.float64)
+            for k in self.combiner.features
+            if k not in (LEXICAL, ZERO_SHOT) and k in signals
+        }
         feats[LEXICAL] = self.lexical.logit([t if isinstance(t, str) else "" for t in texts])
         feats[ZERO_SHOT] = np.asarray(zero_shot_logit, dtype=np.float64)
         return self.combiner.logit(feats)
@@ -81,8 +85,13 @@ class AdaptedDetector:
         m = self.models.get(lang) if lang is not None else None
         return m.thresholds if m is not None else None
 
-    def logit(self, texts: Sequence[str | None], signals: Mapping[str, np.ndarray], zero_shot_logit: np.ndarray,
-              languages: Sequence[str | None]) -> np.ndarray:
+    def logit(
+        self,
+        texts: Sequence[str | None],
+        signals: Mapping[str, np.ndarray],
+        zero_shot_logit: np.ndarray,
+        languages: Sequence[str | None],
+    ) -> np.ndarray:
         """The adapted logit of every row (arrays aligned with `texts`); NaN for rows of a language without
         an adapted model, or with a NaN signal, where the zero-shot detector stays in charge."""
         langs = np.asarray(["" if x is None else x for x in languages], dtype=object)
@@ -93,8 +102,9 @@ class AdaptedDetector:
         for lang, model in self.models.items():
             rows = np.flatnonzero(langs == lang)
             if len(rows):
-                out[rows] = model.logit([texts[i] for i in rows],
-                                        {k: np.asarray(v)[rows] for k, v in signals.items()}, zs[rows])
+                out[rows] = model.logit(
+                    [texts[i] for i in rows], {k: np.asarray(v)[rows] for k, v in signals.items()}, zs[rows]
+                )
         return out
 
     def to_doc(self, model_dir: str | Path) -> dict[str, Any]:
@@ -104,11 +114,17 @@ class AdaptedDetector:
             m = self.models[lang]
             name = f"lexical-{lang}.npz" if _SAFE_NAME.fullmatch(lang) else f"lexical_{i}.npz"
             m.lexical.save(Path(model_dir) / name)
-            by_language[lang] = {"lexical": name, "lexical_sha256": sha256_file(Path(model_dir) / name),
-                                 "combiner": m.combiner.to_dict(),
-                                 "thresholds": dict(zip(THRESHOLD_KEYS, m.thresholds))}
-        return {"format": ADAPTED_FORMAT, "by_language": by_language,
-                "info": json.loads(json.dumps(self.info, default=float))}
+            by_language[lang] = {
+                "lexical": name,
+                "lexical_sha256": sha256_file(Path(model_dir) / name),
+                "combiner": m.combiner.to_dict(),
+                "thresholds": dict(zip(THRESHOLD_KEYS, m.thresholds)),
+            }
+        return {
+            "format": ADAPTED_FORMAT,
+            "by_language": by_language,
+            "info": json.loads(json.dumps(self.info, default=float)),
+        }
 
     @classmethod
     def load(cls, model_dir: str | Path, doc: Mapping[str, Any]) -> "AdaptedDetector":
@@ -121,8 +137,10 @@ class AdaptedDetector:
         by = doc.get("by_language")
         if not isinstance(by, Mapping) or not by:
             raise AdaptError(f"{src}: 'by_language' must map at least one language to its model")
-        return cls({str(lang): _load_language(Path(model_dir), entry, f"{src} [{lang}]") for lang, entry in by.items()},
-                   doc.get("info", {}))
+        return cls(
+            {str(lang): _load_language(Path(model_dir), entry, f"{src} [{lang}]") for lang, entry in by.items()},
+            doc.get("info", {}),
+        )
 
 
 def _load_language(model_dir: Path, entry: Any, src: str) -> LanguageModel:

@@ -90,10 +90,20 @@ WORD_FEATURES = ("trigram_seen", "bigram_seen", "ngram_logprob", "sq:ngram_logpr
 FAST_DETECT = ("fast_detect", "sq:fast_detect")
 # +1: larger means more likely human-written. A two-sided feature grows with the distance from typical human
 # text, in either direction, so it always counts against p_human.
-FEATURE_SIGNS = {"d_logit": 1, "mean_logprob": -1, "mean_log_rank": 1, "top1_share": -1, "top10_share": -1,
-                 "binoculars": 1, "fast_detect": -1, "mixed_script": -1, "trigram_seen": 1, "bigram_seen": 1,
-                 "ngram_logprob": 1,
-                 **{f: -1 for f in (*TWO_SIDED, "sq:ngram_logprob", "sq:trigram_seen", "sq:fast_detect")}}
+FEATURE_SIGNS = {
+    "d_logit": 1,
+    "mean_logprob": -1,
+    "mean_log_rank": 1,
+    "top1_share": -1,
+    "top10_share": -1,
+    "binoculars": 1,
+    "fast_detect": -1,
+    "mixed_script": -1,
+    "trigram_seen": 1,
+    "bigram_seen": 1,
+    "ngram_logprob": 1,
+    **{f: -1 for f in (*TWO_SIDED, "sq:ngram_logprob", "sq:trigram_seen", "sq:fast_detect")},
+}
 # machine-written reviews sampled per real one for the fit: the combiner's machine side covers every sampling
 # setting of two generators, so each needs enough rows; more steady the worst per-temperature ECE, at the cost
 # of the time to draw and score them
@@ -115,10 +125,18 @@ DOMAIN_QUANTILE = 0.99
 # a language gets its own combiner with at least this many human and this many machine-written rows
 MIN_LANGUAGE_ROWS = 40
 DETECTOR_CANDIDATES = (
-    Candidate("lm+words+fast", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES,
-                                *FAST_DETECT), 4.5, per_row=True),
-    Candidate("lm+words", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES), 4.5,
-              per_row=True),
+    Candidate(
+        "lm+words+fast",
+        ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES, *FAST_DETECT),
+        4.5,
+        per_row=True,
+    ),
+    Candidate(
+        "lm+words",
+        ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit", *WORD_FEATURES),
+        4.5,
+        per_row=True,
+    ),
     Candidate("lm-two-sided", ("mean_log_rank", "binoculars", *TWO_SIDED), 0.1),
     Candidate("lm-two-sided+length", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens"), 0.1),
     Candidate("lm-two-sided+length+d", ("mean_log_rank", "binoculars", *TWO_SIDED, "log_tokens", "d_logit"), 0.1),
@@ -127,11 +145,21 @@ DETECTOR_CANDIDATES = (
 )
 
 
-def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequence[Any], *, G=None, ref=None,
-              wordlm: WordNgramLM | None = None, seed: int = 0,
-              temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
-              max_rows: int | None = CALIBRATION_ROWS,
-              key_prefix: str = "calib", fakes_per_review: int = FAKES_PER_REVIEW) -> Calibration:
+def calibrate(
+    D,
+    tok: ReviewTokenizer,
+    val_df: pd.DataFrame,
+    generators: Sequence[Any],
+    *,
+    G=None,
+    ref=None,
+    wordlm: WordNgramLM | None = None,
+    seed: int = 0,
+    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
+    max_rows: int | None = CALIBRATION_ROWS,
+    key_prefix: str = "calib",
+    fakes_per_review: int = FAKES_PER_REVIEW,
+) -> Calibration:
     """Fit the scorer on real validation reviews (up to `max_rows`; None: all) against `fakes_per_review`
     samples per review from `generators` over the sampling settings `temperatures` (`sample_fakes`). The
     scorer assumes a 1:1 prior, so every fitted logit is shifted back by the fit set's log(machine / human)
@@ -144,13 +172,15 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
         raise ValueError("calibrate: no validation reviews to calibrate on")
     conds = conditions(df)
     real_texts = df["text"].astype(str).tolist()
-    parts = sample_fake_sources(generators, tok, conds, temperatures, seed=seed, key_prefix=key_prefix,
-                                n=max(1, fakes_per_review) * len(conds))
+    parts = sample_fake_sources(
+        generators, tok, conds, temperatures, seed=seed, key_prefix=key_prefix, n=max(1, fakes_per_review) * len(conds)
+    )
     fake_texts = [t for p in parts for t in p[2]]
     fake_conds = [c for p in parts for c in p[3]]
     names = ["G" if gen is G else ("ref" if gen is ref else f"gen{i}") for i, gen in enumerate(generators)]
-    groups = ["human"] * len(real_texts) + [f"{names[gi]}:{'plain' if s.plain else 'truncated'}"
-                                             for gi, s, texts, _ in parts for _ in texts]
+    groups = ["human"] * len(real_texts) + [
+        f"{names[gi]}:{'plain' if s.plain else 'truncated'}" for gi, s, texts, _ in parts for _ in texts
+    ]
     device = next(unwrap(D).parameters()).device
     all_conds = conds + fake_conds
     sig = review_signals(D, G, tok, all_conds, real_texts + fake_texts, ref=ref, wordlm=wordlm, device=device)
@@ -159,26 +189,38 @@ def calibrate(D, tok: ReviewTokenizer, val_df: pd.DataFrame, generators: Sequenc
     labels, all_conds = labels[keep], [c for c, k in zip(all_conds, keep) if k]
     groups = [g for g, k in zip(groups, keep) if k]
     if len(np.unique(labels)) < 2:
-        raise ValueError(f"calibrate: no human or no machine-written row has finite signals "
-                         f"(non-finite counts: {nonfinite})")
+        raise ValueError(
+            f"calibrate: no human or no machine-written row has finite signals (non-finite counts: {nonfinite})"
+        )
     logits = sig["d_logit"]
     platt = fit_platt(logits, labels)
     settings = [as_setting(s) for s in temperatures]
-    fit = CalibrationFit(n=int(len(labels)), temperatures=tuple(sorted({s.temperature for s in settings})),
-                         settings=tuple(s.label for s in settings),
-                         ece_raw=ece(labels, apply_calibration(logits, None)),
-                         ece=ece(labels, apply_calibration(logits, platt)),
-                         nonfinite_signals=dict(nonfinite), rows_left_out=int((~keep).sum()))
+    fit = CalibrationFit(
+        n=int(len(labels)),
+        temperatures=tuple(sorted({s.temperature for s in settings})),
+        settings=tuple(s.label for s in settings),
+        ece_raw=ece(labels, apply_calibration(logits, None)),
+        ece=ece(labels, apply_calibration(logits, platt)),
+        nonfinite_signals=dict(nonfinite),
+        rows_left_out=int((~keep).sum()),
+    )
     calib = Calibration(scale=platt["scale"], bias=platt["bias"] + prior_shift(labels), fit=fit)
     langs = [c.language for c in all_conds]
     if G is None:
-        return replace(calib, thresholds=machine_thresholds(apply_calibration(logits, calib)[labels == 1],
-                                                            [x for x, y in zip(langs, labels) if y == 1],
-                                                            MIN_LANGUAGE_ROWS))
+        return replace(
+            calib,
+            thresholds=machine_thresholds(
+                apply_calibration(logits, calib)[labels == 1],
+                [x for x, y in zip(langs, labels) if y == 1],
+                MIN_LANGUAGE_ROWS,
+            ),
+        )
     detector = fit_detector(sig, labels, groups, langs, seed=seed)
-    return replace(calib, detector=detector.to_dict(),
-                   thresholds={lang: c.info["thresholds"] for lang, c in detector.combiners.items()
-                               if c.info.get("thresholds")})
+    return replace(
+        calib,
+        detector=detector.to_dict(),
+        thresholds={lang: c.info["thresholds"] for lang, c in detector.combiners.items() if c.info.get("thresholds")},
+    )
 
 
 def finite_rows(signals: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
@@ -209,14 +251,21 @@ def prior_shift(labels: np.ndarray) -> float:
     return float(np.log(n_machine / n_human)) if n_human and n_machine else 0.0
 
 
-def fit_detector(signals: dict[str, np.ndarray], labels: np.ndarray, groups: Sequence[str],
-                 languages: Sequence[str | None] | None = None, *, seed: int = 0) -> Detector:
+def fit_detector(
+    signals: dict[str, np.ndarray],
+    labels: np.ndarray,
+    groups: Sequence[str],
+    languages: Sequence[str | None] | None = None,
+    *,
+    seed: int = 0,
+) -> Detector:
     """The detector: a combiner for every language with at least `MIN_LANGUAGE_ROWS` human and machine rows,
     and a pooled one for the rest, each chosen on held-out sources (`fit_language_combiner`). `groups`:
     "human" or "SOURCE:plain" / "SOURCE:truncated" per row; `languages`: per row (None: all pooled)."""
     y = np.asarray(labels)
-    langs = np.asarray(["" if x is None else x for x in (languages if languages is not None else [""] * len(y))],
-                       dtype=object)
+    langs = np.asarray(
+        ["" if x is None else x for x in (languages if languages is not None else [""] * len(y))], dtype=object
+    )
     # candidates whose signals were all computed (e.g. no word statistics without a word n-gram model)
     have = {k for k, v in signals.items() if np.isfinite(np.asarray(v, dtype=np.float64)).any()}
     candidates = [c for c in DETECTOR_CANDIDATES if {base_signal(f) for f in c.features} <= have]
@@ -227,13 +276,20 @@ def fit_detector(signals: dict[str, np.ndarray], labels: np.ndarray, groups: Seq
         rows = langs == lang
         if min((y[rows] == 1).sum(), (y[rows] == 0).sum()) >= MIN_LANGUAGE_ROWS:
             sub = {k: np.asarray(v)[rows] for k, v in signals.items()}
-            combiners[lang] = fit_language_combiner(sub, y[rows], np.asarray(groups, dtype=object)[rows],
-                                                    candidates, seed=seed)
+            combiners[lang] = fit_language_combiner(
+                sub, y[rows], np.asarray(groups, dtype=object)[rows], candidates, seed=seed
+            )
     return Detector(combiners, {"rows_by_language": {str(k): int((langs == k).sum()) for k in sorted(set(langs))}})
 
 
-def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, groups: Sequence[str],
-                          candidates: Sequence[Candidate] = DETECTOR_CANDIDATES, *, seed: int = 0) -> Combiner:
+def fit_language_combiner(
+    signals: dict[str, np.ndarray],
+    labels: np.ndarray,
+    groups: Sequence[str],
+    candidates: Sequence[Candidate] = DETECTOR_CANDIDATES,
+    *,
+    seed: int = 0,
+) -> Combiner:
     """One combiner, chosen among `candidates` on held-out sources (module docstring), then Platt-scaled.
     `groups`: "SOURCE:plain" or "SOURCE:truncated" per machine-written row."""
     g = np.asarray(groups, dtype=object)
@@ -256,26 +312,44 @@ def fit_language_combiner(signals: dict[str, np.ndarray], labels: np.ndarray, gr
     # and a Platt step fitted on them would make p_human overconfident.
     chosen = next(c for c in candidates if c.name == combiner.info["candidate"])
     tuned, z, platt, l2_losses = choose_l2(signals, labels, chosen, seed=seed)
-    combiner = fit_combiner(signals, labels, tuned.features, l2=tuned.l2_for(len(labels)), signs=FEATURE_SIGNS,
-                            info=dict(combiner.info, l2_scale=tuned.l2 / chosen.l2, l2_scale_losses=l2_losses))
+    combiner = fit_combiner(
+        signals,
+        labels,
+        tuned.features,
+        l2=tuned.l2_for(len(labels)),
+        signs=FEATURE_SIGNS,
+        info=dict(combiner.info, l2_scale=tuned.l2 / chosen.l2, l2_scale_losses=l2_losses),
+    )
     ok = np.isfinite(z)
     ece_before = ece(labels[ok], 1.0 / (1.0 + np.exp(-z[ok])))
     if platt["scale"] > 0:
-        combiner = replace(combiner, weights=tuple(platt["scale"] * w for w in combiner.weights),
-                           bias=platt["scale"] * combiner.bias + platt["bias"], floor=platt["floor"],
-                           ceiling=platt["ceiling"])
+        combiner = replace(
+            combiner,
+            weights=tuple(platt["scale"] * w for w in combiner.weights),
+            bias=platt["scale"] * combiner.bias + platt["bias"],
+            floor=platt["floor"],
+            ceiling=platt["ceiling"],
+        )
     p = combiner.predict(signals)
     shift = prior_shift(labels[ok])
-    info = dict(combiner.info, fit_auroc=auroc(labels[ok], p[ok]), fit_ece=ece(labels[ok], p[ok]),
-                fit_ece_before_platt=ece_before, platt=platt, prior_shift=shift, sources=sorted(set(machine)),
-                thresholds=oof_thresholds(z, labels, platt, shift))
+    info = dict(
+        combiner.info,
+        fit_auroc=auroc(labels[ok], p[ok]),
+        fit_ece=ece(labels[ok], p[ok]),
+        fit_ece_before_platt=ece_before,
+        platt=platt,
+        prior_shift=shift,
+        sources=sorted(set(machine)),
+        thresholds=oof_thresholds(z, labels, platt, shift),
+    )
     # the shift applies to the logit of the bounded probability, so it is an offset after the bounds
     domain, radius = fit_domain(signals, labels, sorted({base_signal(f) for f in combiner.features}), DOMAIN_QUANTILE)
     return replace(combiner, offset=shift, info=info, domain=domain, domain_radius=radius)
 
 
-def choose_l2(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,
-              seed: int = 0) -> tuple[Candidate, np.ndarray, dict[str, float], dict[str, float]]:
+def choose_l2(
+    signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *, seed: int = 0
+) -> tuple[Candidate, np.ndarray, dict[str, float], dict[str, float]]:
     """`candidate` at the L2 strength, among `L2_SCALES` multiples of its own, whose out-of-fold logits
     predict best once Platt-scaled (the strongest within `L2_TOLERANCE` of the lowest log loss). Returns it,
     those logits, their Platt step (`fit_platt(floor=True)`) and the log loss of every multiple tried."""
@@ -296,8 +370,9 @@ def choose_l2(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Can
     return cand, z, platt, losses
 
 
-def out_of_fold_logits(signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *,
-                       folds: int = 5, seed: int = 0) -> np.ndarray:
+def out_of_fold_logits(
+    signals: dict[str, np.ndarray], labels: np.ndarray, candidate: Candidate, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
     """The combined logit of every row from a fit of `candidate` on the other folds (NaN where a feature is)."""
     y = np.asarray(labels)
     fold = np.random.default_rng(seed).permutation(len(y)) % folds
@@ -306,24 +381,47 @@ def out_of_fold_logits(signals: dict[str, np.ndarray], labels: np.ndarray, candi
         fit = fold != k
         if len(np.unique(y[fit])) < 2:
             continue
-        c = fit_combiner({n: np.asarray(v)[fit] for n, v in signals.items()}, y[fit], candidate.features,
-                         l2=candidate.l2_for(int(fit.sum())), signs=FEATURE_SIGNS)
+        c = fit_combiner(
+            {n: np.asarray(v)[fit] for n, v in signals.items()},
+            y[fit],
+            candidate.features,
+            l2=candidate.l2_for(int(fit.sum())),
+            signs=FEATURE_SIGNS,
+        )
         z[~fit] = c.logit({n: np.asarray(v)[~fit] for n, v in signals.items()})
     return z
 
 
-def fit_calibration(G, D, tok: ReviewTokenizer, val_df: pd.DataFrame, *, ref=None,
-                    wordlm: WordNgramLM | None = None, seed: int = 0,
-                    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
-                    max_rows: int | None = CALIBRATION_ROWS,
-                    log: Callable[[str], None] = print) -> Calibration:
+def fit_calibration(
+    G,
+    D,
+    tok: ReviewTokenizer,
+    val_df: pd.DataFrame,
+    *,
+    ref=None,
+    wordlm: WordNgramLM | None = None,
+    seed: int = 0,
+    temperatures: Sequence[float | SamplingSetting] = DETECTOR_SETTINGS,
+    max_rows: int | None = CALIBRATION_ROWS,
+    log: Callable[[str], None] = print,
+) -> Calibration:
     """The training-end calibration: `calibrate` against samples from G and the MLE reference `ref`, with
     the detector over G's (and the reference's) LM statistics and the word statistics under `wordlm`.
     It never raises: a failed fit is logged with its traceback and gives D's raw logit, with the reason
     under "detector_error" (the scorer reports it as its mode), so the trained model is still written."""
     try:
-        calib = calibrate(D, tok, val_df, [G] + ([ref] if ref is not None and ref is not G else []), G=G, ref=ref,
-                          wordlm=wordlm, seed=seed, temperatures=temperatures, max_rows=max_rows)
+        calib = calibrate(
+            D,
+            tok,
+            val_df,
+            [G] + ([ref] if ref is not None and ref is not G else []),
+            G=G,
+            ref=ref,
+            wordlm=wordlm,
+            seed=seed,
+            temperatures=temperatures,
+            max_rows=max_rows,
+        )
     except Exception as e:  # noqa: BLE001 - a failed scorer fit must never lose the trained model
         reason = f"{type(e).__name__}: {e}"
         log(f"scorer calibration failed; the model will score with D alone ({reason})\n{traceback.format_exc()}")
@@ -348,7 +446,9 @@ def describe_detector(doc: Mapping[str, Any]) -> str:
     for lang, c in det.combiners.items():
         i = c.info
         held = i.get("worst_held_out_auroc", {}).get(i.get("candidate"), float("nan"))
-        out.append(f"[{lang}] {i.get('candidate')} (L2 x{i.get('l2_scale', 1.0):g}, worst held-out-source AUROC "
-                   f"{held:.3f}, fit AUROC {i.get('fit_auroc', float('nan')):.3f}, "
-                   f"ECE {i.get('fit_ece', float('nan')):.3f})")
+        out.append(
+            f"[{lang}] {i.get('candidate')} (L2 x{i.get('l2_scale', 1.0):g}, worst held-out-source AUROC "
+            f"{held:.3f}, fit AUROC {i.get('fit_auroc', float('nan')):.3f}, "
+            f"ECE {i.get('fit_ece', float('nan')):.3f})"
+        )
     return "; ".join(out)

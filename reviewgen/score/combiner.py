@@ -89,8 +89,9 @@ class Combiner:
             zf = z[fin]
             with np.errstate(divide="ignore"):  # log(0) = -inf for a floor of 0 or a ceiling of 1
                 log_f, log_c, log_span = np.log(self.floor), np.log1p(-self.ceiling), np.log(self.ceiling - self.floor)
-            z[fin] = np.logaddexp(log_f, log_span - np.logaddexp(0.0, -zf)) - \
-                np.logaddexp(log_c, log_span - np.logaddexp(0.0, zf))
+            z[fin] = np.logaddexp(log_f, log_span - np.logaddexp(0.0, -zf)) - np.logaddexp(
+                log_c, log_span - np.logaddexp(0.0, zf)
+            )
         z = z + self.offset
         if self.domain:
             # a claim of human authorship needs human-like signals: outside the fit set's human rows it moves
@@ -116,8 +117,9 @@ class Combiner:
     def to_dict(self) -> dict[str, Any]:
         """Plain data with a format tag (what `to_json` writes and `from_dict` reads)."""
         d = asdict(self)
-        d["features"], d["mean"], d["scale"], d["weights"] = (list(d[k])
-                                                              for k in ("features", "mean", "scale", "weights"))
+        d["features"], d["mean"], d["scale"], d["weights"] = (
+            list(d[k]) for k in ("features", "mean", "scale", "weights")
+        )
         d["centers"] = {k: [float(v[0]), float(v[1])] for k, v in d["centers"].items()}
         d["domain"] = {k: [float(v[0]), float(v[1])] for k, v in d["domain"].items()}
         d["info"] = json.loads(json.dumps(d["info"], default=float))
@@ -149,17 +151,27 @@ class Combiner:
             got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise CombinerError(f"{source}: format {got!r} is not {COMBINER_FORMAT!r}")
         try:
-            c = cls(tuple(d["features"]), tuple(map(float, d["mean"])), tuple(map(float, d["scale"])),
-                    tuple(map(float, d["weights"])), float(d["bias"]), d.get("info", {}),
-                    {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()},
-                    float(d.get("floor", 0.0)), float(d.get("ceiling", 1.0)), float(d.get("offset", 0.0)),
-                    {k: (float(v[0]), float(v[1])) for k, v in d.get("domain", {}).items()},
-                    float(d.get("domain_radius", 0.0)))
+            c = cls(
+                tuple(d["features"]),
+                tuple(map(float, d["mean"])),
+                tuple(map(float, d["scale"])),
+                tuple(map(float, d["weights"])),
+                float(d["bias"]),
+                d.get("info", {}),
+                {k: (float(v[0]), float(v[1])) for k, v in d.get("centers", {}).items()},
+                float(d.get("floor", 0.0)),
+                float(d.get("ceiling", 1.0)),
+                float(d.get("offset", 0.0)),
+                {k: (float(v[0]), float(v[1])) for k, v in d.get("domain", {}).items()},
+                float(d.get("domain_radius", 0.0)),
+            )
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise CombinerError(f"{source}: missing or malformed field ({e!r})") from e
         if not (0.0 <= c.floor < 0.5 < c.ceiling <= 1.0 and np.isfinite(c.offset)):
-            raise CombinerError(f"{source}: need 0 <= floor < 0.5 < ceiling <= 1 and a finite offset, got floor "
-                                f"{c.floor}, ceiling {c.ceiling}, offset {c.offset}")
+            raise CombinerError(
+                f"{source}: need 0 <= floor < 0.5 < ceiling <= 1 and a finite offset, got floor "
+                f"{c.floor}, ceiling {c.ceiling}, offset {c.offset}"
+            )
         if not len(c.features) == len(c.mean) == len(c.scale) == len(c.weights):
             raise CombinerError(f"{source}: features, mean, scale and weights differ in length")
         if c.domain and not (c.domain_radius > 0 and all(v[1] > 0 for v in c.domain.values())):
@@ -206,8 +218,11 @@ class Detector:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with a format tag."""
-        return {"format": DETECTOR_FORMAT, "by_language": {k: c.to_dict() for k, c in self.combiners.items()},
-                "info": json.loads(json.dumps(self.info, default=float))}
+        return {
+            "format": DETECTOR_FORMAT,
+            "by_language": {k: c.to_dict() for k, c in self.combiners.items()},
+            "info": json.loads(json.dumps(self.info, default=float)),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "detector") -> "Detector":
@@ -221,8 +236,9 @@ class Detector:
         return cls({str(k): Combiner.from_dict(v, f"{source} [{k}]") for k, v in by.items()}, d.get("info", {}))
 
 
-def fit_domain(signals: Mapping[str, np.ndarray], labels: np.ndarray, names: Sequence[str],
-               quantile: float = 0.99) -> tuple[dict[str, tuple[float, float]], float]:
+def fit_domain(
+    signals: Mapping[str, np.ndarray], labels: np.ndarray, names: Sequence[str], quantile: float = 0.99
+) -> tuple[dict[str, tuple[float, float]], float]:
     """The human rows' centre and spread of each signal in `names` (median and 1.4826 MAD, robust to the
     odd outlier; the standard deviation where most rows share one value, as `mixed_script` does) and the
     `quantile` of their RMS z-distance from it: `Combiner.domain` and `domain_radius`."""
@@ -238,9 +254,15 @@ def fit_domain(signals: Mapping[str, np.ndarray], labels: np.ndarray, names: Seq
     return {k: (float(ci), float(si)) for k, ci, si in zip(names, c, s)}, float(max(np.quantile(d, quantile), 1e-6))
 
 
-def fit_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequence[str], *,
-                 l2: float = 1e-2, signs: Mapping[str, int] | None = None,
-                 info: Mapping[str, Any] | None = None) -> Combiner:
+def fit_combiner(
+    signals: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    features: Sequence[str],
+    *,
+    l2: float = 1e-2,
+    signs: Mapping[str, int] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Combiner:
     """Fit on rows with every feature finite. `labels`: 1 = human, 0 = machine-written.
 
     `signs` fixes the direction of features whose meaning is known (+1: larger means more human): a
@@ -270,8 +292,9 @@ def _fit(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequen
             if len(h) < 2:
                 raise CombinerError(f"fit_combiner: too few human rows with a finite {base_signal(f)}")
             centers[base_signal(f)] = (float(h.mean()), float(max(h.std(), 1e-8)))
-    probe = Combiner(tuple(features), (0.0,) * len(features), (1.0,) * len(features), (0.0,) * len(features), 0.0,
-                     centers=centers)
+    probe = Combiner(
+        tuple(features), (0.0,) * len(features), (1.0,) * len(features), (0.0,) * len(features), 0.0, centers=centers
+    )
     x = probe.matrix(signals)
     ok = np.isfinite(x).all(axis=1)
     x, y = x[ok], y[ok]
@@ -294,8 +317,15 @@ def _fit(signals: Mapping[str, np.ndarray], labels: np.ndarray, features: Sequen
     opt.step(closure)
     w = params.detach().numpy()
     meta = {"n": int(len(y)), "n_human": int(y.sum()), "l2": l2}
-    return Combiner(tuple(features), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, w[1:])),
-                    float(w[0]), meta, centers)
+    return Combiner(
+        tuple(features),
+        tuple(map(float, mean)),
+        tuple(map(float, scale)),
+        tuple(map(float, w[1:])),
+        float(w[0]),
+        meta,
+        centers,
+    )
 
 
 @dataclass(frozen=True)
@@ -315,10 +345,18 @@ class Candidate:
         return self.l2 / max(rows, 1) if self.per_row else self.l2
 
 
-def select_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, groups: Sequence[str],
-                    candidates: Sequence[Candidate], splits: Sequence[tuple[set[str], set[str]]], *,
-                    signs: Mapping[str, int] | None = None, tolerance: float = 0.01, seed: int = 0,
-                    info: Mapping[str, Any] | None = None) -> Combiner:
+def select_combiner(
+    signals: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    groups: Sequence[str],
+    candidates: Sequence[Candidate],
+    splits: Sequence[tuple[set[str], set[str]]],
+    *,
+    signs: Mapping[str, int] | None = None,
+    tolerance: float = 0.01,
+    seed: int = 0,
+    info: Mapping[str, Any] | None = None,
+) -> Combiner:
     """The candidate that best separates machine text it was not fitted on, refitted on every row.
 
     `groups[i]` names the source of machine-written row i (e.g. "G:plain"; ignored for human rows). Each
@@ -348,6 +386,11 @@ def select_combiner(signals: Mapping[str, np.ndarray], labels: np.ndarray, group
     worst = {n: min(per.values()) if per else float("nan") for n, per in scores.items()}
     best = max((v for v in worst.values() if np.isfinite(v)), default=float("nan"))
     chosen = next((c for c in candidates if np.isfinite(best) and worst[c.name] >= best - tolerance), candidates[0])
-    return fit_combiner(signals, y, chosen.features, l2=chosen.l2_for(len(y)), signs=signs,
-                        info={"candidate": chosen.name, "held_out_auroc": scores, "worst_held_out_auroc": worst,
-                              **dict(info or {})})
+    return fit_combiner(
+        signals,
+        y,
+        chosen.features,
+        l2=chosen.l2_for(len(y)),
+        signs=signs,
+        info={"candidate": chosen.name, "held_out_auroc": scores, "worst_held_out_auroc": worst, **dict(info or {})},
+    )

@@ -38,8 +38,7 @@ from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, review_mask
 
-STATISTICS = ("mean_logprob", "mean_log_rank", "top1_share", "top10_share", "mean_entropy", "binoculars",
-              "fast_detect")
+STATISTICS = ("mean_logprob", "mean_log_rank", "top1_share", "top10_share", "mean_entropy", "binoculars", "fast_detect")
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,7 @@ class LMStatistics:
         if not parts:
             empty = np.zeros(0, dtype=np.float64)
             return LMStatistics(*([empty] * len(STATISTICS)), n_tokens=np.zeros(0, dtype=np.int64))
-        return LMStatistics(**{k: np.concatenate([getattr(p, k) for p in parts])
-                               for k in (*STATISTICS, "n_tokens")})
+        return LMStatistics(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in (*STATISTICS, "n_tokens")})
 
 
 # positions x vocabulary entries per chunk of the statistics: 8 MB of fp32 logits stays in a CPU's cache
@@ -74,8 +72,9 @@ class LMStatistics:
 CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
 
 
-def token_statistics(logits: torch.Tensor, targets: torch.Tensor,
-                     ref_logits: torch.Tensor | None = None) -> torch.Tensor:
+def token_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, ref_logits: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-position statistics [5, n] from G's logits [n, V] for `targets` [n] (and the reference's
     logits [n, V]): log p(target), the target's rank (tokens strictly more likely), G's entropy, the
     cross-entropy E_q[-log p] and the variance Var_q[log p], with q the reference's distribution (G's own
@@ -118,18 +117,25 @@ def per_review(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> LMStati
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = log_ppl / np.maximum(x_ent, 1e-6)
     fast = (total(logp) + total(cross)) / total(var).clamp_min(1e-6).sqrt()
-    return LMStatistics(mean_logprob=-log_ppl, mean_log_rank=mean(torch.log1p(rank)),
-                        top1_share=mean((rank < 1).double()), top10_share=mean((rank < 10).double()),
-                        mean_entropy=mean(entropy), binoculars=ratio,
-                        fast_detect=torch.where(n > 0, fast, nan).cpu().numpy(), n_tokens=n.long().cpu().numpy())
+    return LMStatistics(
+        mean_logprob=-log_ppl,
+        mean_log_rank=mean(torch.log1p(rank)),
+        top1_share=mean((rank < 1).double()),
+        top10_share=mean((rank < 10).double()),
+        mean_entropy=mean(entropy),
+        binoculars=ratio,
+        fast_detect=torch.where(n > 0, fast, nan).cpu().numpy(),
+        n_tokens=n.long().cpu().numpy(),
+    )
 
 
 def _chunk_rows(device: torch.device, vocab: int) -> int:
     return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // vocab)
 
 
-def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                  ref_logits: torch.Tensor | None = None) -> LMStatistics:
+def lm_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ref_logits: torch.Tensor | None = None
+) -> LMStatistics:
     """The statistics from G's logits [B, R, V] predicting `targets` [B, R] where `mask` [B, R] is true.
 
     `ref_logits` (same shape) gives the second model of the Binoculars ratio and the sampling model of the
@@ -139,8 +145,10 @@ def lm_statistics(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     x, t = logits[mask].float(), targets[mask]
     r = ref_logits[mask].float() if ref_logits is not None else None
     step = _chunk_rows(x.device, x.shape[-1])
-    parts = [token_statistics(x[s:s + step], t[s:s + step], None if r is None else r[s:s + step])
-             for s in range(0, len(t), step)]
+    parts = [
+        token_statistics(x[s : s + step], t[s : s + step], None if r is None else r[s : s + step])
+        for s in range(0, len(t), step)
+    ]
     values = torch.cat(parts, 1) if parts else torch.zeros(5, 0)
     return per_review(values, rows, mask.shape[0])
 
@@ -154,8 +162,9 @@ def head_weights(G, ref, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.inference_mode()
-def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None,
-                        heads: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> LMStatistics:
+def batch_lm_statistics(
+    G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None, heads: tuple[torch.Tensor, torch.Tensor | None] | None = None
+) -> LMStatistics:
     """`lm_statistics` for one encoded batch of (condition, review) rows `ids` [B, T] on G's device.
     `heads`: G's and ref's LM-head weights already in the inference dtype (`head_weights`), for a caller
     scoring many batches with the same networks; otherwise they are cast here.
@@ -180,9 +189,9 @@ def batch_lm_statistics(G, tok: ReviewTokenizer, ids: torch.Tensor, ref=None,
     step = _chunk_rows(dev, w.shape[0])
     parts = []
     for s in range(0, len(t), step):
-        h, tt = hg[s:s + step], t[s:s + step]
+        h, tt = hg[s : s + step], t[s : s + step]
         x = (h.to(dtype) @ wg.T).float()
-        r = (hr[s:s + step].to(dtype) @ wr.T).float() if ref is not None else None
+        r = (hr[s : s + step].to(dtype) @ wr.T).float() if ref is not None else None
         exact = (h.float() * w[tt].float()).sum(-1)
         x.scatter_(1, tt.unsqueeze(1), exact.unsqueeze(1))
         parts.append(token_statistics(x, tt, r))

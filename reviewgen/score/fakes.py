@@ -30,15 +30,21 @@ class SamplingSetting:
     @property
     def label(self) -> str:
         """e.g. "T=1", "T=1,top_k=40", "T=1,top_p=0.9"."""
-        return f"T={self.temperature:g}" + (f",top_k={self.top_k}" if self.top_k > 0 else "") + \
-            (f",top_p={self.top_p:g}" if self.top_p < 1.0 else "")
+        return (
+            f"T={self.temperature:g}"
+            + (f",top_k={self.top_k}" if self.top_k > 0 else "")
+            + (f",top_p={self.top_p:g}" if self.top_p < 1.0 else "")
+        )
 
 
 # evenly over 0.7-1.3: the top-k and top-p settings also sample at T=1.0, so fewer temperatures would let
 # T=1.0 dominate the fit and leave the ends of the range the worst calibrated
 CALIBRATION_TEMPERATURES = (0.7, 0.85, 1.0, 1.15, 1.3)
-DETECTOR_SETTINGS = (*(SamplingSetting(t) for t in CALIBRATION_TEMPERATURES), SamplingSetting(1.0, top_k=40),
-                     SamplingSetting(1.0, top_p=0.9))
+DETECTOR_SETTINGS = (
+    *(SamplingSetting(t) for t in CALIBRATION_TEMPERATURES),
+    SamplingSetting(1.0, top_k=40),
+    SamplingSetting(1.0, top_p=0.9),
+)
 
 
 def as_setting(s: float | SamplingSetting) -> SamplingSetting:
@@ -46,9 +52,16 @@ def as_setting(s: float | SamplingSetting) -> SamplingSetting:
     return s if isinstance(s, SamplingSetting) else SamplingSetting(float(s))
 
 
-def sample_fake_sources(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],
-                        settings: Sequence[float | SamplingSetting], *, seed: int, key_prefix: str,
-                        n: int | None = None) -> list[tuple[int, SamplingSetting, list[str], list[Condition]]]:
+def sample_fake_sources(
+    generators: Sequence[Any],
+    tok: ReviewTokenizer,
+    conds: Sequence[Condition],
+    settings: Sequence[float | SamplingSetting],
+    *,
+    seed: int,
+    key_prefix: str,
+    n: int | None = None,
+) -> list[tuple[int, SamplingSetting, list[str], list[Condition]]]:
     """`sample_fakes` kept apart by source: [(generator index, setting, texts, conditions)]."""
     if not conds or not generators or not settings:
         raise ValueError("sample_fakes: need at least one condition, generator and sampling setting")
@@ -61,15 +74,31 @@ def sample_fake_sources(generators: Sequence[Any], tok: ReviewTokenizer, conds: 
         g, s = generators[gi], as_setting(settings[si])
         c = [conds[i % len(conds)] for i in idx]
         keys = [f"{key_prefix}:{gi}:{si}:{i}" for i in idx]
-        texts = generate_texts(g, tok, c, keys, seed=seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                               device=next(unwrap(g).parameters()).device)
+        texts = generate_texts(
+            g,
+            tok,
+            c,
+            keys,
+            seed=seed,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            device=next(unwrap(g).parameters()).device,
+        )
         out.append((gi, s, texts, c))
     return out
 
 
-def sample_fakes(generators: Sequence[Any], tok: ReviewTokenizer, conds: Sequence[Condition],
-                 temperatures: Sequence[float | SamplingSetting], *, seed: int, key_prefix: str,
-                 n: int | None = None) -> tuple[list[str], list[Condition]]:
+def sample_fakes(
+    generators: Sequence[Any],
+    tok: ReviewTokenizer,
+    conds: Sequence[Condition],
+    temperatures: Sequence[float | SamplingSetting],
+    *,
+    seed: int,
+    key_prefix: str,
+    n: int | None = None,
+) -> tuple[list[str], list[Condition]]:
     """`n` generated reviews (default: one per condition) spread evenly over every (generator, sampling
     setting) pair, each for a condition taken in turn from `conds`: the negatives of the scorer's
     calibration and of evaluation's TF-IDF baseline. A setting is a `SamplingSetting` or a plain

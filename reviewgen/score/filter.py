@@ -22,8 +22,17 @@ from reviewgen.core.text import PII_KINDS, detect_language, find_pii
 from reviewgen.core.tokenizer import ReviewTokenizer
 
 # Checked in this order; a rejected review's reason is the first that applies.
-REASONS = ("empty", "broken_text", "too_short", "too_long", "pii", "language_mismatch", "memorized", "low_score",
-           "watermark_weak")
+REASONS = (
+    "empty",
+    "broken_text",
+    "too_short",
+    "too_long",
+    "pii",
+    "language_mismatch",
+    "memorized",
+    "low_score",
+    "watermark_weak",
+)
 # Cleaning replaces PII in training text with these, so a model can learn to write them.
 PII_PLACEHOLDERS = ("<email>", "<url>", "<phone>", "<handle>")
 
@@ -69,8 +78,10 @@ class FilterConfig:
         if ngram_n is None or not self.check_copy:
             return self
         if span is not None and span < ngram_n:
-            raise ConfigError(f"filter: max_copy_span {span} is below the model's n-gram size {ngram_n}: the "
-                              f"index cannot see shorter copies (set it >= {ngram_n}, or unset for {ngram_n})")
+            raise ConfigError(
+                f"filter: max_copy_span {span} is below the model's n-gram size {ngram_n}: the "
+                f"index cannot see shorter copies (set it >= {ngram_n}, or unset for {ngram_n})"
+            )
         return replace(self, max_copy_span=ngram_n if span is None else span)
 
 
@@ -146,8 +157,9 @@ class ReviewFilter:
         config = config.resolved(n)
         return cls(config, tokenizer, NGramIndex.load(Path(model_dir) / NGRAM_FILE) if n is not None else None)
 
-    def judge(self, scored: Mapping[str, Any], texts: Sequence[str | None],
-              languages: Sequence[str | None]) -> list[Judged]:
+    def judge(
+        self, scored: Mapping[str, Any], texts: Sequence[str | None], languages: Sequence[str | None]
+    ) -> list[Judged]:
         """The filter over the scorer's result for the same texts (`Scorer.score_texts`): p_human (None
         where not finite) meets min_score, the watermark's detection ("ours") meets require_watermark, and
         the scorer's unscorable reason leads the reasons. The nightly job and the scoring endpoint both
@@ -156,10 +168,15 @@ class ReviewFilter:
         verdicts = self.check(texts, languages=languages, scores=p_human, watermark_ours=scored["ours"])
         return [Judged(p, v, tuple(v.reasons_with(why))) for p, v, why in zip(p_human, verdicts, scored["reason"])]
 
-    def check(self, texts: Sequence[str | None], *, languages: Sequence[str | None] | None = None,
-              scores: Sequence[float | None] | None = None,
-              token_ids: Sequence[Sequence[int]] | None = None,
-              watermark_ours: Sequence[bool | None] | None = None) -> list[Verdict]:
+    def check(
+        self,
+        texts: Sequence[str | None],
+        *,
+        languages: Sequence[str | None] | None = None,
+        scores: Sequence[float | None] | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+        watermark_ours: Sequence[bool | None] | None = None,
+    ) -> list[Verdict]:
         """One verdict per text. `languages`: each review's expected language (None: not checked);
         `scores`: calibrated p_human (None: not checked); `token_ids`: the review tokens when the caller
         already has them (else the texts are tokenised here, in one batch); `watermark_ours`: whether each
@@ -177,8 +194,9 @@ class ReviewFilter:
         wm = watermark_ours if watermark_ours is not None else [None] * n
         return [self._one(t, lang, sc, ids, w) for t, lang, sc, ids, w in zip(texts, languages, scores, token_ids, wm)]
 
-    def _one(self, text: str, lang: str | None, score: float | None, ids: Sequence[int],
-             watermark_ours: bool | None = None) -> Verdict:
+    def _one(
+        self, text: str, lang: str | None, score: float | None, ids: Sequence[int], watermark_ours: bool | None = None
+    ) -> Verdict:
         c, reasons = self.config, []
         stripped = text.strip()
         if not stripped:
@@ -202,5 +220,11 @@ class ReviewFilter:
             reasons.append("low_score")
         if c.require_watermark and not watermark_ours:
             reasons.append("watermark_weak")
-        return Verdict(tuple(reasons), len(ids), detected, span, self.max_copy_span if span is not None else None,
-                       pii if pii is None else {k: int(pii.get(k, 0)) for k in PII_KINDS})
+        return Verdict(
+            tuple(reasons),
+            len(ids),
+            detected,
+            span,
+            self.max_copy_span if span is not None else None,
+            pii if pii is None else {k: int(pii.get(k, 0)) for k in PII_KINDS},
+        )

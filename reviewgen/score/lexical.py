@@ -76,8 +76,9 @@ def _mix(h: np.ndarray, kind: int) -> np.ndarray:
     return h ^ (h >> _U64(33))
 
 
-def _ngram_hashes(codes: np.ndarray, doc: np.ndarray, lo: int, hi: int, kind: int,
-                  valid=None) -> tuple[np.ndarray, np.ndarray]:
+def _ngram_hashes(
+    codes: np.ndarray, doc: np.ndarray, lo: int, hi: int, kind: int, valid=None
+) -> tuple[np.ndarray, np.ndarray]:
     """(doc, 64-bit hash) of every n-gram, lo <= n <= hi, of the sequence `codes` that stays within one doc
     (and passes `valid(start, n)`); an n-gram of kind k and length n is seeded with 8 * n + k."""
     docs, hashes = [], []
@@ -86,10 +87,10 @@ def _ngram_hashes(codes: np.ndarray, doc: np.ndarray, lo: int, hi: int, kind: in
         m = len(codes) - n + 1
         if m <= 0:
             break
-        h = h[:m] * _PRIME + codes[n - 1:]  # the polynomial over codes[i:i+n]
+        h = h[:m] * _PRIME + codes[n - 1 :]  # the polynomial over codes[i:i+n]
         if n < lo:
             continue
-        ok = doc[:m] == doc[n - 1:]
+        ok = doc[:m] == doc[n - 1 :]
         if valid is not None:
             ok &= valid(m, n)
         docs.append(doc[:m][ok])
@@ -106,8 +107,9 @@ def _word_hashes(texts: Sequence[str], settings: LexicalSettings) -> tuple[np.nd
     words, doc = [], []
     for i, t in enumerate(texts):
         ws = _WORD.findall(t)
-        words.extend(cache[w] if w in cache else cache.setdefault(w, zlib.crc32(w.encode("utf-8", "surrogatepass")))
-                     for w in ws)
+        words.extend(
+            cache[w] if w in cache else cache.setdefault(w, zlib.crc32(w.encode("utf-8", "surrogatepass"))) for w in ws
+        )
         doc.extend([i] * len(ws))
     return _ngram_hashes(np.asarray(words, dtype=_U64), np.asarray(doc, dtype=np.int64), *settings.word_ngrams, 0)
 
@@ -209,9 +211,14 @@ class LexicalModel:
     def save(self, path: str | Path) -> None:
         """Write a pickle-free .npz (to exactly `path`)."""
         with open(path, "wb") as fh:
-            np.savez_compressed(fh, format=np.array(FORMAT), settings=np.array(self.settings.to_json()),
-                                idf=self.idf.astype(np.float32), weights=self.weights.astype(np.float32),
-                                bias=np.array([self.bias], dtype=np.float64))
+            np.savez_compressed(
+                fh,
+                format=np.array(FORMAT),
+                settings=np.array(self.settings.to_json()),
+                idf=self.idf.astype(np.float32),
+                weights=self.weights.astype(np.float32),
+                bias=np.array([self.bias], dtype=np.float64),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> "LexicalModel":
@@ -232,14 +239,16 @@ class LexicalModel:
         return cls(settings, idf, w, b)
 
 
-def fit_lexical(counts: HashedCounts, labels: np.ndarray,
-                settings: LexicalSettings = LexicalSettings()) -> LexicalModel:
+def fit_lexical(
+    counts: HashedCounts, labels: np.ndarray, settings: LexicalSettings = LexicalSettings()
+) -> LexicalModel:
     """Fit smoothed idf, log((1 + n) / (1 + df)) + 1, and the logistic model on hashed counts (`labels`:
     1 = human, 0 = machine-written). Only the buckets the fit set has are optimised; the rest keep weight 0."""
     y = np.asarray(labels, dtype=np.float64)
     if counts.rows != len(y) or len(np.unique(y)) < 2:
-        raise LexicalError(f"fit_lexical needs one label per row and both classes "
-                           f"({counts.rows} rows, {len(y)} labels)")
+        raise LexicalError(
+            f"fit_lexical needs one label per row and both classes ({counts.rows} rows, {len(y)} labels)"
+        )
     idf = np.log((1.0 + counts.rows) / (1.0 + np.bincount(counts.indices, minlength=settings.buckets))) + 1.0
     used, cols = np.unique(counts.indices, return_inverse=True)
     rows, vals = counts.row_ids(), tfidf_values(counts, idf)

@@ -16,8 +16,9 @@ from reviewgen.core.model_dir import Calibration
 MAX_FLOOR = 0.1
 
 
-def fit_platt(logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
-              smooth_targets: bool = False, floor: bool = False) -> dict[str, float]:
+def fit_platt(
+    logits: np.ndarray, labels: np.ndarray, l2: float = 1e-3, smooth_targets: bool = False, floor: bool = False
+) -> dict[str, float]:
     """Fit p = sigmoid(scale * logit + bias) by minimising log loss (LBFGS). `smooth_targets`: Platt's own
     targets, (n_pos + 1) / (n_pos + 2) and 1 / (n_neg + 2) instead of 1 and 0, which keep the scale finite
     when the logits separate the classes perfectly (as a small fit set can), so p never claims certainty.

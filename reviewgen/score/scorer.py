@@ -73,8 +73,15 @@ def review_conditions(reviews: Sequence[dict[str, Any]]) -> list[Condition]:
         rating = int(rating) if rating is not None and not pd.isna(rating) and 1 <= int(rating) <= 5 else None
         text = r.get("text")
         lang = r.get("language") or detect_language("" if text is None or pd.isna(text) else str(text))
-        out.append(Condition(title=str(r.get("product_title") or ""), category=str(r.get("category") or ""),
-                             rating=rating, sentiment=None if rating else "neutral", language=lang))
+        out.append(
+            Condition(
+                title=str(r.get("product_title") or ""),
+                category=str(r.get("category") or ""),
+                rating=rating,
+                sentiment=None if rating else "neutral",
+                language=lang,
+            )
+        )
     return out
 
 
@@ -131,14 +138,18 @@ class Scorer:
         # p_human thresholds per language (`reviewgen.score.thresholds`); only for the p_human they were
         # fitted on, so a detector model that falls back to D alone has none
         calib = self.calibration
-        self.thresholds: dict[str, dict[str, float]] = ({} if calib is None or calib.detector is not None
-                                                        else {k: dict(v) for k, v in calib.thresholds.items()})
+        self.thresholds: dict[str, dict[str, float]] = (
+            {} if calib is None or calib.detector is not None else {k: dict(v) for k, v in calib.thresholds.items()}
+        )
         # a shop's own labels (`reviewgen calibrate`): per language, over the zero-shot logit and a lexical model
         self.adapted = AdaptedDetector.load(ckpt.path, calib.adapted) if calib and calib.adapted else None
         if calib is None or calib.detector is None:
             err = calib.detector_error if calib is not None else None
-            self.mode = f"discriminator-only (detector fit failed: {err})" if err else \
-                "discriminator-only (model predates LM statistics)"
+            self.mode = (
+                f"discriminator-only (detector fit failed: {err})"
+                if err
+                else "discriminator-only (model predates LM statistics)"
+            )
             return
         if self.ref is None:
             self.mode = "discriminator-only (model has no reference.safetensors)"
@@ -157,12 +168,15 @@ class Scorer:
                 raise CombinerError(f"{e} (delete its 'detector' entry to score with D alone)") from e
         self.detector = detector
         self.thresholds = {k: dict(v) for k, v in calib.thresholds.items()}
-        self.mode = f"detector: {', '.join(detector.features)}" + (
-            f" (per language: {', '.join(sorted(detector.combiners))})" if len(detector.combiners) > 1 else "") + (
-            f"; adapted to labels for {', '.join(self.adapted.languages)}" if self.adapted is not None else "")
+        self.mode = (
+            f"detector: {', '.join(detector.features)}"
+            + (f" (per language: {', '.join(sorted(detector.combiners))})" if len(detector.combiners) > 1 else "")
+            + (f"; adapted to labels for {', '.join(self.adapted.languages)}" if self.adapted is not None else "")
+        )
 
-    def score_texts(self, conds: Sequence[Condition], texts: Sequence[str | None],
-                    batch_size: int = 64) -> dict[str, Any]:
+    def score_texts(
+        self, conds: Sequence[Condition], texts: Sequence[str | None], batch_size: int = 64
+    ) -> dict[str, Any]:
         """Score texts under their conditions: {"p_human" [N] (NaN where unscorable), "logit" [N] (the
         combined logit, or D's raw logit without a detector; the adapted one where `reviewgen calibrate`
         adapted the review's language), "zero_shot_logit" [N] (the logit before that adaptation),
@@ -175,17 +189,31 @@ class Scorer:
             raise ValueError(f"score_texts: {len(conds)} conditions for {n} texts")
         reasons = [unscorable_reason(t) for t in texts]
         ok = [i for i, r in enumerate(reasons) if r is None]
-        out: dict[str, Any] = {"p_human": np.full(n, np.nan), "logit": np.full(n, np.nan),
-                               "zero_shot_logit": np.full(n, np.nan),
-                               "rating_pred": np.full(n, -1, dtype=np.int64), "reason": reasons,
-                               **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)},
-                               **{k: [None] * n for k in MACHINE_FLAGS}}
+        out: dict[str, Any] = {
+            "p_human": np.full(n, np.nan),
+            "logit": np.full(n, np.nan),
+            "zero_shot_logit": np.full(n, np.nan),
+            "rating_pred": np.full(n, -1, dtype=np.int64),
+            "reason": reasons,
+            **{k: np.full(n, np.nan) for k in (*REPORTED_SIGNALS, *SIGNALS)},
+            **{k: [None] * n for k in MACHINE_FLAGS},
+        }
         out.update(self.watermark_fields(texts))
         if not ok:
             return out
         ok_conds = [conds[i] for i in ok]
-        sig = review_signals(self.D, self.G, self.tok, ok_conds, [str(texts[i]) for i in ok], ref=self.ref,
-                             wordlm=self.wordlm, batch_size=batch_size, device=self.device, heads=self._heads)
+        sig = review_signals(
+            self.D,
+            self.G,
+            self.tok,
+            ok_conds,
+            [str(texts[i]) for i in ok],
+            ref=self.ref,
+            wordlm=self.wordlm,
+            batch_size=batch_size,
+            device=self.device,
+            heads=self._heads,
+        )
         if self.ref is None:
             sig["binoculars"] = np.full(len(ok), np.nan)  # without the reference it is not the fitted ratio
         d_prob = apply_calibration(sig["d_logit"], self.calibration)
@@ -213,8 +241,11 @@ class Scorer:
         out: dict[str, list] = {k: [None] * n for k in MACHINE_FLAGS}
         for i, pi, lang in zip(rows, p, languages):
             own = self.adapted.thresholds(lang) if self.adapted is not None else None
-            t = dict(zip(MACHINE_FLAGS, own)) if own is not None else \
-                (self.thresholds.get(lang or "") or self.thresholds.get(ANY_LANGUAGE))
+            t = (
+                dict(zip(MACHINE_FLAGS, own))
+                if own is not None
+                else (self.thresholds.get(lang or "") or self.thresholds.get(ANY_LANGUAGE))
+            )
             if t is not None and math.isfinite(pi):
                 for k in MACHINE_FLAGS:
                     out[k][i] = bool(pi < t[k]) if k in t else None
@@ -241,9 +272,15 @@ class Scorer:
             raise InputError(f"input has no {text_column!r} column (columns: {list(df.columns)})")
         rows = []
         for rec in df.to_dict("records"):
-            rows.append({"text": rec.get(text_column), "product_title": rec.get("product_title", rec.get("title")),
-                         "category": rec.get("category"), "rating": rec.get("rating"),
-                         "language": rec.get("language")})
+            rows.append(
+                {
+                    "text": rec.get(text_column),
+                    "product_title": rec.get("product_title", rec.get("title")),
+                    "category": rec.get("category"),
+                    "rating": rec.get("rating"),
+                    "language": rec.get("language"),
+                }
+            )
         res = self.score(rows)
         out = df.copy()
         out["p_human"] = res["p_human"]

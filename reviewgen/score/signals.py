@@ -40,9 +40,19 @@ def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def review_signals(D, G, tok: ReviewTokenizer, conds: Sequence[Condition], texts: Sequence[str], *, ref=None,
-                   wordlm: WordNgramLM | None = None, batch_size: int = 64, device="cpu",
-                   heads: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, np.ndarray]:
+def review_signals(
+    D,
+    G,
+    tok: ReviewTokenizer,
+    conds: Sequence[Condition],
+    texts: Sequence[str],
+    *,
+    ref=None,
+    wordlm: WordNgramLM | None = None,
+    batch_size: int = 64,
+    device="cpu",
+    heads: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> dict[str, np.ndarray]:
     """Every scorer signal (`SIGNALS`) plus rating_pred, one array [N] each: the texts are encoded once and
     each batch of similar length (`reviewgen.core.encoding.length_batches`) goes through D, G and the
     reference `ref` once; the word n-gram statistics come from `wordlm`. What is not computed is NaN: the

@@ -16,8 +16,9 @@ from reviewgen.score.platt import apply_calibration
 FALSE_ACCUSATION_RATES = {"machine_1pct": 0.01, "machine_5pct": 0.05}
 
 
-def machine_thresholds(p_human: np.ndarray, languages: Sequence[str | None],
-                       min_rows: int = 40) -> dict[str, dict[str, float]]:
+def machine_thresholds(
+    p_human: np.ndarray, languages: Sequence[str | None], min_rows: int = 40
+) -> dict[str, dict[str, float]]:
     """p_human thresholds that flag `FALSE_ACCUSATION_RATES` of these human reviews as machine-written:
     per language with at least `min_rows` reviews, and pooled (`ANY_LANGUAGE`)."""
     p = np.asarray(p_human, dtype=np.float64)

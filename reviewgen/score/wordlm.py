@@ -70,8 +70,13 @@ def _unit_ids(units: Sequence[str], cache: dict[str, int]) -> np.ndarray:
 
 def _windows(ids: np.ndarray) -> dict[str, np.ndarray]:
     """Keys of every n-gram of one padded review [BOS, BOS, units..., EOS], aligned per predicted unit."""
-    return {"uni": window_hashes(ids[2:], 1), "bi": window_hashes(ids[1:], 2), "tri": window_hashes(ids, 3),
-            "ctx1": window_hashes(ids[1:-1], 1), "ctx2": window_hashes(ids[:-1], 2)}
+    return {
+        "uni": window_hashes(ids[2:], 1),
+        "bi": window_hashes(ids[1:], 2),
+        "tri": window_hashes(ids, 3),
+        "ctx1": window_hashes(ids[1:-1], 1),
+        "ctx2": window_hashes(ids[:-1], 2),
+    }
 
 
 def _padded(units: Sequence[str], cache: dict[str, int]) -> np.ndarray:
@@ -85,8 +90,9 @@ class WordNgramLM:
         missing = set(_TABLES) - set(tables)
         if missing:
             raise WordLMError(f"word n-gram model lacks tables {sorted(missing)}")
-        self.tables = {k: (np.asarray(tables[k][0], dtype=np.uint64), np.asarray(tables[k][1], dtype=np.uint32))
-                       for k in _TABLES}
+        self.tables = {
+            k: (np.asarray(tables[k][0], dtype=np.uint64), np.asarray(tables[k][1], dtype=np.uint32)) for k in _TABLES
+        }
         self.total, self.vocab = int(total), int(vocab)
 
     @classmethod
@@ -142,8 +148,11 @@ class WordNgramLM:
         c2, c1 = self._count("ctx2", h2[q - 2]), self._count("ctx1", h1[q - 1])
         w3, w2, w1 = _WEIGHTS
         with np.errstate(divide="ignore", invalid="ignore"):
-            p = (w3 * np.where(c2 > 0, tri / c2, 0.0) + w2 * np.where(c1 > 0, bi / c1, 0.0)
-                 + w1 * (uni + 0.5) / (self.total + 0.5 * (self.vocab + 1)))
+            p = (
+                w3 * np.where(c2 > 0, tri / c2, 0.0)
+                + w2 * np.where(c1 > 0, bi / c1, 0.0)
+                + w1 * (uni + 0.5) / (self.total + 0.5 * (self.vocab + 1))
+            )
         n = lengths - 2
 
         def mean(x: np.ndarray) -> np.ndarray:

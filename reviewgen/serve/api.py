@@ -48,8 +48,13 @@ class BackendUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
 
-def error_response(status: int, code: str, message: str, fields: list[dict[str, str]] | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    fields: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A JSON error in the API's stable shape."""
     body: dict[str, Any] = {"status": status, "code": code, "message": message}
     if fields is not None:
@@ -122,41 +127,63 @@ class Flags(BaseModel):
     copied: bool | None = Field(None, description="copy_span >= the copy threshold; null if disabled")
     pii: dict[str, int] | None = Field(None, description="PII counts by kind; null if disabled")
     has_pii: bool | None = None
-    machine_1pct: bool | None = Field(None, description="p_human below the threshold that flags 1% of the model's "
-                                      "human validation reviews; null when unscored or the model has no threshold")
+    machine_1pct: bool | None = Field(
+        None,
+        description="p_human below the threshold that flags 1% of the model's "
+        "human validation reviews; null when unscored or the model has no threshold",
+    )
     machine_5pct: bool | None = Field(None, description="the same at 5% false accusations")
-    ours: bool | None = Field(None, description="our generator's keyed watermark is detected at its threshold "
-                              "(see signals.watermark_z); null when the endpoint has no watermark key")
+    ours: bool | None = Field(
+        None,
+        description="our generator's keyed watermark is detected at its threshold "
+        "(see signals.watermark_z); null when the endpoint has no watermark key",
+    )
 
 
 class Signals(BaseModel):
     d_prob: float | None = Field(None, description="the discriminator's calibrated probability of human text")
     mean_logprob: float | None = Field(None, description="mean token log-probability under the generator")
     mean_log_rank: float | None = Field(None, description="mean log(1 + rank) of each token under the generator")
-    binoculars: float | None = Field(None, description="log-perplexity over the generator/reference cross-entropy; "
-                                     "null when the model has no reference network")
-    out_of_domain: float | None = Field(None, description="how far the review's signals lie from the human reviews "
-                                        "the detector was fitted on: 0 typical, 1 far (p_human is then moved "
-                                        "toward 0.5 rather than claim human authorship); null without a detector")
-    watermark_z: float | None = Field(None, description="z-score of the keyed watermark (green tokens over "
-                                      "chance), the best over the configured keys; null without a key")
+    binoculars: float | None = Field(
+        None,
+        description="log-perplexity over the generator/reference cross-entropy; "
+        "null when the model has no reference network",
+    )
+    out_of_domain: float | None = Field(
+        None,
+        description="how far the review's signals lie from the human reviews "
+        "the detector was fitted on: 0 typical, 1 far (p_human is then moved "
+        "toward 0.5 rather than claim human authorship); null without a detector",
+    )
+    watermark_z: float | None = Field(
+        None,
+        description="z-score of the keyed watermark (green tokens over "
+        "chance), the best over the configured keys; null without a key",
+    )
 
 
 class ReviewScore(BaseModel):
-    p_human: float | None = Field(description="calibrated probability that a human wrote the review; null when "
-                                  "the text cannot be scored (the reason is in `reasons`)")
+    p_human: float | None = Field(
+        description="calibrated probability that a human wrote the review; null when "
+        "the text cannot be scored (the reason is in `reasons`)"
+    )
     rating_pred: int | None = Field(description="predicted star rating 1..5; null when the text cannot be scored")
     signals: Signals | None = Field(None, description="the per-review signals behind p_human")
     flags: Flags
-    reasons: list[str] = Field(default_factory=list, description="the output filter's failed rules, in its order "
-                               "(empty, broken_text, too_short, too_long, pii, language_mismatch, memorized, "
-                               "low_score), after the scorer's reason for a null p_human (no_words, repetitive, "
-                               "...); reported only, never rejected")
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="the output filter's failed rules, in its order "
+        "(empty, broken_text, too_short, too_long, pii, language_mismatch, memorized, "
+        "low_score), after the scorer's reason for a null p_human (no_words, repetitive, "
+        "...); reported only, never rejected",
+    )
 
 
 class ScoreResponse(BaseModel):
-    model_version: str = Field(description="content hash of the model that scored this request (during a "
-                               "rollout, old and new versions answer side by side)")
+    model_version: str = Field(
+        description="content hash of the model that scored this request (during a "
+        "rollout, old and new versions answer side by side)"
+    )
     results: list[ReviewScore]
 
 
@@ -173,11 +200,17 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                413: "payload_too_large"}.get(exc.status_code, "http_error")
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
         # 400/413 come from reading/decoding the body (e.g. not UTF-8, too large): name the body as the field.
-        fields = ([{"field": "body", "message": str(exc.detail), "type": code}]
-                  if exc.status_code in (400, 413) else None)
+        fields = (
+            [{"field": "body", "message": str(exc.detail), "type": code}] if exc.status_code in (400, 413) else None
+        )
         return error_response(exc.status_code, code, str(exc.detail), fields, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(BackendUnavailable)
@@ -188,8 +221,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> FastAPI:
     """The FastAPI app for one replica; `token` turns on bearer auth for all but /healthz and /readyz."""
     _, ScoreRequest = make_models(cfg)
-    app = FastAPI(title="reviewgen scorer", version="1",
-                  description="Scores product reviews: calibrated p_human, predicted rating, copy/PII flags.")
+    app = FastAPI(
+        title="reviewgen scorer",
+        version="1",
+        description="Scores product reviews: calibrated p_human, predicted rating, copy/PII flags.",
+    )
 
     _add_error_handlers(app)
 
@@ -222,11 +258,17 @@ def make_api(backend: ScoreBackend, cfg: ServeConfig, token: str | None) -> Fast
     # The request model is built at run time, so set the annotation FastAPI reads (string annotations from
     # `from __future__ import annotations` could not resolve a local class).
     score.__annotations__ = {"req": ScoreRequest}
-    app.post("/v1/score", response_model=ScoreResponse,
-             responses={401: {"description": "missing/bad token"}, 413: {"description": "body too large"},
-                        422: {"description": "invalid request"},
-                        503: {"description": "replicas lost or unavailable; retry after Retry-After seconds"},
-                        504: {"description": "timed out"}})(score)
+    app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses={
+            401: {"description": "missing/bad token"},
+            413: {"description": "body too large"},
+            422: {"description": "invalid request"},
+            503: {"description": "replicas lost or unavailable; retry after Retry-After seconds"},
+            504: {"description": "timed out"},
+        },
+    )(score)
 
     app.add_middleware(GuardMiddleware, backend=backend, token=token, max_body_bytes=cfg.max_body_bytes)
     return app
@@ -267,19 +309,27 @@ class GuardMiddleware:
             auth = headers.get("authorization", "")
             scheme, _, given = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                return error_response(401, "unauthorized", "missing or invalid bearer token",
-                                      headers={"WWW-Authenticate": "Bearer"})
+                return error_response(
+                    401, "unauthorized", "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
         length = headers.get("content-length")
         if length is not None:
             try:
                 n = int(length)
             except ValueError:
-                return error_response(400, "bad_request", f"invalid Content-Length {length!r}",
-                                      [{"field": "body", "message": "bad Content-Length", "type": "header"}])
+                return error_response(
+                    400,
+                    "bad_request",
+                    f"invalid Content-Length {length!r}",
+                    [{"field": "body", "message": "bad Content-Length", "type": "header"}],
+                )
             if n > self.max_body_bytes:
-                return error_response(413, "payload_too_large",
-                                      f"body is {n} bytes; the limit is {self.max_body_bytes}",
-                                      [{"field": "body", "message": "too large", "type": "size"}])
+                return error_response(
+                    413,
+                    "payload_too_large",
+                    f"body is {n} bytes; the limit is {self.max_body_bytes}",
+                    [{"field": "body", "message": "too large", "type": "size"}],
+                )
         return None
 
     def _limited(self, receive):
@@ -305,11 +355,10 @@ def _relative_path(scope) -> str:
     path = scope.get("path", "/")
     root = scope.get("root_path", "") or ""
     if root and path.startswith(root):
-        path = path[len(root):] or "/"
+        path = path[len(root) :] or "/"
     return path
 
 
 def log_record(event: str, **fields: Any) -> str:
     """One JSON log line (callers never pass review text unless log_review_text is on)."""
     return json.dumps({"event": event, **fields}, ensure_ascii=False, default=str)
-

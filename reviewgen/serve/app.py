@@ -37,11 +37,25 @@ from reviewgen.serve.scoring import filter_config
 APP_NAME = "scorer"
 DEFAULT_CLUSTER_MODEL_DIR = "/mnt/shared/models/current"
 # ServeConfig fields that become Serve deployment options rather than app_builder args.
-DEPLOYMENT_FIELDS = frozenset({"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
-                               "downscale_delay_s", "metrics_interval_s", "look_back_period_s", "num_cpus",
-                               "num_gpus", "env_vars", "ingress_replicas", "ingress_num_cpus",
-                               "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s",
-                               "max_surge_percent"})
+DEPLOYMENT_FIELDS = frozenset(
+    {
+        "min_replicas",
+        "max_replicas",
+        "target_ongoing_requests",
+        "upscale_delay_s",
+        "downscale_delay_s",
+        "metrics_interval_s",
+        "look_back_period_s",
+        "num_cpus",
+        "num_gpus",
+        "env_vars",
+        "ingress_replicas",
+        "ingress_num_cpus",
+        "graceful_shutdown_wait_loop_s",
+        "graceful_shutdown_timeout_s",
+        "max_surge_percent",
+    }
+)
 
 
 def build_app(model_dir: str | Path, config: ServeConfig | None = None):
@@ -52,17 +66,23 @@ def build_app(model_dir: str | Path, config: ServeConfig | None = None):
         raise ServeConfigError(f"{model_dir}: not a model directory (no config.json or meta.json); export one first")
     # a max_copy_span below the model's n-gram size fails here, before Ray, not in every replica
     filter_config(cfg).resolved(ngram_order(model_dir))
-    opts: dict[str, Any] = {"max_ongoing_requests": cfg.max_ongoing_requests,
-                            "ray_actor_options": cfg.ray_actor_options(), **cfg.rollout_options()}
+    opts: dict[str, Any] = {
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "ray_actor_options": cfg.ray_actor_options(),
+        **cfg.rollout_options(),
+    }
     if cfg.min_replicas == cfg.max_replicas:
         opts["num_replicas"] = cfg.min_replicas
     else:
         opts["autoscaling_config"] = cfg.autoscaling_config()
     model = ScorerDeployment.options(**opts).bind(str(model_dir), cfg.to_dict())
     # The ingress holds every request the model replicas can take at once (it only waits on them).
-    return IngressDeployment.options(num_replicas=cfg.ingress_replicas, ray_actor_options=cfg.ingress_actor_options(),
-                                     max_ongoing_requests=cfg.max_ongoing_requests * cfg.max_replicas,
-                                     **cfg.rollout_options()).bind(model, cfg.to_dict())
+    return IngressDeployment.options(
+        num_replicas=cfg.ingress_replicas,
+        ray_actor_options=cfg.ingress_actor_options(),
+        max_ongoing_requests=cfg.max_ongoing_requests * cfg.max_replicas,
+        **cfg.rollout_options(),
+    ).bind(model, cfg.to_dict())
 
 
 def app_builder(args: dict[str, Any]):
@@ -76,9 +96,15 @@ def app_builder(args: dict[str, Any]):
     return build_app(model_dir, ServeConfig.from_dict(args))
 
 
-def build_serve_config(model_dir: str = DEFAULT_CLUSTER_MODEL_DIR, config: ServeConfig | None = None, *,
-                       host: str = "127.0.0.1", port: int = 8000, app_name: str = APP_NAME,
-                       route_prefix: str = "/") -> dict[str, Any]:
+def build_serve_config(
+    model_dir: str = DEFAULT_CLUSTER_MODEL_DIR,
+    config: ServeConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app_name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> dict[str, Any]:
     """A Serve config (the `serve deploy` YAML) for this deployment.
 
     args carry only the non-default serving fields; scaling and resources go in the deployment block."""
@@ -88,15 +114,32 @@ def build_serve_config(model_dir: str = DEFAULT_CLUSTER_MODEL_DIR, config: Serve
     for k, v in cfg.to_dict().items():
         if k not in DEPLOYMENT_FIELDS and v != default[k]:
             args[k] = v
-    return {"proxy_location": "EveryNode",
-            "http_options": {"host": host, "port": int(port), "request_timeout_s": _proxy_timeout(cfg)},
-            "applications": [{"name": app_name, "route_prefix": route_prefix,
-                              "import_path": "reviewgen.serve:app_builder", "args": args,
-                              "deployments": [
-                                  {"name": INGRESS_DEPLOYMENT, "num_replicas": cfg.ingress_replicas,
-                                   "ray_actor_options": cfg.ingress_actor_options(), **cfg.rollout_options()},
-                                  {"name": MODEL_DEPLOYMENT, "autoscaling_config": cfg.autoscaling_config(),
-                                   "ray_actor_options": cfg.ray_actor_options(), **cfg.rollout_options()}]}]}
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": int(port), "request_timeout_s": _proxy_timeout(cfg)},
+        "applications": [
+            {
+                "name": app_name,
+                "route_prefix": route_prefix,
+                "import_path": "reviewgen.serve:app_builder",
+                "args": args,
+                "deployments": [
+                    {
+                        "name": INGRESS_DEPLOYMENT,
+                        "num_replicas": cfg.ingress_replicas,
+                        "ray_actor_options": cfg.ingress_actor_options(),
+                        **cfg.rollout_options(),
+                    },
+                    {
+                        "name": MODEL_DEPLOYMENT,
+                        "autoscaling_config": cfg.autoscaling_config(),
+                        "ray_actor_options": cfg.ray_actor_options(),
+                        **cfg.rollout_options(),
+                    },
+                ],
+            }
+        ],
+    }
 
 
 def _proxy_timeout(cfg: ServeConfig) -> float:
@@ -113,9 +156,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-               config: ServeConfig | None = None, blocking: bool = True,
-               log: Callable[[str], None] = print, app_name: str = APP_NAME, route_prefix: str = "/") -> str:
+def run_server(
+    model_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServeConfig | None = None,
+    blocking: bool = True,
+    log: Callable[[str], None] = print,
+    app_name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> str:
     """Start Serve (HTTP on host:port) and deploy the scorer; returns the base URL.
 
     Connects to the Ray cluster in $RAY_ADDRESS if set, else starts a local one. An app of the same name
@@ -132,8 +183,7 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
             break
     cfg = dataclasses.replace(cfg, env_vars=env)
     if token is None and not _is_loopback(host):
-        log(f"WARNING: serving on {host} without auth; set {TOKEN_ENV} or {TOKEN_FILE_ENV} "
-            f"or bind to 127.0.0.1")
+        log(f"WARNING: serving on {host} without auth; set {TOKEN_ENV} or {TOKEN_FILE_ENV} or bind to 127.0.0.1")
     app = build_app(model_dir, cfg)
     started = ensure_ray(log=log, log_to_driver=False)
     # After ray.init: its C++ failure handler takes SIGTERM (prints a stack and aborts the driver), and
@@ -144,8 +194,9 @@ def run_server(model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 80
         t0 = time.time()
         serve.run(app, name=app_name, route_prefix=route_prefix, blocking=False)
         url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
-        log(f"scorer up in {time.time() - t0:.1f}s at {url}/v1/score (docs {url}/docs, auth "
-            f"{'on' if token else 'off'})")
+        log(
+            f"scorer up in {time.time() - t0:.1f}s at {url}/v1/score (docs {url}/docs, auth {'on' if token else 'off'})"
+        )
         if stop is not None:
             stop.wait()
             log(f"{stop.name} received: draining in-flight requests (at most {cfg.graceful_shutdown_timeout_s}s)")

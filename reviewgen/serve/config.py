@@ -70,15 +70,32 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Raise ServeConfigError naming the first bad field."""
-        positive = ("max_batch_size", "max_ongoing_requests", "max_reviews_per_request", "max_text_chars",
-                    "max_field_chars", "max_body_bytes", "request_timeout_s", "max_replicas",
-                    "target_ongoing_requests", "ingress_replicas", "graceful_shutdown_wait_loop_s",
-                    "graceful_shutdown_timeout_s")
+        positive = (
+            "max_batch_size",
+            "max_ongoing_requests",
+            "max_reviews_per_request",
+            "max_text_chars",
+            "max_field_chars",
+            "max_body_bytes",
+            "request_timeout_s",
+            "max_replicas",
+            "target_ongoing_requests",
+            "ingress_replicas",
+            "graceful_shutdown_wait_loop_s",
+            "graceful_shutdown_timeout_s",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ServeConfigError(f"serve config: {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("batch_wait_timeout_s", "upscale_delay_s", "downscale_delay_s", "num_cpus", "num_gpus",
-                     "min_replicas", "ingress_num_cpus"):
+        for name in (
+            "batch_wait_timeout_s",
+            "upscale_delay_s",
+            "downscale_delay_s",
+            "num_cpus",
+            "num_gpus",
+            "min_replicas",
+            "ingress_num_cpus",
+        ):
             if getattr(self, name) < 0:
                 raise ServeConfigError(f"serve config: {name} must be >= 0, got {getattr(self, name)!r}")
         span = self.max_copy_span
@@ -87,12 +104,15 @@ class ServeConfig:
         if isinstance(self.max_surge_percent, bool) or not 0 <= self.max_surge_percent <= 100:
             raise ServeConfigError(f"serve config: max_surge_percent must be 0..100, got {self.max_surge_percent!r}")
         if self.min_replicas > self.max_replicas:
-            raise ServeConfigError(f"serve config: min_replicas ({self.min_replicas}) > max_replicas "
-                                   f"({self.max_replicas})")
+            raise ServeConfigError(
+                f"serve config: min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})"
+            )
         if self.max_ongoing_requests < self.max_batch_size:
             # A replica never sees more than max_ongoing_requests at once, so bigger batches can't form.
-            raise ServeConfigError(f"serve config: max_ongoing_requests ({self.max_ongoing_requests}) must be "
-                                   f">= max_batch_size ({self.max_batch_size})")
+            raise ServeConfigError(
+                f"serve config: max_ongoing_requests ({self.max_ongoing_requests}) must be "
+                f">= max_batch_size ({self.max_batch_size})"
+            )
         if not isinstance(self.env_vars, dict) or not all(isinstance(v, str) for v in self.env_vars.values()):
             raise ServeConfigError("serve config: env_vars must map names to strings")
 
@@ -135,9 +155,13 @@ class ServeConfig:
 
     def autoscaling_config(self) -> dict[str, Any]:
         """Serve autoscaling_config."""
-        out: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                               "target_ongoing_requests": self.target_ongoing_requests,
-                               "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s}
+        out: dict[str, Any] = {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
         for name in ("metrics_interval_s", "look_back_period_s"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
@@ -161,9 +185,11 @@ class ServeConfig:
 
     def rollout_options(self) -> dict[str, Any]:
         """Serve's rollout and graceful-shutdown deployment options (both deployments drain the same way)."""
-        return {"max_surge_percent": self.max_surge_percent,
-                "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
-                "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s}
+        return {
+            "max_surge_percent": self.max_surge_percent,
+            "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+        }
 
 
 def load_api_token(environ: dict[str, str] | None = None) -> str | None:

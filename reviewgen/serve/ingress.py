@@ -60,10 +60,15 @@ class IngressDeployment:
         self._lock = threading.Lock()
         self._requests: collections.Counter[str] = collections.Counter()
         self._retries = 0
-        self.m_requests = metrics.Counter("reviewgen_requests_total", "HTTP requests by route and status",
-                                          tag_keys=("route", "status"))
-        self.m_latency = metrics.Histogram("reviewgen_request_latency_s", "request latency (s) by route and status",
-                                           boundaries=LATENCY_BOUNDARIES_S, tag_keys=("route", "status"))
+        self.m_requests = metrics.Counter(
+            "reviewgen_requests_total", "HTTP requests by route and status", tag_keys=("route", "status")
+        )
+        self.m_latency = metrics.Histogram(
+            "reviewgen_request_latency_s",
+            "request latency (s) by route and status",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("route", "status"),
+        )
         self.m_retries = metrics.Counter("reviewgen_score_retries_total", "scoring calls retried after a replica died")
         logger.info(log_record("ingress_ready", auth=self.token is not None, replica=self.actor_name))
 
@@ -143,10 +148,9 @@ class IngressDeployment:
                     with self._lock:
                         self._retries += 1
                     self.m_retries.inc()
-                logger.warning(log_record("replica_lost", method=method, attempt=attempt + 1,
-                                          error=type(e).__name__))
+                logger.warning(log_record("replica_lost", method=method, attempt=attempt + 1, error=type(e).__name__))
             except UNAVAILABLE as e:
-                raise BackendUnavailable(f"model deployment unavailable: {type(e).__name__}",
-                                         RETRY_AFTER_S) from e
-        raise BackendUnavailable(f"the model replica was lost {SCORE_ATTEMPTS} times "
-                                 f"({type(last).__name__}); try again", RETRY_AFTER_S) from last
+                raise BackendUnavailable(f"model deployment unavailable: {type(e).__name__}", RETRY_AFTER_S) from e
+        raise BackendUnavailable(
+            f"the model replica was lost {SCORE_ATTEMPTS} times ({type(last).__name__}); try again", RETRY_AFTER_S
+        ) from last

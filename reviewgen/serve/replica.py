@@ -80,38 +80,57 @@ class ScorerDeployment:
         self._lock = threading.Lock()  # the model runs in a worker thread; stats are read from the loop
         self._batch_sizes: collections.Counter[int] = collections.Counter()
         self._reviews_scored = 0
-        self.m_batch = metrics.Histogram("reviewgen_batch_size", "requests per model batch",
-                                         boundaries=BATCH_BOUNDARIES)
-        self.m_batch_reviews = metrics.Histogram("reviewgen_batch_reviews", "reviews per model batch",
-                                                 boundaries=BATCH_BOUNDARIES)
+        self.m_batch = metrics.Histogram(
+            "reviewgen_batch_size", "requests per model batch", boundaries=BATCH_BOUNDARIES
+        )
+        self.m_batch_reviews = metrics.Histogram(
+            "reviewgen_batch_reviews", "reviews per model batch", boundaries=BATCH_BOUNDARIES
+        )
         self.m_reviews = metrics.Counter("reviewgen_reviews_scored_total", "reviews scored")
-        logger.info(log_record("replica_ready", model_version=self.scorer.version,
-                               check_copy=self.filter.ngrams is not None, replica=self.actor_name))
+        logger.info(
+            log_record(
+                "replica_ready",
+                model_version=self.scorer.version,
+                check_copy=self.filter.ngrams is not None,
+                replica=self.actor_name,
+            )
+        )
 
     def model_info(self) -> dict[str, Any]:
         """Version, calibration, copy index and tokenizer limits of the model this replica serves."""
         calib = self.scorer.calibration
         index = self.filter.ngrams
-        return {"model_version": self.scorer.version, "model_dir": self.model_dir,
-                "calibration": {"scale": calib.scale, "bias": calib.bias} if calib is not None else {},
-                "detector": self.scorer.mode,
-                "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.max_copy_span}
-                if index is not None else None,
-                "watermark": {"key_ids": list(self.scorer.watermark.key_ids),
-                              "threshold_z": self.scorer.watermark.config.threshold_z}
-                if self.scorer.watermark is not None else None,
-                "tokenizer": {"prefix_len": self.scorer.tok.prefix_len,
-                              "max_review_len": self.scorer.tok.max_review_len},
-                "config": self.cfg.public_dict()}
+        return {
+            "model_version": self.scorer.version,
+            "model_dir": self.model_dir,
+            "calibration": {"scale": calib.scale, "bias": calib.bias} if calib is not None else {},
+            "detector": self.scorer.mode,
+            "copy_index": {"n": index.n, "size": len(index), "threshold": self.filter.max_copy_span}
+            if index is not None
+            else None,
+            "watermark": {
+                "key_ids": list(self.scorer.watermark.key_ids),
+                "threshold_z": self.scorer.watermark.config.threshold_z,
+            }
+            if self.scorer.watermark is not None
+            else None,
+            "tokenizer": {"prefix_len": self.scorer.tok.prefix_len, "max_review_len": self.scorer.tok.max_review_len},
+            "config": self.cfg.public_dict(),
+        }
 
     def stats(self) -> dict[str, Any]:
         """Batching counters of this replica."""
         with self._lock:
             sizes = dict(self._batch_sizes)
             reviews = self._reviews_scored
-        return {"replica": self.actor_name, "model_version": self.scorer.version, "batches": sum(sizes.values()),
-                "max_batch_size_observed": max(sizes, default=0),
-                "batch_size_counts": {str(k): v for k, v in sorted(sizes.items())}, "reviews_scored": reviews}
+        return {
+            "replica": self.actor_name,
+            "model_version": self.scorer.version,
+            "batches": sum(sizes.values()),
+            "max_batch_size_observed": max(sizes, default=0),
+            "batch_size_counts": {str(k): v for k, v in sorted(sizes.items())},
+            "reviews_scored": reviews,
+        }
 
     async def score(self, reviews: list[dict[str, Any]]) -> dict[str, Any]:
         """{"model_version", "results"} for one request's reviews (batched with concurrent requests)."""
@@ -138,6 +157,6 @@ class ScorerDeployment:
             self.gate.in_flight -= 1
         out, i = [], 0
         for req in requests:
-            out.append(results[i:i + len(req.reviews)])
+            out.append(results[i : i + len(req.reviews)])
             i += len(req.reviews)
         return out

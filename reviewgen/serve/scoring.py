@@ -24,8 +24,9 @@ def replica_filter(cfg: ServeConfig, scorer: Scorer) -> ReviewFilter:
     return ReviewFilter.from_model(scorer.ckpt.path, scorer.tok, filter_config(cfg))
 
 
-def score_reviews(scorer: Scorer, review_filter: ReviewFilter,
-                  reviews: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def score_reviews(
+    scorer: Scorer, review_filter: ReviewFilter, reviews: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One result per review dict: p_human, rating_pred, the scorer's `signals`, the filter's `flags` and its
     `reasons` (the review's own `language`, when given, is the one checked). A review the scorer cannot
     judge gets null p_human, rating_pred and signals, and the scorer's reason ahead of the filter's."""
@@ -34,10 +35,15 @@ def score_reviews(scorer: Scorer, review_filter: ReviewFilter,
     out = []
     for i, j in enumerate(judged):
         why = res["reason"][i]
-        out.append({"p_human": j.p_human, "rating_pred": None if why else int(res["rating_pred"][i]),
-                    "signals": None if why else {k: _num(res[k][i]) for k in REPORTED_SIGNALS},
-                    "flags": {**j.verdict.flags(), **{k: res[k][i] for k in MACHINE_FLAGS}, "ours": res["ours"][i]},
-                    "reasons": list(j.reasons)})
+        out.append(
+            {
+                "p_human": j.p_human,
+                "rating_pred": None if why else int(res["rating_pred"][i]),
+                "signals": None if why else {k: _num(res[k][i]) for k in REPORTED_SIGNALS},
+                "flags": {**j.verdict.flags(), **{k: res[k][i] for k in MACHINE_FLAGS}, "ours": res["ours"][i]},
+                "reasons": list(j.reasons),
+            }
+        )
     return out
 
 

@@ -17,8 +17,9 @@ class TensorBatches:
     With `world_size > 1`, each rank takes its contiguous slice of the same global batch, so N workers
     with batch B/N see exactly the rows one worker with batch B sees."""
 
-    def __init__(self, data: dict[str, np.ndarray], batch_size: int, seed: int, device="cpu",
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, data: dict[str, np.ndarray], batch_size: int, seed: int, device="cpu", rank: int = 0, world_size: int = 1
+    ):
         self.data = {k: to_tensor(v) for k, v in data.items()}
         self.n = len(next(iter(self.data.values())))
         if self.n == 0:
@@ -40,9 +41,9 @@ class TensorBatches:
         if self.pos + global_bs > self.n:
             self.epoch, self.pos = self.epoch + 1, 0
             self._perm = self._permutation()
-        idx = self._perm[self.pos:self.pos + global_bs].repeat(math.ceil(global_bs / self.n))[:global_bs]
+        idx = self._perm[self.pos : self.pos + global_bs].repeat(math.ceil(global_bs / self.n))[:global_bs]
         self.pos += global_bs
-        idx = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        idx = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return {k: v[idx].to(self.device) for k, v in self.data.items()}
 
     def state_dict(self) -> dict:

@@ -64,16 +64,22 @@ def _run_setup(job: TrainJobConfig, cfg: RunConfig, train_df, log) -> RunSetup:
     if doc is not None:
         d = json.loads(doc)
         run_cfg = RunConfig.from_dict(d["config"], source=f"{setup}/setup.json")
-        tok = shipped_tokenizer(read_text(fs, f"{setup}/tokenizer.json"), run_cfg.tokenizer.prefix_len,
-                                run_cfg.tokenizer.max_review_len)
+        tok = shipped_tokenizer(
+            read_text(fs, f"{setup}/tokenizer.json"), run_cfg.tokenizer.prefix_len, run_cfg.tokenizer.max_review_len
+        )
         log(f"run {job.run_name!r} exists in {job.storage}: continuing it with its stored config and tokenizer")
         return RunSetup(run_cfg, tok, list(d["categories"]), d.get("base"))
     run = setup_run(train_df, cfg, init_from=job.init_from, weights=False, log=log)
     with tempfile.TemporaryDirectory() as tmp:
         run.tokenizer.save(Path(tmp) / "tokenizer.json")
         write_text(fs, f"{setup}/tokenizer.json", (Path(tmp) / "tokenizer.json").read_text())
-    write_text(fs, f"{setup}/setup.json", json.dumps({"config": run.config.to_dict(), "categories": run.categories,
-                                                      **({"base": run.base} if run.base else {})}))
+    write_text(
+        fs,
+        f"{setup}/setup.json",
+        json.dumps(
+            {"config": run.config.to_dict(), "categories": run.categories, **({"base": run.base} if run.base else {})}
+        ),
+    )
     return run
 
 
@@ -83,15 +89,19 @@ def _connect(job: TrainJobConfig, log) -> None:
     ensure_ray(min_cpus=job.num_workers * job.cpus_per_worker + 2, log=log)
     res = ray.cluster_resources()
     if job.use_gpu and res.get("GPU", 0) < job.num_workers:
-        raise TrainJobError(f"--use-gpu with {job.num_workers} workers, but the Ray cluster has "
-                            f"{res.get('GPU', 0):g} GPU(s)")
+        raise TrainJobError(
+            f"--use-gpu with {job.num_workers} workers, but the Ray cluster has {res.get('GPU', 0):g} GPU(s)"
+        )
     if res.get("CPU", 0) < job.num_workers * job.cpus_per_worker + (1 if job.data_loader == "ray_data" else 0):
-        log(f"warning: the cluster has {res.get('CPU', 0):g} CPUs for {job.num_workers} workers x "
-            f"{job.cpus_per_worker:g} CPUs plus data reading; it may wait for an autoscaler or hang")
+        log(
+            f"warning: the cluster has {res.get('CPU', 0):g} CPUs for {job.num_workers} workers x "
+            f"{job.cpus_per_worker:g} CPUs plus data reading; it may wait for an autoscaler or hang"
+        )
 
 
-def run_distributed_training(job: TrainJobConfig, cfg: RunConfig, log: Callable[[str], None] = print,
-                             tracker=None) -> Path:
+def run_distributed_training(
+    job: TrainJobConfig, cfg: RunConfig, log: Callable[[str], None] = print, tracker=None
+) -> Path:
     """Train with Ray Train data parallelism and write OUT like `train_local`; returns OUT.
 
     Starting again with the same `job.name` and `job.storage_path` continues the run from its latest
@@ -103,8 +113,7 @@ def run_distributed_training(job: TrainJobConfig, cfg: RunConfig, log: Callable[
     if job.num_workers < 1:
         raise TrainJobError(f"--num-workers must be >= 1 for Ray Train, got {job.num_workers}")
     cfg.validate()
-    if job.use_gpu and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized() \
-            and not torch.cuda.is_available():
+    if job.use_gpu and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized() and not torch.cuda.is_available():
         raise TrainJobError("--use-gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False)")
     return _run(job, cfg, deadline, log, tracker)
 
@@ -122,34 +131,61 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
     # validation on the global batch size, so val NLL is comparable across worker counts
     val = encode_frame(val_df.head(global_bs * t.val_batches), tok, categories)
     spec = WorkerSpec(
-        config=cfg, tok_json=tok.tok.to_str(), categories=tuple(categories), val=dict(val), val_batch_size=global_bs,
-        storage=job.storage, name=job.run_name, data_loader=job.data_loader, data_hash=data_hash_of(data_dir),
-        threads=max(1, int(job.cpus_per_worker)), stop_after_phase=job.stop_after_phase, deadline=deadline,
-        resume_from=str(Path(job.resume_from).resolve()) if job.resume_from else None, base=base,
-        tracking=(tracker.uri, tracker.run_id) if tracker is not None else None)
+        config=cfg,
+        tok_json=tok.tok.to_str(),
+        categories=tuple(categories),
+        val=dict(val),
+        val_batch_size=global_bs,
+        storage=job.storage,
+        name=job.run_name,
+        data_loader=job.data_loader,
+        data_hash=data_hash_of(data_dir),
+        threads=max(1, int(job.cpus_per_worker)),
+        stop_after_phase=job.stop_after_phase,
+        deadline=deadline,
+        resume_from=str(Path(job.resume_from).resolve()) if job.resume_from else None,
+        base=base,
+        tracking=(tracker.uri, tracker.run_id) if tracker is not None else None,
+    )
     datasets = None
     if job.data_loader == "sharded_memory":
         spec = replace(spec, train_ref=ray.put(encode_frame(train_df, tok, categories)))
     else:
         ds = ray.data.read_parquet(str(data_dir / "train.parquet"), columns=READ_COLUMNS)
-        ds = ds.map_batches(encode_batch, batch_format="pandas", batch_size=512, fn_kwargs={
-            "tok_json": spec.tok_json, "prefix_len": cfg.tokenizer.prefix_len,
-            "max_review_len": cfg.tokenizer.max_review_len, "categories": categories})
+        ds = ds.map_batches(
+            encode_batch,
+            batch_format="pandas",
+            batch_size=512,
+            fn_kwargs={
+                "tok_json": spec.tok_json,
+                "prefix_len": cfg.tokenizer.prefix_len,
+                "max_review_len": cfg.tokenizer.max_review_len,
+                "categories": categories,
+            },
+        )
         datasets = {"train": ds}
     resources = {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {})
-    log(f"Ray Train: {job.num_workers} worker(s), per-worker batch {t.batch_size} (global {global_bs}), "
-        f"data {job.data_loader}, storage {job.storage}/{job.run_name}")
+    log(
+        f"Ray Train: {job.num_workers} worker(s), per-worker batch {t.batch_size} (global {global_bs}), "
+        f"data {job.data_loader}, storage {job.storage}/{job.run_name}"
+    )
     t0 = time.time()
     # workers' progress lines reach this console through the relay, whatever happens to worker logs
     with ProgressRelay(log) as relay:
         trainer = TorchTrainer(
-            train_loop, train_loop_config={"spec": replace(spec, progress=relay.handle)}, datasets=datasets,
-            scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
-                                                   resources_per_worker=resources),
+            train_loop,
+            train_loop_config={"spec": replace(spec, progress=relay.handle)},
+            datasets=datasets,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=resources
+            ),
             run_config=ray.train.RunConfig(
-                name=job.run_name, storage_path=job.storage,
+                name=job.run_name,
+                storage_path=job.storage,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=job.max_failures)))
+                failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            ),
+        )
         result = trainer.fit()
     log(f"fit finished in {time.time() - t0:.1f} s")
     if result.checkpoint is None:
@@ -176,6 +212,8 @@ def _export(job: TrainJobConfig, checkpoint, out: Path, train_df, val_df, log) -
     trainer = GANTrainer(ck.config, ck.tokenizer, ck.categories, "cpu")
     trainer.resume_from(out / "state")
     if trainer.phase != "done":
-        log(f"stopped in phase {trainer.phase} at global step {trainer.global_step}; resumable state in "
-            f"{out / 'state'}; start the same run name again to continue")
+        log(
+            f"stopped in phase {trainer.phase} at global step {trainer.global_step}; resumable state in "
+            f"{out / 'state'}; start the same run name again to continue"
+        )
     return finalize_model(trainer, out, train_df, val_df, data_hash_of(Path(job.data_dir)), log=log)

@@ -26,8 +26,9 @@ from reviewgen.score.wordlm import build_wordlm
 PARTIAL_CALIBRATION_ROWS = 96
 
 
-def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame, data_hash: str,
-                   log: Callable[[str], None] = print) -> Path:
+def finalize_model(
+    trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFrame, data_hash: str, log: Callable[[str], None] = print
+) -> Path:
     """Calibrate the scorer (D's Platt scaling and the detector over LM and word statistics, stored in
     calibration.json; the reference network in reference.safetensors, the word n-gram model in
     wordlm.npz), build the memorisation index, and write the trainer's models into OUT.
@@ -40,23 +41,55 @@ def finalize_model(trainer, out: Path, train_df: pd.DataFrame, val_df: pd.DataFr
     ref = trainer.ref if trainer.ref is not None else trainer.G
     wordlm = build_wordlm(train_df["text"].astype(str).tolist(), trainer.cfg.train.seed)
     wordlm_file = wordlm.save(out / ".wordlm.tmp.npz")
-    calib = fit_calibration(trainer.G, trainer.D, trainer.tok, val_df, ref=ref, wordlm=wordlm,
-                            seed=trainer.cfg.train.seed, log=log,
-                            **({} if complete else {"max_rows": PARTIAL_CALIBRATION_ROWS}))
-    idx = NGramIndex.build(trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()),
-                           n=trainer.cfg.train.ngram_n)
+    calib = fit_calibration(
+        trainer.G,
+        trainer.D,
+        trainer.tok,
+        val_df,
+        ref=ref,
+        wordlm=wordlm,
+        seed=trainer.cfg.train.seed,
+        log=log,
+        **({} if complete else {"max_rows": PARTIAL_CALIBRATION_ROWS}),
+    )
+    idx = NGramIndex.build(
+        trainer.tok.review_token_lists(train_df["text"].astype(str).tolist()), n=trainer.cfg.train.ngram_n
+    )
     ngram_file = out / ".ngrams.tmp.npy"
     idx.save(ngram_file)
-    final_val = val_nll(trainer.G, fixed_batches(
-        encode_frame(val_df, trainer.tok, trainer.categories), trainer.cfg.train.batch_size,
-        trainer.cfg.train.val_batches, trainer.device), trainer.tk)
-    save_checkpoint(out, config=trainer.cfg, categories=trainer.categories, tokenizer=trainer.tok,
-                    generator=trainer.G, discriminator=trainer.D, calibration=calib, ngram_file=ngram_file,
-                    wordlm_file=wordlm_file, reference=ref,
-                    meta=Meta(data_hash=data_hash, role="final" if complete else "partial", complete=complete,
-                              phase=trainer.phase, step=trainer.step, global_step=trainer.global_step,
-                              metrics={"val_nll": final_val, "calibration": calib.to_dict()},
-                              rating_distribution=tuple(rating_distribution(train_df)), base=trainer.base))
+    final_val = val_nll(
+        trainer.G,
+        fixed_batches(
+            encode_frame(val_df, trainer.tok, trainer.categories),
+            trainer.cfg.train.batch_size,
+            trainer.cfg.train.val_batches,
+            trainer.device,
+        ),
+        trainer.tk,
+    )
+    save_checkpoint(
+        out,
+        config=trainer.cfg,
+        categories=trainer.categories,
+        tokenizer=trainer.tok,
+        generator=trainer.G,
+        discriminator=trainer.D,
+        calibration=calib,
+        ngram_file=ngram_file,
+        wordlm_file=wordlm_file,
+        reference=ref,
+        meta=Meta(
+            data_hash=data_hash,
+            role="final" if complete else "partial",
+            complete=complete,
+            phase=trainer.phase,
+            step=trainer.step,
+            global_step=trainer.global_step,
+            metrics={"val_nll": final_val, "calibration": calib.to_dict()},
+            rating_distribution=tuple(rating_distribution(train_df)),
+            base=trainer.base,
+        ),
+    )
     ngram_file.unlink(missing_ok=True)
     wordlm_file.unlink(missing_ok=True)
     what = "final model" if complete else f"partial model (phase {trainer.phase}, step {trainer.step})"

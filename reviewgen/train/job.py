@@ -107,22 +107,32 @@ class TrainJobConfig:
         if self.storage_path is not None and "://" in str(self.storage_path):
             scheme = urlparse(str(self.storage_path)).scheme
             if scheme not in STORAGE_SCHEMES:
-                raise TrainJobError(f"--storage-path {self.storage_path!r}: unsupported scheme {scheme!r}; "
-                                    f"use a local/NFS path or one of {[s + '://' for s in STORAGE_SCHEMES]}")
+                raise TrainJobError(
+                    f"--storage-path {self.storage_path!r}: unsupported scheme {scheme!r}; "
+                    f"use a local/NFS path or one of {[s + '://' for s in STORAGE_SCHEMES]}"
+                )
         d = Path(self.data_dir)
         for split in ("train", "val"):
             if not (d / f"{split}.parquet").is_file():
-                raise TrainJobError(f"{d / f'{split}.parquet'}: prepared data not found "
-                                    "(run `reviewgen prepare` first and pass its output dir)")
+                raise TrainJobError(
+                    f"{d / f'{split}.parquet'}: prepared data not found "
+                    "(run `reviewgen prepare` first and pass its output dir)"
+                )
         if self.resume_from is not None and not (Path(self.resume_from) / "train_state.pt").is_file():
-            raise TrainJobError(f"--resume-from {self.resume_from}: not a resumable training checkpoint "
-                                "(no train_state.pt; exported models cannot be resumed)")
+            raise TrainJobError(
+                f"--resume-from {self.resume_from}: not a resumable training checkpoint "
+                "(no train_state.pt; exported models cannot be resumed)"
+            )
         if self.name is not None and (not self.name or "/" in self.name):
             raise TrainJobError(f"--name {self.name!r}: must be a non-empty name without '/'")
 
 
-def load_train_job(config: str | Path | None, sets: Sequence[str] = (), job_flags: Mapping[str, Any] | None = None,
-                   run_flags: Mapping[str, Any] | None = None) -> tuple[RunConfig, TrainJobConfig]:
+def load_train_job(
+    config: str | Path | None,
+    sets: Sequence[str] = (),
+    job_flags: Mapping[str, Any] | None = None,
+    run_flags: Mapping[str, Any] | None = None,
+) -> tuple[RunConfig, TrainJobConfig]:
     """The run config and job config of one train command.
 
     Precedence, lowest first: defaults, the YAML file (run sections plus its optional `job:` section),
@@ -135,7 +145,7 @@ def load_train_job(config: str | Path | None, sets: Sequence[str] = (), job_flag
     cfg = config_from_dict(RunConfig, data, src)
     sets_ = parse_set_options(list(sets))
     prefix = JOB_SECTION + "."
-    job = with_overrides(job, {k[len(prefix):]: v for k, v in sets_.items() if k.startswith(prefix)}, "--set job")
+    job = with_overrides(job, {k[len(prefix) :]: v for k, v in sets_.items() if k.startswith(prefix)}, "--set job")
     cfg = with_overrides(cfg, {k: v for k, v in sets_.items() if not k.startswith(prefix)}, "--set")
     known = {f.name for f in fields(TrainJobConfig)}
     unknown = set(job_flags or {}) - known

@@ -19,10 +19,19 @@ from reviewgen.train.loop import LocalSink, LoopSettings, run_loop
 from reviewgen.train.trainer import GANTrainer, setup_run
 
 
-def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_minutes: float | None = None,
-                device: str | None = None, log: Callable[[str], None] = print, resume: bool = True,
-                stop_after_phase: str | None = None, init_from: str | Path | None = None,
-                tracker=None) -> Path:
+def train_local(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: RunConfig,
+    *,
+    max_minutes: float | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+    resume: bool = True,
+    stop_after_phase: str | None = None,
+    init_from: str | Path | None = None,
+    tracker=None,
+) -> Path:
     """Train in this process and write OUT: the model (final, or partial with its phase in meta.json when
     the time budget or `stop_after_phase` ends the run first), OUT/mle (the MLE baseline), OUT/state
     (resumable: the same call continues from it) and OUT/metrics.jsonl.
@@ -48,12 +57,19 @@ def train_local(data_dir: str | Path, out: str | Path, cfg: RunConfig, *, max_mi
         loader.load_state_dict(run["loader"])
     log(f"training on {len(train_df)} reviews ({train_df['product_id'].nunique()} products); {trainer.describe()}")
     data_hash = data_hash_of(data_dir)
-    settings = LoopSettings(deadline=deadline, stop_after_phase=stop_after_phase, data_hash=data_hash,
-                            resumes=int(run.get("resumes", -1)) + 1 if run else 0,
-                            elapsed=float(run.get("elapsed", 0.0)))
-    result = run_loop(trainer, loader, loader.state_dict, val_batches,
-                      LocalSink(out, trainer.global_step, log, tracker), settings)
+    settings = LoopSettings(
+        deadline=deadline,
+        stop_after_phase=stop_after_phase,
+        data_hash=data_hash,
+        resumes=int(run.get("resumes", -1)) + 1 if run else 0,
+        elapsed=float(run.get("elapsed", 0.0)),
+    )
+    result = run_loop(
+        trainer, loader, loader.state_dict, val_batches, LocalSink(out, trainer.global_step, log, tracker), settings
+    )
     if result.stopped != "done":
-        log(f"stopped in phase {result.phase} at global step {result.global_step}; resumable state in "
-            f"{state_dir}: rerun the same command to continue")
+        log(
+            f"stopped in phase {result.phase} at global step {result.global_step}; resumable state in "
+            f"{state_dir}: rerun the same command to continue"
+        )
     return finalize_model(trainer, out, train_df, val_df, data_hash, log=log)

@@ -39,8 +39,9 @@ class Sink(Protocol):
     def record(self, rec: dict[str, Any]) -> None:
         """Add one line to the step log (chief only)."""
 
-    def checkpoint(self, trainer, run_state: dict[str, Any], meta: Meta, summary: dict[str, Any],
-                   baseline_meta: Meta | None) -> None:
+    def checkpoint(
+        self, trainer, run_state: dict[str, Any], meta: Meta, summary: dict[str, Any], baseline_meta: Meta | None
+    ) -> None:
         """Persist a resumable checkpoint (every rank calls it, at the same steps); with `baseline_meta`,
         also the MLE baseline."""
 
@@ -68,11 +69,15 @@ class StepLog:
     """The step log (metrics.jsonl). Lines past the resume point belong to steps that run again, so
     they are dropped when the log is opened."""
 
-    def __init__(self, read: Callable[[], str | None], write: Callable[[str], None], keep_through_step: int,
-                 tracker=None):
+    def __init__(
+        self, read: Callable[[], str | None], write: Callable[[str], None], keep_through_step: int, tracker=None
+    ):
         self._write, self.tracker = write, tracker  # tracker: reviewgen.infra.tracking.Tracker or None
-        self.lines = [ln for ln in (read() or "").splitlines()
-                      if ln.strip() and json.loads(ln).get("global_step", 0) <= keep_through_step]
+        self.lines = [
+            ln
+            for ln in (read() or "").splitlines()
+            if ln.strip() and json.loads(ln).get("global_step", 0) <= keep_through_step
+        ]
 
     def add(self, rec: dict[str, Any]) -> None:
         self.lines.append(json.dumps(rec))
@@ -83,8 +88,16 @@ class StepLog:
         self._write("\n".join(self.lines) + ("\n" if self.lines else ""))
 
 
-def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, remaining_steps: int, *,
-                    budget_left: float | None = None) -> str:
+def format_progress(
+    phase: str,
+    step: int,
+    total: int,
+    m: dict,
+    elapsed: float,
+    remaining_steps: int,
+    *,
+    budget_left: float | None = None,
+) -> str:
     """One progress line: phase, step, losses, throughput, ETA (and the time budget left, if any)."""
     # the latest step's time: phases cost very differently per step, so a run-long average misleads
     rate = m.get("step_time_s") or elapsed / max(1, step)
@@ -92,12 +105,17 @@ def format_progress(phase: str, step: int, total: int, m: dict, elapsed: float, 
     keys = ("g_loss", "pg_loss", "kl", "reward", "r_rating", "r_category", "d_loss", "d_acc", "val_nll")
     parts = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
     budget = f" budget left {max(0.0, budget_left) / 60:.1f} min" if budget_left is not None else ""
-    return (f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} "
-            f"ETA {eta / 60:.1f} min{budget}")
+    return f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} ETA {eta / 60:.1f} min{budget}"
 
 
-def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict], val_batches: list,
-             sink: Sink, settings: LoopSettings) -> LoopResult:
+def run_loop(
+    trainer,
+    batches: Iterator[dict],
+    loader_state: Callable[[], dict],
+    val_batches: list,
+    sink: Sink,
+    settings: LoopSettings,
+) -> LoopResult:
     """Train until the last phase ends, `stop_after_phase` has ended, or the time budget is spent.
 
     Always leaves a checkpoint of the final position through the sink, so a rerun continues there."""
@@ -110,12 +128,21 @@ def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict],
 
     def checkpoint(baseline: bool) -> None:
         nonlocal saved_at
-        summary = {"phase": trainer.phase, "step": trainer.step, "global_step": trainer.global_step,
-                   "resumes": settings.resumes, **{k: last.get(k) for k in SUMMARY_KEYS}}
-        run_state = {"loader": loader_state(), "resumes": settings.resumes,
-                     "elapsed": settings.elapsed + time.time() - t0}
-        base = Meta(data_hash=settings.data_hash, role="mle_baseline", metrics={"val_nll": last_val}) if baseline \
-            else None
+        summary = {
+            "phase": trainer.phase,
+            "step": trainer.step,
+            "global_step": trainer.global_step,
+            "resumes": settings.resumes,
+            **{k: last.get(k) for k in SUMMARY_KEYS},
+        }
+        run_state = {
+            "loader": loader_state(),
+            "resumes": settings.resumes,
+            "elapsed": settings.elapsed + time.time() - t0,
+        }
+        base = (
+            Meta(data_hash=settings.data_hash, role="mle_baseline", metrics={"val_nll": last_val}) if baseline else None
+        )
         sink.checkpoint(trainer, run_state, Meta(data_hash=settings.data_hash, metrics=summary), summary, base)
         saved_at = trainer.global_step
 
@@ -129,13 +156,29 @@ def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict],
             last_val = m["val_nll"] = val_nll(trainer.G, val_batches, trainer.tk)
         last.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
         if sink.is_chief:
-            sink.record({"phase": res.phase, "step": res.step, "global_step": trainer.global_step,
-                         "time": settings.elapsed + time.time() - t0, "resumes": settings.resumes,
-                         "world_size": trainer.world, **m})
+            sink.record(
+                {
+                    "phase": res.phase,
+                    "step": res.step,
+                    "global_step": trainer.global_step,
+                    "time": settings.elapsed + time.time() - t0,
+                    "resumes": settings.resumes,
+                    "world_size": trainer.world,
+                    **m,
+                }
+            )
             if res.step % t.log_every == 0 or res.phase_done:
-                sink.progress(format_progress(res.phase, res.step, trainer.phase_length(res.phase), m,
-                                              time.time() - t0, total - trainer.global_step,
-                                              budget_left=None if deadline is None else deadline - time.time()))
+                sink.progress(
+                    format_progress(
+                        res.phase,
+                        res.step,
+                        trainer.phase_length(res.phase),
+                        m,
+                        time.time() - t0,
+                        total - trainer.global_step,
+                        budget_left=None if deadline is None else deadline - time.time(),
+                    )
+                )
         out_of_time = deadline is not None and sink.agree(time.time() > deadline)
         baseline = res.phase_done and res.phase == "mle"
         if baseline or res.phase_done or res.step % t.checkpoint_every == 0 or out_of_time:
@@ -144,8 +187,10 @@ def run_loop(trainer, batches: Iterator[dict], loader_state: Callable[[], dict],
             sink.progress(f"MLE baseline saved (val NLL {last_val:.3f})")
         if out_of_time:
             if sink.is_chief:
-                sink.progress(f"time budget reached in phase {trainer.phase} "
-                              f"(step {trainer.step}, global step {trainer.global_step}); state saved")
+                sink.progress(
+                    f"time budget reached in phase {trainer.phase} "
+                    f"(step {trainer.step}, global step {trainer.global_step}); state saved"
+                )
             stopped = "time"
             break
     if saved_at != trainer.global_step:
@@ -161,8 +206,9 @@ class LocalSink:
     def __init__(self, out: Path, keep_through_step: int, log: Callable[[str], None], tracker=None):
         self.out, self.log = out, log
         path = out / "metrics.jsonl"
-        self.steps = StepLog(lambda: path.read_text() if path.is_file() else None, path.write_text,
-                             keep_through_step, tracker)
+        self.steps = StepLog(
+            lambda: path.read_text() if path.is_file() else None, path.write_text, keep_through_step, tracker
+        )
 
     def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return dict(metrics)
@@ -177,8 +223,7 @@ class LocalSink:
     def record(self, rec: dict[str, Any]) -> None:
         self.steps.add(rec)
 
-    def checkpoint(self, trainer, run_state: dict, meta: Meta, summary: dict,
-                   baseline_meta: Meta | None) -> None:
+    def checkpoint(self, trainer, run_state: dict, meta: Meta, summary: dict, baseline_meta: Meta | None) -> None:
         trainer.save(self.out / "state", meta=meta, run_state=run_state)
         if baseline_meta is not None:
             trainer.save(self.out / "mle", meta=baseline_meta, run_state=run_state)

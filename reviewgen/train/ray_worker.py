@@ -43,6 +43,7 @@ SUMMED = {"tokens", "tokens_per_s", "samples_per_s"}
 
 # -- storage (local, NFS, or a pyarrow URI) -----------------------------------------------------------
 
+
 def upload_dir(local: Path, fs, path: str) -> None:
     """Replace directory `path` on `fs` with a copy of the local directory."""
     if exists(fs, path):
@@ -59,32 +60,50 @@ def download_dir(fs, path: str, local: Path) -> None:
 
 # -- tokenizer shipping ---------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=4)
 def shipped_tokenizer(tok_json: str, prefix_len: int, max_review_len: int) -> ReviewTokenizer:
     """Rebuild the driver's tokenizer from its JSON (cached: Ray Data calls this once per batch)."""
     return ReviewTokenizer(Tokenizer.from_str(tok_json), prefix_len, max_review_len)
 
 
-def encode_batch(df, *, tok_json: str, prefix_len: int, max_review_len: int,
-                 categories: list[str]) -> dict[str, np.ndarray]:
+def encode_batch(
+    df, *, tok_json: str, prefix_len: int, max_review_len: int, categories: list[str]
+) -> dict[str, np.ndarray]:
     """Ray Data `map_batches` function: a pandas batch of reviews -> ids/rating/category arrays."""
     return encode_frame(df, shipped_tokenizer(tok_json, prefix_len, max_review_len), categories)
 
 
 # -- the sink -----------------------------------------------------------------------------------------------
 
+
 class RayTrainSink:
     """Ray Train reporting for `run_loop`: rank 0 owns the step log (in storage) and the checkpoints."""
 
-    def __init__(self, rank: int, world: int, device, storage: str, name: str, *, keep_through_step: int,
-                 relay=None, tracker=None):
+    def __init__(
+        self,
+        rank: int,
+        world: int,
+        device,
+        storage: str,
+        name: str,
+        *,
+        keep_through_step: int,
+        relay=None,
+        tracker=None,
+    ):
         self.is_chief, self.world, self.device = rank == 0, world, device
         self.relay = relay  # the driver's console (reviewgen.infra.progress); None: the worker's log
         self.fs, root = filesystem(storage)
         self.run = f"{root}/{name}"
         log = f"{self.run}/metrics.jsonl"
-        self.steps = (StepLog(lambda: read_text(self.fs, log), lambda text: write_text(self.fs, log, text),
-                              keep_through_step, tracker) if self.is_chief else None)
+        self.steps = (
+            StepLog(
+                lambda: read_text(self.fs, log), lambda text: write_text(self.fs, log, text), keep_through_step, tracker
+            )
+            if self.is_chief
+            else None
+        )
 
     def reduce(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Global-batch metrics: means over ranks, throughput and token counts summed."""
@@ -93,8 +112,9 @@ class RayTrainSink:
         keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
         vec = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(vec)
-        return dict(metrics) | {k: (float(v) if k in SUMMED else float(v) / self.world)
-                                for k, v in zip(keys, vec.tolist())}
+        return dict(metrics) | {
+            k: (float(v) if k in SUMMED else float(v) / self.world) for k, v in zip(keys, vec.tolist())
+        }
 
     def agree(self, flag: bool) -> bool:
         if self.world == 1 or not dist.is_initialized():
@@ -114,8 +134,9 @@ class RayTrainSink:
     def record(self, rec: dict[str, Any]) -> None:
         self.steps.add(rec)
 
-    def checkpoint(self, trainer: GANTrainer, run_state: dict, meta: Meta, summary: dict,
-                   baseline_meta: Meta | None) -> None:
+    def checkpoint(
+        self, trainer: GANTrainer, run_state: dict, meta: Meta, summary: dict, baseline_meta: Meta | None
+    ) -> None:
         name = f"checkpoint_{trainer.global_step:07d}_a{summary['resumes']}"
         if not self.is_chief:
             ray.train.report(summary, checkpoint_dir_name=name)
@@ -130,6 +151,7 @@ class RayTrainSink:
 
 
 # -- the worker ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -155,8 +177,7 @@ class WorkerSpec:
     progress: Any = None  # the driver's progress relay handle
 
 
-def _batches(s: WorkerSpec, rank: int, world: int, device,
-             state: dict) -> tuple[Iterator[dict], Callable[[], dict]]:
+def _batches(s: WorkerSpec, rank: int, world: int, device, state: dict) -> tuple[Iterator[dict], Callable[[], dict]]:
     """(iterator over this worker's batches, function returning the loader state to checkpoint)."""
     cfg = s.config
     b = cfg.train.batch_size
@@ -172,14 +193,20 @@ def _batches(s: WorkerSpec, rank: int, world: int, device,
         # a resumed run starts a fresh epoch: Ray Data's streaming shards cannot seek to a row
         while True:
             n = 0
-            for batch in shard.iter_torch_batches(batch_size=b, drop_last=True, device=device,
-                                                  local_shuffle_buffer_size=4 * b,
-                                                  local_shuffle_seed=cfg.train.seed + pos["epoch"]):
+            for batch in shard.iter_torch_batches(
+                batch_size=b,
+                drop_last=True,
+                device=device,
+                local_shuffle_buffer_size=4 * b,
+                local_shuffle_seed=cfg.train.seed + pos["epoch"],
+            ):
                 n += 1
                 yield {k: batch[k].long() for k in ("ids", "rating", "category")}
             if n == 0:
-                raise RuntimeError(f"rank {rank}: its shard of train.parquet has fewer than "
-                                   f"batch_size={b} rows; use fewer workers or a smaller batch")
+                raise RuntimeError(
+                    f"rank {rank}: its shard of train.parquet has fewer than "
+                    f"batch_size={b} rows; use fewer workers or a smaller batch"
+                )
             pos["epoch"] += 1
 
     return cycle(), lambda: dict(pos)
@@ -197,8 +224,10 @@ def _base(cfg: RunConfig, base: dict) -> HFBase:
     t = cfg.tokenizer
     hf = load_hf_base(base["path"], prefix_len=t.prefix_len, max_review_len=t.max_review_len)
     if hf.sha256 != base["sha256"]:
-        raise HFImportError(f"{base['path']}: the base weights on this worker differ from the driver's "
-                            f"(sha256 {hf.sha256[:12]} vs {base['sha256'][:12]}); every node must see the same files")
+        raise HFImportError(
+            f"{base['path']}: the base weights on this worker differ from the driver's "
+            f"(sha256 {hf.sha256[:12]} vs {base['sha256'][:12]}); every node must see the same files"
+        )
     return hf
 
 
@@ -224,13 +253,20 @@ def train_loop(c: dict) -> dict:
     batches, loader_state = _batches(s, rank, world, device, run.get("loader", {}))
     # rank 0 logs to the driver's MLflow run (reviewgen.infra.tracking), when one was started
     tracker = Tracker.attach(*s.tracking) if s.tracking and rank == 0 else None
-    sink = RayTrainSink(rank, world, device, s.storage, s.name, keep_through_step=trainer.global_step,
-                        relay=s.progress, tracker=tracker)
+    sink = RayTrainSink(
+        rank, world, device, s.storage, s.name, keep_through_step=trainer.global_step, relay=s.progress, tracker=tracker
+    )
     val_batches = fixed_batches(s.val, s.val_batch_size, cfg.train.val_batches, device) if rank == 0 else []
-    settings = LoopSettings(deadline=s.deadline, stop_after_phase=s.stop_after_phase, data_hash=s.data_hash,
-                            resumes=int(run.get("resumes", -1)) + 1 if run else 0,
-                            elapsed=float(run.get("elapsed", 0.0)))
+    settings = LoopSettings(
+        deadline=s.deadline,
+        stop_after_phase=s.stop_after_phase,
+        data_hash=s.data_hash,
+        resumes=int(run.get("resumes", -1)) + 1 if run else 0,
+        elapsed=float(run.get("elapsed", 0.0)),
+    )
     if rank == 0:
-        sink.progress(f"[rank 0] {trainer.describe()}; world {world}; phase {trainer.phase} step {trainer.step} "
-                      f"(global {trainer.global_step}); attempt {settings.resumes}")
+        sink.progress(
+            f"[rank 0] {trainer.describe()}; world {world}; phase {trainer.phase} step {trainer.step} "
+            f"(global {trainer.global_step}); attempt {settings.resumes}"
+        )
     return asdict(run_loop(trainer, batches, loader_state, val_batches, sink, settings))

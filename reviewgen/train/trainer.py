@@ -36,6 +36,7 @@ PHASES = ("mle", "disc", "adv", "done")
 
 # -- the trainer -------------------------------------------------------------------------------------
 
+
 @dataclass
 class StepResult:
     phase: str
@@ -51,9 +52,18 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 class GANTrainer:
     """Models, optimizers and phase state of one training run (one worker's view under DDP)."""
 
-    def __init__(self, cfg: RunConfig, tok: ReviewTokenizer, categories: list[str], device="cpu", *,
-                 wrap: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None,
-                 rank: int = 0, world_size: int = 1, base: HFBase | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tok: ReviewTokenizer,
+        categories: list[str],
+        device="cpu",
+        *,
+        wrap: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        base: HFBase | None = None,
+    ):
         """`base`: start G from a pretrained base's weights (G takes its tensors, with no random-init copy)
         and D from its trunk; its record goes into every checkpoint's meta.json. Every worker of a run
         must pass the same base."""
@@ -182,8 +192,14 @@ class GANTrainer:
         first = self.rank * n
         seeds = [row_seed(f"{self.phase}:{self.step}", first + i, t.seed) for i in range(n)]
         params = SamplingParams(self.cfg.tokenizer.max_review_len, t.sample_temperature, t.sample_top_k, t.sample_top_p)
-        fake = sample(self.G, prefixes, params, eos_id=self.tk.eos_id, pad_id=self.tk.pad_id,
-                      uniforms=counter_uniforms(seeds, params.max_new_tokens))
+        fake = sample(
+            self.G,
+            prefixes,
+            params,
+            eos_id=self.tk.eos_id,
+            pad_id=self.tk.pad_id,
+            uniforms=counter_uniforms(seeds, params.max_new_tokens),
+        )
         return torch.cat([prefixes, fake], dim=1)
 
     def _replay_mix(self, fake: torch.Tensor) -> torch.Tensor:
@@ -241,8 +257,9 @@ class GANTrainer:
             prompts = batch["ids"][:: t.group_size][:n_prompts, :P]
             fake = self.sample_fakes(prompts, repeats=t.group_size)
             terminal, terms = self._condition_rewards(batch, fake)
-            m = adversarial_step(self.g, self.d, self.ref, self.opt_g, batch, fake, cfg=t, tk=self.tk,
-                                 terminal=terminal)
+            m = adversarial_step(
+                self.g, self.d, self.ref, self.opt_g, batch, fake, cfg=t, tk=self.tk, terminal=terminal
+            )
             m.update(terms)
             for _ in range(t.d_steps_per_g_step):
                 d_fake = self._replay_mix(fake[: batch["ids"].shape[0]])
@@ -271,26 +288,31 @@ class GANTrainer:
         def targets(x):
             return x[::g][:n].repeat_interleave(g)
 
-        return condition_rewards(self.cond, fake, targets(batch["rating"]), targets(batch["category"]),
-                                 self.cfg.train)
+        return condition_rewards(self.cond, fake, targets(batch["rating"]), targets(batch["category"]), self.cfg.train)
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self, run_state: dict | None = None) -> dict[str, Any]:
         """Everything needed to resume, as tensors and primitives (loads with weights_only=True).
         `run_state` is the driver's part (loader position, attempt count, time trained)."""
         return {
-            "phase": self.phase, "step": self.step, "global_step": self.global_step,
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "phase": self.phase,
+            "step": self.step,
+            "global_step": self.global_step,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
             "rng_cpu": self.rng.get_state(),
             "rng_cuda": [self.cuda_rng_state] if self._cuda else [],
-            "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(), "replay_n": self.replay_n,
-            "cond": (None if self.cond is None
-                     else (own_state(self.cond) if self.shared_base else self.cond.state_dict())),
+            "replay": self.replay[: min(self.replay_n, len(self.replay))].clone(),
+            "replay_n": self.replay_n,
+            "cond": (
+                None if self.cond is None else (own_state(self.cond) if self.shared_base else self.cond.state_dict())
+            ),
             "run": run_state or {},
         }
 
-    def load_state_dict(self, s: dict[str, Any], generator_sd: dict, discriminator_sd: dict,
-                        reference_sd: dict | None) -> None:
+    def load_state_dict(
+        self, s: dict[str, Any], generator_sd: dict, discriminator_sd: dict, reference_sd: dict | None
+    ) -> None:
         self.G.load_state_dict(generator_sd, strict=False)
         self.D.load_state_dict(discriminator_sd)
         if reference_sd is not None and self.lora:  # the reference is the base G already holds
@@ -319,26 +341,48 @@ class GANTrainer:
         ck = load_checkpoint(path, self.device, train_state=True)
         if ck.train_state is None:
             raise CheckpointError(f"{path}: no train_state.pt, so it cannot be resumed (it is an exported model)")
-        self.load_state_dict(ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(),
-                             ck.reference_state)
+        self.load_state_dict(
+            ck.train_state, ck.generator.state_dict(), ck.discriminator.state_dict(), ck.reference_state
+        )
         self.base = dict(ck.meta.base) if ck.meta.base is not None else None
         return dict(ck.train_state.get("run", {}))
 
     def save(self, path: str | Path, meta: Meta | None = None, run_state: dict | None = None) -> Path:
         """Write a resumable training checkpoint; `meta` is the caller's record, the position and base are added."""
         meta = meta if meta is not None else Meta()
-        meta = replace(meta, phase=self.phase, step=self.step, global_step=self.global_step,
-                       base=self.base if self.base is not None else meta.base)
-        return save_checkpoint(path, config=self.cfg, categories=self.categories, tokenizer=self.tok,
-                               generator=self.G, discriminator=self.D, reference=self.ref, meta=meta,
-                               train_state=self.state_dict(run_state))
+        meta = replace(
+            meta,
+            phase=self.phase,
+            step=self.step,
+            global_step=self.global_step,
+            base=self.base if self.base is not None else meta.base,
+        )
+        return save_checkpoint(
+            path,
+            config=self.cfg,
+            categories=self.categories,
+            tokenizer=self.tok,
+            generator=self.G,
+            discriminator=self.D,
+            reference=self.ref,
+            meta=meta,
+            train_state=self.state_dict(run_state),
+        )
 
     def describe(self) -> str:
-        lora = (f", LoRA: {sum(p.numel() for p in _trainable(self.G)) / 1e6:.3f}M trainable in G, "
+        lora = (
+            (
+                f", LoRA: {sum(p.numel() for p in _trainable(self.G)) / 1e6:.3f}M trainable in G, "
                 f"{sum(p.numel() for p in _trainable(self.D)) / 1e6:.3f}M in D"
-                f"{' (one shared base)' if self.shared_base else ''}") if self.lora else ""
-        return (f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params{lora}, "
-                f"device {self.device}")
+                f"{' (one shared base)' if self.shared_base else ''}"
+            )
+            if self.lora
+            else ""
+        )
+        return (
+            f"G {count_params(self.G) / 1e6:.2f}M params, D {count_params(self.D) / 1e6:.2f}M params{lora}, "
+            f"device {self.device}"
+        )
 
 
 @dataclass(frozen=True)
@@ -353,8 +397,15 @@ class RunSetup:
     init: HFInit | None = None  # a fresh run's --init-from base (weights read when asked for)
 
 
-def setup_run(train_df, cfg: RunConfig, *, checkpoint: str | Path | None = None, init_from: str | Path | None = None,
-              weights: bool = True, log: Callable[[str], None] = print) -> RunSetup:
+def setup_run(
+    train_df,
+    cfg: RunConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    init_from: str | Path | None = None,
+    weights: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunSetup:
     """The one set-up of a run, for both drivers: continue a `checkpoint` (its config, tokenizer, categories
     and base record win), or start fresh, with the BPE tokenizer fitted on the training text or, with
     `init_from`, the base's tokenizer and architecture (`weights=False` reads the base's header only)."""

@@ -20,8 +20,18 @@ OOD_CONFIG: dict[str, Any] = {
     "tokenizer": {"vocab_size": 1000, "prefix_len": 24},
     "generator": {"n_layer": 2, "n_head": 2, "d_model": 96, "dropout": 0.0},
     "discriminator": {"n_layer": 1, "n_head": 2, "d_model": 32, "dropout": 0.0, "n_categories": 8},
-    "train": {"batch_size": 32, "mle_steps": 400, "disc_warmup_steps": 0, "adv_steps": 0, "seed": 17,
-              "warmup_steps": 20, "eval_every": 100, "checkpoint_every": 400, "val_batches": 2, "log_every": 100},
+    "train": {
+        "batch_size": 32,
+        "mle_steps": 400,
+        "disc_warmup_steps": 0,
+        "adv_steps": 0,
+        "seed": 17,
+        "warmup_steps": 20,
+        "eval_every": 100,
+        "checkpoint_every": 400,
+        "val_batches": 2,
+        "log_every": 100,
+    },
 }
 SPLIT_SEED = 17  # which half of the train products the twin sees
 
@@ -30,8 +40,9 @@ def ood_config(model: Path, *, fast: bool = False, mle_steps: int | None = None)
     """`OOD_CONFIG` with the evaluated model's review length (so both write reviews of the same length), and
     `mle_steps` MLE steps (default the config's; 30 when `fast`), evaluated and saved once at the end."""
     review_len = read_run_config(model).tokenizer.max_review_len
-    cfg = RunConfig.from_dict({**OOD_CONFIG, "tokenizer": {**OOD_CONFIG["tokenizer"], "max_review_len": review_len}},
-                              source="OOD_CONFIG")
+    cfg = RunConfig.from_dict(
+        {**OOD_CONFIG, "tokenizer": {**OOD_CONFIG["tokenizer"], "max_review_len": review_len}}, source="OOD_CONFIG"
+    )
     steps = mle_steps or (30 if fast else cfg.train.mle_steps)
     return cfg.override({"train.mle_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps})
 
@@ -48,8 +59,15 @@ def half_of_train(data: Path, out: Path) -> tuple[Path, int]:
     return ood_data, int(products.size)
 
 
-def train_ood_model(data: Path, out: Path, model: Path, *, fast: bool = False, mle_steps: int | None = None,
-                    log: Callable[[str], None] = print) -> Path:
+def train_ood_model(
+    data: Path,
+    out: Path,
+    model: Path,
+    *,
+    fast: bool = False,
+    mle_steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Train (or reuse, when OUT already holds a model) the out-of-family generator into `out`: `ood_config` on
     `half_of_train`. Returns `out`, the model directory to pass to the evaluation."""
     out, data, model = Path(out), Path(data), Path(model)
@@ -59,7 +77,9 @@ def train_ood_model(data: Path, out: Path, model: Path, *, fast: bool = False, m
     cfg = ood_config(model, fast=fast, mle_steps=mle_steps)
     ood_data, n_products = half_of_train(data, out)
     g = cfg.generator
-    log(f"out-of-family generator: training {g.n_layer} layers x {g.d_model} for {cfg.train.mle_steps} MLE steps "
-        f"on {n_products} train products -> {out}")
+    log(
+        f"out-of-family generator: training {g.n_layer} layers x {g.d_model} for {cfg.train.mle_steps} MLE steps "
+        f"on {n_products} train products -> {out}"
+    )
     train_local(ood_data, out, cfg, log=lambda *_: None)
     return out
