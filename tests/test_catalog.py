@@ -9,10 +9,11 @@ import pytest
 
 from reviewgen.data.corpus import sample_data_dir
 from reviewgen.generate import catalog as cat
+from reviewgen.generate import mapping as cm
 
 
 def _one(row: dict, mapping=None, **kw) -> dict:
-    return cat.validate_records([row], cat.resolve_mapping(mapping), source_file="f.parquet", **kw)[0]
+    return cat.validate_records([row], cm.resolve_mapping(mapping), source_file="f.parquet", **kw)[0]
 
 
 def test_good_row_is_ok_and_cleaned():
@@ -79,7 +80,7 @@ def test_duplicates_keep_first_occurrence():
             {"product_id": "a", "title": "second"},
             {"product_id": "b", "title": "b ok"},
         ],
-        cat.resolve_mapping(None),
+        cm.resolve_mapping(None),
         source_file="f",
     )
     df = cat.mark_duplicates(pd.DataFrame(recs))
@@ -96,36 +97,36 @@ def test_attr_hash_tracks_attributes():
 
 
 def test_mapping_errors_name_the_problem(tmp_path):
-    with pytest.raises(cat.CatalogError, match="unknown fields"):
-        cat.resolve_mapping({"columns": {"product_id": "a", "title": "b", "colour": "c"}})
-    with pytest.raises(cat.CatalogError, match="required field 'title'"):
-        cat.resolve_mapping({"columns": {"product_id": "a"}})
-    with pytest.raises(cat.CatalogError, match="unknown transform"):
-        cat.resolve_mapping({"product_id": "a", "title": {"column": "t", "transform": "nope"}})
-    with pytest.raises(cat.CatalogError, match="preset"):
-        cat.resolve_mapping("no_such_preset")
+    with pytest.raises(cm.CatalogError, match="unknown fields"):
+        cm.resolve_mapping({"columns": {"product_id": "a", "title": "b", "colour": "c"}})
+    with pytest.raises(cm.CatalogError, match="required field 'title'"):
+        cm.resolve_mapping({"columns": {"product_id": "a"}})
+    with pytest.raises(cm.CatalogError, match="unknown transform"):
+        cm.resolve_mapping({"product_id": "a", "title": {"column": "t", "transform": "nope"}})
+    with pytest.raises(cm.CatalogError, match="preset"):
+        cm.resolve_mapping("no_such_preset")
     f = tmp_path / "m.yaml"
     f.write_text("columns:\n  product_id: sku\n  title: name\n")
-    assert cat.resolve_mapping(str(f))["title"] == [{"column": "name", "transform": None}]
+    assert cm.resolve_mapping(str(f))["title"] == [{"column": "name", "transform": None}]
 
 
 def test_category_tree_first():
-    assert cat.category_tree_first('["Home Furnishing >> Curtains & Accessories >> Curtains"]') == "Home Furnishing"
-    assert cat.category_tree_first('["Watches >> Wrist Watches"') == "Watches"  # truncated JSON
-    assert cat.category_tree_first(None) is None
+    assert cm.category_tree_first('["Home Furnishing >> Curtains & Accessories >> Curtains"]') == "Home Furnishing"
+    assert cm.category_tree_first('["Watches >> Wrist Watches"') == "Watches"  # truncated JSON
+    assert cm.category_tree_first(None) is None
 
 
 def test_presets_map_the_carried_samples():
-    assert {"bigbasket", "flipkart"} <= set(cat.presets())
+    assert {"bigbasket", "flipkart"} <= set(cm.presets())
     bb = pd.read_parquet(sample_data_dir() / "catalog_bigbasket_products.parquet").head(20)
-    recs = cat.validate_records(bb.to_dict("records"), cat.resolve_mapping("bigbasket"), source_file="bb")
+    recs = cat.validate_records(bb.to_dict("records"), cm.resolve_mapping("bigbasket"), source_file="bb")
     assert [r["product_id"] for r in recs] == [str(int(i)) for i in bb["index"]]
     assert [r["title"] for r in recs] == [cat.clean_text(t) for t in bb["product"]]
     assert all(r["status"] == "ok" for r in recs)
     assert recs[0]["price"] == pytest.approx(float(bb["sale_price"].iloc[0]))
 
     fk = pd.read_parquet(sample_data_dir() / "catalog_flipkart_sample_1050.parquet").head(20)
-    recs = cat.validate_records(fk.to_dict("records"), cat.resolve_mapping("flipkart"), source_file="fk")
+    recs = cat.validate_records(fk.to_dict("records"), cm.resolve_mapping("flipkart"), source_file="fk")
     assert [r["product_id"] for r in recs] == fk["uniq_id"].tolist()
     assert all(r["status"] == "ok" for r in recs)
     first_levels = [t.split(">>")[0].strip(' ["') for t in fk["product_category_tree"]]
@@ -179,7 +180,7 @@ def test_generate_cli_takes_several_catalogs_per_flag_and_repeated_flags(monkeyp
 def _piece(path, mapping=None, **kw):
     md = pq.ParquetFile(path).metadata
     return (
-        pa.concat_tables(cat.read_piece(str(path), 0, 0, 0, None, mapping or cat.resolve_mapping(None), **kw))
+        pa.concat_tables(cat.read_piece(str(path), 0, 0, 0, None, mapping or cm.resolve_mapping(None), **kw))
         if md.num_row_groups
         else None
     )
@@ -205,7 +206,7 @@ def test_read_piece_rejects_a_corrupt_file_but_a_validation_bug_raises(tmp_path)
     t = _piece(bad)
     assert t["reason"].to_pylist()[-1] == "unreadable_file" and t["source_file"].to_pylist()[-1] == str(bad)
     # a bug (here: a mapping missing a field) is not a read error: it raises
-    broken = {k: v for k, v in cat.resolve_mapping(None).items() if k != "price"}
+    broken = {k: v for k, v in cm.resolve_mapping(None).items() if k != "price"}
     with pytest.raises(KeyError):
         _piece(good, broken)
 
@@ -221,7 +222,7 @@ def test_run_identity_and_start_state_without_ray(tmp_path):
 
     fs, part = pafs.LocalFileSystem(), str(tmp_path / "run_date=2024-01-01")
     inputs = [{"path": "a.parquet", "checksum": "sha256:1"}]
-    settings = run.identity_settings(GenerateConfig(), cat.resolve_mapping(None), [0.2] * 5, None)
+    settings = run.identity_settings(GenerateConfig(), cm.resolve_mapping(None), [0.2] * 5, None)
     rid = run.run_identity("2024-01-01", "v1", settings, inputs)
     assert rid == run.run_identity("2024-01-01", "v1", dict(settings), list(inputs))
     assert rid != run.run_identity("2024-01-01", "v1", dict(settings, seed=1), inputs)

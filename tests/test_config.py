@@ -6,7 +6,7 @@ from dataclasses import FrozenInstanceError, dataclass, field
 
 import pytest
 
-from reviewgen.core.config import ConfigError, config_from_dict, config_from_yaml, parse_set_options, with_overrides
+from reviewgen.core.config_io import ConfigError, config_from_dict, config_from_yaml, parse_set_options, with_overrides
 
 
 @dataclass(frozen=True)

@@ -358,7 +358,7 @@ def test_decode_step_masks_the_unfilled_cache_tail(tok):
     ],
 )
 def test_invalid_architecture_fields_are_named(key, value, match):
-    from reviewgen.core.config import ConfigError, config_from_dict
+    from reviewgen.core.config_io import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match=f"generator.*{match}"):
         config_from_dict(GeneratorConfig, {key: value}, source="run.yaml:generator")

@@ -132,8 +132,8 @@ def test_detector_scores_each_language_with_its_own_combiner():
 
 def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
     from reviewgen.core.metrics import auroc
-    from reviewgen.score.calibration import out_of_fold_logits
     from reviewgen.score.combiner import Candidate
+    from reviewgen.score.detector_fit import out_of_fold_logits
     from reviewgen.score.platt import fit_platt
 
     rng = np.random.default_rng(1)
@@ -152,8 +152,8 @@ def test_out_of_fold_logits_show_the_overfit_that_in_sample_ones_hide():
 
 def test_the_l2_strength_is_chosen_by_out_of_fold_log_loss():
     from reviewgen.core.metrics import auroc
-    from reviewgen.score.calibration import L2_SCALES, choose_l2, fit_language_combiner
     from reviewgen.score.combiner import Candidate
+    from reviewgen.score.detector_fit import L2_SCALES, choose_l2, fit_language_combiner
 
     rng = np.random.default_rng(3)
     n = 400
@@ -245,7 +245,8 @@ def test_chunked_projection_at_review_tokens_matches_full_logits(monkeypatch, bf
 
 
 def test_a_fit_on_three_machine_reviews_per_human_keeps_the_one_to_one_prior():
-    from reviewgen.score.calibration import fit_detector, prior_shift
+    from reviewgen.score.detector_fit import fit_detector
+    from reviewgen.score.platt import prior_shift
 
     rng = np.random.default_rng(3)
 
@@ -298,8 +299,8 @@ def test_a_floor_keeps_lookalike_human_reviews_from_scores_near_zero():
     distribution, a text that looks machine-written is human about 6% of the time: the floored Platt step
     says so, the plain one claims near-certainty, and the floor also lowers the ECE on new rows."""
     from reviewgen.core.metrics import ece
-    from reviewgen.score.calibration import fit_language_combiner
     from reviewgen.score.combiner import Candidate
+    from reviewgen.score.detector_fit import fit_language_combiner
     from reviewgen.score.platt import fit_platt
 
     rng = np.random.default_rng(5)
@@ -397,9 +398,9 @@ def test_thresholds_from_out_of_fold_scores_keep_to_their_share_of_new_humans():
     """A small fit set that a combiner separates in sample puts every human near p = 1, so a threshold taken
     there accuses far more new humans than its share; the out-of-fold one does not."""
     from reviewgen.core.metrics import machine_threshold
-    from reviewgen.score.calibration import out_of_fold_logits, prior_shift
     from reviewgen.score.combiner import Candidate
-    from reviewgen.score.platt import apply_calibration, fit_platt
+    from reviewgen.score.detector_fit import out_of_fold_logits
+    from reviewgen.score.platt import apply_calibration, fit_platt, prior_shift
     from reviewgen.score.thresholds import oof_thresholds
 
     rng = np.random.default_rng(3)

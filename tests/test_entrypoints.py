@@ -17,6 +17,7 @@ import yaml
 
 from reviewgen.cli import app
 from reviewgen.generate import catalog as cat
+from reviewgen.generate.mapping import resolve_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -112,7 +113,7 @@ def test_entrypoint_parses_with_the_real_parser(where, command, args):
     # parses and type-checks every option, rejects unknown ones; does not run the command
     sub.make_context(command, list(args), parent=ctx)
     if "--preset" in args:
-        cat.resolve_mapping(args[args.index("--preset") + 1])
+        resolve_mapping(args[args.index("--preset") + 1])
 
 
 def _nightly_catalogs() -> list[tuple[str, Path, str | None]]:
@@ -131,7 +132,7 @@ def _nightly_catalogs() -> list[tuple[str, Path, str | None]]:
 def test_nightly_catalog_validates_against_its_preset(where, catalog, preset):
     assert catalog.is_file(), f"{where}: no local copy of its catalog {catalog.name} to check"
     rows = pq.read_table(catalog).slice(0, 200).to_pylist()
-    recs = cat.validate_records(rows, cat.resolve_mapping(preset), source_file=str(catalog))
+    recs = cat.validate_records(rows, resolve_mapping(preset), source_file=str(catalog))
     ok = sum(r["status"] == "ok" for r in recs)
     reasons = sorted({r.get("reason") for r in recs if r["status"] != "ok"})
     assert ok >= 0.9 * len(recs), f"{where}: only {ok}/{len(recs)} rows valid under preset {preset!r}: {reasons}"

@@ -562,7 +562,7 @@ def test_compile_decode_reaches_the_sampler_and_the_run_identity(tiny_model, tmp
 
     from reviewgen.core.checkpoint import load_checkpoint
     from reviewgen.generate.actor import GeneratorActor, ShardJob
-    from reviewgen.generate.catalog import resolve_mapping
+    from reviewgen.generate.mapping import resolve_mapping
     from reviewgen.generate.run import identity_settings, run_identity
 
     res = CliRunner().invoke(app, ["generate", "--help"])
@@ -607,7 +607,7 @@ def test_compile_decode_reaches_the_sampler_and_the_run_identity(tiny_model, tmp
 def test_default_filter_settings_keep_the_run_identity():
     """The run id hashes the filter's settings as given: a default run's stay what they were before the
     copy threshold got its one policy (an unset max_copy_span would mean the index's n; the default is 8)."""
-    from reviewgen.generate.catalog import resolve_mapping
+    from reviewgen.generate.mapping import resolve_mapping
     from reviewgen.generate.run import identity_settings
 
     settings = identity_settings(GenerateConfig(), resolve_mapping(None), [0.2] * 5, None)

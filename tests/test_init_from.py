@@ -145,7 +145,8 @@ def test_without_an_mle_phase_the_base_is_the_reference(base):
     still be the base, not the random init."""
     from reviewgen.core.config import RunConfig
     from reviewgen.core.hf_import import load_hf_base
-    from reviewgen.train.trainer import GANTrainer, setup_run
+    from reviewgen.train.run_setup import setup_run
+    from reviewgen.train.trainer import GANTrainer
 
     _, d = base
     cfg = RunConfig.from_yaml(TINY_CONFIG).override({"train.mle_steps": 0})

@@ -10,9 +10,9 @@ import pytest
 import typer
 
 from reviewgen.cli.evaluate import parse_compare
+from reviewgen.evaluate.inputs import check_compare_names
 from reviewgen.evaluate.matching import match_at_diversity
 from reviewgen.evaluate.quality import ConditionClassifiers, polarity_label
-from reviewgen.evaluate.run import check_compare_names
 
 
 def _model(points: dict[float, tuple[float, ...]]) -> dict:

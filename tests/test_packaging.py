@@ -39,7 +39,7 @@ def test_presets_are_found_from_an_installed_wheel(tmp_path):
         capture_output=True,
     )
     code = (
-        "import reviewgen.generate.catalog as c; print(c.__file__); print(','.join(c.presets()));"
+        "import reviewgen.generate.mapping as c; print(c.__file__); print(','.join(c.presets()));"
         "print(sorted(c.resolve_mapping('flipkart')))"
     )
     out = subprocess.run(

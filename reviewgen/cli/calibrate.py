@@ -10,9 +10,9 @@ from reviewgen.cli.common import log
 
 
 def read_labels(path: Path, text_column: str = "text"):
-    """The labelled rows of a parquet, CSV or JSONL file, checked (`reviewgen.score.adapt.check_labels`)."""
+    """The labelled rows of a parquet, CSV or JSONL file, checked (`reviewgen.score.adapt_labels.check_labels`)."""
     from reviewgen.data.io import read_table
-    from reviewgen.score.adapt import check_labels
+    from reviewgen.score.adapt_labels import check_labels
 
     return check_labels(read_table(path), str(path), text_column)
 
@@ -47,7 +47,9 @@ def calibrate(
 ):
     """Adapt the scorer to labelled reviews (word and character n-grams stacked on the scorer's signals),
     report out-of-fold AUROC, TPR at 1% and 5% FPR and ECE per language, and write a new model version."""
-    from reviewgen.score.adapt import check_output_dir, fit_adapted, score_labels, write_adapted_model
+    from reviewgen.score.adapt import fit_adapted
+    from reviewgen.score.adapt_labels import score_labels
+    from reviewgen.score.adapt_output import check_output_dir, write_adapted_model
     from reviewgen.score.scorer import Scorer
 
     check_output_dir(model, out)

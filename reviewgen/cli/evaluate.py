@@ -177,40 +177,70 @@ def evaluate(
     products, the scorer, copying and PII; write a report.
 
     Settings are read in order: the --config YAML (or the defaults), each --set KEY=VALUE, the flags given."""
-    from reviewgen.evaluate.config import load_eval_config
+    options = dict(locals())  # just the options, by parameter name: nothing else is defined yet
     from reviewgen.evaluate.run import run_evaluation
-    from reviewgen.evaluate.tracking import log_evaluation
-    from reviewgen.infra.tracking import Tracker
 
-    overrides = {
-        "temperatures": floats(temperatures) if temperatures else None,
-        "n_products": products,
-        "samples_per_product": samples_per_product,
-        "scorer_reviews": scorer_reviews,
-        "seeds": floats(seeds) if seeds else None,
-        "top_p": top_p,
-        "max_copy_span": copy_span,
-        "recalibrate": recalibrate,
-        "embeddings": embeddings,
-        "fast": True if fast else None,
-        "device": device,
-        "fakes": str(fakes) if fakes else None,
-    }
-    cfg = load_eval_config(config, overrides, sets=set_)
-    cfg = dataclasses.replace(cfg, fakes=_fakes_path(cfg.fakes, use_fakes is not False))
+    cfg = _eval_config(config, set_, options)
     compared = parse_compare(compare or [])
     if ood_model is None:
-        from reviewgen.train.twin import train_ood_model
-
-        ood_model = train_ood_model(data, out / "ood_model", model, fast=cfg.fast, log=log)
+        ood_model = _train_ood_model(data, out, model, cfg)
     # open the tracking store first: a bad URI or a missing extra fails before the long evaluation
-    tracker = Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
+    tracker = _start_tracking(tracking_uri, out)
     result = run_evaluation(
         model, data, out, cfg, baseline_dir=baseline, ood_model_dir=ood_model, compare=compared, log=log
     )
+    _log_to_tracking(tracker, result, cfg, out)
+    log(f"report written to {out}")
+
+
+def _eval_config(config: Path | None, sets: list[str], options: dict):
+    """The EvalConfig: --config (or the defaults), then each --set, then the options given; with the fakes file
+    resolved (None when the check is off)."""
+    from reviewgen.evaluate.config import load_eval_config
+
+    cfg = load_eval_config(config, _overrides(options), sets=sets)
+    return dataclasses.replace(cfg, fakes=_fakes_path(cfg.fakes, options["use_fakes"] is not False))
+
+
+def _overrides(options: dict) -> dict:
+    """The EvalConfig fields the options give (None = not given)."""
+    return {
+        "temperatures": floats(options["temperatures"]) if options["temperatures"] else None,
+        "n_products": options["products"],
+        "samples_per_product": options["samples_per_product"],
+        "scorer_reviews": options["scorer_reviews"],
+        "seeds": floats(options["seeds"]) if options["seeds"] else None,
+        "top_p": options["top_p"],
+        "max_copy_span": options["copy_span"],
+        "recalibrate": options["recalibrate"],
+        "embeddings": options["embeddings"],
+        "fast": True if options["fast"] else None,
+        "device": options["device"],
+        "fakes": str(options["fakes"]) if options["fakes"] else None,
+    }
+
+
+def _train_ood_model(data: Path, out: Path, model: Path, cfg) -> Path:
+    """Without --ood-model: a small generator of a different family for the scorer's out-of-family check,
+    trained on half the train products and cached in OUT/ood_model."""
+    from reviewgen.train.twin import train_ood_model
+
+    return train_ood_model(data, out / "ood_model", model, fast=cfg.fast, log=log)
+
+
+def _start_tracking(tracking_uri: str | None, out: Path):
+    """An MLflow run for this evaluation (None without --tracking-uri)."""
+    from reviewgen.infra.tracking import Tracker
+
+    return Tracker.start(tracking_uri, "reviewgen-evaluate", Path(out).name) if tracking_uri else None
+
+
+def _log_to_tracking(tracker, result, cfg, out: Path) -> None:
+    """The metrics, report and plots into the MLflow run, if there is one."""
+    from reviewgen.evaluate.tracking import log_evaluation
+
     if tracker is not None:
         log_evaluation(tracker, result, cfg, out)
-    log(f"report written to {out}")
 
 
 def parse_compare(items: list[str]) -> dict[str, Path]:

@@ -201,46 +201,62 @@ def generate(
 ):
     """Nightly catalog-wide generation on Ray Data: validate, generate, score, filter, write partitioned
     parquet under OUT/run_date=YYYY-MM-DD/."""
-    from reviewgen.core.config import ConfigError
-    from reviewgen.core.watermark import Watermark
+    options = dict(locals())  # just the options, by parameter name: nothing else is defined yet
     from reviewgen.generate.config import load_generate_config
 
-    if mapping and preset:
+    cfg = load_generate_config(config, _overrides(options), sets=set_)
+    wm = _watermark(watermark_key_file, no_watermark)
+    from reviewgen.generate.pipeline import run_generation  # imports Ray: only after the checks above pass
+
+    run_generation(
+        str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log, watermark=wm
+    )
+
+
+def _overrides(options: dict) -> dict:
+    """The GenerateConfig fields the options give, by dotted key (None = not given); --mapping and --preset
+    both name the column mapping, so at most one may be given."""
+    from reviewgen.core.config import ConfigError
+
+    if options["mapping"] and options["preset"]:
         raise ConfigError("--mapping and --preset are mutually exclusive")
-    overrides = {
-        "sampling.reviews_per_product": reviews_per_product,
-        "sampling.seed": seed,
-        "sampling.temperature": temperature,
-        "sampling.top_p": top_p,
-        "sampling.batch_size": batch_size,
-        "sampling.compile_decode": True if compile_decode else None,
-        "sampling.rating_distribution": floats(rating_dist) if rating_dist else None,
-        "filter.min_score": min_score,
-        "filter.max_copy_span": max_copy_span,
-        "filter.min_tokens": min_tokens,
-        "filter.max_chars": max_chars,
-        "filter.reject_broken_text": False if keep_broken_text else None,
-        "catalog.mapping": mapping or preset,
-        "catalog.keep_columns": keep_columns,
-        "catalog.language_column": language_column,
-        "catalog.language": language,
-        "catalog.rating_column": rating_column,
-        "sharding.products_per_shard": products_per_shard,
-        "sharding.num_actors": num_actors,
-        "allow_empty": True if allow_empty else None,
+    return {
+        "sampling.reviews_per_product": options["reviews_per_product"],
+        "sampling.seed": options["seed"],
+        "sampling.temperature": options["temperature"],
+        "sampling.top_p": options["top_p"],
+        "sampling.batch_size": options["batch_size"],
+        "sampling.compile_decode": True if options["compile_decode"] else None,
+        "sampling.rating_distribution": floats(options["rating_dist"]) if options["rating_dist"] else None,
+        "filter.min_score": options["min_score"],
+        "filter.max_copy_span": options["max_copy_span"],
+        "filter.min_tokens": options["min_tokens"],
+        "filter.max_chars": options["max_chars"],
+        "filter.reject_broken_text": False if options["keep_broken_text"] else None,
+        "catalog.mapping": options["mapping"] or options["preset"],
+        "catalog.keep_columns": options["keep_columns"],
+        "catalog.language_column": options["language_column"],
+        "catalog.language": options["language"],
+        "catalog.rating_column": options["rating_column"],
+        "sharding.products_per_shard": options["products_per_shard"],
+        "sharding.num_actors": options["num_actors"],
+        "allow_empty": True if options["allow_empty"] else None,
     }
-    cfg = load_generate_config(config, overrides, sets=set_)
-    if no_watermark and watermark_key_file:
+
+
+def _watermark(key_file: Path | None, off: bool):
+    """The signing watermark (None with --no-watermark), logged by key id. A run without a key must say so with
+    --no-watermark, so that unwatermarked reviews are never written by accident."""
+    from reviewgen.core.config import ConfigError
+    from reviewgen.core.watermark import Watermark
+
+    if off and key_file:
         raise ConfigError("--no-watermark and --watermark-key-file are mutually exclusive")
-    wm = None if no_watermark else Watermark.from_env(watermark_key_file)
-    if wm is None and not no_watermark:
+    wm = None if off else Watermark.from_env(key_file)
+    if wm is None and not off:
         raise ConfigError(
             "no watermark key: set REVIEWGEN_WATERMARK_KEY or REVIEWGEN_WATERMARK_KEY_FILE, or pass "
             "--watermark-key-file (or --no-watermark to generate unwatermarked reviews)"
         )
     log(f"watermark: signing key id {wm.key_id}" if wm else "watermark: off (--no-watermark)")
-    from reviewgen.generate.pipeline import run_generation
-
-    run_generation(
-        str(model), list(catalog), out, cfg, run_date=run_date, since=since, force=force, log=log, watermark=wm
-    )
+    return wm

@@ -37,13 +37,9 @@ def sample(
     from reviewgen.core.checkpoint import load_checkpoint
     from reviewgen.core.sampling import generate_texts
     from reviewgen.core.tokenizer import Condition
-    from reviewgen.core.watermark import Watermark
-    from reviewgen.score.scorer import Scorer
 
     ck = load_checkpoint(model)
-    wm = Watermark.from_env(watermark_key_file)
-    if wm is not None:
-        log(f"watermark: signing key id {wm.key_id}")
+    wm = _signing_watermark(watermark_key_file)
     cond = Condition(title=title, category=category, rating=rating, sentiment=sentiment, language=language)
     texts = generate_texts(
         ck.generator,
@@ -56,16 +52,43 @@ def sample(
         top_k=top_k,
         watermark=wm,
     )
-    res = {"p_human": [None] * n, "watermark_z": [None] * n}
-    if score:  # the scorer reads the checkpoint loaded above, not a second copy from disk
-        scorer = Scorer.from_checkpoint(ck)
-        scorer.watermark = wm
-        res = scorer.score(
-            [
-                {"text": t, "product_title": title, "category": category, "rating": rating, "language": language}
-                for t in texts
-            ]
-        )
+    res = _score_reviews(ck, wm, cond, texts) if score else {"p_human": [None] * n, "watermark_z": [None] * n}
+    _log_reviews(texts, res)
+
+
+def _signing_watermark(key_file: Path | None):
+    """The watermark `sample` signs with (None when no key is configured), logged by key id."""
+    from reviewgen.core.watermark import Watermark
+
+    wm = Watermark.from_env(key_file)
+    if wm is not None:
+        log(f"watermark: signing key id {wm.key_id}")
+    return wm
+
+
+def _score_reviews(ck, wm, cond, texts: list[str]) -> dict:
+    """p_human and watermark_z of each sampled review, from the scorer of the checkpoint already loaded (not a
+    second copy read from disk)."""
+    from reviewgen.score.scorer import Scorer
+
+    scorer = Scorer.from_checkpoint(ck)
+    scorer.watermark = wm
+    return scorer.score(
+        [
+            {
+                "text": t,
+                "product_title": cond.title,
+                "category": cond.category,
+                "rating": cond.rating,
+                "language": cond.language,
+            }
+            for t in texts
+        ]
+    )
+
+
+def _log_reviews(texts: list[str], res: dict) -> None:
+    """One console line per review: its index, p_human and watermark z-score when known, and the text."""
     for i, (t, p, z) in enumerate(zip(texts, res["p_human"], res["watermark_z"])):
         log(
             f"[{i}]"

@@ -45,7 +45,7 @@ def serve(
 
     Ctrl-C (SIGINT) or SIGTERM drains in-flight requests, then stops the app (and Serve and Ray, when this
     command started them)."""
-    from reviewgen.core.config import parse_set_options
+    from reviewgen.core.config_io import parse_set_options
     from reviewgen.infra.console import quiet_ray_loggers
     from reviewgen.serve.app import run_server
     from reviewgen.serve.config import ServeConfig

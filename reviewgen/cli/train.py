@@ -160,68 +160,81 @@ def train(
     tracking_uri: TrackingUri = None,
 ):
     """Train the GAN: MLE pretraining, discriminator warm-up, adversarial training (policy gradient)."""
-    from reviewgen.train.job import TrainJobError, load_train_job
-
-    cfg, job = load_train_job(
-        config,
-        set_,
-        job_flags={
-            "data_dir": data,
-            "out": out,
-            "max_minutes": max_minutes,
-            "num_workers": num_workers,
-            "use_gpu": use_gpu or None,
-            "storage_path": storage_path,
-            "name": name,
-            "max_failures": max_failures,
-            "keep_checkpoints": keep_checkpoints,
-            "resume_from": resume_from,
-            "cpus_per_worker": cpus_per_worker,
-            "data_loader": data_loader,
-            "stop_after_phase": stop_after_phase,
-            "device": device,
-            "tracking_uri": tracking_uri,
-            "init_from": init_from,
-        },
-        run_flags={
-            "train.mle_steps": mle_steps,
-            "train.disc_warmup_steps": disc_steps,
-            "train.adv_steps": adv_steps,
-            "train.batch_size": batch_size,
-            "train.seed": seed,
-        },
-    )
+    cfg, job = _load_job(config, set_, options=dict(locals()))  # locals(): just the options, so far
     tracker = _start_tracking(job, cfg)
-    ok = False
+    ok, final = False, None
     try:
-        if job.num_workers > 0:
-            from reviewgen.train.distributed import run_distributed_training
-
-            final = run_distributed_training(job, cfg, log=log, tracker=tracker)
-        else:
-            from reviewgen.train.local import train_local
-
-            job.validate()
-            if job.resume_from:
-                raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
-            final = train_local(
-                job.data_dir,
-                job.out,
-                cfg,
-                max_minutes=job.max_minutes,
-                device=job.device or ("cuda" if job.use_gpu else None),
-                log=log,
-                stop_after_phase=job.stop_after_phase,
-                init_from=job.init_from,
-                tracker=tracker,
-            )
+        final = _run_job(job, cfg, tracker)
         ok = True
     finally:
-        if tracker is not None:
-            if ok:
-                tracker.set_tags(_model_tags(final))
-            tracker.finish(ok)
+        _finish_tracking(tracker, ok, final)
     log(f"done: {final}")
+
+
+def _load_job(config, sets, options: dict):
+    """The run config and job config: --config, then --set, then the options given (by parameter name)."""
+    from reviewgen.train.job import load_train_job
+
+    return load_train_job(config, sets, job_flags=_job_flags(options), run_flags=_run_flags(options))
+
+
+def _job_flags(options: dict) -> dict:
+    """The job settings the options give, by TrainJobConfig field (None = not given)."""
+    return {
+        "data_dir": options["data"],
+        "out": options["out"],
+        "max_minutes": options["max_minutes"],
+        "num_workers": options["num_workers"],
+        "use_gpu": options["use_gpu"] or None,
+        "storage_path": options["storage_path"],
+        "name": options["name"],
+        "max_failures": options["max_failures"],
+        "keep_checkpoints": options["keep_checkpoints"],
+        "resume_from": options["resume_from"],
+        "cpus_per_worker": options["cpus_per_worker"],
+        "data_loader": options["data_loader"],
+        "stop_after_phase": options["stop_after_phase"],
+        "device": options["device"],
+        "tracking_uri": options["tracking_uri"],
+        "init_from": options["init_from"],
+    }
+
+
+def _run_flags(options: dict) -> dict:
+    """The run-config overrides the options give, by dotted key (None = not given)."""
+    return {
+        "train.mle_steps": options["mle_steps"],
+        "train.disc_warmup_steps": options["disc_steps"],
+        "train.adv_steps": options["adv_steps"],
+        "train.batch_size": options["batch_size"],
+        "train.seed": options["seed"],
+    }
+
+
+def _run_job(job, cfg, tracker):
+    """Train as a Ray Train job (--num-workers >= 1) or in this process; returns the written model directory."""
+    from reviewgen.train.job import TrainJobError
+
+    if job.num_workers > 0:
+        from reviewgen.train.distributed import run_distributed_training
+
+        return run_distributed_training(job, cfg, log=log, tracker=tracker)
+    from reviewgen.train.local import train_local
+
+    job.validate()
+    if job.resume_from:
+        raise TrainJobError("--resume-from needs --num-workers >= 1; in-process mode resumes from OUT/state")
+    return train_local(
+        job.data_dir,
+        job.out,
+        cfg,
+        max_minutes=job.max_minutes,
+        device=job.device or ("cuda" if job.use_gpu else None),
+        log=log,
+        stop_after_phase=job.stop_after_phase,
+        init_from=job.init_from,
+        tracker=tracker,
+    )
 
 
 def _start_tracking(job, cfg):
@@ -235,6 +248,16 @@ def _start_tracking(job, cfg):
     )
     tracker.log_params({"run": cfg.to_dict(), "job": {k: str(v) for k, v in vars(job).items()}})
     return tracker
+
+
+def _finish_tracking(tracker, ok: bool, final) -> None:
+    """Close the MLflow run (if any): tagged with the written model `final` when training succeeded, marked
+    failed otherwise."""
+    if tracker is None:
+        return
+    if ok:
+        tracker.set_tags(_model_tags(final))
+    tracker.finish(ok)
 
 
 def _model_tags(model_dir) -> dict:

@@ -110,8 +110,6 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically (temp dir + rename) with `meta`'s record of how it was made; the format,
     content version, creation time and (with LoRA) the base reference are filled in here. Returns the path."""
-    from safetensors.torch import save_file
-
     final = Path(path)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -119,16 +117,14 @@ def save_checkpoint(
     (tmp / CONFIG_FILE).write_text(
         json.dumps({"format": FORMAT_VERSION, "run": config.to_dict(), "categories": list(categories)}, indent=2)
     )
-    meta = meta if meta is not None else Meta()
-    lora_g, lora_d = config.generator.lora.enabled, config.discriminator.lora.enabled
-    if lora_g:  # the adapters, and a verified reference to the base they sit on
-        meta = replace(meta, lora_base=write_base(tmp, generator, dict(meta.base) if meta.base else None))
-        reference = None  # the reference is the base itself
-    save_file(own_state(generator) if lora_g else _state(generator), str(tmp / "generator.safetensors"))
-    save_file(own_state(discriminator) if lora_d else _state(discriminator), str(tmp / "discriminator.safetensors"))
-    if reference is not None:
-        ref = _untied(reference) if isinstance(reference, dict) else _state(reference)
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in ref.items()}, str(tmp / "reference.safetensors"))
+    meta = _write_weights(
+        tmp,
+        config,
+        meta if meta is not None else Meta(),
+        generator=generator,
+        discriminator=discriminator,
+        reference=reference,
+    )
     tokenizer.save(tmp / "tokenizer.json")
     if train_state is not None:
         torch.save(train_state, tmp / "train_state.pt")
@@ -145,9 +141,42 @@ def save_checkpoint(
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     (tmp / META_FILE).write_text(record_json(meta.to_dict()))
-    # Move files in one by one rather than renaming the directory: a run directory keeps its
-    # sub-directories (mle/, state/) beside the model files. meta.json goes first out and last in,
-    # so a crash in between leaves no directory that looks complete.
+    _move_into(tmp, final)
+    return final
+
+
+def _write_weights(
+    tmp: Path,
+    config: RunConfig,
+    meta: Meta,
+    *,
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    reference: torch.nn.Module | dict | None,
+) -> Meta:
+    """Write the networks' safetensors files into `tmp`. With LoRA, G's file holds only its adapters, the
+    base is written as a verified reference (recorded on the returned meta) and stands in for the reference
+    network; D's file holds only its own weights when it has adapters too."""
+    from safetensors.torch import save_file
+
+    lora_g, lora_d = config.generator.lora.enabled, config.discriminator.lora.enabled
+    if lora_g:  # the adapters, and a verified reference to the base they sit on
+        meta = replace(meta, lora_base=write_base(tmp, generator, dict(meta.base) if meta.base else None))
+        reference = None  # the reference is the base itself
+    save_file(own_state(generator) if lora_g else _state(generator), str(tmp / "generator.safetensors"))
+    save_file(own_state(discriminator) if lora_d else _state(discriminator), str(tmp / "discriminator.safetensors"))
+    if reference is not None:
+        ref = _untied(reference) if isinstance(reference, dict) else _state(reference)
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in ref.items()}, str(tmp / "reference.safetensors"))
+    return meta
+
+
+def _move_into(tmp: Path, final: Path) -> None:
+    """Move a written checkpoint from `tmp` into `final`, removing the optional files it no longer has.
+
+    Files move in one by one rather than renaming the directory: a run directory keeps its sub-directories
+    (mle/, state/) beside the model files. meta.json goes first out and last in, so a crash in between
+    leaves no directory that looks complete."""
     final.mkdir(parents=True, exist_ok=True)
     (final / META_FILE).unlink(missing_ok=True)
     for name in ("reference.safetensors", BASE_FILE, "train_state.pt", CALIBRATION_FILE, NGRAM_FILE, "wordlm.npz"):
@@ -156,7 +185,6 @@ def save_checkpoint(
     for f in sorted(tmp.iterdir(), key=lambda f: f.name == META_FILE):
         os.replace(f, final / f.name)
     tmp.rmdir()
-    return final
 
 
 def _read_weights(p: Path, device) -> dict[str, torch.Tensor]:

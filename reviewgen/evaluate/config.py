@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reviewgen.core.config import ConfigError, load_config
+from reviewgen.core.config import ConfigError
+from reviewgen.core.config_io import load_config
 from reviewgen.score.filter import FilterConfig
 
 DEFAULT_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.3)
@@ -98,5 +99,5 @@ def load_eval_config(
     *,
     sets: Sequence[str] = (),
 ) -> EvalConfig:
-    """`EvalConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config.load_config`)."""
+    """`EvalConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config_io.load_config`)."""
     return load_config(EvalConfig, path, overrides, sets=sets, source=source)

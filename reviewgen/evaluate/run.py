@@ -1,37 +1,41 @@
 """`reviewgen evaluate`: the GAN vs its own MLE checkpoint on unseen (test-split) products, the calibrated
 scorer against baselines, the production output filter on generated text, and a report directory
-(metrics.json, report.md, PNGs). The protocol is described in `reviewgen.evaluate.quality`."""
+(metrics.json, report.md, PNGs). The protocol is described in `reviewgen.evaluate.quality`; what the
+evaluation reads is loaded by `reviewgen.evaluate.inputs`, its run metadata built by `reviewgen.evaluate.meta`."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
 import torch
 
-from reviewgen.core.checkpoint import Checkpoint, load_checkpoint
-from reviewgen.core.config import ConfigError
+from reviewgen.core.checkpoint import Checkpoint
 from reviewgen.core.device import pick_device
 from reviewgen.core.encoding import conditions, encode_frame, fixed_batches
-from reviewgen.core.errors import MissingInputError
 from reviewgen.core.losses import Tokens, val_nll
-from reviewgen.core.model_dir import Calibration, ngram_order
-from reviewgen.core.models import count_params
+from reviewgen.core.model_dir import ngram_order
 from reviewgen.core.sampling import generate_texts
-from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.config import EvalConfig
 from reviewgen.evaluate.filtering import filter_metrics, filter_verdicts
-from reviewgen.evaluate.fluency import fluency_result
+from reviewgen.evaluate.fluency import Fluency, fluency_result
+from reviewgen.evaluate.inputs import (
+    EvalModels,
+    EvalPaths,
+    EvalRows,
+    check_compare_names,
+    load_eval_rows,
+    load_models,
+)
 from reviewgen.evaluate.jsonio import write_json_atomic
 from reviewgen.evaluate.matching import match_at_diversity
+from reviewgen.evaluate.meta import run_meta
 from reviewgen.evaluate.quality import (
     MODELS,
     ConditionClassifiers,
@@ -40,57 +44,14 @@ from reviewgen.evaluate.quality import (
     aggregate,
     embedding_metrics,
     quality_metrics,
-    reference_pools,
-    split_eval_rows,
 )
-from reviewgen.evaluate.report import ReportInputs, read_history, write_plots, write_report
-from reviewgen.evaluate.results import EvalResult, OutOfFamily, QualityPoint, RunMeta, ScorerResult, Sweep
-from reviewgen.evaluate.scorer_eval import ScorerRows, extra_scorer_rows, refit_calibration, scorer_section
+from reviewgen.evaluate.report import ReportInputs, write_report
+from reviewgen.evaluate.report_plots import write_plots
+from reviewgen.evaluate.results import EvalResult, QualityPoint, ScorerResult, Sweep
+from reviewgen.evaluate.scorer_eval import ScorerRows, extra_scorer_rows, scorer_section
 from reviewgen.evaluate.targets import check_targets
 from reviewgen.evaluate.world import fakes_section
 from reviewgen.score.filter import ReviewFilter
-from reviewgen.score.scorer import Scorer
-
-
-@dataclass(frozen=True)
-class EvalPaths:
-    """Where one evaluation reads and writes: the GAN, its baseline, the data, the report directory, the
-    compared models by name and the out-of-family generator (None: no check)."""
-
-    model_dir: Path
-    baseline_dir: Path
-    data_dir: str | Path
-    out_dir: Path
-    compare: dict[str, Path]
-    ood_model_dir: str | Path | None
-
-
-@dataclass(frozen=True)
-class EvalModels:
-    """The loaded checkpoints by name (gan, mle, then the compared ones), the calibration in force, the
-    scorer, and the out-of-family checkpoint (None: no check)."""
-
-    ck: dict[str, Checkpoint]
-    calib: Calibration | None
-    scorer: Scorer
-    ood: Checkpoint | None
-
-
-@dataclass(frozen=True)
-class EvalRows:
-    """The splits and the evaluated test rows with what each model is asked for: reference pools,
-    conditions, languages, per-row sampling keys and the human texts of the same rows."""
-
-    train: pd.DataFrame
-    test: pd.DataFrame
-    ev: pd.DataFrame
-    ref: pd.DataFrame
-    pools: list
-    pool_note: str
-    conds: list[Condition]
-    langs: list[str]
-    keys: list[str]
-    human: list[str]
 
 
 def run_evaluation(
@@ -124,27 +85,30 @@ def run_evaluation(
     )
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(c.device)
-    models = _load_models(paths, c, dev, log)
-    rows = _eval_rows(data_dir, c, log)
+    models = load_models(paths, c, dev, log)
+    rows = load_eval_rows(data_dir, c, log)
+    result, inputs = _measure(paths, models, rows, c, dev, log)
+    result = dataclasses.replace(
+        result, targets=check_targets(result), meta=dataclasses.replace(result.meta, wall_time_s=time.time() - t0)
+    )
+    result = _write_outputs(result, paths.out_dir, inputs)
+    log(f"report written to {paths.out_dir} in {time.time() - t0:.0f}s")
+    return result
+
+
+def _measure(
+    paths: EvalPaths, models: EvalModels, rows: EvalRows, c: EvalConfig, dev: torch.device, log: Log
+) -> tuple[EvalResult, ReportInputs]:
+    """Every measurement of the evaluation, in order: test NLL, the temperature sweep and its matched-diversity
+    comparison, the scorer, fluency and the run metadata; the result (targets and wall time not yet set) and
+    what the report shows beside it."""
     nll, nll_reviews = _test_nll(models.ck, rows.test, c.nll_rows, dev, log)
     metrics = _TextMetrics(rows, c, models.ck["gan"], log)
     human_m = metrics.human()
     sweep, samples = _sweep(models.ck, rows, c, dev, metrics, log)
     matched = match_at_diversity(sweep.to_dict(), human_m["self_bleu4"], anchors=MODELS)
     scorer, scorer_extra = _scorer_results(models, rows, samples, c, dev, log)
-    # fluency: bits/char, real-word rate, TSTR (at the nightly job's default temperature)
-    fluency = fluency_result(
-        {n: models.ck[n] for n in MODELS},
-        samples,
-        rows.ev,
-        rows.test,
-        rows.train,
-        load_split(data_dir, "val"),
-        real_clf=metrics.clf,
-        tstr_temperature=1.0,
-        classifier_rows=c.classifier_rows,
-        device=dev,
-    )
+    fluency = _fluency(models, rows, samples, metrics.clf, load_split(paths.data_dir, "val"), c=c, dev=dev)
     meta = run_meta(
         paths,
         models,
@@ -165,9 +129,6 @@ def run_evaluation(
         scorer=scorer,
         fluency=fluency,
     )
-    result = dataclasses.replace(
-        result, targets=check_targets(result), meta=dataclasses.replace(meta, wall_time_s=time.time() - t0)
-    )
     inputs = ReportInputs(
         model_dir=paths.model_dir,
         ev=rows.ev,
@@ -176,48 +137,42 @@ def run_evaluation(
         review_filter=metrics.review_filter,
         scorer_extra=scorer_extra,
     )
-    result = dataclasses.replace(result, plots=tuple(write_plots(result, paths.out_dir, inputs)))
-    write_report(result, paths.out_dir, inputs)
-    write_json_atomic(paths.out_dir / "metrics.json", result.to_dict())
-    log(f"report written to {paths.out_dir} in {time.time() - t0:.0f}s")
+    return result, inputs
+
+
+def _write_outputs(result: EvalResult, out_dir: Path, inputs: ReportInputs) -> EvalResult:
+    """Write the plots first (the report lists their names), then report.md, then metrics.json, which is
+    the finished result naming its plots; returns that result."""
+    result = dataclasses.replace(result, plots=tuple(write_plots(result, out_dir, inputs)))
+    write_report(result, out_dir, inputs)
+    write_json_atomic(out_dir / "metrics.json", result.to_dict())
     return result
 
 
-def _load_models(paths: EvalPaths, c: EvalConfig, dev: torch.device, log: Log) -> EvalModels:
-    """Refit the scorer calibration first (when `c.recalibrate`), so the scorer loaded after it reads the
-    refit; then every checkpoint the evaluation samples from."""
-    calib = None
-    if c.recalibrate:
-        calib = refit_calibration(
-            paths.model_dir,
-            paths.data_dir,
-            checkpoints=[paths.model_dir, paths.baseline_dir],
-            device=str(dev),
-            max_rows=64 if c.fast else None,
-            log=log,
-        )
-    ck = {
-        "gan": load_checkpoint(paths.model_dir, dev),
-        "mle": load_checkpoint(paths.baseline_dir, dev),
-        **{name: load_checkpoint(path, dev) for name, path in paths.compare.items()},
-    }
-    scorer = Scorer.from_checkpoint(ck["gan"], str(dev))
-    ood = load_checkpoint(paths.ood_model_dir, dev) if paths.ood_model_dir is not None else None
-    return EvalModels(ck, calib or ck["gan"].calibration, scorer, ood)
-
-
-def _eval_rows(data_dir: str | Path, c: EvalConfig, log: Log) -> EvalRows:
-    """The evaluated rows of unseen test products and their reference pools (`split_eval_rows`)."""
-    train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
-    ev, ref = split_eval_rows(test, c.n_products, c.samples_per_product)
-    pools, pool_note = reference_pools(ev, ref)
-    conds, langs = conditions(ev), ev["language"].tolist()
-    keys = [f"{pid}:{i}" for i, pid in enumerate(ev["product_id"])]
-    log(
-        f"evaluating on {len(ev)} test reviews of {ev['product_id'].nunique()} unseen products "
-        f"({dict(Counter(langs))}); {len(c.temperatures)} temperatures x {len(c.seeds)} seeds; {pool_note}"
+def _fluency(
+    models: EvalModels,
+    rows: EvalRows,
+    samples: dict[tuple[str, float], list[str]],
+    real_clf: ConditionClassifiers,
+    val: pd.DataFrame,
+    *,
+    c: EvalConfig,
+    dev: torch.device,
+) -> Fluency:
+    """GAN's and MLE's fluency: bits/char, real-word rate, and TSTR (at the nightly job's default
+    temperature), with the condition classifiers trained on real reviews as the TSTR reference."""
+    return fluency_result(
+        {n: models.ck[n] for n in MODELS},
+        samples,
+        rows.ev,
+        rows.test,
+        rows.train,
+        val,
+        real_clf=real_clf,
+        tstr_temperature=1.0,
+        classifier_rows=c.classifier_rows,
+        device=dev,
     )
-    return EvalRows(train, test, ev, ref, pools, pool_note, conds, langs, keys, ev["text"].astype(str).tolist())
 
 
 def _test_nll(
@@ -348,21 +303,6 @@ def _scorer_results(
     return ScorerResult(scorer_m, fakes), scorer_extra
 
 
-def check_compare_names(compare: Mapping[str, str | Path]) -> dict[str, Path]:
-    """The `compare` models as {name: directory}; a name must be a plain word other than the built-in
-    gan, mle, human and ood, and the directory must exist (checked before the long evaluation starts)."""
-    out = {}
-    for name, path in compare.items():
-        if not name.replace("_", "").replace("-", "").isalnum() or name.lower() in (*MODELS, "human", "ood"):
-            raise ConfigError(
-                f"evaluate: compare model name {name!r} must be a plain word other than gan, mle, human and ood"
-            )
-        if not Path(path).is_dir():
-            raise MissingInputError(f"evaluate: compare model {name!r}: no model directory at {path}")
-        out[name] = Path(path)
-    return out
-
-
 def sweep_models(
     names: list[str],
     sample: Callable[[str, float, int], list[str]],
@@ -390,84 +330,3 @@ def sweep_models(
                 )
             sweep[name][f"{temp:g}"] = QualityPoint(name, f"{temp:g}", aggregate(runs))
     return Sweep(sweep), samples
-
-
-def run_meta(
-    paths: EvalPaths,
-    models: EvalModels,
-    rows: EvalRows,
-    c: EvalConfig,
-    *,
-    embeddings_available: bool,
-    device: str,
-    nll_reviews: int,
-    max_copy_span: int | None,
-) -> RunMeta:
-    """Compute budget and settings: model sizes, training time, data sizes, evaluation protocol (with the
-    copy threshold the filter applied, `max_copy_span`), and the compared and out-of-family models (the wall
-    time is filled in at the end)."""
-    history = read_history(paths.model_dir / "metrics.jsonl")
-    gan, mle = models.ck["gan"], models.ck["mle"]
-    cfg, tok = gan.config.to_dict(), gan.tokenizer
-    return RunMeta(
-        model_dir=str(paths.model_dir),
-        baseline_dir=str(paths.baseline_dir),
-        data_dir=str(paths.data_dir),
-        model_version=gan.version,
-        baseline_version=mle.version,
-        device=device,
-        generator_params=count_params(gan.generator),
-        discriminator_params=count_params(gan.discriminator),
-        generator_config=dict(cfg["generator"]),
-        discriminator_config=dict(cfg["discriminator"]),
-        tokenizer={"vocab_size": tok.vocab_size, "prefix_len": tok.prefix_len, "max_review_len": tok.max_review_len},
-        train_steps={
-            p: cfg["train"].get(k)
-            for p, k in (("mle", "mle_steps"), ("disc", "disc_warmup_steps"), ("adv", "adv_steps"))
-        },
-        batch_size=gan.config.train.batch_size,
-        train_wall_time_s=max((float(r.get("time", 0)) for r in history), default=None),
-        data=_data_sizes(rows),
-        temperatures=list(c.temperatures),
-        seeds=list(c.seeds),
-        top_p=c.top_p,
-        max_copy_span=max_copy_span,
-        fast=c.fast,
-        embeddings_available=embeddings_available,
-        mauve_available=importlib.util.find_spec("mauve") is not None,
-        reference_pools=rows.pool_note,
-        nll_reviews=nll_reviews,
-        compared={
-            name: {"model_dir": str(path), "version": models.ck[name].version} for name, path in paths.compare.items()
-        },
-        out_of_family=_out_of_family_meta(paths.ood_model_dir, models.ood),
-    )
-
-
-def _data_sizes(rows: EvalRows) -> dict[str, Any]:
-    """Reviews and products of the train and test splits and of the evaluated rows, and the reference rows."""
-    train, test, ev = rows.train, rows.test, rows.ev
-    return {
-        "train_reviews": len(train),
-        "train_products": int(train["product_id"].nunique()),
-        "test_reviews": len(test),
-        "test_products": int(test["product_id"].nunique()),
-        "evaluated_reviews": len(ev),
-        "evaluated_products": int(ev["product_id"].nunique()),
-        "reference_reviews": len(rows.ref),
-        "evaluated_by_language": dict(Counter(ev["language"])),
-    }
-
-
-def _out_of_family_meta(model_dir: str | Path | None, ood: Checkpoint | None) -> OutOfFamily | None:
-    """The out-of-family generator's directory, version, size, config, seed and training data (None: none)."""
-    if ood is None:
-        return None
-    return OutOfFamily(
-        model_dir=str(model_dir),
-        version=ood.version,
-        generator_params=count_params(ood.generator),
-        generator_config=ood.config.to_dict()["generator"],
-        seed=ood.config.train.seed,
-        trained_on=ood.meta.data_hash,
-    )

@@ -21,7 +21,8 @@ from reviewgen.core.sampling import generate_texts
 from reviewgen.core.tokenizer import Condition
 from reviewgen.data.corpus import load_split
 from reviewgen.evaluate.quality import MODELS, Log
-from reviewgen.score.calibration import FEATURE_SIGNS, calibrate, describe_calibration
+from reviewgen.score.calibration import calibrate, describe_calibration
+from reviewgen.score.detector_fit import FEATURE_SIGNS
 from reviewgen.score.fakes import CALIBRATION_TEMPERATURES, DETECTOR_SETTINGS, SamplingSetting, sample_fakes
 from reviewgen.score.platt import apply_calibration
 from reviewgen.score.scorer import Scorer, reference_network
@@ -251,8 +252,7 @@ def scorer_section(
     conds, human = rows.conds, rows.human
     baseline = tfidf_real_vs_fake(ck, train, n_base, seed, log)
     settings = _sampling_settings(ck, rows, samples, temperatures, seed=seed, dev=dev, ood=ood)
-    fit = scorer.calibration.fit if scorer.calibration is not None else None
-    fitted = set(fit.settings or [f"T={t:g}" for t in fit.temperatures]) if fit is not None else set()
+    fitted = _fitted_settings(scorer.calibration)
     h = scorer.score_texts(conds, human)
     h_base = baseline.predict_proba(human)[:, 1]
     out: dict[str, Any] = {
@@ -264,37 +264,80 @@ def scorer_section(
     extra: dict[str, Any] = {"human_p": h["p_human"], "gen_p": {}, "roc": {}, "pooled": ([], [])}
     for label, (info, texts) in settings.items():
         g = scorer.score_texts(conds, texts)
-        y = np.r_[np.ones(len(human)), np.zeros(len(texts))]
-        p = np.r_[h["p_human"], g["p_human"]]
-        ok = np.isfinite(p)  # unscorable texts (e.g. empty samples) have no score
-        lg = np.r_[h["d_logit"], g["d_logit"]]
-        p_base = np.r_[h_base, baseline.predict_proba(texts)[:, 1]]
-        setting = SamplingSetting(info["temperature"], info["top_k"], info["top_p"])
-        info = dict(
-            info,
-            source="out_of_family" if info["model"] == "ood" else "own",
-            in_calibration=bool(info["model"] in MODELS and setting.label in fitted),
-            unscored=int((~ok).sum()),
-        )
-        out["settings"][label] = {
-            **info,
-            "calibrated": binary_metrics(y[ok], p[ok]),
-            "discriminator": binary_metrics(y[ok], apply_calibration(lg[ok], scorer.calibration)),
-            "uncalibrated": binary_metrics(y[ok], apply_calibration(lg[ok], None)),
-            "tfidf_lr": binary_metrics(y, p_base),
-            "signals": _signal_aurocs(y, {k: np.r_[h[k], g[k]] for k in SIGNALS}),
-        }
+        s = _Scores.of(h, g, h_base, baseline.predict_proba(texts)[:, 1])
+        signals = {k: np.r_[h[k], g[k]] for k in SIGNALS}
+        out["settings"][label] = _setting_metrics(info, s, signals, scorer.calibration, fitted)
         extra["gen_p"][label] = g["p_human"]
-        if info["model"] != "mle":
-            fpr, tpr, _ = roc_curve(y[ok], p[ok])
-            extra["roc"][f"p_human {label}"] = (fpr, tpr)
-        if info["model"] == "gan" and info["top_p"] == 1.0 and info["top_k"] == 0:
-            extra["pooled"][0].append(y[ok])
-            extra["pooled"][1].append(p[ok])
-        if info["top_k"] == OOD_TOP_K:  # same decoding, own vs out-of-family generator
-            fpr, tpr, _ = roc_curve(y[ok], apply_calibration(lg[ok], scorer.calibration))
-            extra["roc"][f"D alone {label}"] = (fpr, tpr)
-            if info["model"] == "gan":
-                fpr, tpr, _ = roc_curve(y, p_base)
-                extra["roc"][f"TF-IDF+LR {label}"] = (fpr, tpr)
+        _add_plot_arrays(extra, label, info, s, scorer.calibration)
     return out, extra
+
+
+def _fitted_settings(calibration: Calibration | None) -> set[str]:
+    """The labels of the sampling settings the calibration was fitted on (none without a calibration)."""
+    fit = calibration.fit if calibration is not None else None
+    return set(fit.settings or [f"T={t:g}" for t in fit.temperatures]) if fit is not None else set()
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """The human rows then one setting's generated rows: labels (human = 1), the scorer's p_human, D's logit
+    and the TF-IDF baseline's p_human; `ok` marks the rows with a score (unscorable texts, e.g. empty
+    samples, have none)."""
+
+    y: np.ndarray
+    p: np.ndarray
+    lg: np.ndarray
+    p_base: np.ndarray
+    ok: np.ndarray
+
+    @classmethod
+    def of(cls, h: dict[str, np.ndarray], g: dict[str, np.ndarray], h_base: np.ndarray, g_base: np.ndarray) -> _Scores:
+        """From the scorer's outputs on the human (`h`) and generated (`g`) texts and the baseline's."""
+        p = np.r_[h["p_human"], g["p_human"]]
+        y = np.r_[np.ones(len(h_base)), np.zeros(len(g_base))]
+        return cls(y, p, np.r_[h["d_logit"], g["d_logit"]], np.r_[h_base, g_base], np.isfinite(p))
+
+
+def _setting_metrics(
+    info: dict[str, Any],
+    s: _Scores,
+    signals: dict[str, np.ndarray],
+    calibration: Calibration | None,
+    fitted: set[str],
+) -> dict[str, Any]:
+    """One sampling setting's entry of the scorer section: its settings, source, whether the calibration
+    was fitted on it, how many texts had no score, and each scorer's and signal's metrics."""
+    setting = SamplingSetting(info["temperature"], info["top_k"], info["top_p"])
+    ok = s.ok
+    return {
+        **info,
+        "source": "out_of_family" if info["model"] == "ood" else "own",
+        "in_calibration": bool(info["model"] in MODELS and setting.label in fitted),
+        "unscored": int((~ok).sum()),
+        "calibrated": binary_metrics(s.y[ok], s.p[ok]),
+        "discriminator": binary_metrics(s.y[ok], apply_calibration(s.lg[ok], calibration)),
+        "uncalibrated": binary_metrics(s.y[ok], apply_calibration(s.lg[ok], None)),
+        "tfidf_lr": binary_metrics(s.y, s.p_base),
+        "signals": _signal_aurocs(s.y, signals),
+    }
+
+
+def _add_plot_arrays(
+    extra: dict[str, Any], label: str, info: dict[str, Any], s: _Scores, calibration: Calibration | None
+) -> None:
+    """Add one setting's curves to the plots' raw arrays: p_human's ROC (not for MLE), the pooled GAN
+    plain-temperature scores of the reliability diagram, and at top-k 40, the decoding shared by our own and
+    the out-of-family generator, D alone's ROC (and the TF-IDF baseline's for the GAN)."""
+    y, p, ok = s.y, s.p, s.ok
+    if info["model"] != "mle":
+        fpr, tpr, _ = roc_curve(y[ok], p[ok])
+        extra["roc"][f"p_human {label}"] = (fpr, tpr)
+    if info["model"] == "gan" and info["top_p"] == 1.0 and info["top_k"] == 0:
+        extra["pooled"][0].append(y[ok])
+        extra["pooled"][1].append(p[ok])
+    if info["top_k"] == OOD_TOP_K:  # same decoding, own vs out-of-family generator
+        fpr, tpr, _ = roc_curve(y[ok], apply_calibration(s.lg[ok], calibration))
+        extra["roc"][f"D alone {label}"] = (fpr, tpr)
+        if info["model"] == "gan":
+            fpr, tpr, _ = roc_curve(y, s.p_base)
+            extra["roc"][f"TF-IDF+LR {label}"] = (fpr, tpr)

@@ -19,7 +19,8 @@ import pandas as pd
 from reviewgen.core.errors import MissingInputError
 from reviewgen.core.metrics import auroc, ece, tpr_at_fpr
 from reviewgen.data.io import read_table
-from reviewgen.score.adapt import LabelsError, check_labels, score_labels, split_report
+from reviewgen.score.adapt import split_report
+from reviewgen.score.adapt_labels import LabelsError, check_labels, score_labels
 from reviewgen.score.adapted import AdaptError
 from reviewgen.score.combiner import CombinerError
 from reviewgen.score.scorer import MACHINE_FLAGS, Scorer, review_conditions

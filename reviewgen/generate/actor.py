@@ -128,9 +128,26 @@ class GeneratorActor:
 
     def write_shard(self, shard: int, products: list[dict[str, Any]]) -> dict[str, Any]:
         """Generate, score, filter and write one shard's reviews and rejects; returns its counts and times."""
-        s, run_id, keep_cols = self.cfg.sampling, self.job.run_id, self.cfg.catalog.keep_columns
         products = sorted(products, key=lambda p: p["product_id"])  # file content independent of arrival order
         t0 = time.perf_counter()
+        rows, ratings, conds = self._review_slots(products)
+        texts = self._generate(rows, conds)
+        t1 = time.perf_counter()
+        scores, why_not = self.judge(conds, texts)
+        t2 = time.perf_counter()
+        keep, rejects = self._sort_out(rows, ratings, texts, scores, why_not)
+        t3 = time.perf_counter()
+        counts = {"shard": shard, "products": len(products), "generated": len(rows), "accepted": len(keep)}
+        self._write_files(shard, counts, keep, rejects)
+        t4 = time.perf_counter()
+        return {**counts, "t_generate": t1 - t0, "t_score": t2 - t1, "t_filter": t3 - t2, "t_write": t4 - t3}
+
+    def _review_slots(
+        self, products: list[dict[str, Any]]
+    ) -> tuple[list[tuple[dict[str, Any], int]], list[int], list[Condition]]:
+        """Every (product, review index) of the shard with its rating (the catalog's target rating, else a
+        draw from the run's distribution, fixed by product, index and seed) and its generation condition."""
+        s = self.cfg.sampling
         rows = [(pr, i) for pr in products for i in range(s.reviews_per_product)]
         ratings = [
             int(pr["target_rating"]) if pr.get("target_rating") else draw_rating(pr["product_id"], i, s.seed, self.cdf)
@@ -140,8 +157,14 @@ class GeneratorActor:
             Condition(title=pr["title"], category=pr.get("category") or "", rating=r, language=pr["language"])
             for (pr, _), r in zip(rows, ratings)
         ]
+        return rows, ratings, conds
+
+    def _generate(self, rows: list[tuple[dict[str, Any], int]], conds: list[Condition]) -> list[str]:
+        """One text per slot, each sampled from its own seed (product, index, run seed) so that a slot's text
+        does not depend on the batch it falls in; signed with the watermark when the run has one."""
+        s = self.cfg.sampling
         seeds = [row_seed(pr["product_id"], i, s.seed) for pr, i in rows]
-        texts = generate_texts(
+        return generate_texts(
             self.ckpt.generator,
             self.tok,
             conds,
@@ -153,74 +176,88 @@ class GeneratorActor:
             compile_decode=s.compile_decode,
             watermark=self.watermark,
         )
-        t1 = time.perf_counter()
-        scores, why_not = self.judge(conds, texts)
-        t2 = time.perf_counter()
+
+    def _sort_out(
+        self,
+        rows: list[tuple[dict[str, Any], int]],
+        ratings: list[int],
+        texts: list[str],
+        scores: list[float | None],
+        why_not: list[str | None],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(reviews table rows, filter rejects rows): each judged review goes to one of the two, in slot order."""
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         keep, rejects = [], []
-        for (pr, i), r, text, sc, why, (wz, wk) in zip(rows, ratings, texts, scores, why_not, self.last_watermark):
-            rid = review_id(run_id, pr["product_id"], i)
+        for slot, r, text, sc, why, wm in zip(rows, ratings, texts, scores, why_not, self.last_watermark):
             if why:
-                rejects.append(
-                    {
-                        "stage": "filter",
-                        "reason": why,
-                        "product_id": pr["product_id"],
-                        "review_id": rid,
-                        "review_index": i,
-                        "source_file": pr.get("source_file"),
-                        "text": text,
-                        "score": sc,
-                        "raw": None,
-                        "run_id": run_id,
-                        "source_row": pr.get("source_row"),
-                    }
-                )
-                continue
-            rec = {
-                "product_id": pr["product_id"],
-                "review_id": rid,
-                "review_index": i,
-                "rating": r,
-                "text": text,
-                "score": sc,
-                "model_version": self.job.model_version,
-                "run_id": run_id,
-                "seed": s.seed,
-                "generated_at": now,
-                "language": pr["language"],
-                "title": pr["title"],
-                "category": pr.get("category"),
-                "watermark_z": wz,
-                "watermark_key_id": wk,
-            }
-            rec.update({c: None if pr.get(c) is None else str(pr.get(c)) for c in keep_cols})
-            keep.append(rec)
-        t3 = time.perf_counter()
+                rejects.append(self._reject_record(slot, text=text, score=sc, reason=why))
+            else:
+                keep.append(self._review_record(slot, rating=r, text=text, score=sc, watermark=wm, now=now))
+        return keep, rejects
+
+    def _reject_record(
+        self, slot: tuple[dict[str, Any], int], *, text: str, score: float | None, reason: str
+    ) -> dict[str, Any]:
+        """A filter reject row (`REJECT_SCHEMA`) for the review of `slot` (product, index)."""
+        pr, i = slot
+        return {
+            "stage": "filter",
+            "reason": reason,
+            "product_id": pr["product_id"],
+            "review_id": review_id(self.job.run_id, pr["product_id"], i),
+            "review_index": i,
+            "source_file": pr.get("source_file"),
+            "text": text,
+            "score": score,
+            "raw": None,
+            "run_id": self.job.run_id,
+            "source_row": pr.get("source_row"),
+        }
+
+    def _review_record(
+        self,
+        slot: tuple[dict[str, Any], int],
+        *,
+        rating: int,
+        text: str,
+        score: float | None,
+        watermark: tuple[float | None, str | None],
+        now: str,
+    ) -> dict[str, Any]:
+        """An accepted review's row (`review_schema`): the review, its identity and the run's, and the
+        product's kept catalog columns as strings."""
+        pr, i = slot
+        rec = {
+            "product_id": pr["product_id"],
+            "review_id": review_id(self.job.run_id, pr["product_id"], i),
+            "review_index": i,
+            "rating": rating,
+            "text": text,
+            "score": score,
+            "model_version": self.job.model_version,
+            "run_id": self.job.run_id,
+            "seed": self.cfg.sampling.seed,
+            "generated_at": now,
+            "language": pr["language"],
+            "title": pr["title"],
+            "category": pr.get("category"),
+            "watermark_z": watermark[0],
+            "watermark_key_id": watermark[1],
+        }
+        rec.update({c: None if pr.get(c) is None else str(pr.get(c)) for c in self.cfg.catalog.keep_columns})
+        return rec
+
+    def _write_files(
+        self, shard: int, counts: dict[str, Any], keep: list[dict[str, Any]], rejects: list[dict[str, Any]]
+    ) -> None:
+        """Write the shard's rejects, then its reviews with `counts` and the rejects per reason in the footer:
+        rejects first, reviews last, since the reviews file marks the shard done."""
         reasons: dict[str, int] = {}
         for rj in rejects:
             reasons[rj["reason"]] = reasons.get(rj["reason"], 0) + 1
-        stats = {
-            "shard": shard,
-            "products": len(products),
-            "generated": len(rows),
-            "accepted": len(keep),
-            "rejects_by_reason": dict(sorted(reasons.items())),
-        }
-        # rejects first, reviews last: the reviews file (with the counts in its footer) marks the shard done
+        stats = {**counts, "rejects_by_reason": dict(sorted(reasons.items()))}
         write_atomic(
             self.fs, shard_file(self.part, "rejects", shard), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
         )
-        schema = review_schema(keep_cols).with_metadata({STATS_KEY: json.dumps(stats).encode()})
+        schema = review_schema(self.cfg.catalog.keep_columns).with_metadata({STATS_KEY: json.dumps(stats).encode()})
         write_atomic(self.fs, shard_file(self.part, "reviews", shard), pa.Table.from_pylist(keep, schema=schema))
-        t4 = time.perf_counter()
-        return {
-            "shard": shard,
-            "products": len(products),
-            "generated": len(rows),
-            "accepted": len(keep),
-            "t_generate": t1 - t0,
-            "t_score": t2 - t1,
-            "t_filter": t3 - t2,
-            "t_write": t4 - t3,
-        }

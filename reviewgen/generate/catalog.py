@@ -1,16 +1,9 @@
-"""Catalog contract, column mappings and per-row validation for `reviewgen generate`.
+"""Catalog contract and per-row validation for `reviewgen generate`.
 
 Contract (after mapping): ``product_id`` (required, unique in a run) and ``title`` (required);
 ``category``, ``brand``, ``description``, ``price`` optional; named extra columns pass through as strings.
-
-Mapping (a dict, a YAML file, or a preset name from ``configs/catalogs/<name>.yaml``)::
-
-    columns:
-      product_id: index                  # one source column
-      price: [sale_price, market_price]  # or a list: first non-null per row wins
-      category: {column: product_category_tree, transform: category_tree_first}
-
-Without a mapping every contract field is read from the column of the same name.
+The column mapping (presets, YAML files, dicts) is resolved in ``reviewgen.generate.mapping``; its names
+stay importable from here.
 
 Validation decisions (every rejected row gets exactly one reason):
 - ``missing_id`` null/empty id; ``invalid_type:product_id`` for lists/dicts/bools; ``id_too_long`` > 256 chars.
@@ -36,7 +29,6 @@ import hashlib
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -44,107 +36,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.text import clean_text
 from reviewgen.core.tokenizer import LANGS
+from reviewgen.generate.mapping import REQUIRED, category_tree_first
 from reviewgen.infra.storage import filesystem
 
-FIELDS = ("product_id", "title", "category", "brand", "description", "price")
-REQUIRED = ("product_id", "title")
-TRANSFORMS = ("category_tree_first",)
 MAX_TITLE_CHARS = 1000
 MAX_ID_CHARS = 256
 MAX_OPTIONAL_CHARS = {"category": 200, "brand": 200, "description": 4000}
 MAX_RAW_FIELD_CHARS = 500
-PRESET_DIR = Path(__file__).resolve().parents[1] / "catalogs"
 _PRICE_RE = re.compile(r"^[^\d\-+]*([-+]?\d[\d,]*(?:\.\d+)?)\s*[^\d]*$")
-
-
-class CatalogError(ReviewgenError, ValueError):
-    """A mapping or catalog option is invalid; the message names the file/field."""
-
-
-# -- mapping -----------------------------------------------------------------------------------------
-
-
-def presets() -> list[str]:
-    """Names of the bundled presets (configs/catalogs/*.yaml)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
-
-
-def resolve_mapping(mapping: None | str | Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Normalise a mapping (None, preset name, YAML path or dict) to {field: [{column, transform}]}.
-
-    Each field maps to a list of candidate sources, tried per row in order (first non-null wins).
-    """
-    if mapping is None:
-        doc: Any = {"columns": {f: f for f in FIELDS}}
-    elif isinstance(mapping, Mapping):
-        doc = dict(mapping)
-    elif isinstance(mapping, (str, Path)):
-        path = Path(mapping)
-        if not path.is_file():
-            path = PRESET_DIR / f"{mapping}.yaml"
-            if not path.is_file():
-                raise CatalogError(
-                    f"mapping {mapping!r} is neither a YAML file nor a preset "
-                    f"(presets: {', '.join(presets()) or 'none'})"
-                )
-        import yaml
-
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise CatalogError(f"{path}: invalid YAML ({e})") from e
-        if not isinstance(doc, dict):
-            raise CatalogError(f"{path}: expected a mapping with a 'columns' key")
-    else:
-        raise CatalogError(f"mapping must be None, a preset name, a YAML path or a dict, got {type(mapping).__name__}")
-    cols = doc.get("columns", doc)
-    if not isinstance(cols, Mapping):
-        raise CatalogError(f"mapping 'columns' must be a dict, got {type(cols).__name__}")
-    unknown = set(cols) - set(FIELDS)
-    if unknown:
-        raise CatalogError(f"mapping names unknown fields {sorted(unknown)} (fields: {', '.join(FIELDS)})")
-    out: dict[str, list[dict[str, Any]]] = {}
-    for field in FIELDS:
-        spec = cols.get(field, field if mapping is None else None)
-        if spec is None:
-            if field in REQUIRED:
-                raise CatalogError(f"mapping must name a source column for required field {field!r}")
-            out[field] = []
-            continue
-        items = spec if isinstance(spec, list) else [spec]
-        srcs = []
-        for it in items:
-            if isinstance(it, str):
-                srcs.append({"column": it, "transform": None})
-            elif isinstance(it, Mapping) and isinstance(it.get("column"), str):
-                tr = it.get("transform")
-                if tr is not None and tr not in TRANSFORMS:
-                    raise CatalogError(f"mapping field {field!r}: unknown transform {tr!r} (known: {TRANSFORMS})")
-                srcs.append({"column": it["column"], "transform": tr})
-            else:
-                raise CatalogError(
-                    f"mapping field {field!r}: expected a column name, a list, or {{column, transform}}, got {it!r}"
-                )
-        out[field] = srcs
-    return out
-
-
-def category_tree_first(v: Any) -> Any:
-    """First level of a Flipkart category tree string '["A >> B >> C"]' -> 'A'."""
-    if not isinstance(v, str):
-        return v
-    s = v.strip()
-    try:
-        parsed = json.loads(s)
-        if isinstance(parsed, list) and parsed:
-            s = str(parsed[0])
-    except (json.JSONDecodeError, ValueError):
-        s = s.strip("[]\"' ")
-    first = s.split(">>")[0].strip()
-    return first or None
 
 
 # -- per-value coercion ------------------------------------------------------------------------------

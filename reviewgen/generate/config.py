@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reviewgen.core.config import ConfigError, load_config
+from reviewgen.core.config import ConfigError
+from reviewgen.core.config_io import load_config
 from reviewgen.score.filter import FilterConfig
 
 # contract columns the reviews table already carries: a pass-through of them would clash
@@ -108,5 +109,5 @@ def load_generate_config(
     *,
     sets: Sequence[str] = (),
 ) -> GenerateConfig:
-    """`GenerateConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config.load_config`)."""
+    """`GenerateConfig` from YAML, then `--set`, then the flags (`reviewgen.core.config_io.load_config`)."""
     return load_config(GenerateConfig, path, overrides, sets=sets, source=source)

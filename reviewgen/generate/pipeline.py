@@ -1,6 +1,7 @@
 """Ray Data nightly catalog-wide review generation (`reviewgen generate`, `jobs/generate.py`).
 
-Every catalog row stays inside Ray Data; the driver holds file lists and counts, never rows::
+Every catalog row stays inside Ray Data; the driver holds file lists and counts, never rows (the read and
+shard planning stages are in `reviewgen.generate.catalog_stage`)::
 
     probe each file's parquet footer (driver: row groups, or the file is unreadable)
       -> read row groups + validate (tasks) -> hash-partition by product id: first (file, row) wins,
@@ -35,28 +36,27 @@ import json
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pyarrow.parquet as pq
 import ray
 from ray.data.context import DataContext, ShuffleStrategy
 
 from reviewgen.core.watermark import Watermark
-from reviewgen.generate import catalog as cat
-from reviewgen.generate.actor import REJECT_SCHEMA, REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
-from reviewgen.generate.blocks import PRODUCT_SCHEMA, as_previous, read_pieces, resolve_block, split_rows, todo_block
+from reviewgen.generate.actor import REVIEW_FIELDS, GeneratorActor, ShardJob, review_schema
+from reviewgen.generate.blocks import todo_block
+from reviewgen.generate.catalog_stage import ShardPlan, plan_shards, read_catalog
 from reviewgen.generate.config import GenerateConfig
+from reviewgen.generate.mapping import resolve_mapping
 from reviewgen.generate.results import RunCounts, RunSummary, RunTimings
 from reviewgen.generate.run import (
     GenerationError,
+    RunContext,
+    fs_uri,
     identity_settings,
     join,
-    list_files,
     list_inputs,
     model_info,
-    n_shards_for,
     rating_distribution,
     remove_stale_temps,
     resolve_run_date,
@@ -68,10 +68,7 @@ from reviewgen.generate.run import (
     summary_table,
 )
 from reviewgen.infra.runtime import ensure_ray
-from reviewgen.infra.storage import exists, filesystem, write_atomic
-
-ROWS_PER_PARTITION = 100_000  # dedupe shuffle: partitions = rows / this (1..200)
-
+from reviewgen.infra.storage import filesystem, write_atomic
 
 # -- driver helpers -----------------------------------------------------------------------------------
 
@@ -87,32 +84,6 @@ def _scoped_context() -> DataContext:
     return ctx
 
 
-def _read_plan(inputs: list[dict], log: Callable[[str], None]) -> tuple[list[dict], int]:
-    """One read task per row group, from each file's footer; an unreadable file becomes one task that
-    emits its reject row. Returns (tasks, catalog rows known from footers)."""
-    tasks, rows = [], 0
-    for idx, f in enumerate(x for x in inputs if not x.get("empty_directory")):
-        base = {"path": f["path"], "file_index": idx, "row_group": -1, "first_row": 0, "error": ""}
-        try:
-            fs, p = filesystem(f["path"])
-            md = pq.ParquetFile(p, filesystem=fs).metadata
-        except cat.READ_ERRORS as e:
-            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-            log(f"catalog {f['path']}: unreadable ({msg}); counted as one rejected input row")
-            tasks.append(dict(base, error=msg))
-            continue
-        offset = 0
-        for rg in range(md.num_row_groups):
-            tasks.append(dict(base, row_group=rg, first_row=offset))
-            offset += md.row_group(rg).num_rows
-        rows += offset
-    return tasks, rows
-
-
-def _uri(fs, path: str) -> str:
-    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
-
-
 def _num_actors(cfg: GenerateConfig, pending: int) -> tuple[int, dict[str, Any]]:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     n = cfg.sharding.num_actors or (gpus if gpus else int(ray.cluster_resources().get("CPU", 1) // 2))
@@ -121,41 +92,6 @@ def _num_actors(cfg: GenerateConfig, pending: int) -> tuple[int, dict[str, Any]]
 
 
 # -- the run ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Run:
-    """What every stage of one run reads: its settings, model, output partition and identity, its inputs
-    with the catalog mapping and rating distribution, the previous run's products (for --since) and the
-    watermark."""
-
-    cfg: GenerateConfig
-    model_dir: str | Path
-    model_version: str
-    fs: Any
-    part: str
-    run_id: str
-    run_date: str
-    inputs: list[dict]
-    mapping: dict
-    dist: list[float]
-    prev_products: str | None
-    watermark: Watermark | None
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The catalog's tallies after reading, and the shards: all that have products, those a previous
-    attempt finished, and those still to generate."""
-
-    n_in: int
-    n_valid: int
-    n_todo: int
-    catalog_reasons: Counter
-    n_shards: int
-    expected: set[int]
-    done: set[int]
-    pending: list[int]
 
 
 def run_generation(
@@ -184,67 +120,94 @@ def run_generation(
     GenerationError when the run cannot proceed, or (unless `config.allow_empty`) when it read no valid product
     or accepted no review; ConfigError when max_copy_span is below the model's n-gram size (`FilterConfig.resolved`)."""
     t_start = time.perf_counter()
-    cfg = config or GenerateConfig()
+    run = _resolve_run(
+        model_dir, catalogs, out, config or GenerateConfig(), run_date=run_date, since=since, watermark=watermark
+    )
+    state, manifest = start_state(run.fs, run.part, run.run_id, force)
+    if state == "noop":
+        log(
+            f"{run.part}: already generated by run {run.run_id} with the same inputs, model and settings; "
+            "nothing to do (--force regenerates)"
+        )
+        return dataclasses.replace(RunSummary.from_dict(manifest["summary"]), noop=True)
+    if state == "fresh":
+        log(f"{run.part}: starting afresh ({'--force' if force else 'replacing an unfinished different run'})")
+
+    doc = {"run_id": run.run_id, "run_date": run.run_date, "model_version": run.model_version, "settings": run.settings}
+    write_atomic(run.fs, join(run.part, "run.json"), json.dumps(doc, indent=2, default=str).encode())
+    ensure_ray(log=log)
+    with DataContext.current(_scoped_context()):
+        summary = _execute(run, log, t_start)
+    summary_doc = _manifest(run, summary)
+    remove_stale_temps(run.fs, run.part)
+    write_atomic(run.fs, join(run.part, "manifest.json"), json.dumps(summary_doc, indent=2, default=str).encode())
+    log(summary_table(summary))
+    _finish(run, summary)
+    return summary
+
+
+def _resolve_run(
+    model_dir: str | Path,
+    catalogs: Sequence[str],
+    out: str | Path,
+    cfg: GenerateConfig,
+    *,
+    run_date: str | None,
+    since: str | None,
+    watermark: Watermark | None,
+) -> RunContext:
+    """Everything a run is decided by, before any work: its date, model, mapping, inputs, output
+    partition, --since's previous run and, from those, its settings and run id. Fails early on a bad option
+    (a kept column clashing with the output, max_copy_span below the model's n-gram size, ...)."""
     run_date = resolve_run_date(run_date)
     _check_keep_columns(cfg)
     meta, model_cfg, ngram_n = model_info(model_dir)
     cfg.filter.resolved(ngram_n)  # fail before any work when max_copy_span is below the index's n
     dist, dist_src = rating_distribution(meta, cfg.sampling.rating_distribution)
-    mapping = cat.resolve_mapping(cfg.catalog.mapping)
+    mapping = resolve_mapping(cfg.catalog.mapping)
     inputs = list_inputs([str(c) for c in catalogs])
     fs, out_path = filesystem(str(out))
-    part = join(out_path, f"run_date={run_date}")
     since_uri = resolve_since(str(out), since) if since else None
     prev_products, prev_run = since_run(since_uri) if since_uri else (None, None)
     settings = identity_settings(cfg, mapping, dist, prev_run, watermark.lineage() if watermark else None)
-    run_id = run_identity(run_date, meta.version, settings, inputs)
-
-    state, manifest = start_state(fs, part, run_id, force)
-    if state == "noop":
-        log(
-            f"{part}: already generated by run {run_id} with the same inputs, model and settings; "
-            "nothing to do (--force regenerates)"
-        )
-        return dataclasses.replace(RunSummary.from_dict(manifest["summary"]), noop=True)
-    if state == "fresh":
-        log(f"{part}: starting afresh ({'--force' if force else 'replacing an unfinished different run'})")
-
-    write_atomic(
-        fs,
-        join(part, "run.json"),
-        json.dumps(
-            {"run_id": run_id, "run_date": run_date, "model_version": meta.version, "settings": settings},
-            indent=2,
-            default=str,
-        ).encode(),
+    model = {
+        "dir": str(Path(model_dir).resolve()),
+        "version": meta.version,
+        "data_hash": meta.data_hash,
+        "rating_distribution_source": dist_src,
+        "config": model_cfg.to_dict(),
+    }
+    return RunContext(
+        cfg=cfg,
+        model_dir=model_dir,
+        model_version=meta.version,
+        fs=fs,
+        part=join(out_path, f"run_date={run_date}"),
+        run_id=run_identity(run_date, meta.version, settings, inputs),
+        run_date=run_date,
+        inputs=inputs,
+        mapping=mapping,
+        dist=dist,
+        prev_products=prev_products,
+        watermark=watermark,
+        settings=settings,
+        since=since_uri,
+        model=model,
     )
-    ensure_ray(log=log)
-    run = _Run(
-        cfg, model_dir, meta.version, fs, part, run_id, run_date, inputs, mapping, dist, prev_products, watermark
-    )
-    with DataContext.current(_scoped_context()):
-        summary = _execute(run, log, t_start)
-    summary_doc = {
-        "run_id": run_id,
-        "run_date": run_date,
-        "inputs": inputs,
-        "model": {
-            "dir": str(Path(model_dir).resolve()),
-            "version": meta.version,
-            "data_hash": meta.data_hash,
-            "rating_distribution_source": dist_src,
-            "config": model_cfg.to_dict(),
-        },
-        "settings": settings,
-        "since": since_uri,
+
+
+def _manifest(run: RunContext, summary: RunSummary) -> dict[str, Any]:
+    """manifest.json's document: the run's identity, inputs, model and settings, and its summary."""
+    return {
+        "run_id": run.run_id,
+        "run_date": run.run_date,
+        "inputs": run.inputs,
+        "model": run.model,
+        "settings": run.settings,
+        "since": run.since,
         "summary": summary.to_dict(),
         "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    remove_stale_temps(fs, part)
-    write_atomic(fs, join(part, "manifest.json"), json.dumps(summary_doc, indent=2, default=str).encode())
-    log(summary_table(summary))
-    _finish(run, summary)
-    return summary
 
 
 def _check_keep_columns(cfg: GenerateConfig) -> None:
@@ -254,7 +217,7 @@ def _check_keep_columns(cfg: GenerateConfig) -> None:
         raise GenerationError(f"--keep-columns {sorted(clash)} clash with output columns")
 
 
-def _finish(run: _Run, summary: RunSummary) -> None:
+def _finish(run: RunContext, summary: RunSummary) -> None:
     """Write _SUCCESS, last; GenerationError instead when the run is empty (no valid product, or no review
     passed the filter) and the config does not allow that."""
     c = summary.counts
@@ -269,14 +232,14 @@ def _finish(run: _Run, summary: RunSummary) -> None:
     write_atomic(run.fs, join(run.part, "_SUCCESS"), b"")
 
 
-def _execute(run: _Run, log: Callable[[str], None], t_start: float) -> RunSummary:
+def _execute(run: RunContext, log: Callable[[str], None], t_start: float) -> RunSummary:
     """The stages of a run that is not a no-op, timed: read and dedupe, plan the shards, generate, count."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    stage, tally = _read_catalog(run, log)
+    stage, tally = read_catalog(run, log)
     timings["read_validate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plan = _plan_shards(run, stage, tally)
+    plan = plan_shards(run, stage, tally)
     timings["plan"] = time.perf_counter() - t0
     log(
         f"catalog: {plan.n_in} rows -> {plan.n_valid} valid, {plan.n_in - plan.n_valid} rejected; {plan.n_todo} "
@@ -304,75 +267,7 @@ def _execute(run: _Run, log: Callable[[str], None], t_start: float) -> RunSummar
     )
 
 
-def _read_catalog(run: _Run, log: Callable[[str], None]) -> tuple[str, Counter]:
-    """Read, validate and dedupe (comparing with --since) into _work/catalog/, every row with its final
-    status; the tasks return only per-partition tallies. Returns (the work dir, the tally)."""
-    cfg, fs, part = run.cfg, run.fs, run.part
-    keep = list(cfg.catalog.keep_columns)
-    schema = cat.stage_schema(keep)
-    opts = dict(
-        keep_columns=keep,
-        language_column=cfg.catalog.language_column,
-        default_language=cfg.catalog.language,
-        rating_column=cfg.catalog.rating_column,
-    )
-    tasks, footer_rows = _read_plan(run.inputs, log)
-    stage = join(part, "_work", "catalog")
-    for d in (stage, join(part, "products")):
-        if exists(fs, d):
-            fs.delete_dir(d)
-    for old in list_files(fs, join(part, "rejects"), "catalog-"):
-        fs.delete_file(old)
-    tally: Counter = Counter()
-    if tasks:
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
-            read_pieces, batch_size=1, batch_format="numpy", fn_args=(run.mapping, opts)
-        )
-        if run.prev_products:
-            ds = ds.union(
-                ray.data.read_parquet(run.prev_products)
-                .select_columns(["product_id", "attr_hash"])
-                .map_batches(as_previous, batch_size=None, batch_format="pyarrow", fn_args=(schema,))
-            )
-        parts = max(1, min(200, footer_rows // ROWS_PER_PARTITION + 1))
-        # a hash repartition by key emits each partition as unsplit blocks (what map_groups relies on), so
-        # one call of resolve_block sees every row of an id and dedupes it vectorised, not per group
-        tallies = ds.repartition(parts, keys=["dkey"]).map_batches(
-            resolve_block, batch_size=None, batch_format="pandas", fn_args=(schema, _uri(fs, stage))
-        )
-        for t in tallies.iter_rows():  # a few rows per partition
-            tally[(t["status"], t["reason"], bool(t["generate"]))] += int(t["n"])
-    return stage, tally
-
-
-def _plan_shards(run: _Run, stage: str, tally: Counter) -> _Plan:
-    """Counts from the tally, then products/ (with shards) and rejects/catalog-*.parquet, one task per
-    work file; the shards already written by an earlier attempt are done."""
-    fs, part = run.fs, run.part
-    n_in = sum(tally.values())
-    n_valid = sum(n for (s, _, _), n in tally.items() if s == "ok")
-    n_todo = sum(n for (s, _, g), n in tally.items() if s == "ok" and g)
-    catalog_reasons: Counter = Counter()
-    for (s, r, _), n in tally.items():
-        if s != "ok":
-            catalog_reasons[r] += n
-    n_shards = n_shards_for(n_todo, run.cfg.sharding.products_per_shard)
-    work_files = list_files(fs, stage, "rows-")
-    expected: set[int] = set()
-    if work_files:
-        split = ray.data.from_items([{"path": _uri(fs, p)} for p in work_files], override_num_blocks=len(work_files))
-        for r in split.map_batches(
-            split_rows, batch_size=1, batch_format="numpy", fn_args=(n_shards, run.run_id, _uri(fs, part))
-        ).iter_rows():
-            expected.add(int(r["shard"]))
-    else:  # nothing was read: the tables still exist, empty, with their schemas
-        write_atomic(fs, join(part, "products", "products-empty.parquet"), PRODUCT_SCHEMA.empty_table())
-        write_atomic(fs, join(part, "rejects", "catalog-empty.parquet"), REJECT_SCHEMA.empty_table())
-    done = set(shard_stats(fs, part)) & expected
-    return _Plan(n_in, n_valid, n_todo, catalog_reasons, n_shards, expected, done, sorted(expected - done))
-
-
-def _generate_shards(run: _Run, plan: _Plan, stage: str, log: Callable[[str], None]) -> Counter:
+def _generate_shards(run: RunContext, plan: ShardPlan, stage: str, log: Callable[[str], None]) -> Counter:
     """One map_groups call per pending shard on the actor pool; returns the actors' summed stage timings
     and review counts."""
     stage_t: Counter = Counter()
@@ -385,7 +280,7 @@ def _generate_shards(run: _Run, plan: _Plan, stage: str, log: Callable[[str], No
         run.run_id,
         run.model_version,
         str(Path(run.model_dir).resolve()),
-        _uri(run.fs, run.part),
+        fs_uri(run.fs, run.part),
         tuple(run.dist),
         run.watermark,
     )
@@ -394,7 +289,7 @@ def _generate_shards(run: _Run, plan: _Plan, stage: str, log: Callable[[str], No
             ["product_id", "title", "category", "language", "target_rating", "source_file", "source_row", *keep]
         )
     )
-    todo = ray.data.read_parquet(_uri(run.fs, stage)).map_batches(
+    todo = ray.data.read_parquet(fs_uri(run.fs, stage)).map_batches(
         todo_block, batch_size=None, batch_format="pandas", fn_args=(plan.n_shards, frozenset(plan.done), columns)
     )
     stats = todo.groupby("shard", num_partitions=max(1, min(len(plan.pending), 4 * num_actors))).map_groups(
@@ -410,7 +305,7 @@ def _generate_shards(run: _Run, plan: _Plan, stage: str, log: Callable[[str], No
     return stage_t
 
 
-def _final_counts(run: _Run, plan: _Plan, stage_t: Counter) -> RunCounts:
+def _final_counts(run: RunContext, plan: ShardPlan, stage_t: Counter) -> RunCounts:
     """The run's counts from the shard files' footers; GenerationError when a shard has no output or the
     rows do not add up. Removes the work dir."""
     fs, part = run.fs, run.part

@@ -29,6 +29,7 @@ from reviewgen.core.config import RunConfig
 from reviewgen.core.errors import ReviewgenError
 from reviewgen.core.model_dir import CheckpointError, Meta, is_model_dir, ngram_order, read_meta, read_run_config
 from reviewgen.core.sampling import row_seed
+from reviewgen.core.watermark import Watermark
 from reviewgen.generate.config import GenerateConfig
 from reviewgen.generate.results import RunSummary
 from reviewgen.infra.storage import TMP_PREFIX, exists, filesystem
@@ -41,6 +42,30 @@ STATS_KEY = b"reviewgen.shard_stats"  # parquet footer key of a shard's counts
 
 class GenerationError(ReviewgenError, RuntimeError):
     """The run cannot proceed (bad option, conflicting partition, missing input); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run reads: its settings, model, output partition and identity, its inputs
+    with the catalog mapping and rating distribution, the previous run's products (for --since) and the
+    watermark; with what manifest.json records of them (the identity settings, --since's partition, the
+    model)."""
+
+    cfg: GenerateConfig
+    model_dir: str | Path
+    model_version: str
+    fs: Any
+    part: str
+    run_id: str
+    run_date: str
+    inputs: list[dict]
+    mapping: dict
+    dist: list[float]
+    prev_products: str | None
+    watermark: Watermark | None
+    settings: dict[str, Any]
+    since: str | None
+    model: dict[str, Any]
 
 
 # -- identities --------------------------------------------------------------------------------------
@@ -196,6 +221,11 @@ def rating_distribution(meta: Meta, override: Sequence[float] | None) -> tuple[l
 def join(base: str, *parts: str) -> str:
     """Join URI/path parts with '/'."""
     return "/".join([base.rstrip("/"), *parts])
+
+
+def fs_uri(fs: pafs.FileSystem, path: str) -> str:
+    """`path` of filesystem `fs` as a URI that a Ray task can open (a local path stays a path)."""
+    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:

@@ -5,7 +5,7 @@ regression fitted with LBFGS; the result is plain data (the "detector" entry of 
 calibration.json), loaded without pickle. A logistic model fitted by log loss is calibrated on its own fit
 distribution; strong L2, sign-fixed weights (`fit_combiner(signs=)`) and a choice of features made on
 held-out sources (`select_combiner`) keep it from leaning on a signal that only separates our own
-generator's artifacts. Which features and why: `reviewgen.score.calibration`.
+generator's artifacts. Which features and why: `reviewgen.score.detector_fit`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Combiner:
     A `floor` f and a `ceiling` c make that probability q into f + (c - f) q: some reviews' signals say
     nothing about who wrote them (a short, generic human review reads exactly like a machine's), so no
     review is scored with more certainty than the fit set showed. `offset` is then added to the logit of
-    the result (a prior shift, see `reviewgen.score.calibration.prior_shift`).
+    the result (a prior shift, see `reviewgen.score.platt.prior_shift`).
 
     A feature named "sq:NAME" is two-sided: ((NAME - c) / s)^2, the squared distance of signal NAME from
     the centre c (spread s) of the fit set's human rows, stored in `centers[NAME]`. It lets a linear model

@@ -1,6 +1,7 @@
 """Platt scaling: a logistic map from a raw score to a calibrated probability, optionally within a fitted
 floor and ceiling. The scorer applies it to D's logit (its fallback without the language models) and to the
-detector's combined logit; `reviewgen.score.calibration` fits both."""
+detector's combined logit; `reviewgen.score.calibration` fits both. A fit set's prior shift (`prior_shift`)
+takes either back to the scorer's 1:1 prior."""
 
 from __future__ import annotations
 
@@ -66,3 +67,11 @@ def apply_calibration(logits: np.ndarray, calib: Mapping[str, float] | Calibrati
         a, b = (calib["scale"], calib["bias"]) if calib else (1.0, 0.0)
         f, c = (calib.get("floor", 0.0), calib.get("ceiling", 1.0)) if calib else (0.0, 1.0)
     return f + (c - f) / (1.0 + np.exp(-(a * np.asarray(logits, dtype=np.float64) + b)))
+
+
+def prior_shift(labels: np.ndarray) -> float:
+    """log(machine rows / human rows) of a fit set (labels: 1 human, 0 machine): what a logistic fit on it
+    subtracts from every logit, and what adding back gives the logit under the scorer's 1:1 prior."""
+    y = np.asarray(labels)
+    n_human, n_machine = int((y == 1).sum()), int((y == 0).sum())
+    return float(np.log(n_machine / n_human)) if n_human and n_machine else 0.0

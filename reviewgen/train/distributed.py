@@ -46,7 +46,8 @@ from reviewgen.infra.storage import exists, filesystem, read_text, write_local_a
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.job import TrainJobConfig, TrainJobError
 from reviewgen.train.ray_worker import WorkerSpec, download_dir, encode_batch, shipped_tokenizer, train_loop
-from reviewgen.train.trainer import GANTrainer, RunSetup, setup_run
+from reviewgen.train.run_setup import RunSetup, setup_run
+from reviewgen.train.trainer import GANTrainer
 
 READ_COLUMNS = ["product_title", "category", "rating", "sentiment", "language", "text"]
 
@@ -119,18 +120,37 @@ def run_distributed_training(
 
 
 def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, tracker=None) -> Path:
+    """Set the run up, fit it on Ray Train, and export OUT from its last checkpoint."""
     out = Path(job.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(job.data_dir).resolve()
     train_df, val_df = load_split(data_dir, "train"), load_split(data_dir, "val")
     setup = _run_setup(job, cfg, train_df, log)
-    cfg, tok, categories, base = setup.config, setup.tokenizer, setup.categories, setup.base
     _connect(job, log)
-    t = cfg.train
-    global_bs = t.batch_size * job.num_workers
+    spec = _worker_spec(job, setup, val_df, data_dir=data_dir, deadline=deadline, tracker=tracker)
+    spec, datasets = _train_data(job, setup, spec, train_df, data_dir)
+    t = setup.config.train
+    log(
+        f"Ray Train: {job.num_workers} worker(s), per-worker batch {t.batch_size} "
+        f"(global {t.batch_size * job.num_workers}), "
+        f"data {job.data_loader}, storage {job.storage}/{job.run_name}"
+    )
+    result = _fit(job, spec, datasets, log)
+    if result.checkpoint is None:
+        raise TrainJobError(f"run {job.run_name!r} produced no checkpoint (see the worker logs under {job.storage})")
+    return _export(job, result.checkpoint, out, train_df, val_df, log)
+
+
+def _worker_spec(
+    job: TrainJobConfig, setup: RunSetup, val_df, *, data_dir: Path, deadline: float | None, tracker
+) -> WorkerSpec:
+    """What every worker needs besides its training data: the run's config, tokenizer and categories, the
+    validation batches, where to keep checkpoints, when to stop, and where to log metrics."""
+    cfg, tok, categories = setup.config, setup.tokenizer, setup.categories
+    global_bs = cfg.train.batch_size * job.num_workers
     # validation on the global batch size, so val NLL is comparable across worker counts
-    val = encode_frame(val_df.head(global_bs * t.val_batches), tok, categories)
-    spec = WorkerSpec(
+    val = encode_frame(val_df.head(global_bs * cfg.train.val_batches), tok, categories)
+    return WorkerSpec(
         config=cfg,
         tok_json=tok.tok.to_str(),
         categories=tuple(categories),
@@ -144,33 +164,39 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
         stop_after_phase=job.stop_after_phase,
         deadline=deadline,
         resume_from=str(Path(job.resume_from).resolve()) if job.resume_from else None,
-        base=base,
+        base=setup.base,
         tracking=(tracker.uri, tracker.run_id) if tracker is not None else None,
     )
-    datasets = None
+
+
+def _train_data(
+    job: TrainJobConfig, setup: RunSetup, spec: WorkerSpec, train_df, data_dir: Path
+) -> tuple[WorkerSpec, dict | None]:
+    """The training data as the job's loader hands it to the workers: `sharded_memory` puts the encoded frame
+    in the object store (on the spec); `ray_data` reads and encodes the parquet file as a Ray Dataset."""
+    cfg, categories = setup.config, setup.categories
     if job.data_loader == "sharded_memory":
-        spec = replace(spec, train_ref=ray.put(encode_frame(train_df, tok, categories)))
-    else:
-        ds = ray.data.read_parquet(str(data_dir / "train.parquet"), columns=READ_COLUMNS)
-        ds = ds.map_batches(
-            encode_batch,
-            batch_format="pandas",
-            batch_size=512,
-            fn_kwargs={
-                "tok_json": spec.tok_json,
-                "prefix_len": cfg.tokenizer.prefix_len,
-                "max_review_len": cfg.tokenizer.max_review_len,
-                "categories": categories,
-            },
-        )
-        datasets = {"train": ds}
-    resources = {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {})
-    log(
-        f"Ray Train: {job.num_workers} worker(s), per-worker batch {t.batch_size} (global {global_bs}), "
-        f"data {job.data_loader}, storage {job.storage}/{job.run_name}"
+        return replace(spec, train_ref=ray.put(encode_frame(train_df, setup.tokenizer, categories))), None
+    ds = ray.data.read_parquet(str(data_dir / "train.parquet"), columns=READ_COLUMNS)
+    ds = ds.map_batches(
+        encode_batch,
+        batch_format="pandas",
+        batch_size=512,
+        fn_kwargs={
+            "tok_json": spec.tok_json,
+            "prefix_len": cfg.tokenizer.prefix_len,
+            "max_review_len": cfg.tokenizer.max_review_len,
+            "categories": categories,
+        },
     )
+    return spec, {"train": ds}
+
+
+def _fit(job: TrainJobConfig, spec: WorkerSpec, datasets: dict | None, log):
+    """Run the workers under a Ray Train `TorchTrainer` and return its result; workers' progress lines reach
+    this console through a relay, whatever happens to the worker logs."""
+    resources = {"CPU": job.cpus_per_worker} | ({"GPU": 1} if job.use_gpu else {})
     t0 = time.time()
-    # workers' progress lines reach this console through the relay, whatever happens to worker logs
     with ProgressRelay(log) as relay:
         trainer = TorchTrainer(
             train_loop,
@@ -188,9 +214,7 @@ def _run(job: TrainJobConfig, cfg: RunConfig, deadline: float | None, log, track
         )
         result = trainer.fit()
     log(f"fit finished in {time.time() - t0:.1f} s")
-    if result.checkpoint is None:
-        raise TrainJobError(f"run {job.run_name!r} produced no checkpoint (see the worker logs under {job.storage})")
-    return _export(job, result.checkpoint, out, train_df, val_df, log)
+    return result
 
 
 def _export(job: TrainJobConfig, checkpoint, out: Path, train_df, val_df, log) -> Path:

@@ -57,16 +57,7 @@ def finalize_model(
     )
     ngram_file = out / ".ngrams.tmp.npy"
     idx.save(ngram_file)
-    final_val = val_nll(
-        trainer.G,
-        fixed_batches(
-            encode_frame(val_df, trainer.tok, trainer.categories),
-            trainer.cfg.train.batch_size,
-            trainer.cfg.train.val_batches,
-            trainer.device,
-        ),
-        trainer.tk,
-    )
+    final_val = _final_val_nll(trainer, val_df)
     save_checkpoint(
         out,
         config=trainer.cfg,
@@ -78,23 +69,44 @@ def finalize_model(
         ngram_file=ngram_file,
         wordlm_file=wordlm_file,
         reference=ref,
-        meta=Meta(
-            data_hash=data_hash,
-            role="final" if complete else "partial",
-            complete=complete,
-            phase=trainer.phase,
-            step=trainer.step,
-            global_step=trainer.global_step,
-            metrics={"val_nll": final_val, "calibration": calib.to_dict()},
-            rating_distribution=tuple(rating_distribution(train_df)),
-            base=trainer.base,
-        ),
+        meta=_model_meta(trainer, train_df, data_hash, {"val_nll": final_val, "calibration": calib.to_dict()}),
     )
     ngram_file.unlink(missing_ok=True)
     wordlm_file.unlink(missing_ok=True)
     what = "final model" if complete else f"partial model (phase {trainer.phase}, step {trainer.step})"
     log(f"{what} written to {out} (val NLL {final_val:.3f}, {len(idx)} n-grams indexed)")
     return out
+
+
+def _final_val_nll(trainer, val_df: pd.DataFrame) -> float:
+    """The generator's validation NLL over the run's fixed validation batches, stamped on the model."""
+    return val_nll(
+        trainer.G,
+        fixed_batches(
+            encode_frame(val_df, trainer.tok, trainer.categories),
+            trainer.cfg.train.batch_size,
+            trainer.cfg.train.val_batches,
+            trainer.device,
+        ),
+        trainer.tk,
+    )
+
+
+def _model_meta(trainer, train_df: pd.DataFrame, data_hash: str, metrics: dict) -> Meta:
+    """The model's meta.json: role "final" once training is done, else "partial" with the phase and step it
+    reached; the training data's hash and rating distribution; the base it started from."""
+    complete = trainer.phase == "done"
+    return Meta(
+        data_hash=data_hash,
+        role="final" if complete else "partial",
+        complete=complete,
+        phase=trainer.phase,
+        step=trainer.step,
+        global_step=trainer.global_step,
+        metrics=metrics,
+        rating_distribution=tuple(rating_distribution(train_df)),
+        base=trainer.base,
+    )
 
 
 def rating_distribution(df: pd.DataFrame) -> list[float]:

@@ -10,15 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
-from reviewgen.core.config import (
-    JOB_SECTION,
-    ConfigError,
-    RunConfig,
-    config_from_dict,
-    parse_set_options,
-    read_yaml_mapping,
-    with_overrides,
-)
+from reviewgen.core.config import JOB_SECTION, RunConfig
+from reviewgen.core.config_io import ConfigError, config_from_dict, parse_set_options, read_yaml_mapping, with_overrides
 
 DATA_LOADERS = ("ray_data", "sharded_memory")
 # schemes pyarrow.fs (and so Ray Train storage) understands without extra plugins

@@ -16,7 +16,8 @@ from reviewgen.data.corpus import load_split
 from reviewgen.train.batches import TensorBatches
 from reviewgen.train.export import data_hash_of, finalize_model
 from reviewgen.train.loop import LocalSink, LoopSettings, run_loop
-from reviewgen.train.trainer import GANTrainer, setup_run
+from reviewgen.train.run_setup import setup_run
+from reviewgen.train.trainer import GANTrainer
 
 
 def train_local(

@@ -108,6 +108,98 @@ def format_progress(
     return f"[{phase} {step}/{total}] {parts} tok/s={m.get('tokens_per_s', 0):.0f} ETA {eta / 60:.1f} min{budget}"
 
 
+class _LoopRun:
+    """One call of `run_loop`: the trainer, where its results go, and what the loop keeps between steps (the
+    latest metrics for checkpoint summaries, the latest validation NLL, the global step last saved)."""
+
+    def __init__(
+        self, trainer, loader_state: Callable[[], dict], val_batches: list, sink: Sink, settings: LoopSettings
+    ):
+        self.trainer, self.loader_state, self.val_batches = trainer, loader_state, val_batches
+        self.sink, self.settings = sink, settings
+        t = trainer.cfg.train
+        self.total = t.mle_steps + t.disc_warmup_steps + t.adv_steps
+        self.t0 = time.time()
+        self.last: dict[str, Any] = {}
+        self.last_val: float | None = None
+        self.saved_at: int | None = None
+
+    def checkpoint(self, baseline: bool) -> None:
+        """Save the current position through the sink; with `baseline`, also the MLE baseline."""
+        trainer, settings = self.trainer, self.settings
+        summary = {
+            "phase": trainer.phase,
+            "step": trainer.step,
+            "global_step": trainer.global_step,
+            "resumes": settings.resumes,
+            **{k: self.last.get(k) for k in SUMMARY_KEYS},
+        }
+        run_state = {
+            "loader": self.loader_state(),
+            "resumes": settings.resumes,
+            "elapsed": settings.elapsed + time.time() - self.t0,
+        }
+        base = (
+            Meta(data_hash=settings.data_hash, role="mle_baseline", metrics={"val_nll": self.last_val})
+            if baseline
+            else None
+        )
+        self.sink.checkpoint(trainer, run_state, Meta(data_hash=settings.data_hash, metrics=summary), summary, base)
+        self.saved_at = trainer.global_step
+
+    def step(self, batch: dict) -> bool:
+        """One training step with its evaluation, step log, progress line and checkpoint cadence. True when the
+        time budget is spent (every rank agrees; the position is saved)."""
+        trainer, sink, t = self.trainer, self.sink, self.trainer.cfg.train
+        res = trainer.train_step(batch)
+        m = sink.reduce(res.metrics)
+        if sink.is_chief and (res.phase_done or res.step % t.eval_every == 0):
+            self.last_val = m["val_nll"] = val_nll(trainer.G, self.val_batches, trainer.tk)
+        self.last.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
+        if sink.is_chief:
+            self._report(res, m)
+        deadline = self.settings.deadline
+        out_of_time = deadline is not None and sink.agree(time.time() > deadline)
+        baseline = res.phase_done and res.phase == "mle"
+        if baseline or res.phase_done or res.step % t.checkpoint_every == 0 or out_of_time:
+            self.checkpoint(baseline)
+        if baseline and sink.is_chief:
+            sink.progress(f"MLE baseline saved (val NLL {self.last_val:.3f})")
+        if out_of_time and sink.is_chief:
+            sink.progress(
+                f"time budget reached in phase {trainer.phase} "
+                f"(step {trainer.step}, global step {trainer.global_step}); state saved"
+            )
+        return out_of_time
+
+    def _report(self, res, m: dict[str, Any]) -> None:
+        """The chief's step log line for this step, and its progress line at the log cadence or a phase end."""
+        trainer, settings, deadline = self.trainer, self.settings, self.settings.deadline
+        self.sink.record(
+            {
+                "phase": res.phase,
+                "step": res.step,
+                "global_step": trainer.global_step,
+                "time": settings.elapsed + time.time() - self.t0,
+                "resumes": settings.resumes,
+                "world_size": trainer.world,
+                **m,
+            }
+        )
+        if res.step % trainer.cfg.train.log_every == 0 or res.phase_done:
+            self.sink.progress(
+                format_progress(
+                    res.phase,
+                    res.step,
+                    trainer.phase_length(res.phase),
+                    m,
+                    time.time() - self.t0,
+                    self.total - trainer.global_step,
+                    budget_left=None if deadline is None else deadline - time.time(),
+                )
+            )
+
+
 def run_loop(
     trainer,
     batches: Iterator[dict],
@@ -119,82 +211,17 @@ def run_loop(
     """Train until the last phase ends, `stop_after_phase` has ended, or the time budget is spent.
 
     Always leaves a checkpoint of the final position through the sink, so a rerun continues there."""
-    t = trainer.cfg.train
-    total = t.mle_steps + t.disc_warmup_steps + t.adv_steps
-    t0 = time.time()
-    deadline = settings.deadline
-    last: dict[str, Any] = {}
-    last_val, saved_at, stopped = None, None, "done"
-
-    def checkpoint(baseline: bool) -> None:
-        nonlocal saved_at
-        summary = {
-            "phase": trainer.phase,
-            "step": trainer.step,
-            "global_step": trainer.global_step,
-            "resumes": settings.resumes,
-            **{k: last.get(k) for k in SUMMARY_KEYS},
-        }
-        run_state = {
-            "loader": loader_state(),
-            "resumes": settings.resumes,
-            "elapsed": settings.elapsed + time.time() - t0,
-        }
-        base = (
-            Meta(data_hash=settings.data_hash, role="mle_baseline", metrics={"val_nll": last_val}) if baseline else None
-        )
-        sink.checkpoint(trainer, run_state, Meta(data_hash=settings.data_hash, metrics=summary), summary, base)
-        saved_at = trainer.global_step
-
+    run = _LoopRun(trainer, loader_state, val_batches, sink, settings)
+    stopped = "done"
     while trainer.phase != "done":
         if settings.stop_after_phase and trainer.has_finished(settings.stop_after_phase):
             stopped = "phase"
             break
-        res = trainer.train_step(next(batches))
-        m = sink.reduce(res.metrics)
-        if sink.is_chief and (res.phase_done or res.step % t.eval_every == 0):
-            last_val = m["val_nll"] = val_nll(trainer.G, val_batches, trainer.tk)
-        last.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
-        if sink.is_chief:
-            sink.record(
-                {
-                    "phase": res.phase,
-                    "step": res.step,
-                    "global_step": trainer.global_step,
-                    "time": settings.elapsed + time.time() - t0,
-                    "resumes": settings.resumes,
-                    "world_size": trainer.world,
-                    **m,
-                }
-            )
-            if res.step % t.log_every == 0 or res.phase_done:
-                sink.progress(
-                    format_progress(
-                        res.phase,
-                        res.step,
-                        trainer.phase_length(res.phase),
-                        m,
-                        time.time() - t0,
-                        total - trainer.global_step,
-                        budget_left=None if deadline is None else deadline - time.time(),
-                    )
-                )
-        out_of_time = deadline is not None and sink.agree(time.time() > deadline)
-        baseline = res.phase_done and res.phase == "mle"
-        if baseline or res.phase_done or res.step % t.checkpoint_every == 0 or out_of_time:
-            checkpoint(baseline)
-        if baseline and sink.is_chief:
-            sink.progress(f"MLE baseline saved (val NLL {last_val:.3f})")
-        if out_of_time:
-            if sink.is_chief:
-                sink.progress(
-                    f"time budget reached in phase {trainer.phase} "
-                    f"(step {trainer.step}, global step {trainer.global_step}); state saved"
-                )
+        if run.step(next(batches)):
             stopped = "time"
             break
-    if saved_at != trainer.global_step:
-        checkpoint(False)
+    if run.saved_at != trainer.global_step:
+        run.checkpoint(False)
     return LoopResult(stopped, trainer.phase, trainer.step, trainer.global_step)
 
 

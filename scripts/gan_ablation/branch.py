@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from reviewgen.core.config import RunConfig, parse_set_options
+from reviewgen.core.config import RunConfig
+from reviewgen.core.config_io import parse_set_options
 from reviewgen.train.local import train_local
 
 
