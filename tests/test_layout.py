@@ -25,8 +25,9 @@ ALLOWED = {
     "serve": {"serve", "score", "core", "infra"},
     "evaluate": {"evaluate", "score", "data", "core", "infra"},
 }
-# Modules every layer may import (infra included): they import nothing of the package themselves.
-EVERYWHERE = {"reviewgen.core.errors"}
+# Modules every layer may import (infra included): they import nothing of the package themselves. The
+# atomic write is one helper for every writer, core's model-directory records included.
+EVERYWHERE = {"reviewgen.core.errors", "reviewgen.infra.storage"}
 # The command modules (cli/) sit on top: each parses its options and calls the stages its command runs, so
 # beside the shared base (core, infra, cli.common) it imports only those stages' layers.
 COMMAND_STAGES = {

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reviewgen.evaluate.jsonio import write_json_atomic
-from reviewgen.infra.storage import TMP_PREFIX, read_text, write_atomic, write_local_atomic, write_text
+from reviewgen.infra.storage import TMP_PREFIX, read_text, staged_dir, write_atomic, write_local_atomic, write_text
 
 
 def test_writes_text_bytes_and_tables_creating_parents(tmp_path):
@@ -44,3 +44,18 @@ def test_a_failed_write_leaves_the_target_and_no_temp_file(tmp_path):
         write_local_atomic(target, 12345)  # not text, bytes or a table: fails after the temp file is open
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_staged_directory_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    dst = tmp_path / "model"
+    dst.mkdir()
+    (dst / "old.txt").write_text("old")
+    with staged_dir(dst) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(TMP_PREFIX) and not (dst / "new.txt").exists()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in dst.iterdir()) == ["new.txt"]
+    with pytest.raises(RuntimeError), staged_dir(dst) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in dst.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

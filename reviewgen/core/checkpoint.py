@@ -36,6 +36,7 @@ from reviewgen.core.model_dir import (
 )
 from reviewgen.core.models import Discriminator, Generator, unwrap
 from reviewgen.core.tokenizer import ReviewTokenizer, TokenizerError
+from reviewgen.infra.storage import staged_dir
 
 
 class BaseMismatchError(CheckpointError):
@@ -286,9 +287,15 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     to a model directory named by nothing but its content: the generate and score jobs take this directory."""
     src, dst = Path(src), Path(dst)
     ck_meta = read_meta(src)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with staged_dir(dst) as tmp:
+        _copy_serving_files(src, tmp)
+        meta = replace(ck_meta, created_at=None, version=content_version(tmp), exported_from=str(src))
+        (tmp / META_FILE).write_text(record_json(meta.to_dict()))
+    return dst
+
+
+def _copy_serving_files(src: Path, tmp: Path) -> None:
+    """The files a model directory serves with, copied from a checkpoint (no training state)."""
     # lexical-*.npz: the models of calibration.json's "adapted" entry (`reviewgen calibrate`)
     for name in (
         CONFIG_FILE,
@@ -303,8 +310,3 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     ):
         if (src / name).is_file():
             shutil.copyfile(src / name, tmp / name)
-    meta = replace(ck_meta, created_at=None, version=content_version(tmp), exported_from=str(src))
-    (tmp / META_FILE).write_text(record_json(meta.to_dict()))
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-    return dst

@@ -14,8 +14,6 @@ c_attn is fused in Hugging Face too, and its Conv1D layers are marked fan_in_fan
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from reviewgen.core.checkpoint import load_checkpoint
 from reviewgen.core.hf import HFFormatError, fused_sizes, model_type_of, weight_rules
 from reviewgen.core.hf_export import _tokenizer_config, _write_json, export_hf
 from reviewgen.core.lora import lora_layers
+from reviewgen.infra.storage import staged_dir
 
 PEFT_PREFIX = "base_model.model."
 
@@ -88,18 +87,15 @@ def export_adapters(model_dir: str | Path, out_dir: str | Path, *, with_base: bo
     model_type = model_type_of(G.arch, f"{src / 'config.json'}: generator")
     tensors, targets = adapter_tensors(G, model_type)
     base = ck.meta.lora_base or {}
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     base_name = (
         str(dst.resolve() / "base") if with_base else str(base.get("path", "")) if base.get("kind") == "hf" else ""
     )
-    _write_json(tmp / "adapter_config.json", adapter_config(ck.config.generator.lora, targets, model_type, base_name))
-    tok.save(tmp / "tokenizer.json")
-    _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))
-    if with_base:
-        export_hf(src, tmp / "base", merge=False)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    with staged_dir(dst) as tmp:
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = adapter_config(ck.config.generator.lora, targets, model_type, base_name)
+        _write_json(tmp / "adapter_config.json", config)
+        tok.save(tmp / "tokenizer.json")
+        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))
+        if with_base:
+            export_hf(src, tmp / "base", merge=False)
     return dst

@@ -16,8 +16,6 @@ A generator trained with LoRA adapters is exported with its adapters merged into
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from reviewgen.core.tokenizer import (
     Condition,
     ReviewTokenizer,
 )
+from reviewgen.infra.storage import staged_dir
 
 EXAMPLE = Condition(title="Fire HD 8 Tablet, 32 GB", category="Tablets", rating=5, language="en")
 
@@ -76,25 +75,21 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, merge: bool = True)
         prefix="transformer." if model_type == "gpt2" else "",
     )
 
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(tmp / "config.json", config)
-    _write_json(
-        tmp / "generation_config.json",
-        {
-            "bos_token_id": tok.bos_id,
-            "eos_token_id": tok.eos_id,
-            "pad_token_id": tok.pad_id,
-            "max_new_tokens": tok.max_review_len,
-        },
-    )
-    tok.save(tmp / "tokenizer.json")
-    _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))
-    (tmp / "README.md").write_text(model_card(ck, model_type))
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    with staged_dir(dst) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", config)
+        _write_json(
+            tmp / "generation_config.json",
+            {
+                "bos_token_id": tok.bos_id,
+                "eos_token_id": tok.eos_id,
+                "pad_token_id": tok.pad_id,
+                "max_new_tokens": tok.max_review_len,
+            },
+        )
+        tok.save(tmp / "tokenizer.json")
+        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok.prefix_len + tok.max_review_len))
+        (tmp / "README.md").write_text(model_card(ck, model_type))
     return dst
 
 

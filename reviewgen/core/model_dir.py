@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +26,7 @@ import numpy as np
 from reviewgen.core.base_ref import BASE_FILE
 from reviewgen.core.config import ConfigError, RunConfig
 from reviewgen.core.errors import ReviewgenError
+from reviewgen.infra.storage import write_local_atomic
 
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("generator.safetensors", "discriminator.safetensors")
@@ -246,10 +246,8 @@ def record_json(doc: Mapping[str, Any]) -> str:
 
 
 def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write `doc` as JSON through a temporary file and a rename, so no reader sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(record_json(doc))
-    os.replace(tmp, path)
+    """Write `doc` as JSON so that no reader sees half a file (`reviewgen.infra.storage.write_local_atomic`)."""
+    write_local_atomic(path, record_json(doc))
 
 
 def is_model_dir(path: str | Path) -> bool:

@@ -4,8 +4,10 @@ way the package writes a file that a reader must never see half-written (`write_
 from __future__ import annotations
 
 import contextlib
+import shutil
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -64,3 +66,19 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: str | bytes | pa.Table) -
 def write_local_atomic(path: str | Path, data: str | bytes | pa.Table) -> None:
     """`write_atomic` for a local (or NFS) path."""
     write_atomic(pafs.LocalFileSystem(), str(Path(path).resolve()), data)
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str | Path) -> Iterator[Path]:
+    """A new local directory, built under a temp name beside `dst`, that replaces `dst` in one rename when the
+    block ends without error (and is removed when it raises): readers see the old directory or the whole new
+    one, never a part."""
+    dst = Path(dst)
+    tmp = dst.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{dst.name}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -6,13 +6,13 @@ write leaves no half-written model."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from reviewgen.core.errors import InputError
 from reviewgen.core.model_dir import META_FILE, Calibration, read_calibration, read_meta, write_calibration
+from reviewgen.infra.storage import staged_dir
 from reviewgen.score.adapt_report import AdaptReport
 from reviewgen.score.adapted import AdaptedDetector, sha256_file
 
@@ -36,15 +36,8 @@ def write_adapted_model(
     "adapted" entry, adapt_report.json and meta.json (written last) with a new content version. Returns it."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_output_dir(model_dir, out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_dir(out_dir) as tmp:  # check_output_dir: out_dir is absent or empty
         _write_adapted(model_dir, tmp, detector, report, Path(labels_file))
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return read_meta(out_dir).version
 
 
@@ -57,7 +50,12 @@ def _stale(name: str) -> bool:
 
 def _write_adapted(model_dir: Path, tmp: Path, detector: AdaptedDetector, report: AdaptReport, labels: Path) -> None:
     meta = read_meta(model_dir)
-    shutil.copytree(model_dir, tmp, ignore=lambda d, names: [n for n in names if Path(d) == model_dir and _stale(n)])
+    shutil.copytree(
+        model_dir,
+        tmp,
+        ignore=lambda d, names: [n for n in names if Path(d) == model_dir and _stale(n)],
+        dirs_exist_ok=True,
+    )
     labels_sha256 = sha256_file(labels)
     by_language = {r.language: {"human": r.human, "machine": r.machine} for r in report.languages}
     doc = {
