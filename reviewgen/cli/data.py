@@ -11,6 +11,7 @@ from reviewgen.cli.common import log
 
 
 def prepare(
+    *,
     out: Path = typer.Option(..., "--out", help="Output directory for train/val/test parquet splits and stats.json."),
     inputs: Optional[List[Path]] = typer.Option(
         None,

@@ -150,6 +150,7 @@ TrackingUri = Annotated[
 
 
 def evaluate(
+    *,
     model: Model,
     data: Data,
     out: Out,

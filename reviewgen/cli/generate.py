@@ -167,6 +167,7 @@ NoWatermark = Annotated[
 
 
 def generate(
+    *,
     model: Model,
     catalog: Catalogs,
     out: Out,

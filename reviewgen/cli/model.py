@@ -11,6 +11,7 @@ from reviewgen.cli.common import log
 
 
 def sample(
+    *,
     model: Path = typer.Option(..., "--model", help="Model directory (from train or export)."),
     title: str = typer.Option(..., "--title", help="Product title."),
     category: str = typer.Option("", "--category", help="Product category text."),

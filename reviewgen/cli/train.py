@@ -135,6 +135,7 @@ TrackingUri = Annotated[
 
 
 def train(
+    *,
     data: Data = None,
     out: Out = None,
     config: Config = None,
