@@ -12,7 +12,7 @@ from reviewgen.core.tokenizer import ReviewTokenizer
 from reviewgen.evaluate.fluency import (
     bits_per_char,
     fluency_markdown,
-    fluency_section,
+    fluency_result,
     real_word_rate,
     tstr,
     vocabulary,
@@ -126,7 +126,7 @@ def test_fluency_section_and_report(tok):
     test = pd.concat([ev, ev.assign(product_id="other")])
     train = _reviews(40)
     samples = {("gan", 0.8): ev["text"].tolist(), ("gan", 1.0): ["lovv itt"] * 8}
-    f = fluency_section(
+    result = fluency_result(
         {"gan": Ck()},
         samples,
         ev,
@@ -136,11 +136,12 @@ def test_fluency_section_and_report(tok):
         real_clf=ConditionClassifiers(train),
         tstr_temperature=0.85,
     )
+    f = result.to_dict()
     assert f["human"]["real_word_rate"] == 1.0
     assert f["gan"]["real_word_rate"]["0.8"]["real_word_rate"] == 1.0
     assert f["gan"]["real_word_rate"]["1"] == {"real_word_rate": 0.0, "words": 16}
     assert f["tstr_temperature"] == 0.8  # the sampled temperature nearest the one asked for
     assert f["gan"]["tstr"]["test_reviews"] == 8  # real reviews of the evaluated products only
     assert set(f["gan"]["val_bits_per_char"]) == {"en", "zh"}
-    md = fluency_markdown(f)
+    md = fluency_markdown(result)
     assert "bits per character" in md and "| gan | synthetic |" in md and "T=0.8" in md

@@ -148,21 +148,6 @@ class Fluency:
             **{name: asdict(m) for name, m in self.models.items()},
         }
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Fluency:
-        """The inverse of `to_dict`: every entry holding val_bits_per_char is a model."""
-        models = {
-            k: ModelFluency(v["val_bits_per_char"], v["real_word_rate"], v.get("tstr"))
-            for k, v in d.items()
-            if isinstance(v, Mapping) and "val_bits_per_char" in v
-        }
-        return cls(
-            human=d["human"],
-            tstr_temperature=d["tstr_temperature"],
-            validation_reviews=d["validation_reviews"],
-            models=models,
-        )
-
 
 def fluency_result(
     checkpoints: dict[str, Any],
@@ -206,26 +191,12 @@ def fluency_result(
     )
 
 
-def fluency_section(
-    checkpoints: dict[str, Any],
-    samples: dict[tuple[str, float], list[str]],
-    ev: pd.DataFrame,
-    test: pd.DataFrame,
-    train: pd.DataFrame,
-    val: pd.DataFrame,
-    **kw: Any,
-) -> dict[str, Any]:
-    """`fluency_result` in its JSON form (metrics.json's "fluency"), for callers that want the plain dict."""
-    return fluency_result(checkpoints, samples, ev, test, train, val, **kw).to_dict()
-
-
 def _fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def fluency_markdown(f: Fluency | Mapping[str, Any]) -> str:
-    """The report.md section for a `Fluency` (or its `to_dict` form)."""
-    f = f if isinstance(f, Fluency) else Fluency.from_dict(f)
+def fluency_markdown(f: Fluency) -> str:
+    """The report.md section for a `Fluency`."""
     models = f.models
     langs = sorted({lang for m in models.values() for lang in m.val_bits_per_char})
     temps = sorted({t for m in models.values() for t in m.real_word_rate}, key=float)
