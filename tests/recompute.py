@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from reviewgen.core.sampling import SamplingParams, pick_tokens
-from reviewgen.core.watermark import Watermark
+from reviewgen.core.utf8 import Utf8Guard
+from reviewgen.core.watermark import EosHold, Watermark
 
 
 @torch.no_grad()
@@ -19,6 +20,7 @@ def sample_recompute(
     pad_id: int,
     uniforms: torch.Tensor | None = None,
     watermark: Watermark | None = None,
+    utf8_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[B, max_new_tokens] ids like `reviewgen.core.sampling.sample`, <pad> after <eos>; fp32 only."""
     model.eval()
@@ -26,9 +28,19 @@ def sample_recompute(
     u = uniforms if uniforms is not None else torch.zeros(B, R, dtype=torch.float64)
     out = torch.full((B, R), pad_id, dtype=torch.long)
     seq, live = prefixes, torch.ones(B, dtype=torch.bool)
+    hold = EosHold.maybe(watermark, B, R, eos_id, prefixes.device)
+    guard = Utf8Guard(utf8_table, B, prefixes.device) if utf8_table is not None else None
     for t in range(R):
         logits = model(seq, logits_from=seq.shape[1] - 1)[:, -1]
+        if hold is not None:
+            logits = hold.apply(logits)
+        if guard is not None:
+            logits = guard.apply(logits)
         tok = pick_tokens(logits, u[:, t].to(logits.device), params, watermark, seq[:, -1])
+        if hold is not None:
+            hold.update(seq[:, -1], tok)
+        if guard is not None:
+            guard.update(tok)
         out[live, t] = tok[live].cpu()
         live &= tok.cpu() != eos_id
         if not live.any():

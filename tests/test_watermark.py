@@ -252,6 +252,47 @@ def test_watermarked_sampling_is_deterministic_and_detectable(tok):
     assert np.nanmean(b.z_scores(ids, first_prev=tok.sep_id).z) < 2  # the wrong key sees chance
 
 
+def test_green_needed_is_the_fewest_green_tokens_the_exact_tail_accepts():
+    wm = Watermark(WatermarkKey(KEY_A), WatermarkConfig(gamma=0.25))
+    need, max_p = wm.green_needed(30, 4.5).tolist(), 0.5 * math.erfc(4.5 / math.sqrt(2))
+
+    def tail(g: int, t: int) -> float:
+        return sum(math.comb(t, k) * 0.25**k * 0.75 ** (t - k) for k in range(g, t + 1))
+
+    for t, g in enumerate(need):
+        if g > t:
+            assert tail(t, t) > max_p  # not even all green is enough
+        else:
+            assert tail(g, t) <= max_p < (tail(g - 1, t) if g > 0 else 1.0)
+    assert need[9] == 10 and need[10] == 10 and need[30] < 30  # all green: 0.25^9 = 3.8e-6 > max_p >= 0.25^10
+
+
+def test_eos_is_held_until_the_watermark_would_be_detected(tok):
+    g = tiny_g(tok.vocab_size)
+    eos_bias = torch.zeros(tok.vocab_size)
+    eos_bias[tok.eos_id] = 5.0  # a model that wants to stop at once
+    g.lm_head.register_forward_hook(lambda m, i, out: out + eos_bias)
+    conds = [Condition("Kindle", "E-Readers", 1 + i % 5) for i in range(12)]
+    seeds = [row_seed(f"p{i}", 0, 3) for i in range(12)]
+    params = SamplingParams(max_new_tokens=R, temperature=1.0, top_p=0.95, precision="fp32")
+    held, free = (Watermark(WatermarkKey(KEY_A), WatermarkConfig(hold_eos_z=z)) for z in (4.5, None))
+
+    def run(wm, rows=slice(None), sampler=sample):
+        pre = tok.encode_prefixes(conds[rows])
+        u = counter_uniforms(seeds[rows], R)
+        return sampler(g, pre, params, eos_id=tok.eos_id, pad_id=tok.pad_id, uniforms=u, watermark=wm)
+
+    out = run(held)
+    assert torch.equal(out, run(held, sampler=sample_recompute)) and torch.equal(out[5:7], run(held, slice(5, 7)))
+    counted = Watermark(WatermarkKey(KEY_A), WatermarkConfig(dedupe_pairs=False))
+    ended = [(out[i] == tok.eos_id).any().item() for i in range(len(conds))]
+    det = counted.z_scores(_review_ids(out, tok.eos_id, tok.pad_id), first_prev=tok.sep_id)
+    assert any(ended) and all(p <= 0.5 * math.erfc(4.5 / math.sqrt(2)) for p, e in zip(det.p_value, ended) if e)
+    short = free.z_scores(_review_ids(run(free), tok.eos_id, tok.pad_id), first_prev=tok.sep_id)
+    assert sum(short.ours) < len(conds) // 2  # without the hold most reviews stop too short to be ours
+    assert torch.equal(run(None), run(None, sampler=sample_recompute))  # unwatermarked: nothing held
+
+
 def test_generate_texts_threads_the_watermark(tok):
     g = tiny_g(tok.vocab_size)
     conds, keys = [Condition("Echo Dot", "Speakers", 5)] * 4, [f"k{i}" for i in range(4)]

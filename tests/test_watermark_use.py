@@ -14,7 +14,7 @@ import torch
 from reviewgen.core import watermark as wmk
 from reviewgen.core.sampling import SamplingParams, sample
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.core.watermark import Watermark, WatermarkKey, WatermarkLogitsProcessor
+from reviewgen.core.watermark import Watermark, WatermarkConfig, WatermarkKey, WatermarkLogitsProcessor
 
 KEY_A, KEY_B = "a-secret-key-for-tests-0001", "another-secret-key-for-tests-2"
 
@@ -178,7 +178,8 @@ def test_nightly_actor_signs_and_accepts_only_detectable_reviews(tiny_model, tmp
     from reviewgen.score.filter import FilterConfig
 
     cfg = GenerateConfig(filter=FilterConfig(reject_broken_text=False, check_language=False, min_tokens=1))
-    wm = Watermark(WatermarkKey(KEY_A))
+    # a weak mark and no held <eos>, so that some of the tiny model's reviews fall short of the threshold
+    wm = Watermark(WatermarkKey(KEY_A), WatermarkConfig(delta=2.0, hold_eos_z=None))
     actor = GeneratorActor(
         ShardJob(
             config=cfg,
@@ -204,7 +205,7 @@ def test_nightly_actor_signs_and_accepts_only_detectable_reviews(tiny_model, tmp
     assert all(wm.detect_texts(actor.tok, reviews["text"]).ours)
     assert set(reviews["watermark_key_id"]) == {wm.key_id}
     rejects = pq.read_table(tmp_path / "rejects" / "filter-part-00000.parquet").to_pandas()
-    # the tiny model's partial UTF-8 leaves many reviews too weak to detect: both verdicts occur
+    # both verdicts occur, and the manifest counts the rule's rejects
     assert counts["rejects_by_reason"]["watermark_weak"] == (rejects["reason"] == "watermark_weak").sum() > 0
     assert len(reviews) + len(rejects) == 18
     assert KEY_A not in repr(actor.job)
@@ -243,23 +244,36 @@ def test_exported_model_with_the_processor_is_detected(tiny_model, tmp_path):
         )[:, ids.shape[1] :]
     assert torch.equal(ours, greedy)
     # sampled, restricted to whole-word tokens so that the text reads back as the same tokens (the tiny model
-    # otherwise writes partial UTF-8): `reviewgen score`'s detection finds the decoded reviews
-    allowed = torch.full((hf.config.vocab_size,), -math.inf)
-    allowed[[*_clean_tokens(tok), tok.eos_id]] = 0.0
-    torch.manual_seed(0)
-    with torch.no_grad():
-        gen = hf.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=True,
-            max_new_tokens=tok.max_review_len,
-            pad_token_id=tok.pad_id,
-            logits_processor=[lambda _, scores: scores + allowed, WatermarkLogitsProcessor(wm)],
-        )
-    texts = tok.decode_reviews(gen[:, ids.shape[1] :])
+    # otherwise writes partial UTF-8), with <eos> made likely: `reviewgen score`'s detection finds every
+    # decoded review when the processor holds <eos>, and misses the ones that stop too soon when it does not
+    words = {i: tok.tok.decode([i]) for i in _clean_tokens(tok)}
+    first, rest = (torch.full((hf.config.vocab_size,), -math.inf) for _ in range(2))
+    first[[i for i, w in words.items() if not w.startswith(" ")]] = 0.0  # a review's first word, then
+    rest[[i for i, w in words.items() if w.startswith(" ")]] = 0.0  # whole words after a space
+    rest[tok.eos_id] = 4.0
+
+    def allowed(prefix: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores + (first if prefix.shape[1] == ids.shape[1] else rest)
+
     scorer = Scorer(tiny_model)
     scorer.watermark = wm
+
+    def signed(processor: WatermarkLogitsProcessor) -> list[str]:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            gen = hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                max_new_tokens=tok.max_review_len,
+                pad_token_id=tok.pad_id,
+                logits_processor=[allowed, processor],
+            )
+        return tok.decode_reviews(gen[:, ids.shape[1] :])
+
+    texts = signed(WatermarkLogitsProcessor(wm, eos_id=tok.eos_id, prompt_len=ids.shape[1]))
     res = scorer.score_texts(conds, texts)
-    assert sum(res["ours"]) >= 6, (res["watermark_z"], texts)
+    assert all(res["ours"]), (res["watermark_z"], texts)
+    assert not all(scorer.score_texts(conds, signed(WatermarkLogitsProcessor(wm)))["ours"])
     scorer.watermark = Watermark(WatermarkKey(KEY_B))
     assert not any(scorer.score_texts(conds, texts)["ours"])

@@ -123,7 +123,7 @@ def model_card(ck: Checkpoint, model_type: str) -> str:
     return (
         _card_layout(ck, model_type, ids, n_pad, prompt)
         + _card_use(tok, n_pad, prompt)
-        + _card_watermark(tok.max_review_len)
+        + _card_watermark(tok.max_review_len, tok.eos_id)
     )
 
 
@@ -203,9 +203,9 @@ With vLLM or `ray.data.llm`, pass the ids as the prompt (`{{"prompt_token_ids": 
 """
 
 
-def _card_watermark(R: int) -> str:
+def _card_watermark(R: int, eos_id: int) -> str:
     """The card's watermark section: how reviewgen's sampler signs reviews and how to sign with these weights
-    (`R`: the longest review in tokens)."""
+    (`R`: the longest review in tokens; `eos_id`: the end token the processor withholds)."""
     return f"""## Watermark
 
 reviewgen's own sampler signs every review with a keyed green-list watermark (Kirchenbauer et al. 2023)
@@ -220,11 +220,12 @@ from reviewgen.core.watermark import Watermark, WatermarkLogitsProcessor
 
 wm = Watermark.from_env()  # or Watermark.from_env(key_file=PATH)
 out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens={R},
-                     logits_processor=[WatermarkLogitsProcessor(wm)])
+                     logits_processor=[WatermarkLogitsProcessor(wm, eos_id={eos_id}, prompt_len=ids.shape[1])])
 ```
 
 transformers applies it before its temperature, top-k and top-p warpers, so the bias acts divided by the
-temperature. The guarantee has limits: a review rewritten by a person or another model loses the
-watermark, a very short review carries too few tokens to detect, and anyone holding the key can both
-detect and forge it, so the key must stay secret.
+temperature. With `eos_id` and `prompt_len` the processor also withholds the end token until the review's
+watermark would be detected, as reviewgen's sampler does, so a review is not ended too short to carry it.
+The guarantee has limits: a review rewritten by a person or another model loses the watermark, and anyone
+holding the key can both detect and forge it, so the key must stay secret.
 """

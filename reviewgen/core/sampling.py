@@ -19,7 +19,8 @@ from reviewgen.core.config import ConfigError
 from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.models import Generator, unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.core.watermark import Watermark
+from reviewgen.core.utf8 import Utf8Guard
+from reviewgen.core.watermark import EosHold, Watermark
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 PRECISIONS = ("auto", "fp32")
@@ -233,6 +234,7 @@ def sample(
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     watermark: Watermark | None = None,
+    utf8_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample reviews for `prefixes` [B, P]. Returns [B, max_new_tokens] ids, <pad> after <eos>.
 
@@ -259,9 +261,19 @@ def sample(
         cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None, max_len=P + R)
         logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         prev = prefixes[:, -1]
+        hold = EosHold.maybe(watermark, B, R, eos_id, device)
+        guard = Utf8Guard(utf8_table, B, device) if utf8_table is not None else None
         for t in range(R):
             u = uniforms[t] if rows.shape[0] == B else uniforms[t, rows]
+            if hold is not None:
+                logits = hold.apply(logits)
+            if guard is not None:
+                logits = guard.apply(logits)
             tok = pick_tokens(logits, u, params, watermark, prev)
+            if hold is not None:
+                hold.update(prev, tok)
+            if guard is not None:
+                guard.update(tok)
             if n_live == rows.shape[0]:
                 out[rows, t] = tok
             else:
@@ -276,6 +288,9 @@ def sample(
                 keep = live.nonzero().squeeze(-1)
                 rows, tok, live = rows[keep], tok[keep], live[keep]
                 cache.select(keep)
+                for tracker in (hold, guard):
+                    if tracker is not None:
+                        tracker.select(keep)
             prev = tok
             logits = decode(tok[:, None], cache=cache, pos=P + t)[:, -1]
     model.train(was_training)
@@ -298,10 +313,12 @@ def generate_texts(
     max_new_tokens: int | None = None,
     compile_decode: bool = False,
     watermark: Watermark | None = None,
+    whole_chars: bool = True,
 ) -> list[str]:
     """Sample one review per condition. Each row's randomness is fixed by `row_seeds[i]`, or else by
     `keys[i]` (e.g. product_id:index) with `seed`. `compile_decode`: see SamplingParams. `watermark`: bias
-    every step with its signing key (None: the unwatermarked sampler, token for token)."""
+    every step with its signing key (None: the unwatermarked sampler, token for token). `whole_chars`: never
+    write a broken UTF-8 character (see reviewgen.core.utf8)."""
     if row_seeds is None:
         if keys is None:
             raise ValueError("generate_texts needs keys or row_seeds")
@@ -319,6 +336,7 @@ def generate_texts(
             pad_id=tok.pad_id,
             uniforms=counter_uniforms(row_seeds[s : s + batch_size], params.max_new_tokens),
             watermark=watermark,
+            utf8_table=tok.utf8_table() if whole_chars else None,
         )
         texts.extend(tok.decode_reviews(ids.cpu()))
     return texts

@@ -10,6 +10,8 @@ per-row offsets, and the KV-cache sampler can step all rows in lockstep.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from reviewgen.core.errors import ReviewgenError
+from reviewgen.core.utf8 import transition_table
 
 PAD, BOS, EOS, SEP, UNK, TITLE, CAT = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>", "<title>", "<cat>"
 LANGS = ("en", "zh")
@@ -69,6 +72,7 @@ class ReviewTokenizer:
             raise TokenizerError(f"tokenizer lacks special tokens {missing}")
         self.pad_id, self.bos_id, self.eos_id = self.special[PAD], self.special[BOS], self.special[EOS]
         self.sep_id = self.special[SEP]
+        self._utf8_table: torch.Tensor | None = None
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -163,6 +167,32 @@ class ReviewTokenizer:
         return self._ids(texts)
 
     # -- decoding -----------------------------------------------------------------------------------
+    def token_bytes(self) -> list[bytes | None]:
+        """Each id's bytes as the decoder writes them; None for special and added tokens. Byte-level BPE
+        spells bytes in GPT-2's printable alphabet; a byte-fallback token (<0xNN>) is one byte; any other
+        token is its text, SentencePiece's "▁" a space."""
+        byte_level = "ByteLevel" in json.dumps(json.loads(self.tok.to_str()).get("decoder"))
+        to_byte = {c: b for b, c in _byte_alphabet().items()}
+        added = set(self.tok.get_added_tokens_decoder())
+        out: list[bytes | None] = []
+        for i in range(self.vocab_size):
+            t = self.tok.id_to_token(i)
+            if t is None or i in added:
+                out.append(None)
+            elif byte_level and all(c in to_byte for c in t):
+                out.append(bytes(to_byte[c] for c in t))
+            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
+                out.append(bytes([int(t[3:5], 16)]))
+            else:
+                out.append(t.replace("▁", " ").encode())
+        return out
+
+    def utf8_table(self) -> torch.Tensor:
+        """`reviewgen.core.utf8.transition_table` of this vocabulary (built once)."""
+        if self._utf8_table is None:
+            self._utf8_table = transition_table(self.token_bytes())
+        return self._utf8_table
+
     def decode_reviews(self, review_ids: torch.Tensor | np.ndarray) -> list[str]:
         """Decode review token rows, stopping at <eos> and dropping special tokens."""
         rows = review_ids.tolist() if hasattr(review_ids, "tolist") else list(review_ids)
@@ -173,6 +203,13 @@ class ReviewTokenizer:
             cut.append([t for t in r if t != self.pad_id])
         # a review cut at max length can end mid-character: drop that partial character, not the review
         return [s.rstrip("\ufffd").strip() for s in self.tok.decode_batch(cut, skip_special_tokens=True)]
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map, which byte-level BPE vocabularies are written in."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    extra = (b for b in range(256) if b not in keep)
+    return {b: chr(b) for b in keep} | {b: chr(256 + n) for n, b in enumerate(extra)}
 
 
 def read_tokenizer_file(path: str | Path):

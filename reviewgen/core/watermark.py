@@ -68,6 +68,9 @@ class WatermarkConfig:
     tokens; `threshold_z`: a text is ours when the chance of so many green tokens in an unwatermarked text (the
     exact binomial tail) is at most the standard normal tail at this z (with K keys tried, K times that);
     `dedupe_pairs`: score each distinct (previous, token) pair once, so a repeated phrase cannot inflate z.
+    `hold_eos_z`: the sampler withholds <eos> from a review until its green count so far would be detected at
+    this z (the same exact tail; above threshold_z, a margin for repeated pairs and re-tokenisation), so a
+    review is continued rather than ended too short to carry the mark; None: <eos> is never held.
     Generation and detection must use the same gamma. The defaults come from the (gamma, delta) grid of
     the watermark bench: see the README's watermark section and bench/results/watermark/."""
 
@@ -75,10 +78,15 @@ class WatermarkConfig:
     delta: float = 4.0
     threshold_z: float = 4.0
     dedupe_pairs: bool = True
+    hold_eos_z: float | None = 4.5
 
     def __post_init__(self) -> None:
         if not (
-            0.0 < self.gamma < 1.0 and math.isfinite(self.delta) and self.delta >= 0 and math.isfinite(self.threshold_z)
+            0.0 < self.gamma < 1.0
+            and math.isfinite(self.delta)
+            and self.delta >= 0
+            and math.isfinite(self.threshold_z)
+            and (self.hold_eos_z is None or math.isfinite(self.hold_eos_z))
         ):
             raise ValueError(f"watermark: needs 0 < gamma < 1, delta >= 0 and a finite threshold_z, got {self}")
 
@@ -204,6 +212,7 @@ class Watermark:
             "threshold_z": c.threshold_z,
             "max_p": _normal_tail(c.threshold_z),
             "dedupe_pairs": c.dedupe_pairs,
+            "hold_eos_z": c.hold_eos_z,
         }
 
     def _token_values(self, key: WatermarkKey, tokens: torch.Tensor) -> torch.Tensor:
@@ -235,8 +244,21 @@ class Watermark:
 
     def bias_logits(self, logits: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """`logits` [B, V] with delta added to the signing key's green tokens after `prev` [B] (a new tensor)."""
-        green = self.green_mask(prev.to(logits.device), logits.shape[-1])
-        return green.to(logits.dtype).mul_(self.config.delta).add_(logits)
+        key = self.keys[0]
+        m, o = self._prev_values(key, prev.to(logits.device).reshape(-1, 1))
+        green = self._tokens(key, logits.shape[-1], logits.device)[None, :] * m
+        green.add_(o).lt_(self._cut)  # green_mask's colours, in place, as 0/1 int32
+        return logits.add(green, alpha=self.config.delta)
+
+    def green_needed(self, max_len: int, z: float) -> torch.Tensor:
+        """[max_len + 1] int64: per scored length T, the fewest green tokens whose exact tail is at most the
+        normal tail at `z` (T + 1 where no count reaches it)."""
+        t = torch.arange(max_len + 1, dtype=torch.float64)
+        g = torch.arange(max_len + 1, dtype=torch.float64)
+        tt, gg = torch.broadcast_tensors(t[:, None], g[None, :])
+        tail = _binomial_tail(gg.reshape(-1), tt.reshape(-1), self.config.gamma).view_as(tt)
+        ok = (gg <= tt) & (tail <= _normal_tail(z))
+        return torch.where(ok.any(dim=1), ok.long().argmax(dim=1), t.long() + 1)
 
     def z_scores(
         self,
@@ -325,13 +347,65 @@ def _padded(
     return pad(rows, batch_first=True), pad([torch.ones(len(r), dtype=torch.bool) for r in rows], batch_first=True)
 
 
+class EosHold:
+    """The sampler's running tally of each row's green review tokens under the signing key, and the <eos> it
+    withholds from rows whose tally would not yet be detected at `hold_eos_z` (see WatermarkConfig). The
+    first review token is scored after the prompt's last token, as `Watermark.detect_texts` scores it."""
+
+    def __init__(self, watermark: Watermark, batch: int, max_len: int, eos_id: int, device: torch.device):
+        z = watermark.config.hold_eos_z
+        if z is None:
+            raise ValueError("EosHold needs a watermark whose config sets hold_eos_z")
+        self.watermark, self.eos_id = watermark, eos_id
+        self.need = watermark.green_needed(max_len, z).to(device)
+        self.green = torch.zeros(batch, dtype=torch.long, device=device)
+        self.scored = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @classmethod
+    def maybe(cls, watermark: Watermark | None, batch: int, max_len: int, eos_id: int, device) -> "EosHold | None":
+        """An EosHold when `watermark` holds <eos>, else None (also when `eos_id` < 0: no end token)."""
+        if watermark is None or watermark.config.hold_eos_z is None or eos_id < 0:
+            return None
+        return cls(watermark, batch, max_len, eos_id, device)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` [B, V] with <eos> at -inf in the rows still held (in place)."""
+        held = self.green < self.need[self.scored]
+        logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(held, -math.inf)
+        return logits
+
+    def update(self, prev: torch.Tensor, tok: torch.Tensor) -> None:
+        """Count this step's tokens `tok` [B] after `prev` [B] (<eos> is not scored)."""
+        scored = tok != self.eos_id
+        self.green += (self.watermark.green(prev, tok) & scored).long()
+        self.scored += scored.long()
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the rows `keep` (the sampler's batch compaction)."""
+        self.green, self.scored = self.green[keep], self.scored[keep]
+
+
 class WatermarkLogitsProcessor:
     """The watermark as a Hugging Face logits processor (no transformers import): `processor(input_ids,
     scores)` adds delta to the green logits after each row's last token, for `model.generate(...,
-    logits_processor=[processor])`. transformers runs it before its temperature, so the bias acts as delta / T."""
+    logits_processor=[processor])`. transformers runs it before its temperature, so the bias acts as delta / T.
+    Given `eos_id` and `prompt_len` (the prompt's length, ending in <sep>), it also withholds <eos> as
+    reviewgen's sampler does (`hold_eos_z`), so that a review is not ended too short to carry the mark."""
 
-    def __init__(self, watermark: Watermark):
-        self.watermark = watermark
+    def __init__(self, watermark: Watermark, eos_id: int | None = None, prompt_len: int | None = None):
+        self.watermark, self.eos_id, self.prompt_len = watermark, eos_id, prompt_len
+        self._need = torch.zeros(0, dtype=torch.long)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return self.watermark.bias_logits(scores, input_ids[:, -1])
+        scores = self.watermark.bias_logits(scores, input_ids[:, -1])
+        z = self.watermark.config.hold_eos_z
+        if z is None or self.eos_id is None or self.prompt_len is None:
+            return scores
+        review = input_ids[:, self.prompt_len - 1 :]  # <sep>, then the review so far (no <eos> in a live row)
+        n = review.shape[1] - 1
+        if n >= len(self._need):
+            self._need = self.watermark.green_needed(max(2 * n, 64), z)
+        green = self.watermark.green(review[:, :-1], review[:, 1:]).sum(dim=1)
+        held = green < int(self._need[n])
+        scores[:, self.eos_id] = scores[:, self.eos_id].masked_fill(held, -math.inf)
+        return scores
