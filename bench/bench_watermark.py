@@ -11,7 +11,8 @@ chose the defaults, per language:
   (characters in Chinese) are replaced by random words of real reviews; after truncation to 20 tokens;
 - fluency, against the unwatermarked samples of the same seeds: NLL under the model's frozen MLE reference
   (nats per token, bits per character), the real-word rate (English), MAUVE against the test split's human
-  reviews (MiniLM embeddings); the unwatermarked sampler under a second seed gives the noise floor;
+  reviews (MiniLM embeddings); the unwatermarked sampler under other seeds gives the noise floor, and the
+  default setting under those seeds the spread of its costs (paired with the same seed's plain reviews);
 - the nightly acceptance: the share of reviews the nightly job's scorer and filter accept (the actor's
   judgement: scorer p_human, then the one ReviewFilter with the watermark_weak rule when watermarked), and
   the drop against the unwatermarked run.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +119,23 @@ REVIEWS = {False: 300, True: 40}  # per language and setting
 CUT = 20  # truncation, tokens
 
 
+SEEDS = (0, 1, 2)  # the unwatermarked sampler and the candidate settings: the spread over sampling seeds
+CANDIDATES = ((0.1, 3.0), (0.1, 4.0), (0.25, 3.0), (0.25, 4.0))  # (gamma, delta) rerun under every seed
+
+
 def grid_settings() -> dict[str, tuple[WatermarkConfig | None, int]]:
     """name -> (watermark settings or None for the unwatermarked sampler, sampling seed): the unwatermarked
-    sampler, the same under a second seed (the noise floor of the fluency figures), every (gamma, delta)."""
-    return {
-        "plain": (None, 0),
-        "plain_seed1": (None, 1),
-        **{f"g{g:g}_d{d:g}": (WatermarkConfig(gamma=g, delta=d), 0) for g in GAMMAS for d in DELTAS},
+    sampler under every seed of SEEDS, every (gamma, delta) with <eos> held (the default) under seed 0, the
+    CANDIDATES under the other seeds, and the default (gamma, delta) without the hold."""
+    d = WatermarkConfig()
+    out: dict[str, tuple[WatermarkConfig | None, int]] = {
+        "plain" if s == 0 else f"plain_seed{s}": (None, s) for s in SEEDS
     }
+    out.update({f"g{g:g}_d{x:g}": (WatermarkConfig(gamma=g, delta=x), 0) for g in GAMMAS for x in DELTAS})
+    for g, x in CANDIDATES:
+        out.update({f"g{g:g}_d{x:g}_seed{s}": (WatermarkConfig(gamma=g, delta=x), s) for s in SEEDS[1:]})
+    out[f"g{d.gamma:g}_d{d.delta:g}_nohold"] = (replace(d, hold_eos_z=None), 0)
+    return out
 
 
 def false_positives(tok, data_dir: Path, gammas=GAMMAS) -> dict:
@@ -219,8 +230,6 @@ def _judge(scorer, filt, conds, texts: list[str], wm: Watermark | None) -> dict:
 
 def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
     """Per language and setting (`grid_settings`): detection by length, robustness, fluency, nightly acceptance."""
-    from dataclasses import replace
-
     from reviewgen.core.checkpoint import load_checkpoint
     from reviewgen.core.encoding import conditions
     from reviewgen.core.sampling import generate_texts
@@ -271,6 +280,7 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
             lists = tok.review_token_lists(texts)
             n_tok = np.array([len(x) for x in lists])
             r: dict = {
+                "seed": seed,
                 "mean_tokens": float(n_tok.mean()),
                 "nll_reference": _reference_nll(ref, tok, rows, texts) if ref is not None else None,
                 "real_word_rate": real_word_rate(texts, vocab)["real_word_rate"] if lang == "en" else None,
@@ -299,8 +309,8 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
             r["seconds"] = round(time.perf_counter() - t0, 1)
             res[name] = r
             log(f"[watermark grid] {lang} {name}: {r['seconds']} s")
-        base = res["plain"]
-        for r in res.values():  # against the unwatermarked reviews of the same seeds
+        for name, r in res.items():  # watermarked: against the unwatermarked reviews of the same seed
+            base = res["plain" if name.startswith("plain") or r["seed"] == 0 else f"plain_seed{r['seed']}"]
             r["vs_plain"] = {
                 "nats_per_token": _diff(r, base, "nll_reference", "nats_per_token"),
                 "bits_per_char": _diff(r, base, "nll_reference", "bits_per_char"),
@@ -363,7 +373,9 @@ def grid_markdown(g: dict, fp: dict) -> list[str]:
     lines = [
         f"Demo model {g['model']}: {g['reviews_per_language']} reviews per language and setting, test-split "
         f"conditions, temperature {g['temperature']}, top-p {g['top_p']} (GenerateConfig's), the same per-row "
-        "seeds in every setting (plain_seed1: the unwatermarked sampler under another seed, the noise floor). "
+        "seeds in every setting (plain_seedN: the unwatermarked sampler under another seed, the noise floor; "
+        "a setting's _seedN: the same against plain_seedN). <eos> is held until the mark would be detected "
+        "(hold_eos_z) except in _nohold. "
         "Detection: share flagged ours at the threshold; replaced: 10% / 25% of the words (characters in "
         "Chinese) replaced by random words of real reviews, by the review's length as written; truncated: "
         f"the reviews of {CUT}+ tokens cut to {CUT} tokens.",
@@ -423,6 +435,7 @@ def grid_markdown(g: dict, fp: dict) -> list[str]:
                 f"({_p(v['accepted'], 1, True)}) | {_p(ng['watermark_weak'])} | "
                 f"{_p(ng['watermark_weak_only'])} | {_p(other)} |"
             )
+        lines += [""] + spread_lines(res)
         plain = {k: v["detected_under_gamma"] for k, v in res.items() if "detected_under_gamma" in v}
         lines += [
             "",
@@ -431,6 +444,39 @@ def grid_markdown(g: dict, fp: dict) -> list[str]:
             + ".",
         ]
     return lines
+
+
+def spread_lines(res: dict) -> list[str]:
+    """Mean +- standard deviation over SEEDS of each candidate's paired deltas against plain, beside the
+    unwatermarked sampler's own seed-to-seed deltas (the noise floor)."""
+    groups = {
+        f"g{g:g}_d{x:g} vs plain, same seed": [f"g{g:g}_d{x:g}"] + [f"g{g:g}_d{x:g}_seed{s}" for s in SEEDS[1:]]
+        for g, x in CANDIDATES
+    }
+    groups["plain_seedN vs plain (noise)"] = [f"plain_seed{s}" for s in SEEDS[1:]]
+    lines = [
+        f"Over seeds {', '.join(map(str, SEEDS))} (mean +- sd of the deltas; detected: share flagged ours, and "
+        "after 25% of the words are replaced among the reviews of 40+ tokens):",
+        "",
+        "| comparison | MAUVE delta | real-word rate delta | NLL delta (nats/token) | accepted delta (points) "
+        "| detected | 25% replaced, 40+ tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, names in groups.items():
+        rows = [res[n] for n in names if n in res]
+        cells = []
+        for key, scale in (("mauve", 1), ("real_word_rate", 1), ("nats_per_token", 1), ("accepted", 100)):
+            v = [r["vs_plain"][key] * scale for r in rows if r["vs_plain"][key] is not None]
+            cells.append(_mean_sd(v))
+        for get in (lambda r: r["detected"]["all"], lambda r: r["replaced_25pct"][">=40"]["rate"]):
+            v = [100 * get(r) for r in rows if "detected" in r and get(r) is not None]
+            cells.append(_mean_sd(v, 1) + ("%" if v else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _mean_sd(v: list[float], nd: int = 3) -> str:
+    return f"{np.mean(v):+.{nd}f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.{nd}f}" if v else "-"
 
 
 def markdown(x: dict) -> list[str]:

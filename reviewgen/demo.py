@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
+from reviewgen.core.watermark import KEY_FILE_ENV, Watermark
 from reviewgen.evaluate.fluency import real_word_rate, vocabulary
 from reviewgen.generate.results import RunSummary
 from reviewgen.infra.storage import write_local_atomic
@@ -90,6 +92,7 @@ def run_demo(
     times["prepare_s"] = time.time() - t0
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
+    watermark = _demo_watermark(out, log)  # before Ray starts, so that its processes see the key file
     ensure_ray(log=log)
 
     log(f"== 2/5 train on Ray Train ({num_workers} worker(s)): MLE -> discriminator warm-up -> adversarial")
@@ -99,7 +102,7 @@ def run_demo(
 
     log("== 3/5 generate on Ray Data for products the model never saw")
     t = time.time()
-    catalog, summary, run_date = _generate(out, data_dir, model_dir, log)
+    catalog, summary, run_date = _generate(out, data_dir, model_dir, watermark, log)
     times["generate_s"] = time.time() - t
     reviews = pd.read_parquet(out / "generated" / f"run_date={run_date}" / "reviews")
     fluency = _english_fluency(reviews, data_dir)
@@ -153,9 +156,30 @@ def _train(
     return run_distributed_training(job, cfg, log=log)
 
 
-def _generate(out: Path, data_dir: Path, model_dir: Path, log: Callable[[str], None]) -> tuple[Path, RunSummary, str]:
-    """Generate three reviews for each product of the unseen demo catalog on Ray Data. Returns the catalog,
-    the run summary and the run date (the output partition)."""
+def _demo_watermark(out: Path, log: Callable[[str], None]) -> Watermark:
+    """The watermark the demo signs with: the configured key (REVIEWGEN_WATERMARK_KEY or a key file), else a
+    fresh demo key in OUT/demo-watermark.key (mode 0600, outside the model directory), named to the process
+    environment so that the Ray processes started next (the Serve replicas) detect it. Logged by id only."""
+    wm = Watermark.from_env()
+    if wm is None:
+        path = out / "demo-watermark.key"
+        if not path.is_file():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        os.environ[KEY_FILE_ENV] = str(path)
+        wm = Watermark.from_env()
+        log(f"watermark: a demo key, id {wm.key_id} (set REVIEWGEN_WATERMARK_KEY or a key file to use your own)")
+    else:
+        log(f"watermark: the configured key, id {wm.key_id}")
+    return wm
+
+
+def _generate(
+    out: Path, data_dir: Path, model_dir: Path, watermark: Watermark, log: Callable[[str], None]
+) -> tuple[Path, RunSummary, str]:
+    """Generate three reviews for each product of the unseen demo catalog on Ray Data, signed with
+    `watermark`. Returns the catalog, the run summary and the run date (the output partition)."""
     from reviewgen.generate.config import load_generate_config
     from reviewgen.generate.pipeline import run_generation
 
@@ -170,7 +194,14 @@ def _generate(out: Path, data_dir: Path, model_dir: Path, log: Callable[[str], N
         },
     )
     summary = run_generation(
-        str(model_dir), [str(catalog)], str(out / "generated"), gen_cfg, run_date=run_date, force=True, log=log
+        str(model_dir),
+        [str(catalog)],
+        str(out / "generated"),
+        gen_cfg,
+        run_date=run_date,
+        force=True,
+        log=log,
+        watermark=watermark,
     )
     return catalog, summary, run_date
 
@@ -271,13 +302,17 @@ def _write_report(out: Path, d: _DemoResults) -> Path:
     lines += [
         "## Scores from the Serve endpoint",
         "",
-        "| source | p_human | rating_pred | text |",
-        "|---|---:|---:|---|",
+        "`ours`: the endpoint found the demo's watermark (`flags.ours`, z = `signals.watermark_z`).",
+        "",
+        "| source | p_human | rating_pred | ours (z) | text |",
+        "|---|---:|---:|---|---|",
     ]
     for i, (p, s) in enumerate(zip(d.payload, d.scored)):
         src = "human" if i < d.n_real else "generated"
         text = p["text"].replace("|", "/")[:80]
-        lines.append(f"| {src} | {s['p_human']:.3f} | {s.get('rating_pred', '')} | {text} |")
+        z = (s.get("signals") or {}).get("watermark_z")
+        mark = f"{(s.get('flags') or {}).get('ours')} ({'-' if z is None else f'{z:.1f}'})"
+        lines.append(f"| {src} | {s['p_human']:.3f} | {s.get('rating_pred', '')} | {mark} | {text} |")
     summary = json.dumps(d.summary.to_dict(), indent=2, default=str)[:4000]
     lines += ["", "## Generation summary", "", "```", summary, "```"]
     path = out / "report.md"

@@ -36,7 +36,7 @@ train: {batch_size: 16, group_size: 2, lr_g: 0.002, lr_d: 0.0003, warmup_steps: 
 
 @pytest.mark.slow
 def test_quick_demo_console_is_quiet(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RG_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RG_", "REVIEWGEN_"))}
     env.update(RG_LOG_DIR=str(tmp_path / "logs"), RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
     (tmp_path / "quick.yaml").write_text(QUICK_CONFIG)
     proc = subprocess.run(
@@ -67,6 +67,16 @@ def test_quick_demo_console_is_quiet(tmp_path):
     assert re.search(r"\bmle\b.*step", text), "training progress from the Ray Train worker is missing"
     logs = list((tmp_path / "logs").glob("demo-*.log"))
     assert len(logs) == 1 and "ray" in logs[0].read_text().lower()
+    # the demo signs with a fresh key; the endpoint finds the mark in the generated reviews, not in real ones,
+    # and the key itself stays in its file
+    demo = tmp_path / "demo"
+    report = (demo / "report.md").read_text()
+    rows = [ln for ln in report.splitlines() if ln.startswith(("| human |", "| generated |"))]
+    assert any(r.startswith("| generated |") for r in rows)
+    assert all(("| True (" in r) == r.startswith("| generated |") for r in rows), rows
+    key = (demo / "demo-watermark.key").read_text().strip()
+    written = [f for f in demo.rglob("*") if f.is_file() and f.name != "demo-watermark.key" and f.stat().st_size < 1e7]
+    assert not [f for f in [*written, logs[0]] if key.encode() in f.read_bytes()] and key not in text
 
 
 def test_ray_prefixed_lines_go_to_the_log_and_the_rest_passes_through():
