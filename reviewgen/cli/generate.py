@@ -150,9 +150,9 @@ WatermarkKeyFile = Annotated[
     typer.Option(
         "--watermark-key-file",
         help="file of secret watermark keys, one per line, the first signing (default: "
-        "$REVIEWGEN_WATERMARK_KEY_FILE, else the key in $REVIEWGEN_WATERMARK_KEY). Every review is signed and only "
-        "reviews detectable at the threshold are accepted (reject reason watermark_weak); the manifest records the key "
-        "id, never the key",
+        "$REVIEWGEN_WATERMARK_KEY_FILE, else the key in $REVIEWGEN_WATERMARK_KEY). Every review is signed, its end "
+        "held until the mark is detectable, and only reviews detectable at the threshold are accepted (reject reason "
+        "watermark_weak); the manifest records the key id, never the key",
     ),
 ]
 NoWatermark = Annotated[
