@@ -20,7 +20,7 @@ def sample_recompute(
     pad_id: int,
     uniforms: torch.Tensor | None = None,
     watermark: Watermark | None = None,
-    utf8_table: torch.Tensor | None = None,
+    guard: Utf8Guard | None = None,
 ) -> torch.Tensor:
     """[B, max_new_tokens] ids like `reviewgen.core.sampling.sample`, <pad> after <eos>; fp32 only."""
     model.eval()
@@ -29,7 +29,6 @@ def sample_recompute(
     out = torch.full((B, R), pad_id, dtype=torch.long)
     seq, live = prefixes, torch.ones(B, dtype=torch.bool)
     hold = EosHold.maybe(watermark, B, R, eos_id, prefixes.device)
-    guard = Utf8Guard(utf8_table, B, prefixes.device) if utf8_table is not None else None
     for t in range(R):
         logits = model(seq, logits_from=seq.shape[1] - 1)[:, -1]
         if hold is not None:

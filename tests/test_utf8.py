@@ -1,19 +1,23 @@
 """The whole-character guard: UTF-8 states on hand-built byte strings, the byte spelling of a vocabulary, and
-a sampler that never writes a broken character where the unguarded one does."""
+a sampler that never writes a broken character, nor a Chinese one in an English review, where the unguarded
+one does."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
 from reviewgen.core.config import GeneratorConfig
 from reviewgen.core.models import Generator
-from reviewgen.core.sampling import SamplingParams, counter_uniforms, generate_texts, row_seed, sample
+from reviewgen.core.sampling import SamplingParams, counter_uniforms, generate_texts, row_seed, sample, text_guard
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.core.utf8 import Utf8Guard, transition_table
 from tests.recompute import sample_recompute
 
 P, R = 16, 24
+CJK = re.compile(r"[\u3000-\u9fff\uf900-\uffef]")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -88,8 +92,28 @@ def test_guarded_sampling_writes_whole_characters_only(tok):
     assert sum("\ufffd" in t for t in free) >= 4  # a random model writes byte fragments freely
     assert not any("\ufffd" in t for t in guarded)
     params = SamplingParams(max_new_tokens=R, temperature=1.0, precision="fp32")
-    run = dict(eos_id=tok.eos_id, pad_id=tok.pad_id, utf8_table=tok.utf8_table())
+    run = dict(eos_id=tok.eos_id, pad_id=tok.pad_id)
     pre, u = tok.encode_prefixes(conds), counter_uniforms([row_seed(k, 0, 1) for k in keys], R)
-    out = sample(g, pre, params, uniforms=u, **run)
-    assert torch.equal(out, sample_recompute(g, pre, params, uniforms=u, **run))
-    assert torch.equal(out[3:5], sample(g, pre[3:5], params, uniforms=u[3:5], **run))  # per row, any batch
+    out = sample(g, pre, params, uniforms=u, guard=text_guard(tok, conds), **run)
+    assert torch.equal(out, sample_recompute(g, pre, params, uniforms=u, guard=text_guard(tok, conds), **run))
+    one = sample(g, pre[3:5], params, uniforms=u[3:5], guard=text_guard(tok, conds[3:5]), **run)
+    assert torch.equal(out[3:5], one)  # per row, any batch
+
+
+def test_english_rows_write_no_chinese_and_chinese_rows_still_may(tok):
+    torch.manual_seed(0)
+    g = Generator(
+        GeneratorConfig(vocab_size=tok.vocab_size, block_size=P + R, dropout=0.0, n_layer=2, n_head=2, d_model=32)
+    )
+    conds = [Condition("Tablet", "Electronics", 1 + i % 5, language="en" if i % 2 else "zh") for i in range(32)]
+    keys = [f"p{i}" for i in range(32)]
+    free = generate_texts(g, tok, conds, keys, seed=2, temperature=1.0, whole_chars=False)
+    guarded = generate_texts(g, tok, conds, keys, seed=2, temperature=1.0)
+    english = [i for i, c in enumerate(conds) if c.language == "en"]
+    assert sum(bool(CJK.search(free[i])) for i in english) >= 4  # a random model mixes the two freely
+    assert not any(CJK.search(guarded[i]) for i in english)
+    assert any(CJK.search(t) for c, t in zip(conds, guarded) if c.language == "zh")
+    cjk = tok.cjk_tokens()
+    for i, b in enumerate(tok.token_bytes()):
+        if b is not None and not cjk[i]:
+            assert not CJK.search(b.decode("utf-8", errors="ignore"))

@@ -234,7 +234,7 @@ def sample(
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     watermark: Watermark | None = None,
-    utf8_table: torch.Tensor | None = None,
+    guard: Utf8Guard | None = None,
 ) -> torch.Tensor:
     """Sample reviews for `prefixes` [B, P]. Returns [B, max_new_tokens] ids, <pad> after <eos>.
 
@@ -262,7 +262,6 @@ def sample(
         logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         prev = prefixes[:, -1]
         hold = EosHold.maybe(watermark, B, R, eos_id, device)
-        guard = Utf8Guard(utf8_table, B, device) if utf8_table is not None else None
         for t in range(R):
             u = uniforms[t] if rows.shape[0] == B else uniforms[t, rows]
             if hold is not None:
@@ -297,6 +296,13 @@ def sample(
     return out
 
 
+def text_guard(tok: ReviewTokenizer, conds: Sequence[Condition], device="cpu") -> Utf8Guard:
+    """The guard `generate_texts` samples with: whole UTF-8 characters, and no CJK token in a row whose
+    language is not Chinese."""
+    latin = torch.tensor([c.language != "zh" for c in conds], dtype=torch.bool)
+    return Utf8Guard(tok.utf8_table(), len(conds), device, forbid=latin[:, None] & tok.cjk_tokens()[None, :])
+
+
 def generate_texts(
     G,
     tok: ReviewTokenizer,
@@ -318,7 +324,7 @@ def generate_texts(
     """Sample one review per condition. Each row's randomness is fixed by `row_seeds[i]`, or else by
     `keys[i]` (e.g. product_id:index) with `seed`. `compile_decode`: see SamplingParams. `watermark`: bias
     every step with its signing key (None: the unwatermarked sampler, token for token). `whole_chars`: never
-    write a broken UTF-8 character (see reviewgen.core.utf8)."""
+    write a broken UTF-8 character, nor a Chinese one in an English review (see reviewgen.core.utf8)."""
     if row_seeds is None:
         if keys is None:
             raise ValueError("generate_texts needs keys or row_seeds")
@@ -336,7 +342,7 @@ def generate_texts(
             pad_id=tok.pad_id,
             uniforms=counter_uniforms(row_seeds[s : s + batch_size], params.max_new_tokens),
             watermark=watermark,
-            utf8_table=tok.utf8_table() if whole_chars else None,
+            guard=text_guard(tok, conds[s : s + batch_size], device) if whole_chars else None,
         )
         texts.extend(tok.decode_reviews(ids.cpu()))
     return texts

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reviewgen.core.errors import ReviewgenError
-from reviewgen.core.utf8 import transition_table
+from reviewgen.core.utf8 import cjk_tokens, transition_table
 
 PAD, BOS, EOS, SEP, UNK, TITLE, CAT = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>", "<title>", "<cat>"
 LANGS = ("en", "zh")
@@ -73,6 +73,7 @@ class ReviewTokenizer:
         self.pad_id, self.bos_id, self.eos_id = self.special[PAD], self.special[BOS], self.special[EOS]
         self.sep_id = self.special[SEP]
         self._utf8_table: torch.Tensor | None = None
+        self._cjk: torch.Tensor | None = None
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -192,6 +193,12 @@ class ReviewTokenizer:
         if self._utf8_table is None:
             self._utf8_table = transition_table(self.token_bytes())
         return self._utf8_table
+
+    def cjk_tokens(self) -> torch.Tensor:
+        """`reviewgen.core.utf8.cjk_tokens` of this vocabulary (built once)."""
+        if self._cjk is None:
+            self._cjk = cjk_tokens(self.token_bytes())
+        return self._cjk
 
     def decode_reviews(self, review_ids: torch.Tensor | np.ndarray) -> list[str]:
         """Decode review token rows, stopping at <eos> and dropping special tokens."""
