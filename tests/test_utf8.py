@@ -13,7 +13,7 @@ from reviewgen.core.config import GeneratorConfig
 from reviewgen.core.models import Generator
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, generate_texts, row_seed, sample, text_guard
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
-from reviewgen.core.utf8 import Utf8Guard, blocked_along, transition_table
+from reviewgen.core.utf8 import Utf8Guard, transition_table
 from tests.recompute import sample_recompute
 
 P, R = 16, 24
@@ -117,41 +117,3 @@ def test_english_rows_write_no_chinese_and_chinese_rows_still_may(tok):
     for i, b in enumerate(tok.token_bytes()):
         if b is not None and not cjk[i]:
             assert not CJK.search(b.decode("utf-8", errors="ignore"))
-
-
-def test_blocked_along_is_what_the_guard_masked_at_each_step(tok):
-    torch.manual_seed(0)
-    g = Generator(
-        GeneratorConfig(vocab_size=tok.vocab_size, block_size=P + R, dropout=0.0, n_layer=2, n_head=2, d_model=32)
-    )
-    conds = [Condition("Tablet", "Electronics", 5, language="en" if i % 2 else "zh") for i in range(8)]
-    params = SamplingParams(max_new_tokens=R, temperature=1.0, precision="fp32")
-    u = counter_uniforms([row_seed(f"p{i}", 0, 5) for i in range(8)], R)
-    guard = text_guard(tok, conds)
-    ids = sample(g, tok.encode_prefixes(conds), params, eos_id=-1, pad_id=tok.pad_id, uniforms=u, guard=guard)
-    blocked = blocked_along(tok.utf8_table(), ids, guard.forbid)
-    assert not blocked.gather(2, ids[:, :, None]).any()  # no sampled token was blocked where it stands
-    step = text_guard(tok, conds)  # a fresh guard walked along the same tokens masks the same sets
-    for t in range(R):
-        assert torch.equal(torch.isinf(step.apply(torch.zeros(8, tok.vocab_size))), blocked[:, t])
-        step.update(ids[:, t])
-    assert blocked[:, :, tok.cjk_tokens()].any() and not blocked.all(dim=2).any()
-
-
-def test_guarded_logprobs_renormalise_over_the_tokens_not_blocked():
-    from reviewgen.core.losses import guarded_logprobs, review_logits, token_logprobs
-
-    torch.manual_seed(0)
-    V = 50
-    g = Generator(GeneratorConfig(vocab_size=V, block_size=P + R, dropout=0.0, n_layer=1, n_head=2, d_model=16))
-    ids = torch.randint(0, V, (3, P + R))
-    blocked = torch.rand(2, R, V) < 0.5
-    blocked.scatter_(2, ids[:2, P:, None], False)  # what was sampled was allowed where it stands
-    with torch.no_grad():
-        got = guarded_logprobs(g, ids, P, blocked)
-        logits = review_logits(g, ids, P).float()
-        plain = token_logprobs(logits, ids[:, P:])
-    norm = torch.logsumexp(logits[:2].masked_fill(blocked, float("-inf")), dim=-1)
-    want = logits[:2].gather(2, ids[:2, P:, None]).squeeze(-1) - norm
-    assert torch.allclose(got[:2], want, atol=1e-5) and bool((got[:2] > plain[:2]).all())
-    assert torch.equal(got[2], plain[2])  # rows past the blocked ones (the MLE anchor's) are untouched

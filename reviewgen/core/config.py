@@ -160,10 +160,6 @@ class TrainConfig:
     sample_temperature: float = 1.0
     sample_top_k: int = 0
     sample_top_p: float = 1.0
-    # sample D's fakes and the policy's rollouts through the sampler's guard (whole UTF-8 characters, no CJK in
-    # English), as every review the project writes is sampled; the policy gradient then reads the guarded
-    # policy's log-probabilities
-    guard_samples: bool = True
     gamma: float = 0.95  # discount for per-token return-to-go
     seq_reward_weight: float = 0.5  # mixes the sequence-level D score into every token's reward
     # condition rewards at each review's end: log p(target rating / category) under D's heads frozen at the

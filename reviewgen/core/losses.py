@@ -47,16 +47,6 @@ def review_logits(G, ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
     return G(ids[:, :-1], logits_from=prefix_len - 1)
 
 
-def guarded_logprobs(G, ids: torch.Tensor, prefix_len: int, blocked: torch.Tensor | None) -> torch.Tensor:
-    """log p of each review token of `ids` [B, P + R] under G; where `blocked` [n, R, V] is given, the first n
-    rows' distributions renormalise over the tokens not blocked at each position (the sampler's guard)."""
-    logits = review_logits(G, ids, prefix_len)
-    if blocked is not None:
-        n = blocked.shape[0]
-        logits = torch.cat([logits[:n].masked_fill(blocked, float("-inf")), logits[n:]])
-    return token_logprobs(logits, ids[:, prefix_len:])
-
-
 def mle_loss(G, ids: torch.Tensor, tk: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     """(row-mean NLL loss, per-row summed NLL and token counts for reporting)."""
     targets = ids[:, tk.prefix_len :]
@@ -222,17 +212,13 @@ def adversarial_step(
     cfg: TrainConfig,
     tk: Tokens,
     terminal: torch.Tensor | None = None,
-    fake_blocked: torch.Tensor | None = None,
 ) -> dict:
     """One policy-gradient step on G.
 
     `fake_full` holds `group_size` samples per prompt (rows grouped consecutively). The loss is
     REINFORCE with dense per-token D rewards (plus an optional per-row `terminal` reward at each review's
     end, such as `condition_rewards`) and a group-mean baseline, plus a KL anchor to the frozen MLE
-    generator `ref` and an MLE anchor on the real rows of `batch`. `fake_blocked` [n_fake, R, V]: the tokens
-    the sampler's guard masked at each position of the fakes (`reviewgen.core.utf8.blocked_along`); the
-    policy's and the reference's log-probabilities of the fakes then renormalise over the others, since that
-    guarded distribution is what sampled them.
+    generator `ref` and an MLE anchor on the real rows of `batch`.
     """
     real = batch["ids"]
     n_fake = fake_full.shape[0]
@@ -241,9 +227,10 @@ def adversarial_step(
     adv = group_advantages(rewards, mask, cfg.group_size, cfg.gamma)
     with autocast(real.device, training_dtype(real.device)):
         both = torch.cat([fake_full, real])
-        logp = guarded_logprobs(G, both, tk.prefix_len, fake_blocked)
+        targets = both[:, tk.prefix_len :]
+        logp = token_logprobs(review_logits(G, both, tk.prefix_len), targets)
         with torch.no_grad():
-            ref_logp = guarded_logprobs(ref, fake_full, tk.prefix_len, fake_blocked)
+            ref_logp = token_logprobs(review_logits(ref, fake_full, tk.prefix_len), fake_full[:, tk.prefix_len :])
     fake_logp = logp[:n_fake]
     pg = -_row_mean(adv * fake_logp, mask).mean()
     # k3 estimator of KL(pi || ref): unbiased, always >= 0, low variance

@@ -60,20 +60,6 @@ def transition_table(token_bytes: Sequence[bytes | None]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def blocked_along(table: torch.Tensor, ids: torch.Tensor, forbid: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, R, V] bool: at each position of the reviews `ids` [B, R], the tokens a `Utf8Guard` over `table` (and
-    the rows' `forbid` [B, V]) masks there, from the UTF-8 states the reviews walk through: what a guarded
-    sampler could not have picked, so a guarded policy's log-probabilities renormalise over the rest."""
-    table = table.to(ids.device)
-    state = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-    states = []
-    for t in range(ids.shape[1]):
-        states.append(state)
-        state = table[ids[:, t], state].clamp_min(0)
-    blocked = ~(table >= 0).t()[torch.stack(states, dim=1)]
-    return blocked | forbid[:, None, :].to(ids.device) if forbid is not None else blocked
-
-
 class Utf8Guard:
     """Per-row UTF-8 state over a batch: `apply` masks the tokens a row may not write next (those that would
     break its open character, and the row's `forbid` [B, V] tokens), `update` advances the states by the picked

@@ -29,7 +29,6 @@ from reviewgen.core.model_dir import CheckpointError, Meta
 from reviewgen.core.models import Discriminator, Generator, base_view, count_params
 from reviewgen.core.sampling import SamplingParams, counter_uniforms, row_seed, sample
 from reviewgen.core.tokenizer import ReviewTokenizer
-from reviewgen.core.utf8 import Utf8Guard, blocked_along
 
 PHASES = ("mle", "disc", "adv", "done")
 
@@ -89,9 +88,6 @@ class GANTrainer:
         self.ref: Generator | None = None
         self.cond: Discriminator | None = None  # D frozen at the end of its warm-up: the condition rewards' judge
         self.tk = Tokens(pad_id=tok.pad_id, eos_id=tok.eos_id, prefix_len=cfg.tokenizer.prefix_len)
-        # the sampler's guard for G's training samples: the UTF-8 table, the CJK tokens English rows forbid, and
-        # the language token that marks a Chinese prompt
-        self.guard = (tok.utf8_table(), tok.cjk_tokens(), tok.special["<lang_zh>"]) if t.guard_samples else None
         self.phase, self.step, self.global_step = "mle", 0, 0
         T = cfg.tokenizer.prefix_len + cfg.tokenizer.max_review_len
         self.replay = torch.zeros((t.replay_size, T), dtype=torch.long)
@@ -202,22 +198,8 @@ class GANTrainer:
             eos_id=self.tk.eos_id,
             pad_id=self.tk.pad_id,
             uniforms=counter_uniforms(seeds, params.max_new_tokens),
-            guard=Utf8Guard(self.guard[0], n, prefixes.device, self._forbid(prefixes)) if self.guard else None,
         )
         return torch.cat([prefixes, fake], dim=1)
-
-    def _forbid(self, prefixes: torch.Tensor) -> torch.Tensor:
-        """[B, V]: the tokens each prompt's review may not write (CJK, unless the prompt is Chinese)."""
-        _, cjk, zh = self.guard
-        latin = ~(prefixes == zh).any(dim=1)
-        return latin[:, None] & cjk.to(prefixes.device)[None, :]
-
-    def _blocked(self, fake: torch.Tensor) -> torch.Tensor | None:
-        """What the guard masked along each fake review (None when the samples are unguarded)."""
-        if self.guard is None:
-            return None
-        P = self.tk.prefix_len
-        return blocked_along(self.guard[0], fake[:, P:], self._forbid(fake[:, :P]))
 
     def _replay_mix(self, fake: torch.Tensor) -> torch.Tensor:
         """Swap a fraction of fresh fakes for older ones, then store the fresh ones (D must not forget
@@ -275,16 +257,7 @@ class GANTrainer:
             fake = self.sample_fakes(prompts, repeats=t.group_size)
             terminal, terms = self._condition_rewards(batch, fake)
             m = adversarial_step(
-                self.g,
-                self.d,
-                self.ref,
-                self.opt_g,
-                batch,
-                fake,
-                cfg=t,
-                tk=self.tk,
-                terminal=terminal,
-                fake_blocked=self._blocked(fake),
+                self.g, self.d, self.ref, self.opt_g, batch, fake, cfg=t, tk=self.tk, terminal=terminal
             )
             m.update(terms)
             for _ in range(t.d_steps_per_g_step):
