@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from reviewgen.core.sampling import SamplingParams, pick_tokens
+from reviewgen.core.sampling import EosHold, SamplingParams, pick_tokens
 from reviewgen.core.utf8 import Utf8Guard
-from reviewgen.core.watermark import EosHold, Watermark
+from reviewgen.core.watermark import Watermark
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def sample_recompute(
     u = uniforms if uniforms is not None else torch.zeros(B, R, dtype=torch.float64)
     out = torch.full((B, R), pad_id, dtype=torch.long)
     seq, live = prefixes, torch.ones(B, dtype=torch.bool)
-    hold = EosHold.maybe(watermark, B, R, eos_id, prefixes.device)
+    hold = EosHold.maybe(watermark, prefixes[:, -1], R, eos_id)
     for t in range(R):
         logits = model(seq, logits_from=seq.shape[1] - 1)[:, -1]
         if hold is not None:
@@ -37,7 +37,7 @@ def sample_recompute(
             logits = guard.apply(logits)
         tok = pick_tokens(logits, u[:, t].to(logits.device), params, watermark, seq[:, -1])
         if hold is not None:
-            hold.update(seq[:, -1], tok)
+            hold.update(tok)
         if guard is not None:
             guard.update(tok)
         out[live, t] = tok[live].cpu()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,7 +21,7 @@ from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.models import Generator, unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.core.utf8 import Utf8Guard
-from reviewgen.core.watermark import EosHold, Watermark
+from reviewgen.core.watermark import Watermark
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 PRECISIONS = ("auto", "fp32")
@@ -221,6 +222,56 @@ def _decoder(model: Generator, params: SamplingParams):
     return torch.compile(model.forward, dynamic=True, fullgraph=True) if params.compile_decode else model
 
 
+class EosHold:
+    """The sampler's running tally of each row's green review tokens under the signing key, and the <eos> it
+    withholds from rows whose tally would not yet be detected at `hold_eos_z` (see WatermarkConfig). The
+    first review token is scored after the prompt's last token `prev`, as `Watermark.detect_texts` scores it."""
+
+    def __init__(self, watermark: Watermark, prev: torch.Tensor, max_len: int, eos_id: int):
+        z = watermark.config.hold_eos_z
+        if z is None:
+            raise ValueError("EosHold needs a watermark whose config sets hold_eos_z")
+        self.watermark, self.eos_id, self.prev = watermark, eos_id, prev
+        self.need = watermark.green_needed(max_len, z).to(prev.device)
+        self.green = torch.zeros_like(prev)
+        self.scored = torch.zeros_like(prev)
+
+    @classmethod
+    def maybe(cls, watermark: Watermark | None, prev: torch.Tensor, max_len: int, eos_id: int) -> "EosHold | None":
+        """An EosHold when `watermark` holds <eos>, else None (also when `eos_id` < 0: no end token)."""
+        if watermark is None or watermark.config.hold_eos_z is None or eos_id < 0:
+            return None
+        return cls(watermark, prev.long(), max_len, eos_id)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` [B, V] with <eos> at -inf in the rows still held (in place)."""
+        held = self.green < self.need[self.scored]
+        logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(held, -math.inf)
+        return logits
+
+    def update(self, tok: torch.Tensor) -> None:
+        """Count this step's tokens `tok` [B] (<eos> is not scored)."""
+        scored = tok != self.eos_id
+        self.green += (self.watermark.green(self.prev, tok) & scored).long()
+        self.scored += scored.long()
+        self.prev = tok
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the rows `keep` (the sampler's batch compaction)."""
+        self.green, self.scored, self.prev = self.green[keep], self.scored[keep], self.prev[keep]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Generator):
+    """`model` in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 # no_grad, not inference_mode: autocast keeps its low-precision copy of a weight (one that requires grad)
 # for the whole call only outside inference mode; inside it, every decode step would cast every weight again
 @torch.no_grad()
@@ -236,16 +287,12 @@ def sample(
     watermark: Watermark | None = None,
     guard: Utf8Guard | None = None,
 ) -> torch.Tensor:
-    """Sample reviews for `prefixes` [B, P]. Returns [B, max_new_tokens] ids, <pad> after <eos>.
-
-    `uniforms` [B, max_new_tokens] fixes the randomness per row (see counter_uniforms); otherwise they are
-    drawn from `generator`. Finished rows are masked, and dropped from the batch (and the cache) once fewer
-    than COMPACT_BELOW of the rows are live, so a batch costs about what its live rows cost. `watermark`:
-    see pick_tokens; the first review token's previous token is the prefix's last (<sep>).
-    """
+    """[B, max_new_tokens] review ids for `prefixes` [B, P], <pad> after <eos>. `uniforms` [B, max_new_tokens]
+    fix each row's randomness (counter_uniforms), else drawn from `generator`. Finished rows are dropped from
+    the batch and the cache once fewer than COMPACT_BELOW are live. `watermark`: see pick_tokens (the first
+    token's previous one is <sep>); with `hold_eos_z` set, <eos> waits until the mark is detectable (EosHold).
+    `guard`, a fresh `Utf8Guard` over the B rows: whole UTF-8 characters, none of a row's forbidden tokens."""
     model = unwrap(model)
-    was_training = model.training
-    model.eval()
     device = prefixes.device
     B, P = prefixes.shape
     R = params.max_new_tokens
@@ -256,27 +303,22 @@ def sample(
     n_live = B
     decode = _decoder(model, params)
     auto = params.precision == "auto"
-    with autocast(device, inference_dtype(device)) if auto else contextlib.nullcontext():
+    with _eval_mode(model), autocast(device, inference_dtype(device)) if auto else contextlib.nullcontext():
         # the cache holds keys and values in the dtype the projections produce
         cache = model.new_cache(B, device, dtype=inference_dtype(device) if auto else None, max_len=P + R)
         logits = model(prefixes, logits_from=P - 1, cache=cache, pos=0)[:, -1]
         prev = prefixes[:, -1]
-        hold = EosHold.maybe(watermark, B, R, eos_id, device)
+        # per-row masks on the next token, each with apply(logits) / update(tok) / select(keep)
+        trackers = [x for x in (EosHold.maybe(watermark, prev, R, eos_id), guard) if x is not None]
         for t in range(R):
             u = uniforms[t] if rows.shape[0] == B else uniforms[t, rows]
-            if hold is not None:
-                logits = hold.apply(logits)
-            if guard is not None:
-                logits = guard.apply(logits)
+            for x in trackers:
+                logits = x.apply(logits)
             tok = pick_tokens(logits, u, params, watermark, prev)
-            if hold is not None:
-                hold.update(prev, tok)
-            if guard is not None:
-                guard.update(tok)
-            if n_live == rows.shape[0]:
-                out[rows, t] = tok
-            else:
-                out[rows[live], t] = tok[live]
+            for x in trackers:
+                x.update(tok)
+            all_live = n_live == rows.shape[0]
+            out[rows if all_live else rows[live], t] = tok if all_live else tok[live]
             if t == R - 1:
                 break
             live &= tok != eos_id
@@ -286,13 +328,10 @@ def sample(
             if n_live < COMPACT_BELOW * rows.shape[0]:
                 keep = live.nonzero().squeeze(-1)
                 rows, tok, live = rows[keep], tok[keep], live[keep]
-                cache.select(keep)
-                for tracker in (hold, guard):
-                    if tracker is not None:
-                        tracker.select(keep)
+                for x in (cache, *trackers):
+                    x.select(keep)
             prev = tok
             logits = decode(tok[:, None], cache=cache, pos=P + t)[:, -1]
-    model.train(was_training)
     return out
 
 

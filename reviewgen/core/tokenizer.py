@@ -72,6 +72,7 @@ class ReviewTokenizer:
             raise TokenizerError(f"tokenizer lacks special tokens {missing}")
         self.pad_id, self.bos_id, self.eos_id = self.special[PAD], self.special[BOS], self.special[EOS]
         self.sep_id = self.special[SEP]
+        self._bytes: list[bytes | None] | None = None  # token_bytes, utf8_table and cjk_tokens, built once
         self._utf8_table: torch.Tensor | None = None
         self._cjk: torch.Tensor | None = None
 
@@ -172,6 +173,11 @@ class ReviewTokenizer:
         """Each id's bytes as the decoder writes them; None for special and added tokens. Byte-level BPE
         spells bytes in GPT-2's printable alphabet; a byte-fallback token (<0xNN>) is one byte; any other
         token is its text, SentencePiece's "▁" a space."""
+        if self._bytes is None:
+            self._bytes = self._spell_tokens()
+        return self._bytes
+
+    def _spell_tokens(self) -> list[bytes | None]:
         byte_level = "ByteLevel" in json.dumps(json.loads(self.tok.to_str()).get("decoder"))
         to_byte = {c: b for b, c in _byte_alphabet().items()}
         added = set(self.tok.get_added_tokens_decoder())

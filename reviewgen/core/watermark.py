@@ -171,6 +171,7 @@ class Watermark:
         self.keys, self.config = tuple(keys), config or WatermarkConfig()
         self._cut = int(round(self.config.gamma * (1 << 32))) - (1 << 31)  # green: a pair's int32 value below
         self._token_hash: dict[tuple[str, str, int], torch.Tensor] = {}
+        self._needed: dict[tuple[int, float], torch.Tensor] = {}
 
     @classmethod
     def from_env(
@@ -252,13 +253,16 @@ class Watermark:
 
     def green_needed(self, max_len: int, z: float) -> torch.Tensor:
         """[max_len + 1] int64: per scored length T, the fewest green tokens whose exact tail is at most the
-        normal tail at `z` (T + 1 where no count reaches it)."""
-        t = torch.arange(max_len + 1, dtype=torch.float64)
-        g = torch.arange(max_len + 1, dtype=torch.float64)
-        tt, gg = torch.broadcast_tensors(t[:, None], g[None, :])
-        tail = _binomial_tail(gg.reshape(-1), tt.reshape(-1), self.config.gamma).view_as(tt)
-        ok = (gg <= tt) & (tail <= _normal_tail(z))
-        return torch.where(ok.any(dim=1), ok.long().argmax(dim=1), t.long() + 1)
+        normal tail at `z` (T + 1 where no count reaches it). Built once per (max_len, z)."""
+        if (max_len, z) not in self._needed:
+            t = torch.arange(max_len + 1, dtype=torch.float64)[:, None]
+            k, g = t.t(), self.config.gamma
+            log_pmf = torch.lgamma(t + 1) - torch.lgamma(k + 1) - torch.lgamma((t - k).clamp_min(0) + 1)
+            log_pmf = torch.where(k <= t, log_pmf + k * math.log(g) + (t - k) * math.log1p(-g), -math.inf)
+            log_tail = torch.logcumsumexp(log_pmf.flip(1), dim=1).flip(1)  # log P(G >= k) per row T
+            ok = (k <= t) & (log_tail <= math.log(_normal_tail(z)))
+            self._needed[(max_len, z)] = torch.where(ok.any(dim=1), ok.long().argmax(dim=1), t[:, 0].long() + 1)
+        return self._needed[(max_len, z)]
 
     def z_scores(
         self,
@@ -347,44 +351,6 @@ def _padded(
     return pad(rows, batch_first=True), pad([torch.ones(len(r), dtype=torch.bool) for r in rows], batch_first=True)
 
 
-class EosHold:
-    """The sampler's running tally of each row's green review tokens under the signing key, and the <eos> it
-    withholds from rows whose tally would not yet be detected at `hold_eos_z` (see WatermarkConfig). The
-    first review token is scored after the prompt's last token, as `Watermark.detect_texts` scores it."""
-
-    def __init__(self, watermark: Watermark, batch: int, max_len: int, eos_id: int, device: torch.device):
-        z = watermark.config.hold_eos_z
-        if z is None:
-            raise ValueError("EosHold needs a watermark whose config sets hold_eos_z")
-        self.watermark, self.eos_id = watermark, eos_id
-        self.need = watermark.green_needed(max_len, z).to(device)
-        self.green = torch.zeros(batch, dtype=torch.long, device=device)
-        self.scored = torch.zeros(batch, dtype=torch.long, device=device)
-
-    @classmethod
-    def maybe(cls, watermark: Watermark | None, batch: int, max_len: int, eos_id: int, device) -> "EosHold | None":
-        """An EosHold when `watermark` holds <eos>, else None (also when `eos_id` < 0: no end token)."""
-        if watermark is None or watermark.config.hold_eos_z is None or eos_id < 0:
-            return None
-        return cls(watermark, batch, max_len, eos_id, device)
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """`logits` [B, V] with <eos> at -inf in the rows still held (in place)."""
-        held = self.green < self.need[self.scored]
-        logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(held, -math.inf)
-        return logits
-
-    def update(self, prev: torch.Tensor, tok: torch.Tensor) -> None:
-        """Count this step's tokens `tok` [B] after `prev` [B] (<eos> is not scored)."""
-        scored = tok != self.eos_id
-        self.green += (self.watermark.green(prev, tok) & scored).long()
-        self.scored += scored.long()
-
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep the rows `keep` (the sampler's batch compaction)."""
-        self.green, self.scored = self.green[keep], self.scored[keep]
-
-
 class WatermarkLogitsProcessor:
     """The watermark as a Hugging Face logits processor (no transformers import): `processor(input_ids,
     scores)` adds delta to the green logits after each row's last token, for `model.generate(...,
@@ -394,7 +360,6 @@ class WatermarkLogitsProcessor:
 
     def __init__(self, watermark: Watermark, eos_id: int | None = None, prompt_len: int | None = None):
         self.watermark, self.eos_id, self.prompt_len = watermark, eos_id, prompt_len
-        self._need = torch.zeros(0, dtype=torch.long)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = self.watermark.bias_logits(scores, input_ids[:, -1])
@@ -403,9 +368,7 @@ class WatermarkLogitsProcessor:
             return scores
         review = input_ids[:, self.prompt_len - 1 :]  # <sep>, then the review so far (no <eos> in a live row)
         n = review.shape[1] - 1
-        if n >= len(self._need):
-            self._need = self.watermark.green_needed(max(2 * n, 64), z)
-        green = self.watermark.green(review[:, :-1], review[:, 1:]).sum(dim=1)
-        held = green < int(self._need[n])
+        need = self.watermark.green_needed(max(64, 1 << n.bit_length()), z)[n]  # tables of 64, 128, ... tokens
+        held = self.watermark.green(review[:, :-1], review[:, 1:]).sum(dim=1) < need
         scores[:, self.eos_id] = scores[:, self.eos_id].masked_fill(held, -math.inf)
         return scores
