@@ -144,6 +144,58 @@ def test_each_condition_reward_raises_the_target_probability(setup, term):
     assert gains[10.0] > 0.05 and gains[10.0] > gains[0.0] + 0.05, gains
 
 
+def test_condition_judge_reads_the_review_not_the_prompt(setup):
+    """The prompt names the asked-for rating and category, so a judge that saw it could reward any review:
+    the condition rewards, and the aux heads' training signal, depend on the review alone."""
+    from reviewgen.core.losses import condition_rewards, disc_loss, review_only
+
+    tr, batches = new_trainer(setup)
+    P, b, b2 = tr.tk.prefix_len, next(batches), next(batches)
+    n = min(len(b["ids"]), len(b2["ids"]))
+    ids = b["ids"][:n]
+    other = torch.cat([b2["ids"][:n, :P], ids[:, P:]], 1)  # other products and targets, the same reviews
+    assert not torch.equal(ids[:, :P], other[:, :P])
+    blind = review_only(ids, tr.tk)
+    assert torch.equal(blind, review_only(other, tr.tk)) and torch.equal(blind[:, P:], ids[:, P:])
+    assert (blind[:, : P - 1] == tr.tk.pad_id).all() and torch.equal(blind[:, P - 1], ids[:, P - 1])  # <sep>
+    D = tr.D.eval()
+    r, c = b["rating"][:n].clamp_min(0), b["category"][:n].clamp_min(0)
+    with torch.no_grad():
+        a, _ = condition_rewards(D, ids, r, c, tr.cfg.train, tr.tk)
+        o, _ = condition_rewards(D, other, r, c, tr.cfg.train, tr.tk)
+        assert torch.allclose(a, o)
+        # the aux loss is the same whatever the prompts say; the realness loss is not
+        fake = b2["ids"][:n]
+        _, m1 = disc_loss(D, ids, fake, r, c, cfg=tr.cfg.train, tk=tr.tk)
+        _, m2 = disc_loss(D, other, fake, r, c, cfg=tr.cfg.train, tk=tr.tk)
+    assert m1["d_aux_loss"] == pytest.approx(m2["d_aux_loss"], rel=1e-5)
+    assert m1["d_seq_loss"] != pytest.approx(m2["d_seq_loss"], rel=1e-5)
+
+
+def test_rating_target_is_the_star_rating_or_else_the_asked_polarity(setup):
+    """English prompts ask for a star rating, Chinese ones for a polarity: the rating reward is log p(stars)
+    or log p(the 1-2 or 4-5 star side), and nothing for a neutral prompt."""
+    from reviewgen.core.losses import Tokens, rating_target_logprob, target_polarity
+    from reviewgen.core.tokenizer import Condition
+
+    _, tok, _, _ = setup
+    conds = [
+        Condition("a kettle", "Kitchen", rating=5, language="en"),
+        Condition("a kettle", "Kitchen", rating=2, language="en"),
+        Condition("水壶", "厨房", sentiment="negative", language="zh"),
+        Condition("水壶", "厨房", sentiment="positive", language="zh"),
+        Condition("a kettle", "Kitchen", rating=3, language="en"),
+    ]
+    pre = tok.encode_prefixes(conds)
+    assert target_polarity(pre, Tokens.of(tok)).tolist() == [1, 0, 0, 1, -100]
+    logits = torch.log(torch.tensor([[0.1, 0.1, 0.2, 0.2, 0.4]])).expand(5, 5)
+    lp, has = rating_target_logprob(
+        logits, torch.tensor([4, 1, -100, -100, -100]), target_polarity(pre, Tokens.of(tok))
+    )
+    expect = torch.log(torch.tensor([0.4, 0.1, 0.2, 0.6, 1.0]))
+    assert has.tolist() == [True, True, True, True, False] and torch.allclose(lp, expect, atol=1e-6)
+
+
 def test_terminal_reward_lands_on_each_rows_last_token():
     """Returns are terminal at the last token and gamma^k * terminal k tokens earlier; the group baseline
     then subtracts the mean over the rows still writing at that position."""
@@ -276,6 +328,15 @@ def test_scorer_outputs_probabilities(tiny_model, prepared_data):
     assert len(out) == 8 and s.version == json.loads((tiny_model / "meta.json").read_text())["version"]
     res = s.score([{"text": "好评，质量不错"}, {"text": "Works great", "rating": 5, "product_title": "Echo"}])
     assert res["p_human"].shape == (2,)
+    # rating_pred judges the text: the rating and product a request names do not change it
+    texts = test["text"].astype(str).tolist()
+    asked = [
+        {"text": t, "rating": r, "product_title": "Echo Dot", "category": "Speakers"} for t in texts for r in (1, 5)
+    ]
+    pred = s.score(asked)["rating_pred"]
+    assert (pred[0::2] == pred[1::2]).all() and (
+        pred == s.score([{"text": t} for t in texts])["rating_pred"].repeat(2)
+    ).all()
 
 
 def test_platt_calibration_fixes_a_shifted_scorer():

@@ -163,7 +163,8 @@ class TrainConfig:
     gamma: float = 0.95  # discount for per-token return-to-go
     seq_reward_weight: float = 0.5  # mixes the sequence-level D score into every token's reward
     # condition rewards at each review's end: log p(target rating / category) under D's heads frozen at the
-    # end of D's warm-up (0 turns a term off; both 0 = realness only)
+    # end of D's warm-up, read from the review alone; a polarity-only target (Chinese) is rewarded by the
+    # probability of its side, 1-2 or 4-5 stars (0 turns a term off; both 0 = realness only)
     rating_reward_weight: float = 0.5
     category_reward_weight: float = 0.5
     kl_coef: float = 0.05  # KL anchor to the frozen MLE generator

@@ -2,7 +2,8 @@
 
 Each step function takes the (possibly DDP-wrapped) models, one optimizer and one batch, and does exactly
 one forward and one backward per wrapped model, so it runs unchanged under Ray Train's DDP:
-- real and fake rows go through D in one concatenated forward;
+- real and fake rows (and the real reviews alone, for the rating and category heads) go through D in one
+  concatenated forward;
 - the policy-gradient rows and the MLE-anchor rows go through G in one concatenated forward;
 - rewards, references and samples use the unwrapped modules under no_grad, so D's gradients are never
   all-reduced during G's step.
@@ -30,6 +31,40 @@ class Tokens:
     pad_id: int
     eos_id: int
     prefix_len: int
+    positive: tuple[int, ...] = ()  # condition tokens that ask for a positive review (4-5 stars, positive)
+    negative: tuple[int, ...] = ()  # and for a negative one (1-2 stars, negative)
+
+    @classmethod
+    def of(cls, tok) -> "Tokens":
+        """The ids of a `ReviewTokenizer`."""
+        return cls(
+            pad_id=tok.pad_id,
+            eos_id=tok.eos_id,
+            prefix_len=tok.prefix_len,
+            positive=tuple(tok.special[n] for n in ("<rating_4>", "<rating_5>", "<sent_positive>")),
+            negative=tuple(tok.special[n] for n in ("<rating_1>", "<rating_2>", "<sent_negative>")),
+        )
+
+
+def target_polarity(ids: torch.Tensor, tk: Tokens) -> torch.Tensor:
+    """[B] the polarity each row's prompt asks for, read from its condition token: 1 positive, 0 negative,
+    -100 neither (3 stars, neutral). The Chinese corpus carries polarity only, never a star rating."""
+    pre = ids[:, : tk.prefix_len]
+    pos = torch.isin(pre, torch.tensor(tk.positive, dtype=pre.dtype, device=pre.device)).any(1)
+    neg = torch.isin(pre, torch.tensor(tk.negative, dtype=pre.dtype, device=pre.device)).any(1)
+    return torch.where(pos, 1, torch.where(neg, 0, -100))
+
+
+def rating_target_logprob(
+    logits: torch.Tensor, rating: torch.Tensor, polarity: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, log p of its target under the rating head's `logits` [B, 5]: the star rating (0..4) where
+    known, else its polarity side (p of 1-2 or of 4-5 stars) where known, else 0; and the rows with a target."""
+    lp = torch.log_softmax(logits.float(), -1)
+    exact = lp.gather(1, rating.clamp_min(0)[:, None]).squeeze(1)
+    side = torch.where(polarity == 1, torch.logsumexp(lp[:, 3:], -1), torch.logsumexp(lp[:, :2], -1))
+    has_rating, has_side = rating >= 0, polarity >= 0
+    return torch.where(has_rating, exact, torch.where(has_side, side, 0.0)), has_rating | has_side
 
 
 def _row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -86,6 +121,15 @@ def val_nll(G, batches, tk: Tokens) -> float:
     return tot / max(n, 1)
 
 
+def review_only(ids: torch.Tensor, tk: Tokens) -> torch.Tensor:
+    """`ids` with the prompt blanked: every prefix position but the last (<sep>) becomes padding, so that D
+    reads the review alone. Its rating and category heads learn and judge on this view: with the prompt in
+    view they would read the asked-for rating and category from it, whatever the review says."""
+    out = ids.clone()
+    out[:, : tk.prefix_len - 1] = tk.pad_id
+    return out
+
+
 def disc_loss(
     D,
     real: torch.Tensor,
@@ -96,25 +140,27 @@ def disc_loss(
     cfg: TrainConfig,
     tk: Tokens,
 ) -> tuple[torch.Tensor, dict]:
-    """Sequence + per-token real/fake BCE, plus rating/category CE on real rows (AC-GAN style)."""
+    """Sequence + per-token real/fake BCE, plus rating/category CE on the real rows' reviews alone
+    (`review_only`; AC-GAN style), all in one forward."""
+    n_real, n = real.shape[0], real.shape[0] + fake.shape[0]
     ids = torch.cat([real, fake])
-    n_real = real.shape[0]
     label = torch.cat([torch.ones(n_real, device=ids.device), torch.zeros(fake.shape[0], device=ids.device)])
-    out = D(ids)
-    seq = F.binary_cross_entropy_with_logits(out.seq_logits.float(), label)
+    out = D(torch.cat([ids, review_only(real, tk)]))
+    seq = F.binary_cross_entropy_with_logits(out.seq_logits[:n].float(), label)
     mask = review_mask(ids[:, tk.prefix_len :], tk.eos_id, tk.pad_id)
     tok = F.binary_cross_entropy_with_logits(
-        out.token_logits.float(), label[:, None].expand_as(out.token_logits), reduction="none"
+        out.token_logits[:n].float(), label[:, None].expand_as(out.token_logits[:n]), reduction="none"
     )
     tok = _row_mean(tok, mask).mean()
     # divide by the row count, not the labelled count, so equal worker splits average exactly
+    rating_lp, _ = rating_target_logprob(out.rating_logits[n:], rating, target_polarity(real, tk))
     aux = (
-        F.cross_entropy(out.rating_logits[:n_real].float(), rating, ignore_index=-100, reduction="sum")
-        + F.cross_entropy(out.category_logits[:n_real].float(), category, ignore_index=-100, reduction="sum")
+        -rating_lp.sum()
+        + F.cross_entropy(out.category_logits[n:].float(), category, ignore_index=-100, reduction="sum")
     ) / n_real
     loss = seq + cfg.token_loss_weight * tok + cfg.aux_loss_weight * aux
     with torch.no_grad():
-        pred = out.seq_logits > 0
+        pred = out.seq_logits[:n] > 0
         acc = (pred == label.bool()).float().mean()
         real_acc = pred[:n_real].float().mean()
     return loss, {
@@ -153,21 +199,26 @@ def dense_rewards(D, full: torch.Tensor, cfg: TrainConfig, tk: Tokens) -> tuple[
 
 @torch.no_grad()
 def condition_rewards(
-    C, full: torch.Tensor, rating: torch.Tensor, category: torch.Tensor, cfg: TrainConfig
+    C, full: torch.Tensor, rating: torch.Tensor, category: torch.Tensor, cfg: TrainConfig, tk: Tokens
 ) -> tuple[torch.Tensor, dict]:
     """Per-row reward for writing the review that was asked for: the weighted log-probability, under the
     frozen classifier C (D's rating and category heads frozen at the end of D's warm-up), of the target
-    rating and category. Rows without a target (rating or category -100) get 0 for that term. C is frozen so
-    that G cannot chase a target that moves with it."""
-    out = C(full)
+    rating (its polarity where the prompt asks for a polarity only, as in Chinese) and category, judged from
+    the review alone (`review_only`: the prompt names the targets). Rows without a target get 0 for that
+    term. C is frozen so that G cannot chase a target that moves with it."""
+    out = C(review_only(full, tk))
+    cat_has = category >= 0
+    cat_lp = torch.log_softmax(out.category_logits.float(), -1).gather(1, category.clamp_min(0)[:, None]).squeeze(1)
     terms = {}
     total = torch.zeros(full.shape[0], device=full.device)
-    for name, logits, target, w in (
-        ("rating", out.rating_logits, rating, cfg.rating_reward_weight),
-        ("category", out.category_logits, category, cfg.category_reward_weight),
+    for name, (lp, has), w in (
+        (
+            "rating",
+            rating_target_logprob(out.rating_logits, rating, target_polarity(full, tk)),
+            cfg.rating_reward_weight,
+        ),
+        ("category", (cat_lp * cat_has, cat_has), cfg.category_reward_weight),
     ):
-        has = target >= 0
-        lp = torch.log_softmax(logits.float(), -1).gather(1, target.clamp_min(0)[:, None]).squeeze(1) * has
         terms[f"r_{name}"] = float(lp.sum() / has.sum().clamp_min(1))
         total += w * lp
     return total, terms

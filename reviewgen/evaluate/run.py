@@ -185,7 +185,7 @@ def _test_nll(
     for name, m in ck.items():
         data = encode_frame(nll_df, m.tokenizer, m.categories)
         bs = m.config.train.batch_size
-        tk = Tokens(pad_id=m.tokenizer.pad_id, eos_id=m.tokenizer.eos_id, prefix_len=m.tokenizer.prefix_len)
+        tk = Tokens.of(m.tokenizer)
         nll[name] = val_nll(m.generator, fixed_batches(data, bs, math.ceil(len(nll_df) / bs), dev), tk)
     log(f"test NLL on {len(nll_df)} reviews: " + ", ".join(f"{n} {v:.4f}" for n, v in nll.items()) + " nats/token")
     return nll, len(nll_df)

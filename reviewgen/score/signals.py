@@ -11,6 +11,7 @@ import torch
 
 from reviewgen.core.device import autocast, inference_dtype
 from reviewgen.core.encoding import length_batches
+from reviewgen.core.losses import Tokens, review_only
 from reviewgen.core.models import unwrap
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.score.detect import STATISTICS, LMStatistics, batch_lm_statistics
@@ -33,10 +34,13 @@ def _eval(net):
     return net
 
 
-def _d_outputs(D, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _d_outputs(D, ids: torch.Tensor, tk: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's sequence logit on (product, review) and its predicted rating 1..5 from the review alone (the
+    prompt would name the asked-for rating), in one forward."""
+    n = ids.shape[0]
     with autocast(ids.device, inference_dtype(ids.device)):
-        out = D(ids)
-    return out.seq_logits.float().cpu(), out.rating_logits.argmax(-1).cpu() + 1
+        out = D(torch.cat([ids, review_only(ids, tk)]))
+    return out.seq_logits[:n].float().cpu(), out.rating_logits[n:].argmax(-1).cpu() + 1
 
 
 @torch.inference_mode()
@@ -65,11 +69,12 @@ def review_signals(
     G = _eval(G) if G is not None else None
     ref = _eval(ref) if ref is not None else None
     dev = torch.device(device)
+    tk_ids = Tokens.of(tok)
     rows, d_parts, r_parts, lm_parts = [], [], [], []
     for idx, ids in length_batches(tok, conds, texts, batch_size):
         ids = ids.to(dev)
         rows.append(idx)
-        d, r = _d_outputs(D, ids)
+        d, r = _d_outputs(D, ids, tk_ids)
         d_parts.append(d)
         r_parts.append(r)
         if G is not None:

@@ -87,7 +87,7 @@ class GANTrainer:
         self.opt_d = torch.optim.AdamW(_trainable(self.D), lr=t.lr_d, weight_decay=t.d_weight_decay, betas=(0.5, 0.999))
         self.ref: Generator | None = None
         self.cond: Discriminator | None = None  # D frozen at the end of its warm-up: the condition rewards' judge
-        self.tk = Tokens(pad_id=tok.pad_id, eos_id=tok.eos_id, prefix_len=cfg.tokenizer.prefix_len)
+        self.tk = Tokens.of(tok)
         self.phase, self.step, self.global_step = "mle", 0, 0
         T = cfg.tokenizer.prefix_len + cfg.tokenizer.max_review_len
         self.replay = torch.zeros((t.replay_size, T), dtype=torch.long)
@@ -287,7 +287,9 @@ class GANTrainer:
         def targets(x):
             return x[::g][:n].repeat_interleave(g)
 
-        return condition_rewards(self.cond, fake, targets(batch["rating"]), targets(batch["category"]), self.cfg.train)
+        return condition_rewards(
+            self.cond, fake, targets(batch["rating"]), targets(batch["category"]), self.cfg.train, self.tk
+        )
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self, run_state: dict | None = None) -> dict[str, Any]:
