@@ -8,7 +8,8 @@ chose the defaults, per language:
 - the demo model's reviews of test-split conditions, sampled as the nightly job samples (GenerateConfig's
   temperature and top-p, per-row seeds), unwatermarked and at each (gamma, delta), same seeds throughout:
   detection at the threshold overall and by review length (tokens); after 10% and 25% of the words
-  (characters in Chinese) are replaced by random words of real reviews; after truncation to 20 tokens;
+  (in Chinese each CJK character, latin word and punctuation mark is a word) are replaced by random words
+  of real reviews, the whitespace kept; after truncation to 20 tokens;
 - fluency, against the unwatermarked samples of the same seeds: NLL under the model's frozen MLE reference
   (nats per token, bits per character), the real-word rate (English), MAUVE against the test split's human
   reviews (MiniLM embeddings); the unwatermarked sampler under other seeds gives the noise floor, and the
@@ -36,6 +37,7 @@ import torch
 
 from bench.bench_sampling import CASES, NEW, PREFIX
 from reviewgen.core.watermark import Watermark, WatermarkConfig, WatermarkKey
+from reviewgen.evaluate.text_metrics import text_units
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL, DEMO_DATA, SHARED = ROOT / "runs/demo/model", ROOT / "runs/demo/data", ROOT.parent / "shared/data"
@@ -166,11 +168,13 @@ def false_positives(tok, data_dir: Path, gammas=GAMMAS) -> dict:
 
 
 def _replace_words(text: str, frac: float, pool: list[str], lang: str, rng) -> str:
-    """`text` with `frac` of its words (characters for Chinese) replaced by random words of `pool`."""
-    units = list(text.replace(" ", "")) if lang == "zh" else text.split()
-    for i in rng.choice(len(units), size=round(frac * len(units)), replace=False) if units else []:
+    """`text` with `frac` of its words (`text_units`: in Chinese each CJK character, latin word, number and
+    punctuation mark) replaced by random words of `pool`; the whitespace between them stays as it was."""
+    units = text_units(text, lang)
+    words = [i for i, u in enumerate(units) if not u.isspace()]
+    for i in rng.choice(words, size=round(frac * len(words)), replace=False) if words else []:
         units[i] = pool[rng.integers(len(pool))]
-    return ("" if lang == "zh" else " ").join(units)
+    return "".join(units)
 
 
 def _by_length(ours, n_tok: np.ndarray) -> dict:
@@ -260,7 +264,7 @@ def grid(n_per_language: int, with_mauve: bool = True, log=print) -> dict:
     for lang, df in test.groupby("language"):
         rows = df.sample(min(n_per_language, len(df)), random_state=0)
         conds, keys = conditions(rows), [f"{p}:{i}" for i, p in enumerate(rows["product_id"])]
-        pool = [w for t in df["text"].astype(str) for w in (list(t) if lang == "zh" else t.split())]
+        pool = [w for t in df["text"].astype(str) for w in text_units(t, lang) if not w.isspace()]
         human = TM.embed_texts(df["text"].astype(str).tolist()) if with_mauve else None
         res: dict = {}
         for name, (wc, seed) in grid_settings().items():

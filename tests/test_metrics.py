@@ -345,3 +345,14 @@ def test_ece_floor_is_what_a_calibrated_scorer_reads_by_chance():
     assert ece_floor(np.r_[np.zeros(50), np.ones(50)]) == 0.0
     with pytest.raises(ValueError):
         ece_floor(np.array([0.2, 1.5]))
+
+
+def test_text_units_cut_words_and_keep_the_text():
+    """Word units for word-level edits: joined, they give the text back; Chinese is cut per character, a
+    latin word or number inside it stays whole."""
+    text_units = T.text_units
+    zh = "质量很好 Kindle用了3天，不错!"
+    assert text_units(zh, "zh") == ["质", "量", "很", "好", " ", "Kindle", "用", "了", "3", "天", "，", "不", "错", "!"]
+    en = "Works  great,\nreally."
+    assert text_units(en, "en") == ["Works", "  ", "great,", "\n", "really."]
+    assert "".join(text_units(zh, "zh")) == zh and "".join(text_units(en, "en")) == en

@@ -30,6 +30,7 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _EN_TOKEN = re.compile(r"\w+|[^\w\s]")
 # One CJK character per token; runs of other word characters (latin words, digits) stay whole.
 _ZH_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+_ZH_UNIT = re.compile(rf"\s+|{_ZH_TOKEN.pattern}")  # the same units, with the whitespace between them kept
 
 Tokens = Sequence[str]
 
@@ -49,6 +50,15 @@ def tokenize_for_bleu(text: str, language: str) -> list[str]:
     if language == "zh":
         return _ZH_TOKEN.findall(text.lower())
     raise ValueError(f"tokenize_for_bleu: unsupported language {language!r} (expected 'en' or 'zh')")
+
+
+def text_units(text: str, language: str) -> list[str]:
+    """``text`` cut into its word units, whose concatenation is ``text``: whitespace runs and words in
+    English; in Chinese each CJK character, latin word, number and punctuation mark, and whitespace runs.
+    Word-level edits (the watermark bench's replacements) change the non-whitespace units only."""
+    if language == "zh":
+        return _ZH_UNIT.findall(text)
+    return re.findall(r"\s+|\S+", text)
 
 
 def _ngram_counts(tokens: Tokens, n: int) -> Counter:
