@@ -380,8 +380,9 @@ def grid_markdown(g: dict, fp: dict) -> list[str]:
         "seeds in every setting (plain_seedN: the unwatermarked sampler under another seed, the noise floor; "
         "a setting's _seedN: the same against plain_seedN). <eos> is held until the mark would be detected "
         "(hold_eos_z) except in _nohold. "
-        "Detection: share flagged ours at the threshold; replaced: 10% / 25% of the words (characters in "
-        "Chinese) replaced by random words of real reviews, by the review's length as written; truncated: "
+        "Detection: share flagged ours at the threshold; replaced: 10% / 25% of the words (in Chinese each "
+        "character, latin word and punctuation mark) replaced by random words of real reviews, the whitespace "
+        "kept, by the review's length as written; truncated: "
         f"the reviews of {CUT}+ tokens cut to {CUT} tokens.",
         "",
         "False positives on every real review of ../shared/data: "

@@ -87,13 +87,16 @@ def test_all_green_is_ours_and_all_red_is_not():
     wm = Watermark(WatermarkKey(KEY_A))
     det = wm.z_scores([walk(wm, [True] * 30), walk(wm, [False] * 30), []], first_prev=7)
     assert det.ours == [True, False, False]
-    assert det.z[0] == pytest.approx(math.sqrt(30 * 0.75 / 0.25)) and det.z[1] < -2
+    g = wm.config.gamma
+    assert det.z[0] == pytest.approx(math.sqrt(30 * (1 - g) / g)) and det.z[1] == pytest.approx(
+        -math.sqrt(30 * g / (1 - g))
+    )
     assert math.isnan(det.z[2]) and det.key_id[2] is None and det.n_scored[2] == 0
 
 
 def test_short_texts_need_the_exact_tail_not_the_normal_z():
-    # 8 green of 10: z is above 4, but 8 or more green of 10 happens by chance 4 times in 10^4
-    wm = Watermark(WatermarkKey(KEY_A))
+    # at gamma 0.25, 8 green of 10: z is above 4, but 8 or more green of 10 happens by chance 4 times in 10^4
+    wm = Watermark(WatermarkKey(KEY_A), WatermarkConfig(gamma=0.25))
     det = wm.z_scores([walk(wm, [True] * 8 + [False] * 2)], first_prev=7)
     assert det.z[0] > wm.config.threshold_z and det.p_value[0] == pytest.approx(4.158e-4, rel=1e-3)
     assert det.ours == [False]
@@ -110,7 +113,7 @@ def test_padded_tensor_with_mask_equals_lists_and_repeats_count_once():
     assert lists.n_scored.tolist() == [3, 2]  # without first_prev, a list's first token is not scored
     looped = a * 5  # the same pairs again and again: one count each
     assert wm.z_scores([looped], first_prev=7).n_scored[0] == len(set(zip([7, *looped], looped)))
-    counted = Watermark(WatermarkKey(KEY_A), WatermarkConfig(dedupe_pairs=False))
+    counted = Watermark(WatermarkKey(KEY_A), WatermarkConfig(gamma=0.25, dedupe_pairs=False))
     assert counted.z_scores([looped], first_prev=7).n_scored[0] == len(looped)
 
 
@@ -126,15 +129,15 @@ def test_unrelated_text_stays_near_chance():
 
 
 def test_colours_are_a_pure_function_of_key_and_pair():
-    wm = Watermark(WatermarkKey(KEY_A))
+    wm = Watermark(WatermarkKey(KEY_A), WatermarkConfig(gamma=0.25))  # the pinned colours are gamma 0.25's
     prev = torch.tensor([0, 5, 399, 123456])
     mask = wm.green_mask(prev, 4096)
-    assert mask.shape == (4, 4096) and abs(mask.float().mean().item() - 0.25) < 0.02
+    assert mask.shape == (4, 4096) and abs(mask.float().mean().item() - wm.config.gamma) < 0.02
     # elementwise and batched agree; a fresh object, a pickled copy and a second call give the same colours
     assert torch.equal(mask[2], wm.green(torch.full((4096,), 399), torch.arange(4096)))
-    assert torch.equal(mask, Watermark(WatermarkKey(KEY_A)).green_mask(prev, 4096))
+    assert torch.equal(mask, Watermark(WatermarkKey(KEY_A), wm.config).green_mask(prev, 4096))
     assert torch.equal(mask, pickle.loads(pickle.dumps(wm)).green_mask(prev, 4096))
-    assert not torch.equal(mask, Watermark(WatermarkKey(KEY_B)).green_mask(prev, 4096))
+    assert not torch.equal(mask, Watermark(WatermarkKey(KEY_B), wm.config).green_mask(prev, 4096))
     # pinned: these colours must never change, or earlier reviews could no longer be detected
     digest = hashlib.sha256(np.packbits(mask.numpy()).tobytes()).hexdigest()[:16]
     assert digest == PINNED_DIGEST
@@ -275,7 +278,8 @@ def test_eos_is_held_until_the_watermark_would_be_detected(tok):
     conds = [Condition("Kindle", "E-Readers", 1 + i % 5) for i in range(12)]
     seeds = [row_seed(f"p{i}", 0, 3) for i in range(12)]
     params = SamplingParams(max_new_tokens=R, temperature=1.0, top_p=0.95, precision="fp32")
-    held, free = (Watermark(WatermarkKey(KEY_A), WatermarkConfig(hold_eos_z=z)) for z in (4.5, None))
+    # at gamma 0.25 a review needs about 9 distinct all-green pairs, more than this model writes unheld
+    held, free = (Watermark(WatermarkKey(KEY_A), WatermarkConfig(gamma=0.25, hold_eos_z=z)) for z in (4.5, None))
 
     def run(wm, rows=slice(None), sampler=sample):
         pre = tok.encode_prefixes(conds[rows])
@@ -284,7 +288,7 @@ def test_eos_is_held_until_the_watermark_would_be_detected(tok):
 
     out = run(held)
     assert torch.equal(out, run(held, sampler=sample_recompute)) and torch.equal(out[5:7], run(held, slice(5, 7)))
-    counted = Watermark(WatermarkKey(KEY_A), WatermarkConfig(dedupe_pairs=False))
+    counted = Watermark(WatermarkKey(KEY_A), WatermarkConfig(gamma=0.25, dedupe_pairs=False))
     ended = [(out[i] == tok.eos_id).any().item() for i in range(len(conds))]
     det = counted.z_scores(_review_ids(out, tok.eos_id, tok.pad_id), first_prev=tok.sep_id)
     assert any(ended) and all(p <= 0.5 * math.erfc(4.5 / math.sqrt(2)) for p, e in zip(det.p_value, ended) if e)

@@ -16,6 +16,9 @@ from reviewgen.core.sampling import SamplingParams, sample
 from reviewgen.core.tokenizer import Condition, ReviewTokenizer
 from reviewgen.core.watermark import Watermark, WatermarkConfig, WatermarkKey, WatermarkLogitsProcessor
 
+_G = WatermarkConfig().gamma
+ALL_GREEN_Z = math.sqrt(30 * (1 - _G) / _G)  # z of 30 distinct pairs, all green
+
 KEY_A, KEY_B = "a-secret-key-for-tests-0001", "another-secret-key-for-tests-2"
 
 
@@ -88,7 +91,7 @@ def test_scorer_fields_are_null_without_a_key_and_found_with_one(tiny_model, sig
     scorer = Scorer(tiny_model)
     res = scorer.score_texts(conds, texts)
     assert res["ours"] == [True, False, False] and res["watermark_key_id"][0] == WatermarkKey(KEY_A).key_id
-    assert res["watermark_z"][0] == pytest.approx(math.sqrt(30 * 3)) and res["watermark_z"][2] < 4
+    assert res["watermark_z"][0] == pytest.approx(ALL_GREEN_Z) and res["watermark_z"][2] < 4
     out = scorer.score_frame(df)
     assert out["ours"].dtype == "boolean" and out["ours"].tolist() == [True, False, False]
     assert out["watermark_z"].iloc[0] == pytest.approx(res["watermark_z"][0])
@@ -106,7 +109,7 @@ def test_endpoint_reports_watermark_z_and_ours(tiny_model, signed_reviews, monke
     _, _, texts = signed_reviews
     res = score_reviews(scorer, replica_filter(ServeConfig(), scorer), [{"text": t} for t in texts])
     assert [r["flags"]["ours"] for r in res] == [True, False, False]
-    assert res[0]["signals"]["watermark_z"] == pytest.approx(math.sqrt(30 * 3))
+    assert res[0]["signals"]["watermark_z"] == pytest.approx(ALL_GREEN_Z)
     assert all("watermark_weak" not in r["reasons"] for r in res)  # the endpoint reports, never filters by it
     assert ReviewScore.model_validate(res[0]).flags.ours is True
     scorer.watermark = None

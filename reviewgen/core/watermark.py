@@ -74,7 +74,7 @@ class WatermarkConfig:
     Generation and detection must use the same gamma. The defaults come from the (gamma, delta) grid of
     the watermark bench: see the README's watermark section and bench/results/watermark/."""
 
-    gamma: float = 0.25
+    gamma: float = 0.1
     delta: float = 4.0
     threshold_z: float = 4.0
     dedupe_pairs: bool = True
