@@ -226,6 +226,14 @@ class Watermark:
             self._token_hash[k] = self._token_values(key, torch.arange(n, device=device))
         return self._token_hash[k]
 
+    def _prev_table(self, key: WatermarkKey, n: int, device: torch.device) -> torch.Tensor:
+        """[2, n] int32: `_prev_values` of ids 0..n-1 (multipliers, offsets), cached per (key, device, n): a
+        sampling step then gathers its rows' values instead of hashing them again."""
+        k = ("prev", key.key_id, str(device), n)
+        if k not in self._token_hash:
+            self._token_hash[k] = torch.stack(self._prev_values(key, torch.arange(n, device=device)))
+        return self._token_hash[k]
+
     def _prev_values(self, key: WatermarkKey, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(odd multiplier, offset) int32 per previous token."""
         h = _mix(prev.long() ^ key.seeds[0])
@@ -245,9 +253,9 @@ class Watermark:
 
     def bias_logits(self, logits: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """`logits` [B, V] with delta added to the signing key's green tokens after `prev` [B] (a new tensor)."""
-        key = self.keys[0]
-        m, o = self._prev_values(key, prev.to(logits.device).reshape(-1, 1))
-        green = self._tokens(key, logits.shape[-1], logits.device)[None, :] * m
+        key, V = self.keys[0], logits.shape[-1]
+        m, o = self._prev_table(key, V, logits.device)[:, prev.to(logits.device).reshape(-1, 1)]  # ids < V
+        green = self._tokens(key, V, logits.device)[None, :] * m
         green.add_(o).lt_(self._cut)  # green_mask's colours, in place, as 0/1 int32
         return logits.add(green, alpha=self.config.delta)
 
