@@ -167,7 +167,10 @@ class ReviewScore(BaseModel):
         description="calibrated probability that a human wrote the review; null when "
         "the text cannot be scored (the reason is in `reasons`)"
     )
-    rating_pred: int | None = Field(description="predicted star rating 1..5; null when the text cannot be scored")
+    rating_pred: int | None = Field(
+        description="star rating 1..5 predicted from the review text alone (not from the request's rating); "
+        "null when the text cannot be scored"
+    )
     signals: Signals | None = Field(None, description="the per-review signals behind p_human")
     flags: Flags
     reasons: list[str] = Field(
