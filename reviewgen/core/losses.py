@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from reviewgen.core.config import TrainConfig
 from reviewgen.core.device import autocast, training_dtype
 from reviewgen.core.models import unwrap
-from reviewgen.core.tokenizer import review_mask
+from reviewgen.core.tokenizer import NEGATIVE_TOKENS, POSITIVE_TOKENS, review_mask
 
 
 @dataclass
@@ -41,8 +41,8 @@ class Tokens:
             pad_id=tok.pad_id,
             eos_id=tok.eos_id,
             prefix_len=tok.prefix_len,
-            positive=tuple(tok.special[n] for n in ("<rating_4>", "<rating_5>", "<sent_positive>")),
-            negative=tuple(tok.special[n] for n in ("<rating_1>", "<rating_2>", "<sent_negative>")),
+            positive=tuple(tok.special[n] for n in POSITIVE_TOKENS),
+            negative=tuple(tok.special[n] for n in NEGATIVE_TOKENS),
         )
 
 

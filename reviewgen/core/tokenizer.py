@@ -32,6 +32,9 @@ SPECIAL_TOKENS = (
     + [f"<sent_{s}>" for s in SENTIMENTS]
 )
 MAX_CATEGORY_TOKENS = 8
+# the condition tokens that ask for a positive / a negative review (`Condition.condition_token`'s split)
+POSITIVE_TOKENS = ("<rating_4>", "<rating_5>", "<sent_positive>")
+NEGATIVE_TOKENS = ("<rating_1>", "<rating_2>", "<sent_negative>")
 
 
 class TokenizerError(ReviewgenError, ValueError):

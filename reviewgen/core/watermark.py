@@ -170,7 +170,7 @@ class Watermark:
             raise WatermarkKeyError("a watermark needs at least one key")
         self.keys, self.config = tuple(keys), config or WatermarkConfig()
         self._cut = int(round(self.config.gamma * (1 << 32))) - (1 << 31)  # green: a pair's int32 value below
-        self._token_hash: dict[tuple[str, str, int], torch.Tensor] = {}
+        self._token_hash: dict[tuple, torch.Tensor] = {}  # per (key, device, n): token values, prev tables
         self._needed: dict[tuple[int, float], torch.Tensor] = {}
 
     @classmethod
@@ -264,9 +264,8 @@ class Watermark:
         normal tail at `z` (T + 1 where no count reaches it). Built once per (max_len, z)."""
         if (max_len, z) not in self._needed:
             t = torch.arange(max_len + 1, dtype=torch.float64)[:, None]
-            k, g = t.t(), self.config.gamma
-            log_pmf = torch.lgamma(t + 1) - torch.lgamma(k + 1) - torch.lgamma((t - k).clamp_min(0) + 1)
-            log_pmf = torch.where(k <= t, log_pmf + k * math.log(g) + (t - k) * math.log1p(-g), -math.inf)
+            k = t.t()
+            log_pmf = _log_binomial_pmf(k, t, self.config.gamma)
             log_tail = torch.logcumsumexp(log_pmf.flip(1), dim=1).flip(1)  # log P(G >= k) per row T
             ok = (k <= t) & (log_tail <= math.log(_normal_tail(z)))
             self._needed[(max_len, z)] = torch.where(ok.any(dim=1), ok.long().argmax(dim=1), t[:, 0].long() + 1)
@@ -328,19 +327,24 @@ def _normal_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
+def _log_binomial_pmf(k: torch.Tensor, t: torch.Tensor, p: float) -> torch.Tensor:
+    """log P(G = k) for G ~ Binomial(t, p), broadcast over float64 `k` and `t`; -inf where k > t."""
+    log_pmf = (
+        torch.lgamma(t + 1)
+        - torch.lgamma(k + 1)
+        - torch.lgamma((t - k).clamp_min(0) + 1)
+        + k * math.log(p)
+        + (t - k) * math.log1p(-p)
+    )
+    return torch.where(k <= t, log_pmf, -math.inf)
+
+
 def _binomial_tail(g: torch.Tensor, t: torch.Tensor, p: float) -> torch.Tensor:
     """P(G >= g) for G ~ Binomial(t, p), per element (float64), computed once per distinct (t, g)."""
     tg, inverse = torch.unique(torch.stack([t, g], dim=1), dim=0, return_inverse=True)
     k = torch.arange(int(tg[:, 0].max()) + 1 if len(tg) else 1, dtype=torch.float64)
     tt, gg = tg[:, :1], tg[:, 1:]
-    log_pmf = (
-        torch.lgamma(tt + 1)
-        - torch.lgamma(k + 1)
-        - torch.lgamma((tt - k).clamp_min(0) + 1)
-        + k * math.log(p)
-        + (tt - k) * math.log1p(-p)
-    )
-    log_pmf = torch.where((k >= gg) & (k <= tt), log_pmf, -math.inf)
+    log_pmf = torch.where(k >= gg, _log_binomial_pmf(k, tt, p), -math.inf)
     return torch.logsumexp(log_pmf, dim=1).exp()[inverse]
 
 
